@@ -1,0 +1,48 @@
+"""Backend adapters, one module per cluster kind, found through a registry keyed by kind."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .base import (
+    Adapter,
+    BackendError,
+    BackendState,
+    BackendUnavailable,
+    Health,
+    JobRejected,
+    LogChunk,
+    StatusReport,
+)
+
+ADAPTERS: dict[str, str] = {
+    "local": "factory.adapters.local.LocalAdapter",
+}
+
+
+def adapter_class(kind: str) -> type[Adapter]:
+    try:
+        dotted = ADAPTERS[kind]
+    except KeyError:
+        raise ValueError(f"No backend adapter for cluster kind {kind!r}.") from None
+    module, name = dotted.rsplit(".", 1)
+    return getattr(import_module(module), name)
+
+
+def adapter_for(cluster) -> Adapter:
+    return adapter_class(cluster.kind)(cluster)
+
+
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "BackendError",
+    "BackendState",
+    "BackendUnavailable",
+    "Health",
+    "JobRejected",
+    "LogChunk",
+    "StatusReport",
+    "adapter_class",
+    "adapter_for",
+]

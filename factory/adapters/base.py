@@ -1,0 +1,143 @@
+"""The protocol every backend implements, and the plain data it answers with.
+
+Adapters take job objects by duck typing (uid, name, command, env, gpu_type, gpu_count, cpus,
+memory_gb, time_limit_minutes, external_id, tenant) so that this bottom layer never imports `jobs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, ClassVar
+
+
+class BackendError(Exception):
+    """The backend refused or failed in a way that retrying will not mend."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be reached or answered with a transient error: retry later."""
+
+
+class JobRejected(BackendError):
+    """The backend will never run this job as specified (bad partition, impossible resources)."""
+
+
+class BackendState(enum.StrEnum):
+    QUEUED = "queued"  # accepted, waiting inside the backend
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    LOST = "lost"  # the backend has no record of the job
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in {self.SUCCEEDED, self.FAILED, self.CANCELLED, self.TIMED_OUT}
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusReport:
+    external_id: str
+    state: BackendState
+    reason: str = ""
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LogChunk:
+    text: str
+    next_offset: int
+    complete: bool = False  # the job ended and nothing more will be written
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolHealth:
+    gpu_type: str
+    capacity: int
+    in_use: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Health:
+    ok: bool
+    message: str = ""
+    pools: tuple[PoolHealth, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """Connection settings of a cluster kind; subclasses add typed fields."""
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Connection:
+        if not isinstance(data, dict):
+            raise ValueError("Connection settings must be an object.")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"Unknown connection setting(s): {', '.join(unknown)}.")
+        for name, field in fields.items():
+            if name in data and not isinstance(data[name], _field_types(field)):
+                raise ValueError(f"Connection setting {name!r} has the wrong type.")
+            missing_default = (
+                field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+            )
+            if missing_default and name not in data:
+                raise ValueError(f"Connection setting {name!r} is required.")
+        return cls(**data)
+
+
+def _field_types(field: dataclasses.Field) -> tuple[type, ...]:
+    annotation = str(field.type)
+    mapping = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}
+    types: list[type] = []
+    for part in annotation.replace(" ", "").split("|"):
+        base = part.split("[", 1)[0]
+        if base == "None":
+            types.append(type(None))
+        elif base in mapping:
+            found = mapping[base]
+            types.extend(found if isinstance(found, tuple) else (found,))
+    return tuple(types) or (object,)
+
+
+class Adapter:
+    """One cluster's backend. Subclasses set `kind` and `connection_class` and implement the verbs."""
+
+    kind: ClassVar[str]
+    connection_class: ClassVar[type[Connection]] = Connection
+
+    def __init__(self, cluster) -> None:
+        self.cluster = cluster
+        self.connection = self.parse_connection(cluster.connection or {})
+
+    @classmethod
+    def parse_connection(cls, data: dict[str, Any]) -> Connection:
+        return cls.connection_class.parse(data)
+
+    def submit(self, job) -> str:
+        """Start the job and return its external id. Must find, not duplicate, a job already
+        submitted under the same uid (a retried dispatch)."""
+        raise NotImplementedError
+
+    def statuses(self, jobs: Iterable) -> dict[str, StatusReport]:
+        """Reports for all the given jobs, keyed by external id, from as few backend calls as possible."""
+        raise NotImplementedError
+
+    def cancel(self, job) -> None:
+        raise NotImplementedError
+
+    def logs(self, job, offset: int = 0) -> LogChunk:
+        raise NotImplementedError
+
+    def health(self) -> Health:
+        raise NotImplementedError

@@ -1,0 +1,186 @@
+"""The `local` backend: each job is a process on this machine, supervised by a detached runner
+(see local_runner.py) that holds simulated GPU slots, so a worker restart loses nothing."""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from django.conf import settings
+
+from . import local_runner
+from .base import (
+    Adapter,
+    BackendError,
+    BackendState,
+    Connection,
+    Health,
+    LogChunk,
+    PoolHealth,
+    StatusReport,
+)
+
+LOG_CHUNK_BYTES = 64 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalConnection(Connection):
+    root: str | None = None  # where job directories live; defaults to FACTORY_LOCAL_BACKEND_ROOT
+
+
+class LocalAdapter(Adapter):
+    kind = "local"
+    connection_class = LocalConnection
+
+    @property
+    def root(self) -> Path:
+        base = Path(self.connection.root) if self.connection.root else settings.FACTORY_LOCAL_BACKEND_ROOT
+        return base / self.cluster.slug
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def slots_dir(self) -> Path:
+        return self.root / "slots"
+
+    def job_dir(self, uid) -> Path:
+        return self.jobs_dir / str(uuid.UUID(str(uid)))  # a uid, never a path fragment
+
+    # --- the protocol ---------------------------------------------------------------------------
+
+    def submit(self, job) -> str:
+        job_dir = self.job_dir(job.uid)
+        if not job_dir.exists():
+            self._create_job_dir(job, job_dir)
+        self._ensure_runner(job_dir)
+        return str(job.uid)
+
+    def statuses(self, jobs) -> dict[str, StatusReport]:
+        reports = {}
+        for job in jobs:
+            job_dir = self.job_dir(job.uid)
+            state = local_runner.read_json(job_dir / "state.json")
+            if not state:
+                reports[str(job.uid)] = StatusReport(
+                    str(job.uid), BackendState.LOST, "no such job on this host"
+                )
+                continue
+            if state["state"] not in local_runner.TERMINAL and not local_runner.runner_alive(job_dir):
+                # The runner died (host restart): a new one resumes waiting or records the loss.
+                self._spawn_runner(job_dir)
+            reports[str(job.uid)] = self._report(str(job.uid), state)
+        return reports
+
+    def cancel(self, job) -> None:
+        job_dir = self.job_dir(job.uid)
+        if not job_dir.exists():
+            return
+        (job_dir / "cancel").touch()
+        self._ensure_runner(job_dir)
+
+    def logs(self, job, offset: int = 0) -> LogChunk:
+        job_dir = self.job_dir(job.uid)
+        state = local_runner.read_json(job_dir / "state.json").get("state")
+        try:
+            with open(job_dir / "output.log", "rb") as fh:
+                fh.seek(max(offset, 0))
+                data = fh.read(LOG_CHUNK_BYTES)
+        except FileNotFoundError:
+            data = b""
+        text, used = _decode_whole_characters(data)
+        next_offset = max(offset, 0) + used
+        complete = state in local_runner.TERMINAL and len(data) < LOG_CHUNK_BYTES and used == len(data)
+        return LogChunk(text=text, next_offset=next_offset, complete=complete)
+
+    def health(self) -> Health:
+        pools = tuple(
+            PoolHealth(
+                gpu_type=pool.gpu_type.slug,
+                capacity=pool.capacity,
+                in_use=local_runner.SlotTable(self.slots_dir, pool.gpu_type.slug, pool.capacity).in_use(),
+            )
+            for pool in self.cluster.pools.select_related("gpu_type")
+        )
+        return Health(ok=True, message=f"{len(pools)} pool(s) on this host", pools=pools)
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _create_job_dir(self, job, job_dir: Path) -> None:
+        pool = self.cluster.pools.filter(gpu_type=job.gpu_type).first()
+        if pool is None:
+            raise BackendError(f"cluster {self.cluster.slug} has no {job.gpu_type.slug} GPUs")
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.jobs_dir / f".{job.uid}.{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        spec = {
+            "uid": str(job.uid),
+            "name": job.name,
+            "gpu_type": job.gpu_type.slug,
+            "gpu_count": job.gpu_count,
+            "time_limit_seconds": job.time_limit_minutes * 60,
+            "env": dict(job.env or {}),
+            "slots_dir": str(self.slots_dir),
+            "slots_total": pool.capacity,
+        }
+        # The command is a file the shell reads, never a string spliced into another command.
+        (staging / "script.sh").write_text(job.command)
+        (staging / "spec.json").write_text(json.dumps(spec))
+        local_runner.write_json_atomic(staging / "state.json", {"state": "queued", "reason": ""})
+        try:
+            os.rename(staging, job_dir)  # atomic: a concurrent submit of the same uid loses here
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not job_dir.exists():
+                raise
+
+    def _ensure_runner(self, job_dir: Path) -> None:
+        state = local_runner.read_json(job_dir / "state.json").get("state")
+        if state not in local_runner.TERMINAL and not local_runner.runner_alive(job_dir):
+            self._spawn_runner(job_dir)
+
+    @staticmethod
+    def _spawn_runner(job_dir: Path) -> None:
+        # The runner forks and its parent exits at once: waiting here reaps it, leaving no zombie.
+        subprocess.run(
+            [sys.executable, "-m", local_runner.__name__, str(job_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+            start_new_session=True,
+            cwd=str(Path(local_runner.__file__).resolve().parents[2]),
+        )
+
+    @staticmethod
+    def _report(external_id: str, state: dict) -> StatusReport:
+        return StatusReport(
+            external_id=external_id,
+            state=BackendState(state["state"]),
+            reason=state.get("reason", ""),
+            started_at=_parse_time(state.get("started_at")),
+            ended_at=_parse_time(state.get("ended_at")),
+            exit_code=state.get("exit_code"),
+        )
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _decode_whole_characters(data: bytes) -> tuple[str, int]:
+    """Decode UTF-8, leaving an incomplete trailing character for the next read."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text = decoder.decode(data, final=False)
+    pending = len(decoder.getstate()[0])
+    return text, len(data) - pending

@@ -1,0 +1,247 @@
+"""Supervisor of one local-backend job: `python -m factory.adapters.local_runner <job dir>`.
+
+It detaches from whoever started it (a Celery worker may die or restart at any time), waits for
+free GPU slots, runs the job's script with CUDA_VISIBLE_DEVICES set to the slots it holds, enforces
+the time limit, honours a cancel request and records the outcome. All of its state is in files in
+the job directory, written atomically, so any process can read it and a new runner can pick up:
+
+- `spec.json`   what to run (written once by the adapter)
+- `state.json`  queued | running | succeeded | failed | cancelled | timed_out, with times and exit code
+- `output.log`  stdout and stderr of the script
+- `runner.lock` held (flock) by the live runner; free means no runner is alive
+- `cancel`      present when cancellation was requested
+
+The runner never starts the script twice: a state of `running` found at start-up means an earlier
+runner died after starting it, and the job is recorded as failed instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+POLL_SECONDS = 0.2
+KILL_GRACE_SECONDS = 5.0
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def runner_alive(job_dir: Path) -> bool:
+    fd = try_lock(job_dir / "runner.lock")
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+class SlotTable:
+    """GPU slots of one GPU type on one local cluster: {slot index: job uid}, under an flock."""
+
+    def __init__(self, slots_dir: Path, gpu_type: str, capacity: int) -> None:
+        self.path = slots_dir / f"{gpu_type}.json"
+        self.lock_path = slots_dir / f"{gpu_type}.lock"
+        self.capacity = capacity
+        slots_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self):
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            table = {int(k): v for k, v in read_json(self.path).items()}
+            yield table
+            write_json_atomic(self.path, {str(k): v for k, v in sorted(table.items())})
+        finally:
+            os.close(fd)
+
+    def claim(self, uid: str, count: int, jobs_dir: Path) -> list[int] | None:
+        with self.locked() as table:
+            for slot, holder in list(table.items()):
+                if holder != uid and not runner_alive(jobs_dir / holder):
+                    del table[slot]  # its runner is gone: the slot is free again
+            mine = sorted(s for s, h in table.items() if h == uid)
+            if len(mine) >= count:
+                return mine[:count]
+            free = [s for s in range(self.capacity) if s not in table]
+            if len(free) < count - len(mine):
+                return None
+            for slot in free[: count - len(mine)]:
+                table[slot] = uid
+            return sorted(s for s, h in table.items() if h == uid)
+
+    def release(self, uid: str) -> None:
+        with self.locked() as table:
+            for slot in [s for s, h in table.items() if h == uid]:
+                del table[slot]
+
+    def in_use(self) -> int:
+        return len(read_json(self.path))
+
+
+class Runner:
+    def __init__(self, job_dir: Path) -> None:
+        self.job_dir = job_dir
+        self.spec = json.loads((job_dir / "spec.json").read_text())
+        self.state_path = job_dir / "state.json"
+        self.state = read_json(self.state_path) or {"state": "queued"}
+        self.slots = SlotTable(Path(self.spec["slots_dir"]), self.spec["gpu_type"], self.spec["slots_total"])
+
+    def save(self, **changes) -> None:
+        self.state.update(changes)
+        write_json_atomic(self.state_path, self.state)
+
+    @property
+    def cancel_requested(self) -> bool:
+        return (self.job_dir / "cancel").exists()
+
+    def run(self) -> None:
+        current = self.state.get("state")
+        if current in TERMINAL:
+            return
+        if current == "running":
+            self.finish("failed", reason="the local runner stopped while the job was running")
+            return
+        slots = self.wait_for_slots()
+        if slots is None:
+            self.finish("cancelled", reason="cancelled while queued")
+            return
+        try:
+            self.execute(slots)
+        finally:
+            self.slots.release(self.spec["uid"])
+
+    def wait_for_slots(self) -> list[int] | None:
+        needed = self.spec["gpu_count"]
+        while not self.cancel_requested:
+            slots = self.slots.claim(self.spec["uid"], needed, self.job_dir.parent)
+            if slots is not None:
+                return slots
+            reason = (
+                f"waiting for {needed} free {self.spec['gpu_type']} slot(s): "
+                f"{self.slots.in_use()} of {self.slots.capacity} in use"
+            )
+            if self.state.get("reason") != reason:
+                self.save(state="queued", reason=reason)
+            time.sleep(POLL_SECONDS)
+        return None
+
+    def execute(self, slots: list[int]) -> None:
+        env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+        env.update(self.spec["env"])
+        work_dir = self.job_dir / "work"
+        work_dir.mkdir(exist_ok=True)
+        env.update(
+            HOME=str(work_dir),
+            CUDA_VISIBLE_DEVICES=",".join(str(s) for s in slots),
+            FACTORY_JOB_UID=self.spec["uid"],
+            FACTORY_JOB_NAME=self.spec["name"],
+        )
+        # Recorded before the script starts: a runner that finds "running" never starts it again.
+        self.save(state="running", reason="", started_at=now_iso(), slots=slots)
+        with open(self.job_dir / "output.log", "ab", buffering=0) as out:
+            proc = subprocess.Popen(
+                ["/bin/bash", str(self.job_dir / "script.sh")],
+                cwd=work_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.save(pid=proc.pid)
+        deadline = time.monotonic() + self.spec["time_limit_seconds"]
+        while proc.poll() is None:
+            if self.cancel_requested:
+                self.stop(proc)
+                self.finish("cancelled", exit_code=proc.returncode, reason="cancelled while running")
+                return
+            if time.monotonic() >= deadline:
+                self.stop(proc)
+                self.finish("timed_out", exit_code=proc.returncode, reason="time limit reached")
+                return
+            time.sleep(POLL_SECONDS)
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        self.finish("succeeded" if code == 0 else "failed", exit_code=code)
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left after a grace period."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers that ignored SIGTERM
+
+    def finish(self, state: str, *, exit_code: int | None = None, reason: str = "") -> None:
+        if exit_code is not None and exit_code < 0:
+            exit_code = 128 - exit_code
+        self.save(state=state, exit_code=exit_code, reason=reason, ended_at=now_iso())
+
+
+def main(argv: list[str]) -> int:
+    job_dir = Path(argv[1]).resolve()
+    if os.fork() != 0:
+        return 0  # the caller reaps this parent at once; the child lives on, detached
+    os.setsid()
+    lock_fd = try_lock(job_dir / "runner.lock")
+    if lock_fd is None:
+        return 0  # another runner is alive for this job
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    log_fd = os.open(job_dir / "runner.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    runner = None
+    try:
+        runner = Runner(job_dir)
+        runner.run()
+    except Exception as exc:
+        if runner is not None:
+            runner.finish("failed", reason=f"local runner error: {exc}")
+        raise
+    finally:
+        os.close(lock_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from .models import Cluster, GpuType, Membership, Pool, Tenant
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "cost_center", "parent"]
+    search_fields = ["slug", "name", "cost_center"]
+    inlines = [MembershipInline]
+
+
+@admin.register(GpuType)
+class GpuTypeAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "memory_gb", "board_power_watts"]
+
+
+class PoolInline(admin.TabularInline):
+    model = Pool
+    extra = 0
+
+
+@admin.register(Cluster)
+class ClusterAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "kind", "region", "enabled", "draining", "health_checked_at"]
+    list_filter = ["kind", "region", "enabled", "draining"]
+    readonly_fields = ["health", "health_checked_at"]
+    inlines = [PoolInline]
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if obj is not None:
+            # Credentials may live here: editable, but not displayed after saving.
+            form.base_fields[
+                "connection"
+            ].help_text = "Backend connection settings (JSON). Leave as {} to keep the stored settings."
+        return form
+
+    def get_changeform_initial_data(self, request):
+        return {"connection": {}}
+
+    def render_change_form(self, request, context, *args, obj=None, **kwargs):
+        if obj is not None and "adminform" in context:
+            context["adminform"].form.initial["connection"] = {}
+        return super().render_change_form(request, context, *args, obj=obj, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        if change and form.cleaned_data.get("connection") == {}:
+            obj.connection = Cluster.objects.get(pk=obj.pk).connection
+        super().save_model(request, obj, form, change)

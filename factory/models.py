@@ -1,0 +1,126 @@
+"""Tenants and their members, GPU types, clusters and their capacity pools."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+
+from .choices import ClusterKind, Role
+from .querysets import TenantQuerySet
+
+slug_validator = RegexValidator(
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+    "Use 1-63 lowercase letters, digits and hyphens, starting and ending with a letter or digit.",
+)
+
+
+class Tenant(models.Model):
+    """A team or project that shares the factory; the unit of quota, budget and bill."""
+
+    slug = models.SlugField(max_length=63, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    cost_center = models.CharField(max_length=64, blank=True)
+    regions = models.JSONField(
+        default=list, blank=True, help_text="Regions this tenant's jobs may run in; empty means any."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="tenants")
+
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def clean(self) -> None:
+        if not isinstance(self.regions, list) or not all(isinstance(r, str) and r for r in self.regions):
+            raise ValidationError({"regions": "Give a list of region names."})
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "tenant"], name="one_membership_per_tenant")]
+        ordering = ["tenant__slug", "user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.tenant} ({self.role})"
+
+
+class GpuType(models.Model):
+    slug = models.SlugField(max_length=32, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=100)
+    memory_gb = models.PositiveIntegerField(default=80)
+    board_power_watts = models.PositiveIntegerField(default=700, help_text="Used for energy estimates.")
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name = "GPU type"
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Cluster(models.Model):
+    slug = models.SlugField(max_length=63, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=ClusterKind.choices)
+    region = models.CharField(max_length=64, default="local")
+    connection = models.JSONField(
+        default=dict, blank=True, help_text="Backend connection settings; checked by the backend's schema."
+    )
+    enabled = models.BooleanField(default=True)
+    draining = models.BooleanField(default=False, help_text="Running jobs finish; no new jobs are placed.")
+    health = models.JSONField(default=dict, blank=True, editable=False)
+    health_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def clean(self) -> None:
+        from .adapters import adapter_class
+
+        try:
+            adapter_class(self.kind).parse_connection(self.connection or {})
+        except ValueError as exc:
+            raise ValidationError({"connection": str(exc)}) from None
+
+    @property
+    def accepts_jobs(self) -> bool:
+        return self.enabled and not self.draining
+
+    def adapter(self):
+        from .adapters import adapter_for
+
+        return adapter_for(self)
+
+
+class Pool(models.Model):
+    """The GPUs of one type on one cluster, and where the backend finds them."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="pools")
+    gpu_type = models.ForeignKey(GpuType, on_delete=models.PROTECT, related_name="pools")
+    capacity = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    partition = models.CharField(max_length=64, blank=True, help_text="Slurm partition.")
+    node_selector = models.JSONField(default=dict, blank=True, help_text="Kubernetes node selector.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["cluster", "gpu_type"], name="one_pool_per_gpu_type")]
+        ordering = ["cluster__slug", "gpu_type__slug"]
+
+    def __str__(self) -> str:
+        return f"{self.cluster}/{self.gpu_type} ({self.capacity})"

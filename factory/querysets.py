@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from django.db import models
+
+from .choices import Role
+
+
+class TenantQuerySet(models.QuerySet):
+    def visible_to(self, user) -> TenantQuerySet:
+        """Platform admins see every tenant; everybody else the tenants they belong to."""
+        if not user.is_authenticated:
+            return self.none()
+        if user.is_staff:
+            return self
+        return self.filter(memberships__user=user)
+
+    def administered_by(self, user) -> TenantQuerySet:
+        if user.is_staff:
+            return self
+        return self.filter(memberships__user=user, memberships__role=Role.ADMIN)

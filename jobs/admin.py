@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from .models import Job, JobEvent
+
+
+class JobEventInline(admin.TabularInline):
+    model = JobEvent
+    extra = 0
+    can_delete = False
+    readonly_fields = ["at", "kind", "state", "message"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    """Read-only: state changes go through the lifecycle methods, never by hand."""
+
+    list_display = [
+        "id",
+        "name",
+        "tenant",
+        "owner",
+        "state",
+        "gpu_count",
+        "gpu_type",
+        "cluster",
+        "created_at",
+    ]
+    list_filter = ["state", "gpu_type", "cluster", "tenant"]
+    search_fields = ["name", "uid", "external_id", "owner__username"]
+    inlines = [JobEventInline]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_add_permission(self, request) -> bool:
+        return False

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.response import Response
+
+from factory.api.viewsets import ScopedViewSetMixin
+from factory.models import Tenant
+
+from .. import submission
+from ..filtersets import JobFilterSet
+from ..models import Job
+from ..views import read_log
+from .serializers import JobCreateSerializer, JobEventSerializer, JobSerializer, LogChunkSerializer
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_EVENTS = 1000
+
+
+class JobViewSet(
+    ScopedViewSetMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """GPU jobs of the tenants you belong to. Submitting and cancelling answer 202: the work
+    happens in the background; follow it with `events/` or by polling the job."""
+
+    queryset = Job.objects.select_related("tenant", "owner", "gpu_type", "cluster")
+    serializer_class = JobSerializer
+    filterset_class = JobFilterSet
+
+    def get_serializer_class(self):
+        return JobCreateSerializer if self.action == "create" else JobSerializer
+
+    @extend_schema(
+        request=JobCreateSerializer,
+        responses={202: JobSerializer},
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                location=OpenApiParameter.HEADER,
+                required=False,
+                description="A retried create with the same key returns the first job.",
+            )
+        ],
+    )
+    def create(self, request, *args, **kwargs):
+        serializer = JobCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        spec = dict(serializer.validated_data)
+        tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=spec.pop("tenant"))
+        key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
+        if len(key) > 255:
+            raise ValidationError({IDEMPOTENCY_HEADER: ["At most 255 characters."]})
+        try:
+            job, created = submission.submit(
+                tenant=tenant, owner=request.user, spec=spec, idempotency_key=key
+            )
+        except submission.IdempotencyConflict:
+            return Response(
+                {"detail": f"{IDEMPOTENCY_HEADER} {key!r} was already used for a different request."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        headers = {"Location": job.get_absolute_url()}
+        if not created:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
+
+    @extend_schema(request=None, responses={202: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        job = self.get_object()
+        if not job.may_cancel(request.user):
+            raise PermissionDenied("Only the job's owner or a tenant admin can cancel it.")
+        if job.is_terminal:
+            return Response(
+                {"detail": f"The job already ended ({job.get_state_display()})."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        job.cancel(request.user)
+        job.refresh_from_db()
+        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("offset", int, description="Byte offset to read from (default 0).")],
+        responses=LogChunkSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def logs(self, request, pk=None):
+        job = self.get_object()
+        try:
+            offset = int(request.query_params.get("offset", 0))
+        except ValueError:
+            raise ValidationError({"offset": ["Give a whole number of bytes."]}) from None
+        if offset < 0:
+            raise ValidationError({"offset": ["The offset cannot be negative."]})
+        chunk = read_log(job, offset)
+        data = {
+            "offset": offset,
+            "next_offset": chunk.next_offset if chunk else offset,
+            "text": chunk.text if chunk else "",
+            "complete": chunk.complete if chunk else job.is_terminal,
+        }
+        return Response(data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("after", int, description="Only events with a larger id.")],
+        responses=JobEventSerializer(many=True),
+    )
+    @action(detail=True, methods=["get"], pagination_class=None, filterset_class=None)
+    def events(self, request, pk=None):
+        job = self.get_object()
+        try:
+            after = int(request.query_params.get("after", 0))
+        except ValueError:
+            raise ValidationError({"after": ["Give an event id."]}) from None
+        events = job.events.filter(pk__gt=after).order_by("pk")[:MAX_EVENTS]
+        return Response(JobEventSerializer(events, many=True).data)

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class JobState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    ADMITTED = "admitted", "Admitted"
+    SUBMITTED = "submitted", "Submitted"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    TIMED_OUT = "timed_out", "Timed out"
+    REJECTED = "rejected", "Rejected"
+
+
+# Quota is reserved exactly while a job is in one of these states.
+HOLDING_STATES = frozenset({JobState.ADMITTED, JobState.SUBMITTED, JobState.RUNNING})
+# The backend knows the job; sync asks about these.
+AT_BACKEND_STATES = frozenset({JobState.SUBMITTED, JobState.RUNNING})
+ACTIVE_STATES = frozenset({JobState.PENDING}) | HOLDING_STATES
+TERMINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT, JobState.REJECTED}
+)
+
+# The lifecycle's edges. Anything else (a stale report, a double click) is refused.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    JobState.PENDING: frozenset({JobState.ADMITTED, JobState.CANCELLED, JobState.REJECTED}),
+    JobState.ADMITTED: frozenset(
+        {JobState.SUBMITTED, JobState.PENDING, JobState.CANCELLED, JobState.REJECTED, JobState.FAILED}
+    ),
+    JobState.SUBMITTED: frozenset(
+        {
+            JobState.RUNNING,
+            JobState.PENDING,
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.CANCELLED,
+            JobState.TIMED_OUT,
+        }
+    ),
+    JobState.RUNNING: frozenset(
+        {JobState.PENDING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
+    ),
+}
+
+
+class EventKind(models.TextChoices):
+    STATE = "state", "State change"
+    INFO = "info", "Information"
+    REASON = "reason", "Waiting reason"
+
+
+# Limits of a job spec, checked by the form and the API alike.
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+MAX_COMMAND_BYTES = 64 * 1024
+MIN_TIME_LIMIT_MINUTES = 1
+MAX_TIME_LIMIT_MINUTES = 14 * 24 * 60
+MAX_ENV_VARS = 100
+MAX_ENV_VALUE_BYTES = 4096
+MAX_CPUS = 1024
+MAX_MEMORY_GB = 4096
+MIN_PRIORITY, MAX_PRIORITY = -100, 100

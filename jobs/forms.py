@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from factory.models import GpuType, Tenant
+
+from .choices import MAX_TIME_LIMIT_MINUTES, MIN_TIME_LIMIT_MINUTES
+from .models import Job
+from .submission import check_gpu_request
+
+
+class EnvField(forms.CharField):
+    """Environment variables as `NAME=value` lines."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "placeholder": "BATCH_SIZE=64\nWANDB_MODE=offline"})
+
+    def to_python(self, value) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for number, line in enumerate((value or "").splitlines(), start=1):
+            if not line.strip():
+                continue
+            name, sep, val = line.partition("=")
+            if not sep:
+                raise ValidationError(f"Line {number}: write NAME=value.")
+            name = name.strip()
+            if name in env:
+                raise ValidationError(f"Line {number}: {name} is set twice.")
+            env[name] = val
+        return env
+
+    def prepare_value(self, value) -> str:
+        if isinstance(value, dict):
+            return "\n".join(f"{k}={v}" for k, v in value.items())
+        return value or ""
+
+
+class JobForm(forms.ModelForm):
+    tenant = forms.ModelChoiceField(queryset=Tenant.objects.none(), empty_label=None)
+    gpu_type = forms.ModelChoiceField(queryset=GpuType.objects.all(), empty_label=None, label="GPU type")
+    env = EnvField(required=False, label="Environment variables")
+
+    class Meta:
+        model = Job
+        fields = [
+            "tenant",
+            "name",
+            "command",
+            "gpu_type",
+            "gpu_count",
+            "cpus",
+            "memory_gb",
+            "time_limit_minutes",
+            "env",
+        ]
+        labels = {
+            "gpu_count": "GPU count",
+            "cpus": "CPUs",
+            "memory_gb": "Memory (GB)",
+            "time_limit_minutes": "Time limit (minutes)",
+        }
+        widgets = {
+            "command": forms.Textarea(
+                attrs={"rows": 6, "spellcheck": "false", "placeholder": "python train.py --epochs 3"}
+            ),
+            "gpu_count": forms.NumberInput(attrs={"min": 1}),
+            "time_limit_minutes": forms.NumberInput(
+                attrs={"min": MIN_TIME_LIMIT_MINUTES, "max": MAX_TIME_LIMIT_MINUTES}
+            ),
+        }
+        help_texts = {
+            "name": "Letters, digits, dot, underscore, hyphen; up to 64.",
+            "time_limit_minutes": "From 1 minute to 14 days (20160). The job is stopped when it runs out.",
+        }
+
+    def __init__(self, *args, user, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["tenant"].queryset = Tenant.objects.visible_to(user)
+        self.fields["gpu_count"].initial = 1
+
+    def clean(self):
+        data = super().clean()
+        if data.get("gpu_type") and data.get("gpu_count"):
+            try:
+                check_gpu_request(data["gpu_type"], data["gpu_count"])
+            except ValidationError as exc:
+                self.add_error(None, exc)
+        return data
+
+    def spec(self) -> dict:
+        data = self.cleaned_data
+        return {name: data[name] for name in self.Meta.fields if name != "tenant"}

@@ -1,0 +1,317 @@
+"""Jobs, their lifecycle, and the append-only event log the UI streams from."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from factory.models import Cluster, GpuType, Tenant
+
+from . import signals
+from .choices import (
+    AT_BACKEND_STATES,
+    HOLDING_STATES,
+    MAX_CPUS,
+    MAX_MEMORY_GB,
+    MAX_PRIORITY,
+    MAX_TIME_LIMIT_MINUTES,
+    MIN_PRIORITY,
+    MIN_TIME_LIMIT_MINUTES,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    EventKind,
+    JobState,
+)
+from .querysets import JobQuerySet
+from .validators import validate_command, validate_env, validate_image, validate_name
+
+
+class Job(models.Model):
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="jobs")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
+    name = models.CharField(max_length=64, validators=[validate_name])
+    command = models.TextField(validators=[validate_command])
+    image = models.CharField(max_length=512, blank=True, validators=[validate_image])
+    gpu_type = models.ForeignKey(GpuType, on_delete=models.PROTECT, related_name="jobs")
+    gpu_count = models.PositiveIntegerField(validators=[MinValueValidator(1, "Ask for at least one GPU.")])
+    cpus = models.PositiveIntegerField(
+        default=4, validators=[MinValueValidator(1), MaxValueValidator(MAX_CPUS)]
+    )
+    memory_gb = models.PositiveIntegerField(
+        default=16, validators=[MinValueValidator(1), MaxValueValidator(MAX_MEMORY_GB)]
+    )
+    time_limit_minutes = models.PositiveIntegerField(
+        default=60,
+        validators=[
+            MinValueValidator(MIN_TIME_LIMIT_MINUTES, "The time limit must be at least 1 minute."),
+            MaxValueValidator(
+                MAX_TIME_LIMIT_MINUTES, "The time limit can be at most 14 days (20160 minutes)."
+            ),
+        ],
+    )
+    priority = models.IntegerField(
+        default=0, validators=[MinValueValidator(MIN_PRIORITY), MaxValueValidator(MAX_PRIORITY)]
+    )
+    env = models.JSONField(default=dict, blank=True, validators=[validate_env])
+
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
+    reason = models.CharField(max_length=500, blank=True, help_text="Why the job waits, or why it ended.")
+    cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs")
+    external_id = models.CharField(max_length=128, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    admitted_at = models.DateTimeField(null=True, blank=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    dispatch_attempted_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    idempotency_fingerprint = models.CharField(max_length=64, blank=True)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="one_job_per_idempotency_key",
+            ),
+            models.CheckConstraint(condition=models.Q(gpu_count__gte=1), name="job_gpu_count_positive"),
+            models.CheckConstraint(
+                condition=models.Q(time_limit_minutes__gte=MIN_TIME_LIMIT_MINUTES)
+                & models.Q(time_limit_minutes__lte=MAX_TIME_LIMIT_MINUTES),
+                name="job_time_limit_in_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(cpus__gte=1) & models.Q(cpus__lte=MAX_CPUS), name="job_cpus_in_range"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(memory_gb__gte=1) & models.Q(memory_gb__lte=MAX_MEMORY_GB),
+                name="job_memory_in_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(priority__gte=MIN_PRIORITY) & models.Q(priority__lte=MAX_PRIORITY),
+                name="job_priority_in_range",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "cluster"], name="job_state_cluster"),
+            models.Index(fields=["tenant", "-created_at"], name="job_tenant_recent"),
+            models.Index(fields=["owner", "-created_at"], name="job_owner_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.uid})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("jobs:detail", args=[self.pk])
+
+    # --- derived --------------------------------------------------------------------------------
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def is_at_backend(self) -> bool:
+        return self.state in AT_BACKEND_STATES
+
+    @property
+    def can_cancel(self) -> bool:
+        return not self.is_terminal
+
+    @property
+    def gpu_hours_requested(self) -> float:
+        return self.gpu_count * self.time_limit_minutes / 60
+
+    def may_cancel(self, user) -> bool:
+        return Job.objects.cancellable_by(user).filter(pk=self.pk).exists()
+
+    # --- the lifecycle --------------------------------------------------------------------------
+
+    def transition(self, to: str, *, message: str = "", **fields) -> bool:
+        """Move to `to` if the edge is allowed and nobody moved the job meanwhile.
+
+        A conditional UPDATE guards against concurrent workers (row count 0: someone else got
+        there first, nothing happens); the event is written in the same transaction. Returns
+        whether this call made the change; repeating a transition is a no-op.
+        """
+        if to not in TRANSITIONS.get(self.state, ()):
+            return False
+        now = timezone.now()
+        with transaction.atomic():
+            changed = Job.objects.filter(pk=self.pk, state=self.state).update(
+                state=to, updated_at=now, **fields
+            )
+            if changed != 1:
+                self.refresh_from_db()
+                return False
+            previous = self.state
+            self.state = to
+            for name, value in fields.items():
+                setattr(self, name, value)
+            self.record(EventKind.STATE, message or f"{JobState(previous).label} → {JobState(to).label}")
+            if previous in HOLDING_STATES and to not in HOLDING_STATES:
+                transaction.on_commit(lambda: signals.job_released.send(Job, job_id=self.pk))
+        return True
+
+    def record(self, kind: str, message: str) -> JobEvent:
+        return JobEvent.objects.create(job=self, kind=kind, state=self.state, message=message[:1000])
+
+    def admit(self, cluster: Cluster, *, message: str = "") -> bool:
+        ok = self.transition(
+            JobState.ADMITTED, cluster=cluster, reason="", admitted_at=timezone.now(), message=message
+        )
+        if ok:
+            from .tasks import dispatch_job
+
+            transaction.on_commit(lambda: dispatch_job.delay(self.pk))
+        return ok
+
+    def mark_submitted(self, external_id: str) -> bool:
+        return self.transition(
+            JobState.SUBMITTED,
+            external_id=external_id,
+            submitted_at=timezone.now(),
+            message=f"Accepted by {self.cluster} as {external_id}",
+        )
+
+    def mark_running(self, started_at: datetime | None) -> bool:
+        return self.transition(
+            JobState.RUNNING, started_at=started_at or timezone.now(), reason="", message="Running"
+        )
+
+    def finish(
+        self,
+        state: str,
+        *,
+        exit_code: int | None = None,
+        reason: str = "",
+        started_at: datetime | None = None,
+        ended_at: datetime | None = None,
+    ) -> bool:
+        if state not in TERMINAL_STATES:
+            raise ValueError(f"{state} is not a terminal state")
+        ended = ended_at or timezone.now()
+        fields = {"exit_code": exit_code, "reason": reason[:500], "ended_at": ended}
+        if self.started_at is None and started_at is not None:
+            fields["started_at"] = started_at
+        return self.transition(state, message=self._finish_message(state, exit_code, reason), **fields)
+
+    def cancel(self, user=None) -> bool:
+        """Cancel now if the backend does not have the job yet, else ask the backend to stop it."""
+        who = f" by {user}" if user else ""
+        # An in-flight dispatch sees the cancelled state and withdraws what it submitted. If the
+        # job moved meanwhile (dispatch submitted it), go on from its new state.
+        before_backend = self.state in (JobState.PENDING, JobState.ADMITTED)
+        if before_backend and self.finish(JobState.CANCELLED, reason=f"cancelled{who}"):
+            return True
+        if self.state not in AT_BACKEND_STATES or self.cancel_requested_at:
+            return False
+        with transaction.atomic():
+            changed = Job.objects.filter(
+                pk=self.pk, state__in=AT_BACKEND_STATES, cancel_requested_at__isnull=True
+            ).update(cancel_requested_at=timezone.now())
+            if not changed:
+                self.refresh_from_db()
+                return False
+            self.cancel_requested_at = timezone.now()
+            self.record(EventKind.INFO, f"Cancel requested{who}")
+            from .tasks import cancel_job
+
+            transaction.on_commit(lambda: cancel_job.delay(self.pk))
+        return True
+
+    def requeue(self, reason: str) -> bool:
+        """Back to pending (preempted or refused by a backend); quota is released, the job retried."""
+        return self.transition(
+            JobState.PENDING,
+            reason=reason[:500],
+            cluster=None,
+            external_id="",
+            admitted_at=None,
+            submitted_at=None,
+            started_at=None,
+            cancel_requested_at=None,
+            message=f"Back to pending: {reason}",
+        )
+
+    def reject(self, reason: str) -> bool:
+        return self.finish(JobState.REJECTED, reason=reason)
+
+    def explain_wait(self, reason: str) -> bool:
+        """Record why a pending or queued job waits; an event only when the reason changes."""
+        if reason == self.reason or self.is_terminal:
+            return False
+        changed = (
+            Job.objects.filter(pk=self.pk, state=self.state)
+            .exclude(reason=reason)
+            .update(reason=reason[:500], updated_at=timezone.now())
+        )
+        if changed:
+            self.reason = reason[:500]
+            self.record(EventKind.REASON, f"Waiting: {reason}")
+        return bool(changed)
+
+    def apply_report(self, report) -> bool:
+        """Bring the job in line with what its backend says. Stale reports change nothing."""
+        from factory.adapters import BackendState
+
+        if self.is_terminal or not self.is_at_backend:
+            return False
+        if report.state == BackendState.QUEUED:
+            return self.explain_wait(report.reason) if report.reason else False
+        if report.state == BackendState.RUNNING:
+            return self.state == JobState.SUBMITTED and self.mark_running(report.started_at)
+        if report.state == BackendState.LOST:
+            return self.finish(JobState.FAILED, reason=f"lost by the backend: {report.reason}".strip(": "))
+        terminal = {
+            BackendState.SUCCEEDED: JobState.SUCCEEDED,
+            BackendState.FAILED: JobState.FAILED,
+            BackendState.CANCELLED: JobState.CANCELLED,
+            BackendState.TIMED_OUT: JobState.TIMED_OUT,
+        }[report.state]
+        return self.finish(
+            terminal,
+            exit_code=report.exit_code,
+            reason=report.reason,
+            started_at=report.started_at,
+            ended_at=report.ended_at,
+        )
+
+    @staticmethod
+    def _finish_message(state: str, exit_code: int | None, reason: str) -> str:
+        message = JobState(state).label
+        if exit_code is not None and state != JobState.SUCCEEDED:
+            message += f" with exit code {exit_code}"
+        return f"{message}: {reason}" if reason else message
+
+
+class JobEvent(models.Model):
+    """Append-only. Its id orders the log and resumes a live stream (Last-Event-ID)."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=16, choices=EventKind.choices)
+    state = models.CharField(max_length=16, choices=JobState.choices)
+    message = models.CharField(max_length=1000)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["job", "id"], name="jobevent_job_id")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}#{self.pk} {self.kind}: {self.message}"

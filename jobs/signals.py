@@ -1,0 +1,10 @@
+"""What the job lifecycle announces to apps above it (quotas readmits, billing meters)."""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+
+# A job was created and waits for admission. Sent on commit with job_id.
+job_submitted = Signal()
+# A job stopped holding quota (ended, or went back to pending). Sent on commit with job_id.
+job_released = Signal()

@@ -1,0 +1,86 @@
+"""Creating a job: the one path the form and the API both take."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, models, transaction
+
+from factory.models import GpuType, Pool, Tenant
+
+from . import signals
+from .choices import EventKind
+from .models import Job
+
+
+def largest_pool(gpu_type: GpuType) -> int:
+    """The most GPUs of this type any single cluster that accepts jobs can give one job."""
+    return (
+        Pool.objects.filter(gpu_type=gpu_type, cluster__enabled=True, cluster__draining=False).aggregate(
+            most=models.Max("capacity")
+        )["most"]
+        or 0
+    )
+
+
+def check_gpu_request(gpu_type: GpuType, gpu_count: int) -> None:
+    """Raise ValidationError({"gpu_count": ...}) for a request no cluster could ever run."""
+    if gpu_count is None or gpu_count < 1:
+        raise ValidationError({"gpu_count": "Ask for at least one GPU."})
+    most = largest_pool(gpu_type)
+    if most == 0:
+        raise ValidationError({"gpu_type": f"No cluster accepting jobs has {gpu_type} GPUs."})
+    if gpu_count > most:
+        raise ValidationError(
+            {"gpu_count": f"At most {most} {gpu_type} GPUs fit on one cluster; you asked for {gpu_count}."}
+        )
+
+
+def fingerprint(spec: dict) -> str:
+    canonical = json.dumps(spec, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class IdempotencyConflict(Exception):
+    """The key was used before for a different request."""
+
+
+def submit(*, tenant: Tenant, owner, spec: dict, idempotency_key: str = "") -> tuple[Job, bool]:
+    """Create a pending job and announce it on commit. Returns (job, created).
+
+    With an idempotency key, a repeat of the same request returns the first job; the unique
+    constraint settles a race between two identical requests.
+    """
+    digest = fingerprint({"tenant": tenant.slug, **spec}) if idempotency_key else ""
+    if idempotency_key:
+        existing = _existing(owner, idempotency_key, digest)
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                tenant=tenant,
+                owner=owner,
+                idempotency_key=idempotency_key,
+                idempotency_fingerprint=digest,
+                **spec,
+            )
+            job.record(EventKind.STATE, f"Submitted by {owner}")
+            transaction.on_commit(lambda: signals.job_submitted.send(Job, job_id=job.pk))
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        existing = _existing(owner, idempotency_key, digest)
+        if existing is None:
+            raise
+        return existing, False
+    return job, True
+
+
+def _existing(owner, key: str, digest: str) -> Job | None:
+    job = Job.objects.filter(owner=owner, idempotency_key=key).select_related("tenant", "gpu_type").first()
+    if job is not None and job.idempotency_fingerprint != digest:
+        raise IdempotencyConflict(key)
+    return job

@@ -1,0 +1,59 @@
+"""Thin Celery tasks: load by id (quietly return if gone), call the domain function."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from factory.adapters import BackendUnavailable
+from factory.models import Cluster
+
+from . import dispatch
+from .models import Job
+
+log = logging.getLogger(__name__)
+
+RETRYING = {
+    "acks_late": True,
+    "autoretry_for": (BackendUnavailable,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 120,
+    "retry_jitter": True,
+    "max_retries": 8,  # after that the sweep picks the job up again; it is never failed for this
+}
+
+
+def _job(job_id: int) -> Job | None:
+    return Job.objects.select_related("cluster", "gpu_type", "tenant").filter(pk=job_id).first()
+
+
+@shared_task(**RETRYING)
+def dispatch_job(job_id: int) -> None:
+    job = _job(job_id)
+    if job is not None:
+        dispatch.dispatch(job)
+
+
+@shared_task(**RETRYING)
+def cancel_job(job_id: int) -> None:
+    job = _job(job_id)
+    if job is not None:
+        dispatch.cancel_at_backend(job)
+
+
+@shared_task(acks_late=True)
+def sync_cluster_task(cluster_id: int) -> None:
+    cluster = Cluster.objects.filter(pk=cluster_id, enabled=True).first()
+    if cluster is None:
+        return
+    try:
+        dispatch.sync_cluster(cluster)
+    except BackendUnavailable as exc:
+        # Nothing is lost: the next sweep asks again.
+        log.warning("sync of %s skipped: %s", cluster, exc)
+
+
+@shared_task(acks_late=True)
+def sweep() -> dict[str, int]:
+    return dispatch.sweep()

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+app_name = "jobs"
+urlpatterns = [
+    path("", views.job_list, name="list"),
+    path("new/", views.job_create, name="create"),
+    path("<int:pk>/", views.job_detail, name="detail"),
+    path("<int:pk>/cancel/", views.job_cancel, name="cancel"),
+    path("<int:pk>/log/", views.job_log, name="log"),
+    path("<int:pk>/stream/", views.job_stream, name="stream"),
+]

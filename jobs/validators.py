@@ -1,0 +1,71 @@
+"""Rules a job spec must follow, attached to the model fields so forms and the API share them."""
+
+from __future__ import annotations
+
+import re
+
+from django.core.exceptions import ValidationError
+
+from .choices import (
+    ENV_NAME_PATTERN,
+    MAX_COMMAND_BYTES,
+    MAX_ENV_VALUE_BYTES,
+    MAX_ENV_VARS,
+    NAME_PATTERN,
+)
+
+_NAME = re.compile(NAME_PATTERN)
+_ENV_NAME = re.compile(ENV_NAME_PATTERN)
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,511}$")
+# Set by the backend for the job; a user may not override them.
+RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "FACTORY_JOB_UID", "FACTORY_JOB_NAME"})
+
+
+def validate_name(value: str) -> None:
+    if not _NAME.fullmatch(value or ""):
+        raise ValidationError(
+            "Use 1 to 64 characters: letters, digits, dot, underscore or hyphen.", code="invalid_name"
+        )
+
+
+def validate_command(value: str) -> None:
+    if not (value or "").strip():
+        raise ValidationError("The command cannot be empty.", code="empty_command")
+    size = len(value.encode("utf-8"))
+    if size > MAX_COMMAND_BYTES:
+        raise ValidationError(
+            f"The command is {size:,} bytes; the limit is {MAX_COMMAND_BYTES:,} bytes (64 KiB).",
+            code="command_too_long",
+        )
+    if "\x00" in value:
+        raise ValidationError("The command cannot contain NUL characters.", code="nul_in_command")
+
+
+def validate_image(value: str) -> None:
+    if value and not _IMAGE.fullmatch(value):
+        raise ValidationError("Not a valid container image reference.", code="invalid_image")
+
+
+def validate_env(value) -> None:
+    if not isinstance(value, dict):
+        raise ValidationError("Environment variables must be a mapping of names to values.", code="env_type")
+    if len(value) > MAX_ENV_VARS:
+        raise ValidationError(f"At most {MAX_ENV_VARS} environment variables.", code="env_too_many")
+    for name, val in value.items():
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            raise ValidationError(
+                f"{name!r} is not a valid environment variable name: use letters, digits and "
+                "underscores, not starting with a digit.",
+                code="env_name",
+            )
+        if name in RESERVED_ENV_NAMES:
+            raise ValidationError(
+                f"{name} is set by the factory and cannot be overridden.", code="env_reserved"
+            )
+        if not isinstance(val, str):
+            raise ValidationError(f"The value of {name} must be a string.", code="env_value_type")
+        if "\x00" in val or len(val.encode("utf-8")) > MAX_ENV_VALUE_BYTES:
+            raise ValidationError(
+                f"The value of {name} must be under {MAX_ENV_VALUE_BYTES} bytes without NUL characters.",
+                code="env_value",
+            )
