@@ -278,6 +278,9 @@ class Job(models.Model):
             return self.state == JobState.SUBMITTED and self.mark_running(report.started_at)
         if report.state == BackendState.LOST:
             return self.finish(JobState.FAILED, reason=f"lost by the backend: {report.reason}".strip(": "))
+        if self.state == JobState.SUBMITTED and report.started_at:
+            # It ran between two syncs: the timeline still shows that it ran.
+            self.mark_running(report.started_at)
         terminal = {
             BackendState.SUCCEEDED: JobState.SUCCEEDED,
             BackendState.FAILED: JobState.FAILED,

@@ -1,0 +1,8 @@
+# Environment of the test run; sourced by scripts/test (and handy in a shell: `. scripts/test-env.sh`).
+export DATABASE_URL="${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/factory}"
+export REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}"
+export SECRET_KEY="test-only-secret-key-not-for-production"
+export SECURE_SSL_REDIRECT=0
+export FACTORY_FAST_PASSWORDS=1
+export FACTORY_VAR_DIR="$PWD/var/test"
+unset DEBUG CELERY_BROKER_URL

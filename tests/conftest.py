@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.contrib.auth.models import Group
+
+from factory.choices import FINANCE_GROUP, ClusterKind, Role
+from factory.models import Cluster, GpuType, Membership, Pool, Tenant
+
+# Playwright's sync API keeps an event loop in the main thread; Django must still allow ORM calls.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture(autouse=True)
+def local_backend_root(settings, tmp_path):
+    settings.FACTORY_LOCAL_BACKEND_ROOT = tmp_path / "local-backend"
+    return settings.FACTORY_LOCAL_BACKEND_ROOT
+
+
+@pytest.fixture
+def h100(db) -> GpuType:
+    return GpuType.objects.create(slug="h100", name="H100", memory_gb=80, board_power_watts=700)
+
+
+@pytest.fixture
+def a100(db) -> GpuType:
+    return GpuType.objects.create(slug="a100", name="A100", memory_gb=80, board_power_watts=400)
+
+
+@pytest.fixture
+def cluster(db, h100, a100) -> Cluster:
+    cluster = Cluster.objects.create(slug="local", name="Local", kind=ClusterKind.LOCAL, region="local")
+    Pool.objects.create(cluster=cluster, gpu_type=h100, capacity=4)
+    Pool.objects.create(cluster=cluster, gpu_type=a100, capacity=4)
+    return cluster
+
+
+@pytest.fixture
+def tenant(db) -> Tenant:
+    return Tenant.objects.create(slug="demo-lab", name="Demo Lab")
+
+
+@pytest.fixture
+def other_tenant(db) -> Tenant:
+    return Tenant.objects.create(slug="other-lab", name="Other Lab")
+
+
+def make_user(django_user_model, username: str, **extra):
+    return django_user_model.objects.create_user(username=username, password="pw-" + username, **extra)
+
+
+@pytest.fixture
+def owner(django_user_model, tenant):
+    user = make_user(django_user_model, "researcher")
+    Membership.objects.create(user=user, tenant=tenant, role=Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def teammate(django_user_model, tenant):
+    user = make_user(django_user_model, "teammate")
+    Membership.objects.create(user=user, tenant=tenant, role=Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def tenant_admin(django_user_model, tenant):
+    user = make_user(django_user_model, "labadmin")
+    Membership.objects.create(user=user, tenant=tenant, role=Role.ADMIN)
+    return user
+
+
+@pytest.fixture
+def outsider(django_user_model, other_tenant):
+    user = make_user(django_user_model, "outsider")
+    Membership.objects.create(user=user, tenant=other_tenant, role=Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def platform_admin(django_user_model):
+    return make_user(django_user_model, "platform", is_staff=True)
+
+
+@pytest.fixture
+def finance_user(django_user_model):
+    user = make_user(django_user_model, "finance")
+    user.groups.add(Group.objects.get(name=FINANCE_GROUP))
+    return user
+
+
+def job_spec(**overrides) -> dict:
+    spec = {
+        "name": "train-1",
+        "command": "echo hello",
+        "gpu_count": 1,
+        "time_limit_minutes": 10,
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture
+def make_job(cluster, tenant, owner, h100):
+    from jobs import submission
+
+    def make(*, tenant=tenant, owner=owner, gpu_type=h100, **overrides):
+        job, _ = submission.submit(tenant=tenant, owner=owner, spec=job_spec(gpu_type=gpu_type, **overrides))
+        return job
+
+    return make

@@ -1,0 +1,219 @@
+"""The local backend against real processes on this machine."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from factory.adapters import BackendState
+from factory.adapters.local import LocalAdapter
+from factory.adapters.local_runner import runner_alive
+
+pytestmark = pytest.mark.django_db
+
+
+def fake_job(h100, command: str, *, gpu_count: int = 1, minutes: int = 5, env=None, name="t"):
+    import uuid
+
+    return SimpleNamespace(
+        uid=uuid.uuid4(),
+        name=name,
+        command=command,
+        gpu_type=h100,
+        gpu_count=gpu_count,
+        time_limit_minutes=minutes,
+        env=env or {},
+        external_id="",
+    )
+
+
+def wait_for(adapter, job, predicate, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        report = adapter.statuses([job])[str(job.uid)]
+        if predicate(report):
+            return report
+        time.sleep(0.1)
+    raise AssertionError(f"timed out; last report {report}")
+
+
+def finished(report) -> bool:
+    return report.state.is_terminal
+
+
+def full_log(adapter, job) -> str:
+    return adapter.logs(job, 0).text
+
+
+@pytest.fixture
+def adapter(cluster) -> LocalAdapter:
+    return LocalAdapter(cluster)
+
+
+def test_job_sees_its_gpu_slots_and_env_and_exit_code(adapter, h100):
+    job = fake_job(
+        h100,
+        'echo "gpus=$CUDA_VISIBLE_DEVICES greeting=$GREETING"; exit 3',
+        gpu_count=2,
+        env={"GREETING": "héllo $(whoami) 'x'"},
+    )
+    assert adapter.submit(job) == str(job.uid)
+    report = wait_for(adapter, job, finished)
+    assert report.state == BackendState.FAILED
+    assert report.exit_code == 3
+    assert report.started_at and report.ended_at and report.started_at <= report.ended_at
+    assert full_log(adapter, job) == "gpus=0,1 greeting=héllo $(whoami) 'x'\n"
+
+
+def test_success_records_exit_code_zero(adapter, h100):
+    job = fake_job(h100, "echo ok")
+    adapter.submit(job)
+    report = wait_for(adapter, job, finished)
+    assert (report.state, report.exit_code) == (BackendState.SUCCEEDED, 0)
+
+
+def test_jobs_wait_when_slots_are_exhausted_and_never_share_a_slot(adapter, h100, tmp_path):
+    gate = tmp_path / "gate"
+    holders = [
+        fake_job(h100, f"echo $CUDA_VISIBLE_DEVICES; while [ ! -e {gate} ]; do sleep 0.1; done", gpu_count=2)
+        for _ in range(2)
+    ]
+    for job in holders:
+        adapter.submit(job)
+    for job in holders:
+        wait_for(adapter, job, lambda r: r.state == BackendState.RUNNING)
+    waiter = fake_job(h100, "echo $CUDA_VISIBLE_DEVICES", gpu_count=1)
+    adapter.submit(waiter)
+    report = wait_for(adapter, waiter, lambda r: "waiting" in r.reason)
+    assert report.state == BackendState.QUEUED
+    assert "0 free" not in report.reason and "4 of 4 in use" in report.reason
+
+    gate.touch()
+    wait_for(adapter, waiter, finished)
+    used = sorted(full_log(adapter, job).strip() for job in holders)
+    assert used == ["0,1", "2,3"]
+    assert full_log(adapter, waiter).strip() in {"0", "1", "2", "3"}
+
+
+def test_time_limit_reached_means_timed_out(adapter, h100):
+    import json
+
+    job = fake_job(h100, "echo start; sleep 60")
+    job_dir = adapter.job_dir(job.uid)
+    adapter._create_job_dir(job, job_dir)
+    spec = json.loads((job_dir / "spec.json").read_text())
+    spec["time_limit_seconds"] = 1
+    (job_dir / "spec.json").write_text(json.dumps(spec))
+    adapter.submit(job)
+    report = wait_for(adapter, job, finished)
+    assert report.state == BackendState.TIMED_OUT
+    assert (report.ended_at - report.started_at).total_seconds() < 10
+    assert full_log(adapter, job) == "start\n"
+
+
+def test_cancel_running_job_kills_its_processes(adapter, h100, tmp_path):
+    marker = tmp_path / "child-alive"
+    job = fake_job(h100, f"(sleep 30; touch {marker}) & echo started; wait")
+    adapter.submit(job)
+    wait_for(adapter, job, lambda r: r.state == BackendState.RUNNING and "started" in full_log(adapter, job))
+    adapter.cancel(job)
+    report = wait_for(adapter, job, finished)
+    assert report.state == BackendState.CANCELLED
+    assert not runner_alive(adapter.job_dir(job.uid))
+
+
+def test_cancel_queued_job_never_runs_it(adapter, h100, tmp_path):
+    gate = tmp_path / "gate"
+    blocker = fake_job(h100, f"while [ ! -e {gate} ]; do sleep 0.1; done", gpu_count=4)
+    adapter.submit(blocker)
+    wait_for(adapter, blocker, lambda r: r.state == BackendState.RUNNING)
+    queued = fake_job(h100, "echo ran")
+    adapter.submit(queued)
+    wait_for(adapter, queued, lambda r: r.state == BackendState.QUEUED and r.reason)
+    adapter.cancel(queued)
+    assert wait_for(adapter, queued, finished).state == BackendState.CANCELLED
+    gate.touch()
+    wait_for(adapter, blocker, finished)
+    assert full_log(adapter, queued) == ""
+
+
+def test_submitting_twice_runs_the_command_once(adapter, h100, tmp_path):
+    counter = tmp_path / "runs"
+    job = fake_job(h100, f"echo run >> {counter}; sleep 0.5")
+    adapter.submit(job)
+    adapter.submit(job)  # a retried dispatch
+    wait_for(adapter, job, finished)
+    adapter.submit(job)  # a very late retry changes nothing either
+    assert counter.read_text() == "run\n"
+
+
+def test_a_dead_runner_is_never_replaced_by_a_second_run(adapter, h100, tmp_path):
+    """If the supervisor dies while the job runs, the job is reported failed, not started again."""
+    import json
+    import os
+    import signal
+
+    counter = tmp_path / "runs"
+    job = fake_job(h100, f"echo run >> {counter}; sleep 30")
+    adapter.submit(job)
+    wait_for(adapter, job, lambda r: r.state == BackendState.RUNNING)
+    state = json.loads((adapter.job_dir(job.uid) / "state.json").read_text())
+    runner_pids = [p for p in _pids_holding(adapter.job_dir(job.uid) / "runner.lock")]
+    for pid in runner_pids:
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(state["pid"], signal.SIGKILL)
+    report = wait_for(adapter, job, finished)
+    assert report.state == BackendState.FAILED
+    assert "stopped while the job was running" in report.reason
+    assert counter.read_text() == "run\n"
+
+
+def _pids_holding(path) -> list[int]:
+    import os
+
+    target = os.stat(path)
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+                if (st.st_ino, st.st_dev) == (target.st_ino, target.st_dev):
+                    pids.append(int(pid))
+                    break
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return pids
+
+
+def test_logs_resume_from_an_offset_without_splitting_characters(adapter, h100):
+    job = fake_job(h100, "printf 'ab€cd\\n'")
+    adapter.submit(job)
+    wait_for(adapter, job, finished)
+    first = adapter.logs(job, 0)
+    assert first.text == "ab€cd\n" and first.complete
+    # Offsets count bytes: 'ab€' is five.
+    tail = adapter.logs(job, 5)
+    assert tail.text == "cd\n"
+    assert adapter.logs(job, first.next_offset).text == ""
+
+
+def test_unknown_job_is_reported_lost(adapter, h100):
+    job = fake_job(h100, "true")
+    assert adapter.statuses([job])[str(job.uid)].state == BackendState.LOST
+
+
+def test_health_reports_pools_and_slots_in_use(adapter):
+    health = adapter.health()
+    assert health.ok
+    assert {(p.gpu_type, p.capacity, p.in_use) for p in health.pools} == {("a100", 4, 0), ("h100", 4, 0)}
+
+
+def test_connection_settings_are_validated(cluster):
+    from factory.adapters.local import LocalAdapter
+
+    with pytest.raises(ValueError, match="Unknown connection setting"):
+        LocalAdapter.parse_connection({"rooot": "/tmp"})
+    with pytest.raises(ValueError, match="wrong type"):
+        LocalAdapter.parse_connection({"root": 5})
