@@ -138,9 +138,9 @@ def test_sweep_redispatches_stalled_admissions_and_syncs_busy_clusters(
     with (
         mock.patch("jobs.tasks.dispatch_job.delay") as redispatch,
         mock.patch("jobs.tasks.sync_cluster_task.delay") as sync,
+        django_capture_on_commit_callbacks(execute=True),
     ):
-        with django_capture_on_commit_callbacks(execute=True):
-            result = dispatch.sweep()
+        result = dispatch.sweep()
     assert result == {"clusters": 1, "redispatched": 1, "recancelled": 0}
     redispatch.assert_called_once_with(stalled.pk)
     sync.assert_called_once_with(cluster.pk)
