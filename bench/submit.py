@@ -58,7 +58,7 @@ from rest_framework.authtoken.models import Token
 from factory.choices import ClusterKind, Role
 from factory.models import Cluster, GpuType, Membership, Pool, Tenant
 
-tenant = Tenant.objects.create(slug="%(tenant)s", name="Bench Lab")
+tenant = Tenant.objects.create(slug="TENANT_SLUG", name="Bench Lab")
 h100 = GpuType.objects.create(slug="h100", name="NVIDIA H100 80GB", memory_gb=80, board_power_watts=700)
 a100 = GpuType.objects.create(slug="a100", name="NVIDIA A100 80GB", memory_gb=80, board_power_watts=400)
 cluster = Cluster.objects.create(slug="local", name="Bench machine", kind=ClusterKind.LOCAL)
@@ -67,7 +67,7 @@ Pool.objects.create(cluster=cluster, gpu_type=a100, capacity=8)
 user = get_user_model().objects.create_user("bench")
 Membership.objects.create(user=user, tenant=tenant, role=Role.MEMBER)
 print("TOKEN=" + Token.objects.create(user=user).key)
-""" % {"tenant": TENANT}
+""".replace("TENANT_SLUG", TENANT)
 
 
 def log(message: str) -> None:
@@ -198,7 +198,7 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 def process_table() -> Iterator[tuple[int, int, str, int]]:
-    """(pid, ppid, name, utime+stime ticks) for every process we can read."""
+    """(pid, ppid, name, CPU ticks used by it and its reaped children) for every process."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -208,7 +208,9 @@ def process_table() -> Iterator[tuple[int, int, str, int]]:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        yield int(entry.name), int(fields[1]), name, int(fields[11]) + int(fields[12])
+        # utime + stime, plus cutime + cstime: PostgreSQL backends that exited (one per connection)
+        # are only visible in the postmaster's reaped-children time.
+        yield int(entry.name), int(fields[1]), name, sum(int(f) for f in fields[11:15])
 
 
 def cpu_snapshot(server_pid: int) -> dict[str, float]:
@@ -228,7 +230,21 @@ def cpu_snapshot(server_pid: int) -> dict[str, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     snapshot = {key: value / CLK_TCK for key, value in ticks.items()}
     snapshot["client"] = usage.ru_utime + usage.ru_stime
+    snapshot["machine"] = machine_busy_seconds()
     return snapshot
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (everything but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
+
+
+def pg_sessions() -> int:
+    """Sessions (connections) PostgreSQL has opened on the bench database so far."""
+    with psycopg.connect(PG_ADMIN_URL) as conn:
+        row = conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", [DB_NAME]).fetchone()
+    return int(row[0])
 
 
 # --- the load generator ---------------------------------------------------------------------------
@@ -248,6 +264,7 @@ class Window:
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    db_connections: int = 0
 
     @property
     def accepted(self) -> int:
@@ -366,9 +383,10 @@ async def measure(
     until = measure_from + duration
     loops = [asyncio.create_task(client_loop(s, window, measure_from, until)) for s in submitters]
     await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-    before = cpu_snapshot(server_pid)
+    before, sessions_before = cpu_snapshot(server_pid), await asyncio.to_thread(pg_sessions)
     await asyncio.gather(*loops)
-    after = cpu_snapshot(server_pid)
+    after, sessions_after = cpu_snapshot(server_pid), await asyncio.to_thread(pg_sessions)
+    window.db_connections = sessions_after - sessions_before - 1  # minus pg_sessions' own
     window.seconds = duration
     window.cpu = {key: after[key] - before[key] for key in before}
     await asyncio.gather(*(s.close() for s in submitters))
@@ -376,12 +394,14 @@ async def measure(
 
 
 def describe(window: Window) -> str:
-    per_job = {key: 1000 * value / max(window.accepted, 1) for key, value in window.cpu.items()}
-    cpu = ", ".join(f"{key} {value:.2f}" for key, value in per_job.items())
+    jobs = max(window.accepted, 1)
+    cpu = ", ".join(f"{key} {1000 * value / jobs:.2f}" for key, value in window.cpu.items())
+    busy = 100 * window.cpu.get("machine", 0.0) / (window.seconds * (os.cpu_count() or 1))
     return (
         f"{window.clients:>2} clients: {window.per_second:7.1f} jobs/s  "
         f"p50 {window.percentile_ms(0.50):6.1f} ms  p99 {window.percentile_ms(0.99):6.1f} ms  "
-        f"errors {window.errors}  (CPU ms per job: {cpu})"
+        f"errors {window.errors}\n    CPU ms per job: {cpu}; machine {busy:.0f}% busy; "
+        f"{window.db_connections / jobs:.2f} new DB connections per job"
     )
 
 

@@ -78,9 +78,13 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "log_text": log.text if log else "",
         "log_offset": log.next_offset if log else 0,
         "last_event_id": events[-1].pk if events else 0,
-        "may_cancel": job.can_cancel and job.may_cancel(request.user),
+        **status_context(request, job),
     }
     return render(request, "jobs/job_detail.html", context)
+
+
+def status_context(request: HttpRequest, job: Job) -> dict:
+    return {"job": job, "may_cancel": job.can_cancel and job.may_cancel(request.user)}
 
 
 @login_required
@@ -157,7 +161,7 @@ def stream_step(
         out.append(
             sse_message(
                 "status",
-                render_to_string("jobs/job_detail.html#status", {"job": job}, request=request),
+                render_to_string("jobs/job_detail.html#status", status_context(request, job), request=request),
                 cursor,
             )
         )

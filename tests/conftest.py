@@ -110,3 +110,13 @@ def make_job(cluster, tenant, owner, h100):
         return job
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Throttle counters live in the cache; each test starts from zero."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()

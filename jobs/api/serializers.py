@@ -8,6 +8,7 @@ from factory.models import GpuType
 
 from ..models import Job, JobEvent
 from ..submission import check_gpu_request
+from ..validators import validate_env
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -60,7 +61,7 @@ class JobCreateSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         queryset=GpuType.objects.all(),
         error_messages={"does_not_exist": "Unknown GPU type {value}."},
     )
-    env = serializers.JSONField(required=False, default=dict)
+    env = serializers.JSONField(required=False, default=dict, validators=[validate_env])
 
     class Meta:
         model = Job
