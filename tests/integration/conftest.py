@@ -1,0 +1,149 @@
+"""Real moving parts for end-to-end tests: a Celery worker process (with its scheduler) on Redis
+and the test database, and the ASGI app under uvicorn in a thread of the test process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+]
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WorkerProcess:
+    """`celery worker -B` in its own process group, so a test can kill it like a crash would."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.proc: subprocess.Popen | None = None
+        self.log_path = tmp_path / "worker.log"
+
+    def env(self) -> dict[str, str]:
+        db = settings.DATABASES["default"]
+        url = f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        return {
+            **os.environ,
+            "DATABASE_URL": url,  # the test database pytest-django created
+            "FACTORY_LOCAL_BACKEND_ROOT": str(settings.FACTORY_LOCAL_BACKEND_ROOT),
+            "FACTORY_SYNC_INTERVAL": "0.5",
+            "FACTORY_DISPATCH_STALE_AFTER": "2",
+        }
+
+    def start(self) -> None:
+        log = open(self.log_path, "a")  # noqa: SIM115 - kept open for the process's lifetime
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "factory",
+                "worker",
+                "-B",
+                "-s",
+                str(self.tmp_path / "beat-schedule"),
+                "--concurrency=2",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel=INFO",
+            ],
+            cwd=PROJECT_DIR,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the worker, its pool and its scheduler at once: no shutdown, no acks."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, tmp_path):
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()  # nothing left over from other tests
+    worker = WorkerProcess(tmp_path)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def asgi_server(transactional_db):
+    import uvicorn
+
+    from factory.asgi import application
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            application,
+            host="127.0.0.1",
+            port=port,
+            lifespan="off",
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def wait_until(predicate, timeout: float, message: str = "condition", interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")

@@ -1,0 +1,62 @@
+"""A researcher in headless Chromium: log in, submit through the form, watch the job run live."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+def log_in(page: Page, base_url: str, username: str, password: str) -> None:
+    page.goto(f"{base_url}/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
+
+
+def test_researcher_submits_a_job_and_watches_it_succeed_without_reload(
+    page: Page, asgi_server, celery_worker_process, owner, cluster
+):
+    log_in(page, asgi_server, "researcher", "pw-researcher")
+    page.get_by_role("link", name="New job").first.click()
+    page.get_by_label("Name").fill("hello-gpu")
+    page.get_by_label("Command").fill(
+        'echo "starting on $CUDA_VISIBLE_DEVICES"; sleep 2; echo "done: $GREETING"'
+    )
+    page.get_by_label("GPU type").select_option(label="h100")
+    page.get_by_label("GPU count").fill("2")
+    page.get_by_label("Time limit (minutes)").fill("5")
+    page.get_by_label("Environment variables").fill("GREETING=hi there")
+    page.get_by_role("button", name="Submit job").click()
+
+    expect(page.get_by_role("heading", name="hello-gpu")).to_be_visible()
+    navigations: list[str] = []
+    page.on(
+        "framenavigated", lambda frame: navigations.append(frame.url) if frame == page.main_frame else None
+    )
+    page.evaluate("window.__same_document = true")
+
+    state = page.locator("#job-state")
+    expect(state).to_have_text("Running", timeout=20_000)
+    expect(page.locator("#log")).to_contain_text("starting on 0,1", timeout=10_000)
+    expect(state).to_have_text("Succeeded", timeout=20_000)
+    expect(page.locator("#log")).to_contain_text("done: hi there")
+    timeline = page.locator("#timeline")
+    for label in ("Pending", "Admitted", "Submitted", "Running", "Succeeded"):
+        expect(timeline).to_contain_text(label)
+    assert page.evaluate("window.__same_document") is True
+    assert navigations == []
+    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+
+
+def test_form_errors_are_shown_next_to_the_fields(page: Page, asgi_server, owner, cluster):
+    log_in(page, asgi_server, "researcher", "pw-researcher")
+    page.goto(f"{asgi_server}/jobs/new/")
+    page.get_by_label("Name").fill("bad name!")
+    page.get_by_label("Command").fill("true")
+    page.get_by_label("GPU count").fill("0")
+    page.get_by_role("button", name="Submit job").click()
+    expect(page.get_by_text("Use 1 to 64 characters")).to_be_visible()
+    expect(page.get_by_text("Ask for at least one GPU.")).to_be_visible()
