@@ -21,7 +21,11 @@ class JobFilterSet(django_filters.FilterSet):
     )
     state = django_filters.MultipleChoiceFilter(choices=JobState.choices)
     gpu_type = django_filters.ModelChoiceFilter(
-        field_name="gpu_type", to_field_name="slug", queryset=GpuType.objects.all(), label="GPU type"
+        field_name="gpu_type",
+        to_field_name="slug",
+        queryset=GpuType.objects.all(),
+        label="GPU type",
+        empty_label="any",
     )
     cluster = django_filters.ModelChoiceFilter(
         field_name="cluster", to_field_name="slug", queryset=Cluster.objects.all()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -132,6 +132,13 @@ class Job(models.Model):
     @property
     def can_cancel(self) -> bool:
         return not self.is_terminal
+
+    @property
+    def runtime(self) -> timedelta | None:
+        """How long it has run (so far, while running)."""
+        if self.started_at is None:
+            return None
+        return (self.ended_at or timezone.now()) - self.started_at
 
     @property
     def gpu_hours_requested(self) -> float:

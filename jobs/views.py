@@ -161,7 +161,9 @@ def stream_step(
         out.append(
             sse_message(
                 "status",
-                render_to_string("jobs/job_detail.html#status", status_context(request, job), request=request),
+                render_to_string(
+                    "jobs/job_detail.html#status", status_context(request, job), request=request
+                ),
                 cursor,
             )
         )

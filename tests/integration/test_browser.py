@@ -60,3 +60,29 @@ def test_form_errors_are_shown_next_to_the_fields(page: Page, asgi_server, owner
     page.get_by_role("button", name="Submit job").click()
     expect(page.get_by_text("Use 1 to 64 characters")).to_be_visible()
     expect(page.get_by_text("Ask for at least one GPU.")).to_be_visible()
+
+
+def test_job_list_badges_update_live(
+    page: Page, asgi_server, celery_worker_process, owner, cluster, tmp_path
+):
+    from factory.models import GpuType
+    from jobs import submission
+    from tests.conftest import job_spec
+
+    gate = tmp_path / "gate"
+    submission.submit(
+        tenant=owner.tenants.get(),
+        owner=owner,
+        spec=job_spec(
+            name="gated",
+            gpu_type=GpuType.objects.get(slug="h100"),
+            command=f"while [ ! -e {gate} ]; do sleep 0.2; done",
+        ),
+    )
+    log_in(page, asgi_server, "researcher", "pw-researcher")
+    row = page.get_by_role("row", name="gated")
+    expect(row).to_contain_text("Running", timeout=20_000)
+    page.evaluate("window.__same_document = true")
+    gate.touch()
+    expect(row).to_contain_text("Succeeded", timeout=20_000)
+    assert page.evaluate("window.__same_document") is True
