@@ -47,6 +47,7 @@ class MembershipViewSet(
     mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,
 ):
+    queryset = Membership.objects.none()  # narrowed per tenant in get_queryset
     serializer_class = MembershipSerializer
     permission_classes = [permissions.IsAuthenticated, IsTenantAdmin]
     lookup_field = "user__username"
@@ -63,6 +64,8 @@ class MembershipViewSet(
         return self._tenant
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no tenant
+            return self.queryset
         return Membership.objects.filter(tenant=self.tenant).select_related("user")
 
     def get_serializer_context(self):
