@@ -120,3 +120,9 @@ def fresh_cache():
     cache.clear()
     yield
     cache.clear()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests go last: Playwright's sync API leaves an event loop running in the main
+    thread for the rest of the session, which Django's async test client cannot run under."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
