@@ -6,11 +6,15 @@ memory_gb, time_limit_minutes, external_id, tenant) so that this bottom layer ne
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import enum
 from collections.abc import Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, ClassVar
+
+LOG_CHUNK_BYTES = 64 * 1024
 
 
 class BackendError(Exception):
@@ -54,6 +58,23 @@ class LogChunk:
     text: str
     next_offset: int
     complete: bool = False  # the job ended and nothing more will be written
+
+
+def read_log_file(path: Path, offset: int, *, finished: bool) -> LogChunk:
+    """Up to LOG_CHUNK_BYTES of a log file from a byte offset, never splitting a UTF-8 character.
+    `finished` says the writer is done, so reaching the end means the log is complete."""
+    offset = max(offset, 0)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(LOG_CHUNK_BYTES)
+    except FileNotFoundError:
+        data = b""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text = decoder.decode(data, final=False)
+    used = len(data) - len(decoder.getstate()[0])
+    complete = finished and len(data) < LOG_CHUNK_BYTES and used == len(data)
+    return LogChunk(text=text, next_offset=offset + used, complete=complete)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import json
 import os
@@ -26,9 +25,8 @@ from .base import (
     LogChunk,
     PoolHealth,
     StatusReport,
+    read_log_file,
 )
-
-LOG_CHUNK_BYTES = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,16 +89,7 @@ class LocalAdapter(Adapter):
     def logs(self, job, offset: int = 0) -> LogChunk:
         job_dir = self.job_dir(job.uid)
         state = local_runner.read_json(job_dir / "state.json").get("state")
-        try:
-            with open(job_dir / "output.log", "rb") as fh:
-                fh.seek(max(offset, 0))
-                data = fh.read(LOG_CHUNK_BYTES)
-        except FileNotFoundError:
-            data = b""
-        text, used = _decode_whole_characters(data)
-        next_offset = max(offset, 0) + used
-        complete = state in local_runner.TERMINAL and len(data) < LOG_CHUNK_BYTES and used == len(data)
-        return LogChunk(text=text, next_offset=next_offset, complete=complete)
+        return read_log_file(job_dir / "output.log", offset, finished=state in local_runner.TERMINAL)
 
     def health(self) -> Health:
         pools = tuple(
@@ -176,11 +165,3 @@ class LocalAdapter(Adapter):
 
 def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
-
-
-def _decode_whole_characters(data: bytes) -> tuple[str, int]:
-    """Decode UTF-8, leaving an incomplete trailing character for the next read."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    text = decoder.decode(data, final=False)
-    pending = len(decoder.getstate()[0])
-    return text, len(data) - pending
