@@ -238,6 +238,8 @@ FACTORY_SYNC_INTERVAL = env_float("FACTORY_SYNC_INTERVAL", 3.0)
 FACTORY_DISPATCH_STALE_AFTER = env_float("FACTORY_DISPATCH_STALE_AFTER", 30.0)
 # Where the local backend keeps its per-job state, logs and GPU slot table.
 FACTORY_LOCAL_BACKEND_ROOT = Path(env("FACTORY_LOCAL_BACKEND_ROOT") or VAR_DIR / "local-backend")
+# Per-job directories (scripts, logs) of Slurm jobs; must be on storage the compute nodes share.
+FACTORY_SLURM_JOB_ROOT = Path(env("FACTORY_SLURM_JOB_ROOT") or VAR_DIR / "slurm-jobs")
 # How long the live status stream waits between looks at the event log and the job's log (seconds).
 FACTORY_STREAM_POLL_INTERVAL = env_float("FACTORY_STREAM_POLL_INTERVAL", 0.5)
 

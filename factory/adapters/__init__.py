@@ -17,6 +17,7 @@ from .base import (
 
 ADAPTERS: dict[str, str] = {
     "local": "factory.adapters.local.LocalAdapter",
+    "slurm": "factory.adapters.slurm.SlurmAdapter",
 }
 
 

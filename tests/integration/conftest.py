@@ -146,4 +146,6 @@ def wait_until(predicate, timeout: float, message: str = "condition", interval: 
         if value:
             return value
         time.sleep(interval)
+    if callable(message):
+        message = message()
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")

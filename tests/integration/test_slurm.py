@@ -1,0 +1,354 @@
+"""The slurm backend against the real single-node Slurm started by scripts/slurm-dev-cluster
+(partition gpu: node gpu1 with 8 fake h100; partition debug: CPU node cpu1; slurmdbd accounting)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from factory.adapters import BackendUnavailable, JobRejected
+from factory.models import Cluster, Pool, Tenant
+from jobs import dispatch
+from jobs.choices import JobState
+from jobs.models import Job
+from jobs.tasks import dispatch_job
+
+from .conftest import wait_until
+
+if not shutil.which("sbatch"):
+    if os.environ.get("FACTORY_REQUIRE_SLURM"):
+        raise RuntimeError("Slurm is required (scripts/slurm-dev-cluster) but sbatch is not installed")
+    pytest.skip("no Slurm here: run scripts/slurm-dev-cluster", allow_module_level=True)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.django_db]
+
+POLL = 0.3
+
+
+def scontrol_job(external_id: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["scontrol", "-o", "show", "job", external_id], capture_output=True, text=True
+    ).stdout
+    fields = {}
+    for item in out.split():
+        key, _, value = item.partition("=")
+        fields[key] = value
+    return fields
+
+
+@pytest.fixture
+def slurm_cluster(db, h100, settings, tmp_path) -> Cluster:
+    settings.FACTORY_SLURM_JOB_ROOT = tmp_path / "slurm-jobs"
+    cluster = Cluster.objects.create(slug="slurm-local", name="Slurm", kind="slurm", region="local")
+    Pool.objects.create(cluster=cluster, gpu_type=h100, capacity=8, partition="gpu")
+    return cluster
+
+
+@pytest.fixture
+def slurm_job(slurm_cluster, tenant, owner, h100):
+    from jobs import submission
+
+    def make(**overrides):
+        spec = {
+            "name": "slurm-test",
+            "command": "echo hi",
+            "gpu_type": h100,
+            "gpu_count": 1,
+            "time_limit_minutes": 5,
+            "cpus": 1,
+            "memory_gb": 1,
+        }
+        spec.update(overrides)
+        job, _ = submission.submit(tenant=tenant, owner=owner, spec=spec)
+        job.admit(slurm_cluster)
+        return job
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def cancel_leftovers():
+    """No job of a test outlives it on the shared cluster."""
+    yield
+    ids = list(
+        Job.objects.filter(cluster__kind="slurm")
+        .exclude(external_id="")
+        .values_list("external_id", flat=True)
+    )
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True)
+
+
+def run_to(job: Job, predicate, timeout: float = 60.0) -> Job:
+    def check():
+        dispatch.sync_cluster(job.cluster)
+        job.refresh_from_db()
+        return predicate(job)
+
+    wait_until(check, timeout, lambda: f"job {job.name} ({job.state}: {job.reason})", interval=POLL)
+    return job
+
+
+def log_of(job: Job) -> str:
+    return job.cluster.adapter().logs(job, 0).text
+
+
+def test_two_gpu_job_sees_two_devices_and_succeeds(slurm_job):
+    job = slurm_job(command="echo CUDA=$CUDA_VISIBLE_DEVICES", gpu_count=2)
+    dispatch_job(job.pk)
+    job.refresh_from_db()
+    assert job.state == JobState.SUBMITTED and job.external_id.isdigit()
+    job = run_to(job, lambda j: j.is_terminal)
+    assert (job.state, job.exit_code) == (JobState.SUCCEEDED, 0)
+    devices = log_of(job).strip().removeprefix("CUDA=").split(",")
+    assert len(devices) == 2
+    assert job.started_at and job.ended_at and job.started_at <= job.ended_at
+    states = list(job.events.filter(kind="state").values_list("state", flat=True))
+    assert states == ["pending", "admitted", "submitted", "running", "succeeded"]
+
+
+def test_exit_code_is_recorded(slurm_job):
+    job = slurm_job(command="echo about to fail; exit 3")
+    dispatch_job(job.pk)
+    job = run_to(job, lambda j: j.is_terminal)
+    assert (job.state, job.exit_code) == (JobState.FAILED, 3)
+
+
+def test_fifth_job_waits_for_resources_then_starts(slurm_job, tmp_path):
+    gates = [tmp_path / f"gate{i}" for i in range(5)]
+    jobs = []
+    for i, gate in enumerate(gates):
+        job = slurm_job(name=f"fill-{i}", gpu_count=2, command=f"while [ ! -e {gate} ]; do sleep 0.2; done")
+        dispatch_job(job.pk)
+        jobs.append(job)
+    try:
+        for job in jobs[:4]:
+            run_to(job, lambda j: j.state == JobState.RUNNING)
+        fifth = run_to(jobs[4], lambda j: "free GPUs" in j.reason, timeout=30)
+        assert fifth.state == JobState.SUBMITTED
+        assert fifth.reason == "waiting for free GPUs on the cluster"
+        gates[0].touch()
+        run_to(jobs[0], lambda j: j.is_terminal)
+        run_to(fifth, lambda j: j.state == JobState.RUNNING, timeout=30)
+    finally:
+        for gate in gates:
+            gate.touch()
+    for job in jobs:
+        assert run_to(job, lambda j: j.is_terminal).state == JobState.SUCCEEDED
+
+
+def test_cancel_running_job(slurm_job, owner):
+    from jobs.tasks import cancel_job
+
+    job = slurm_job(command="echo started; sleep 120")
+    dispatch_job(job.pk)
+    run_to(job, lambda j: j.state == JobState.RUNNING)
+    job.cancel(owner)
+    cancel_job(job.pk)
+    job = run_to(job, lambda j: j.is_terminal)
+    assert job.state == JobState.CANCELLED
+
+
+def test_dispatching_twice_makes_one_slurm_job(slurm_job, slurm_cluster):
+    job = slurm_job(command="sleep 1")
+    adapter = slurm_cluster.adapter()
+    first = adapter.submit(job)
+    # The marker file is lost (the first attempt died right after sbatch): squeue still finds it.
+    (adapter.job_dir(job) / "slurm_job_id").unlink()
+    second = adapter.submit(job)
+    assert first == second
+    dispatch_job(job.pk)  # the task itself, retried
+    job.refresh_from_db()
+    assert job.external_id == first
+    ours = [e for e in adapter.squeue() if e.get("comment") == f"aif:{job.uid}"]
+    assert len(ours) == 1
+
+
+HOSTILE_VALUES = [
+    "line1\nline2",
+    "#SBATCH --gres=gpu:h100:8",
+    "$(touch /tmp/aif-pwned)",
+    "`id`; rm -rf /",
+    'it\'s "quoted" \\ back',
+    "naïve 日本語 🚀",
+]
+
+
+def test_hostile_command_and_env_values_reach_the_job_verbatim(slurm_job, tmp_path):
+    pwned = Path("/tmp/aif-pwned")
+    pwned.unlink(missing_ok=True)
+    env = {f"V{i}": value for i, value in enumerate(HOSTILE_VALUES)}
+    command = "#SBATCH --gres=gpu:h100:8\n#SBATCH --partition=debug\n" + "".join(
+        f'printf "%s\\n---\\n" "$V{i}"\n' for i in range(len(HOSTILE_VALUES))
+    )
+    job = slurm_job(name="hostile.job_1", command=command, env=env, gpu_count=1, cpus=2, memory_gb=2)
+    dispatch_job(job.pk)
+    job.refresh_from_db()
+    fields = scontrol_job(job.external_id)
+    assert fields["Partition"] == "gpu"
+    assert fields["Account"] == "demo-lab"
+    assert fields["NumCPUs"] == "2"
+    assert "gres:gpu:h100:1" in fields.get("TresPerNode", "")
+    assert fields["MinMemoryNode"] == "2G"
+    job = run_to(job, lambda j: j.is_terminal)
+    assert job.state == JobState.SUCCEEDED
+    assert log_of(job) == "".join(f"{value}\n---\n" for value in HOSTILE_VALUES)
+    assert not pwned.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("name", "x; rm -rf /"), ("name", "--uid=0"), ("name", "a\nb")],
+)
+def test_hostile_names_never_reach_sbatch(slurm_cluster, tenant, h100, field, value):
+    job = SimpleNamespace(
+        uid=uuid.uuid4(),
+        name="ok",
+        command="true",
+        gpu_type=h100,
+        gpu_count=1,
+        cpus=1,
+        memory_gb=1,
+        time_limit_minutes=5,
+        env={},
+        tenant=tenant,
+        external_id="",
+    )
+    setattr(job, field, value)
+    with pytest.raises(JobRejected):
+        slurm_cluster.adapter().submit(job)
+
+
+def test_hostile_env_names_and_partitions_never_reach_sbatch(slurm_cluster, tenant, h100):
+    adapter = slurm_cluster.adapter()
+    job = SimpleNamespace(
+        uid=uuid.uuid4(),
+        name="ok",
+        command="true",
+        gpu_type=h100,
+        gpu_count=1,
+        cpus=1,
+        memory_gb=1,
+        time_limit_minutes=5,
+        env={"A=1 B": "x"},
+        tenant=tenant,
+        external_id="",
+    )
+    with pytest.raises(JobRejected):
+        adapter.submit(job)
+    job.env = {}
+    Pool.objects.filter(cluster=slurm_cluster).update(partition="gpu --uid=0")
+    with pytest.raises(JobRejected):
+        adapter.submit(job)
+
+
+def test_new_tenant_becomes_a_slurm_account(slurm_cluster, owner, h100):
+    from factory.models import Membership
+    from jobs import submission
+
+    slug = f"team-{uuid.uuid4().hex[:8]}"
+    tenant = Tenant.objects.create(slug=slug, name="New team")
+    Membership.objects.create(user=owner, tenant=tenant)
+    job, _ = submission.submit(
+        tenant=tenant,
+        owner=owner,
+        spec={
+            "name": "first",
+            "command": "echo first",
+            "gpu_type": h100,
+            "gpu_count": 1,
+            "time_limit_minutes": 5,
+            "cpus": 1,
+            "memory_gb": 1,
+        },
+    )
+    job.admit(slurm_cluster)
+    try:
+        dispatch_job(job.pk)
+        job = run_to(job, lambda j: j.is_terminal)
+        assert job.state == JobState.SUCCEEDED
+        accounts = subprocess.run(
+            ["sacctmgr", "-n", "-P", "show", "account", slug, "format=Account"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert accounts == [slug]
+    finally:
+        subprocess.run(["sacctmgr", "-i", "delete", "account", slug], capture_output=True)
+
+
+def test_health_reports_capacity_per_partition_and_gpu_type(slurm_cluster):
+    health = slurm_cluster.adapter().health()
+    assert health.ok, health.message
+    pools = {p.gpu_type: p.capacity for p in health.pools}
+    assert pools["gpu/h100"] == 8
+
+
+def slurmctld_pid() -> int | None:
+    try:
+        pid = int(Path("/run/slurmctld.pid").read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+
+
+def start_slurmctld() -> None:
+    subprocess.run(["/usr/sbin/slurmctld"], check=True)
+    wait_until(
+        lambda: "UP" in subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout,
+        30,
+        "slurmctld to answer",
+    )
+
+
+def test_controller_outage_keeps_jobs_queued_and_reconciles_once(slurm_job, slurm_cluster, tmp_path):
+    gate = tmp_path / "gate"
+    running = slurm_job(
+        name="through-outage", command=f"while [ ! -e {gate} ]; do sleep 0.2; done; echo survived"
+    )
+    dispatch_job(running.pk)
+    run_to(running, lambda j: j.state == JobState.RUNNING)
+    waiting = slurm_job(name="waits-for-controller", command="echo late")
+
+    pid = slurmctld_pid()
+    assert pid, "slurmctld is not running"
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: slurmctld_pid() is None, 30, "slurmctld to stop")
+    try:
+        with pytest.raises(BackendUnavailable):
+            dispatch.dispatch(Job.objects.select_related("cluster", "gpu_type", "tenant").get(pk=waiting.pk))
+        waiting.refresh_from_db()
+        assert waiting.state == JobState.ADMITTED and "unreachable" in waiting.reason
+        with pytest.raises(BackendUnavailable):
+            dispatch.sync_cluster(slurm_cluster)
+        gate.touch()  # the job ends while the portal cannot see the controller
+        time.sleep(1)
+    finally:
+        if slurmctld_pid() is None:
+            start_slurmctld()
+
+    dispatch_job(waiting.pk)
+    running = run_to(running, lambda j: j.is_terminal)
+    assert (running.state, running.exit_code) == (JobState.SUCCEEDED, 0)
+    assert running.events.filter(kind="state", state=JobState.SUCCEEDED).count() == 1
+    dispatch.sync_cluster(slurm_cluster)
+    assert running.events.filter(kind="state", state=JobState.SUCCEEDED).count() == 1
+    assert run_to(waiting, lambda j: j.is_terminal).state == JobState.SUCCEEDED
+
+
+def test_time_limit_ends_in_timed_out(slurm_job):
+    """Slurm's smallest limit is one minute, enforced about a minute later: this one is slow."""
+    job = slurm_job(name="too-slow", command="echo start; sleep 600", time_limit_minutes=1)
+    dispatch_job(job.pk)
+    job = run_to(job, lambda j: j.is_terminal, timeout=150)
+    assert job.state == JobState.TIMED_OUT
+    assert log_of(job).startswith("start\n")
