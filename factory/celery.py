@@ -21,6 +21,3 @@ def _prepare(sender: Celery, **kwargs) -> None:
         # The filesystem transport dies on folders that do not exist yet.
         for key in ("data_folder_in", "control_folder", "processed_folder"):
             os.makedirs(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key], exist_ok=True)
-    sender.conf.beat_schedule = {
-        "sweep": {"task": "jobs.tasks.sweep", "schedule": settings.FACTORY_SYNC_INTERVAL},
-    }

@@ -240,8 +240,17 @@ FACTORY_DISPATCH_STALE_AFTER = env_float("FACTORY_DISPATCH_STALE_AFTER", 30.0)
 FACTORY_LOCAL_BACKEND_ROOT = Path(env("FACTORY_LOCAL_BACKEND_ROOT") or VAR_DIR / "local-backend")
 # Per-job directories (scripts, logs) of Slurm jobs; must be on storage the compute nodes share.
 FACTORY_SLURM_JOB_ROOT = Path(env("FACTORY_SLURM_JOB_ROOT") or VAR_DIR / "slurm-jobs")
+# Seconds between health checks of every cluster (shown to admins with each pool's capacity).
+FACTORY_HEALTH_INTERVAL = env_float("FACTORY_HEALTH_INTERVAL", 30.0)
 # How long the live status stream waits between looks at the event log and the job's log (seconds).
 FACTORY_STREAM_POLL_INTERVAL = env_float("FACTORY_STREAM_POLL_INTERVAL", 0.5)
+
+# The periodic work, by task name (apps above `factory` are named, never imported, here).
+CELERY_BEAT_SCHEDULE = {
+    "sweep": {"task": "jobs.tasks.sweep", "schedule": FACTORY_SYNC_INTERVAL},
+    "admission": {"task": "quotas.tasks.admit_pending", "schedule": FACTORY_SYNC_INTERVAL},
+    "cluster-health": {"task": "factory.tasks.check_cluster_health", "schedule": FACTORY_HEALTH_INTERVAL},
+}
 
 EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "factory@localhost")

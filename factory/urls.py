@@ -5,11 +5,14 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from . import views
+
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="jobs:list", permanent=False)),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("jobs/", include("jobs.urls")),
+    path("clusters/", views.cluster_list, name="clusters"),
     path("api/v1/", include("factory.api.urls")),
     path("api/v1/", include("jobs.api.urls")),
     path("admin/", admin.site.urls),
