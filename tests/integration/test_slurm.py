@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from factory.adapters import BackendUnavailable, JobRejected
+from factory.adapters.slurm import SlurmAdapter
 from factory.models import Cluster, Pool, Tenant
 from jobs import dispatch
 from jobs.choices import JobState
@@ -170,6 +171,26 @@ def test_dispatching_twice_makes_one_slurm_job(slurm_job, slurm_cluster):
     assert job.external_id == first
     ours = [e for e in adapter.squeue() if e.get("comment") == f"aif:{job.uid}"]
     assert len(ours) == 1
+
+
+def test_a_job_that_left_squeue_is_found_in_accounting(slurm_job, slurm_cluster, monkeypatch):
+    job = slurm_job(command="true")
+    adapter = slurm_cluster.adapter()
+    first = adapter.submit(job)
+    # slurmdbd records the comment a little after the job itself (the real case is minutes later).
+    wait_until(
+        lambda: (
+            f"aif:{job.uid}"
+            in subprocess.run(
+                ["sacct", "-n", "-X", "-P", "-j", first, "-o", "Comment"], capture_output=True, text=True
+            ).stdout
+        ),
+        30,
+        "sacct to record the job's comment",
+    )
+    (adapter.job_dir(job) / "slurm_job_id").unlink()
+    monkeypatch.setattr(SlurmAdapter, "squeue", lambda self: [])  # as after MinJobAge
+    assert adapter.submit(job) == first
 
 
 HOSTILE_VALUES = [
