@@ -89,3 +89,11 @@ def test_cluster_with_bad_connection_settings_is_refused(client, platform_admin,
     assert response.status_code == 200
     assert "Unknown connection setting" in response.content.decode()
     assert not Cluster.objects.filter(slug="c2").exists()
+
+
+def test_demo_seed_can_register_the_local_slurm(settings):
+    settings.DEBUG = True
+    call_command("seed_demo", "--with-slurm")
+    slurm = Cluster.objects.get(slug="slurm-local")
+    assert slurm.kind == "slurm"
+    assert [(p.gpu_type.slug, p.capacity, p.partition) for p in slurm.pools.all()] == [("h100", 8, "gpu")]

@@ -26,13 +26,32 @@ DEMO_USERS = [
 class Command(BaseCommand):
     help = "Create the demo tenant, cluster and users (development only)."
 
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--with-slurm",
+            action="store_true",
+            help="Also register the local Slurm of scripts/slurm-dev-cluster (8 h100 in partition gpu).",
+        )
+
     def handle(self, *args, **options) -> None:
         if not settings.DEBUG:
             raise CommandError("Demo users are only created with DEBUG=1 (the `make run` path).")
         password = os.environ.get("DEMO_PASSWORD") or "demo"
         with transaction.atomic():
             self.seed(password)
+            if options["with_slurm"]:
+                self.seed_slurm()
         self.stdout.write(self.style.SUCCESS("Demo data ready."))
+
+    def seed_slurm(self) -> None:
+        cluster, _ = Cluster.objects.get_or_create(
+            slug="slurm-local",
+            defaults={"name": "Local Slurm", "kind": ClusterKind.SLURM, "region": "local", "connection": {}},
+        )
+        h100 = GpuType.objects.get(slug="h100")
+        Pool.objects.get_or_create(
+            cluster=cluster, gpu_type=h100, defaults={"capacity": 8, "partition": "gpu"}
+        )
 
     def seed(self, password: str) -> None:
         tenant, _ = Tenant.objects.get_or_create(
