@@ -66,6 +66,10 @@ class Job(models.Model):
     cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs")
     external_id = models.CharField(max_length=128, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
+    attempt = models.PositiveIntegerField(default=0, help_text="Times the job went back to pending.")
+    preempted_seconds = models.PositiveIntegerField(
+        default=0, help_text="Run time lost to preemption: recorded, not billed."
+    )
 
     created_at = models.DateTimeField(default=timezone.now)
     admitted_at = models.DateTimeField(null=True, blank=True)
@@ -119,6 +123,11 @@ class Job(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("jobs:detail", args=[self.pk])
 
+    @property
+    def dispatch_key(self) -> str:
+        """What the backend knows this attempt by; a requeued job is a new submission."""
+        return str(self.uid) if self.attempt == 0 else f"{self.uid}-r{self.attempt}"
+
     # --- derived --------------------------------------------------------------------------------
 
     @property
@@ -170,6 +179,9 @@ class Job(models.Model):
             self.state = to
             for name, value in fields.items():
                 setattr(self, name, value)
+            computed = [name for name, value in fields.items() if hasattr(value, "resolve_expression")]
+            if computed:
+                self.refresh_from_db(fields=computed)
             self.record(EventKind.STATE, message or f"{JobState(previous).label} → {JobState(to).label}")
             if previous in HOLDING_STATES and to not in HOLDING_STATES:
                 transaction.on_commit(lambda: signals.job_released.send(Job, job_id=self.pk))
@@ -242,8 +254,12 @@ class Job(models.Model):
             transaction.on_commit(lambda: cancel_job.delay(self.pk))
         return True
 
-    def requeue(self, reason: str) -> bool:
-        """Back to pending (preempted or refused by a backend); quota is released, the job retried."""
+    def requeue(self, reason: str, *, preempted: bool = False) -> bool:
+        """Back to pending (preempted or refused by a backend); quota is released, the job is
+        admitted again later as a new backend submission (its next attempt)."""
+        lost = 0
+        if preempted and self.started_at:
+            lost = int((timezone.now() - self.started_at).total_seconds())
         return self.transition(
             JobState.PENDING,
             reason=reason[:500],
@@ -253,6 +269,8 @@ class Job(models.Model):
             submitted_at=None,
             started_at=None,
             cancel_requested_at=None,
+            attempt=models.F("attempt") + 1,
+            preempted_seconds=models.F("preempted_seconds") + lost,
             message=f"Back to pending: {reason}",
         )
 

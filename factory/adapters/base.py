@@ -60,6 +60,12 @@ class LogChunk:
     complete: bool = False  # the job ended and nothing more will be written
 
 
+def dispatch_key(job) -> str:
+    """The name a backend knows this submission of the job by: the uid, plus the attempt number
+    when the job was requeued (a preempted job's old backend job must not be found again)."""
+    return getattr(job, "dispatch_key", None) or str(job.uid)
+
+
 def read_log_file(path: Path, offset: int, *, finished: bool) -> LogChunk:
     """Up to LOG_CHUNK_BYTES of a log file from a byte offset, never splitting a UTF-8 character.
     `finished` says the writer is done, so reaching the end means the log is complete."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -25,8 +25,11 @@ from .base import (
     LogChunk,
     PoolHealth,
     StatusReport,
+    dispatch_key,
     read_log_file,
 )
+
+DISPATCH_KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(-r[0-9]+)?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,43 +54,45 @@ class LocalAdapter(Adapter):
     def slots_dir(self) -> Path:
         return self.root / "slots"
 
-    def job_dir(self, uid) -> Path:
-        return self.jobs_dir / str(uuid.UUID(str(uid)))  # a uid, never a path fragment
+    def job_dir(self, job_or_key) -> Path:
+        key = job_or_key if isinstance(job_or_key, str) else dispatch_key(job_or_key)
+        if not DISPATCH_KEY.fullmatch(key):
+            raise BackendError(f"{key!r} is not a dispatch key")  # a path fragment never gets through
+        return self.jobs_dir / key
 
     # --- the protocol ---------------------------------------------------------------------------
 
     def submit(self, job) -> str:
-        job_dir = self.job_dir(job.uid)
+        job_dir = self.job_dir(job)
         if not job_dir.exists():
             self._create_job_dir(job, job_dir)
         self._ensure_runner(job_dir)
-        return str(job.uid)
+        return dispatch_key(job)
 
     def statuses(self, jobs) -> dict[str, StatusReport]:
         reports = {}
         for job in jobs:
-            job_dir = self.job_dir(job.uid)
+            key = dispatch_key(job)
+            job_dir = self.job_dir(key)
             state = local_runner.read_json(job_dir / "state.json")
             if not state:
-                reports[str(job.uid)] = StatusReport(
-                    str(job.uid), BackendState.LOST, "no such job on this host"
-                )
+                reports[key] = StatusReport(key, BackendState.LOST, "no such job on this host")
                 continue
             if state["state"] not in local_runner.TERMINAL and not local_runner.runner_alive(job_dir):
                 # The runner died (host restart): a new one resumes waiting or records the loss.
                 self._spawn_runner(job_dir)
-            reports[str(job.uid)] = self._report(str(job.uid), state)
+            reports[key] = self._report(key, state)
         return reports
 
     def cancel(self, job) -> None:
-        job_dir = self.job_dir(job.uid)
+        job_dir = self.job_dir(job)
         if not job_dir.exists():
             return
         (job_dir / "cancel").touch()
         self._ensure_runner(job_dir)
 
     def logs(self, job, offset: int = 0) -> LogChunk:
-        job_dir = self.job_dir(job.uid)
+        job_dir = self.job_dir(job)
         state = local_runner.read_json(job_dir / "state.json").get("state")
         return read_log_file(job_dir / "output.log", offset, finished=state in local_runner.TERMINAL)
 
@@ -109,11 +114,12 @@ class LocalAdapter(Adapter):
         if pool is None:
             raise BackendError(f"cluster {self.cluster.slug} has no {job.gpu_type.slug} GPUs")
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.jobs_dir / f".{job.uid}.{os.getpid()}"
+        staging = self.jobs_dir / f".{job_dir.name}.{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         spec = {
             "uid": str(job.uid),
+            "key": job_dir.name,
             "name": job.name,
             "gpu_type": job.gpu_type.slug,
             "gpu_count": job.gpu_count,

@@ -71,7 +71,7 @@ def runner_alive(job_dir: Path) -> bool:
 
 
 class SlotTable:
-    """GPU slots of one GPU type on one local cluster: {slot index: job uid}, under an flock."""
+    """GPU slots of one GPU type on one local cluster: {slot index: dispatch key}, under an flock."""
 
     def __init__(self, slots_dir: Path, gpu_type: str, capacity: int) -> None:
         self.path = slots_dir / f"{gpu_type}.json"
@@ -119,6 +119,7 @@ class Runner:
         self.job_dir = job_dir
         self.spec = json.loads((job_dir / "spec.json").read_text())
         self.state_path = job_dir / "state.json"
+        self.key = job_dir.name  # holds the GPU slots; names the directory other runners check
         self.state = read_json(self.state_path) or {"state": "queued"}
         self.slots = SlotTable(Path(self.spec["slots_dir"]), self.spec["gpu_type"], self.spec["slots_total"])
 
@@ -144,12 +145,12 @@ class Runner:
         try:
             self.execute(slots)
         finally:
-            self.slots.release(self.spec["uid"])
+            self.slots.release(self.key)
 
     def wait_for_slots(self) -> list[int] | None:
         needed = self.spec["gpu_count"]
         while not self.cancel_requested:
-            slots = self.slots.claim(self.spec["uid"], needed, self.job_dir.parent)
+            slots = self.slots.claim(self.key, needed, self.job_dir.parent)
             if slots is not None:
                 return slots
             reason = (

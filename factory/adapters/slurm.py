@@ -38,6 +38,7 @@ from .base import (
     LogChunk,
     PoolHealth,
     StatusReport,
+    dispatch_key,
     read_log_file,
 )
 
@@ -186,7 +187,7 @@ class SlurmAdapter(Adapter):
         return Path(base) / self.cluster.slug
 
     def job_dir(self, job) -> Path:
-        return self.job_root / str(job.uid)
+        return self.job_root / dispatch_key(job)
 
     def account_for(self, job) -> str:
         account = f"{self.connection.account_prefix}{job.tenant.slug}"
@@ -231,7 +232,7 @@ class SlurmAdapter(Adapter):
         marker = job_dir / "slurm_job_id"
         if marker.exists() and marker.read_text().strip().isdigit():
             return marker.read_text().strip()
-        comment = f"{COMMENT_PREFIX}{job.uid}"
+        comment = f"{COMMENT_PREFIX}{dispatch_key(job)}"
         for entry in self.squeue():
             if entry.get("comment") == comment:
                 return str(entry["job_id"])
@@ -325,7 +326,7 @@ class SlurmAdapter(Adapter):
             f"--error={output}",
             "--open-mode=append",
             f"--chdir={job_dir}",
-            f"--comment={COMMENT_PREFIX}{job.uid}",
+            f"--comment={COMMENT_PREFIX}{dispatch_key(job)}",
             # The job must not inherit the worker's environment (database URLs, secrets).
             "--export=NONE",
         ]

@@ -101,7 +101,7 @@ def test_time_limit_reached_means_timed_out(adapter, h100):
     import json
 
     job = fake_job(h100, "echo start; sleep 60")
-    job_dir = adapter.job_dir(job.uid)
+    job_dir = adapter.job_dir(job)
     adapter._create_job_dir(job, job_dir)
     spec = json.loads((job_dir / "spec.json").read_text())
     spec["time_limit_seconds"] = 1
@@ -121,7 +121,7 @@ def test_cancel_running_job_kills_its_processes(adapter, h100, tmp_path):
     adapter.cancel(job)
     report = wait_for(adapter, job, finished)
     assert report.state == BackendState.CANCELLED
-    assert not runner_alive(adapter.job_dir(job.uid))
+    assert not runner_alive(adapter.job_dir(job))
 
 
 def test_cancel_queued_job_never_runs_it(adapter, h100, tmp_path):
@@ -159,8 +159,8 @@ def test_a_dead_runner_is_never_replaced_by_a_second_run(adapter, h100, tmp_path
     job = fake_job(h100, f"echo run >> {counter}; sleep 30")
     adapter.submit(job)
     wait_for(adapter, job, lambda r: r.state == BackendState.RUNNING)
-    state = json.loads((adapter.job_dir(job.uid) / "state.json").read_text())
-    runner_pids = [p for p in _pids_holding(adapter.job_dir(job.uid) / "runner.lock")]
+    state = json.loads((adapter.job_dir(job) / "state.json").read_text())
+    runner_pids = [p for p in _pids_holding(adapter.job_dir(job) / "runner.lock")]
     for pid in runner_pids:
         os.kill(pid, signal.SIGKILL)
     os.killpg(state["pid"], signal.SIGKILL)

@@ -144,3 +144,26 @@ def test_sweep_redispatches_stalled_admissions_and_syncs_busy_clusters(
     assert result == {"clusters": 1, "redispatched": 1, "recancelled": 0}
     redispatch.assert_called_once_with(stalled.pk)
     sync.assert_called_once_with(cluster.pk)
+
+
+def test_a_requeued_job_is_a_new_backend_submission(make_job, cluster, tmp_path):
+    runs = tmp_path / "runs"
+    job = make_job(command=f"echo $FACTORY_JOB_UID >> {runs}; sleep 30")
+    job.admit(cluster)
+    dispatch_job(job.pk)
+    job = sync_until(job, lambda j: j.state == JobState.RUNNING)
+    first_key = job.external_id
+    assert job.requeue("preempted to return borrowed GPUs", preempted=True)
+    cluster.adapter().cancel(Job(uid=job.uid, attempt=0))
+    job.refresh_from_db()
+    assert (job.attempt, job.state, job.external_id) == (1, JobState.PENDING, "")
+    assert job.dispatch_key == f"{job.uid}-r1"
+    job.admit(cluster)
+    dispatch_job(job.pk)
+    job.refresh_from_db()
+    assert job.external_id == f"{job.uid}-r1" != first_key
+    sync_until(job, lambda j: j.state == JobState.RUNNING)
+    wait_for_lines = time.monotonic() + 10
+    while runs.read_text().count(str(job.uid)) < 2:
+        assert time.monotonic() < wait_for_lines
+        time.sleep(0.1)
