@@ -40,8 +40,17 @@ TRANSITIONS: dict[str, frozenset[str]] = {
             JobState.TIMED_OUT,
         }
     ),
+    # Running → submitted: the cluster itself took the job off its GPUs and queued it again (a
+    # Kueue preemption); it keeps its cluster and quota and runs again when the cluster resumes it.
     JobState.RUNNING: frozenset(
-        {JobState.PENDING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
+        {
+            JobState.SUBMITTED,
+            JobState.PENDING,
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.CANCELLED,
+            JobState.TIMED_OUT,
+        }
     ),
 }
 

@@ -298,6 +298,12 @@ class Job(models.Model):
         if self.is_terminal or not self.is_at_backend:
             return False
         if report.state == BackendState.QUEUED:
+            if self.state == JobState.RUNNING and report.reason:
+                return self.transition(
+                    JobState.SUBMITTED,
+                    reason=report.reason[:500],
+                    message=f"Requeued by the cluster: {report.reason}",
+                )
             return self.explain_wait(report.reason) if report.reason else False
         if report.state == BackendState.RUNNING:
             return self.state == JobState.SUBMITTED and self.mark_running(report.started_at)

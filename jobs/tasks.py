@@ -57,3 +57,24 @@ def sync_cluster_task(cluster_id: int) -> None:
 @shared_task(acks_late=True)
 def sweep() -> dict[str, int]:
     return dispatch.sweep()
+
+
+class _PreviousAttempt:
+    """A job as its backend knew it before it was requeued (its old dispatch key and id)."""
+
+    def __init__(self, job: Job, dispatch_key: str, external_id: str) -> None:
+        self._job = job
+        self.dispatch_key = dispatch_key
+        self.external_id = external_id
+
+    def __getattr__(self, name: str):
+        return getattr(self._job, name)
+
+
+@shared_task(**RETRYING)
+def cancel_backend_job(job_id: int, cluster_id: int, dispatch_key: str, external_id: str) -> None:
+    """Stop an earlier attempt of a job at its backend (after preemption sent the job back to pending)."""
+    job = _job(job_id)
+    cluster = Cluster.objects.filter(pk=cluster_id).first()
+    if job is not None and cluster is not None:
+        cluster.adapter().cancel(_PreviousAttempt(job, dispatch_key, external_id))

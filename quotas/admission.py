@@ -1,83 +1,422 @@
 """Admission: which pending job gets GPUs next, on which cluster, and why the rest wait.
 
-Pools (cluster × GPU type) have a capacity that admission never exceeds; the pool rows are locked
-while a job is placed, so concurrent admissions on PostgreSQL cannot oversubscribe one.
+One pass at a time holds a database-wide admission lock (a PostgreSQL advisory lock; SQLite
+serialises writers anyway), loads the whole picture with a fixed number of queries, decides in
+memory and writes only what it decided. Usage is always derived from the jobs that hold GPUs, so a
+released GPU is counted once, by whichever pass comes next.
+
+Rules (see Quota and Budget):
+- a tenant without a quota row for a GPU type cannot use it; per-job and per-user caps apply;
+- up to `nominal` GPUs are guaranteed; above it a tenant borrows, within its `borrowing_limit`, from
+  what the others lend (their idle nominal, up to their `lending_limit`, plus unassigned capacity);
+- a hard budget holds jobs whose GPUs × time limit exceed what is left this month;
+- pools are never filled past their capacity; among the clusters the tenant's residency allows,
+  the least loaded pool with room wins;
+- order: priority (capped by the tenant's max), then fair share (use ÷ nominal, lowest first), then
+  submit time; a job that does not fit is skipped, so smaller jobs behind it can go;
+- reclaim: a job within its tenant's nominal quota that finds no room preempts the newest jobs
+  running on borrowed GPUs (never to serve a borrower).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 
-from django.db import models, transaction
+from django.db import connection, models, transaction
+from django.db.models import Case, Value, When
+from django.utils import timezone
 
-from factory.models import Pool
+from factory.models import Cluster, Pool, Tenant
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
 
+from .models import Budget, Quota, Reservation, month_start
+
+log = logging.getLogger(__name__)
+
+ADMISSION_LOCK_ID = 0x41494641  # any constant shared by every worker: "AIFA"
+PREEMPTED_REASON = "preempted to return borrowed GPUs"
+
+
+@dataclasses.dataclass
+class PoolState:
+    pool_id: int
+    cluster_id: int
+    cluster: str
+    region: str
+    accepts_jobs: bool
+    capacity: int
+    used: int = 0
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used
+
 
 @dataclasses.dataclass(frozen=True)
-class Placement:
-    pool: Pool | None
+class PendingJob:
+    id: int
+    tenant_id: int
+    owner_id: int
+    gpu_type_id: int
+    gpu_count: int
+    priority: int
+    created_at: datetime
+    time_limit_minutes: int
     reason: str
 
-
-def admit_pending(limit: int = 1000) -> int:
-    """Admit as many pending jobs as fit, in order of priority then submit time."""
-    admitted = 0
-    pending = (
-        Job.objects.filter(state=JobState.PENDING)
-        .select_related("gpu_type", "tenant")
-        .order_by("-priority", "created_at", "id")[:limit]
-    )
-    for job in pending:
-        admitted += admit(job)
-    return admitted
-
-
-def admit(job: Job) -> bool:
-    with transaction.atomic():
-        placement = place(job)
-        if placement.pool is None:
-            job.explain_wait(placement.reason)
-            return False
-        return job.admit(placement.pool.cluster, message=f"Admitted: {placement.reason}")
-
-
-def place(job: Job) -> Placement:
-    """The least loaded pool with room for the job among the clusters the tenant may use.
-    Must run inside a transaction: it locks the candidate pools."""
-    pools = list(
-        Pool.objects.select_for_update()
-        .filter(gpu_type=job.gpu_type, cluster__enabled=True, cluster__draining=False)
-        .select_related("cluster")
-        .order_by("pk")
-    )
-    if job.tenant.regions:
-        pools = [p for p in pools if p.cluster.region in job.tenant.regions]
-        if not pools:
-            regions = ", ".join(job.tenant.regions)
-            return Placement(None, f"no cluster in region {regions} has {job.gpu_type} GPUs")
-    if not pools:
-        return Placement(None, f"no cluster accepting jobs has {job.gpu_type} GPUs")
-    in_use = _gpus_in_use(pools)
-    fitting = [p for p in pools if p.capacity - in_use[p.pk] >= job.gpu_count]
-    if not fitting:
-        best = max(pools, key=lambda p: p.capacity - in_use[p.pk])
-        return Placement(
-            None,
-            f"waiting for {job.gpu_count} free {job.gpu_type} GPU(s): "
-            f"{in_use[best.pk]} of {best.capacity} in use on {best.cluster}",
+    @property
+    def gpu_hours(self) -> Decimal:
+        return (Decimal(self.gpu_count) * Decimal(self.time_limit_minutes) / 60).quantize(
+            Decimal("0.0001"), rounding=ROUND_HALF_UP
         )
-    pool = min(fitting, key=lambda p: (in_use[p.pk] / p.capacity, p.pk))
-    return Placement(pool, f"{job.gpu_count} {job.gpu_type} on {pool.cluster} (least loaded)")
 
 
-def _gpus_in_use(pools: list[Pool]) -> dict[int, int]:
+@dataclasses.dataclass
+class Decision:
+    pool: PoolState | None
+    reason: str
+    borrowed: int = 0
+    preempt: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class PassResult:
+    admitted: int = 0
+    waiting: int = 0
+    preempted: int = 0
+    decision_seconds: list[float] = dataclasses.field(default_factory=list)
+
+
+class Snapshot:
+    """Everything admission needs, loaded with a fixed number of queries and kept up to date in
+    memory as the pass admits jobs."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now or timezone.now()
+        self.month = month_start(self.now)
+        self.tenants = {t.pk: t for t in Tenant.objects.only("slug", "regions")}
+        self.gpu_types = dict(Pool.objects.values_list("gpu_type_id", "gpu_type__slug").distinct())
+        self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.select_related("gpu_type")}
+        self.pools: dict[int, list[PoolState]] = defaultdict(list)
+        for pool in Pool.objects.filter(cluster__enabled=True).select_related("cluster").order_by("pk"):
+            self.pools[pool.gpu_type_id].append(
+                PoolState(
+                    pool.pk,
+                    pool.cluster_id,
+                    pool.cluster.slug,
+                    pool.cluster.region,
+                    not pool.cluster.draining,
+                    pool.capacity,
+                )
+            )
+        self.use: Counter[tuple[int, int]] = Counter()
+        self.user_use: Counter[tuple[int, int, int]] = Counter()
+        holding = Job.objects.filter(state__in=HOLDING_STATES).values(
+            "tenant_id", "gpu_type_id", "owner_id", "cluster_id"
+        )
+        pool_index = {(p.cluster_id, gt): p for gt, pools in self.pools.items() for p in pools}
+        for row in holding.annotate(gpus=models.Sum("gpu_count")):
+            tenant, gpu_type, gpus = row["tenant_id"], row["gpu_type_id"], row["gpus"]
+            self.use[tenant, gpu_type] += gpus
+            self.user_use[tenant, gpu_type, row["owner_id"]] += gpus
+            pool = pool_index.get((row["cluster_id"], gpu_type))
+            if pool is not None:
+                pool.used += gpus
+        budgets = {b.tenant_id: b for b in Budget.objects.all()}
+        spent = Reservation.objects.gpu_hours_by_tenant(self.month)
+        self.max_priority = {tenant: b.max_priority for tenant, b in budgets.items()}
+        self.budget_left = {
+            tenant: b.gpu_hours_per_month - spent.get(tenant, Decimal(0))
+            for tenant, b in budgets.items()
+            if b.hard and b.gpu_hours_per_month is not None
+        }
+
+    # --- the rules ------------------------------------------------------------------------------
+
+    def effective_priority(self, job: PendingJob) -> int:
+        return min(job.priority, self.max_priority.get(job.tenant_id, 0))
+
+    def share(self, tenant_id: int, gpu_type_id: int) -> float:
+        quota = self.quotas.get((tenant_id, gpu_type_id))
+        if quota is None or quota.nominal == 0:
+            return float("inf")
+        return self.use[tenant_id, gpu_type_id] / quota.nominal
+
+    def lendable_and_borrowed(self, gpu_type_id: int) -> tuple[int, int]:
+        capacity = sum(p.capacity for p in self.pools.get(gpu_type_id, ()))
+        lendable = borrowed = nominal_total = 0
+        for (tenant, gpu_type), quota in self.quotas.items():
+            if gpu_type != gpu_type_id:
+                continue
+            nominal_total += quota.nominal
+            used = self.use[tenant, gpu_type]
+            idle = max(0, quota.nominal - used)
+            lendable += idle if quota.lending_limit is None else min(idle, quota.lending_limit)
+            borrowed += max(0, used - quota.nominal)
+        return lendable + max(0, capacity - nominal_total), borrowed
+
+    def decide(self, job: PendingJob) -> Decision:
+        gpu = self.gpu_types.get(job.gpu_type_id, "this GPU type")
+        tenant = self.tenants[job.tenant_id]
+        quota = self.quotas.get((job.tenant_id, job.gpu_type_id))
+        if quota is None:
+            return Decision(None, f"tenant {tenant.slug} has no {gpu} quota")
+        if quota.max_gpus_per_job is not None and job.gpu_count > quota.max_gpus_per_job:
+            return Decision(
+                None,
+                f"asks for {job.gpu_count} {gpu}; the tenant's limit per job is {quota.max_gpus_per_job}",
+            )
+        if quota.max_gpus_per_user is not None:
+            mine = self.user_use[job.tenant_id, job.gpu_type_id, job.owner_id]
+            if mine + job.gpu_count > quota.max_gpus_per_user:
+                return Decision(
+                    None, f"per-user limit {gpu}: {mine} of {quota.max_gpus_per_user} in use by the owner"
+                )
+        left = self.budget_left.get(job.tenant_id)
+        if left is not None and job.gpu_hours > left:
+            return Decision(None, f"budget: {_hours(left)} GPU-h left, job needs {_hours(job.gpu_hours)}")
+
+        used = self.use[job.tenant_id, job.gpu_type_id]
+        after = used + job.gpu_count
+        borrowed = max(0, after - quota.nominal)
+        if borrowed:
+            usage = f"tenant quota {gpu}: {used} of {quota.nominal} in use"
+            if quota.borrowing_limit is not None and borrowed > quota.borrowing_limit:
+                return Decision(None, f"{usage}, borrowing limit reached")
+            if not self.may_borrow(job, quota, after):
+                return Decision(None, f"{usage}, no idle GPUs to borrow")
+        return self.place(job, borrowed)
+
+    def may_borrow(self, job: PendingJob, quota: Quota, after: int) -> bool:
+        lendable, borrowed_total = self.lendable_and_borrowed(job.gpu_type_id)
+        used = self.use[job.tenant_id, job.gpu_type_id]
+        borrowed_total += max(0, after - quota.nominal) - max(0, used - quota.nominal)
+        return borrowed_total <= lendable
+
+    def allowed_pools(self, job: PendingJob) -> list[PoolState]:
+        regions = self.tenants[job.tenant_id].regions
+        return [
+            p
+            for p in self.pools.get(job.gpu_type_id, ())
+            if p.accepts_jobs and (not regions or p.region in regions)
+        ]
+
+    def place(self, job: PendingJob, borrowed: int) -> Decision:
+        gpu = self.gpu_types.get(job.gpu_type_id, "GPU")
+        pools = self.allowed_pools(job)
+        if not pools:
+            regions = self.tenants[job.tenant_id].regions
+            where = f" in region {', '.join(regions)}" if regions else ""
+            return Decision(None, f"no cluster{where} accepting jobs has {gpu} GPUs")
+        fitting = [p for p in pools if p.free >= job.gpu_count]
+        if fitting:
+            pool = min(fitting, key=lambda p: (p.used / p.capacity, p.pool_id))
+            return Decision(
+                pool, f"{job.gpu_count} {gpu} on {pool.cluster} (least loaded)", borrowed=borrowed
+            )
+        if borrowed == 0:
+            reclaim = self.reclaim(job, pools)
+            if reclaim is not None:
+                return reclaim
+        regions = self.tenants[job.tenant_id].regions
+        where = f"allowed cluster in region {', '.join(regions)}" if regions else "cluster"
+        best = max(pools, key=lambda p: p.free)
+        usage = f"{best.used} of {best.capacity} in use on {best.cluster}"
+        return Decision(None, f"no {where} has {job.gpu_count} free {gpu}: {usage}")
+
+    def reclaim(self, job: PendingJob, pools: list[PoolState]) -> Decision | None:
+        """Within its nominal quota, a job takes back GPUs that other tenants borrowed."""
+        candidates = borrowed_jobs(job.gpu_type_id, exclude_tenant=job.tenant_id)
+        for pool in sorted(pools, key=lambda p: -p.free):
+            freed, victims = pool.free, []
+            for victim in candidates.get(pool.cluster_id, []):
+                if freed >= job.gpu_count:
+                    break
+                victims.append(victim)
+                freed += victim[1]
+            if freed >= job.gpu_count:
+                gpu = self.gpu_types.get(job.gpu_type_id, "GPU")
+                reason = (
+                    f"{job.gpu_count} {gpu} on {pool.cluster}, reclaimed from {len(victims)} borrowing job(s)"
+                )
+                return Decision(pool, reason, preempt=[v[0] for v in victims])
+        return None
+
+    def record(
+        self, job: PendingJob, decision: Decision, preempted: Iterable[tuple[int, int, int, int]]
+    ) -> None:
+        for _job_id, gpus, tenant_id, owner_id in preempted:
+            self.use[tenant_id, job.gpu_type_id] -= gpus
+            self.user_use[tenant_id, job.gpu_type_id, owner_id] -= gpus
+            decision.pool.used -= gpus
+        self.use[job.tenant_id, job.gpu_type_id] += job.gpu_count
+        self.user_use[job.tenant_id, job.gpu_type_id, job.owner_id] += job.gpu_count
+        decision.pool.used += job.gpu_count
+        if job.tenant_id in self.budget_left:
+            self.budget_left[job.tenant_id] -= job.gpu_hours
+
+
+def borrowed_jobs(gpu_type_id: int, *, exclude_tenant: int) -> dict[int, list[tuple[int, int, int, int]]]:
+    """Jobs holding borrowed GPUs, per cluster, newest first: (job id, gpus, tenant id, owner id)."""
     rows = (
-        Job.objects.filter(state__in=HOLDING_STATES, gpu_type_id=pools[0].gpu_type_id)
-        .filter(cluster_id__in=[p.cluster_id for p in pools])
-        .values("cluster_id")
-        .annotate(total=models.Sum("gpu_count"))
+        Reservation.objects.open()
+        .filter(gpu_type_id=gpu_type_id, borrowed__gt=0, job__state__in=HOLDING_STATES)
+        .exclude(tenant_id=exclude_tenant)
+        .order_by("-job__admitted_at", "-job_id")
+        .values_list("job_id", "job__gpu_count", "tenant_id", "job__owner_id", "job__cluster_id")
     )
-    by_cluster = {row["cluster_id"]: row["total"] for row in rows}
-    return {p.pk: by_cluster.get(p.cluster_id, 0) for p in pools}
+    by_cluster: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
+    for job_id, gpus, tenant_id, owner_id, cluster_id in rows:
+        by_cluster[cluster_id].append((job_id, gpus, tenant_id, owner_id))
+    return by_cluster
+
+
+def admission_lock() -> None:
+    """Serialise admission passes across workers, for the rest of the transaction."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADMISSION_LOCK_ID])
+
+
+def pending_jobs() -> list[PendingJob]:
+    fields = [f.name for f in dataclasses.fields(PendingJob)]
+    rows = Job.objects.filter(state=JobState.PENDING).values_list(*fields)
+    return [PendingJob(*row) for row in rows]
+
+
+def admission_order(snapshot: Snapshot, jobs: list[PendingJob]):
+    """Yield jobs by priority, then the fair share of their tenant (recomputed as jobs are admitted),
+    then submit time."""
+    levels: dict[int, dict[tuple[int, int], list[PendingJob]]] = defaultdict(lambda: defaultdict(list))
+    for job in sorted(jobs, key=lambda j: (j.created_at, j.id)):
+        levels[snapshot.effective_priority(job)][job.tenant_id, job.gpu_type_id].append(job)
+    for priority in sorted(levels, reverse=True):
+        queues = {key: iter(queue) for key, queue in levels[priority].items()}
+        heads = {key: next(queue) for key, queue in queues.items()}
+        heap = [(snapshot.share(*key), job.created_at, job.id, key) for key, job in heads.items()]
+        heapq.heapify(heap)
+        while heap:
+            _, _, _, key = heapq.heappop(heap)
+            yield heads[key]
+            following = next(queues[key], None)
+            if following is not None:
+                heads[key] = following
+                heapq.heappush(heap, (snapshot.share(*key), following.created_at, following.id, key))
+
+
+def admit_pending() -> PassResult:
+    """One full admission pass."""
+    result = PassResult()
+    with transaction.atomic():
+        admission_lock()
+        settle_released()
+        snapshot = Snapshot()
+        waiting: dict[int, str] = {}
+        for job in admission_order(snapshot, pending_jobs()):
+            started = time.perf_counter()
+            decision = snapshot.decide(job)
+            if decision.pool is None:
+                if decision.reason != job.reason:
+                    waiting[job.id] = decision.reason
+                result.waiting += 1
+            elif admit(snapshot, job, decision):
+                result.admitted += 1
+                result.preempted += len(decision.preempt)
+            result.decision_seconds.append(time.perf_counter() - started)
+        explain_waits(waiting)
+    return result
+
+
+def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:
+    preempted = preempt(decision.preempt) if decision.preempt else []
+    instance = Job.objects.only("id", "uid", "state", "attempt").get(pk=job.id)
+    cluster = Cluster(pk=decision.pool.cluster_id, slug=decision.pool.cluster)
+    if not instance.admit(cluster, message=f"Admitted: {decision.reason}"):
+        return False  # cancelled meanwhile
+    Reservation.objects.create(
+        job_id=job.id,
+        attempt=instance.attempt,
+        tenant_id=job.tenant_id,
+        gpu_type_id=job.gpu_type_id,
+        gpus=job.gpu_count,
+        borrowed=decision.borrowed,
+        month=snapshot.month,
+        reserved_gpu_hours=job.gpu_hours,
+    )
+    snapshot.record(job, decision, preempted)
+    return True
+
+
+def preempt(job_ids: list[int]) -> list[tuple[int, int, int, int]]:
+    """Send borrowing jobs back to pending, settle their reservations (the time they ran is
+    recorded as preempted, not counted) and stop their backend jobs."""
+    from jobs.tasks import cancel_backend_job
+
+    done = []
+    for victim in Job.objects.filter(pk__in=job_ids):
+        cluster_id, key, external_id = victim.cluster_id, victim.dispatch_key, victim.external_id
+        attempt, started_at = victim.attempt, victim.started_at
+        if not victim.requeue(PREEMPTED_REASON, preempted=True):
+            continue
+        lost = gpu_hours_between(victim.gpu_count, started_at, timezone.now())
+        Reservation.objects.open().filter(job=victim, attempt=attempt).update(
+            used_gpu_hours=Decimal(0), preempted_gpu_hours=lost, settled_at=timezone.now()
+        )
+        done.append((victim.pk, victim.gpu_count, victim.tenant_id, victim.owner_id))
+        if external_id:
+            transaction.on_commit(
+                lambda j=victim.pk, c=cluster_id, k=key, e=external_id: cancel_backend_job.delay(j, c, k, e)
+            )
+    return done
+
+
+def settle_released() -> int:
+    """Settle every reservation whose job attempt no longer holds GPUs: the real GPU-hours replace
+    the reservation (the rest is refunded). Conditional, so each is settled exactly once."""
+    stale = (
+        Reservation.objects.open()
+        .filter(~models.Q(job__state__in=HOLDING_STATES) | ~models.Q(job__attempt=models.F("attempt")))
+        .select_related("job")
+    )
+    settled = 0
+    for reservation in stale:
+        job = reservation.job
+        same_attempt = job.attempt == reservation.attempt
+        used = (
+            gpu_hours_between(reservation.gpus, job.started_at, job.ended_at) if same_attempt else Decimal(0)
+        )
+        settled += Reservation.objects.filter(pk=reservation.pk, settled_at__isnull=True).update(
+            used_gpu_hours=used, settled_at=timezone.now()
+        )
+    return settled
+
+
+def gpu_hours_between(gpus: int, start: datetime | None, end: datetime | None) -> Decimal:
+    if start is None or end is None or end <= start:
+        return Decimal(0)
+    hours = Decimal((end - start).total_seconds()) / Decimal(3600)
+    return (gpus * hours).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
+def explain_waits(reasons: dict[int, str], batch: int = 500) -> None:
+    """Record why jobs wait, in a few statements (no event per job: the reason is live on the page)."""
+    items = list(reasons.items())
+    now = timezone.now()
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        Job.objects.filter(pk__in=[job_id for job_id, _ in chunk], state=JobState.PENDING).update(
+            reason=Case(*(When(pk=job_id, then=Value(reason[:500])) for job_id, reason in chunk)),
+            updated_at=now,
+        )
+
+
+def _hours(value: Decimal) -> str:
+    return f"{value.quantize(Decimal('0.1')).normalize():f}"

@@ -7,9 +7,12 @@ class QuotasConfig(AppConfig):
     name = "quotas"
 
     def ready(self) -> None:
+        from factory.signals import demo_seeded
         from jobs import signals
 
         from . import receivers
 
         signals.job_submitted.connect(receivers.readmit, dispatch_uid="quotas.readmit.submitted")
+        signals.job_released.connect(receivers.settle, dispatch_uid="quotas.settle.released")
         signals.job_released.connect(receivers.readmit, dispatch_uid="quotas.readmit.released")
+        demo_seeded.connect(receivers.seed_demo, dispatch_uid="quotas.seed_demo")

@@ -6,5 +6,6 @@ from . import admission
 
 
 @shared_task(acks_late=True)
-def admit_pending() -> int:
-    return admission.admit_pending()
+def admit_pending() -> dict[str, int]:
+    result = admission.admit_pending()
+    return {"admitted": result.admitted, "waiting": result.waiting, "preempted": result.preempted}

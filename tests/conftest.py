@@ -126,3 +126,14 @@ def pytest_collection_modifyitems(config, items):
     """Browser tests go last: Playwright's sync API leaves an event loop running in the main
     thread for the rest of the session, which Django's async test client cannot run under."""
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+@pytest.fixture
+def quotas(tenant, h100, a100):
+    """demo-lab may use the whole local cluster: 4 h100 and 4 a100 nominal."""
+    from quotas.models import Quota
+
+    return [
+        Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=4),
+        Quota.objects.create(tenant=tenant, gpu_type=a100, nominal=4),
+    ]

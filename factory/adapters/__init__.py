@@ -18,6 +18,8 @@ from .base import (
 ADAPTERS: dict[str, str] = {
     "local": "factory.adapters.local.LocalAdapter",
     "slurm": "factory.adapters.slurm.SlurmAdapter",
+    "kubernetes": "factory.adapters.kubernetes.KubernetesAdapter",
+    "ray": "factory.adapters.ray.RayAdapter",
 }
 
 

@@ -76,6 +76,13 @@ def read_log_file(path: Path, offset: int, *, finished: bool) -> LogChunk:
             data = fh.read(LOG_CHUNK_BYTES)
     except FileNotFoundError:
         data = b""
+    return log_chunk(data, offset, finished=finished)
+
+
+def log_chunk(data: bytes, offset: int, *, finished: bool) -> LogChunk:
+    """The chunk of a log made of `data`, the bytes read from `offset` on (at most LOG_CHUNK_BYTES
+    of them), never splitting a UTF-8 character; for backends that fetch log bytes themselves."""
+    data = data[:LOG_CHUNK_BYTES]
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     text = decoder.decode(data, final=False)
     used = len(data) - len(decoder.getstate()[0])

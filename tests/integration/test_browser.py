@@ -17,7 +17,7 @@ def log_in(page: Page, base_url: str, username: str, password: str) -> None:
 
 
 def test_researcher_submits_a_job_and_watches_it_succeed_without_reload(
-    page: Page, asgi_server, celery_worker_process, owner, cluster
+    page: Page, asgi_server, celery_worker_process, owner, cluster, quotas
 ):
     log_in(page, asgi_server, "researcher", "pw-researcher")
     page.get_by_role("link", name="New job").first.click()
@@ -63,7 +63,7 @@ def test_form_errors_are_shown_next_to_the_fields(page: Page, asgi_server, owner
 
 
 def test_job_list_badges_update_live(
-    page: Page, asgi_server, celery_worker_process, owner, cluster, tmp_path
+    page: Page, asgi_server, celery_worker_process, owner, cluster, quotas, tmp_path
 ):
     from factory.models import GpuType
     from jobs import submission

@@ -32,7 +32,7 @@ def states(ids) -> dict[int, str]:
     return dict(Job.objects.filter(pk__in=ids).values_list("pk", "state"))
 
 
-def test_worker_runs_submitted_jobs_to_their_end(celery_worker_process, owner, cluster):
+def test_worker_runs_submitted_jobs_to_their_end(celery_worker_process, owner, cluster, quotas):
     api = client_for(owner)
     ok = submit(api, name="ok", command="echo fine")
     bad = submit(api, name="bad", command="echo failing >&2; exit 7")
@@ -49,7 +49,9 @@ def test_worker_runs_submitted_jobs_to_their_end(celery_worker_process, owner, c
     assert api.get(f"/api/v1/jobs/{bad}/logs/").json()["text"] == "failing\n"
 
 
-def test_killing_the_worker_loses_no_job_and_runs_none_twice(celery_worker_process, owner, cluster, tmp_path):
+def test_killing_the_worker_loses_no_job_and_runs_none_twice(
+    celery_worker_process, owner, cluster, quotas, tmp_path
+):
     api = client_for(owner)
     runs = tmp_path / "runs"
     # Six jobs of two GPUs on four: two run, four wait for admission when the worker dies.

@@ -13,6 +13,7 @@ from django.db import transaction
 
 from factory.choices import FINANCE_GROUP, ClusterKind, Role
 from factory.models import Cluster, GpuType, Membership, Pool, Tenant
+from factory.signals import demo_seeded
 
 DEMO_USERS = [
     # username, role in demo-lab, staff, finance
@@ -79,3 +80,4 @@ class Command(BaseCommand):
                 Membership.objects.update_or_create(user=user, tenant=tenant, defaults={"role": role})
             if is_finance:
                 user.groups.add(finance)
+        demo_seeded.send(self.__class__, tenant=tenant)

@@ -1,0 +1,664 @@
+"""The `kubernetes` backend: every portal job is a batch/v1 Job, through the official client.
+
+- submit: a Job named `aif-<dispatch key>` in the tenant's namespace (created on first use). A
+  retried dispatch gets 409 AlreadyExists for the same name, which means the Job is there: success.
+- statuses: one list of the portal's Jobs across namespaces per sync (by a portal-wide label),
+  plus, only when some Jobs failed, one list of their pods for the exit codes.
+- Terminal states come from `Complete=True` / `Failed=True` alone. Recent API servers first write
+  `SuccessCriteriaMet` / `FailureTarget` while the pods still terminate: the outcome is decided but
+  the GPUs are not free yet, so such a Job is still reported running (quota is released only when
+  the GPUs are). Older servers write Complete/Failed directly, which needs no special case.
+- cancel: delete with propagationPolicy=Background (batch/v1 defaults to orphaning the pods).
+- logs: the pod's log. The API has no offset, so each read fetches the log from its start up to
+  offset + one chunk (`limitBytes`) and slices it: a reader pays for the bytes before its offset,
+  never for more than one chunk after it.
+- Kueue (connection `kueue_queue`): Jobs are created suspended with the queue-name label. Kueue
+  resumes them on admission and suspends them again on preemption; suspended reads as queued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from functools import cached_property
+from typing import Any, TypeVar
+
+import pydantic
+import urllib3
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from .base import (
+    LOG_CHUNK_BYTES,
+    Adapter,
+    BackendError,
+    BackendState,
+    BackendUnavailable,
+    Connection,
+    Health,
+    JobRejected,
+    LogChunk,
+    PoolHealth,
+    StatusReport,
+    dispatch_key,
+    log_chunk,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "aifactory"
+SELECTOR = f"{MANAGED_BY}={MANAGER}"  # every Job and pod the portal made, in every namespace
+LABEL_UID = "aifactory.io/job-uid"
+LABEL_KEY = "aifactory.io/dispatch-key"  # the attempt: a requeued job's pods are not its old ones
+LABEL_TENANT = "aifactory.io/tenant"
+LABEL_GPU_TYPE = "aifactory.io/gpu-type"
+ANNOTATION_NAME = "aifactory.io/job-name"  # portal names may be longer than a label value allows
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_RESOURCE = "nvidia.com/gpu"
+CONTAINER = "job"
+JOB_NAME_PREFIX = "aif-"
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+NAMESPACE_PREFIX = re.compile(r"^([a-z0-9][-a-z0-9]{0,29})?$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+# What the create calls judge themselves: the request's fault, so the job is refused.
+CLIENT_ERRORS = frozenset(range(400, 500)) - {401, 403, 429}
+
+# Why the job controller failed a Job, in words; BackoffLimitExceeded needs none (the pod failed:
+# its exit code says how).
+FAILURE_REASONS = {
+    "BackoffLimitExceeded": "",
+    "PodFailurePolicy": "stopped by the Job's pod failure policy",
+    "MaxFailedIndexesExceeded": "too many of its indexes failed",
+    "FailedIndexes": "some of its indexes failed",
+}
+# Why a pod ended, where its exit code alone does not say it.
+POD_REASONS = {
+    "OOMKilled": "out of memory",
+    "Evicted": "its pod was evicted from the node",
+    "DeadlineExceeded": "its pod ran past its deadline",
+    "NodeLost": "its node was lost",
+}
+KUEUE_WAITING = "waiting in the cluster's Kueue queue"
+KUEUE_PREEMPTED = "preempted by Kueue; waiting in the cluster's Kueue queue"
+SUSPENDED = "suspended on the cluster"
+POD_WAITING = "waiting for its pod to start (scheduling, image pull)"
+GONE = "the Job is gone from the cluster (deleted, or removed after its ttlSecondsAfterFinished)"
+
+
+@dataclasses.dataclass(frozen=True)
+class KubernetesConnection(Connection):
+    kubeconfig: str | None = None  # the kubeconfig YAML itself; write-only, never shown back
+    context: str | None = None  # a context of that kubeconfig; its current-context by default
+    in_cluster: bool = False  # use the service account of the pod the portal runs in
+    namespace_prefix: str = "aif-"  # a tenant's namespace is this prefix + the tenant's slug
+    ttl_seconds_after_finished: int = 3600  # finished Jobs (and their logs) stay this long
+    kueue_queue: str | None = None  # a Kueue LocalQueue: Jobs are created suspended in it
+    verify_ssl: bool = True  # False skips TLS verification of the API server (test clusters only)
+    request_timeout: float = 30.0  # seconds per API request
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> KubernetesConnection:
+        conn = super().parse(data)
+        if bool(conn.kubeconfig) == conn.in_cluster:
+            raise ValueError("Give either 'kubeconfig' (the YAML text) or 'in_cluster': true.")
+        if conn.kubeconfig:
+            conn.config_dict()
+        elif conn.context:
+            raise ValueError("'context' needs a 'kubeconfig'.")
+        if not NAMESPACE_PREFIX.fullmatch(conn.namespace_prefix):
+            raise ValueError(
+                "Connection setting 'namespace_prefix' may use up to 30 lowercase letters, digits and "
+                "hyphens, starting with a letter or digit."
+            )
+        ttl = conn.ttl_seconds_after_finished
+        if isinstance(ttl, bool) or ttl < 0:
+            raise ValueError("Connection setting 'ttl_seconds_after_finished' must be 0 or more seconds.")
+        if conn.kueue_queue is not None and not DNS_LABEL.fullmatch(conn.kueue_queue):
+            raise ValueError("Connection setting 'kueue_queue' must be a Kueue LocalQueue name.")
+        if conn.request_timeout <= 0:
+            raise ValueError("Connection setting 'request_timeout' must be positive.")
+        return conn
+
+    def config_dict(self) -> dict[str, Any]:
+        """The kubeconfig as a dict. Errors name where it is wrong, never what it holds."""
+        try:
+            data = yaml.safe_load(self.kubeconfig or "")
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise ValueError(f"The kubeconfig is not valid YAML{where}.") from None
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(key), list) for key in ("clusters", "contexts", "users")
+        ):
+            raise ValueError("The kubeconfig needs 'clusters', 'contexts' and 'users' lists.")
+        context = self.context or data.get("current-context")
+        if not context:
+            raise ValueError("The kubeconfig has no current-context: set 'context'.")
+        names = {entry.get("name") for entry in data["contexts"] if isinstance(entry, dict)}
+        if context not in names:
+            raise ValueError(f"The kubeconfig has no context named {context!r}.")
+        return data
+
+
+class KubernetesAdapter(Adapter):
+    kind = "kubernetes"
+    connection_class = KubernetesConnection
+
+    # --- the client (one per adapter instance, built without writing the kubeconfig to disk) ----
+
+    @cached_property
+    def api_client(self) -> k8s.ApiClient:
+        configuration = k8s.Configuration()
+        try:
+            if self.connection.in_cluster:
+                k8s_config.load_incluster_config(client_configuration=configuration)
+            else:
+                # CA and client-key data inside the kubeconfig reach urllib3 as files: the client
+                # writes those to private temporary files and removes them at exit.
+                k8s_config.load_kube_config_from_dict(
+                    self.connection.config_dict(),
+                    context=self.connection.context,
+                    client_configuration=configuration,
+                    persist_config=False,
+                )
+        except (ConfigException, ValueError) as exc:
+            raise BackendError(f"cannot use the connection settings of {self.cluster}: {exc}") from None
+        if not self.connection.verify_ssl:
+            configuration.verify_ssl = False
+        return k8s.ApiClient(configuration)
+
+    @cached_property
+    def batch(self) -> k8s.BatchV1Api:
+        return k8s.BatchV1Api(self.api_client)
+
+    @cached_property
+    def core(self) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(self.api_client)
+
+    # --- names ----------------------------------------------------------------------------------
+
+    def namespace_for(self, tenant) -> str:
+        name = f"{self.connection.namespace_prefix}{tenant.slug}"
+        if len(name) > 63:
+            # Cut, then tell apart tenants whose slugs share the kept part.
+            digest = hashlib.sha256(tenant.slug.encode()).hexdigest()[:8]
+            name = f"{name[:54].rstrip('-')}-{digest}"
+        if not DNS_LABEL.fullmatch(name) or name in RESERVED_NAMESPACES or name.startswith("kube-"):
+            raise JobRejected(f"{name!r} cannot be the tenant's namespace")
+        return name
+
+    @staticmethod
+    def job_name(job) -> str:
+        return f"{JOB_NAME_PREFIX}{dispatch_key(job)}"
+
+    # --- the protocol ---------------------------------------------------------------------------
+
+    def submit(self, job) -> str:
+        namespace = self.namespace_for(job.tenant)
+        body = self.job_body(job, namespace)
+        try:
+            self._create_job(namespace, body)
+        except _NamespaceMissing:
+            self.ensure_namespace(namespace, job.tenant)
+            self._create_job(namespace, body)
+        return f"{namespace}/{body['metadata']['name']}"
+
+    def statuses(self, jobs: Iterable) -> dict[str, StatusReport]:
+        jobs = [j for j in jobs if j.external_id]
+        if not jobs:
+            return {}
+        listed = {f"{item.metadata.namespace}/{item.metadata.name}": item for item in self.list_jobs()}
+        reports: dict[str, StatusReport] = {}
+        failed: dict[str, str] = {}  # external id → dispatch key, for the pods' exit codes
+        for job in jobs:
+            item = listed.get(job.external_id)
+            if item is None:
+                reports[job.external_id] = self._missing_report(job)
+                continue
+            report = job_report(
+                job.external_id,
+                item,
+                kueue=bool(self.connection.kueue_queue),
+                seen_running=getattr(job, "started_at", None) is not None,
+            )
+            reports[job.external_id] = report
+            if report.state == BackendState.FAILED:
+                failed[job.external_id] = (item.metadata.labels or {}).get(LABEL_KEY, "")
+        if failed:
+            outcomes = self.pod_outcomes({key for key in failed.values() if key})
+            for external_id, key in failed.items():
+                reports[external_id] = _with_pod_outcome(reports[external_id], outcomes.get(key))
+        return reports
+
+    def cancel(self, job) -> None:
+        if not job.external_id:
+            return
+        namespace, name = _split(job.external_id)
+        try:
+            current = self._request(
+                "read Jobs", self.batch.read_namespaced_job, name, namespace, expect={404}
+            )
+        except ApiException:
+            return  # already gone
+        if _terminal_condition(current) is not None:
+            return  # it ended first: leave it for the sync to report how, and for its TTL
+        with contextlib.suppress(ApiException):  # 404: gone meanwhile
+            # batch/v1 orphans a Job's pods by default: they would keep running on the GPUs.
+            self._request(
+                "delete Jobs",
+                self.batch.delete_namespaced_job,
+                name,
+                namespace,
+                propagation_policy="Background",
+                expect={404},
+            )
+
+    def logs(self, job, offset: int = 0) -> LogChunk:
+        offset = max(offset, 0)
+        finished = bool(getattr(job, "is_terminal", False))
+        empty = LogChunk(text="", next_offset=offset, complete=finished)
+        if not job.external_id:
+            return empty
+        namespace, _name = _split(job.external_id)
+        pod = self._latest_pod(namespace, dispatch_key(job))
+        if pod is None:
+            return empty
+        try:
+            response = self._request(
+                "read pod logs",
+                self.core.read_namespaced_pod_log,
+                pod.metadata.name,
+                namespace,
+                container=CONTAINER,
+                limit_bytes=offset + LOG_CHUNK_BYTES,
+                _preload_content=False,
+                expect={400, 404},
+            )
+        except ApiException:
+            return empty  # the container has not started yet, or the pod is gone
+        return log_chunk(response.data[offset:], offset, finished=finished)
+
+    def health(self) -> Health:
+        """GPUs per pool on the Ready, schedulable nodes its node selector matches; in use: the
+        GPU requests of the portal's active Jobs."""
+        try:
+            nodes = self._request("list nodes", self.core.list_node).items
+            jobs = self.list_jobs()
+        except BackendError as exc:
+            return Health(ok=False, message=str(exc))
+        usable = [node for node in nodes if _node_usable(node)]
+        in_use = _gpus_in_use(jobs)
+        pools = tuple(
+            PoolHealth(
+                gpu_type=pool.gpu_type.slug,
+                capacity=sum(_allocatable_gpus(n) for n in usable if _matches(n, pool.node_selector)),
+                in_use=in_use.get(pool.gpu_type.slug, 0),
+            )
+            for pool in self.cluster.pools.select_related("gpu_type")
+        )
+        message = f"API server reachable; {len(usable)} of {len(nodes)} node(s) ready"
+        unusable = sorted(node.metadata.name for node in nodes if not _node_usable(node))
+        if unusable:
+            message += f"; not ready or cordoned: {', '.join(unusable)}"
+        return Health(ok=True, message=message, pools=pools)
+
+    # --- building the Job -----------------------------------------------------------------------
+
+    def job_body(self, job, namespace: str) -> dict[str, Any]:
+        image = (getattr(job, "image", "") or "").strip()
+        if not image:
+            raise JobRejected("a container image is required to run on Kubernetes")
+        key = dispatch_key(job)
+        labels = {
+            MANAGED_BY: MANAGER,
+            LABEL_UID: str(job.uid),
+            LABEL_KEY: key,
+            LABEL_TENANT: job.tenant.slug,
+            LABEL_GPU_TYPE: job.gpu_type.slug,
+        }
+        resources = {
+            GPU_RESOURCE: str(int(job.gpu_count)),
+            "cpu": str(int(job.cpus)),
+            "memory": f"{int(job.memory_gb)}Gi",
+        }
+        pod_spec: dict[str, Any] = {
+            "restartPolicy": "Never",
+            # The user's code gets no credentials for the cluster's API.
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": CONTAINER,
+                    "image": image,
+                    # The command is a shell script by definition: one argument, never spliced.
+                    "command": ["/bin/sh", "-c", job.command],
+                    "env": self.env(job, key),
+                    # Requests equal limits: extended resources (GPUs) must, and the job gets
+                    # exactly what quota admission reserved for it.
+                    "resources": {"requests": resources, "limits": dict(resources)},
+                }
+            ],
+        }
+        node_selector = self.node_selector(job)
+        if node_selector:
+            pod_spec["nodeSelector"] = node_selector
+        spec: dict[str, Any] = {
+            "backoffLimit": 0,  # a failed run fails the job: retrying is the portal's decision
+            "activeDeadlineSeconds": int(job.time_limit_minutes) * 60,
+            "ttlSecondsAfterFinished": self.connection.ttl_seconds_after_finished,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        }
+        if self.connection.kueue_queue:
+            labels[KUEUE_QUEUE_LABEL] = self.connection.kueue_queue
+            spec["suspend"] = True  # Kueue resumes it once the queue admits it
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": self.job_name(job),
+                "namespace": namespace,
+                "labels": labels,
+                "annotations": {ANNOTATION_NAME: job.name},
+            },
+            "spec": spec,
+        }
+
+    def node_selector(self, job) -> dict[str, str]:
+        pool = self.cluster.pools.filter(gpu_type=job.gpu_type).first()
+        if pool is None:
+            raise JobRejected(f"cluster {self.cluster.slug} has no {job.gpu_type.slug} GPUs")
+        selector = pool.node_selector or {}
+        if not isinstance(selector, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
+        ):
+            raise JobRejected(f"the node selector of pool {pool} must map label names to values")
+        return dict(selector)
+
+    @staticmethod
+    def env(job, key: str) -> list[dict[str, str]]:
+        env = []
+        for name, value in sorted((job.env or {}).items()):
+            if not ENV_NAME.fullmatch(name):
+                raise JobRejected(f"{name!r} is not a valid environment variable name")
+            env.append({"name": name, "value": str(value)})
+        env.append({"name": "FACTORY_JOB_UID", "value": str(job.uid)})
+        env.append({"name": "FACTORY_JOB_NAME", "value": job.name})
+        return env
+
+    # --- talking to the API server --------------------------------------------------------------
+
+    def list_jobs(self) -> list[k8s.V1Job]:
+        return self._request(
+            "list Jobs", self.batch.list_job_for_all_namespaces, label_selector=SELECTOR
+        ).items
+
+    def pod_outcomes(self, keys: set[str]) -> dict[str, tuple[int | None, str]]:
+        """(exit code, why) of the container of each dispatch key's latest finished pod, from one
+        list call for all of them."""
+        if not keys:
+            return {}
+        selector = f"{SELECTOR},{LABEL_KEY} in ({','.join(sorted(keys))})"
+        pods = self._request(
+            "list pods", self.core.list_pod_for_all_namespaces, label_selector=selector
+        ).items
+        found: dict[str, tuple[datetime | None, int | None, str]] = {}
+        for pod in pods:
+            key = (pod.metadata.labels or {}).get(LABEL_KEY, "")
+            outcome = _pod_outcome(pod)
+            if outcome is None:
+                continue
+            previous = found.get(key)
+            if previous is None or _timestamp(outcome[0]) >= _timestamp(previous[0]):
+                found[key] = outcome
+        return {key: (code, why) for key, (_at, code, why) in found.items()}
+
+    def ensure_namespace(self, namespace: str, tenant) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": {MANAGED_BY: MANAGER, LABEL_TENANT: tenant.slug}},
+        }
+        try:
+            self._request("create namespaces", self.core.create_namespace, body, expect=CLIENT_ERRORS)
+            log.info("created namespace %s on %s", namespace, self.cluster)
+        except ApiException as exc:
+            if exc.status == 409:
+                return  # made meanwhile by a concurrent dispatch
+            raise JobRejected(_status_message(exc)) from None
+
+    def _create_job(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            # The client checks the body against its own typed models before sending it.
+            k8s.V1Job.model_validate(body)
+        except pydantic.ValidationError as exc:
+            raise JobRejected(f"the Job would be invalid: {_first_error(exc)}") from None
+        try:
+            self._request(
+                "create Jobs",
+                self.batch.create_namespaced_job,
+                namespace,
+                body,
+                field_validation="Strict",  # an unknown field is an error, not silently dropped
+                expect=CLIENT_ERRORS,
+            )
+        except ApiException as exc:
+            if exc.status == 409 and _status_reason(exc) == "AlreadyExists":
+                return  # made by an earlier attempt of this dispatch: the name is the dispatch key
+            if exc.status == 404:
+                raise _NamespaceMissing from None
+            raise JobRejected(_status_message(exc)) from None
+
+    def _latest_pod(self, namespace: str, key: str) -> k8s.V1Pod | None:
+        selector = f"{SELECTOR},{LABEL_KEY}={key}"
+        pods = self._request(
+            "list pods", self.core.list_namespaced_pod, namespace, label_selector=selector
+        ).items
+        return max(pods, key=lambda p: _timestamp(p.metadata.creation_timestamp), default=None)
+
+    def _missing_report(self, job) -> StatusReport:
+        if getattr(job, "cancel_requested_at", None):
+            # Cancelling deletes the Job: its absence is the cancellation having worked.
+            return StatusReport(job.external_id, BackendState.CANCELLED)
+        return StatusReport(job.external_id, BackendState.LOST, GONE)
+
+    def _request(self, what: str, call: Callable[..., T], *args, expect=frozenset(), **kwargs) -> T:
+        """Call the API. HTTP errors whose status is in `expect` are raised as they are, for the
+        caller to judge; the rest become BackendUnavailable (unreachable, server-side errors) or
+        BackendError (credentials, permissions, anything else)."""
+        kwargs.setdefault("_request_timeout", self.connection.request_timeout)
+        try:
+            return call(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status in expect:
+                raise
+            raise self._error(what, exc) from None
+        except urllib3.exceptions.HTTPError as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise BackendUnavailable(
+                f"the API server of {self.cluster} did not answer ({what}): {type(reason).__name__}"
+            ) from None
+        except pydantic.ValidationError as exc:
+            raise BackendError(
+                f"the API server of {self.cluster} answered '{what}' in an unexpected shape: "
+                f"{_first_error(exc)}"
+            ) from None
+
+    def _error(self, what: str, exc: ApiException) -> BackendError:
+        status = exc.status or 0
+        if status == 0 or status == 429 or status >= 500:
+            return BackendUnavailable(
+                f"the API server of {self.cluster} could not {what}: {_status_message(exc)}"
+            )
+        if status == 401:
+            return BackendError(f"the API server of {self.cluster} refused the credentials")
+        if status == 403:
+            return BackendError(
+                f"the portal may not {what} on {self.cluster}; grant its account that permission "
+                f"({_status_message(exc)})"
+            )
+        return BackendError(f"the API server of {self.cluster} refused to {what}: {_status_message(exc)}")
+
+
+class _NamespaceMissing(Exception):
+    pass
+
+
+# --- reading Jobs and pods (pure functions of the client's models) -------------------------------
+
+
+def job_report(external_id: str, job: k8s.V1Job, *, kueue: bool, seen_running: bool) -> StatusReport:
+    """What the portal should believe about one Job."""
+    status = job.status or k8s.V1JobStatus()
+    true = {c.type: c for c in status.conditions or [] if c.status == "True"}
+    started = status.start_time
+    terminal = _terminal_condition(job)
+    if terminal is not None and terminal.type == "Complete":
+        ended = status.completion_time or terminal.last_transition_time
+        return StatusReport(external_id, BackendState.SUCCEEDED, "", started, ended, exit_code=0)
+    if terminal is not None:  # Failed: no completionTime, the condition says when
+        ended = terminal.last_transition_time
+        if terminal.reason == "DeadlineExceeded":
+            return StatusReport(external_id, BackendState.TIMED_OUT, "time limit reached", started, ended)
+        reason = FAILURE_REASONS.get(terminal.reason or "")
+        if reason is None:
+            reason = ": ".join(part for part in (terminal.reason, terminal.message) if part)
+        return StatusReport(external_id, BackendState.FAILED, reason, started, ended)
+    if job.metadata.deletion_timestamp is not None:
+        return StatusReport(external_id, BackendState.CANCELLED, "the Job was deleted on the cluster")
+    if "Suspended" in true:
+        # A suspended Job keeps the startTime of its last run: a start means it was preempted.
+        reason = (KUEUE_PREEMPTED if started else KUEUE_WAITING) if kueue else SUSPENDED
+        return StatusReport(external_id, BackendState.QUEUED, reason)
+    if started is None:
+        return StatusReport(external_id, BackendState.QUEUED)
+    if status.ready == 0 and (status.active or 0) > 0:
+        # Its pod waits for a node or an image. Said only before the portal saw it run: a running
+        # job's pod briefly reads the same between its end and the Job's terminal condition.
+        return StatusReport(external_id, BackendState.QUEUED, "" if seen_running else POD_WAITING)
+    # Running, or decided (SuccessCriteriaMet/FailureTarget) with pods still terminating.
+    return StatusReport(external_id, BackendState.RUNNING, started_at=started)
+
+
+def _terminal_condition(job: k8s.V1Job) -> k8s.V1JobCondition | None:
+    conditions = (job.status.conditions if job.status else None) or []
+    for condition in conditions:
+        if condition.type in ("Complete", "Failed") and condition.status == "True":
+            return condition
+    return None
+
+
+def _pod_outcome(pod: k8s.V1Pod) -> tuple[datetime | None, int | None, str] | None:
+    """(finished at, exit code, why) of the job's container in a pod that ended, else None."""
+    status = pod.status or k8s.V1PodStatus()
+    for container in status.container_statuses or []:
+        terminated = container.state.terminated if container.name == CONTAINER and container.state else None
+        if terminated is not None:
+            return terminated.finished_at, terminated.exit_code, POD_REASONS.get(terminated.reason or "", "")
+    if status.phase == "Failed":  # evicted or lost before its container ran
+        why = POD_REASONS.get(status.reason or "") or (status.message or status.reason or "its pod failed")
+        return None, None, why
+    return None
+
+
+def _with_pod_outcome(report: StatusReport, outcome: tuple[int | None, str] | None) -> StatusReport:
+    if outcome is None:
+        return dataclasses.replace(report, reason=report.reason or "its pod is gone; exit code unknown")
+    exit_code, why = outcome
+    reason = "; ".join(part for part in (report.reason, why) if part)
+    return dataclasses.replace(report, exit_code=exit_code, reason=reason)
+
+
+def _gpus_in_use(jobs: list[k8s.V1Job]) -> dict[str, int]:
+    """GPUs requested by the portal's Jobs that hold pods now, per GPU type label."""
+    used: dict[str, int] = {}
+    for job in jobs:
+        status = job.status or k8s.V1JobStatus()
+        if _terminal_condition(job) is not None or not status.active:
+            continue
+        gpu_type = (job.metadata.labels or {}).get(LABEL_GPU_TYPE, "")
+        containers = job.spec.template.spec.containers if job.spec and job.spec.template.spec else []
+        for container in containers:
+            requests = (container.resources.requests if container.resources else None) or {}
+            used[gpu_type] = used.get(gpu_type, 0) + _quantity(requests.get(GPU_RESOURCE))
+    return used
+
+
+def _node_usable(node: k8s.V1Node) -> bool:
+    if node.spec is not None and node.spec.unschedulable:
+        return False
+    conditions = (node.status.conditions if node.status else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def _allocatable_gpus(node: k8s.V1Node) -> int:
+    allocatable = (node.status.allocatable if node.status else None) or {}
+    return _quantity(allocatable.get(GPU_RESOURCE))
+
+
+def _matches(node: k8s.V1Node, selector: dict[str, str] | None) -> bool:
+    labels = node.metadata.labels or {}
+    return all(labels.get(key) == value for key, value in (selector or {}).items())
+
+
+def _timestamp(value: datetime | None) -> float:
+    return value.timestamp() if value else 0.0
+
+
+def _quantity(value: str | None) -> int:
+    """GPU counts are whole numbers ("8"); anything else counts as none."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def _status(exc: ApiException) -> dict[str, Any]:
+    try:
+        body = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _status_reason(exc: ApiException) -> str:
+    return str(_status(exc).get("reason") or "")
+
+
+def _status_message(exc: ApiException) -> str:
+    """The API server's own words (a Status object's message), never the request or headers."""
+    message = _status(exc).get("message")
+    if message:
+        return str(message)[:500]
+    return f"HTTP {exc.status} {exc.reason or ''}".strip()
+
+
+def _first_error(exc: pydantic.ValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "invalid"
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
+def _split(external_id: str) -> tuple[str, str]:
+    namespace, _, name = external_id.partition("/")
+    if not (DNS_LABEL.fullmatch(namespace) and name):
+        raise BackendError(f"{external_id!r} is not a Kubernetes Job id")
+    return namespace, name
