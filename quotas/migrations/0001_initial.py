@@ -10,81 +10,242 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('factory', '0002_finance_group'),
-        ('jobs', '0002_attempt_and_preemption'),
+        ("factory", "0002_finance_group"),
+        ("jobs", "0002_attempt_and_preemption"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Budget',
+            name="Budget",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('gpu_hours_per_month', models.DecimalField(blank=True, decimal_places=2, help_text='Empty: no GPU-hour budget.', max_digits=12, null=True, validators=[django.core.validators.MinValueValidator(Decimal('0'))])),
-                ('hard', models.BooleanField(default=True, help_text='Hold jobs once the budget is spent.')),
-                ('max_priority', models.IntegerField(default=0, help_text='Jobs asking for more priority are admitted at this priority.', validators=[django.core.validators.MinValueValidator(-100), django.core.validators.MaxValueValidator(100)])),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('tenant', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='budget', to='factory.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "gpu_hours_per_month",
+                    models.DecimalField(
+                        blank=True,
+                        decimal_places=2,
+                        help_text="Empty: no GPU-hour budget.",
+                        max_digits=12,
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(Decimal("0"))],
+                    ),
+                ),
+                ("hard", models.BooleanField(default=True, help_text="Hold jobs once the budget is spent.")),
+                (
+                    "max_priority",
+                    models.IntegerField(
+                        default=0,
+                        help_text="Jobs asking for more priority are admitted at this priority.",
+                        validators=[
+                            django.core.validators.MinValueValidator(-100),
+                            django.core.validators.MaxValueValidator(100),
+                        ],
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "tenant",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="budget",
+                        to="factory.tenant",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='QuotaChange',
+            name="QuotaChange",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('field', models.CharField(max_length=64)),
-                ('old_value', models.CharField(blank=True, max_length=64)),
-                ('new_value', models.CharField(blank=True, max_length=64)),
-                ('changed_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('changed_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('gpu_type', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='factory.gputype')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='quota_changes', to='factory.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("field", models.CharField(max_length=64)),
+                ("old_value", models.CharField(blank=True, max_length=64)),
+                ("new_value", models.CharField(blank=True, max_length=64)),
+                ("changed_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "changed_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "gpu_type",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="factory.gputype",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="quota_changes",
+                        to="factory.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-changed_at', '-id'],
+                "ordering": ["-changed_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='Quota',
+            name="Quota",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('nominal', models.PositiveIntegerField(default=0, help_text='GPUs guaranteed to the tenant.')),
-                ('borrowing_limit', models.PositiveIntegerField(blank=True, help_text='GPUs it may borrow above nominal; empty: any idle GPUs.', null=True)),
-                ('lending_limit', models.PositiveIntegerField(blank=True, help_text='Of its idle nominal GPUs, how many others may borrow; empty: all.', null=True)),
-                ('max_gpus_per_job', models.PositiveIntegerField(blank=True, help_text='Empty: no limit.', null=True, validators=[django.core.validators.MinValueValidator(1)])),
-                ('max_gpus_per_user', models.PositiveIntegerField(blank=True, help_text='Empty: no limit.', null=True, validators=[django.core.validators.MinValueValidator(1)])),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('gpu_type', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='quotas', to='factory.gputype')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='quotas', to='factory.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "nominal",
+                    models.PositiveIntegerField(default=0, help_text="GPUs guaranteed to the tenant."),
+                ),
+                (
+                    "borrowing_limit",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="GPUs it may borrow above nominal; empty: any idle GPUs.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "lending_limit",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Of its idle nominal GPUs, how many others may borrow; empty: all.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "max_gpus_per_job",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Empty: no limit.",
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(1)],
+                    ),
+                ),
+                (
+                    "max_gpus_per_user",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Empty: no limit.",
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(1)],
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "gpu_type",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="quotas",
+                        to="factory.gputype",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="quotas",
+                        to="factory.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['tenant__slug', 'gpu_type__slug'],
-                'constraints': [models.UniqueConstraint(fields=('tenant', 'gpu_type'), name='one_quota_per_tenant_gpu_type'), models.CheckConstraint(condition=models.Q(('lending_limit__isnull', True), ('lending_limit__lte', models.F('nominal')), _connector='OR'), name='quota_lending_within_nominal')],
+                "ordering": ["tenant__slug", "gpu_type__slug"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("tenant", "gpu_type"), name="one_quota_per_tenant_gpu_type"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("lending_limit__isnull", True),
+                            ("lending_limit__lte", models.F("nominal")),
+                            _connector="OR",
+                        ),
+                        name="quota_lending_within_nominal",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Reservation',
+            name="Reservation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('attempt', models.PositiveIntegerField()),
-                ('gpus', models.PositiveIntegerField()),
-                ('borrowed', models.PositiveIntegerField(default=0, help_text="GPUs of this job above the tenant's nominal.")),
-                ('month', models.DateField()),
-                ('reserved_gpu_hours', models.DecimalField(decimal_places=4, max_digits=12)),
-                ('used_gpu_hours', models.DecimalField(blank=True, decimal_places=4, max_digits=12, null=True)),
-                ('preempted_gpu_hours', models.DecimalField(decimal_places=4, default=Decimal('0'), max_digits=12)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('settled_at', models.DateTimeField(blank=True, null=True)),
-                ('gpu_type', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='factory.gputype')),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='reservations', to='jobs.job')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='reservations', to='factory.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("attempt", models.PositiveIntegerField()),
+                ("gpus", models.PositiveIntegerField()),
+                (
+                    "borrowed",
+                    models.PositiveIntegerField(
+                        default=0, help_text="GPUs of this job above the tenant's nominal."
+                    ),
+                ),
+                ("month", models.DateField()),
+                ("reserved_gpu_hours", models.DecimalField(decimal_places=4, max_digits=12)),
+                (
+                    "used_gpu_hours",
+                    models.DecimalField(blank=True, decimal_places=4, max_digits=12, null=True),
+                ),
+                (
+                    "preempted_gpu_hours",
+                    models.DecimalField(decimal_places=4, default=Decimal("0"), max_digits=12),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("settled_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "gpu_type",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="factory.gputype"
+                    ),
+                ),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="reservations",
+                        to="jobs.job",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="reservations",
+                        to="factory.tenant",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['tenant', 'month'], name='reservation_tenant_month')],
-                'constraints': [models.UniqueConstraint(fields=('job', 'attempt'), name='one_reservation_per_attempt')],
+                "indexes": [models.Index(fields=["tenant", "month"], name="reservation_tenant_month")],
+                "constraints": [
+                    models.UniqueConstraint(fields=("job", "attempt"), name="one_reservation_per_attempt")
+                ],
             },
         ),
     ]
