@@ -15,5 +15,6 @@ urlpatterns = [
     path("clusters/", views.cluster_list, name="clusters"),
     path("api/v1/", include("factory.api.urls")),
     path("api/v1/", include("jobs.api.urls")),
+    path("api/v1/", include("quotas.api.urls")),
     path("admin/", admin.site.urls),
 ]

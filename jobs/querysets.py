@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models import functions  # noqa: F401 - models.functions below
 
 from factory.choices import Role
 
@@ -32,6 +33,33 @@ class JobQuerySet(models.QuerySet):
 
     def at_backend(self) -> JobQuerySet:
         return self.filter(state__in=AT_BACKEND_STATES)
+
+    def with_queue_position(self) -> JobQuerySet:
+        """Annotate pending jobs with their place in the queue of their GPU type: 1 + the pending
+        jobs of that type ahead of them by priority, then submit time (None when not pending)."""
+        from .choices import JobState
+
+        ahead = (
+            self.model.objects.filter(state=JobState.PENDING, gpu_type=models.OuterRef("gpu_type"))
+            .filter(
+                models.Q(priority__gt=models.OuterRef("priority"))
+                | models.Q(priority=models.OuterRef("priority"), created_at__lt=models.OuterRef("created_at"))
+            )
+            .order_by()
+            .values("gpu_type")
+            .annotate(n=models.Count("pk"))
+            .values("n")
+        )
+        return self.annotate(
+            queue_position=models.Case(
+                models.When(
+                    state=JobState.PENDING,
+                    then=models.functions.Coalesce(models.Subquery(ahead), 0) + 1,
+                ),
+                default=None,
+                output_field=models.IntegerField(),
+            )
+        )
 
     def gpus_in_use(self) -> int:
         return self.holding().aggregate(total=models.Sum("gpu_count"))["total"] or 0

@@ -15,7 +15,7 @@ from django.utils import timezone
 from factory.models import GpuType, Tenant
 from jobs.models import Job
 
-from .querysets import QuotaQuerySet, ReservationQuerySet
+from .querysets import BudgetQuerySet, QuotaQuerySet, ReservationQuerySet
 
 
 def month_start(moment=None) -> date:
@@ -92,6 +92,8 @@ class Budget(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     AUDITED = ("gpu_hours_per_month", "hard", "max_priority")
+
+    objects = BudgetQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"{self.tenant}: {self.gpu_hours_per_month} GPU-h/month"

@@ -16,6 +16,15 @@ class QuotaQuerySet(models.QuerySet):
         return self.filter(tenant__memberships__user=user)
 
 
+class BudgetQuerySet(models.QuerySet):
+    def visible_to(self, user) -> BudgetQuerySet:
+        if not user.is_authenticated:
+            return self.none()
+        if user.is_staff:
+            return self
+        return self.filter(tenant__memberships__user=user)
+
+
 class ReservationQuerySet(models.QuerySet):
     def open(self) -> ReservationQuerySet:
         return self.filter(settled_at__isnull=True)

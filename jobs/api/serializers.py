@@ -17,6 +17,7 @@ class JobSerializer(serializers.ModelSerializer):
     gpu_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     cluster = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     cancel_requested = serializers.SerializerMethodField()
+    queue_position = serializers.IntegerField(read_only=True, allow_null=True, default=None)
 
     class Meta:
         model = Job
@@ -46,6 +47,9 @@ class JobSerializer(serializers.ModelSerializer):
             "started_at",
             "ended_at",
             "cancel_requested",
+            "queue_position",
+            "attempt",
+            "preempted_seconds",
         ]
         read_only_fields = fields
 

@@ -30,7 +30,7 @@ class JobViewSet(
     """GPU jobs of the tenants you belong to. Submitting and cancelling answer 202: the work
     happens in the background; follow it with `events/` or by polling the job."""
 
-    queryset = Job.objects.select_related("tenant", "owner", "gpu_type", "cluster")
+    queryset = Job.objects.select_related("tenant", "owner", "gpu_type", "cluster").with_queue_position()
     serializer_class = JobSerializer
     filterset_class = JobFilterSet
 

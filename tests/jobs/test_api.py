@@ -236,3 +236,20 @@ def test_openapi_schema_is_served(api):
     assert "/api/v1/jobs/" in schema["paths"]
     assert "/api/v1/jobs/{id}/cancel/" in schema["paths"]
     assert "/api/v1/tenants/{tenant_slug}/members/" in schema["paths"]
+
+
+def test_pending_jobs_show_their_reason_and_queue_position(api, make_job, a100):
+    first = make_job(name="first")
+    second = make_job(name="second")
+    urgent = make_job(name="urgent", priority=5)
+    other_type = make_job(name="other", gpu_type=a100)
+    second.explain_wait("tenant quota h100: 4 of 4 in use, no idle GPUs to borrow")
+    positions = {j["name"]: j["queue_position"] for j in api.get(URL).json()["results"]}
+    assert positions == {"urgent": 1, "first": 2, "second": 3, "other": 1}
+    data = api.get(f"{URL}{second.pk}/").json()
+    assert data["queue_position"] == 3
+    assert data["reason"] == "tenant quota h100: 4 of 4 in use, no idle GPUs to borrow"
+    first.cancel()
+    assert api.get(f"{URL}{first.pk}/").json()["queue_position"] is None
+    assert api.get(f"{URL}{second.pk}/").json()["queue_position"] == 2
+    assert urgent.pk and other_type.pk

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from rest_framework import serializers
+
+from factory.api.serializers import StrictFieldsMixin
+from factory.models import GpuType, Tenant
+
+from ..models import Budget, Quota
+from ..usage import budget_burn
+
+
+class QuotaSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    tenant = serializers.SlugRelatedField(slug_field="slug", queryset=Tenant.objects.all())
+    gpu_type = serializers.SlugRelatedField(
+        slug_field="slug",
+        queryset=GpuType.objects.all(),
+        error_messages={"does_not_exist": "Unknown GPU type {value}."},
+    )
+    in_use = serializers.SerializerMethodField()
+    borrowed = serializers.SerializerMethodField()
+    pending_demand = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Quota
+        fields = [
+            "id",
+            "tenant",
+            "gpu_type",
+            "nominal",
+            "borrowing_limit",
+            "lending_limit",
+            "max_gpus_per_job",
+            "max_gpus_per_user",
+            "in_use",
+            "borrowed",
+            "pending_demand",
+            "updated_at",
+        ]
+        read_only_fields = ["updated_at"]
+        validators = []  # uniqueness is checked with the model's full_clean, as a field message
+
+    def _usage(self, quota):
+        return self.context.get("usage", {}).get(quota.pk)
+
+    def get_in_use(self, quota) -> int | None:
+        usage = self._usage(quota)
+        return usage.in_use if usage else None
+
+    def get_borrowed(self, quota) -> int | None:
+        usage = self._usage(quota)
+        return usage.borrowed if usage else None
+
+    def get_pending_demand(self, quota) -> int | None:
+        usage = self._usage(quota)
+        return usage.pending if usage else None
+
+
+class BudgetSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    tenant = serializers.SlugRelatedField(slug_field="slug", queryset=Tenant.objects.all())
+    used_gpu_hours_this_month = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Budget
+        fields = [
+            "tenant",
+            "gpu_hours_per_month",
+            "hard",
+            "max_priority",
+            "used_gpu_hours_this_month",
+            "updated_at",
+        ]
+        read_only_fields = ["updated_at"]
+        validators = []
+
+    def get_used_gpu_hours_this_month(self, budget) -> str:
+        return str(budget_burn(budget.tenant).used.quantize(Decimal("0.01")))

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from factory.api.permissions import IsStaffOrReadOnly
+from factory.api.viewsets import ScopedModelViewSet
+
+from ..editing import save_audited
+from ..filtersets import QuotaFilterSet
+from ..models import Budget, Quota
+from ..usage import usage_for
+from .serializers import BudgetSerializer, QuotaSerializer
+
+
+class AuditedSaveMixin:
+    """Writes go through the audited save (validated by the model, logged, followed by admission)."""
+
+    def perform_create(self, serializer):
+        serializer.instance = self._save(serializer.Meta.model(), serializer.validated_data)
+
+    def perform_update(self, serializer):
+        self._save(serializer.instance, serializer.validated_data)
+
+    def _save(self, instance, data):
+        try:
+            save_audited(instance, data, self.request.user)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
+        return instance
+
+
+class QuotaViewSet(AuditedSaveMixin, ScopedModelViewSet):
+    """GPU quotas per tenant and GPU type. Platform admins write; members read their tenant's."""
+
+    queryset = Quota.objects.select_related("tenant", "gpu_type")
+    serializer_class = QuotaSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    filterset_class = QuotaFilterSet
+    cursor_ordering = "id"
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_serializer(self, *args, **kwargs):
+        instances = args[0] if args else None
+        if instances is not None and not isinstance(instances, dict):
+            quotas = list(instances) if kwargs.get("many") else [instances]
+            kwargs.setdefault("context", self.get_serializer_context())["usage"] = usage_for(quotas)
+        return super().get_serializer(*args, **kwargs)
+
+
+class BudgetViewSet(AuditedSaveMixin, ScopedModelViewSet):
+    """Monthly GPU-hour budgets (hard or soft) and the highest job priority per tenant."""
+
+    queryset = Budget.objects.select_related("tenant")
+    serializer_class = BudgetSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    lookup_field = "tenant__slug"
+    lookup_url_kwarg = "tenant"
+    cursor_ordering = "id"
+    http_method_names = ["get", "post", "patch", "head", "options"]

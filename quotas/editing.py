@@ -1,0 +1,43 @@
+"""Changing quotas and budgets: validated, audited field by field, and followed by admission."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from .models import Budget, Quota, QuotaChange
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
+
+
+def save_audited(instance: Quota | Budget, changes: dict, user) -> list[QuotaChange]:
+    """Apply `changes` to a quota or budget (new or existing), validate it (ValidationError per
+    field on bad input, nothing saved), save it, log every changed field and run admission."""
+    created = instance.pk is None
+    before = {} if created else {name: getattr(instance, name) for name in instance.AUDITED}
+    for name, value in changes.items():
+        setattr(instance, name, value)
+    instance.full_clean()
+    changed = [name for name in instance.AUDITED if created or before[name] != getattr(instance, name)]
+    with transaction.atomic():
+        instance.save()
+        entries = QuotaChange.objects.bulk_create(
+            QuotaChange(
+                tenant_id=instance.tenant_id,
+                gpu_type_id=getattr(instance, "gpu_type_id", None),
+                field=name,
+                old_value=_text(before.get(name)),
+                new_value=_text(getattr(instance, name)),
+                changed_by=user,
+            )
+            for name in changed
+        )
+        transaction.on_commit(_readmit)
+    return entries
+
+
+def _readmit() -> None:
+    from .tasks import admit_pending
+
+    admit_pending.delay()

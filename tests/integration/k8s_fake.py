@@ -1,0 +1,1126 @@
+"""An HTTP fake of the Kubernetes API server, for testing the kubernetes backend over the wire.
+
+No kube-apiserver can be installed on these machines, so the adapter is tested through the
+official client, over real HTTP, against this fake. It answers in the shapes a real API server
+uses (see the project's notes on the Job API, taken from the Kubernetes sources and a real-cluster
+capture), because the client validates responses against its typed models:
+
+- create: 201 with the defaulted object and `"status": {}`; strict decoding (ill-typed fields are a
+  400, unknown ones a 400 under fieldValidation=Strict, else dropped with a Warning header);
+  validation errors are 422 `Invalid` with causes; a missing namespace is a 404, a taken name 409.
+- errors are `Status` objects; deleting a Job without a propagation policy orphans its pods and
+  says so in a `Warning: 299` header; an immediate delete answers `Status{status: Success}`.
+- the job controller is driven by the test: `start`, `succeed`, `fail`, `deadline_exceeded`,
+  `kueue_admit`, `kueue_preempt`, `expire`, writing conditions in two steps (SuccessCriteriaMet or
+  FailureTarget first, as recent servers do) or in one (`delay_terminal_condition=False`, as older
+  servers do), and checking each status against the API server's own status validation rules.
+- every request is recorded, so tests can count the calls a sync makes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import json
+import re
+import secrets
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+TOKEN = "fake-token-" + "0" * 16
+USER = "system:serviceaccount:aif:portal"
+GPU = "nvidia.com/gpu"
+TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
+ORPHAN_WARNING = (
+    '299 - "child pods are preserved by default when jobs are deleted; set '
+    "propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress "
+    'this warning"'
+)
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+QUANTITY = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[mkMGTPE])?$")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- Status errors, as the API server writes them ------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details
+
+    def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+        }
+        if self.details is not None:
+            body["details"] = self.details
+        body["code"] = self.code
+        return body
+
+
+def _details(resource: str, name: str, group: str) -> dict[str, str]:
+    details = {"name": name}
+    if group:
+        details["group"] = group
+    details["kind"] = resource
+    return details
+
+
+def _qualified(resource: str, group: str) -> str:
+    return f"{resource}.{group}" if group else resource
+
+
+def not_found(resource: str, name: str, group: str = "") -> ApiError:
+    return ApiError(
+        404, "NotFound", f'{_qualified(resource, group)} "{name}" not found', _details(resource, name, group)
+    )
+
+
+def already_exists(resource: str, name: str, group: str = "") -> ApiError:
+    return ApiError(
+        409,
+        "AlreadyExists",
+        f'{_qualified(resource, group)} "{name}" already exists',
+        _details(resource, name, group),
+    )
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequest", message)
+
+
+@dataclass
+class FieldError:
+    field: str
+    type: str  # FieldValueRequired, FieldValueInvalid, FieldValueNotSupported
+    body: str  # what follows "<field>: " in the message
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.body}"
+
+
+def required(path: str, detail: str = "") -> FieldError:
+    return FieldError(path, "FieldValueRequired", "Required value" + (f": {detail}" if detail else ""))
+
+
+def invalid_value(path: str, value: Any, detail: str) -> FieldError:
+    shown = json.dumps(value) if isinstance(value, str) else value
+    return FieldError(path, "FieldValueInvalid", f"Invalid value: {shown}: {detail}")
+
+
+def not_supported(path: str, value: str, supported: list[str]) -> FieldError:
+    values = ", ".join(f'"{v}"' for v in supported)
+    return FieldError(
+        path, "FieldValueNotSupported", f'Unsupported value: "{value}": supported values: {values}'
+    )
+
+
+def invalid(kind: str, group: str, name: str, errors: list[FieldError]) -> ApiError:
+    listed = str(errors[0]) if len(errors) == 1 else "[" + ", ".join(map(str, errors)) + "]"
+    return ApiError(
+        422,
+        "Invalid",
+        f'{kind}.{group} "{name}" is invalid: {listed}' if group else f'{kind} "{name}" is invalid: {listed}',
+        {
+            "name": name,
+            **({"group": group} if group else {}),
+            "kind": kind,
+            "causes": [{"reason": e.type, "message": e.body, "field": e.field} for e in errors],
+        },
+    )
+
+
+def forbidden(verb: str, resource: str, group: str, namespace: str) -> ApiError:
+    where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+    return ApiError(
+        403,
+        "Forbidden",
+        f'{_qualified(resource, group)} is forbidden: User "{USER}" cannot {verb} resource "{resource}" '
+        f'in API group "{group}"{where}',
+        {"group": group, "kind": resource} if group else {"kind": resource},
+    )
+
+
+# --- strict decoding ------------------------------------------------------------------------------
+
+STR, INT, BOOL, QTY, ANY = "string", "int32", "bool", "quantity", "any"
+
+
+def Map(value) -> tuple[str, Any]:
+    return ("map", value)
+
+
+def List(value) -> tuple[str, Any]:
+    return ("list", value)
+
+
+OBJECT_META = {
+    "name": STR,
+    "generateName": STR,
+    "namespace": STR,
+    "labels": Map(STR),
+    "annotations": Map(STR),
+}
+CONTAINER = {
+    "name": STR,
+    "image": STR,
+    "command": List(STR),
+    "args": List(STR),
+    "workingDir": STR,
+    "env": List({"name": STR, "value": STR}),
+    "resources": {"requests": Map(QTY), "limits": Map(QTY)},
+    "imagePullPolicy": STR,
+}
+POD_SPEC = {
+    "containers": List(CONTAINER),
+    "restartPolicy": STR,
+    "nodeSelector": Map(STR),
+    "automountServiceAccountToken": BOOL,
+    "serviceAccountName": STR,
+    "priorityClassName": STR,
+    "terminationGracePeriodSeconds": INT,
+    "tolerations": List({"key": STR, "operator": STR, "value": STR, "effect": STR}),
+}
+JOB = {
+    "apiVersion": STR,
+    "kind": STR,
+    "metadata": OBJECT_META,
+    "spec": {
+        "template": {"metadata": OBJECT_META, "spec": POD_SPEC},
+        "backoffLimit": INT,
+        "activeDeadlineSeconds": INT,
+        "ttlSecondsAfterFinished": INT,
+        "suspend": BOOL,
+        "completions": INT,
+        "parallelism": INT,
+        "completionMode": STR,
+        "manualSelector": BOOL,
+        "podReplacementPolicy": STR,
+        "selector": {"matchLabels": Map(STR)},
+    },
+    "status": ANY,
+}
+NAMESPACE = {"apiVersion": STR, "kind": STR, "metadata": OBJECT_META, "spec": ANY, "status": ANY}
+GO_STRUCTS = {"metadata": "ObjectMeta", "spec": "Spec", "template": "PodTemplateSpec"}
+
+
+def decode(kind: str, body: Any, schema: dict, validation: str) -> tuple[dict, list[str]]:
+    """Check types like the API server's JSON decoder; returns the object without unknown fields
+    and the warnings for them. Strict field validation turns unknown fields into a 400."""
+    unknown: list[str] = []
+    cleaned = _decode(kind, body, schema, "", unknown)
+    if unknown and validation == "Strict":
+        raise bad_request("strict decoding error: " + ", ".join(f'unknown field "{u}"' for u in unknown))
+    warnings = [] if validation == "Ignore" else [f'299 - "unknown field \\"{u}\\""' for u in unknown]
+    return cleaned, warnings
+
+
+def _decode(kind: str, value: Any, schema: Any, path: str, unknown: list[str]) -> Any:
+    if schema == ANY:
+        return value
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            _type_error(kind, value, path, "object")
+        out = {}
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else key
+            if key not in schema:
+                unknown.append(sub)
+                continue
+            out[key] = _decode(kind, item, schema[key], sub, unknown)
+        return out
+    if isinstance(schema, tuple):
+        container, inner = schema
+        if value is None:
+            return None
+        if container == "map":
+            if not isinstance(value, dict):
+                _type_error(kind, value, path, "map[string]string")
+            return {k: _decode(kind, v, inner, f"{path}[{k}]", unknown) for k, v in value.items()}
+        if not isinstance(value, list):
+            _type_error(kind, value, path, "[]")
+        return [_decode(kind, v, inner, f"{path}[{i}]", unknown) for i, v in enumerate(value)]
+    if schema == STR and not isinstance(value, str):
+        _type_error(kind, value, path, "string")
+    if schema == INT and (isinstance(value, bool) or not isinstance(value, int)):
+        _type_error(kind, value, path, "int32")
+    if schema == BOOL and not isinstance(value, bool):
+        _type_error(kind, value, path, "bool")
+    if schema == QTY:
+        # A Quantity decodes from a JSON string or number, and must parse.
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            _type_error(kind, value, path, "resource.Quantity")
+        if not QUANTITY.fullmatch(str(value)):
+            raise bad_request(
+                f'{kind} in version "v1" cannot be handled as a {kind}: quantities must match the '
+                "regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+            )
+    return value
+
+
+def _type_error(kind: str, value: Any, path: str, go_type: str) -> None:
+    json_type = {bool: "bool", str: "string", int: "number", float: "number", list: "array", dict: "object"}
+    got = json_type.get(type(value), "null")
+    struct = GO_STRUCTS.get(path.rsplit(".", 1)[0].split(".")[-1], kind + "Spec")
+    raise bad_request(
+        f'{kind} in version "v1" cannot be handled as a {kind}: json: cannot unmarshal {got} into Go '
+        f"struct field {struct}.{path} of type {go_type}"
+    )
+
+
+# --- label selectors ------------------------------------------------------------------------------
+
+_EXISTS = re.compile(r"^\s*(!?)\s*([A-Za-z0-9./_-]+)\s*$")
+_EQUALS = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s*(==|=|!=)\s*([A-Za-z0-9._-]*)\s*$")
+_SET = re.compile(r"^\s*([A-Za-z0-9./_-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
+
+
+def parse_selector(text: str) -> Callable[[dict[str, str]], bool]:
+    requirements = []
+    for part in _split_requirements(text):
+        if match := _SET.match(part):
+            key, op, values = match[1], match[2], {v.strip() for v in match[3].split(",") if v.strip()}
+            if op == "in":
+                requirements.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
+            else:
+                requirements.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+        elif match := _EQUALS.match(part):
+            key, op, value = match[1], match[2], match[3]
+            if op == "!=":
+                requirements.append(lambda labels, k=key, v=value: labels.get(k) != v)
+            else:
+                requirements.append(lambda labels, k=key, v=value: labels.get(k) == v)
+        elif match := _EXISTS.match(part):
+            negate, key = bool(match[1]), match[2]
+            requirements.append(lambda labels, k=key, n=negate: (k in labels) != n)
+        else:
+            raise bad_request(f"unable to parse requirement: found '{part.strip()}'")
+    return lambda labels: all(req(labels or {}) for req in requirements)
+
+
+def _split_requirements(text: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        parts.append(current)
+    return parts
+
+
+# --- the fake -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: Any
+    headers: dict[str, str] = field(repr=False, default_factory=dict)
+
+
+class FakeKubernetes:
+    """A threaded HTTP server on 127.0.0.1 holding namespaces, Jobs, pods, logs and nodes."""
+
+    def __init__(self, *, delay_terminal_condition: bool = True) -> None:
+        # Recent servers write SuccessCriteriaMet/FailureTarget before Complete/Failed.
+        self.delay_terminal_condition = delay_terminal_condition
+        self.lock = threading.RLock()
+        self.requests: list[Request] = []
+        self.namespaces: dict[str, dict] = {}
+        self.jobs: dict[tuple[str, str], dict] = {}
+        self.pods: dict[tuple[str, str], dict] = {}
+        self.logs: dict[tuple[str, str], bytes] = {}
+        self.nodes: dict[str, dict] = {}
+        self.forbidden: set[tuple[str, str]] = set()
+        self.failing: int | None = None
+        self._version = itertools.count(1000)
+        self.server: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
+        self.port = 0
+        for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            self.namespaces[name] = self._namespace_object(name, {})
+
+    # --- serving ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_server(self) -> FakeKubernetes:
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def kubeconfig(self, *, token: str = TOKEN) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "portal", "user": {"token": token}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "portal"}}],
+            "current-context": "fake",
+        }
+
+    @contextlib.contextmanager
+    def unreachable(self) -> Iterator[None]:
+        """Nothing listens on the port meanwhile: connections are refused."""
+        self.stop_server()
+        try:
+            yield
+        finally:
+            self.start_server()
+
+    @contextlib.contextmanager
+    def outage(self, code: int = 503) -> Iterator[None]:
+        """The server answers every request with an error Status (an overloaded API server)."""
+        self.failing = code
+        try:
+            yield
+        finally:
+            self.failing = None
+
+    def forbid(self, verb: str, resource: str) -> None:
+        self.forbidden.add((verb, resource))
+
+    # --- what the tests look at ---------------------------------------------------------------
+
+    def calls(self, method: str | None = None, path: str | None = None) -> list[Request]:
+        with self.lock:
+            return [
+                r
+                for r in self.requests
+                if (method is None or r.method == method) and (path is None or r.path == path)
+            ]
+
+    def reset_calls(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+    def job(self, external_id: str) -> dict:
+        with self.lock:
+            return copy.deepcopy(self.jobs[_key(external_id)])
+
+    def pods_of(self, external_id: str) -> list[dict]:
+        namespace, name = _key(external_id)
+        with self.lock:
+            return [
+                copy.deepcopy(p)
+                for (ns, _), p in self.pods.items()
+                if ns == namespace and p["metadata"]["labels"].get("batch.kubernetes.io/job-name") == name
+            ]
+
+    # --- nodes --------------------------------------------------------------------------------
+
+    def add_node(
+        self, name: str, labels: dict[str, str], gpus: int, *, ready: bool = True, unschedulable: bool = False
+    ) -> None:
+        capacity = {"cpu": "64", "memory": "1056762036Ki", "pods": "110", "ephemeral-storage": "1Ti"}
+        if gpus:
+            capacity[GPU] = str(gpus)
+        node = {
+            "metadata": {
+                "name": name,
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self._next_version(),
+                "creationTimestamp": now(),
+                "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **labels},
+            },
+            "spec": {"podCIDR": "10.244.1.0/24", **({"unschedulable": True} if unschedulable else {})},
+            "status": {
+                "capacity": capacity,
+                "allocatable": dict(capacity),
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True" if ready else "False",
+                        "reason": "KubeletReady" if ready else "KubeletNotReady",
+                        "message": "kubelet is posting ready status" if ready else "container runtime down",
+                        "lastHeartbeatTime": now(),
+                        "lastTransitionTime": now(),
+                    }
+                ],
+            },
+        }
+        with self.lock:
+            self.nodes[name] = node
+
+    # --- the job controller, driven by the test -----------------------------------------------
+
+    def start(self, external_id: str, *, ready: bool = True) -> None:
+        """The controller creates the pod; `ready=False` leaves it Pending (no node, no image)."""
+        with self.lock:
+            job = self.jobs[_key(external_id)]
+            assert not job["spec"].get("suspend"), "a suspended Job does not start"
+            status = job["status"]
+            status.setdefault("startTime", now())
+            pod = self._create_pod(job, running=ready)
+            status.update(active=1, ready=1 if ready else 0, terminating=0, uncountedTerminatedPods={})
+            self._write_status(job)
+            self.logs.setdefault((job["metadata"]["namespace"], pod["metadata"]["name"]), b"")
+
+    def write_log(self, external_id: str, text: str | bytes) -> None:
+        data = text.encode() if isinstance(text, str) else text
+        with self.lock:
+            for pod in self.pods_of(external_id):
+                self.logs[(pod["metadata"]["namespace"], pod["metadata"]["name"])] += data
+
+    def succeed(self, external_id: str, *, log: str = "", finished: bool = True) -> None:
+        """The container exits 0. `finished=False` stops after SuccessCriteriaMet (recent servers:
+        the pods still terminate); `finish()` then writes Complete."""
+        with self.lock:
+            job = self.jobs[_key(external_id)]
+            if log:
+                self.write_log(external_id, log)
+            self._end_pods(job, exit_code=0)
+            status = job["status"]
+            status.pop("active", None)
+            status.update(ready=0, succeeded=1, terminating=0, uncountedTerminatedPods={})
+            outcome = ("CompletionsReached", "Reached expected number of succeeded pods")
+            self._decide(job, "SuccessCriteriaMet", "Complete", outcome, finished)
+
+    def fail(self, external_id: str, *, exit_code: int = 1, log: str = "", finished: bool = True) -> None:
+        """The container exits non-zero; with backoffLimit 0 that fails the Job."""
+        with self.lock:
+            job = self.jobs[_key(external_id)]
+            if log:
+                self.write_log(external_id, log)
+            self._end_pods(job, exit_code=exit_code)
+            status = job["status"]
+            status.pop("active", None)
+            status.update(ready=0, failed=1, terminating=0, uncountedTerminatedPods={})
+            outcome = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            self._decide(job, "FailureTarget", "Failed", outcome, finished)
+
+    def deadline_exceeded(self, external_id: str) -> None:
+        """activeDeadlineSeconds passed: the controller deletes the pods and fails the Job."""
+        with self.lock:
+            job = self.jobs[_key(external_id)]
+            self._delete_pods_of(job)
+            status = job["status"]
+            status.pop("active", None)
+            status.update(ready=0, failed=1, terminating=0, uncountedTerminatedPods={})
+            outcome = ("DeadlineExceeded", "Job was active longer than specified deadline")
+            self._decide(job, "FailureTarget", "Failed", outcome, True)
+
+    def finish(self, external_id: str) -> None:
+        """Write the terminal condition after SuccessCriteriaMet / FailureTarget (pods gone)."""
+        with self.lock:
+            job = self.jobs[_key(external_id)]
+            types = {c["type"] for c in job["status"].get("conditions", [])}
+            if "SuccessCriteriaMet" in types:
+                self._add_condition(job, "Complete", *self._outcome_of(job, "SuccessCriteriaMet"))
+                job["status"]["completionTime"] = now()
+            else:
+                self._add_condition(job, "Failed", *self._outcome_of(job, "FailureTarget"))
+            self._write_status(job)
+
+    def kueue_admit(self, external_id: str) -> None:
+        """Kueue admits the Workload and unsuspends the Job; the controller resumes it."""
+        with self.lock:
+            job = self.jobs[_key(external_id)]
+            job["spec"]["suspend"] = False
+            job["metadata"]["generation"] += 1
+            self._set_condition(job, "Suspended", "False", "JobResumed", "Job resumed")
+            job["status"]["startTime"] = now()  # resuming resets startTime
+            self._write_status(job)
+        self.start(external_id)
+
+    def kueue_preempt(self, external_id: str) -> None:
+        """Kueue evicts the Workload and suspends the Job again: its pods are deleted."""
+        with self.lock:
+            job = self.jobs[_key(external_id)]
+            job["spec"]["suspend"] = True
+            job["metadata"]["generation"] += 1
+            self._delete_pods_of(job)
+            status = job["status"]
+            status.pop("active", None)
+            status.update(ready=0, terminating=0)
+            self._set_condition(job, "Suspended", "True", "JobSuspended", "Job suspended")
+            self._write_status(job)
+
+    def expire(self, external_id: str) -> None:
+        """The TTL controller deletes a finished Job (and, in the foreground, its pods)."""
+        with self.lock:
+            job = self.jobs.pop(_key(external_id))
+            self._delete_pods_of(job)
+
+    # --- internals of the controller ----------------------------------------------------------
+
+    def _decide(
+        self, job: dict, decided: str, terminal: str, outcome: tuple[str, str], finished: bool
+    ) -> None:
+        if self.delay_terminal_condition:
+            self._add_condition(job, decided, *outcome)
+            if finished:
+                self._add_condition(job, terminal, *outcome)
+        else:
+            self._add_condition(job, terminal, *outcome)
+        if terminal == "Complete" and (finished or not self.delay_terminal_condition):
+            job["status"]["completionTime"] = now()
+        self._write_status(job)
+
+    def _outcome_of(self, job: dict, condition: str) -> tuple[str, str]:
+        for c in job["status"]["conditions"]:
+            if c["type"] == condition:
+                return c["reason"], c["message"]
+        raise AssertionError(f"no {condition} condition to finish from")
+
+    def _add_condition(self, job: dict, type_: str, reason: str, message: str) -> None:
+        job["status"].setdefault("conditions", []).append(
+            {
+                "type": type_,
+                "status": "True",
+                "lastProbeTime": now(),
+                "lastTransitionTime": now(),
+                "reason": reason,
+                "message": message,
+            }
+        )
+
+    def _set_condition(self, job: dict, type_: str, status: str, reason: str, message: str) -> None:
+        conditions = job["status"].setdefault("conditions", [])
+        for condition in conditions:
+            if condition["type"] == type_:
+                if condition["status"] != status:
+                    condition["lastTransitionTime"] = now()
+                condition.update(status=status, reason=reason, message=message, lastProbeTime=now())
+                return
+        self._add_condition(job, type_, reason, message)
+        conditions[-1]["status"] = status
+
+    def _write_status(self, job: dict) -> None:
+        problems = status_problems(job["status"], delayed=self.delay_terminal_condition)
+        assert not problems, f"the API server would refuse this status: {problems}"
+        job["metadata"]["resourceVersion"] = self._next_version()
+
+    def _create_pod(self, job: dict, *, running: bool) -> dict:
+        meta = job["metadata"]
+        name = f"{meta['name']}-{secrets.token_hex(3)[:5]}"
+        spec = copy.deepcopy(job["spec"]["template"]["spec"])
+        spec["nodeName"] = self._node_for(spec.get("nodeSelector") or {})
+        container = spec["containers"][0]
+        started = now()
+        if running:
+            state = {"running": {"startedAt": started}}
+        else:
+            state = {"waiting": {"reason": "ContainerCreating"}}
+        pod = {
+            "metadata": {
+                "name": name,
+                "generateName": f"{meta['name']}-",
+                "namespace": meta["namespace"],
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self._next_version(),
+                "creationTimestamp": started,
+                "labels": dict(job["spec"]["template"]["metadata"]["labels"]),
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+                "finalizers": [TRACKING_FINALIZER],
+            },
+            "spec": spec,
+            "status": {
+                "phase": "Running" if running else "Pending",
+                "hostIP": "10.0.0.11",
+                "podIP": "10.244.1.17",
+                "startTime": started,
+                "qosClass": "Guaranteed",
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container["image"],
+                        "imageID": f"docker.io/library/{container['image']}@sha256:{'ab' * 32}"
+                        if running
+                        else "",
+                        "containerID": f"containerd://{secrets.token_hex(32)}" if running else None,
+                        "ready": running,
+                        "restartCount": 0,
+                        "started": running,
+                        "state": state,
+                    }
+                ],
+            },
+        }
+        if pod["status"]["containerStatuses"][0]["containerID"] is None:
+            del pod["status"]["containerStatuses"][0]["containerID"]
+        self.pods[(meta["namespace"], name)] = pod
+        return pod
+
+    def _node_for(self, selector: dict[str, str]) -> str:
+        for name, node in self.nodes.items():
+            if all(node["metadata"]["labels"].get(k) == v for k, v in selector.items()):
+                return name
+        return "node-1"
+
+    def _job_pods(self, job: dict) -> list[dict]:
+        uid = job["metadata"]["uid"]
+        return [
+            p
+            for p in self.pods.values()
+            if p["metadata"]["labels"].get("batch.kubernetes.io/controller-uid") == uid
+        ]
+
+    def _end_pods(self, job: dict, *, exit_code: int) -> None:
+        for pod in self._job_pods(job):
+            status = pod["status"]
+            container = status["containerStatuses"][0]
+            started = container["state"].get("running", {}).get("startedAt", now())
+            container["state"] = {
+                "terminated": {
+                    "exitCode": exit_code,
+                    "reason": "Completed" if exit_code == 0 else "Error",
+                    "startedAt": started,
+                    "finishedAt": now(),
+                    "containerID": container.get("containerID", "containerd://0"),
+                }
+            }
+            container.update(ready=False, started=False)
+            status["phase"] = "Succeeded" if exit_code == 0 else "Failed"
+            pod["metadata"]["finalizers"] = []  # the controller has counted it
+
+    def _delete_pods_of(self, job: dict) -> None:
+        for pod in self._job_pods(job):
+            key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+            self.pods.pop(key, None)
+            self.logs.pop(key, None)
+
+    def _next_version(self) -> str:
+        return str(next(self._version))
+
+    def _namespace_object(self, name: str, labels: dict[str, str]) -> dict:
+        return {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self._next_version(),
+                "creationTimestamp": now(),
+                "labels": {**labels, "kubernetes.io/metadata.name": name},
+            },
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        }
+
+    # --- the API ------------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        """(status, body, extra headers) for one request."""
+        with self.lock:
+            self.requests.append(request)
+            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                return 401, ApiError(401, "Unauthorized", "Unauthorized").status(), {}
+            if self.failing:
+                error = ApiError(
+                    self.failing, "ServiceUnavailable", "the server is currently unable to handle the request"
+                )
+                return self.failing, error.status(), {}
+            try:
+                return self._route(request)
+            except ApiError as error:
+                return error.code, error.status(), {}
+
+    def _route(self, r: Request) -> tuple[int, Any, dict[str, str]]:
+        parts = [p for p in r.path.split("/") if p]
+        selector = parse_selector(r.query.get("labelSelector", [""])[0])
+        match r.method, parts:
+            case "POST", ["api", "v1", "namespaces"]:
+                return self._create_namespace(r)
+            case "GET", ["api", "v1", "namespaces", name]:
+                if name not in self.namespaces:
+                    raise not_found("namespaces", name)
+                return 200, self.namespaces[name], {}
+            case "POST", ["apis", "batch", "v1", "namespaces", ns, "jobs"]:
+                return self._create_job(ns, r)
+            case "GET", ["apis", "batch", "v1", "jobs"]:
+                self._check("list", "jobs", "")
+                return 200, self._list("JobList", "batch/v1", self.jobs.values(), selector), {}
+            case "GET", ["apis", "batch", "v1", "namespaces", ns, "jobs"]:
+                jobs = [j for (n, _), j in self.jobs.items() if n == ns]
+                return 200, self._list("JobList", "batch/v1", jobs, selector), {}
+            case "GET", ["apis", "batch", "v1", "namespaces", ns, "jobs", name]:
+                self._check("get", "jobs", ns)
+                if (ns, name) not in self.jobs:
+                    raise not_found("jobs", name, "batch")
+                return 200, self.jobs[(ns, name)], {}
+            case "DELETE", ["apis", "batch", "v1", "namespaces", ns, "jobs", name]:
+                return self._delete_job(ns, name, r)
+            case "GET", ["api", "v1", "pods"]:
+                return 200, self._list("PodList", "v1", self.pods.values(), selector), {}
+            case "GET", ["api", "v1", "namespaces", ns, "pods"]:
+                pods = [p for (n, _), p in self.pods.items() if n == ns]
+                return 200, self._list("PodList", "v1", pods, selector), {}
+            case "GET", ["api", "v1", "namespaces", ns, "pods", name, "log"]:
+                return self._pod_log(ns, name, r)
+            case "GET", ["api", "v1", "nodes"]:
+                self._check("list", "nodes", "")
+                return 200, self._list("NodeList", "v1", self.nodes.values(), selector), {}
+        raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
+
+    def _check(self, verb: str, resource: str, namespace: str) -> None:
+        if (verb, resource) in self.forbidden:
+            raise forbidden(verb, resource, "batch" if resource == "jobs" else "", namespace)
+
+    def _list(self, kind: str, api_version: str, items, selector) -> dict:
+        # List items carry no kind/apiVersion; the list does.
+        chosen = []
+        for item in items:
+            if selector(item["metadata"].get("labels") or {}):
+                entry = copy.deepcopy(item)
+                entry.pop("kind", None)
+                entry.pop("apiVersion", None)
+                chosen.append(entry)
+        return {
+            "kind": kind,
+            "apiVersion": api_version,
+            "metadata": {"resourceVersion": self._next_version()},
+            "items": chosen,
+        }
+
+    def _create_namespace(self, r: Request) -> tuple[int, Any, dict[str, str]]:
+        self._check("create", "namespaces", "")
+        validation = r.query.get("fieldValidation", ["Warn"])[0]
+        body, warnings = decode("Namespace", r.body, NAMESPACE, validation)
+        name = (body.get("metadata") or {}).get("name", "")
+        if not DNS_LABEL.fullmatch(name) or len(name) > 63:
+            raise invalid(
+                "Namespace",
+                "",
+                name,
+                [
+                    invalid_value(
+                        "metadata.name",
+                        name,
+                        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters "
+                        "or '-', and must start and end with an alphanumeric character",
+                    )
+                ],
+            )
+        if name in self.namespaces:
+            raise already_exists("namespaces", name)
+        self.namespaces[name] = self._namespace_object(name, body["metadata"].get("labels") or {})
+        return 201, self.namespaces[name], _warning_headers(warnings)
+
+    def _create_job(self, namespace: str, r: Request) -> tuple[int, Any, dict[str, str]]:
+        self._check("create", "jobs", namespace)
+        content_type = r.headers.get("content-type", "application/json")
+        if not content_type.startswith("application/json"):
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f'the body of the request was in an unknown format - "{content_type}"',
+            )
+        validation = r.query.get("fieldValidation", ["Warn"])[0]
+        body, warnings = decode("Job", r.body, JOB, validation)
+        meta = body.setdefault("metadata", {})
+        if meta.get("namespace", namespace) != namespace:
+            raise bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request"
+            )
+        if namespace not in self.namespaces:
+            raise not_found("namespaces", namespace)
+        name = meta.get("name", "")
+        errors = validate_job(body)
+        if errors:
+            raise invalid("Job", "batch", name, errors)
+        if (namespace, name) in self.jobs:
+            raise already_exists("jobs", name, "batch")
+        job = default_job(body, namespace, self._next_version())
+        self.jobs[(namespace, name)] = job
+        created = copy.deepcopy(job)
+        if job["spec"]["suspend"]:
+            # The controller's first sync of a Job created suspended.
+            self._set_condition(job, "Suspended", "True", "JobSuspended", "Job suspended")
+            self._write_status(job)
+        return 201, created, _warning_headers(warnings)
+
+    def _delete_job(self, namespace: str, name: str, r: Request) -> tuple[int, Any, dict[str, str]]:
+        self._check("delete", "jobs", namespace)
+        job = self.jobs.get((namespace, name))
+        if job is None:
+            raise not_found("jobs", name, "batch")
+        policy = r.query.get("propagationPolicy", [None])[0]
+        if policy is None and isinstance(r.body, dict):
+            policy = r.body.get("propagationPolicy")
+        headers = {}
+        if policy in ("Background", "Foreground"):
+            self._delete_pods_of(job)
+        elif policy is None:
+            headers["Warning"] = ORPHAN_WARNING
+            for pod in self._job_pods(job):
+                pod["metadata"].pop("ownerReferences", None)
+        elif policy != "Orphan":
+            raise invalid(
+                "DeleteOptions",
+                "",
+                "",
+                [not_supported("propagationPolicy", policy, ["Foreground", "Background", "Orphan"])],
+            )
+        del self.jobs[(namespace, name)]
+        status = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": {"name": name, "group": "batch", "kind": "jobs", "uid": job["metadata"]["uid"]},
+        }
+        return 200, status, headers
+
+    def _pod_log(self, namespace: str, name: str, r: Request) -> tuple[int, Any, dict[str, str]]:
+        pod = self.pods.get((namespace, name))
+        if pod is None:
+            raise not_found("pods", name)
+        container = r.query.get("container", [pod["spec"]["containers"][0]["name"]])[0]
+        statuses = {c["name"]: c for c in pod["status"]["containerStatuses"]}
+        if container not in statuses:
+            raise bad_request(f"container {container} is not valid for pod {name}")
+        waiting = statuses[container]["state"].get("waiting")
+        if waiting:
+            raise bad_request(
+                f'container "{container}" in pod "{name}" is waiting to start: {waiting["reason"]}'
+            )
+        data = self.logs.get((namespace, name), b"")
+        limit = r.query.get("limitBytes")
+        if limit:
+            data = data[: int(limit[0])]
+        return 200, data, {}
+
+
+def default_job(body: dict, namespace: str, version: str) -> dict:
+    """What the API server stores and answers for a created Job (see the notes' Defaulting list)."""
+    job = copy.deepcopy(body)
+    job["apiVersion"], job["kind"] = "batch/v1", "Job"
+    uid = str(uuid.uuid4())
+    meta = job["metadata"]
+    name = meta["name"]
+    meta.update(namespace=namespace, uid=uid, resourceVersion=version, generation=1, creationTimestamp=now())
+    controller_labels = {
+        "batch.kubernetes.io/controller-uid": uid,
+        "batch.kubernetes.io/job-name": name,
+        "controller-uid": uid,
+        "job-name": name,
+    }
+    if not meta.get("labels"):
+        meta["labels"] = dict(controller_labels)
+    spec = job["spec"]
+    spec.setdefault("backoffLimit", 6)
+    spec.setdefault("completionMode", "NonIndexed")
+    if "completions" not in spec and "parallelism" not in spec:
+        spec["completions"], spec["parallelism"] = 1, 1
+    spec.setdefault("manualSelector", False)
+    spec.setdefault("suspend", False)
+    spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
+    spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+    template = spec["template"]
+    template.setdefault("metadata", {})
+    template["metadata"]["labels"] = {**(template["metadata"].get("labels") or {}), **controller_labels}
+    pod = template["spec"]
+    pod.setdefault("dnsPolicy", "ClusterFirst")
+    pod.setdefault("schedulerName", "default-scheduler")
+    pod.setdefault("securityContext", {})
+    pod.setdefault("terminationGracePeriodSeconds", 30)
+    for container in pod["containers"]:
+        container.setdefault("imagePullPolicy", _pull_policy(container["image"]))
+        container.setdefault("resources", {})
+        container.setdefault("terminationMessagePath", "/dev/termination-log")
+        container.setdefault("terminationMessagePolicy", "File")
+    job["status"] = {}
+    return job
+
+
+def _pull_policy(image: str) -> str:
+    if "@" in image:
+        return "IfNotPresent"
+    last = image.rsplit("/", 1)[-1]
+    tag = last.partition(":")[2]
+    return "Always" if tag in ("", "latest") else "IfNotPresent"
+
+
+def validate_job(job: dict) -> list[FieldError]:
+    """The parts of the Job validation the adapter can run into."""
+    errors: list[FieldError] = []
+    meta = job.get("metadata") or {}
+    name = meta.get("name", "")
+    if not name:
+        errors.append(required("metadata.name", "name or generateName is required"))
+    elif not DNS_SUBDOMAIN.fullmatch(name) or len(name) > 63:
+        errors.append(
+            invalid_value("metadata.name", name, "must be a valid DNS-1123 label of at most 63 characters")
+        )
+    for path, labels in (
+        ("metadata.labels", meta.get("labels")),
+        (
+            "spec.template.metadata.labels",
+            ((job.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels"),
+        ),
+    ):
+        for value in (labels or {}).values():
+            if len(value) > 63 or not LABEL_VALUE.fullmatch(value):
+                errors.append(
+                    invalid_value(
+                        path,
+                        value,
+                        "a valid label must be an empty string or consist of "
+                        "alphanumeric characters, '-', '_' or '.', and must start and end "
+                        "with an alphanumeric character (at most 63)",
+                    )
+                )
+    spec = job.get("spec") or {}
+    for key in ("backoffLimit", "ttlSecondsAfterFinished"):
+        if spec.get(key, 0) < 0:
+            errors.append(invalid_value(f"spec.{key}", spec[key], "must be greater than or equal to 0"))
+    if "activeDeadlineSeconds" in spec and spec["activeDeadlineSeconds"] <= 0:
+        errors.append(
+            invalid_value(
+                "spec.activeDeadlineSeconds", spec["activeDeadlineSeconds"], "must be greater than 0"
+            )
+        )
+    pod = (spec.get("template") or {}).get("spec")
+    if pod is None:
+        return [*errors, required("spec.template.spec")]
+    restart = pod.get("restartPolicy")
+    if not restart:
+        errors.append(required("spec.template.spec.restartPolicy", 'valid values: "OnFailure", "Never"'))
+    elif restart not in ("OnFailure", "Never"):
+        errors.append(not_supported("spec.template.spec.restartPolicy", restart, ["OnFailure", "Never"]))
+    containers = pod.get("containers") or []
+    if not containers:
+        errors.append(required("spec.template.spec.containers"))
+    for i, container in enumerate(containers):
+        path = f"spec.template.spec.containers[{i}]"
+        if not container.get("name"):
+            errors.append(required(f"{path}.name"))
+        if not container.get("image"):
+            errors.append(required(f"{path}.image"))
+        errors += _gpu_errors(path, container.get("resources") or {})
+    return errors
+
+
+def _gpu_errors(path: str, resources: dict) -> list[FieldError]:
+    """Extended resources cannot be overcommitted: integer, with a limit equal to the request."""
+    errors = []
+    requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+    for where, values in (("requests", requests), ("limits", limits)):
+        value = values.get(GPU)
+        if value is not None and not re.fullmatch(r"\d+", str(value)):
+            errors.append(invalid_value(f"{path}.resources.{where}[{GPU}]", str(value), "must be an integer"))
+    if GPU in requests:
+        if GPU not in limits:
+            errors.append(
+                required(f"{path}.resources.limits", "Limit must be set for non overcommitable resources")
+            )
+        elif str(requests[GPU]) != str(limits[GPU]):
+            errors.append(
+                invalid_value(
+                    f"{path}.resources.requests",
+                    str(requests[GPU]),
+                    f"must be equal to {GPU} limit of {limits[GPU]}",
+                )
+            )
+    return errors
+
+
+def status_problems(status: dict, *, delayed: bool) -> list[str]:
+    """The API server's checks on a Job status write (the messages are verbatim)."""
+    true = {c["type"] for c in status.get("conditions", []) if c["status"] == "True"}
+    problems = []
+    if delayed and "Complete" in true and "SuccessCriteriaMet" not in true:
+        problems.append("cannot set Complete=True condition without the SuccessCriteriaMet=true condition")
+    if delayed and "Failed" in true and "FailureTarget" not in true:
+        problems.append("cannot set Failed=True condition without the FailureTarget=true condition")
+    if "Complete" in true and not status.get("completionTime"):
+        problems.append("completionTime is required for Complete jobs")
+    if status.get("completionTime") and "Complete" not in true:
+        problems.append("cannot set completionTime when there is no Complete=True condition")
+    finished = bool(true & {"Complete", "Failed"})
+    if finished and not status.get("startTime"):
+        problems.append("startTime is required for finished job")
+    if finished and status.get("active", 0) > 0:
+        problems.append("active>0 is invalid for finished job")
+    if status.get("ready", 0) > status.get("active", 0):
+        problems.append("cannot set more ready pods than active")
+    return problems
+
+
+def _warning_headers(warnings: list[str]) -> dict[str, str]:
+    return {"Warning": ", ".join(warnings)} if warnings else {}
+
+
+def _key(external_id: str) -> tuple[str, str]:
+    namespace, _, name = external_id.partition("/")
+    return namespace, name
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeKubernetes
+    protocol_version = "HTTP/1.1"  # keep-alive, like the client's connection pool expects
+
+    def _serve(self) -> None:
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        request = Request(self.command, url.path, parse_qs(url.query), body, headers)
+        code, payload, extra = self.fake.handle(request)
+        if isinstance(payload, bytes):
+            data, content_type = payload, "text/plain"
+        else:
+            data, content_type = json.dumps(payload).encode(), "application/json"
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Audit-Id", str(uuid.uuid4()))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
+
+    def log_message(self, format: str, *args) -> None:
+        pass
