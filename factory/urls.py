@@ -13,6 +13,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("jobs/", include("jobs.urls")),
     path("clusters/", views.cluster_list, name="clusters"),
+    path("", include("quotas.urls")),
     path("api/v1/", include("factory.api.urls")),
     path("api/v1/", include("jobs.api.urls")),
     path("api/v1/", include("quotas.api.urls")),

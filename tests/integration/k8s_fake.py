@@ -1019,6 +1019,16 @@ def validate_job(job: dict) -> list[FieldError]:
     pod = (spec.get("template") or {}).get("spec")
     if pod is None:
         return [*errors, required("spec.template.spec")]
+    for key, value in (pod.get("nodeSelector") or {}).items():
+        if len(value) > 63 or not LABEL_VALUE.fullmatch(value):
+            errors.append(
+                invalid_value(
+                    f"spec.template.spec.nodeSelector[{key}]",
+                    value,
+                    "a valid label must be an empty string or consist of alphanumeric characters, "
+                    "'-', '_' or '.', and must start and end with an alphanumeric character",
+                )
+            )
     restart = pod.get("restartPolicy")
     if not restart:
         errors.append(required("spec.template.spec.restartPolicy", 'valid values: "OnFailure", "Never"'))

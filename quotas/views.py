@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import calendar
+from datetime import date
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.cache import patch_vary_headers
+
+from factory.models import Tenant
+
+from .editing import save_audited
+from .forms import BudgetForm, QuotaForm, QuotaLimitsForm
+from .models import Budget, Quota, QuotaChange
+from .usage import budget_burn, usage_for
+
+AUDIT_ROWS = 50
+
+
+def _apply(form, instance, user) -> bool:
+    """Validate the form, then save through the audited path; model errors land on the form."""
+    if not form.is_valid():
+        return False
+    changes = {name: form.cleaned_data[name] for name in form.Meta.fields}
+    if instance.pk:
+        # A ModelForm writes the cleaned values onto its instance: start from the stored row, so
+        # the audit log sees what changed.
+        instance = type(instance).objects.get(pk=instance.pk)
+    try:
+        save_audited(instance, changes, user)
+    except ValidationError as exc:
+        for field, errors in exc.message_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+        return False
+    return True
+
+
+@staff_member_required
+def quota_list(request: HttpRequest) -> HttpResponse:
+    quotas = list(Quota.objects.select_related("tenant", "gpu_type"))
+    usage = usage_for(quotas)
+    add_form = QuotaForm(request.POST or None, prefix="new")
+    if request.method == "POST" and _apply(add_form, Quota(), request.user):
+        return redirect("quotas:list")
+    context = {
+        "rows": [(q, usage[q.pk]) for q in quotas],
+        "add_form": add_form,
+        "changes": QuotaChange.objects.select_related("tenant", "gpu_type", "changed_by")[:AUDIT_ROWS],
+    }
+    return render(request, "quotas/quota_list.html", context, status=400 if add_form.errors else 200)
+
+
+@staff_member_required
+def quota_row(request: HttpRequest, pk: int) -> HttpResponse:
+    """One row of the quotas table: shown, as an inline form (?edit), or saved (POST)."""
+    quota = get_object_or_404(Quota.objects.select_related("tenant", "gpu_type"), pk=pk)
+    form = QuotaLimitsForm(request.POST or None, instance=quota, prefix=f"q{quota.pk}")
+    status = 200
+    if request.method == "POST":
+        if _apply(form, quota, request.user):
+            form = None
+        else:
+            quota.refresh_from_db()
+            status = 400
+    elif "edit" not in request.GET:
+        form = None
+    context = {"quota": quota, "usage": usage_for([quota])[quota.pk], "form": form}
+    if not request.htmx:
+        return redirect("quotas:list")
+    response = render(request, "quotas/quota_list.html#row", context, status=status if not form else 200)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@login_required
+def tenant_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
+    tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=slug)
+    quotas = list(Quota.objects.filter(tenant=tenant).select_related("gpu_type"))
+    usage = usage_for(quotas)
+    budget = Budget.objects.filter(tenant=tenant).first()
+    budget_form = None
+    if request.user.is_staff:
+        budget_form = BudgetForm(request.POST or None, instance=budget, prefix="budget")
+        if request.method == "POST" and _apply(budget_form, budget or Budget(tenant=tenant), request.user):
+            return redirect("quotas:dashboard", slug=slug)
+    burn = budget_burn(tenant)
+    context = {
+        "tenant": tenant,
+        "rows": [(q, usage[q.pk]) for q in quotas],
+        "burn": burn,
+        "chart": burn_chart(burn),
+        "budget": budget,
+        "budget_form": budget_form,
+    }
+    return render(request, "quotas/dashboard.html", context)
+
+
+@login_required
+def my_dashboard(request: HttpRequest) -> HttpResponse:
+    tenant = Tenant.objects.visible_to(request.user).first()
+    if tenant is None:
+        return redirect("jobs:list")
+    return redirect("quotas:dashboard", slug=tenant.slug)
+
+
+def burn_chart(burn, width: int = 600, height: int = 160) -> dict:
+    """Points of a server-rendered SVG: cumulative GPU-hours per day of the month against the budget."""
+    first = burn.daily[0][0] if burn.daily else date.today().replace(day=1)
+    days_in_month = calendar.monthrange(first.year, first.month)[1]
+    top = max([burn.budget or 0, *(hours for _, hours in burn.daily), 1])
+    step = width / (days_in_month - 1)
+
+    def y(value) -> float:
+        return round(height - float(value) / float(top) * height, 1)
+
+    points = " ".join(f"{round(i * step, 1)},{y(hours)}" for i, (_, hours) in enumerate(burn.daily))
+    return {
+        "width": width,
+        "height": height,
+        "points": points,
+        "budget_y": y(burn.budget) if burn.budget else None,
+        "top": top,
+        "days": days_in_month,
+    }

@@ -1,0 +1,694 @@
+"""The kubernetes backend, over HTTP, through the official client.
+
+No Kubernetes API server can be installed on these machines (none is packaged in the registries
+reachable here, and there is no container engine), so these tests run against an HTTP fake of the
+API server (k8s_fake.py) that answers in a real server's exact shapes and lets a test play the job
+controller and Kueue. With KUBECONFIG set, the same tests run against that real cluster instead;
+those that need the fake's controls (exact request bodies, call counts, outages, Kueue) are
+skipped there. The real cluster needs a Ready node advertising `nvidia.com/gpu` and labelled
+`nvidia.com/gpu.product=$K8S_TEST_GPU_PRODUCT`; on kind, for example:
+
+    kubectl label node kind-control-plane nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3
+    kubectl patch node kind-control-plane --subresource=status --type=json \\
+        -p '[{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": "8"}]'
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from rest_framework.test import APIClient
+
+from factory.adapters import BackendError, BackendState, BackendUnavailable, JobRejected
+from factory.adapters.base import LOG_CHUNK_BYTES
+from factory.adapters.kubernetes import KubernetesAdapter, KubernetesConnection
+from factory.models import Cluster, Pool
+from jobs import dispatch, submission
+from jobs.choices import HOLDING_STATES, JobState
+from jobs.models import Job
+from jobs.tasks import cancel_job, dispatch_job
+
+from .k8s_fake import TOKEN, FakeKubernetes
+
+REAL = bool(os.environ.get("KUBECONFIG"))
+GPU_PRODUCT = os.environ.get("K8S_TEST_GPU_PRODUCT", "NVIDIA-H100-80GB-HBM3")
+IMAGE = os.environ.get("K8S_TEST_IMAGE", "busybox:1.36")
+GPU_LABEL = "nvidia.com/gpu.product"
+
+fake_only = pytest.mark.skipif(REAL, reason="needs the fake API server's controls")
+pytestmark = pytest.mark.django_db
+
+
+# --- the two ways to run: the fake, or a real cluster ---------------------------------------------
+
+
+class FakeBackend:
+    """Plays the job controller on the fake: a job's outcome is what the test says it is."""
+
+    is_fake = True
+
+    def __init__(self, fake: FakeKubernetes) -> None:
+        self.fake = fake
+        self.kubeconfig = fake.kubeconfig()
+        self.namespace_prefix = "aif-"
+
+    def started(self, job: Job) -> None:
+        self.fake.start(job.external_id)
+
+    def ended(self, job: Job, *, exit_code: int = 0, output: str = "") -> None:
+        if self.fake.jobs[tuple(job.external_id.split("/"))]["status"].get("startTime") is None:
+            self.fake.start(job.external_id)
+        if exit_code == 0:
+            self.fake.succeed(job.external_id, log=output)
+        else:
+            self.fake.fail(job.external_id, exit_code=exit_code, log=output)
+
+    def cleanup(self) -> None:
+        self.fake.stop_server()
+
+
+class RealBackend:
+    """Waits for a real cluster: a job's outcome is what its command does."""
+
+    is_fake = False
+
+    def __init__(self) -> None:
+        from kubernetes import client, config
+
+        path = Path(os.environ["KUBECONFIG"].split(os.pathsep)[0])
+        self.kubeconfig = yaml.safe_load(path.read_text())
+        self.api = config.new_client_from_config_dict(self.kubeconfig, persist_config=False)
+        self.batch, self.core = client.BatchV1Api(self.api), client.CoreV1Api(self.api)
+        self.namespace_prefix = f"aif-t{uuid.uuid4().hex[:6]}-"
+
+    def _wait(self, job: Job, predicate, timeout: float = 180) -> None:
+        namespace, name = job.external_id.split("/")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.batch.read_namespaced_job(name, namespace).status
+            if predicate(status):
+                return
+            time.sleep(1)
+        raise AssertionError(f"Job {job.external_id} did not get there in {timeout}s")
+
+    def started(self, job: Job) -> None:
+        self._wait(job, lambda s: (s.ready or 0) > 0 or _terminal(s))
+
+    def ended(self, job: Job, *, exit_code: int = 0, output: str = "") -> None:
+        self._wait(job, _terminal)
+
+    def cleanup(self) -> None:
+        for ns in self.core.list_namespace().items:
+            if ns.metadata.name.startswith(self.namespace_prefix):
+                self.core.delete_namespace(ns.metadata.name)
+
+
+def _terminal(status) -> bool:
+    return any(c.type in ("Complete", "Failed") and c.status == "True" for c in status.conditions or [])
+
+
+@pytest.fixture
+def fake() -> FakeKubernetes:
+    if REAL:
+        pytest.skip("needs the fake API server")
+    server = FakeKubernetes().start_server()
+    yield server
+    server.stop_server()
+
+
+@pytest.fixture
+def backend(request):
+    if REAL:
+        real = RealBackend()
+        yield real
+        real.cleanup()
+    else:
+        yield FakeBackend(request.getfixturevalue("fake"))
+
+
+@pytest.fixture
+def k8s_cluster(db, h100, backend) -> Cluster:
+    return make_cluster(backend.kubeconfig, h100, namespace_prefix=backend.namespace_prefix)
+
+
+def make_cluster(kubeconfig: dict, gpu_type, slug: str = "k8s", **settings) -> Cluster:
+    connection = {"kubeconfig": yaml.safe_dump(kubeconfig), **settings}
+    cluster = Cluster.objects.create(slug=slug, name="Kubernetes", kind="kubernetes", connection=connection)
+    cluster.full_clean()
+    Pool.objects.create(
+        cluster=cluster, gpu_type=gpu_type, capacity=8, node_selector={GPU_LABEL: GPU_PRODUCT}
+    )
+    return cluster
+
+
+@pytest.fixture
+def k8s_job(k8s_cluster, tenant, owner, h100):
+    def make(cluster: Cluster = k8s_cluster, **overrides) -> Job:
+        spec = {
+            "name": "k8s-test",
+            "command": "echo hello",
+            "image": IMAGE,
+            "gpu_type": h100,
+            "gpu_count": 1,
+            "time_limit_minutes": 5,
+            "cpus": 1,
+            "memory_gb": 1,
+        }
+        spec.update(overrides)
+        job, _ = submission.submit(tenant=tenant, owner=owner, spec=spec)
+        job.admit(cluster)
+        return job
+
+    return make
+
+
+def dispatched(job: Job) -> Job:
+    dispatch_job(job.pk)
+    job.refresh_from_db()
+    return job
+
+
+def synced(job: Job) -> Job:
+    dispatch.sync_cluster(job.cluster)
+    job.refresh_from_db()
+    return job
+
+
+def states(job: Job) -> list[str]:
+    return list(job.events.filter(kind="state").values_list("state", flat=True))
+
+
+def labels_for(job: Job) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/managed-by": "aifactory",
+        "aifactory.io/job-uid": str(job.uid),
+        "aifactory.io/dispatch-key": str(job.uid),
+        "aifactory.io/tenant": "demo-lab",
+        "aifactory.io/gpu-type": "h100",
+    }
+
+
+# --- submitting ----------------------------------------------------------------------------------
+
+
+@fake_only
+def test_submit_creates_the_namespace_and_sends_the_whole_job(k8s_job, fake):
+    command = "python train.py --epochs 3 \"$DATA\" && echo 'done; $(not expanded)'"
+    job = dispatched(
+        k8s_job(
+            name="train-7",
+            command=command,
+            gpu_count=2,
+            cpus=8,
+            memory_gb=64,
+            time_limit_minutes=90,
+            env={"DATA": "/data/set 1", "SEED": "42"},
+            image="nvcr.io/nvidia/pytorch:24.05-py3",
+        )
+    )
+    assert job.state == JobState.SUBMITTED
+    assert job.external_id == f"aif-demo-lab/aif-{job.uid}"
+
+    calls = [(r.method, r.path) for r in fake.calls()]
+    assert calls == [
+        ("POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs"),  # 404: no such namespace
+        ("POST", "/api/v1/namespaces"),
+        ("POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs"),
+    ]
+    assert fake.namespaces["aif-demo-lab"]["metadata"]["labels"]["aifactory.io/tenant"] == "demo-lab"
+    created = fake.calls("POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs")[-1]
+    assert created.query == {"fieldValidation": ["Strict"]}
+    resources = {"nvidia.com/gpu": "2", "cpu": "8", "memory": "64Gi"}
+    assert created.body == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"aif-{job.uid}",
+            "namespace": "aif-demo-lab",
+            "labels": labels_for(job),
+            "annotations": {"aifactory.io/job-name": "train-7"},
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 5400,
+            "ttlSecondsAfterFinished": 3600,
+            "template": {
+                "metadata": {"labels": labels_for(job)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "nodeSelector": {GPU_LABEL: GPU_PRODUCT},
+                    "containers": [
+                        {
+                            "name": "job",
+                            "image": "nvcr.io/nvidia/pytorch:24.05-py3",
+                            "command": ["/bin/sh", "-c", command],
+                            "env": [
+                                {"name": "DATA", "value": "/data/set 1"},
+                                {"name": "SEED", "value": "42"},
+                                {"name": "FACTORY_JOB_UID", "value": str(job.uid)},
+                                {"name": "FACTORY_JOB_NAME", "value": "train-7"},
+                            ],
+                            "resources": {"requests": resources, "limits": resources},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    stored = fake.job(job.external_id)
+    assert stored["spec"]["backoffLimit"] == 0  # ours, not the server's default of 6
+    assert (
+        stored["spec"]["template"]["metadata"]["labels"]["batch.kubernetes.io/job-name"] == f"aif-{job.uid}"
+    )
+
+
+def test_duplicate_submit_finds_the_same_job(k8s_job, k8s_cluster, backend):
+    job = k8s_job()
+    adapter = k8s_cluster.adapter()
+    first = adapter.submit(job)
+    second = adapter.submit(job)  # a retried dispatch: 409 AlreadyExists is success
+    assert first == second
+    Job.objects.filter(pk=job.pk).update(state=JobState.ADMITTED)  # a retry that raced
+    job = dispatched(job)
+    assert job.state == JobState.SUBMITTED and job.external_id == first
+    listed = adapter.list_jobs()
+    assert [f"{j.metadata.namespace}/{j.metadata.name}" for j in listed].count(first) == 1
+    if backend.is_fake:
+        posts = backend.fake.calls("POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs")
+        assert len(posts) == 4  # 404 (no namespace) and 201, then two 409s
+
+
+def test_namespace_is_created_once_per_tenant(k8s_job, backend):
+    first, second = dispatched(k8s_job(name="a")), dispatched(k8s_job(name="b"))
+    namespace = first.external_id.split("/")[0]
+    assert namespace == f"{backend.namespace_prefix}demo-lab"
+    assert second.external_id.split("/")[0] == namespace
+    if backend.is_fake:
+        assert len(backend.fake.calls("POST", "/api/v1/namespaces")) == 1
+
+
+def test_job_without_image_is_rejected_with_the_reason(k8s_job, backend):
+    job = dispatched(k8s_job(image=""))
+    assert job.state == JobState.REJECTED
+    assert "container image is required" in job.reason
+    if backend.is_fake:
+        assert backend.fake.calls("POST") == []
+
+
+@fake_only
+def test_job_the_api_server_finds_invalid_is_rejected_with_its_message(k8s_job, k8s_cluster):
+    Pool.objects.filter(cluster=k8s_cluster).update(node_selector={GPU_LABEL: "not a label value!"})
+    job = dispatched(k8s_job())
+    assert job.state == JobState.REJECTED
+    assert f'Job.batch "aif-{job.uid}" is invalid: spec.template.spec.nodeSelector' in job.reason
+
+
+# --- following a job -----------------------------------------------------------------------------
+
+
+def test_job_runs_to_success_with_real_times_and_its_log(k8s_job, backend):
+    job = dispatched(k8s_job(command="echo hello; echo wörld"))
+    backend.started(job)
+    job = synced(job)
+    assert job.state == JobState.RUNNING and job.started_at is not None
+    backend.ended(job, output="hello\nwörld\n")
+    job = synced(job)
+    assert (job.state, job.exit_code) == (JobState.SUCCEEDED, 0)
+    assert job.started_at <= job.ended_at
+    assert states(job) == ["pending", "admitted", "submitted", "running", "succeeded"]
+    chunk = job.cluster.adapter().logs(job, 0)
+    assert (chunk.text, chunk.complete) == ("hello\nwörld\n", True)
+
+
+def test_failure_reports_the_pods_exit_code(k8s_job, backend):
+    job = dispatched(k8s_job(command="echo about to fail; exit 3"))
+    backend.ended(job, exit_code=3, output="about to fail\n")
+    job = synced(job)
+    assert (job.state, job.exit_code) == (JobState.FAILED, 3)
+    assert states(job) == ["pending", "admitted", "submitted", "running", "failed"]
+    assert job.started_at is not None and job.ended_at is not None
+
+
+@fake_only
+def test_deadline_exceeded_is_timed_out(k8s_job, fake):
+    job = dispatched(k8s_job())
+    fake.start(job.external_id)
+    synced(job)
+    fake.deadline_exceeded(job.external_id)
+    job = synced(job)
+    assert (job.state, job.reason) == (JobState.TIMED_OUT, "time limit reached")
+    failed = next(c for c in fake.job(job.external_id)["status"]["conditions"] if c["type"] == "Failed")
+    assert job.ended_at.strftime("%Y-%m-%dT%H:%M:%SZ") == failed["lastTransitionTime"]
+
+
+def test_cancel_deletes_the_job_and_its_pods(k8s_job, backend, owner):
+    job = dispatched(k8s_job(command="echo started; sleep 600"))
+    backend.started(job)
+    synced(job)
+    assert job.cancel(owner)
+    cancel_job(job.pk)
+    job.refresh_from_db()
+    assert job.state == JobState.CANCELLED
+    if backend.is_fake:
+        fake = backend.fake
+        delete = fake.calls("DELETE")[-1]
+        assert delete.path == f"/apis/batch/v1/namespaces/{job.external_id.replace('/', '/jobs/')}"
+        assert delete.query["propagationPolicy"] == ["Background"]
+        assert fake.pods_of(job.external_id) == []
+    # Cancelling again finds nothing to delete and is fine.
+    job.cluster.adapter().cancel(job)
+
+
+@fake_only
+def test_cancel_leaves_a_job_that_ended_first(k8s_job, fake):
+    job = dispatched(k8s_job())
+    fake.start(job.external_id)
+    fake.succeed(job.external_id)
+    job.cluster.adapter().cancel(job)
+    assert fake.calls("DELETE") == []
+    assert synced(job).state == JobState.SUCCEEDED
+
+
+@fake_only
+@pytest.mark.parametrize("outcome", ["succeed", "fail"])
+def test_decided_job_stays_running_until_its_terminal_condition(k8s_job, fake, outcome):
+    """Recent servers: SuccessCriteriaMet / FailureTarget first, while the pods terminate."""
+    job = dispatched(k8s_job())
+    fake.start(job.external_id)
+    synced(job)
+    if outcome == "succeed":
+        fake.succeed(job.external_id, finished=False)
+    else:
+        fake.fail(job.external_id, exit_code=3, finished=False)
+    assert synced(job).state == JobState.RUNNING
+    fake.finish(job.external_id)
+    job = synced(job)
+    expected = (JobState.SUCCEEDED, 0) if outcome == "succeed" else (JobState.FAILED, 3)
+    assert (job.state, job.exit_code) == expected
+
+
+@fake_only
+def test_old_servers_write_the_terminal_condition_in_one_step(k8s_job, fake):
+    fake.delay_terminal_condition = False
+    good, bad = dispatched(k8s_job(name="good")), dispatched(k8s_job(name="bad"))
+    for job in (good, bad):
+        fake.start(job.external_id)
+    fake.succeed(good.external_id)
+    fake.fail(bad.external_id, exit_code=3)
+    types = [c["type"] for c in fake.job(good.external_id)["status"]["conditions"]]
+    assert types == ["Complete"]
+    assert (synced(good).state, good.exit_code) == (JobState.SUCCEEDED, 0)
+    assert (synced(bad).state, bad.exit_code) == (JobState.FAILED, 3)
+
+
+@fake_only
+def test_pod_waiting_to_start_is_explained_and_not_running(k8s_job, fake):
+    job = dispatched(k8s_job())
+    fake.start(job.external_id, ready=False)
+    job = synced(job)
+    assert job.state == JobState.SUBMITTED
+    assert job.reason == "waiting for its pod to start (scheduling, image pull)"
+    assert job.cluster.adapter().logs(job, 0).text == ""  # 400: the container is waiting to start
+
+
+@fake_only
+def test_job_gone_from_the_cluster_is_lost(k8s_job, fake):
+    job = dispatched(k8s_job())
+    fake.start(job.external_id)
+    synced(job)
+    fake.expire(job.external_id)
+    job = synced(job)
+    assert job.state == JobState.FAILED
+    assert job.reason.startswith("lost by the backend: the Job is gone from the cluster")
+
+
+# --- Kueue ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kueue_cluster(db, a100, fake) -> Cluster:
+    return make_cluster(fake.kubeconfig(), a100, slug="k8s-kueue", kueue_queue="team-queue")
+
+
+@fake_only
+def test_kueue_job_waits_suspended_in_the_queue_then_runs(k8s_job, kueue_cluster, fake, a100):
+    job = dispatched(k8s_job(cluster=kueue_cluster, gpu_type=a100))
+    created = fake.calls("POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs")[-1].body
+    assert created["spec"]["suspend"] is True
+    assert created["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+    assert "kueue.x-k8s.io/queue-name" not in created["spec"]["template"]["metadata"]["labels"]
+    job = synced(job)
+    assert (job.state, job.reason) == (JobState.SUBMITTED, "waiting in the cluster's Kueue queue")
+    fake.kueue_admit(job.external_id)
+    job = synced(job)
+    assert job.state == JobState.RUNNING and job.reason == ""
+
+
+@fake_only
+def test_kueue_preemption_sends_a_running_job_back_to_queued(k8s_job, kueue_cluster, fake, a100):
+    job = dispatched(k8s_job(cluster=kueue_cluster, gpu_type=a100))
+    fake.kueue_admit(job.external_id)
+    assert synced(job).state == JobState.RUNNING
+    fake.kueue_preempt(job.external_id)
+    job = synced(job)
+    assert job.state == JobState.SUBMITTED and job.state in HOLDING_STATES
+    assert job.reason == "preempted by Kueue; waiting in the cluster's Kueue queue"
+    assert job.events.filter(message__startswith="Requeued by the cluster: preempted by Kueue").count() == 1
+    synced(job)  # the same report again changes nothing
+    assert job.events.filter(message__startswith="Requeued by the cluster").count() == 1
+    fake.kueue_admit(job.external_id)
+    assert synced(job).state == JobState.RUNNING
+    fake.succeed(job.external_id)
+    job = synced(job)
+    assert job.state == JobState.SUCCEEDED
+    assert states(job) == ["pending", "admitted", "submitted", "running", "submitted", "running", "succeeded"]
+
+
+# --- the cost of a sync, and outages -------------------------------------------------------------
+
+
+@fake_only
+def test_sync_makes_the_same_few_calls_for_any_number_of_jobs(k8s_job, k8s_cluster, fake):
+    def calls_for_a_sync() -> list[tuple[str, str]]:
+        fake.reset_calls()
+        dispatch.sync_cluster(k8s_cluster)
+        return [(r.method, r.path) for r in fake.calls()]
+
+    jobs = [dispatched(k8s_job(name=f"j{i}")) for i in range(3)]
+    assert calls_for_a_sync() == [("GET", "/apis/batch/v1/jobs")]
+    jobs += [dispatched(k8s_job(name=f"j{i}")) for i in range(3, 30)]
+    for job in jobs:
+        fake.start(job.external_id)
+    assert calls_for_a_sync() == [("GET", "/apis/batch/v1/jobs")]
+    for i, job in enumerate(jobs[:12]):
+        fake.fail(job.external_id, exit_code=i + 1)
+    # Twelve failures: still one more call, for all their pods at once.
+    assert calls_for_a_sync() == [("GET", "/apis/batch/v1/jobs"), ("GET", "/api/v1/pods")]
+    listing = fake.calls("GET", "/apis/batch/v1/jobs")[-1]
+    assert listing.query["labelSelector"] == ["app.kubernetes.io/managed-by=aifactory"]
+    for i, job in enumerate(jobs[:12]):
+        job.refresh_from_db()
+        assert (job.state, job.exit_code) == (JobState.FAILED, i + 1)
+    assert Job.objects.filter(state=JobState.RUNNING).count() == 18
+
+
+@fake_only
+def test_api_server_down_leaves_jobs_as_they_are(k8s_job, k8s_cluster, fake):
+    running = dispatched(k8s_job(name="running"))
+    fake.start(running.external_id)
+    synced(running)
+    waiting = k8s_job(name="waiting")
+    for outage in (fake.unreachable, fake.outage):
+        with outage():
+            with pytest.raises(BackendUnavailable):
+                dispatch.sync_cluster(k8s_cluster)
+            with pytest.raises(BackendUnavailable):
+                dispatch.dispatch(
+                    Job.objects.select_related("cluster", "gpu_type", "tenant").get(pk=waiting.pk)
+                )
+            assert not k8s_cluster.adapter().health().ok
+        running.refresh_from_db()
+        waiting.refresh_from_db()
+        assert running.state == JobState.RUNNING
+        assert waiting.state == JobState.ADMITTED and "unreachable" in waiting.reason
+    fake.succeed(running.external_id)
+    assert synced(running).state == JobState.SUCCEEDED
+    assert dispatched(waiting).state == JobState.SUBMITTED
+
+
+@fake_only
+def test_refused_credentials_and_permissions_are_clear_errors_without_secrets(k8s_job, fake, h100):
+    job = k8s_job()
+    fake.forbid("create", "jobs")
+    with pytest.raises(BackendError, match="may not create Jobs on k8s; grant its account") as caught:
+        dispatch.dispatch(Job.objects.select_related("cluster", "gpu_type", "tenant").get(pk=job.pk))
+    assert not isinstance(caught.value, (BackendUnavailable, JobRejected))
+    assert 'cannot create resource "jobs" in API group "batch"' in str(caught.value)
+
+    secret = "s3cr3t-token-that-must-not-leak"
+    stranger = make_cluster(fake.kubeconfig(token=secret), h100, slug="k8s-wrong-token")
+    health = stranger.adapter().health()
+    assert not health.ok and "refused the credentials" in health.message
+    assert secret not in health.message and TOKEN not in health.message
+
+
+# --- logs and health -----------------------------------------------------------------------------
+
+
+def test_logs_are_read_from_a_byte_offset(k8s_job, backend):
+    text = "".join(f"line {i} — ünïcode\n" for i in range(6000))  # > one chunk, multi-byte
+    command = 'i=0; while [ $i -lt 6000 ]; do echo "line $i — ünïcode"; i=$((i+1)); done'
+    job = dispatched(k8s_job(command=command))
+    backend.ended(job, output=text)
+    job = synced(job)
+    adapter = job.cluster.adapter()
+    offset, pieces, complete = 0, [], False
+    while not complete:
+        chunk = adapter.logs(job, offset)
+        assert chunk.next_offset - offset <= LOG_CHUNK_BYTES
+        pieces.append(chunk.text)
+        offset, complete = chunk.next_offset, chunk.complete
+    assert "".join(pieces) == text and offset == len(text.encode())
+    if backend.is_fake:
+        reads = backend.fake.calls("GET")
+        log_reads = [r for r in reads if r.path.endswith("/log")]
+        assert log_reads[0].query["limitBytes"] == [str(LOG_CHUNK_BYTES)]
+        assert log_reads[0].query["container"] == ["job"]
+
+
+@fake_only
+def test_health_sums_allocatable_gpus_per_pool_and_requested_gpus_in_use(k8s_job, k8s_cluster, fake, a100):
+    Pool.objects.create(
+        cluster=k8s_cluster, gpu_type=a100, capacity=4, node_selector={GPU_LABEL: "NVIDIA-A100-SXM4-80GB"}
+    )
+    fake.add_node("gpu-h100-1", {GPU_LABEL: GPU_PRODUCT}, gpus=8)
+    fake.add_node("gpu-h100-2", {GPU_LABEL: GPU_PRODUCT}, gpus=8)
+    fake.add_node("gpu-h100-3", {GPU_LABEL: GPU_PRODUCT}, gpus=8, ready=False)
+    fake.add_node("gpu-a100-1", {GPU_LABEL: "NVIDIA-A100-SXM4-80GB"}, gpus=4, unschedulable=True)
+    fake.add_node("cpu-1", {}, gpus=0)
+    for name, gpus in (("big", 3), ("small", 2), ("done", 4)):
+        job = dispatched(k8s_job(name=name, gpu_count=gpus))
+        fake.start(job.external_id)
+        if name == "done":
+            fake.succeed(job.external_id)
+    fake.reset_calls()
+    health = k8s_cluster.adapter().health()
+    assert health.ok
+    assert {p.gpu_type: (p.capacity, p.in_use) for p in health.pools} == {"h100": (16, 5), "a100": (0, 0)}
+    assert health.message == (
+        "API server reachable; 3 of 5 node(s) ready; not ready or cordoned: gpu-a100-1, gpu-h100-3"
+    )
+    assert [r.path for r in fake.calls()] == ["/api/v1/nodes", "/apis/batch/v1/jobs"]
+
+
+def test_health_is_ok_on_a_reachable_cluster(k8s_cluster):
+    health = k8s_cluster.adapter().health()
+    assert health.ok, health.message
+    assert [p.gpu_type for p in health.pools] == ["h100"]
+
+
+# --- the portal, end to end ----------------------------------------------------------------------
+
+
+def test_portal_job_runs_on_kubernetes_and_its_log_is_served(k8s_cluster, tenant, owner, h100, backend):
+    job, created = submission.submit(
+        tenant=tenant,
+        owner=owner,
+        spec={
+            "name": "e2e",
+            "command": "echo from kubernetes",
+            "image": IMAGE,
+            "gpu_type": h100,
+            "gpu_count": 1,
+            "time_limit_minutes": 5,
+        },
+    )
+    assert created and job.admit(k8s_cluster)
+    dispatch_job(job.pk)
+    job.refresh_from_db()
+    assert job.state == JobState.SUBMITTED
+    backend.started(job)
+    dispatch.sync_cluster(k8s_cluster)
+    backend.ended(job, output="from kubernetes\n")
+    dispatch.sync_cluster(k8s_cluster)
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED
+    api = APIClient()
+    api.force_authenticate(owner)
+    response = api.get(f"/api/v1/jobs/{job.pk}/logs/")
+    assert response.status_code == 200
+    assert response.json() == {
+        "offset": 0,
+        "next_offset": len(b"from kubernetes\n"),
+        "text": "from kubernetes\n",
+        "complete": True,
+    }
+
+
+# --- connection settings (no server needed) -------------------------------------------------------
+
+
+def kubeconfig_text(**changes) -> str:
+    config = FakeKubernetes().kubeconfig()
+    config.update(changes)
+    return yaml.safe_dump(config)
+
+
+@pytest.mark.parametrize(
+    ("connection", "message"),
+    [
+        ({}, "Give either 'kubeconfig'"),
+        ({"kubeconfig": kubeconfig_text(), "in_cluster": True}, "Give either 'kubeconfig'"),
+        ({"kubeconfig": "clusters: [\n  token: hunter2-secret"}, "not valid YAML (line"),
+        ({"kubeconfig": "just text"}, "needs 'clusters', 'contexts' and 'users'"),
+        ({"kubeconfig": kubeconfig_text(), "context": "other"}, "no context named 'other'"),
+        ({"kubeconfig": kubeconfig_text(), "namespace_prefix": "Bad_"}, "namespace_prefix"),
+        ({"kubeconfig": kubeconfig_text(), "ttl_seconds_after_finished": -1}, "ttl_seconds_after_finished"),
+        ({"kubeconfig": kubeconfig_text(), "ttl_seconds_after_finished": "1h"}, "wrong type"),
+        ({"kubeconfig": kubeconfig_text(), "kueue_queue": "Team Queue"}, "kueue_queue"),
+        ({"kubeconfig": kubeconfig_text(), "token": "x"}, "Unknown connection setting"),
+    ],
+)
+def test_connection_settings_are_checked_without_echoing_the_kubeconfig(connection, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        KubernetesConnection.parse(connection)
+    assert "hunter2" not in str(caught.value) and TOKEN not in str(caught.value)
+
+
+def test_in_cluster_connection_and_defaults():
+    conn = KubernetesConnection.parse({"in_cluster": True})
+    assert (conn.namespace_prefix, conn.ttl_seconds_after_finished, conn.kueue_queue) == ("aif-", 3600, None)
+
+
+def test_long_tenant_slugs_make_distinct_valid_namespaces(db):
+    cluster = Cluster(
+        slug="k", kind="kubernetes", connection={"in_cluster": True, "namespace_prefix": "portal-"}
+    )
+    adapter = KubernetesAdapter(cluster)
+    a = adapter.namespace_for(SimpleNamespace(slug="x" * 60 + "-a"))
+    b = adapter.namespace_for(SimpleNamespace(slug="x" * 60 + "-b"))
+    assert a != b and len(a) <= 63 and len(b) <= 63
+    assert adapter.namespace_for(SimpleNamespace(slug="demo-lab")) == "portal-demo-lab"
+    bare = KubernetesAdapter(
+        Cluster(slug="k", kind="kubernetes", connection={"in_cluster": True, "namespace_prefix": ""})
+    )
+    with pytest.raises(JobRejected):
+        bare.namespace_for(SimpleNamespace(slug="kube-system"))
+
+
+def test_report_is_queued_until_the_job_has_started():
+    """The mapping itself, for a Job the controller has not looked at yet."""
+    from kubernetes import client
+
+    from factory.adapters.kubernetes import job_report
+
+    job = client.V1Job(metadata=client.V1ObjectMeta(name="x", namespace="y"), status=client.V1JobStatus())
+    report = job_report("y/x", job, kueue=False, seen_running=False)
+    assert (report.state, report.reason) == (BackendState.QUEUED, "")
