@@ -28,11 +28,12 @@ LIST_PAGE_SIZE = 20
 HTMX_STOP_POLLING = 286
 
 
-def visible_job(request: HttpRequest, pk: int) -> Job:
+def visible_job(request: HttpRequest, pk: int, *, with_queue_position: bool = False) -> Job:
     """Another tenant's job is a 404, exactly like one that does not exist."""
-    return get_object_or_404(
-        Job.objects.visible_to(request.user).select_related("tenant", "owner", "gpu_type", "cluster"), pk=pk
-    )
+    jobs = Job.objects.visible_to(request.user).select_related("tenant", "owner", "gpu_type", "cluster")
+    if with_queue_position:
+        jobs = jobs.with_queue_position()
+    return get_object_or_404(jobs, pk=pk)
 
 
 @login_required
@@ -69,7 +70,7 @@ def job_create(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    job = visible_job(request, pk)
+    job = visible_job(request, pk, with_queue_position=True)
     events = list(job.events.all())
     log = read_log(job, 0)
     context = {
@@ -147,33 +148,32 @@ def parse_cursor(request: HttpRequest) -> tuple[int, int]:
 
 
 def stream_step(
-    request: HttpRequest, job_id: int, last_event: int, log_offset: int
-) -> tuple[list[str], int, int, bool]:
-    """One look at the job: new events, new log text, and whether there is nothing left to learn."""
-    job = Job.objects.select_related("cluster", "gpu_type", "tenant", "owner").get(pk=job_id)
+    request: HttpRequest, job_id: int, last_event: int, log_offset: int, last_status: str
+) -> tuple[list[str], int, int, str, bool]:
+    """One look at the job: new events, a changed status (state, wait reason, queue position),
+    new log text, and whether there is nothing left to learn."""
+    job = (
+        Job.objects.select_related("cluster", "gpu_type", "tenant", "owner")
+        .with_queue_position()
+        .get(pk=job_id)
+    )
     out: list[str] = []
     events = list(JobEvent.objects.filter(job_id=job_id, pk__gt=last_event).order_by("pk")[:200])
     if events:
         last_event = events[-1].pk
-        cursor = f"e{last_event}.l{log_offset}"
         timeline = "".join(render_to_string("jobs/job_detail.html#event", {"event": e}) for e in events)
-        out.append(sse_message("timeline", timeline, cursor))
-        out.append(
-            sse_message(
-                "status",
-                render_to_string(
-                    "jobs/job_detail.html#status", status_context(request, job), request=request
-                ),
-                cursor,
-            )
-        )
+        out.append(sse_message("timeline", timeline, f"e{last_event}.l{log_offset}"))
+    context = {**status_context(request, job), "streamed": True}
+    status = render_to_string("jobs/job_detail.html#status", context, request=request)
+    if status != last_status:
+        out.append(sse_message("status", status, f"e{last_event}.l{log_offset}"))
     chunk = read_log(job, log_offset)
     if chunk and chunk.text:
         log_offset = chunk.next_offset
         out.append(sse_message("log", html.escape(chunk.text), f"e{last_event}.l{log_offset}"))
     log_done = chunk is None or chunk.complete
     done = job.is_terminal and not events and log_done
-    return out, last_event, log_offset, done
+    return out, last_event, log_offset, status, done
 
 
 async def job_stream(request: HttpRequest, pk: int) -> StreamingHttpResponse:
@@ -189,9 +189,11 @@ async def job_stream(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     async def messages_():
         yield "retry: 2000\n\n"
         nonlocal last_event, log_offset
-        idle = 0.0
+        idle, status = 0.0, ""
         while True:
-            out, last_event, log_offset, done = await step(request, pk, last_event, log_offset)
+            out, last_event, log_offset, status, done = await step(
+                request, pk, last_event, log_offset, status
+            )
             for message in out:
                 yield message
             if done:

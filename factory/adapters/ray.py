@@ -371,20 +371,21 @@ class RayAdapter(Adapter):
             log.warning("could not stop overdue Ray job %s: %s", job.external_id, exc)
 
     def pool_health(self, nodes: dict[str, dict]) -> tuple[PoolHealth, ...]:
-        """GPUs per pool: by accelerator type where the cluster maps them, else all in its one pool."""
+        """GPUs per pool: by accelerator type where the cluster maps them, else all in its one
+        pool ("gpu" if it has several and no mapping). A mapped model Ray has none of shows 0."""
         mapping = self.connection.accelerator_types or {}
-        by_accelerator = {accelerator: gpu_type for gpu_type, accelerator in mapping.items()}
-        pools = list(self.cluster.pools.select_related("gpu_type").order_by("gpu_type__slug"))
-        untyped = pools[0].gpu_type.slug if len(pools) == 1 else "gpu"
-        totals: dict[str, list[float]] = {}
+        by_resource = {
+            _dashboard_name(ACCELERATOR_RESOURCE + accelerator): gpu_type
+            for gpu_type, accelerator in mapping.items()
+        }
+        slugs = list(self.cluster.pools.values_list("gpu_type__slug", flat=True))
+        untyped = slugs[0] if len(slugs) == 1 else "gpu"
+        totals = {gpu_type: [0.0, 0.0] for gpu_type in (mapping or [untyped])}
         for resources in nodes.values():
             used, total = _used_total(resources, "GPU")
             if not total:
-                continue
-            gpu_type = untyped
-            for name in resources if mapping else ():
-                if name.startswith(ACCELERATOR_RESOURCE):
-                    gpu_type = by_accelerator.get(name.removeprefix(ACCELERATOR_RESOURCE), gpu_type)
+                continue  # a CPU-only node
+            gpu_type = next((by_resource[name] for name in resources if name in by_resource), untyped)
             entry = totals.setdefault(gpu_type, [0.0, 0.0])
             entry[0] += used
             entry[1] += total
@@ -468,6 +469,13 @@ def _epoch_ms(value) -> datetime | None:
     if not value:
         return None
     return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+def _dashboard_name(resource: str) -> str:
+    """A resource name as /api/cluster_status spells it: the dashboard camel-cases every key
+    ("accelerator_type:H100" → "acceleratorType:H100"), the way Ray's to_camel_case does."""
+    first, *rest = resource.split("_")
+    return first + "".join(part.title() for part in rest)
 
 
 def _used_total(resources: dict, name: str) -> tuple[float, float]:

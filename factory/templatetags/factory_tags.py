@@ -23,3 +23,8 @@ def duration(value: timedelta | None) -> str:
     if minutes:
         return f"{minutes} min {secs:02d} s"
     return f"{secs} s"
+
+
+@register.filter
+def seconds_duration(value: int | None) -> str:
+    return "" if value is None else duration(timedelta(seconds=value))

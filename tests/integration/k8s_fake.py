@@ -219,7 +219,20 @@ JOB = {
     "status": ANY,
 }
 NAMESPACE = {"apiVersion": STR, "kind": STR, "metadata": OBJECT_META, "spec": ANY, "status": ANY}
-GO_STRUCTS = {"metadata": "ObjectMeta", "spec": "Spec", "template": "PodTemplateSpec"}
+# The Go struct that holds a field, by the JSON path of its parent (without list indices): the
+# decoder names it in type errors ("Go struct field JobSpec.spec.backoffLimit of type int32").
+GO_STRUCTS = {
+    "metadata": "ObjectMeta",
+    "spec": "JobSpec",
+    "spec.selector": "LabelSelector",
+    "spec.template": "PodTemplateSpec",
+    "spec.template.metadata": "ObjectMeta",
+    "spec.template.spec": "PodSpec",
+    "spec.template.spec.containers": "Container",
+    "spec.template.spec.containers.env": "EnvVar",
+    "spec.template.spec.containers.resources": "ResourceRequirements",
+    "spec.template.spec.tolerations": "Toleration",
+}
 
 
 def decode(kind: str, body: Any, schema: dict, validation: str) -> tuple[dict, list[str]]:
@@ -279,10 +292,12 @@ def _decode(kind: str, value: Any, schema: Any, path: str, unknown: list[str]) -
 def _type_error(kind: str, value: Any, path: str, go_type: str) -> None:
     json_type = {bool: "bool", str: "string", int: "number", float: "number", list: "array", dict: "object"}
     got = json_type.get(type(value), "null")
-    struct = GO_STRUCTS.get(path.rsplit(".", 1)[0].split(".")[-1], kind + "Spec")
+    plain = re.sub(r"\[[^]]*\]", "", path)
+    parent = plain.rpartition(".")[0]
+    struct = GO_STRUCTS.get(parent, kind) if "." in plain else kind
     raise bad_request(
         f'{kind} in version "v1" cannot be handled as a {kind}: json: cannot unmarshal {got} into Go '
-        f"struct field {struct}.{path} of type {go_type}"
+        f"struct field {struct}.{plain} of type {go_type}"
     )
 
 
@@ -375,7 +390,7 @@ class FakeKubernetes:
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         return self
 

@@ -15,6 +15,7 @@ skipped there. The real cluster needs a Ready node advertising `nvidia.com/gpu` 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import urllib3
 import yaml
 from rest_framework.test import APIClient
 
@@ -632,6 +634,103 @@ def test_portal_job_runs_on_kubernetes_and_its_log_is_served(k8s_cluster, tenant
     }
 
 
+# --- the fake itself answers like an API server ---------------------------------------------------
+
+
+def raw(fake: FakeKubernetes, method: str, path: str, body=None) -> tuple[int, dict, dict]:
+    response = urllib3.request(
+        method,
+        fake.url + path,
+        body=json.dumps(body) if body is not None else None,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        retries=False,
+    )
+    return response.status, response.json(), dict(response.headers)
+
+
+def minimal_job(name: str = "x", **spec) -> dict:
+    container = {"name": "job", "image": "busybox", "command": ["true"]}
+    template = {"spec": {"restartPolicy": "Never", "containers": [container]}}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"template": template, **spec},
+    }
+
+
+@fake_only
+def test_fake_defaults_created_jobs_and_answers_errors_as_status_objects(fake):
+    jobs = "/apis/batch/v1/namespaces/default/jobs"
+    code, created, _ = raw(fake, "POST", jobs, minimal_job())
+    assert code == 201 and created["status"] == {}
+    assert (
+        created["spec"]["backoffLimit"] == 6
+        and created["spec"]["podReplacementPolicy"] == "TerminatingOrFailed"
+    )
+    assert created["metadata"]["labels"]["batch.kubernetes.io/job-name"] == "x"
+    assert created["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "Always"
+    assert raw(fake, "POST", jobs, minimal_job())[:2] == (
+        409,
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": 'jobs.batch "x" already exists',
+            "reason": "AlreadyExists",
+            "details": {"name": "x", "group": "batch", "kind": "jobs"},
+            "code": 409,
+        },
+    )
+    code, status, _ = raw(fake, "POST", "/apis/batch/v1/namespaces/nowhere/jobs", minimal_job())
+    assert (code, status["reason"], status["message"]) == (404, "NotFound", 'namespaces "nowhere" not found')
+    broken = minimal_job("y")
+    del broken["spec"]["template"]["spec"]["restartPolicy"]
+    code, status, _ = raw(fake, "POST", jobs, broken)
+    assert (code, status["message"]) == (
+        422,
+        'Job.batch "y" is invalid: spec.template.spec.restartPolicy: Required value: '
+        'valid values: "OnFailure", "Never"',
+    )
+    assert status["details"]["causes"] == [
+        {
+            "reason": "FieldValueRequired",
+            "message": 'Required value: valid values: "OnFailure", "Never"',
+            "field": "spec.template.spec.restartPolicy",
+        }
+    ]
+    code, status, _ = raw(fake, "POST", jobs, minimal_job("z", backoffLimit="0"))
+    assert (code, status["reason"]) == (400, "BadRequest")
+    assert (
+        "cannot unmarshal string into Go struct field JobSpec.spec.backoffLimit of type int32"
+        in status["message"]
+    )
+    code, status, _ = raw(fake, "POST", jobs + "?fieldValidation=Strict", minimal_job("z", bogus=1))
+    assert (code, status["message"]) == (400, 'strict decoding error: unknown field "spec.bogus"')
+    code, _, headers = raw(fake, "POST", jobs, minimal_job("z", bogus=1))
+    assert code == 201 and headers["Warning"] == '299 - "unknown field \\"spec.bogus\\""'
+
+
+@fake_only
+def test_fake_orphans_pods_unless_told_to_propagate_the_delete(fake):
+    jobs = "/apis/batch/v1/namespaces/default/jobs"
+    for name in ("orphaned", "collected"):
+        raw(fake, "POST", jobs, minimal_job(name))
+        fake.start(f"default/{name}")
+    code, status, headers = raw(fake, "DELETE", f"{jobs}/orphaned")
+    assert code == 200 and "child pods are preserved by default" in headers["Warning"]
+    assert len(fake.pods) == 2  # the orphans keep running
+    code, status, headers = raw(fake, "DELETE", f"{jobs}/collected?propagationPolicy=Background")
+    assert "Warning" not in headers
+    assert [name for _, name in fake.pods] == [name for _, name in fake.pods if name.startswith("orphaned-")]
+    assert (status["status"], status["details"]["kind"], status["details"]["name"]) == (
+        "Success",
+        "jobs",
+        "collected",
+    )
+
+
 # --- connection settings (no server needed) -------------------------------------------------------
 
 
@@ -646,7 +745,7 @@ def kubeconfig_text(**changes) -> str:
     [
         ({}, "Give either 'kubeconfig'"),
         ({"kubeconfig": kubeconfig_text(), "in_cluster": True}, "Give either 'kubeconfig'"),
-        ({"kubeconfig": "clusters: [\n  token: hunter2-secret"}, "not valid YAML (line"),
+        ({"kubeconfig": "clusters: [\n  token: hunter2-secret"}, r"not valid YAML \(line"),
         ({"kubeconfig": "just text"}, "needs 'clusters', 'contexts' and 'users'"),
         ({"kubeconfig": kubeconfig_text(), "context": "other"}, "no context named 'other'"),
         ({"kubeconfig": kubeconfig_text(), "namespace_prefix": "Bad_"}, "namespace_prefix"),

@@ -134,3 +134,17 @@ def test_wait_reason_is_recorded_once_per_change(make_job):
     assert not job.explain_wait("waiting for 2 free h100")
     assert job.explain_wait("no cluster")
     assert job.events.filter(kind="reason").count() == 2
+
+
+def test_a_running_job_the_cluster_requeues_goes_back_to_submitted(make_job, cluster):
+    job = make_job()
+    job.admit(cluster)
+    job.mark_submitted("ext-1")
+    job.apply_report(report(job, BackendState.RUNNING, started_at=timezone.now()))
+    assert not job.apply_report(report(job, BackendState.QUEUED))  # no reason: nothing to act on
+    assert job.apply_report(report(job, BackendState.QUEUED, reason="preempted by Kueue"))
+    job.refresh_from_db()
+    assert (job.state, job.reason) == (JobState.SUBMITTED, "preempted by Kueue")
+    assert job.events.last().message == "Requeued by the cluster: preempted by Kueue"
+    assert not job.apply_report(report(job, BackendState.QUEUED, reason="preempted by Kueue"))
+    assert states(job) == ["pending", "admitted", "submitted", "running", "submitted"]

@@ -253,3 +253,26 @@ def test_stream_follows_a_running_job_and_its_log(owner, make_job, cluster, sett
         assert events[-1]["event"] == "done"
 
     async_to_sync(scenario)()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stream_pushes_a_changed_wait_reason_and_queue_position(owner, make_job, settings):
+    from asgiref.sync import sync_to_async
+
+    from jobs.views import stream_step
+
+    settings.FACTORY_STREAM_POLL_INTERVAL = 0.05
+    job = make_job()
+    request = type("Request", (), {"user": owner, "META": {}})()
+    out, last_event, offset, status, done = stream_step(request, job.pk, 0, 0, "")
+    assert [m.split("\n")[0] for m in out] == [f"id: e{last_event}.l0"] * 2
+    assert "Position 1 among pending h100 jobs" in status and not done
+    out, *_ = stream_step(request, job.pk, last_event, offset, status)
+    assert out == []  # nothing changed, nothing sent
+    from jobs.models import Job
+
+    Job.objects.filter(pk=job.pk).update(reason="tenant quota h100: 4 of 4 in use, no idle GPUs to borrow")
+    out, _, _, status, _ = stream_step(request, job.pk, last_event, offset, status)
+    assert len(out) == 1 and "event: status" in out[0]
+    assert "Waiting: tenant quota h100: 4 of 4 in use" in status
+    assert sync_to_async  # the stream runs this step in a thread
