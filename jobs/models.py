@@ -168,7 +168,8 @@ class Job(models.Model):
         if to not in TRANSITIONS.get(self.state, ()):
             return False
         now = timezone.now()
-        with transaction.atomic():
+        # No savepoint: inside a caller's transaction a failure aborts it anyway.
+        with transaction.atomic(savepoint=False):
             changed = Job.objects.filter(pk=self.pk, state=self.state).update(
                 state=to, updated_at=now, **fields
             )
@@ -234,10 +235,12 @@ class Job(models.Model):
         """Cancel now if the backend does not have the job yet, else ask the backend to stop it."""
         who = f" by {user}" if user else ""
         # An in-flight dispatch sees the cancelled state and withdraws what it submitted. If the
-        # job moved meanwhile (dispatch submitted it), go on from its new state.
-        before_backend = self.state in (JobState.PENDING, JobState.ADMITTED)
-        if before_backend and self.finish(JobState.CANCELLED, reason=f"cancelled{who}"):
-            return True
+        # job moved meanwhile (admitted, or submitted by dispatch), go on from its new state.
+        for _ in range(3):
+            if self.state not in (JobState.PENDING, JobState.ADMITTED):
+                break
+            if self.finish(JobState.CANCELLED, reason=f"cancelled{who}"):
+                return True
         if self.state not in AT_BACKEND_STATES or self.cancel_requested_at:
             return False
         with transaction.atomic():

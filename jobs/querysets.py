@@ -61,5 +61,49 @@ class JobQuerySet(models.QuerySet):
             )
         )
 
+    def admit_many(self, placements: dict[int, tuple[int, str]]) -> list[int]:
+        """Admit many pending jobs at once: {job id: (cluster id, message)}. The same edge as
+        Job.admit (pending → admitted, guarded by the current state, an event each, dispatch on
+        commit) in a fixed number of statements. Returns the ids actually admitted: a job cancelled
+        meanwhile is left alone."""
+        from django.db import transaction
+        from django.utils import timezone
+
+        from .choices import EventKind, JobState
+        from .models import JobEvent
+        from .tasks import enqueue_dispatch
+
+        if not placements:
+            return []
+        now = timezone.now()
+        with transaction.atomic(savepoint=False):
+            still_pending = set(
+                self.model.objects.filter(pk__in=list(placements), state=JobState.PENDING)
+                .select_for_update()
+                .values_list("pk", flat=True)
+            )
+            admitted = [pk for pk in placements if pk in still_pending]  # in admission order
+            if not admitted:
+                return []
+            cluster_of = models.Case(
+                *(models.When(pk=pk, then=models.Value(placements[pk][0])) for pk in admitted),
+                output_field=models.BigIntegerField(),
+            )
+            self.model.objects.filter(pk__in=admitted).update(
+                state=JobState.ADMITTED, cluster_id=cluster_of, reason="", admitted_at=now, updated_at=now
+            )
+            JobEvent.objects.bulk_create(
+                JobEvent(
+                    job_id=pk,
+                    kind=EventKind.STATE,
+                    state=JobState.ADMITTED,
+                    message=placements[pk][1][:1000],
+                    at=now,
+                )
+                for pk in admitted
+            )
+            transaction.on_commit(lambda: enqueue_dispatch(admitted))
+        return admitted
+
     def gpus_in_use(self) -> int:
         return self.holding().aggregate(total=models.Sum("gpu_count"))["total"] or 0

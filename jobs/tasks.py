@@ -35,6 +35,13 @@ def dispatch_job(job_id: int) -> None:
         dispatch.dispatch(job)
 
 
+def enqueue_dispatch(job_ids: list[int]) -> None:
+    """One dispatch task per job, published over one broker connection."""
+    with dispatch_job.app.producer_or_acquire() as producer:
+        for job_id in job_ids:
+            dispatch_job.apply_async((job_id,), producer=producer)
+
+
 @shared_task(**RETRYING)
 def cancel_job(job_id: int) -> None:
     job = _job(job_id)

@@ -33,7 +33,7 @@ from django.db import connection, models, transaction
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
-from factory.models import Cluster, Pool, Tenant
+from factory.models import Pool, Tenant
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
 
@@ -71,6 +71,7 @@ class PendingJob:
     created_at: datetime
     time_limit_minutes: int
     reason: str
+    attempt: int
 
     @property
     def gpu_hours(self) -> Decimal:
@@ -85,6 +86,7 @@ class Decision:
     reason: str
     borrowed: int = 0
     preempt: list[int] = dataclasses.field(default_factory=list)
+    needs_borrowing: bool = False
 
 
 @dataclasses.dataclass
@@ -133,11 +135,15 @@ class Snapshot:
         budgets = {b.tenant_id: b for b in Budget.objects.all()}
         spent = Reservation.objects.gpu_hours_by_tenant(self.month)
         self.max_priority = {tenant: b.max_priority for tenant, b in budgets.items()}
+        self._borrowed_jobs: dict[int, dict[int, list[tuple[int, int, int, int]]]] = {}
+        self.placements: dict[int, tuple[int, str]] = {}
+        self.reservations: dict[int, Reservation] = {}
         self.budget_left = {
             tenant: b.gpu_hours_per_month - spent.get(tenant, Decimal(0))
             for tenant, b in budgets.items()
             if b.hard and b.gpu_hours_per_month is not None
         }
+        self._tally_lending()
 
     # --- the rules ------------------------------------------------------------------------------
 
@@ -150,20 +156,39 @@ class Snapshot:
             return float("inf")
         return self.use[tenant_id, gpu_type_id] / quota.nominal
 
-    def lendable_and_borrowed(self, gpu_type_id: int) -> tuple[int, int]:
-        capacity = sum(p.capacity for p in self.pools.get(gpu_type_id, ()))
-        lendable = borrowed = nominal_total = 0
-        for (tenant, gpu_type), quota in self.quotas.items():
-            if gpu_type != gpu_type_id:
-                continue
-            nominal_total += quota.nominal
-            used = self.use[tenant, gpu_type]
-            idle = max(0, quota.nominal - used)
-            lendable += idle if quota.lending_limit is None else min(idle, quota.lending_limit)
-            borrowed += max(0, used - quota.nominal)
-        return lendable + max(0, capacity - nominal_total), borrowed
+    def _lend_and_borrow(self, tenant_id: int, gpu_type_id: int) -> tuple[int, int]:
+        """This tenant's share of the GPU type's lendable idle GPUs, and of its borrowed ones."""
+        quota = self.quotas.get((tenant_id, gpu_type_id))
+        if quota is None:
+            return 0, 0
+        used = self.use[tenant_id, gpu_type_id]
+        idle = max(0, quota.nominal - used)
+        lend = idle if quota.lending_limit is None else min(idle, quota.lending_limit)
+        return lend, max(0, used - quota.nominal)
 
-    def decide(self, job: PendingJob) -> Decision:
+    def _tally_lending(self) -> None:
+        """Per GPU type: GPUs others may borrow (idle nominal within lending limits, plus capacity
+        no quota claims) and GPUs borrowed now. Kept current by `_use` as jobs are admitted."""
+        self.lendable: Counter[int] = Counter()
+        self.borrowed: Counter[int] = Counter()
+        nominal_total: Counter[int] = Counter()
+        for (tenant, gpu_type), quota in self.quotas.items():
+            nominal_total[gpu_type] += quota.nominal
+            lend, borrow = self._lend_and_borrow(tenant, gpu_type)
+            self.lendable[gpu_type] += lend
+            self.borrowed[gpu_type] += borrow
+        for gpu_type, pools in self.pools.items():
+            self.lendable[gpu_type] += max(0, sum(p.capacity for p in pools) - nominal_total[gpu_type])
+
+    def _use(self, tenant_id: int, gpu_type_id: int, owner_id: int, gpus: int) -> None:
+        lend, borrow = self._lend_and_borrow(tenant_id, gpu_type_id)
+        self.use[tenant_id, gpu_type_id] += gpus
+        self.user_use[tenant_id, gpu_type_id, owner_id] += gpus
+        new_lend, new_borrow = self._lend_and_borrow(tenant_id, gpu_type_id)
+        self.lendable[gpu_type_id] += new_lend - lend
+        self.borrowed[gpu_type_id] += new_borrow - borrow
+
+    def decide(self, job: PendingJob, *, may_borrow: bool = True) -> Decision:
         gpu = self.gpu_types.get(job.gpu_type_id, "this GPU type")
         tenant = self.tenants[job.tenant_id]
         quota = self.quotas.get((job.tenant_id, job.gpu_type_id))
@@ -188,6 +213,8 @@ class Snapshot:
         after = used + job.gpu_count
         borrowed = max(0, after - quota.nominal)
         if borrowed:
+            if not may_borrow:
+                return Decision(None, "", needs_borrowing=True)
             usage = f"tenant quota {gpu}: {used} of {quota.nominal} in use"
             if quota.borrowing_limit is not None and borrowed > quota.borrowing_limit:
                 return Decision(None, f"{usage}, borrowing limit reached")
@@ -196,10 +223,12 @@ class Snapshot:
         return self.place(job, borrowed)
 
     def may_borrow(self, job: PendingJob, quota: Quota, after: int) -> bool:
-        lendable, borrowed_total = self.lendable_and_borrowed(job.gpu_type_id)
-        used = self.use[job.tenant_id, job.gpu_type_id]
-        borrowed_total += max(0, after - quota.nominal) - max(0, used - quota.nominal)
-        return borrowed_total <= lendable
+        """Would the GPU type's borrowed GPUs still be covered by what others lend?"""
+        lend, borrow = self._lend_and_borrow(job.tenant_id, job.gpu_type_id)
+        idle_after = max(0, quota.nominal - after)
+        lend_after = idle_after if quota.lending_limit is None else min(idle_after, quota.lending_limit)
+        borrowed = self.borrowed[job.gpu_type_id] - borrow + max(0, after - quota.nominal)
+        return borrowed <= self.lendable[job.gpu_type_id] - lend + lend_after
 
     def allowed_pools(self, job: PendingJob) -> list[PoolState]:
         regions = self.tenants[job.tenant_id].regions
@@ -234,10 +263,13 @@ class Snapshot:
 
     def reclaim(self, job: PendingJob, pools: list[PoolState]) -> Decision | None:
         """Within its nominal quota, a job takes back GPUs that other tenants borrowed."""
-        candidates = borrowed_jobs(job.gpu_type_id, exclude_tenant=job.tenant_id)
+        if not self.borrowed[job.gpu_type_id]:
+            return None  # nobody borrows this GPU type: nothing to take back
+        candidates = self.borrowed_jobs(job.gpu_type_id)
         for pool in sorted(pools, key=lambda p: -p.free):
             freed, victims = pool.free, []
-            for victim in candidates.get(pool.cluster_id, []):
+            mine = [v for v in candidates.get(pool.cluster_id, []) if v[2] != job.tenant_id]
+            for victim in mine:
                 if freed >= job.gpu_count:
                     break
                 victims.append(victim)
@@ -250,26 +282,34 @@ class Snapshot:
                 return Decision(pool, reason, preempt=[v[0] for v in victims])
         return None
 
+    def borrowed_jobs(self, gpu_type_id: int) -> dict[int, list[tuple[int, int, int, int]]]:
+        """Loaded once per GPU type and pass (and kept current), not once per decision."""
+        if gpu_type_id not in self._borrowed_jobs:
+            self._borrowed_jobs[gpu_type_id] = borrowed_jobs(gpu_type_id)
+        return self._borrowed_jobs[gpu_type_id]
+
+    def forget_borrowed(self, gpu_type_id: int, job_id: int) -> None:
+        for victims in self._borrowed_jobs.get(gpu_type_id, {}).values():
+            victims[:] = [v for v in victims if v[0] != job_id]
+
     def record(
         self, job: PendingJob, decision: Decision, preempted: Iterable[tuple[int, int, int, int]]
     ) -> None:
-        for _job_id, gpus, tenant_id, owner_id in preempted:
-            self.use[tenant_id, job.gpu_type_id] -= gpus
-            self.user_use[tenant_id, job.gpu_type_id, owner_id] -= gpus
+        for job_id, gpus, tenant_id, owner_id in preempted:
+            self._use(tenant_id, job.gpu_type_id, owner_id, -gpus)
             decision.pool.used -= gpus
-        self.use[job.tenant_id, job.gpu_type_id] += job.gpu_count
-        self.user_use[job.tenant_id, job.gpu_type_id, job.owner_id] += job.gpu_count
+            self.forget_borrowed(job.gpu_type_id, job_id)
+        self._use(job.tenant_id, job.gpu_type_id, job.owner_id, job.gpu_count)
         decision.pool.used += job.gpu_count
         if job.tenant_id in self.budget_left:
             self.budget_left[job.tenant_id] -= job.gpu_hours
 
 
-def borrowed_jobs(gpu_type_id: int, *, exclude_tenant: int) -> dict[int, list[tuple[int, int, int, int]]]:
+def borrowed_jobs(gpu_type_id: int) -> dict[int, list[tuple[int, int, int, int]]]:
     """Jobs holding borrowed GPUs, per cluster, newest first: (job id, gpus, tenant id, owner id)."""
     rows = (
         Reservation.objects.open()
         .filter(gpu_type_id=gpu_type_id, borrowed__gt=0, job__state__in=HOLDING_STATES)
-        .exclude(tenant_id=exclude_tenant)
         .order_by("-job__admitted_at", "-job_id")
         .values_list("job_id", "job__gpu_count", "tenant_id", "job__owner_id", "job__cluster_id")
     )
@@ -313,37 +353,53 @@ def admission_order(snapshot: Snapshot, jobs: list[PendingJob]):
 
 
 def admit_pending() -> PassResult:
-    """One full admission pass."""
+    """One full admission pass: first every job that fits within its tenant's nominal quota, in
+    admission order; then, in the same order, the jobs that must borrow. Borrowers never take GPUs
+    that a tenant within its guarantee would claim back moments later."""
     result = PassResult()
     with transaction.atomic():
         admission_lock()
         settle_released()
         snapshot = Snapshot()
         waiting: dict[int, str] = {}
+        borrowers = []
         for job in admission_order(snapshot, pending_jobs()):
-            started = time.perf_counter()
-            decision = snapshot.decide(job)
-            if decision.pool is None:
-                if decision.reason != job.reason:
-                    waiting[job.id] = decision.reason
-                result.waiting += 1
-            elif admit(snapshot, job, decision):
-                result.admitted += 1
-                result.preempted += len(decision.preempt)
-            result.decision_seconds.append(time.perf_counter() - started)
+            if not decide_and_admit(snapshot, job, result, waiting, may_borrow=False):
+                borrowers.append(job)
+        for job in borrowers:
+            decide_and_admit(snapshot, job, result, waiting, may_borrow=True)
+        result.admitted = write_admissions(snapshot)  # a job cancelled meanwhile is not admitted
         explain_waits(waiting)
     return result
 
 
+def decide_and_admit(
+    snapshot: Snapshot, job: PendingJob, result: PassResult, waiting: dict[int, str], *, may_borrow: bool
+) -> bool:
+    """Decide one job and act on it; False when it must wait for the borrowing round."""
+    started = time.perf_counter()
+    decision = snapshot.decide(job, may_borrow=may_borrow)
+    if decision.needs_borrowing:
+        return False
+    if decision.pool is None:
+        if decision.reason != job.reason:
+            waiting[job.id] = decision.reason
+        result.waiting += 1
+    elif admit(snapshot, job, decision):
+        result.admitted += 1
+        result.preempted += len(decision.preempt)
+    result.decision_seconds.append(time.perf_counter() - started)
+    return True
+
+
 def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:
+    """Count the job in for the rest of the pass; its state change, event and reservation are
+    written with the others' at the end of the pass (a fixed number of statements)."""
     preempted = preempt(decision.preempt) if decision.preempt else []
-    instance = Job.objects.only("id", "uid", "state", "attempt").get(pk=job.id)
-    cluster = Cluster(pk=decision.pool.cluster_id, slug=decision.pool.cluster)
-    if not instance.admit(cluster, message=f"Admitted: {decision.reason}"):
-        return False  # cancelled meanwhile
-    Reservation.objects.create(
+    snapshot.placements[job.id] = (decision.pool.cluster_id, f"Admitted: {decision.reason}")
+    snapshot.reservations[job.id] = Reservation(
         job_id=job.id,
-        attempt=instance.attempt,
+        attempt=job.attempt,
         tenant_id=job.tenant_id,
         gpu_type_id=job.gpu_type_id,
         gpus=job.gpu_count,
@@ -353,6 +409,12 @@ def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:
     )
     snapshot.record(job, decision, preempted)
     return True
+
+
+def write_admissions(snapshot: Snapshot) -> int:
+    admitted = Job.objects.admit_many(snapshot.placements)
+    Reservation.objects.bulk_create(snapshot.reservations[job_id] for job_id in admitted)
+    return len(admitted)
 
 
 def preempt(job_ids: list[int]) -> list[tuple[int, int, int, int]]:
@@ -406,16 +468,25 @@ def gpu_hours_between(gpus: int, start: datetime | None, end: datetime | None) -
     return (gpus * hours).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
 
 
-def explain_waits(reasons: dict[int, str], batch: int = 500) -> None:
-    """Record why jobs wait, in a few statements (no event per job: the reason is live on the page)."""
-    items = list(reasons.items())
+def explain_waits(reasons: dict[int, str], batch: int = 5000) -> None:
+    """Record why jobs wait, in a few statements (no event per job: the reason is live on the page).
+    Only jobs still pending are touched: one cancelled meanwhile keeps its own reason."""
+    items = [(job_id, reason[:500]) for job_id, reason in reasons.items()]
     now = timezone.now()
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
-        Job.objects.filter(pk__in=[job_id for job_id, _ in chunk], state=JobState.PENDING).update(
-            reason=Case(*(When(pk=job_id, then=Value(reason[:500])) for job_id, reason in chunk)),
-            updated_at=now,
-        )
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {Job._meta.db_table} AS j SET reason = u.reason, updated_at = %s "
+                    "FROM unnest(%s::bigint[], %s::text[]) AS u(id, reason) "
+                    "WHERE j.id = u.id AND j.state = %s",
+                    [now, [i for i, _ in chunk], [r for _, r in chunk], JobState.PENDING],
+                )
+        else:
+            Job.objects.filter(pk__in=[i for i, _ in chunk], state=JobState.PENDING).update(
+                reason=Case(*(When(pk=i, then=Value(r)) for i, r in chunk)), updated_at=now
+            )
 
 
 def _hours(value: Decimal) -> str:

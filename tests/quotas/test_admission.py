@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from factory.models import Cluster, Membership, Pool, Tenant
 from jobs.choices import HOLDING_STATES, JobState
-from jobs.models import Job
+from jobs.models import Job, JobEvent
 from quotas import admission
 from quotas.admission import PREEMPTED_REASON, admit_pending, settle_released
 from quotas.models import Budget, Quota, Reservation
@@ -157,7 +157,12 @@ def test_fair_share_lets_the_tenant_using_less_go_first(make_job, tenant, team, 
     refreshed(mine, theirs)
     # Both fit within nominal; the idle tenant goes first, then the other fills the last GPU.
     assert theirs.state == JobState.ADMITTED and mine.state == JobState.ADMITTED
-    assert theirs.admitted_at < mine.admitted_at and first.pk
+    order = list(
+        JobEvent.objects.filter(state=JobState.ADMITTED, job__in=[mine, theirs])
+        .order_by("pk")
+        .values_list("job", flat=True)
+    )
+    assert order == [theirs.pk, mine.pk] and first.pk
 
 
 def test_priority_goes_first_but_is_capped_by_the_tenant(make_job, tenant, quotas):
@@ -291,11 +296,18 @@ def test_concurrent_passes_never_oversubscribe_quota_pool_or_budget(
     Budget.objects.create(tenant=other, gpu_hours_per_month=Decimal("5"), hard=True)
     real_decide = admission.Snapshot.decide
 
-    def slow_decide(self, job):
+    def slow_decide(self, job, **kwargs):
         time.sleep(0.002)  # widen the window in which an unlocked pass would race
-        return real_decide(self, job)
+        return real_decide(self, job, **kwargs)
 
     monkeypatch.setattr(admission.Snapshot, "decide", slow_decide)
+    real_write = admission.write_admissions
+
+    def slow_write(snapshot):
+        time.sleep(0.03)  # and the window between deciding and writing
+        return real_write(snapshot)
+
+    monkeypatch.setattr(admission, "write_admissions", slow_write)
     for i in range(10):
         make_job(name=f"a{i}", gpu_count=1 + i % 2)
         make_job(name=f"b{i}", tenant=other, owner=bob, gpu_count=1)
@@ -335,10 +347,14 @@ def test_concurrent_passes_never_oversubscribe_quota_pool_or_budget(
         if job is not None:
             job.cancel()
 
+    def submit_one():
+        owner_kwargs = models_random_choice([{}, {"tenant": other, "owner": bob}])
+        make_job(name="late", gpu_count=1 + models_random(0, 1), **owner_kwargs)
+
     def edit_quota():
         Quota.objects.filter(tenant=tenant).update(nominal=models_random(1, 3))
 
-    workers = [admission.admit_pending] * 3 + [complete_one, cancel_one, edit_quota]
+    workers = [admission.admit_pending] * 3 + [complete_one, cancel_one, edit_quota, submit_one]
     threads = [threading.Thread(target=run, args=(w,)) for w in workers]
     for t in threads:
         t.start()
@@ -355,7 +371,57 @@ def test_concurrent_passes_never_oversubscribe_quota_pool_or_budget(
     )
 
 
+def models_random_choice(items):
+    import random
+
+    return random.choice(items)
+
+
 def models_random(low: int, high: int) -> int:
     import random
 
     return random.randint(low, high)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pass_cannot_admit_on_a_view_another_pass_is_changing(make_job, quotas, h100, monkeypatch):
+    """The interleaving that oversubscribes without the admission lock, forced on PostgreSQL: pass A
+    has decided (job 1 takes the pool) but not committed; a more urgent job 2 arrives and pass B
+    runs. B must wait for A and then see the pool full, instead of admitting job 2 as well."""
+    assert connection.vendor == "postgresql"
+    from quotas.models import Budget
+
+    Budget.objects.create(tenant=quotas[0].tenant, max_priority=10)
+    first = make_job(name="first", gpu_count=4)
+    a_decided, b_finished = threading.Event(), threading.Event()
+    real_write = admission.write_admissions
+
+    def write_after_b(snapshot):
+        if snapshot.placements and not a_decided.is_set():
+            a_decided.set()
+            b_finished.wait(timeout=2)  # with the lock, B cannot finish before A commits
+        return real_write(snapshot)
+
+    monkeypatch.setattr(admission, "write_admissions", write_after_b)
+
+    def run_pass(done=None):
+        from django.db import connections
+
+        try:
+            admission.admit_pending()
+        finally:
+            if done:
+                done.set()
+            connections.close_all()
+
+    pass_a = threading.Thread(target=run_pass)
+    pass_a.start()
+    assert a_decided.wait(timeout=10)
+    urgent = make_job(name="urgent", gpu_count=4, priority=10)
+    pass_b = threading.Thread(target=run_pass, args=(b_finished,))
+    pass_b.start()
+    pass_a.join()
+    pass_b.join()
+    refreshed(first, urgent)
+    assert held(h100) == 4
+    assert (first.state, urgent.state) == (JobState.ADMITTED, JobState.PENDING)
