@@ -782,6 +782,10 @@ class FakeKubernetes:
         match r.method, parts:
             case "POST", ["api", "v1", "namespaces"]:
                 return self._create_namespace(r)
+            case "GET", ["api", "v1", "namespaces"]:
+                return 200, self._list("NamespaceList", "v1", self.namespaces.values(), selector), {}
+            case "DELETE", ["api", "v1", "namespaces", name]:
+                return self._delete_namespace(name)
             case "GET", ["api", "v1", "namespaces", name]:
                 if name not in self.namespaces:
                     raise not_found("namespaces", name)
@@ -856,6 +860,21 @@ class FakeKubernetes:
             raise already_exists("namespaces", name)
         self.namespaces[name] = self._namespace_object(name, body["metadata"].get("labels") or {})
         return 201, self.namespaces[name], _warning_headers(warnings)
+
+    def _delete_namespace(self, name: str) -> tuple[int, Any, dict[str, str]]:
+        """Answers the namespace as Terminating; its content goes at once (a real one takes a while)."""
+        self._check("delete", "namespaces", "")
+        namespace = self.namespaces.pop(name, None)
+        if namespace is None:
+            raise not_found("namespaces", name)
+        for key in [k for k in self.jobs if k[0] == name]:
+            del self.jobs[key]
+        for key in [k for k in self.pods if k[0] == name]:
+            self.pods.pop(key)
+            self.logs.pop(key, None)
+        namespace["metadata"]["deletionTimestamp"] = now()
+        namespace["status"]["phase"] = "Terminating"
+        return 200, namespace, {}
 
     def _create_job(self, namespace: str, r: Request) -> tuple[int, Any, dict[str, str]]:
         self._check("create", "jobs", namespace)

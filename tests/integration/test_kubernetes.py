@@ -3,7 +3,8 @@
 No Kubernetes API server can be installed on these machines (none is packaged in the registries
 reachable here, and there is no container engine), so these tests run against an HTTP fake of the
 API server (k8s_fake.py) that answers in a real server's exact shapes and lets a test play the job
-controller and Kueue. With KUBECONFIG set, the same tests run against that real cluster instead;
+controller and Kueue. With FACTORY_TEST_KUBECONFIG naming a kubeconfig (an explicit opt-in, so a
+developer's everyday KUBECONFIG never gets test Jobs), the same tests run against that real cluster;
 those that need the fake's controls (exact request bodies, call counts, outages, Kueue) are
 skipped there. The real cluster needs a Ready node advertising `nvidia.com/gpu` and labelled
 `nvidia.com/gpu.product=$K8S_TEST_GPU_PRODUCT`; on kind, for example:
@@ -38,7 +39,7 @@ from jobs.tasks import cancel_job, dispatch_job
 
 from .k8s_fake import TOKEN, FakeKubernetes
 
-REAL = bool(os.environ.get("KUBECONFIG"))
+REAL = bool(os.environ.get("FACTORY_TEST_KUBECONFIG"))
 GPU_PRODUCT = os.environ.get("K8S_TEST_GPU_PRODUCT", "NVIDIA-H100-80GB-HBM3")
 IMAGE = os.environ.get("K8S_TEST_IMAGE", "busybox:1.36")
 GPU_LABEL = "nvidia.com/gpu.product"
@@ -83,7 +84,7 @@ class RealBackend:
     def __init__(self) -> None:
         from kubernetes import client, config
 
-        path = Path(os.environ["KUBECONFIG"].split(os.pathsep)[0])
+        path = Path(os.environ["FACTORY_TEST_KUBECONFIG"])
         self.kubeconfig = yaml.safe_load(path.read_text())
         self.api = config.new_client_from_config_dict(self.kubeconfig, persist_config=False)
         self.batch, self.core = client.BatchV1Api(self.api), client.CoreV1Api(self.api)
@@ -281,7 +282,7 @@ def test_duplicate_submit_finds_the_same_job(k8s_job, k8s_cluster, backend):
     job = dispatched(job)
     assert job.state == JobState.SUBMITTED and job.external_id == first
     listed = adapter.list_jobs()
-    assert [f"{j.metadata.namespace}/{j.metadata.name}" for j in listed].count(first) == 1
+    assert [j.external_id for j in listed].count(first) == 1
     if backend.is_fake:
         posts = backend.fake.calls("POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs")
         assert len(posts) == 4  # 404 (no namespace) and 201, then two 409s
@@ -316,7 +317,7 @@ def test_job_the_api_server_finds_invalid_is_rejected_with_its_message(k8s_job, 
 
 
 def test_job_runs_to_success_with_real_times_and_its_log(k8s_job, backend):
-    job = dispatched(k8s_job(command="echo hello; echo wörld"))
+    job = dispatched(k8s_job(command="echo hello; echo wörld; sleep 5"))  # runs long enough to be seen
     backend.started(job)
     job = synced(job)
     assert job.state == JobState.RUNNING and job.started_at is not None
@@ -526,6 +527,21 @@ def test_api_server_down_leaves_jobs_as_they_are(k8s_job, k8s_cluster, fake):
 
 
 @fake_only
+def test_answer_missing_a_required_field_is_an_error_not_a_guess(k8s_job, k8s_cluster, fake):
+    job = dispatched(k8s_job())
+    fake.start(job.external_id)
+    namespace, name = job.external_id.split("/")
+    # A condition without its required `status`, as a broken server or proxy might send.
+    fake.jobs[(namespace, name)]["status"]["conditions"] = [
+        {"type": "Complete", "reason": "CompletionsReached"}
+    ]
+    with pytest.raises(BackendError, match="answered 'list Jobs' in an unexpected shape: status: "):
+        dispatch.sync_cluster(k8s_cluster)
+    job.refresh_from_db()
+    assert job.state == JobState.SUBMITTED
+
+
+@fake_only
 def test_refused_credentials_and_permissions_are_clear_errors_without_secrets(k8s_job, fake, h100):
     job = k8s_job()
     fake.forbid("create", "jobs")
@@ -723,7 +739,7 @@ def test_fake_orphans_pods_unless_told_to_propagate_the_delete(fake):
     assert len(fake.pods) == 2  # the orphans keep running
     code, status, headers = raw(fake, "DELETE", f"{jobs}/collected?propagationPolicy=Background")
     assert "Warning" not in headers
-    assert [name for _, name in fake.pods] == [name for _, name in fake.pods if name.startswith("orphaned-")]
+    assert [name.partition("-")[0] for _, name in fake.pods] == ["orphaned"]
     assert (status["status"], status["details"]["kind"], status["details"]["name"]) == (
         "Success",
         "jobs",
@@ -783,11 +799,9 @@ def test_long_tenant_slugs_make_distinct_valid_namespaces(db):
 
 
 def test_report_is_queued_until_the_job_has_started():
-    """The mapping itself, for a Job the controller has not looked at yet."""
-    from kubernetes import client
+    """The mapping itself, for a Job the job controller has not looked at yet."""
+    from factory.adapters.kubernetes import ListedJob, job_report
 
-    from factory.adapters.kubernetes import job_report
-
-    job = client.V1Job(metadata=client.V1ObjectMeta(name="x", namespace="y"), status=client.V1JobStatus())
-    report = job_report("y/x", job, kueue=False, seen_running=False)
+    listed = ListedJob.from_item({"metadata": {"name": "x", "namespace": "y"}, "status": {}})
+    report = job_report("y/x", listed, kueue=False, seen_running=False)
     assert (report.state, report.reason) == (BackendState.QUEUED, "")
