@@ -1,7 +1,21 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.models.signals import post_delete, post_save
 
 
 class JobsConfig(AppConfig):
     name = "jobs"
+
+    def ready(self) -> None:
+        from factory.models import Cluster, Pool
+
+        from .submission import forget_largest_pools
+
+        for model in (Pool, Cluster):
+            post_save.connect(
+                forget_largest_pools, sender=model, dispatch_uid=f"jobs.forget.{model.__name__}"
+            )
+            post_delete.connect(
+                forget_largest_pools, sender=model, dispatch_uid=f"jobs.forget-d.{model.__name__}"
+            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 
@@ -14,15 +15,28 @@ from . import signals
 from .choices import EventKind
 from .models import Job
 
+LARGEST_POOL_CACHE_SECONDS = 10
+
 
 def largest_pool(gpu_type: GpuType) -> int:
-    """The most GPUs of this type any single cluster that accepts jobs can give one job."""
-    return (
-        Pool.objects.filter(gpu_type=gpu_type, cluster__enabled=True, cluster__draining=False).aggregate(
-            most=models.Max("capacity")
-        )["most"]
-        or 0
-    )
+    """The most GPUs of this type any single cluster that accepts jobs can give one job (cached
+    briefly: it is read on every submission and changes when an admin edits a cluster)."""
+    key = f"jobs:largest-pool:{gpu_type.pk}"
+    most = cache.get(key)
+    if most is None:
+        most = (
+            Pool.objects.filter(gpu_type=gpu_type, cluster__enabled=True, cluster__draining=False).aggregate(
+                most=models.Max("capacity")
+            )["most"]
+            or 0
+        )
+        cache.set(key, most, LARGEST_POOL_CACHE_SECONDS)
+    return most
+
+
+def forget_largest_pools(sender=None, **kwargs) -> None:
+    """A pool or cluster changed: the cached largest pools may be wrong."""
+    cache.delete_many([f"jobs:largest-pool:{pk}" for pk in GpuType.objects.values_list("pk", flat=True)])
 
 
 def check_gpu_request(gpu_type: GpuType, gpu_count: int) -> None:
@@ -54,10 +68,8 @@ def submit(*, tenant: Tenant, owner, spec: dict, idempotency_key: str = "") -> t
     constraint settles a race between two identical requests.
     """
     digest = fingerprint({"tenant": tenant.slug, **spec}) if idempotency_key else ""
-    if idempotency_key:
-        existing = _existing(owner, idempotency_key, digest)
-        if existing is not None:
-            return existing, False
+    # No look-up first: a first request (the common case) just inserts; a repeat trips the unique
+    # constraint and finds the job it made.
     try:
         with transaction.atomic():
             job = Job.objects.create(
