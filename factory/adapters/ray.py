@@ -201,12 +201,12 @@ class RayAdapter(Adapter):
 
     def submit(self, job) -> str:
         submission_id = self.submission_id(job)
-        if self.find(submission_id):
+        if self.find(submission_id) is not None:
             return submission_id
         reply = self.dashboard.request("POST", "/api/jobs/", self.submission(job))
         if reply.status == 200:
             return submission_id
-        if "already exists" in reply.text and self.find(submission_id):
+        if "already exists" in reply.text and self.find(submission_id) is not None:
             # A concurrent dispatch got there first (Ray says so with a 500, not a 409).
             return submission_id
         raise _submit_error(reply)
@@ -269,9 +269,8 @@ class RayAdapter(Adapter):
             body = reply.json()
         except BackendError as exc:
             return Health(ok=False, message=str(exc))
-        status = ((body.get("data") or {}).get("clusterStatus")) or {}
-        report = status.get("loadMetricsReport") if isinstance(status, dict) else None
-        usage = (report or {}).get("usage") or {}
+        report = _load_report(body)
+        usage = report.get("usage") or {}
         if "CPU" not in usage:
             return Health(ok=False, message="Ray has not reported its resources yet (is the head starting?)")
         gpu_used, gpu_total = _used_total(usage, "GPU")
@@ -469,6 +468,14 @@ def _epoch_ms(value) -> datetime | None:
     if not value:
         return None
     return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+def _load_report(body: Any) -> dict:
+    """The resource report inside /api/cluster_status; empty while the head is starting."""
+    data = body.get("data") if isinstance(body, dict) else None
+    status = data.get("clusterStatus") if isinstance(data, dict) else None
+    report = status.get("loadMetricsReport") if isinstance(status, dict) else None
+    return report if isinstance(report, dict) else {}
 
 
 def _dashboard_name(resource: str) -> str:

