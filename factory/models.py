@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
@@ -79,6 +81,14 @@ class Cluster(models.Model):
     region = models.CharField(max_length=64, default="local")
     connection = models.JSONField(
         default=dict, blank=True, help_text="Backend connection settings; checked by the backend's schema."
+    )
+    pue = models.DecimalField(
+        "PUE",
+        max_digits=4,
+        decimal_places=2,
+        default=Decimal("1.20"),
+        validators=[MinValueValidator(Decimal("1.00"))],
+        help_text="Power usage effectiveness of the data centre, for energy estimates.",
     )
     enabled = models.BooleanField(default=True)
     draining = models.BooleanField(default=False, help_text="Running jobs finish; no new jobs are placed.")

@@ -67,6 +67,9 @@ class Job(models.Model):
     external_id = models.CharField(max_length=128, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     attempt = models.PositiveIntegerField(default=0, help_text="Times the job went back to pending.")
+    platform_fault = models.BooleanField(
+        default=False, help_text="Ended by the platform (node failure, outage), not by the job: not billed."
+    )
     preempted_seconds = models.PositiveIntegerField(
         default=0, help_text="Run time lost to preemption: recorded, not billed."
     )
@@ -176,7 +179,12 @@ class Job(models.Model):
             if changed != 1:
                 self.refresh_from_db()
                 return False
-            previous = self.state
+            previous, attempt, started_at, cluster_id = (
+                self.state,
+                self.attempt,
+                self.started_at,
+                self.cluster_id,
+            )
             self.state = to
             for name, value in fields.items():
                 setattr(self, name, value)
@@ -185,7 +193,15 @@ class Job(models.Model):
                 self.refresh_from_db(fields=computed)
             self.record(EventKind.STATE, message or f"{JobState(previous).label} → {JobState(to).label}")
             if previous in HOLDING_STATES and to not in HOLDING_STATES:
-                transaction.on_commit(lambda: signals.job_released.send(Job, job_id=self.pk))
+                released = {
+                    "job_id": self.pk,
+                    "attempt": attempt,
+                    "started_at": started_at if to == JobState.PENDING else self.started_at,
+                    "ended_at": self.ended_at if to != JobState.PENDING else now,
+                    "requeued": to == JobState.PENDING,
+                    "cluster_id": cluster_id,
+                }
+                transaction.on_commit(lambda: signals.job_released.send(Job, **released))
         return True
 
     def record(self, kind: str, message: str) -> JobEvent:
@@ -222,11 +238,17 @@ class Job(models.Model):
         reason: str = "",
         started_at: datetime | None = None,
         ended_at: datetime | None = None,
+        platform_fault: bool = False,
     ) -> bool:
         if state not in TERMINAL_STATES:
             raise ValueError(f"{state} is not a terminal state")
         ended = ended_at or timezone.now()
-        fields = {"exit_code": exit_code, "reason": reason[:500], "ended_at": ended}
+        fields = {
+            "exit_code": exit_code,
+            "reason": reason[:500],
+            "ended_at": ended,
+            "platform_fault": platform_fault,
+        }
         if self.started_at is None and started_at is not None:
             fields["started_at"] = started_at
         return self.transition(state, message=self._finish_message(state, exit_code, reason), **fields)
@@ -327,6 +349,7 @@ class Job(models.Model):
             reason=report.reason,
             started_at=report.started_at,
             ended_at=report.ended_at,
+            platform_fault=report.platform_fault,
         )
 
     @staticmethod

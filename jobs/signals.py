@@ -6,5 +6,7 @@ from django.dispatch import Signal
 
 # A job was created and waits for admission. Sent on commit with job_id.
 job_submitted = Signal()
-# A job stopped holding quota (ended, or went back to pending). Sent on commit with job_id.
+# A job stopped holding quota (ended, or went back to pending). Sent on commit with job_id,
+# attempt, cluster_id, started_at and ended_at of the attempt that released, and requeued (back to
+# pending).
 job_released = Signal()

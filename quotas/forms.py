@@ -35,5 +35,5 @@ class QuotaLimitsForm(QuotaForm):
 class BudgetForm(forms.ModelForm):
     class Meta:
         model = Budget
-        fields = ["gpu_hours_per_month", "hard", "max_priority"]
+        fields = ["gpu_hours_per_month", "amount_per_month", "currency", "hard", "max_priority"]
         labels = {"gpu_hours_per_month": "GPU-hours per month", "hard": "Hard budget (hold jobs when spent)"}

@@ -3,6 +3,7 @@ them, and the audit log of every change an admin makes."""
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 
@@ -83,6 +84,15 @@ class Budget(models.Model):
         validators=[MinValueValidator(Decimal(0))],
         help_text="Empty: no GPU-hour budget.",
     )
+    amount_per_month = models.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Money budget (billed amount) per month; empty: none. Alerts at 80% and 100%.",
+    )
+    currency = models.CharField(max_length=3, blank=True, help_text="Currency of the money budget, e.g. EUR.")
     hard = models.BooleanField(default=True, help_text="Hold jobs once the budget is spent.")
     max_priority = models.IntegerField(
         default=0,
@@ -91,12 +101,18 @@ class Budget(models.Model):
     )
     updated_at = models.DateTimeField(auto_now=True)
 
-    AUDITED = ("gpu_hours_per_month", "hard", "max_priority")
+    AUDITED = ("gpu_hours_per_month", "amount_per_month", "currency", "hard", "max_priority")
 
     objects = BudgetQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"{self.tenant}: {self.gpu_hours_per_month} GPU-h/month"
+
+    def clean(self) -> None:
+        if self.amount_per_month is not None and not re.fullmatch(r"[A-Z]{3}", self.currency or ""):
+            raise ValidationError(
+                {"currency": "A money budget needs a three-letter currency code, e.g. EUR."}
+            )
 
 
 class Reservation(models.Model):

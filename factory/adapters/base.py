@@ -51,6 +51,7 @@ class StatusReport:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     exit_code: int | None = None
+    platform_fault: bool = False  # the platform, not the job, ended it (node failure): not billed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -166,6 +166,7 @@ class LocalAdapter(Adapter):
             started_at=_parse_time(state.get("started_at")),
             ended_at=_parse_time(state.get("ended_at")),
             exit_code=state.get("exit_code"),
+            platform_fault=bool(state.get("platform_fault")),
         )
 
 

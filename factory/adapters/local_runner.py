@@ -136,7 +136,9 @@ class Runner:
         if current in TERMINAL:
             return
         if current == "running":
-            self.finish("failed", reason="the local runner stopped while the job was running")
+            self.finish(
+                "failed", reason="the local runner stopped while the job was running", platform_fault=True
+            )
             return
         slots = self.wait_for_slots()
         if slots is None:
@@ -213,10 +215,14 @@ class Runner:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # stragglers that ignored SIGTERM
 
-    def finish(self, state: str, *, exit_code: int | None = None, reason: str = "") -> None:
+    def finish(
+        self, state: str, *, exit_code: int | None = None, reason: str = "", platform_fault: bool = False
+    ) -> None:
         if exit_code is not None and exit_code < 0:
             exit_code = 128 - exit_code
-        self.save(state=state, exit_code=exit_code, reason=reason, ended_at=now_iso())
+        self.save(
+            state=state, exit_code=exit_code, reason=reason, ended_at=now_iso(), platform_fault=platform_fault
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -237,7 +243,7 @@ def main(argv: list[str]) -> int:
         runner.run()
     except Exception as exc:
         if runner is not None:
-            runner.finish("failed", reason=f"local runner error: {exc}")
+            runner.finish("failed", reason=f"local runner error: {exc}", platform_fault=True)
         raise
     finally:
         os.close(lock_fd)

@@ -90,6 +90,9 @@ END_REASONS = {
     "SUSPENDED": "suspended by the cluster",
 }
 
+# Endings caused by the platform rather than the job: recorded, not charged.
+PLATFORM_FAULTS = frozenset({"NODE_FAIL", "BOOT_FAIL"})
+
 # Slurm's pending reasons, as a researcher would want to read them.
 PENDING_REASONS = {
     "None": "queued at the cluster",
@@ -390,6 +393,7 @@ class SlurmAdapter(Adapter):
             started_at=_epoch(entry.get("start_time")) if state != BackendState.QUEUED else None,
             ended_at=_epoch(entry.get("end_time")) if state.is_terminal else None,
             exit_code=_wait_status(entry.get("exit_code")) if state.is_terminal else None,
+            platform_fault=state_name in PLATFORM_FAULTS,
         )
 
     def sacct_reports(self, external_ids: list[str], live: dict[str, dict]) -> dict[str, StatusReport]:
@@ -424,6 +428,7 @@ class SlurmAdapter(Adapter):
                     started_at=self._local_time(start),
                     ended_at=self._local_time(end) if state.is_terminal else None,
                     exit_code=_sacct_exit_code(exit_text) if state.is_terminal else None,
+                    platform_fault=state_name in PLATFORM_FAULTS,
                 )
         for external_id in external_ids:
             if external_id in reports:

@@ -66,6 +66,8 @@ class BudgetSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         fields = [
             "tenant",
             "gpu_hours_per_month",
+            "amount_per_month",
+            "currency",
             "hard",
             "max_priority",
             "used_gpu_hours_this_month",
