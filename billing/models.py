@@ -1,0 +1,238 @@
+"""Prices, the immutable usage ledger, closed months and budget alerts.
+
+Money is Decimal with an explicit currency. Each ledger line is rounded once, half-even to the cent;
+every total is a sum of rounded lines, so reports add up exactly.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from factory.models import Cluster, GpuType, Tenant
+from jobs.models import Job
+
+from .querysets import UsageRecordQuerySet
+
+CENT = Decimal("0.01")
+ZERO = Decimal(0)
+currency_validator = RegexValidator(r"^[A-Z]{3}$", "Use a three-letter ISO 4217 currency code, e.g. EUR.")
+
+
+def to_cents(amount: Decimal) -> Decimal:
+    """The one rounding rule: half-even to the cent, applied once per ledger line."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+class RateCard(models.Model):
+    """Price of a GPU-hour of one type, optionally on one cluster (which beats the GPU-type price),
+    plus optional CPU-core-hour and memory GB-hour prices, effective over [from, until)."""
+
+    gpu_type = models.ForeignKey(GpuType, on_delete=models.PROTECT, related_name="rate_cards")
+    cluster = models.ForeignKey(
+        Cluster,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="rate_cards",
+        help_text="Empty: the price of this GPU type on every cluster without its own.",
+    )
+    currency = models.CharField(max_length=3, validators=[currency_validator])
+    price_per_gpu_hour = models.DecimalField(
+        max_digits=12, decimal_places=4, validators=[MinValueValidator(ZERO)]
+    )
+    price_per_cpu_core_hour = models.DecimalField(
+        max_digits=12, decimal_places=4, default=ZERO, validators=[MinValueValidator(ZERO)]
+    )
+    price_per_memory_gb_hour = models.DecimalField(
+        max_digits=12, decimal_places=4, default=ZERO, validators=[MinValueValidator(ZERO)]
+    )
+    effective_from = models.DateField()
+    effective_until = models.DateField(
+        null=True, blank=True, help_text="Exclusive; empty: until further notice."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["gpu_type__slug", "cluster__slug", "-effective_from"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(effective_until__isnull=True)
+                | models.Q(effective_until__gt=models.F("effective_from")),
+                name="rate_card_range_not_empty",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(price_per_gpu_hour__gte=0), name="rate_card_price_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = f"@{self.cluster}" if self.cluster_id else ""
+        price = f"{self.price_per_gpu_hour} {self.currency}/GPU-h"
+        return f"{self.gpu_type}{where}: {price} from {self.effective_from}"
+
+    def clean(self) -> None:
+        if not self.currency:
+            raise ValidationError({"currency": "A price needs a currency."})
+        if self.effective_until and self.effective_from and self.effective_until <= self.effective_from:
+            raise ValidationError({"effective_until": "The end must come after the start."})
+        if self.gpu_type_id and self.effective_from and self.overlapping().exists():
+            raise ValidationError(
+                {"effective_from": "Another price for this GPU type and cluster covers part of this period."}
+            )
+
+    def overlapping(self):
+        cards = RateCard.objects.filter(gpu_type_id=self.gpu_type_id, cluster_id=self.cluster_id).exclude(
+            pk=self.pk
+        )
+        if self.effective_until:
+            cards = cards.filter(effective_from__lt=self.effective_until)
+        return cards.filter(
+            models.Q(effective_until__isnull=True) | models.Q(effective_until__gt=self.effective_from)
+        )
+
+
+class GridIntensity(models.Model):
+    """Carbon intensity of the electricity grid in a region, set by admins."""
+
+    region = models.CharField(max_length=64, unique=True)
+    grams_co2e_per_kwh = models.DecimalField(
+        max_digits=8, decimal_places=2, validators=[MinValueValidator(ZERO)]
+    )
+
+    class Meta:
+        ordering = ["region"]
+        verbose_name_plural = "grid intensities"
+
+    def __str__(self) -> str:
+        return f"{self.region}: {self.grams_co2e_per_kwh} g/kWh"
+
+
+class UsageKind(models.TextChoices):
+    USAGE = "usage", "Usage"
+    ADJUSTMENT = "adjustment", "Adjustment"
+    PREEMPTED = "preempted", "Preempted (not charged)"
+    PLATFORM_FAULT = "platform_fault", "Platform failure (not charged)"
+
+
+class UsageRecord(models.Model):
+    """One immutable ledger line: a job attempt's use within one calendar month (UTC)."""
+
+    job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.PROTECT, related_name="usage_records"
+    )
+    attempt = models.PositiveIntegerField(default=0)
+    kind = models.CharField(max_length=16, choices=UsageKind.choices, default=UsageKind.USAGE)
+    month = models.DateField(help_text="First day of the month the line is billed in.")
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
+    cost_center = models.CharField(max_length=64, blank=True)
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="usage_records")
+    gpu_type = models.ForeignKey(GpuType, on_delete=models.PROTECT, related_name="usage_records")
+    gpus = models.PositiveIntegerField()
+    gpu_seconds = models.BigIntegerField()
+    cpu_core_seconds = models.BigIntegerField(default=0)
+    memory_gb_seconds = models.BigIntegerField(default=0)
+    rate_card = models.ForeignKey(RateCard, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    currency = models.CharField(max_length=3, blank=True)
+    amount = models.DecimalField(max_digits=14, decimal_places=2, default=ZERO)
+    energy_kwh = models.DecimalField(max_digits=14, decimal_places=4, default=ZERO)
+    co2e_kg = models.DecimalField(max_digits=14, decimal_places=4, default=ZERO)
+    note = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = UsageRecordQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # Exactly once: a job attempt has one line per natural month and kind, however often
+            # metering runs; adjustments (no job) are exempt.
+            models.UniqueConstraint(
+                fields=["job", "attempt", "period_start", "kind"],
+                condition=models.Q(job__isnull=False),
+                name="one_ledger_line_per_job_period",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["month", "tenant", "gpu_type"], name="usage_month_tenant_gpu"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.tenant} {self.gpu_type} {self.amount} {self.currency}"
+
+    @property
+    def gpu_hours(self) -> Decimal:
+        return Decimal(self.gpu_seconds) / 3600
+
+    @property
+    def charged(self) -> bool:
+        return self.kind in (UsageKind.USAGE, UsageKind.ADJUSTMENT)
+
+
+class MonthlySummary(models.Model):
+    """Running totals of the ledger per month, tenant, cost center and GPU type, kept in the same
+    transaction as each ledger line: a month's report reads these few rows, not millions of lines."""
+
+    month = models.DateField()
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    cost_center = models.CharField(max_length=64, blank=True)
+    gpu_type = models.ForeignKey(GpuType, on_delete=models.PROTECT, related_name="+")
+    currency = models.CharField(max_length=3, blank=True)
+    gpu_seconds = models.BigIntegerField(default=0)
+    charged_gpu_seconds = models.BigIntegerField(default=0)
+    amount = models.DecimalField(max_digits=16, decimal_places=2, default=ZERO)
+    energy_kwh = models.DecimalField(max_digits=16, decimal_places=4, default=ZERO)
+    co2e_kg = models.DecimalField(max_digits=16, decimal_places=4, default=ZERO)
+    lines = models.BigIntegerField(default=0)
+    jobs = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["month", "tenant", "cost_center", "gpu_type", "currency"], name="one_summary_per_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.tenant_id}/{self.gpu_type_id}: {self.amount} {self.currency}"
+
+
+class MonthClose(models.Model):
+    """A closed month: its report never changes again; later corrections land in the next open month."""
+
+    month = models.DateField(unique=True)
+    closed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    closed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-month"]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} closed"
+
+
+class BudgetAlert(models.Model):
+    """A budget threshold crossed and mailed, once per tenant, month and threshold."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="budget_alerts")
+    month = models.DateField()
+    threshold = models.PositiveSmallIntegerField()
+    sent_at = models.DateTimeField(default=timezone.now)
+    recipients = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "month", "threshold"], name="one_alert_per_threshold")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.month:%Y-%m} {self.threshold}%"

@@ -119,6 +119,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "factory.context_processors.site",
+                "billing.context_processors.billing",
             ],
         },
     },
@@ -259,6 +260,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "jobs.tasks.sweep", "schedule": FACTORY_SYNC_INTERVAL},
     "admission": {"task": "quotas.tasks.admit_pending", "schedule": FACTORY_SYNC_INTERVAL},
     "cluster-health": {"task": "factory.tasks.check_cluster_health", "schedule": FACTORY_HEALTH_INTERVAL},
+    "metering": {"task": "billing.tasks.meter", "schedule": env_float("FACTORY_METERING_INTERVAL", 60.0)},
 }
 
 EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

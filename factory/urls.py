@@ -14,8 +14,10 @@ urlpatterns = [
     path("jobs/", include("jobs.urls")),
     path("clusters/", views.cluster_list, name="clusters"),
     path("", include("quotas.urls")),
+    path("billing/", include("billing.urls")),
     path("api/v1/", include("factory.api.urls")),
     path("api/v1/", include("jobs.api.urls")),
     path("api/v1/", include("quotas.api.urls")),
+    path("api/v1/", include("billing.api.urls")),
     path("admin/", admin.site.urls),
 ]

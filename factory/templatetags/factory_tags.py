@@ -28,3 +28,10 @@ def duration(value: timedelta | None) -> str:
 @register.filter
 def seconds_duration(value: int | None) -> str:
     return "" if value is None else duration(timedelta(seconds=value))
+
+
+@register.simple_tag(takes_context=True)
+def panels(context, slot: str, **kwargs):
+    from factory import panels as registry
+
+    return registry.render(slot, context.get("request"), **kwargs)

@@ -1,0 +1,95 @@
+"""Budget alerts: a tenant's admins are mailed when this month's spend passes 80% and 100% of its
+budget (money when set, else GPU-hours), once per threshold per month."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import IntegrityError, models, transaction
+
+from factory.choices import Role
+from factory.models import Tenant
+from quotas.models import Budget, Reservation, month_start
+
+from .models import ZERO, BudgetAlert, MonthlySummary
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS = (80, 100)
+
+
+def spend(tenant_id: int, month) -> tuple[Decimal, str]:
+    """Money billed to the tenant this month so far (ledger lines), and its currency."""
+    rows = (
+        MonthlySummary.objects.filter(tenant_id=tenant_id, month=month)
+        .exclude(currency="")
+        .values("currency")
+        .annotate(total=models.Sum("amount"))
+    )
+    totals = {row["currency"]: row["total"] for row in rows}
+    if not totals:
+        return ZERO, ""
+    currency = max(totals, key=totals.get)
+    return totals[currency], currency
+
+
+def usage_share(budget: Budget, month) -> tuple[Decimal, str] | None:
+    """How much of the budget is used (a fraction), and in words."""
+    if budget.amount_per_month:
+        spent, _ = spend(budget.tenant_id, month)
+        return spent / budget.amount_per_month, f"{spent} of {budget.amount_per_month} {budget.currency}"
+    if budget.gpu_hours_per_month:
+        used = (
+            Reservation.objects.filter(tenant_id=budget.tenant_id)
+            .gpu_hours_by_tenant(month)
+            .get(budget.tenant_id, ZERO)
+        )
+        return used / budget.gpu_hours_per_month, f"{used:.1f} of {budget.gpu_hours_per_month} GPU-hours"
+    return None
+
+
+def check_budget_alerts(tenant_ids: list[int] | None = None) -> int:
+    month = month_start()
+    budgets = Budget.objects.select_related("tenant")
+    if tenant_ids is not None:
+        budgets = budgets.filter(tenant_id__in=tenant_ids)
+    sent = 0
+    for budget in budgets:
+        share = usage_share(budget, month)
+        if share is None:
+            continue
+        fraction, words = share
+        for threshold in THRESHOLDS:
+            if fraction * 100 >= threshold:
+                sent += alert_once(budget.tenant, month, threshold, words)
+    return sent
+
+
+def alert_once(tenant: Tenant, month, threshold: int, words: str) -> int:
+    admins = list(
+        tenant.memberships.filter(role=Role.ADMIN, user__is_active=True)
+        .exclude(user__email="")
+        .values_list("user__email", flat=True)
+    )
+    try:
+        with transaction.atomic():
+            BudgetAlert.objects.create(
+                tenant=tenant, month=month, threshold=threshold, recipients=", ".join(admins)
+            )
+    except IntegrityError:
+        return 0  # already sent this month
+    if admins:
+        send_mail(
+            subject=f"[{settings.SITE_NAME}] {tenant.name}: {threshold}% of this month's budget used",
+            message=(
+                f"{tenant.name} ({tenant.slug}) has used {words} this month ({month:%B %Y}), "
+                f"passing {threshold}% of its budget.\n"
+            ),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=admins,
+        )
+    log.info("budget alert %s%% for %s sent to %d admin(s)", threshold, tenant, len(admins))
+    return 1

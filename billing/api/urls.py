@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from .views import ChargebackView, RateCardViewSet, UsageViewSet
+
+router = SimpleRouter()
+router.register("rate-cards", RateCardViewSet)
+router.register("usage", UsageViewSet)
+
+urlpatterns = [path("reports/chargeback/", ChargebackView.as_view(), name="api-chargeback"), *router.urls]

@@ -1,0 +1,345 @@
+"""Metering: turning a job attempt's real run time into ledger lines, exactly once.
+
+A run is split at midnight UTC of each 1st. Each part becomes one line, priced by the rate card in
+force when the part starts (a cluster's own price beats the GPU type's), rounded once. The unique
+constraint on (job, attempt, part start, kind) makes a repeat, a retry or a concurrent metering of
+the same job a no-op; the monthly summary grows only with lines really inserted. Lines for a month
+finance has closed go to the next open month, as adjustments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from django.db import IntegrityError, connection, models, transaction
+from django.utils import timezone
+
+from factory.models import Cluster, GpuType
+from jobs.choices import JobState
+from jobs.models import Job
+
+from .models import (
+    ZERO,
+    GridIntensity,
+    MonthClose,
+    MonthlySummary,
+    RateCard,
+    UsageKind,
+    UsageRecord,
+    to_cents,
+)
+
+log = logging.getLogger(__name__)
+
+BILLING_LOCK_ID = 0x41494642  # metering holds it shared, closing a month exclusive
+HOUR = Decimal(3600)
+
+
+def month_of(moment: datetime | date) -> date:
+    return date(moment.year, moment.month, 1)
+
+
+def next_month(month: date) -> date:
+    return date(month.year + (month.month == 12), month.month % 12 + 1, 1)
+
+
+def month_parts(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
+    """[start, end) cut at midnight UTC of each 1st."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    while start < end:
+        boundary = datetime.combine(next_month(month_of(start)), datetime.min.time(), tzinfo=UTC)
+        part_end = min(end, boundary)
+        yield start, part_end
+        start = part_end
+
+
+def rate_for(gpu_type_id: int, cluster_id: int, day: date) -> RateCard | None:
+    cards = RateCard.objects.filter(gpu_type_id=gpu_type_id, effective_from__lte=day).filter(
+        models.Q(effective_until__isnull=True) | models.Q(effective_until__gt=day)
+    )
+    return cards.filter(cluster_id=cluster_id).first() or cards.filter(cluster__isnull=True).first()
+
+
+@dataclasses.dataclass
+class Pricing:
+    """Rates, power and grid intensity looked up once per batch, not once per line."""
+
+    rates: dict[tuple[int, int, date], RateCard | None] = dataclasses.field(default_factory=dict)
+    clusters: dict[int, Cluster] = dataclasses.field(default_factory=dict)
+    gpu_types: dict[int, GpuType] = dataclasses.field(default_factory=dict)
+    intensity: dict[str, Decimal] | None = None
+    closed: set[date] | None = None
+
+    def rate(self, gpu_type_id: int, cluster_id: int, day: date) -> RateCard | None:
+        key = (gpu_type_id, cluster_id, day)
+        if key not in self.rates:
+            self.rates[key] = rate_for(gpu_type_id, cluster_id, day)
+        return self.rates[key]
+
+    def cluster(self, cluster_id: int) -> Cluster:
+        if cluster_id not in self.clusters:
+            self.clusters[cluster_id] = Cluster.objects.get(pk=cluster_id)
+        return self.clusters[cluster_id]
+
+    def gpu_type(self, gpu_type_id: int) -> GpuType:
+        if gpu_type_id not in self.gpu_types:
+            self.gpu_types[gpu_type_id] = GpuType.objects.get(pk=gpu_type_id)
+        return self.gpu_types[gpu_type_id]
+
+    def grams_per_kwh(self, region: str) -> Decimal:
+        if self.intensity is None:
+            self.intensity = dict(GridIntensity.objects.values_list("region", "grams_co2e_per_kwh"))
+        return self.intensity.get(region, ZERO)
+
+    def billing_month(self, natural: date) -> date:
+        """The month a line lands in: its own, or the first open one after it."""
+        if self.closed is None:
+            self.closed = set(MonthClose.objects.values_list("month", flat=True))
+        month = natural
+        while month in self.closed:
+            month = next_month(month)
+        return month
+
+
+def line_for(
+    job: Job, attempt: int, start: datetime, end: datetime, kind: str, pricing: Pricing
+) -> UsageRecord:
+    seconds = int((end - start).total_seconds())
+    hours = Decimal(seconds) / HOUR
+    cluster = pricing.cluster(job.cluster_id)
+    gpu_type = pricing.gpu_type(job.gpu_type_id)
+    natural = month_of(start)
+    month = pricing.billing_month(natural)
+    note = ""
+    if month != natural:
+        note = f"late usage of {natural:%Y-%m}, a closed month"
+        if kind == UsageKind.USAGE:
+            kind = UsageKind.ADJUSTMENT
+    card = pricing.rate(job.gpu_type_id, job.cluster_id, start.date())
+    amount = ZERO
+    if card is not None and kind in (UsageKind.USAGE, UsageKind.ADJUSTMENT):
+        amount = to_cents(
+            job.gpu_count * hours * card.price_per_gpu_hour
+            + job.cpus * hours * card.price_per_cpu_core_hour
+            + job.memory_gb * hours * card.price_per_memory_gb_hour
+        )
+    kwh = Decimal(job.gpu_count) * Decimal(gpu_type.board_power_watts) / 1000 * hours * cluster.pue
+    return UsageRecord(
+        job=job,
+        attempt=attempt,
+        kind=kind,
+        month=month,
+        period_start=start,
+        period_end=end,
+        tenant_id=job.tenant_id,
+        cost_center=job.tenant.cost_center,
+        cluster_id=job.cluster_id,
+        gpu_type_id=job.gpu_type_id,
+        gpus=job.gpu_count,
+        gpu_seconds=job.gpu_count * seconds,
+        cpu_core_seconds=job.cpus * seconds,
+        memory_gb_seconds=job.memory_gb * seconds,
+        rate_card=card,
+        currency=card.currency if card else "",
+        amount=amount,
+        energy_kwh=kwh.quantize(Decimal("0.0001")),
+        co2e_kg=(kwh * pricing.grams_per_kwh(cluster.region) / 1000).quantize(Decimal("0.0001")),
+        note=note,
+    )
+
+
+def record(lines: list[UsageRecord]) -> list[UsageRecord]:
+    """Insert lines that are not in the ledger yet and add them to the monthly summary, in one
+    transaction. Returns the lines inserted."""
+    inserted = []
+    with transaction.atomic():
+        billing_lock(shared=True)
+        for line in lines:
+            try:
+                with transaction.atomic():
+                    line.save(force_insert=True)
+            except IntegrityError:
+                continue  # metered before: exactly once
+            add_to_summary(line, first_of_job=is_first_of_job(line))
+            inserted.append(line)
+    return inserted
+
+
+def is_first_of_job(line: UsageRecord) -> bool:
+    if line.job_id is None:
+        return False
+    others = UsageRecord.objects.filter(job_id=line.job_id, month=line.month, tenant_id=line.tenant_id)
+    return (
+        not others.exclude(pk=line.pk)
+        .filter(gpu_type_id=line.gpu_type_id, cost_center=line.cost_center)
+        .exists()
+    )
+
+
+def add_to_summary(line: UsageRecord, *, first_of_job: bool) -> None:
+    charged_seconds = line.gpu_seconds if line.charged else 0
+    key = {
+        "month": line.month,
+        "tenant_id": line.tenant_id,
+        "cost_center": line.cost_center,
+        "gpu_type_id": line.gpu_type_id,
+        "currency": line.currency,
+    }
+    values = {
+        "gpu_seconds": line.gpu_seconds,
+        "charged_gpu_seconds": charged_seconds,
+        "amount": line.amount,
+        "energy_kwh": line.energy_kwh,
+        "co2e_kg": line.co2e_kg,
+        "lines": 1,
+        "jobs": int(first_of_job),
+    }
+    if connection.vendor == "postgresql":
+        table = MonthlySummary._meta.db_table
+        columns = [*key, *values]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
+                "ON CONFLICT (month, tenant_id, cost_center, gpu_type_id, currency) DO UPDATE SET "
+                + ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name in values),
+                [*key.values(), *values.values()],
+            )
+        return
+    summary, _ = MonthlySummary.objects.get_or_create(**key)
+    MonthlySummary.objects.filter(pk=summary.pk).update(**{k: models.F(k) + v for k, v in values.items()})
+
+
+def billing_lock(*, shared: bool) -> None:
+    if connection.vendor == "postgresql":
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {function}(%s)", [BILLING_LOCK_ID])
+
+
+def lines_for_attempt(
+    job: Job,
+    attempt: int,
+    started_at: datetime | None,
+    ended_at: datetime | None,
+    kind: str,
+    pricing: Pricing,
+) -> list[UsageRecord]:
+    if started_at is None or ended_at is None or ended_at <= started_at:
+        return []
+    return [
+        line_for(job, attempt, start, end, kind, pricing) for start, end in month_parts(started_at, ended_at)
+    ]
+
+
+def final_kind(job: Job, requeued: bool) -> str:
+    if requeued:
+        return UsageKind.PREEMPTED
+    if job.platform_fault:
+        return UsageKind.PLATFORM_FAULT
+    return UsageKind.USAGE
+
+
+def meter_release(
+    job_id: int, attempt: int, cluster_id: int | None, started_at, ended_at, requeued: bool
+) -> list[UsageRecord]:
+    """Meter a job attempt that stopped holding GPUs. Idempotent."""
+    job = Job.objects.select_related("tenant").filter(pk=job_id).first()
+    if job is None or cluster_id is None:
+        return []
+    job.cluster_id = cluster_id  # a requeued job has already lost it
+    pricing = Pricing()
+    kind = final_kind(job, requeued)
+    lines = lines_for_attempt(job, attempt, started_at, ended_at, kind, pricing)
+    if kind != UsageKind.USAGE:
+        lines += credits_for_accrued_usage(job, attempt, pricing)
+    return record(lines)
+
+
+def credits_for_accrued_usage(job: Job, attempt: int, pricing: Pricing) -> list[UsageRecord]:
+    """Lines charged while the attempt ran (month rollovers) that its end says must not be charged
+    are credited back by adjustment lines: the ledger is never edited."""
+    credits = []
+    for line in UsageRecord.objects.filter(job=job, attempt=attempt, kind=UsageKind.USAGE):
+        month = pricing.billing_month(date.today().replace(day=1))
+        credits.append(
+            UsageRecord(
+                job=job,
+                attempt=attempt,
+                kind=UsageKind.ADJUSTMENT,
+                month=month,
+                period_start=line.period_start,
+                period_end=line.period_end,
+                tenant_id=line.tenant_id,
+                cost_center=line.cost_center,
+                cluster_id=line.cluster_id,
+                gpu_type_id=line.gpu_type_id,
+                gpus=line.gpus,
+                gpu_seconds=-line.gpu_seconds,
+                cpu_core_seconds=-line.cpu_core_seconds,
+                memory_gb_seconds=-line.memory_gb_seconds,
+                rate_card=line.rate_card,
+                currency=line.currency,
+                amount=-line.amount,
+                energy_kwh=ZERO,
+                co2e_kg=ZERO,
+                note=f"credit: {final_kind(job, False).replace('_', ' ')}, not charged",
+            )
+        )
+    return credits
+
+
+def meter_running(now: datetime | None = None) -> int:
+    """Accrue the months that running jobs have finished (a job running over a month boundary is
+    billed for the old month when it ends, not when it finishes)."""
+    now = now or timezone.now()
+    this_month = datetime.combine(month_of(now), datetime.min.time(), tzinfo=UTC)
+    pricing = Pricing()
+    lines: list[UsageRecord] = []
+    running = Job.objects.filter(state=JobState.RUNNING, started_at__lt=this_month).select_related("tenant")
+    for job in running:
+        lines += lines_for_attempt(job, job.attempt, job.started_at, this_month, UsageKind.USAGE, pricing)
+    return len(record(lines))
+
+
+def meter_finished(limit: int = 5000) -> int:
+    """The safety net behind the release signal: ended jobs whose final attempt has no ledger line
+    (a worker died between the job's end and its metering)."""
+    pricing = Pricing()
+    metered = UsageRecord.objects.filter(job=models.OuterRef("pk"), attempt=models.OuterRef("attempt"))
+    missing = (
+        Job.objects.filter(
+            state__in=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]
+        )
+        .filter(started_at__isnull=False, ended_at__isnull=False, cluster__isnull=False)
+        .exclude(models.Exists(metered))
+        .select_related("tenant")[:limit]
+    )
+    lines: list[UsageRecord] = []
+    for job in missing:
+        lines += lines_for_attempt(
+            job, job.attempt, job.started_at, job.ended_at, final_kind(job, False), pricing
+        )
+    return len(record(lines))
+
+
+def live_cost(job: Job, now: datetime | None = None) -> tuple[Decimal, str]:
+    """What a running job has cost so far (not in the ledger until it ends)."""
+    if job.started_at is None or job.cluster_id is None:
+        return ZERO, ""
+    end = job.ended_at or now or timezone.now()
+    pricing = Pricing()
+    lines = lines_for_attempt(job, job.attempt, job.started_at, end, final_kind(job, False), pricing)
+    return sum((line.amount for line in lines), ZERO), next(
+        (line.currency for line in lines if line.currency), ""
+    )
+
+
+def close_month(month: date, user) -> MonthClose:
+    with transaction.atomic():
+        billing_lock(shared=False)  # waits for metering in flight; none starts until commit
+        closed, _ = MonthClose.objects.get_or_create(month=month, defaults={"closed_by": user})
+    return closed

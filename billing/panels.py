@@ -1,0 +1,82 @@
+"""What billing adds to other apps' pages: a job's cost, a tenant's spend this month."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, timedelta
+
+from django.db import models
+from django.db.models.functions import TruncDate
+from django.template.loader import render_to_string
+
+from quotas.models import Budget, month_start
+
+from .alerts import spend
+from .metering import live_cost
+from .models import UsageRecord
+
+CHART_COLORS = ["#2457c5", "#e08a00", "#1a7f37", "#8e44ad", "#c62828"]
+
+
+def job_cost(request, job) -> str:
+    if job.started_at is None:
+        return ""
+    amount, currency = live_cost(job)
+    billed = job.usage_records.exists() if job.is_terminal else False
+    context = {"amount": amount, "currency": currency, "final": billed, "running": not job.is_terminal}
+    return render_to_string("billing/_job_cost.html", context, request=request)
+
+
+def tenant_spend(request, tenant) -> str:
+    month = month_start()
+    amount, currency = spend(tenant.pk, month)
+    budget = Budget.objects.filter(tenant=tenant).first()
+    context = {
+        "month": month,
+        "amount": amount,
+        "currency": currency or (budget.currency if budget else ""),
+        "budget": budget,
+        "percent": round(float(100 * amount / budget.amount_per_month), 1)
+        if budget and budget.amount_per_month
+        else None,
+        "chart": daily_gpu_hours_chart(tenant, month),
+    }
+    return render_to_string("billing/_spend.html", context, request=request)
+
+
+def daily_gpu_hours_chart(tenant, month: date, width: int = 600, height: int = 160) -> dict:
+    """Stacked bars of GPU-hours per day by GPU type (server-rendered SVG)."""
+    rows = (
+        UsageRecord.objects.filter(tenant=tenant, month=month)
+        .annotate(day=TruncDate("period_end"))
+        .values("day", "gpu_type__slug")
+        .annotate(seconds=models.Sum("gpu_seconds"))
+    )
+    per_day: dict[date, dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        per_day[row["day"]][row["gpu_type__slug"]] = row["seconds"] / 3600
+    gpu_types = sorted({t for day in per_day.values() for t in day})
+    days = (date(month.year + (month.month == 12), month.month % 12 + 1, 1) - timedelta(days=1)).day
+    top = max([sum(day.values()) for day in per_day.values()] + [1.0])
+    bar = width / days
+    bars = []
+    for index in range(days):
+        day = month + timedelta(days=index)
+        y = float(height)
+        for color, gpu_type in zip(CHART_COLORS, gpu_types, strict=False):
+            value = per_day.get(day, {}).get(gpu_type, 0.0)
+            if value:
+                h = value / top * height
+                y -= h
+                bars.append(
+                    {
+                        "x": round(index * bar + 1, 1),
+                        "y": round(y, 1),
+                        "w": round(bar - 2, 1),
+                        "h": round(h, 1),
+                        "color": color,
+                        "title": f"{day:%d %b}: {value:.1f} GPU-h {gpu_type}",
+                    }
+                )
+    legend = [{"name": t, "color": c} for c, t in zip(CHART_COLORS, gpu_types, strict=False)]
+    return {"width": width, "height": height, "bars": bars, "legend": legend, "top": round(top, 1)}

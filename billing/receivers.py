@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def meter_released(sender, job_id, attempt, cluster_id, started_at, ended_at, requeued, **kwargs) -> None:
+    """A job attempt stopped holding GPUs (after commit): put it in the ledger. A failure here is
+    caught up by the periodic metering, never lost, never billed twice."""
+    from . import alerts, metering
+
+    try:
+        lines = metering.meter_release(job_id, attempt, cluster_id, started_at, ended_at, requeued)
+        if lines:
+            alerts.check_budget_alerts([lines[0].tenant_id])
+    except Exception:
+        log.exception("metering job %s failed; the periodic metering will retry", job_id)
+
+
+def seed_demo(sender, tenant, **kwargs) -> None:
+    """Demo prices, grid intensity and a money budget."""
+    from datetime import date
+    from decimal import Decimal
+
+    from factory.models import GpuType
+    from quotas.models import Budget
+
+    from .models import GridIntensity, RateCard
+
+    prices = {"h100": Decimal("2.50"), "a100": Decimal("1.40")}
+    for gpu_type in GpuType.objects.filter(slug__in=prices):
+        if not RateCard.objects.filter(gpu_type=gpu_type, cluster__isnull=True).exists():
+            RateCard.objects.create(
+                gpu_type=gpu_type,
+                currency="EUR",
+                price_per_gpu_hour=prices[gpu_type.slug],
+                price_per_cpu_core_hour=Decimal("0.01"),
+                effective_from=date(2026, 1, 1),
+            )
+    GridIntensity.objects.get_or_create(region="local", defaults={"grams_co2e_per_kwh": Decimal("250")})
+    Budget.objects.filter(tenant=tenant, amount_per_month__isnull=True).update(
+        amount_per_month=Decimal("5000"), currency="EUR"
+    )

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from billing import metering
+from billing.alerts import check_budget_alerts
+from billing.models import BudgetAlert
+from quotas.models import Budget
+
+pytestmark = pytest.mark.django_db
+
+
+def run_now(ran, hours: float, **spec):
+    end = timezone.now() - timedelta(minutes=1)
+    job = ran(end - timedelta(hours=hours), end, **spec)
+    metering.meter_release(job.pk, 0, job.cluster_id, job.started_at, job.ended_at, False)
+    return job
+
+
+def test_dashboard_shows_spend_this_month_and_gpu_hours_per_day(client, owner, tenant, prices, ran, quotas):
+    Budget.objects.create(tenant=tenant, amount_per_month=Decimal("100"), currency="EUR")
+    run_now(ran, 2, gpu_count=2)  # 4 GPU-h × 2.50
+    client.force_login(owner)
+    page = client.get("/tenants/demo-lab/").content.decode()
+    assert '<strong id="spend-amount">10.00 EUR</strong>' in page
+    assert "of a 100.00 EUR budget (10.0%)" in page
+    assert "GPU-h h100</title>" in page  # a bar of the daily chart
+
+
+def test_job_page_shows_live_cost_while_running_and_the_bill_after(client, owner, prices, make_job, cluster):
+    job = make_job(gpu_count=2)
+    job.admit(cluster)
+    job.mark_submitted("x")
+    job.mark_running(timezone.now() - timedelta(hours=1))
+    client.force_login(owner)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="job-cost">5.00 EUR so far' in page
+
+
+def test_budget_alerts_go_to_tenant_admins_once_per_threshold(tenant, tenant_admin, owner, prices, ran):
+    tenant_admin.email = "lab-admin@example.org"
+    tenant_admin.save()
+    owner.email = "researcher@example.org"
+    owner.save()
+    Budget.objects.create(tenant=tenant, amount_per_month=Decimal("20"), currency="EUR")
+    run_now(ran, 7, gpu_count=1)  # 17.50 EUR: past 80%
+    assert check_budget_alerts() == 1
+    assert check_budget_alerts() == 0
+    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["lab-admin@example.org"]
+    assert "80%" in mail.outbox[0].subject
+    run_now(ran, 2, gpu_count=1)  # 22.50 EUR: past 100%
+    assert check_budget_alerts() == 1
+    assert [a.threshold for a in BudgetAlert.objects.order_by("threshold")] == [80, 100]
+    assert "100%" in mail.outbox[1].subject and len(mail.outbox) == 2
