@@ -152,59 +152,97 @@ def line_for(
     )
 
 
+SUMMARY_KEY = ("month", "tenant_id", "cost_center", "gpu_type_id", "currency")
+SUMMARY_VALUES = ("gpu_seconds", "charged_gpu_seconds", "amount", "energy_kwh", "co2e_kg", "lines", "jobs")
+
+
 def record(lines: list[UsageRecord]) -> list[UsageRecord]:
-    """Insert lines that are not in the ledger yet and add them to the monthly summary, in one
-    transaction. Returns the lines inserted."""
-    inserted = []
+    """Insert the lines that are not in the ledger yet and add them to the monthly summary, in one
+    transaction, with a fixed number of statements per batch. Returns the lines inserted."""
+    if not lines:
+        return []
     with transaction.atomic():
         billing_lock(shared=True)
-        for line in lines:
-            try:
-                with transaction.atomic():
-                    line.save(force_insert=True)
-            except IntegrityError:
-                continue  # metered before: exactly once
-            add_to_summary(line, first_of_job=is_first_of_job(line))
-            inserted.append(line)
-    return inserted
+        new = without_metered(lines)
+        try:
+            with transaction.atomic():
+                UsageRecord.objects.bulk_create(new)
+        except IntegrityError:
+            # Another worker metered some of these meanwhile: one at a time, the loser skips.
+            new = [line for line in new if insert_one(line)]
+        add_to_summary(new)
+    return new
 
 
-def is_first_of_job(line: UsageRecord) -> bool:
-    if line.job_id is None:
-        return False
-    others = UsageRecord.objects.filter(job_id=line.job_id, month=line.month, tenant_id=line.tenant_id)
-    return (
-        not others.exclude(pk=line.pk)
-        .filter(gpu_type_id=line.gpu_type_id, cost_center=line.cost_center)
-        .exists()
+def without_metered(lines: list[UsageRecord]) -> list[UsageRecord]:
+    keys = {(line.job_id, line.attempt, line.period_start, line.kind) for line in lines if line.job_id}
+    existing = set(
+        UsageRecord.objects.filter(job_id__in={k[0] for k in keys}).values_list(
+            "job_id", "attempt", "period_start", "kind"
+        )
     )
+    fresh, seen = [], set()
+    for line in lines:
+        key = (line.job_id, line.attempt, line.period_start, line.kind)
+        if line.job_id and (key in existing or key in seen):
+            continue
+        seen.add(key)
+        fresh.append(line)
+    return fresh
 
 
-def add_to_summary(line: UsageRecord, *, first_of_job: bool) -> None:
-    charged_seconds = line.gpu_seconds if line.charged else 0
-    key = {
-        "month": line.month,
-        "tenant_id": line.tenant_id,
-        "cost_center": line.cost_center,
-        "gpu_type_id": line.gpu_type_id,
-        "currency": line.currency,
-    }
-    values = {
-        "gpu_seconds": line.gpu_seconds,
-        "charged_gpu_seconds": charged_seconds,
-        "amount": line.amount,
-        "energy_kwh": line.energy_kwh,
-        "co2e_kg": line.co2e_kg,
-        "lines": 1,
-        "jobs": int(first_of_job),
-    }
+def insert_one(line: UsageRecord) -> bool:
+    try:
+        with transaction.atomic():
+            line.pk = None
+            line.save(force_insert=True)
+    except IntegrityError:
+        return False  # metered before: exactly once
+    return True
+
+
+def add_to_summary(lines: list[UsageRecord]) -> None:
+    """Add inserted lines to the monthly summary rows: one upsert per summary key touched."""
+    totals: dict[tuple, dict] = {}
+    firsts = first_lines_of_jobs(lines)
+    for line in lines:
+        key = tuple(getattr(line, name) for name in SUMMARY_KEY)
+        row = totals.setdefault(key, dict.fromkeys(SUMMARY_VALUES, 0))
+        row["gpu_seconds"] += line.gpu_seconds
+        row["charged_gpu_seconds"] += line.gpu_seconds if line.charged else 0
+        row["amount"] += line.amount
+        row["energy_kwh"] += line.energy_kwh
+        row["co2e_kg"] += line.co2e_kg
+        row["lines"] += 1
+        row["jobs"] += int(line.pk in firsts)
+    for key, values in totals.items():
+        upsert_summary(dict(zip(SUMMARY_KEY, key, strict=True)), values)
+
+
+def first_lines_of_jobs(lines: list[UsageRecord]) -> set[int]:
+    """Ids of the lines that bring a job into a summary row for the first time (job counts)."""
+    by_job = {}
+    for line in sorted(lines, key=lambda line: line.pk or 0):
+        if line.job_id is not None:
+            by_job.setdefault((line.job_id, *(getattr(line, name) for name in SUMMARY_KEY)), line.pk)
+    if not by_job:
+        return set()
+    earlier = set(
+        UsageRecord.objects.filter(job_id__in={key[0] for key in by_job})
+        .exclude(pk__in=[line.pk for line in lines])
+        .values_list("job_id", *SUMMARY_KEY)
+    )
+    return {pk for key, pk in by_job.items() if key not in earlier}
+
+
+def upsert_summary(key: dict, values: dict) -> None:
     if connection.vendor == "postgresql":
         table = MonthlySummary._meta.db_table
         columns = [*key, *values]
         with connection.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
-                "ON CONFLICT (month, tenant_id, cost_center, gpu_type_id, currency) DO UPDATE SET "
+                f"ON CONFLICT ({', '.join(SUMMARY_KEY)}) DO UPDATE SET "
                 + ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name in values),
                 [*key.values(), *values.values()],
             )
