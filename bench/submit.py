@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -44,12 +46,18 @@ REDIS_URL = "redis://127.0.0.1:6379/14"
 HOST = "127.0.0.1"
 TENANT = "bench-lab"
 CONCURRENCY_LEVELS = (1, 8, 32)
+REQUEST_TIMEOUT = 30.0  # seconds past the window an unanswered request may take
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+EXCEPTION_LINE = re.compile(r"^[\w.]+(?:Error|Exception): .+$", re.MULTILINE)
 
-# Workers: measured on this 2-core machine (load generator, PostgreSQL and server all share the two
-# cores), 8 clients, CONN_MAX_AGE=60. See the report in the module's run notes; 1 and 2 workers
-# were both tried with this script (`--workers 1` / `--workers 2`). The default is whichever measured
-# best; the reasoning is kept next to the constant.
+# Workers: 2. Both were measured with this script on this 2-core machine (server, PostgreSQL and
+# the load generator share the two cores). At 1 client they are equal (one request at a time). At
+# 8 clients 2 workers measured equal or better: 54.6 vs 51.8 jobs/s on a quiet machine, 42-52 vs
+# 28-36 while other work shared it. One uvicorn process is held to one core by the GIL, and under
+# ASGI its event-loop thread and the per-request view threads all contend for that GIL (a request
+# crosses between them ~17 times, once per sync middleware hook); a second process lets Python use
+# the second core. The gain is small because PostgreSQL takes the rest (a new backend per request,
+# see the connection pool below); more processes than cores would only take CPU from it.
 DEFAULT_WORKERS = 2
 
 SEED = """
@@ -77,7 +85,7 @@ def log(message: str) -> None:
 # --- environment, database, seed ----------------------------------------------------------------
 
 
-def server_env(var_dir: Path, conn_max_age: int) -> dict[str, str]:
+def server_env(var_dir: Path, conn_max_age: int, pool_size: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         DATABASE_URL=DATABASE_URL,
@@ -86,9 +94,13 @@ def server_env(var_dir: Path, conn_max_age: int) -> dict[str, str]:
         DEBUG="0",
         SECURE_SSL_REDIRECT="0",
         ALLOWED_HOSTS=f"{HOST},localhost",
-        # Persistent connections: what production should use (no connect/auth round trip per
-        # request). Under ASGI, see the run notes: Django keeps connections per thread.
+        # Under ASGI each request runs in a new thread and Django's connections are per thread, so
+        # persistent connections (DB_CONN_MAX_AGE) never persist: every request would open one and
+        # at 32 clients they reach max_connections. The settings therefore use psycopg's pool on
+        # PostgreSQL (DB_POOL_MAX_SIZE, default 8 per process), which overrides DB_CONN_MAX_AGE;
+        # `--pool-size 0` turns it off to compare.
         DB_CONN_MAX_AGE=str(conn_max_age),
+        DB_POOL_MAX_SIZE=str(pool_size),
         FACTORY_VAR_DIR=str(var_dir),
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
@@ -152,7 +164,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Popen:
+def start_server(env: dict[str, str], port: int, workers: int, log_path: Path) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
@@ -167,7 +179,10 @@ def start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Pop
         "--no-access-log",
         "--log-level=warning",
     ]
-    return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def wait_for_port(port: int, server: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -240,11 +255,37 @@ def machine_busy_seconds() -> float:
     return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
 
 
-def pg_sessions() -> int:
-    """Sessions (connections) PostgreSQL has opened on the bench database so far."""
-    with psycopg.connect(PG_ADMIN_URL) as conn:
-        row = conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", [DB_NAME]).fetchone()
-    return int(row[0])
+class DbWatch:
+    """One monitoring connection, opened before the load starts (so it cannot be refused when the
+    server uses up max_connections), to count and sample connections to the bench database."""
+
+    def __init__(self, conn: psycopg.AsyncConnection) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def open(cls) -> DbWatch:
+        return cls(await psycopg.AsyncConnection.connect(PG_ADMIN_URL, autocommit=True))
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def scalar(self, sql: str) -> int:
+        cursor = await self.conn.execute(sql, [DB_NAME])
+        return int((await cursor.fetchone())[0])
+
+    async def sessions(self) -> int:
+        """Sessions (connections) PostgreSQL has opened on the bench database so far."""
+        await self.conn.execute("SELECT pg_stat_clear_snapshot()")
+        return await self.scalar("SELECT sessions FROM pg_stat_database WHERE datname = %s")
+
+    async def peak_open(self, stop: asyncio.Event) -> int:
+        """The most connections open to the bench database at once, sampled every 0.2 s."""
+        peak = 0
+        while not stop.is_set():
+            peak = max(peak, await self.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+        return peak
 
 
 # --- the load generator ---------------------------------------------------------------------------
@@ -264,7 +305,9 @@ class Window:
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    cpu_wall: float = 0.0
     db_connections: int = 0
+    db_connections_peak: int = 0
 
     @property
     def accepted(self) -> int:
@@ -273,6 +316,13 @@ class Window:
     @property
     def per_second(self) -> float:
         return self.accepted / self.seconds if self.seconds else 0.0
+
+    def cpu_ms_per_job(self, key: str) -> float:
+        return 1000 * self.cpu.get(key, 0.0) / max(self.accepted, 1)
+
+    def busy_percent(self) -> float:
+        """How busy all cores were (everything on the machine) while this level ran."""
+        return 100 * self.cpu.get("machine", 0.0) / (max(self.cpu_wall, 1e-9) * (os.cpu_count() or 1))
 
     def percentile_ms(self, q: float) -> float:
         if not self.latencies:
@@ -373,7 +423,7 @@ async def client_loop(submitter: Submitter, window: Window, measure_from: float,
 
 
 async def measure(
-    port: int, token: str, clients: int, warmup: float, duration: float, server_pid: int
+    port: int, token: str, clients: int, warmup: float, duration: float, server_pid: int, watch: DbWatch
 ) -> Window:
     run_id = f"c{clients}-{os.getpid()}-{time.time_ns()}"
     submitters = [Submitter(port, token, run_id) for _ in range(clients)]
@@ -383,10 +433,20 @@ async def measure(
     until = measure_from + duration
     loops = [asyncio.create_task(client_loop(s, window, measure_from, until)) for s in submitters]
     await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-    before, sessions_before = cpu_snapshot(server_pid), await asyncio.to_thread(pg_sessions)
-    await asyncio.gather(*loops)
-    after, sessions_after = cpu_snapshot(server_pid), await asyncio.to_thread(pg_sessions)
-    window.db_connections = sessions_after - sessions_before - 1  # minus pg_sessions' own
+    started = time.perf_counter()
+    before, sessions_before = cpu_snapshot(server_pid), await watch.sessions()
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(watch.peak_open(stop))
+    _, stuck = await asyncio.wait(loops, timeout=duration + REQUEST_TIMEOUT)
+    for loop in stuck:  # a request the server never answered: an error, and stop waiting for it
+        loop.cancel()
+        window.errors += 1
+        window.statuses[0] = window.statuses.get(0, 0) + 1
+    stop.set()
+    window.db_connections_peak = await sampler
+    after, sessions_after = cpu_snapshot(server_pid), await watch.sessions()
+    window.cpu_wall = time.perf_counter() - started  # in-flight requests finish after the window
+    window.db_connections = sessions_after - sessions_before
     window.seconds = duration
     window.cpu = {key: after[key] - before[key] for key in before}
     await asyncio.gather(*(s.close() for s in submitters))
@@ -395,24 +455,28 @@ async def measure(
 
 def describe(window: Window) -> str:
     jobs = max(window.accepted, 1)
-    cpu = ", ".join(f"{key} {1000 * value / jobs:.2f}" for key, value in window.cpu.items())
-    busy = 100 * window.cpu.get("machine", 0.0) / (window.seconds * (os.cpu_count() or 1))
+    cpu = ", ".join(f"{key} {window.cpu_ms_per_job(key):.2f}" for key in window.cpu)
     return (
         f"{window.clients:>2} clients: {window.per_second:7.1f} jobs/s  "
         f"p50 {window.percentile_ms(0.50):6.1f} ms  p99 {window.percentile_ms(0.99):6.1f} ms  "
-        f"errors {window.errors}\n    CPU ms per job: {cpu}; machine {busy:.0f}% busy; "
-        f"{window.db_connections / jobs:.2f} new DB connections per job"
+        f"errors {window.errors}\n    CPU ms per job: {cpu}; machine {window.busy_percent():.0f}% busy; "
+        f"{window.db_connections / jobs:.2f} new DB connections per job, "
+        f"up to {window.db_connections_peak} open"
     )
 
 
 async def run_levels(port: int, token: str, args: argparse.Namespace, server_pid: int) -> list[Window]:
     windows = []
-    for clients in CONCURRENCY_LEVELS:
-        window = await measure(port, token, clients, args.warmup, args.duration, server_pid)
-        log(describe(window))
-        if window.errors:
-            log(f"   non-202 answers: {window.statuses}")
-        windows.append(window)
+    watch = await DbWatch.open()
+    try:
+        for clients in CONCURRENCY_LEVELS:
+            window = await measure(port, token, clients, args.warmup, args.duration, server_pid, watch)
+            log(describe(window))
+            if window.errors:
+                log(f"   non-202 answers: {window.statuses}")
+            windows.append(window)
+    finally:
+        await watch.close()
     return windows
 
 
@@ -439,6 +503,11 @@ def summary(windows: list[Window], args: argparse.Namespace, extra: dict) -> dic
         db_conn_max_age=args.conn_max_age,
         duration_s=args.duration,
         errors=sum(w.errors for w in windows),
+        errors_by_clients={n: by_clients[n].errors for n in CONCURRENCY_LEVELS},
+        db_connections_peak=max(w.db_connections_peak for w in windows),
+        new_db_connections_per_job_8=round(by_clients[8].db_connections / max(by_clients[8].accepted, 1), 2),
+        cpu_ms_per_job_8={key: round(by_clients[8].cpu_ms_per_job(key), 2) for key in by_clients[8].cpu},
+        machine_busy_percent_8=round(by_clients[8].busy_percent()),
         **extra,
     )
     return result
@@ -450,7 +519,51 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per level")
     parser.add_argument("--conn-max-age", type=int, default=60, help="DB_CONN_MAX_AGE for the server")
+    parser.add_argument(
+        "--pool-size", type=int, default=8, help="DB_POOL_MAX_SIZE per server process (0: no pool)"
+    )
     return parser.parse_args()
+
+
+def server_log_summary(path: Path) -> tuple[int, str]:
+    """How many ERROR records the server logged, and the first exception line among them."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    errors = sum(1 for line in text.splitlines() if " ERROR " in line)
+    first = next((m.group(0) for m in EXCEPTION_LINE.finditer(text)), "")
+    return errors, first
+
+
+def run(args: argparse.Namespace, var_dir: Path, loop_name: str) -> tuple[list[Window], dict]:
+    env = server_env(var_dir, args.conn_max_age, args.pool_size)
+    server_log = var_dir / "server.log"
+    log(f"Creating database {DB_NAME}, migrating and seeding ...")
+    recreate_database()
+    server = None
+    try:
+        token = migrate_and_seed(env)
+        purge_redis()
+        port = free_port()
+        log(f"Starting uvicorn with {args.workers} worker(s) on {HOST}:{port} (client loop: {loop_name})")
+        server = start_server(env, port, args.workers, server_log)
+        wait_for_port(port, server)
+        windows = asyncio.run(run_levels(port, token, args, server.pid))
+        stop_server(server)
+        rows = count_rows()
+        log(f"Database holds {rows['jobs']} jobs and {rows['events']} events (warm-ups included)")
+        errors, first = server_log_summary(server_log)
+        if errors:
+            log(f"Server logged {errors} errors; the first: {first}")
+        return windows, {
+            "jobs_in_db": rows["jobs"],
+            "events_in_db": rows["events"],
+            "celery_messages": purge_redis(),
+            "server_log_errors": errors,
+        }
+    finally:
+        if server is not None:
+            stop_server(server)
+        drop_database()
+        purge_redis()
 
 
 def main() -> int:
@@ -459,32 +572,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="factory-bench-") as tmp:
         var_dir = Path(tmp)
         (var_dir / "staticfiles").mkdir()
-        env = server_env(var_dir, args.conn_max_age)
-        log(f"Creating database {DB_NAME}, migrating and seeding ...")
-        recreate_database()
-        server = None
-        try:
-            token = migrate_and_seed(env)
-            purge_redis()
-            port = free_port()
-            log(f"Starting uvicorn with {args.workers} worker(s) on {HOST}:{port} (client loop: {loop_name})")
-            server = start_server(env, port, args.workers)
-            wait_for_port(port, server)
-            windows = asyncio.run(run_levels(port, token, args, server.pid))
-            stop_server(server)
-            rows = count_rows()
-            accepted_total = rows["jobs"]
-            log(f"Database holds {rows['jobs']} jobs and {rows['events']} events (warm-ups included)")
-            extra = {
-                "jobs_in_db": accepted_total,
-                "events_in_db": rows["events"],
-                "celery_messages": purge_redis(),
-            }
-        finally:
-            if server is not None:
-                stop_server(server)
-            drop_database()
-            purge_redis()
+        windows, extra = run(args, var_dir, loop_name)
     log(json.dumps(summary(windows, args, extra)))
     return 0
 
