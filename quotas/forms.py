@@ -37,3 +37,10 @@ class BudgetForm(forms.ModelForm):
         model = Budget
         fields = ["gpu_hours_per_month", "amount_per_month", "currency", "hard", "max_priority"]
         labels = {"gpu_hours_per_month": "GPU-hours per month", "hard": "Hard budget (hold jobs when spent)"}
+
+
+class PriorityLimitForm(forms.ModelForm):
+    class Meta:
+        model = Budget
+        fields = ["max_priority"]
+        labels = {"max_priority": "Highest job priority members may use"}

@@ -10,10 +10,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_vary_headers
 
+from factory.choices import Role
 from factory.models import Tenant
 
 from .editing import save_audited
-from .forms import BudgetForm, QuotaForm, QuotaLimitsForm
+from .forms import BudgetForm, PriorityLimitForm, QuotaForm, QuotaLimitsForm
 from .models import Budget, Quota, QuotaChange
 from .usage import budget_burn, usage_for
 
@@ -84,8 +85,13 @@ def tenant_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     budget_form = None
     if request.user.is_staff:
         budget_form = BudgetForm(request.POST or None, instance=budget, prefix="budget")
-        if request.method == "POST" and _apply(budget_form, budget or Budget(tenant=tenant), request.user):
-            return redirect("quotas:dashboard", slug=slug)
+    elif tenant.memberships.filter(user=request.user, role=Role.ADMIN).exists():
+        # Tenant admins set how much priority their members' jobs may ask for; budgets are the
+        # platform's.
+        budget_form = PriorityLimitForm(request.POST or None, instance=budget, prefix="budget")
+    posted = budget_form is not None and request.method == "POST"
+    if posted and _apply(budget_form, budget or Budget(tenant=tenant), request.user):
+        return redirect("quotas:dashboard", slug=slug)
     burn = budget_burn(tenant)
     context = {
         "tenant": tenant,
