@@ -20,6 +20,7 @@ import json
 import os
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -633,6 +634,9 @@ def test_portal_job_runs_on_kubernetes_and_its_log_is_served(k8s_cluster, tenant
     job.refresh_from_db()
     assert job.state == JobState.SUBMITTED
     backend.started(job)
+    if backend.is_fake:  # the fake's clock has seconds only: let the job have run a while
+        status = backend.fake.jobs[tuple(job.external_id.split("/"))]["status"]
+        status["startTime"] = (datetime.now(UTC) - timedelta(seconds=90)).strftime("%Y-%m-%dT%H:%M:%SZ")
     dispatch.sync_cluster(k8s_cluster)
     backend.ended(job, output="from kubernetes\n")
     dispatch.sync_cluster(k8s_cluster)
@@ -648,6 +652,18 @@ def test_portal_job_runs_on_kubernetes_and_its_log_is_served(k8s_cluster, tenant
         "text": "from kubernetes\n",
         "complete": True,
     }
+    assert_metered(job)
+
+
+def assert_metered(job) -> None:
+    """Metered like any other job: its run is in the ledger, once."""
+    from billing.metering import meter_finished
+    from billing.models import UsageRecord
+
+    meter_finished()  # here the periodic path; after a real commit the release signal does it
+    meter_finished()
+    line = UsageRecord.objects.get(job=job)
+    assert line.kind == "usage" and line.gpu_seconds >= 0 and line.cluster_id == job.cluster_id
 
 
 # --- the fake itself answers like an API server ---------------------------------------------------

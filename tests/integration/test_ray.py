@@ -345,7 +345,8 @@ def test_one_list_call_syncs_many_jobs(ray_job, ray_cluster):
 def test_job_submitted_through_the_portal_runs_on_ray_and_its_log_is_served(ray_cluster, tenant, owner, h100):
     spec = {
         "name": "portal-to-ray",
-        "command": "echo hello from ray",
+        # Long enough for a sync to see it running: Ray's own start time is when it accepted the job.
+        "command": "echo hello from ray; sleep 3",
         "gpu_type": h100,
         "gpu_count": 1,
         "time_limit_minutes": 5,
@@ -369,3 +370,6 @@ def test_job_submitted_through_the_portal_runs_on_ray_and_its_log_is_served(ray_
     assert "hello from ray\n" in body["text"] and body["complete"]
     again = client.get(f"/api/v1/jobs/{job.pk}/logs/", {"offset": body["next_offset"]}).json()
     assert again["text"] == "" and again["next_offset"] == body["next_offset"]
+    from tests.integration.test_kubernetes import assert_metered
+
+    assert_metered(job)
