@@ -60,10 +60,8 @@ def setup_django() -> None:
 
 def seed(tenants: int, jobs: int, rng: random.Random) -> None:
     from django.contrib.auth import get_user_model
-    from django.utils import timezone
 
     from factory.models import Cluster, GpuType, Membership, Pool, Tenant
-    from jobs.models import Job
     from quotas.models import Budget, Quota
 
     gpu_types = [GpuType.objects.create(slug=s, name=s) for s in ("h100", "h200", "a100", "l40s")]
@@ -95,11 +93,20 @@ def seed(tenants: int, jobs: int, rng: random.Random) -> None:
         Budget(tenant=t, gpu_hours_per_month=rng.choice([100, 500, 5000]), hard=True, max_priority=5)
         for t in tenant_rows[::3]
     )
+    pending_jobs(tenant_rows, users, gpu_types, jobs, rng)
+
+
+def pending_jobs(tenant_rows, owners, gpu_types, jobs: int, rng: random.Random) -> None:
+    """`jobs` pending jobs spread over the tenants, a mix of sizes, time limits and priorities."""
+    from django.utils import timezone
+
+    from jobs.models import Job
+
     now = timezone.now()
     Job.objects.bulk_create(
         Job(
-            tenant=tenant_rows[i % tenants],
-            owner=users[i % tenants],
+            tenant=tenant_rows[i % len(tenant_rows)],
+            owner=owners[i % len(tenant_rows)],
             name=f"job-{i}",
             command="true",
             gpu_type=rng.choice(gpu_types),
@@ -176,29 +183,13 @@ def run(tenants: int, jobs: int, seed_value: int) -> dict:
 
 
 def seed_more(tenants: int, jobs: int, rng: random.Random) -> None:
-    from django.utils import timezone
 
     from factory.models import GpuType, Tenant
-    from jobs.models import Job
 
     gpu_types = list(GpuType.objects.all())
     tenant_rows = list(Tenant.objects.prefetch_related("members").order_by("slug"))
     owners = [t.members.first() for t in tenant_rows]
-    now = timezone.now()
-    Job.objects.bulk_create(
-        Job(
-            tenant=tenant_rows[i % tenants],
-            owner=owners[i % tenants],
-            name=f"job-{i}",
-            command="true",
-            gpu_type=rng.choice(gpu_types),
-            gpu_count=rng.choice([1, 1, 2, 4, 8]),
-            time_limit_minutes=rng.choice([30, 60, 240]),
-            priority=rng.choice([0, 0, 0, 5]),
-            created_at=now - timedelta(seconds=jobs - i),
-        )
-        for i in range(jobs)
-    )
+    pending_jobs(tenant_rows, owners, gpu_types, jobs, rng)
 
 
 def main() -> None:
