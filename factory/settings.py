@@ -255,6 +255,10 @@ FACTORY_HEALTH_INTERVAL = env_float("FACTORY_HEALTH_INTERVAL", 30.0)
 # How long the live status stream waits between looks at the event log and the job's log (seconds).
 FACTORY_STREAM_POLL_INTERVAL = env_float("FACTORY_STREAM_POLL_INTERVAL", 0.5)
 
+# Where admission asks about prices and money spent, for hard money budgets (quotas never imports
+# the app above it).
+FACTORY_BILLING_HOOKS = env("FACTORY_BILLING_HOOKS", "billing.budgeting")
+
 # The periodic work, by task name (apps above `factory` are named, never imported, here).
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "jobs.tasks.sweep", "schedule": FACTORY_SYNC_INTERVAL},

@@ -28,7 +28,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from importlib import import_module
 
+from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import Case, Value, When
 from django.utils import timezone
@@ -143,6 +145,9 @@ class Snapshot:
             for tenant, b in budgets.items()
             if b.hard and b.gpu_hours_per_month is not None
         }
+        self.money = MoneyBudgets(
+            {t: b for t, b in budgets.items() if b.hard and b.amount_per_month is not None}, self.month
+        )
         self._tally_lending()
 
     # --- the rules ------------------------------------------------------------------------------
@@ -208,6 +213,9 @@ class Snapshot:
         left = self.budget_left.get(job.tenant_id)
         if left is not None and job.gpu_hours > left:
             return Decision(None, f"budget: {_hours(left)} GPU-h left, job needs {_hours(job.gpu_hours)}")
+        short = self.money.shortfall(job)
+        if short:
+            return Decision(None, short)
 
         used = self.use[job.tenant_id, job.gpu_type_id]
         after = used + job.gpu_count
@@ -303,6 +311,55 @@ class Snapshot:
         decision.pool.used += job.gpu_count
         if job.tenant_id in self.budget_left:
             self.budget_left[job.tenant_id] -= job.gpu_hours
+        self.money.spend(job)
+
+
+class MoneyBudgets:
+    """Hard money budgets: what is left this month after what the ledger billed and what the jobs
+    now holding GPUs may still cost (their reserved GPU-hours at the GPU type's price). Prices and
+    spend come from the billing app, named in settings (FACTORY_BILLING_HOOKS): quotas does not
+    import the app above it."""
+
+    def __init__(self, budgets: dict[int, Budget], month) -> None:
+        self.left: dict[int, Decimal] = {}
+        self.currency: dict[int, str] = {}
+        self.hooks = import_module(settings.FACTORY_BILLING_HOOKS) if budgets else None
+        if not budgets:
+            return
+        spent = self.hooks.money_spent(list(budgets), month)
+        held: dict[int, Decimal] = defaultdict(Decimal)
+        open_rows = Reservation.objects.open().filter(tenant_id__in=list(budgets), month=month)
+        for tenant_id, gpu_type_id, gpu_hours in open_rows.values_list(
+            "tenant_id", "gpu_type_id", "reserved_gpu_hours"
+        ):
+            held[tenant_id] += gpu_hours * (self.price(gpu_type_id) or 0)
+        for tenant_id, budget in budgets.items():
+            self.left[tenant_id] = (
+                budget.amount_per_month - spent.get(tenant_id, Decimal(0)) - held[tenant_id]
+            )
+            self.currency[tenant_id] = budget.currency
+
+    def price(self, gpu_type_id: int) -> Decimal | None:
+        if not hasattr(self, "_prices"):
+            self._prices = self.hooks.prices_per_gpu_hour() if self.hooks else {}
+        return self._prices.get(gpu_type_id)
+
+    def cost(self, job: PendingJob) -> Decimal:
+        return job.gpu_hours * (self.price(job.gpu_type_id) or 0)
+
+    def shortfall(self, job: PendingJob) -> str:
+        left = self.left.get(job.tenant_id)
+        if left is None:
+            return ""
+        need = self.cost(job)
+        if need <= left:
+            return ""
+        currency = self.currency[job.tenant_id]
+        return f"budget: {max(left, Decimal(0)):.2f} {currency} left, job may cost {need:.2f} {currency}"
+
+    def spend(self, job: PendingJob) -> None:
+        if job.tenant_id in self.left:
+            self.left[job.tenant_id] -= self.cost(job)
 
 
 def borrowed_jobs(gpu_type_id: int) -> dict[int, list[tuple[int, int, int, int]]]:
