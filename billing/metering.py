@@ -364,15 +364,28 @@ def meter_finished(limit: int = 5000) -> int:
     return len(record(lines))
 
 
-def live_cost(job: Job, now: datetime | None = None) -> tuple[Decimal, str]:
-    """What a running job has cost so far (not in the ledger until it ends)."""
+@dataclasses.dataclass(frozen=True)
+class JobCost:
+    amount: Decimal
+    currency: str
+    energy_kwh: Decimal
+    co2e_kg: Decimal
+
+
+def live_cost(job: Job, now: datetime | None = None, pricing: Pricing | None = None) -> JobCost:
+    """What a job has cost so far: priced like its ledger lines will be (running jobs are not in the
+    ledger until they end)."""
     if job.started_at is None or job.cluster_id is None:
-        return ZERO, ""
+        return JobCost(ZERO, "", ZERO, ZERO)
     end = job.ended_at or now or timezone.now()
-    pricing = Pricing()
-    lines = lines_for_attempt(job, job.attempt, job.started_at, end, final_kind(job, False), pricing)
-    return sum((line.amount for line in lines), ZERO), next(
-        (line.currency for line in lines if line.currency), ""
+    lines = lines_for_attempt(
+        job, job.attempt, job.started_at, end, final_kind(job, False), pricing or Pricing()
+    )
+    return JobCost(
+        amount=sum((line.amount for line in lines), ZERO),
+        currency=next((line.currency for line in lines if line.currency), ""),
+        energy_kwh=sum((line.energy_kwh for line in lines), ZERO),
+        co2e_kg=sum((line.co2e_kg for line in lines), ZERO),
     )
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import date, timedelta
+from decimal import Decimal
 
 from django.db import models
 from django.db.models.functions import TruncDate
 from django.template.loader import render_to_string
 
+from jobs.choices import JobState
+from jobs.models import Job
 from quotas.models import Budget, month_start
 
 from .alerts import spend
-from .metering import live_cost
-from .models import UsageRecord
+from .metering import Pricing, live_cost
+from .models import ZERO, UsageRecord
 
 CHART_COLORS = ["#2457c5", "#e08a00", "#1a7f37", "#8e44ad", "#c62828"]
 
@@ -21,9 +24,9 @@ CHART_COLORS = ["#2457c5", "#e08a00", "#1a7f37", "#8e44ad", "#c62828"]
 def job_cost(request, job) -> str:
     if job.started_at is None:
         return ""
-    amount, currency = live_cost(job)
+    cost = live_cost(job)
     billed = job.usage_records.exists() if job.is_terminal else False
-    context = {"amount": amount, "currency": currency, "final": billed, "running": not job.is_terminal}
+    context = {"cost": cost, "final": billed, "running": not job.is_terminal}
     return render_to_string("billing/_job_cost.html", context, request=request)
 
 
@@ -31,10 +34,23 @@ def tenant_spend(request, tenant) -> str:
     month = month_start()
     amount, currency = spend(tenant.pk, month)
     budget = Budget.objects.filter(tenant=tenant).first()
+    pricing = Pricing()
+    running = [
+        live_cost(job, pricing=pricing) for job in Job.objects.filter(tenant=tenant, state=JobState.RUNNING)
+    ]
+    energy = UsageRecord.objects.filter(tenant=tenant, month=month).aggregate(
+        kwh=models.Sum("energy_kwh"), co2e=models.Sum("co2e_kg")
+    )
     context = {
         "month": month,
-        "amount": amount,
-        "currency": currency or (budget.currency if budget else ""),
+        "amount": amount.quantize(Decimal("0.01")),
+        "accruing": sum((cost.amount for cost in running), ZERO),
+        "running_jobs": len(running),
+        "energy_kwh": energy["kwh"] or ZERO,
+        "co2e_kg": energy["co2e"] or ZERO,
+        "currency": currency
+        or next((c.currency for c in running if c.currency), "")
+        or getattr(budget, "currency", ""),
         "budget": budget,
         "percent": round(float(100 * amount / budget.amount_per_month), 1)
         if budget and budget.amount_per_month
