@@ -6,83 +6,75 @@ from rest_framework import serializers
 from factory.api.serializers import StrictFieldsMixin
 from factory.models import GpuType
 
+from ..choices import JobState
 from ..models import Job, JobEvent
 from ..submission import check_gpu_request
-from ..validators import validate_env
+from ..validators import validate_command, validate_env, validate_image, validate_name
 
 
-class JobSerializer(serializers.ModelSerializer):
-    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    gpu_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    cluster = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+class JobSerializer(serializers.Serializer):
+    """A job as the API shows it. Fields are declared, not introspected from the model: this is on
+    every submission's response and every list page, and ModelSerializer rebuilds its fields per use."""
+
+    id = serializers.IntegerField(read_only=True)
+    uid = serializers.UUIDField(read_only=True)
+    tenant = serializers.CharField(source="tenant.slug", read_only=True)
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    name = serializers.CharField(read_only=True)
+    command = serializers.CharField(read_only=True)
+    image = serializers.CharField(read_only=True)
+    gpu_type = serializers.CharField(source="gpu_type.slug", read_only=True)
+    gpu_count = serializers.IntegerField(read_only=True)
+    cpus = serializers.IntegerField(read_only=True)
+    memory_gb = serializers.IntegerField(read_only=True)
+    time_limit_minutes = serializers.IntegerField(read_only=True)
+    priority = serializers.IntegerField(read_only=True)
+    env = serializers.DictField(child=serializers.CharField(), read_only=True)
+    state = serializers.ChoiceField(choices=JobState.choices, read_only=True)
+    reason = serializers.CharField(read_only=True)
+    cluster = serializers.CharField(source="cluster.slug", read_only=True, allow_null=True, default=None)
+    external_id = serializers.CharField(read_only=True)
+    exit_code = serializers.IntegerField(read_only=True, allow_null=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    admitted_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    submitted_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    started_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    ended_at = serializers.DateTimeField(read_only=True, allow_null=True)
     cancel_requested = serializers.SerializerMethodField()
     queue_position = serializers.IntegerField(read_only=True, allow_null=True, default=None)
-
-    class Meta:
-        model = Job
-        fields = [
-            "id",
-            "uid",
-            "tenant",
-            "owner",
-            "name",
-            "command",
-            "image",
-            "gpu_type",
-            "gpu_count",
-            "cpus",
-            "memory_gb",
-            "time_limit_minutes",
-            "priority",
-            "env",
-            "state",
-            "reason",
-            "cluster",
-            "external_id",
-            "exit_code",
-            "created_at",
-            "admitted_at",
-            "submitted_at",
-            "started_at",
-            "ended_at",
-            "cancel_requested",
-            "queue_position",
-            "attempt",
-            "preempted_seconds",
-        ]
-        read_only_fields = fields
+    attempt = serializers.IntegerField(read_only=True)
+    preempted_seconds = serializers.IntegerField(read_only=True)
 
     def get_cancel_requested(self, job: Job) -> bool:
         return job.cancel_requested_at is not None
 
 
-class JobCreateSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+def _field_validators(name: str) -> list:
+    return list(Job._meta.get_field(name).validators)
+
+
+class JobCreateSerializer(StrictFieldsMixin, serializers.Serializer):
+    """A job spec. The rules are the model fields' validators (shared with the form), attached here
+    to declared fields: introspecting the model on every submission costs more than the rest."""
+
     # The tenant is resolved by the view (a tenant you do not belong to is a 404, not a 400).
     tenant = serializers.SlugField(write_only=True)
+    name = serializers.CharField(validators=[validate_name])
+    command = serializers.CharField(trim_whitespace=False, validators=[validate_command])
+    image = serializers.CharField(required=False, allow_blank=True, default="", validators=[validate_image])
     gpu_type = serializers.SlugRelatedField(
         slug_field="slug",
         queryset=GpuType.objects.all(),
         error_messages={"does_not_exist": "Unknown GPU type {value}."},
     )
+    gpu_count = serializers.IntegerField(validators=_field_validators("gpu_count"))
+    cpus = serializers.IntegerField(required=False, default=4, validators=_field_validators("cpus"))
+    memory_gb = serializers.IntegerField(
+        required=False, default=16, validators=_field_validators("memory_gb")
+    )
+    time_limit_minutes = serializers.IntegerField(validators=_field_validators("time_limit_minutes"))
+    priority = serializers.IntegerField(required=False, default=0, validators=_field_validators("priority"))
     env = serializers.JSONField(required=False, default=dict, validators=[validate_env])
-
-    class Meta:
-        model = Job
-        fields = [
-            "tenant",
-            "name",
-            "command",
-            "image",
-            "gpu_type",
-            "gpu_count",
-            "cpus",
-            "memory_gb",
-            "time_limit_minutes",
-            "priority",
-            "env",
-        ]
-        extra_kwargs = {"time_limit_minutes": {"required": True}, "gpu_count": {"required": True}}
 
     def validate(self, attrs):
         try:
