@@ -1,11 +1,32 @@
-"""ASGI entry point: pages, the API and the live event streams are all served from here."""
+"""ASGI entry point.
+
+Only the live event streams are asynchronous (long-lived and mostly idle). Every other request
+(pages, the REST API) is ordinary synchronous Django. Under Django's ASGI handler those run one at
+a time per process (sync code goes to a single thread) and hop between the event loop and that
+thread at every middleware; so they go to Django's WSGI handler instead, run whole in a thread pool
+where their database waits overlap, and only the stream paths take the ASGI handler.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 
+from a2wsgi import WSGIMiddleware
 from django.core.asgi import get_asgi_application
+from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
 
-application = get_asgi_application()
+STREAM_PATHS = re.compile(r"^/jobs/\d+/stream/$")
+SYNC_THREADS = int(os.environ.get("FACTORY_SYNC_THREADS", "8"))
+
+streams = get_asgi_application()
+pages_and_api = WSGIMiddleware(get_wsgi_application(), workers=SYNC_THREADS)
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and not STREAM_PATHS.match(scope["path"]):
+        await pages_and_api(scope, receive, send)
+    else:
+        await streams(scope, receive, send)

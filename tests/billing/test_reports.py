@@ -6,7 +6,6 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
-from asgiref.sync import async_to_sync
 from openpyxl import load_workbook
 
 from billing import metering
@@ -96,7 +95,7 @@ def test_api_report_json_csv_xlsx_focus_agree(finance_user, november):
     assert round(sum(r[amount] for r in rows[1:-1]), 2) == float(total) == rows[-1][amount]
 
     focus = api.get("/api/v1/reports/chargeback/?month=2026-11&format=focus")
-    body = async_to_sync(read_stream)(focus)
+    body = b"".join(focus.streaming_content).decode()
     focus_rows = list(csv.DictReader(io.StringIO(body)))
     assert len(focus_rows) == UsageRecord.objects.count()
     assert sum(Decimal(r["BilledCost"]) for r in focus_rows) == total
@@ -108,11 +107,6 @@ def test_api_report_json_csv_xlsx_focus_agree(finance_user, november):
     assert (
         first["BillingCurrency"] == "EUR" and first["ConsumedUnit"] == "GPU-Hours" and first["SubAccountId"]
     )
-
-
-async def read_stream(response) -> str:
-    """The FOCUS export is an async stream (the ASGI server sends it chunk by chunk)."""
-    return "".join([c.decode() if isinstance(c, bytes) else c async for c in response.streaming_content])
 
 
 def test_bad_report_parameters_are_field_errors(finance_user):
