@@ -21,7 +21,7 @@ from django.db import models
 from factory.models import Tenant
 
 from .metering import next_month
-from .models import ZERO, MonthClose, MonthlySummary, UsageKind, UsageRecord
+from .models import CENT, ZERO, MonthClose, MonthlySummary, UsageKind, UsageRecord
 
 CHUNK = 20000
 REPORT_COLUMNS = [
@@ -113,6 +113,14 @@ def _json(value):
     return str(value) if isinstance(value, Decimal) else value
 
 
+FOURTH = Decimal("0.0001")
+
+
+def _exact(value, places: Decimal) -> Decimal:
+    """Sums of stored decimals at their stored precision (SQLite sums decimals as floats)."""
+    return (value or ZERO).quantize(places)
+
+
 def hours(seconds) -> Decimal:
     return (Decimal(seconds or 0) / 3600).quantize(Decimal("0.0001"))
 
@@ -142,9 +150,9 @@ def chargeback(month: date, *, tenants: Iterable[int] | None = None) -> Report:
             currency=g["currency"],
             gpu_hours=hours(g["gpu_seconds"]),
             charged_gpu_hours=hours(g["charged_seconds"]),
-            amount=g["amount"] or ZERO,
-            energy_kwh=g["energy"] or ZERO,
-            co2e_kg=g["co2e"] or ZERO,
+            amount=_exact(g["amount"], CENT),
+            energy_kwh=_exact(g["energy"], FOURTH),
+            co2e_kg=_exact(g["co2e"], FOURTH),
             jobs=g["jobs"] or 0,
         )
         for g in grouped
