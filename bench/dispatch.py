@@ -1,6 +1,7 @@
 """How fast the portal hands jobs to a backend, and what a status sync of 1,000 jobs costs.
 
     .venv/bin/python bench/dispatch.py --backend kubernetes [--jobs 1000] [--cycles 5]
+    .venv/bin/python bench/dispatch.py --backend slurm [--concurrency 4] [--py-spy stacks.txt]
 
 Self-contained: it creates a fresh PostgreSQL database (`factory_bench_dispatch`), sets
 DATABASE_URL to it before Django starts, migrates it and seeds a tenant, a GPU type and one
@@ -23,6 +24,16 @@ ray: a real local Ray head (tests/integration/ray_head.py), reached over HTTP as
 Only 4 of the jobs run (4 logical GPUs); the rest wait in Ray as PENDING, since a running Ray job
 costs two processes. Calls and the time spent waiting for Ray are counted at RayDashboard.request.
 
+slurm: the real local Slurm of scripts/slurm-dev-cluster, measured end to end instead. Half of
+--jobs are admitted jobs whose dispatch tasks are enqueued (`jobs.tasks.enqueue_dispatch`) on Redis
+(db 11, flushed before and after) for a real `celery worker` subprocess (--concurrency, default 4),
+timed until the last is `submitted`; the other half are plain `sbatch --parsable --hold --wrap true`
+calls in a serial loop, the baseline (`ratio` = portal / sbatch jobs per second). The bench's tenant
+gets its own Slurm account with GrpJobs=0, so its jobs queue but never take a GPU; the sync then
+covers all of them (the held ones as submitted jobs with their real ids), calls counted at
+SlurmAdapter._exec. Every Slurm job it made is cancelled by id at the end, and the account deleted.
+It uses its own database (`factory_bench_dispatch_slurm`).
+
 The last line printed is one JSON object.
 """
 
@@ -32,7 +43,10 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +60,6 @@ sys.path.insert(0, str(ROOT))
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "factory_bench_dispatch"
-DATABASE_URL = f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}"
 TENANT = "bench-lab"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 
@@ -58,37 +71,39 @@ def log(message: str) -> None:
 # --- database and Django --------------------------------------------------------------------------
 
 
-def recreate_database() -> None:
+def recreate_database(name: str = DB_NAME) -> None:
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
 
 
-def drop_database() -> None:
+def drop_database(name: str = DB_NAME) -> None:
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @contextlib.contextmanager
-def portal_database() -> Iterator[None]:
-    """Django set up on a fresh bench database, dropped afterwards."""
-    log(f"Creating database {DB_NAME} and migrating ...")
-    recreate_database()
+def portal_database(name: str = DB_NAME, **env: str) -> Iterator[Path]:
+    """Django set up on a fresh bench database, dropped afterwards; yields the var directory.
+    `env` overrides settings' environment (the slurm bench's Redis broker and job root)."""
+    log(f"Creating database {name} and migrating ...")
+    recreate_database(name)
     try:
         with tempfile.TemporaryDirectory(prefix="factory-bench-dispatch-") as tmp:
-            setup_django(Path(tmp))
-            yield
+            setup_django(Path(tmp), name, env)
+            yield Path(tmp)
     finally:
         if "django.db" in sys.modules:
             from django.db import connections
 
             connections.close_all()
-        drop_database()
+        drop_database(name)
 
 
-def setup_django(var_dir: Path) -> None:
+def setup_django(var_dir: Path, name: str = DB_NAME, env: dict[str, str] | None = None) -> None:
+    os.environ.pop("REDIS_URL", None)
     os.environ.update(
-        DATABASE_URL=DATABASE_URL,
+        DATABASE_URL=f"postgresql://postgres@127.0.0.1:5432/{name}",
         SECRET_KEY="bench-only-not-a-secret-" + "x" * 40,
         DEBUG="0",
         CELERY_BROKER_URL="memory://localhost/",  # tasks enqueued on the way (admission) go nowhere
@@ -96,7 +111,7 @@ def setup_django(var_dir: Path) -> None:
         LOG_LEVEL="WARNING",
         DJANGO_SETTINGS_MODULE="factory.settings",
     )
-    os.environ.pop("REDIS_URL", None)
+    os.environ.update(env or {})
     import django
     from django.core.management import call_command
 
@@ -417,9 +432,440 @@ def measure_ray_syncs(calls: RayCalls, head, cluster, jobs: list, cycles: int) -
     }
 
 
+def bench_slurm(args: argparse.Namespace) -> dict:
+    """slurm: the real local Slurm (scripts/slurm-dev-cluster). Half of --jobs go through the
+    portal's Celery path, half are plain `sbatch` calls (the baseline); the sync covers them all."""
+    if not shutil.which("sbatch"):
+        raise SystemExit("no Slurm here: run scripts/slurm-dev-cluster")
+    portal_count = args.jobs // 2
+    raw_count = args.jobs - portal_count
+    worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    flush_redis(SLURM_BROKER)
+    try:
+        with (
+            slurm_bench_account() as made,
+            portal_database(SLURM_DB_NAME, CELERY_BROKER_URL=SLURM_BROKER, REDIS_URL=SLURM_BROKER) as var_dir,
+        ):
+            from factory.models import Pool
+            from jobs.models import Job
+
+            tenant, user, h100, cluster = seed("slurm", {}, {})
+            Pool.objects.filter(cluster=cluster).update(partition="gpu")
+            jobs = slurm_jobs(portal_count, tenant, user, h100, cluster)
+            result = {
+                "backend": "slurm",
+                "jobs": args.jobs,
+                "portal_jobs": portal_count,
+                "sbatch_jobs": raw_count,
+                **({"worker_env": worker_env} if worker_env else {}),
+            }
+            try:
+                log(f"slurm: {raw_count} plain sbatch calls, one after another ...")
+                raw_ids, baseline = measure_sbatch_baseline(raw_count, var_dir, made)
+                result.update(baseline)
+                log(
+                    f"slurm: {portal_count} jobs through Celery (worker --concurrency={args.concurrency}) "
+                    "to Slurm ..."
+                )
+                result.update(
+                    measure_slurm_dispatch(jobs, var_dir, args.concurrency, args.py_spy, worker_env)
+                )
+                result["ratio"] = round(result["sbatch_ms_per_job"] / result["portal_ms_per_job"], 3)
+                log(f"  ratio portal / sbatch: {result['ratio']}")
+                result.update(measure_slurm_syncs(cluster, tenant, user, h100, raw_ids, args.cycles))
+            finally:
+                made.extend(Job.objects.exclude(external_id="").values_list("external_id", flat=True))
+            return result
+    finally:
+        flush_redis(SLURM_BROKER)
+
+
+SLURM_DB_NAME = "factory_bench_dispatch_slurm"  # not the other backends' database: they may run at once
+SLURM_BROKER = "redis://127.0.0.1:6379/11"
+SLURM_CONCURRENCY = 4
+
+
+def flush_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def slurm(*argv: str, check: bool = True) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} failed: {(result.stderr or result.stdout).strip()}")
+    return result.stdout
+
+
+@contextlib.contextmanager
+def slurm_bench_account() -> Iterator[list[str]]:
+    """The Slurm account of the bench's tenant, with GrpJobs=0: its jobs are accepted and queue
+    (reason AssocGrpJobsLimit) but never start, so the bench occupies no GPU of the shared node.
+    Yields the list of Slurm job ids the bench made; on exit they (and anything still queued in
+    the account) are cancelled by id, then the account is deleted."""
+    import pwd
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    slurm(
+        "sacctmgr",
+        "-i",
+        "add",
+        "account",
+        TENANT,
+        "Description=bench/dispatch.py",
+        "Organization=bench",
+        check=False,
+    )
+    slurm("sacctmgr", "-i", "add", "user", user, f"Account={TENANT}", check=False)
+    slurm("sacctmgr", "-i", "modify", "account", TENANT, "set", "GrpJobs=0")
+    made: list[str] = []
+    try:
+        yield made
+    finally:
+        queued = slurm("squeue", "-h", "-A", TENANT, "-o", "%i", check=False).split()
+        ids = sorted({*made, *queued}, key=int)
+        for start in range(0, len(ids), 500):
+            slurm("scancel", *ids[start : start + 500], check=False)
+        log(f"slurm: cancelled the bench's {len(ids)} Slurm jobs")
+        for _ in range(30):  # slurmdbd learns of the cancellations a moment later
+            slurm("sacctmgr", "-i", "delete", "user", user, f"account={TENANT}", check=False)
+            slurm("sacctmgr", "-i", "delete", "account", TENANT, check=False)
+            if not slurm(
+                "sacctmgr", "-n", "-P", "show", "account", TENANT, "format=Account", check=False
+            ).strip():
+                break
+            time.sleep(1)
+        else:
+            log(f"slurm: account {TENANT} could not be deleted; remove it with sacctmgr")
+
+
+def slurm_jobs(count: int, tenant, user, gpu_type, cluster) -> list:
+    """Admitted jobs small enough for the node (1 GPU, 1 CPU, 1 GB); the account keeps them queued."""
+    from jobs.models import Job
+
+    admitted_jobs(count, tenant, user, gpu_type, cluster, image="")
+    Job.objects.filter(cluster=cluster).update(
+        command="sleep 600", cpus=1, memory_gb=1, time_limit_minutes=10
+    )
+    return list(
+        Job.objects.filter(cluster=cluster).select_related("cluster", "gpu_type", "tenant").order_by("id")
+    )
+
+
+def measure_sbatch_baseline(count: int, var_dir: Path, made: list[str]) -> tuple[list[str], dict]:
+    """`sbatch --parsable --hold --wrap true`, `count` times in a serial loop, from Python as the
+    adapter runs it. The jobs stay held; their ids join the sync's active set."""
+    ids: list[str] = []
+    cpu = cpu_snapshot()
+    started = time.perf_counter()
+    for _ in range(count):
+        out = subprocess.run(
+            ["sbatch", "--parsable", "--hold", "--wrap", "true"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=var_dir,
+        ).stdout
+        ids.append(out.strip().split(";", 1)[0])
+        made.append(ids[-1])
+    seconds = time.perf_counter() - started
+    cpu = cpu_ms_per_job(cpu, cpu_snapshot(), count)
+    del cpu["worker"]
+    log(
+        f"  sbatch: {count / seconds:.1f} jobs/s, {1000 * seconds / count:.2f} ms each; CPU ms per job "
+        f"{cpu} (bench = this loop with its sbatch runs)"
+    )
+    return ids, {
+        "sbatch_jobs_per_s": round(count / seconds, 1),
+        "sbatch_ms_per_job": round(1000 * seconds / count, 2),
+        "sbatch_cpu_ms_per_job": cpu,
+    }
+
+
+def measure_slurm_dispatch(
+    jobs: list, var_dir: Path, concurrency: int, py_spy: str | None, worker_env: dict[str, str]
+) -> dict:
+    """From enqueueing one dispatch task per job (`jobs.tasks.enqueue_dispatch`, as admission
+    does) until the last job is `submitted` in the database, through a real Celery worker."""
+    from django.conf import settings
+    from django.db.models import Count, Max
+    from django.utils import timezone
+
+    from jobs.choices import JobState
+    from jobs.models import Job
+    from jobs.tasks import enqueue_dispatch
+
+    env = {**os.environ, "FACTORY_SLURM_JOB_ROOT": str(settings.FACTORY_SLURM_JOB_ROOT), **worker_env}
+    worker = start_worker(env, concurrency, var_dir / "worker.log")
+    profiler = None
+    try:
+        wait_for_worker(worker, var_dir / "worker.log")
+        if py_spy:
+            profiler = start_py_spy(worker.pid, py_spy)
+        ids = [job.pk for job in jobs]
+        cpu = cpu_snapshot(worker.pid)
+        enqueued_at = timezone.now()
+        started = time.perf_counter()
+        enqueue_dispatch(ids)
+        enqueue_s = time.perf_counter() - started
+        deadline = time.monotonic() + 600
+        while True:
+            counts = dict(
+                Job.objects.filter(pk__in=ids)
+                .values_list("state")
+                .annotate(n=Count("id"))
+                .values_list("state", "n")
+            )
+            if counts.get(JobState.SUBMITTED, 0) == len(ids):
+                break
+            if set(counts) - {JobState.ADMITTED, JobState.SUBMITTED}:
+                reasons = set(
+                    Job.objects.filter(pk__in=ids).exclude(reason="").values_list("reason", flat=True)[:3]
+                )
+                raise RuntimeError(f"jobs left the dispatch path: {counts}; {reasons}")
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dispatch did not finish ({counts}); see {var_dir / 'worker.log'}")
+            time.sleep(0.02)
+        polled_s = time.perf_counter() - started
+        last = Job.objects.filter(pk__in=ids).aggregate(last=Max("submitted_at"))["last"]
+        seconds = (last - enqueued_at).total_seconds()
+        cpu = cpu_ms_per_job(cpu, cpu_snapshot(worker.pid), len(ids))
+    finally:
+        if profiler is not None:
+            stop_process(profiler, signal.SIGINT)
+            log(f"  py-spy profile of the worker written to {py_spy}")
+        stop_process(worker, signal.SIGTERM)
+    log(
+        f"  portal: {len(ids) / seconds:.1f} jobs/s, {1000 * seconds / len(ids):.2f} ms each, enqueue to "
+        f"last submitted {seconds:.2f} s (polled {polled_s:.2f} s; enqueueing {enqueue_s:.3f} s); "
+        f"CPU ms per job {cpu} (bench = enqueueing and polling)"
+    )
+    return {
+        "portal_jobs_per_s": round(len(ids) / seconds, 1),
+        "portal_ms_per_job": round(1000 * seconds / len(ids), 2),
+        "portal_enqueue_s": round(enqueue_s, 3),
+        "worker_concurrency": concurrency,
+        "portal_cpu_ms_per_job": cpu,
+    }
+
+
+def start_worker(env: dict[str, str], concurrency: int, log_path: Path) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "factory",
+        "worker",
+        f"--concurrency={concurrency}",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel=WARNING",
+    ]
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_for_worker(worker: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
+    """Until the worker answers a broadcast ping (its pool is up and it consumes the queue)."""
+    from factory.celery import app
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(
+                f"the Celery worker exited with {worker.returncode}: {log_path.read_text()[-2000:]}"
+            )
+        if app.control.ping(timeout=0.5):
+            return
+    raise RuntimeError(f"the Celery worker did not answer within {timeout:g} s")
+
+
+def stop_process(process: subprocess.Popen, sig: int) -> None:
+    """Stop a process this bench started (its own session: the worker's pool goes with it)."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def start_py_spy(pid: int, out: str) -> subprocess.Popen:
+    py_spy = Path(sys.executable).with_name("py-spy")
+    command = [str(py_spy), "record", "--pid", str(pid), "--subprocesses", "--rate", "250"]
+    command += ["--format", "raw", "--output", out]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    time.sleep(1.0)  # attached to the worker and its pool processes
+    return process
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SLURM_DAEMONS = ("slurmctld", "slurmdbd", "slurmd")
+
+
+def cpu_snapshot(worker_pgid: int | None = None) -> dict[str, float]:
+    """CPU seconds used so far by the worker's process group (its pool and their sbatch runs),
+    the Slurm daemons, PostgreSQL, MariaDB (slurmdbd's store), Redis, this process with the children
+    it ran, and the whole machine. Exited processes count in their parent's reaped-children time
+    (a PostgreSQL backend per connection in the postmaster's)."""
+    seconds: dict[str, float] = dict.fromkeys(("worker", *SLURM_DAEMONS, "postgres", "mariadb", "redis"), 0.0)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        used = sum(int(f) for f in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
+        if worker_pgid is not None and int(fields[2]) == worker_pgid:
+            seconds["worker"] += used
+        elif name in SLURM_DAEMONS:
+            seconds[name] += used
+        elif name.startswith("postgres"):
+            seconds["postgres"] += used
+        elif name.startswith(("mariadbd", "mysqld")):
+            seconds["mariadb"] += used
+        elif name.startswith("redis"):
+            seconds["redis"] += used
+    own = os.times()
+    seconds["bench"] = own.user + own.system + own.children_user + own.children_system
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    seconds["machine"] = (sum(values) - values[3] - values[4]) / CLOCK_TICKS  # all but idle, iowait
+    return seconds
+
+
+def cpu_ms_per_job(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    return {key: round(1000 * (after[key] - before[key]) / count, 2) for key in before if key in after}
+
+
+class SlurmCalls:
+    """Counts the adapter's Slurm CLI calls (SlurmAdapter._exec) and the time spent in them."""
+
+    def __enter__(self) -> SlurmCalls:
+        from factory.adapters.slurm import SlurmAdapter
+
+        self.tools: list[str] = []
+        self.seconds = 0.0
+        self.adapter_class = SlurmAdapter
+        self.original = SlurmAdapter._exec
+        counter = self
+
+        def _exec(adapter, argv, *, stdin=None):
+            started = time.perf_counter()
+            try:
+                return counter.original(adapter, argv, stdin=stdin)
+            finally:
+                counter.tools.append(" ".join(argv[:3]) if argv[0] == "scontrol" else argv[0])
+                counter.seconds += time.perf_counter() - started
+
+        SlurmAdapter._exec = _exec
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.adapter_class._exec = self.original
+
+    def calls(self) -> int:
+        return len(self.tools)
+
+
+def slurm_sync(cluster, calls: SlurmCalls) -> dict:
+    before = calls.calls()
+    cycle = timed_sync(cluster, calls)
+    cycle["tools"] = calls.tools[before:]
+    return cycle
+
+
+def measure_slurm_syncs(cluster, tenant, user, gpu_type, raw_ids: list[str], cycles: int) -> dict:
+    """The portal's jobs plus the baseline's held ones (as submitted jobs of the portal with those
+    real Slurm ids): steady cycles where nothing changes, then one where a tenth were cancelled."""
+    from django.utils import timezone
+
+    from jobs.choices import JobState
+    from jobs.models import Job
+
+    now = timezone.now()
+    Job.objects.bulk_create(
+        Job(
+            tenant=tenant,
+            owner=user,
+            name=f"held-{i}",
+            command="true",
+            gpu_type=gpu_type,
+            gpu_count=1,
+            cpus=1,
+            memory_gb=1,
+            time_limit_minutes=10,
+            state=JobState.SUBMITTED,
+            cluster=cluster,
+            external_id=external_id,
+            admitted_at=now,
+            submitted_at=now,
+        )
+        for i, external_id in enumerate(raw_ids)
+    )
+    active = list(
+        Job.objects.filter(cluster=cluster).at_backend().order_by("id").values_list("external_id", flat=True)
+    )
+    in_squeue = len(cluster.adapter().squeue())
+    log(
+        f"slurm: syncing {len(active)} active jobs ({in_squeue} jobs in `squeue --json`, "
+        "finished ones included until MinJobAge) ..."
+    )
+    with SlurmCalls() as calls:
+        first = slurm_sync(cluster, calls)
+        log(
+            f"  first sync: {first['seconds']:.3f} s; {first['changed']} jobs changed (their waiting "
+            f"reason); calls {first['tools']} ({first['server_seconds']:.3f} s in them)"
+        )
+        steady = [slurm_sync(cluster, calls) for _ in range(cycles)]
+        if any(cycle["changed"] for cycle in steady):
+            raise RuntimeError("a steady sync cycle changed jobs")
+        steady_s = statistics.median(c["seconds"] for c in steady)
+        cli_s = statistics.median(c["server_seconds"] for c in steady)
+        log(
+            f"  steady sync of {len(active)} active jobs: median {steady_s:.3f} s over {cycles} cycles "
+            f"(in squeue {cli_s:.3f} s of it); calls per cycle {[c['tools'] for c in steady]}"
+        )
+        ending = active[::10]
+        slurm("scancel", *ending)
+        ended = slurm_sync(cluster, calls)
+        cancelled = Job.objects.filter(cluster=cluster, state=JobState.CANCELLED).count()
+        log(
+            f"  sync after {len(ending)} jobs were cancelled in Slurm: {ended['seconds']:.3f} s "
+            f"({ended['server_seconds']:.3f} s in the CLI); {cancelled} jobs cancelled in the portal; "
+            f"calls {ended['tools']}"
+        )
+    if cancelled != len(ending):
+        raise RuntimeError(f"{len(ending)} jobs were cancelled in Slurm, {cancelled} in the portal")
+    return {
+        "squeue_jobs": in_squeue,
+        f"sync_s_{len(active)}": round(steady_s, 3),
+        "sync_squeue_s": round(cli_s, 3),
+        "sync_first_s": round(first["seconds"], 3),
+        "sync_with_endings_s": round(ended["seconds"], 3),
+        "sync_calls_per_cycle": max(len(c["tools"]) for c in [first, *steady]),
+        "sync_calls_with_endings": ended["tools"],
+    }
+
+
 BACKENDS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "kubernetes": bench_kubernetes,
     "ray": bench_ray,
+    "slurm": bench_slurm,
 }
 
 
@@ -431,6 +877,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backend", choices=sorted(BACKENDS), required=True)
     parser.add_argument("--jobs", type=int, default=1000, help="jobs dispatched, then synced")
     parser.add_argument("--cycles", type=int, default=5, help="steady sync cycles measured")
+    parser.add_argument(
+        "--concurrency", type=int, default=SLURM_CONCURRENCY, help="slurm: the Celery worker's pool size"
+    )
+    parser.add_argument("--py-spy", metavar="FILE", help="slurm: record the worker with py-spy (raw stacks)")
+    parser.add_argument(
+        "--worker-env",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="slurm: an environment variable for the worker only (e.g. DB_POOL_MAX_SIZE=0); repeatable",
+    )
     return parser.parse_args()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import task_postrun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
 
@@ -21,3 +22,12 @@ def _prepare(sender: Celery, **kwargs) -> None:
         # The filesystem transport dies on folders that do not exist yet.
         for key in ("data_folder_in", "control_folder", "processed_folder"):
             os.makedirs(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key], exist_ok=True)
+
+
+@task_postrun.connect
+def _release_connections(**kwargs) -> None:
+    """Hand the task's database connections back (to the pool, when there is one); broken ones are
+    dropped. Cheap, unlike closing the pool itself."""
+    from django.db import close_old_connections
+
+    close_old_connections()

@@ -239,6 +239,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Celery's Django fix-up would close the whole connection pool after every task (a new PostgreSQL
+# connection per task); factory.celery returns connections to the pool after each task instead.
+CELERY_DB_REUSE_MAX = 1_000_000
 
 # --- The factory ------------------------------------------------------------------------------
 # How often the scheduler syncs every cluster's active jobs and sweeps stalled work (seconds).

@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -48,6 +49,8 @@ SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 JOB_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 COMMENT_PREFIX = "aif:"
+ACCOUNTING_CACHE_SECONDS = 300
+_ACCOUNTING: dict[str, tuple[bool, float]] = {}
 JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What the CLI tools themselves may see of the worker's environment (never its secrets).
 CLI_ENV_KEYS = ("PATH", "SLURM_CONF", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME")
@@ -442,11 +445,16 @@ class SlurmAdapter(Adapter):
         return reports
 
     def accounting_enabled(self) -> bool:
-        if not hasattr(self, "_accounting"):
-            out = self.run(["scontrol", "show", "config"], check=False)
-            match = re.search(r"^AccountingStorageType\s*=\s*(\S+)", out, re.MULTILINE)
-            self._accounting = bool(match) and match[1] != "accounting_storage/none"
-        return self._accounting
+        """Whether slurmdbd keeps accounting (sacct works): read from the controller's config, and
+        remembered per cluster for a while, since an adapter lives for one task or sync."""
+        cached = _ACCOUNTING.get(self.cluster.slug)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        out = self.run(["scontrol", "show", "config"], check=False)
+        match = re.search(r"^AccountingStorageType\s*=\s*(\S+)", out, re.MULTILINE)
+        enabled = bool(match) and match[1] != "accounting_storage/none"
+        _ACCOUNTING[self.cluster.slug] = (enabled, time.monotonic() + ACCOUNTING_CACHE_SECONDS)
+        return enabled
 
     def ensure_account(self, job) -> bool:
         """Create the tenant's Slurm account (and the submitting user's association) if missing."""

@@ -55,6 +55,8 @@ class WorkerProcess:
             **os.environ,
             "DATABASE_URL": url,  # the test database pytest-django created
             "FACTORY_LOCAL_BACKEND_ROOT": str(settings.FACTORY_LOCAL_BACKEND_ROOT),
+            # The Slurm jobs' directories (scripts, logs): where the test process reads them too.
+            "FACTORY_SLURM_JOB_ROOT": str(settings.FACTORY_SLURM_JOB_ROOT),
             "FACTORY_SYNC_INTERVAL": "0.5",
             "FACTORY_DISPATCH_STALE_AFTER": "2",
         }

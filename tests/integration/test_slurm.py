@@ -116,6 +116,71 @@ def test_two_gpu_job_sees_two_devices_and_succeeds(slurm_job):
     assert states == ["pending", "admitted", "submitted", "running", "succeeded"]
 
 
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_api_job_runs_on_slurm_through_the_worker_and_is_metered(
+    slurm_cluster, celery_worker_process, owner, tenant, h100
+):
+    """From `POST /api/v1/jobs/` to the ledger, with no local cluster: the worker's admission places
+    the job in the only h100 pool (Slurm), dispatches it with sbatch, its sync follows it to its
+    end, and the release meters it. `slurm_cluster` comes first: the worker inherits its job root."""
+    from billing.models import UsageRecord
+    from quotas.models import Quota
+    from tests.jobs.test_api import client_for
+
+    Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=8)
+    api = client_for(owner)
+    response = api.post(
+        "/api/v1/jobs/",
+        {
+            "tenant": tenant.slug,
+            "name": "api-to-slurm",
+            # Slurm times runs in whole seconds: a run of under one would meter nothing.
+            "command": "echo hello from $FACTORY_JOB_NAME; sleep 2",
+            "gpu_type": "h100",
+            "gpu_count": 1,
+            "time_limit_minutes": 5,
+            "cpus": 1,
+            "memory_gb": 1,
+        },
+        format="json",
+    )
+    assert response.status_code == 202, response.content
+    job_id = response.json()["id"]
+
+    def ended():
+        job = Job.objects.get(pk=job_id)
+        return job if job.is_terminal else None
+
+    job = wait_until(
+        ended,
+        90,
+        lambda: (
+            f"the job to end ({Job.objects.get(pk=job_id).state}); worker log:\n"
+            + celery_worker_process.log()[-3000:]
+        ),
+    )
+    assert (job.state, job.exit_code) == (JobState.SUCCEEDED, 0), job.reason
+    assert job.cluster_id == slurm_cluster.pk and job.external_id.isdigit()
+    assert scontrol_job(job.external_id)["Account"] == "demo-lab"
+    states = list(job.events.filter(kind="state").values_list("state", flat=True))
+    assert states == ["pending", "admitted", "submitted", "running", "succeeded"]
+    logs = api.get(f"/api/v1/jobs/{job_id}/logs/")
+    assert logs.status_code == 200
+    assert (logs.json()["text"], logs.json()["complete"]) == ("hello from api-to-slurm\n", True)
+
+    line = wait_until(
+        lambda: UsageRecord.objects.filter(job_id=job_id).first(), 30, "the job's line in the ledger"
+    )
+    assert (line.tenant_id, line.cluster_id, line.gpu_type_id, line.gpus) == (
+        tenant.pk,
+        slurm_cluster.pk,
+        h100.pk,
+        1,
+    )
+    assert line.gpu_seconds == int((job.ended_at - job.started_at).total_seconds()) >= 2
+
+
 def test_exit_code_is_recorded(slurm_job):
     job = slurm_job(command="echo about to fail; exit 3")
     dispatch_job(job.pk)
