@@ -450,9 +450,11 @@ class SlurmAdapter(Adapter):
         cached = _ACCOUNTING.get(self.cluster.slug)
         if cached and cached[1] > time.monotonic():
             return cached[0]
-        out = self.run(["scontrol", "show", "config"], check=False)
+        out = self.run(["scontrol", "show", "config"])  # unreachable controller: unknown, not "no"
         match = re.search(r"^AccountingStorageType\s*=\s*(\S+)", out, re.MULTILINE)
-        enabled = bool(match) and match[1] != "accounting_storage/none"
+        if match is None:
+            raise BackendUnavailable("scontrol show config did not name the accounting storage")
+        enabled = match[1] != "accounting_storage/none"
         _ACCOUNTING[self.cluster.slug] = (enabled, time.monotonic() + ACCOUNTING_CACHE_SECONDS)
         return enabled
 
