@@ -1,18 +1,14 @@
 from __future__ import annotations
 
-from django.db import models
+from factory.querysets import TenantOwnedQuerySet
 
 
-class UsageRecordQuerySet(models.QuerySet):
-    def visible_to(self, user) -> UsageRecordQuerySet:
-        """Finance and platform admins see every line; tenant members their tenants' lines."""
+class UsageRecordQuerySet(TenantOwnedQuerySet):
+    def sees_everything(self, user) -> bool:
+        """Finance (and platform admins) see every ledger line."""
         from .permissions import is_finance
 
-        if not user.is_authenticated:
-            return self.none()
-        if user.is_staff or is_finance(user):
-            return self
-        return self.filter(tenant__memberships__user=user)
+        return is_finance(user)
 
     def for_month(self, month) -> UsageRecordQuerySet:
         return self.filter(month=month)

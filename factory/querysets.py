@@ -18,3 +18,18 @@ class TenantQuerySet(models.QuerySet):
         if user.is_staff:
             return self
         return self.filter(memberships__user=user, memberships__role=Role.ADMIN)
+
+
+class TenantOwnedQuerySet(models.QuerySet):
+    """Rows that belong to a tenant (jobs, quotas, budgets, ledger lines): the one rule of who may
+    see them. Platform admins see all; everybody else the rows of the tenants they belong to."""
+
+    def sees_everything(self, user) -> bool:
+        return user.is_staff
+
+    def visible_to(self, user) -> TenantOwnedQuerySet:
+        if not user.is_authenticated:
+            return self.none()
+        if self.sees_everything(user):
+            return self
+        return self.filter(tenant__memberships__user=user)

@@ -4,19 +4,12 @@ from django.db import models
 from django.db.models import functions  # noqa: F401 - models.functions below
 
 from factory.choices import Role
+from factory.querysets import TenantOwnedQuerySet
 
 from .choices import ACTIVE_STATES, AT_BACKEND_STATES, HOLDING_STATES
 
 
-class JobQuerySet(models.QuerySet):
-    def visible_to(self, user) -> JobQuerySet:
-        """The one place that decides whose jobs a user may see: staff all, others their tenants'."""
-        if not user.is_authenticated:
-            return self.none()
-        if user.is_staff:
-            return self
-        return self.filter(tenant__memberships__user=user)
-
+class JobQuerySet(TenantOwnedQuerySet):
     def cancellable_by(self, user) -> JobQuerySet:
         if user.is_staff:
             return self

@@ -5,24 +5,15 @@ from decimal import Decimal
 from django.db import models
 from django.db.models.functions import Coalesce
 
-
-class QuotaQuerySet(models.QuerySet):
-    def visible_to(self, user) -> QuotaQuerySet:
-        """Platform admins see every tenant's quotas; members their own tenants'."""
-        if not user.is_authenticated:
-            return self.none()
-        if user.is_staff:
-            return self
-        return self.filter(tenant__memberships__user=user)
+from factory.querysets import TenantOwnedQuerySet
 
 
-class BudgetQuerySet(models.QuerySet):
-    def visible_to(self, user) -> BudgetQuerySet:
-        if not user.is_authenticated:
-            return self.none()
-        if user.is_staff:
-            return self
-        return self.filter(tenant__memberships__user=user)
+class QuotaQuerySet(TenantOwnedQuerySet):
+    pass
+
+
+class BudgetQuerySet(TenantOwnedQuerySet):
+    pass
 
 
 class ReservationQuerySet(models.QuerySet):

@@ -243,22 +243,7 @@ class SlurmAdapter(Adapter):
             if entry.get("comment") == comment:
                 return str(entry["job_id"])
         if self.accounting_enabled():
-            out = self.run(
-                [
-                    "sacct",
-                    "-X",
-                    "-n",
-                    "-P",
-                    "-a",
-                    "-S",
-                    "now-14days",
-                    "--name",
-                    job.name,
-                    "-o",
-                    "JobID,Comment",
-                ],
-                check=False,
-            )
+            out = self.sacct("-S", "now-14days", "--name", job.name, "-o", "JobID,Comment", check=False)
             for line in out.splitlines():
                 job_id, _, found = line.partition("|")
                 if found == comment:
@@ -402,19 +387,7 @@ class SlurmAdapter(Adapter):
     def sacct_reports(self, external_ids: list[str], live: dict[str, dict]) -> dict[str, StatusReport]:
         reports: dict[str, StatusReport] = {}
         if self.accounting_enabled():
-            out = self.run(
-                [
-                    "sacct",
-                    "-X",
-                    "-n",
-                    "-P",
-                    "-a",
-                    "-j",
-                    ",".join(sorted(external_ids)),
-                    "-o",
-                    "JobID,State,ExitCode,Start,End",
-                ]
-            )
+            out = self.sacct("-j", ",".join(sorted(external_ids)), "-o", "JobID,State,ExitCode,Start,End")
             for line in out.splitlines():
                 parts = line.split("|")
                 if len(parts) != 5:
@@ -443,6 +416,10 @@ class SlurmAdapter(Adapter):
                     external_id, BackendState.LOST, "Slurm no longer knows this job"
                 )
         return reports
+
+    def sacct(self, *args: str, check: bool = True) -> str:
+        """One allocation line per job (-X), parseable (-P), all users' jobs (-a)."""
+        return self.run(["sacct", "-X", "-n", "-P", "-a", *args], check=check)
 
     def accounting_enabled(self) -> bool:
         """Whether slurmdbd keeps accounting (sacct works): read from the controller's config, and
