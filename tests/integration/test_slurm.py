@@ -242,16 +242,14 @@ def test_a_job_that_left_squeue_is_found_in_accounting(slurm_job, slurm_cluster,
     job = slurm_job(command="true")
     adapter = slurm_cluster.adapter()
     first = adapter.submit(job)
-    # slurmdbd records the comment a little after the job itself (the real case is minutes later).
+    # slurmdbd answers a search by name a little after the job is accepted (the real case is
+    # minutes later): wait until the search the adapter makes can see it.
     wait_until(
         lambda: (
-            f"aif:{job.uid}"
-            in subprocess.run(
-                ["sacct", "-n", "-X", "-P", "-j", first, "-o", "Comment"], capture_output=True, text=True
-            ).stdout
+            f"aif:{job.uid}" in adapter.sacct("-S", "now-14days", "--name", job.name, "-o", "JobID,Comment")
         ),
         30,
-        "sacct to record the job's comment",
+        "sacct to find the job by name",
     )
     (adapter.job_dir(job) / "slurm_job_id").unlink()
     monkeypatch.setattr(SlurmAdapter, "squeue", lambda self: [])  # as after MinJobAge
