@@ -20,30 +20,18 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import psycopg
+import benchdb
 
 ROOT = Path(__file__).resolve().parents[1]
 DB_NAME = "factory_bench_admission"
-SERVER = "postgresql://postgres@127.0.0.1:5432"
 BROKER = "redis://127.0.0.1:6379/13"
-
-
-def recreate_database() -> None:
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-
-
-def drop_database() -> None:
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
 
 def setup_django() -> None:
     sys.path.insert(0, str(ROOT))
     os.environ.update(
         DJANGO_SETTINGS_MODULE="factory.settings",
-        DATABASE_URL=f"{SERVER}/{DB_NAME}",
+        DATABASE_URL=benchdb.url(DB_NAME),
         SECRET_KEY="bench-only",
         CELERY_TASK_ALWAYS_EAGER="0",
         REDIS_URL=BROKER,  # dispatch is enqueued on commit, as in production
@@ -156,7 +144,7 @@ def measure_pass() -> dict:
 
 
 def run(tenants: int, jobs: int, seed_value: int) -> dict:
-    recreate_database()
+    benchdb.recreate(DB_NAME)
     try:
         setup_django()
         small = max(jobs // 5, 1)
@@ -176,7 +164,7 @@ def run(tenants: int, jobs: int, seed_value: int) -> dict:
         from django.db import connections
 
         connections.close_all()
-        drop_database()
+        benchdb.drop(DB_NAME)
         import redis
 
         redis.Redis.from_url(BROKER).flushdb()

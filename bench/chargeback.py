@@ -21,11 +21,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
+import benchdb
 
 ROOT = Path(__file__).resolve().parents[1]
 DB_NAME = "factory_bench_chargeback"
-SERVER = "postgresql://postgres@127.0.0.1:5432"
 MONTH = "2026-10-01"
 
 
@@ -33,7 +32,7 @@ def env() -> dict[str, str]:
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "factory.settings",
-        "DATABASE_URL": f"{SERVER}/{DB_NAME}",
+        "DATABASE_URL": benchdb.url(DB_NAME),
         "SECRET_KEY": "bench-only",
         "REDIS_URL": "redis://127.0.0.1:6379/13",
         "LOG_LEVEL": "WARNING",
@@ -47,17 +46,6 @@ def setup_django() -> None:
     import django
 
     django.setup()
-
-
-def recreate_database() -> None:
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-
-
-def drop_database() -> None:
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
 
 def seed(tenants: int, lines: int) -> None:
@@ -214,7 +202,7 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=10_000)
     args = parser.parse_args()
-    recreate_database()
+    benchdb.recreate(DB_NAME)
     try:
         setup_django()
         seed(args.tenants, args.lines)
@@ -226,7 +214,7 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        drop_database()
+        benchdb.drop(DB_NAME)
     print(
         json.dumps(
             {

@@ -53,12 +53,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
+import benchdb
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "factory_bench_dispatch"
 TENANT = "bench-lab"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
@@ -71,23 +70,12 @@ def log(message: str) -> None:
 # --- database and Django --------------------------------------------------------------------------
 
 
-def recreate_database(name: str = DB_NAME) -> None:
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-
-
-def drop_database(name: str = DB_NAME) -> None:
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 @contextlib.contextmanager
 def portal_database(name: str = DB_NAME, **env: str) -> Iterator[Path]:
     """Django set up on a fresh bench database, dropped afterwards; yields the var directory.
     `env` overrides settings' environment (the slurm bench's Redis broker and job root)."""
     log(f"Creating database {name} and migrating ...")
-    recreate_database(name)
+    benchdb.recreate(name)
     try:
         with tempfile.TemporaryDirectory(prefix="factory-bench-dispatch-") as tmp:
             setup_django(Path(tmp), name, env)
@@ -97,7 +85,7 @@ def portal_database(name: str = DB_NAME, **env: str) -> Iterator[Path]:
             from django.db import connections
 
             connections.close_all()
-        drop_database(name)
+        benchdb.drop(name)
 
 
 def setup_django(var_dir: Path, name: str = DB_NAME, env: dict[str, str] | None = None) -> None:

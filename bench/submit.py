@@ -35,11 +35,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import benchdb
 import psycopg
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "factory_bench"
 DATABASE_URL = f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}"
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -106,17 +106,6 @@ def server_env(var_dir: Path, conn_max_age: int, pool_size: int) -> dict[str, st
         PYTHONUNBUFFERED="1",
     )
     return env
-
-
-def recreate_database() -> None:
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-
-
-def drop_database() -> None:
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
 
 def manage(env: dict[str, str], *args: str) -> str:
@@ -264,7 +253,7 @@ class DbWatch:
 
     @classmethod
     async def open(cls) -> DbWatch:
-        return cls(await psycopg.AsyncConnection.connect(PG_ADMIN_URL, autocommit=True))
+        return cls(await psycopg.AsyncConnection.connect(benchdb.url("postgres"), autocommit=True))
 
     async def close(self) -> None:
         await self.conn.close()
@@ -537,7 +526,7 @@ def run(args: argparse.Namespace, var_dir: Path, loop_name: str) -> tuple[list[W
     env = server_env(var_dir, args.conn_max_age, args.pool_size)
     server_log = var_dir / "server.log"
     log(f"Creating database {DB_NAME}, migrating and seeding ...")
-    recreate_database()
+    benchdb.recreate(DB_NAME)
     server = None
     try:
         token = migrate_and_seed(env)
@@ -562,7 +551,7 @@ def run(args: argparse.Namespace, var_dir: Path, loop_name: str) -> tuple[list[W
     finally:
         if server is not None:
             stop_server(server)
-        drop_database()
+        benchdb.drop(DB_NAME)
         purge_redis()
 
 
