@@ -20,28 +20,70 @@ log = logging.getLogger(__name__)
 
 
 def dispatch(job: Job) -> None:
-    """Hand an admitted job to its cluster's backend, exactly once in effect.
+    """Hand an admitted job to its cluster's backend, exactly once in effect."""
+    dispatch_many([job])
 
-    The adapter finds a job already submitted under the same uid instead of submitting it again,
-    so a retried or duplicated dispatch is harmless.
+
+def dispatch_many(jobs: list[Job]) -> None:
+    """Hand admitted jobs to their clusters' backends, in the given order, exactly once in effect.
+
+    The adapter finds a job already submitted under the same dispatch key instead of submitting
+    it again, so a retried or duplicated dispatch is harmless. One adapter serves each cluster's
+    jobs. The jobs of an unreachable cluster stay admitted with the reason said, and the call
+    raises BackendUnavailable once the other clusters' jobs are out, so that its task retries.
     """
-    if job.state != JobState.ADMITTED:
+    admitted = [job for job in jobs if job.state == JobState.ADMITTED]
+    if not admitted:
         return
-    Job.objects.filter(pk=job.pk).update(dispatch_attempted_at=timezone.now())
-    adapter = job.cluster.adapter()
+    Job.objects.filter(pk__in=[job.pk for job in admitted]).update(dispatch_attempted_at=timezone.now())
+    unreachable: BackendUnavailable | None = None
+    for cluster_jobs in _by_cluster(admitted):
+        try:
+            _dispatch_to_cluster(cluster_jobs)
+        except BackendUnavailable as exc:
+            unreachable = exc
+    if unreachable is not None:
+        raise unreachable
+
+
+def _by_cluster(jobs: list[Job]) -> list[list[Job]]:
+    groups: dict[int, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.cluster_id, []).append(job)
+    return list(groups.values())
+
+
+def _dispatch_to_cluster(jobs: list[Job]) -> None:
+    """Submit one cluster's jobs one after another, then record them as submitted together."""
+    cluster = jobs[0].cluster
+    adapter = cluster.adapter()
+    submitted: list[tuple[Job, str]] = []
     try:
-        external_id = adapter.submit(job)
-    except JobRejected as exc:
-        job.reject(f"{job.cluster} refused the job: {exc}")
-        return
-    except BackendUnavailable as exc:
-        job.explain_wait(f"cluster {job.cluster} is unreachable; retrying ({exc})")
-        raise
-    if job.mark_submitted(external_id):
-        return
-    job.refresh_from_db()
-    if job.is_terminal:
-        # Cancelled while the submission was in flight: withdraw it from the backend.
+        for index, job in enumerate(jobs):
+            try:
+                submitted.append((job, adapter.submit(job)))
+            except JobRejected as exc:
+                job.reject(f"{cluster} refused the job: {exc}")
+            except BackendUnavailable as exc:
+                for waiting in jobs[index:]:
+                    waiting.explain_wait(f"cluster {cluster} is unreachable; retrying ({exc})")
+                raise
+    finally:
+        _record_submitted(adapter, submitted)
+
+
+def _record_submitted(adapter, submitted: list[tuple[Job, str]]) -> None:
+    """Each job's move to submitted, in one transaction. A job cancelled while its submission was
+    in flight is withdrawn from the backend instead."""
+    withdrawn: list[Job] = []
+    with transaction.atomic():
+        for job, external_id in submitted:
+            if job.mark_submitted(external_id):
+                continue
+            job.refresh_from_db()
+            if job.is_terminal:
+                withdrawn.append(job)
+    for job in withdrawn:
         adapter.cancel(job)
 
 
@@ -73,7 +115,7 @@ def sync_jobs(cluster: Cluster, jobs: list[Job]) -> int:
 def sweep() -> dict[str, int]:
     """The periodic pass: sync every cluster with jobs at its backend, re-dispatch admitted jobs
     whose dispatch never reported back, and repeat cancel requests the backend has not honoured."""
-    from .tasks import cancel_job, dispatch_job, sync_cluster_task
+    from .tasks import cancel_job, enqueue_dispatch, sync_cluster_task
 
     stale = timezone.now() - timedelta(seconds=settings.FACTORY_DISPATCH_STALE_AFTER)
     cluster_ids = list(
@@ -91,8 +133,7 @@ def sweep() -> dict[str, int]:
     def enqueue() -> None:
         for cluster_id in cluster_ids:
             sync_cluster_task.delay(cluster_id)
-        for job_id in stalled:
-            dispatch_job.delay(job_id)
+        enqueue_dispatch(stalled)
         for job_id in unhonoured:
             cancel_job.delay(job_id)
 

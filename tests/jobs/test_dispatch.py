@@ -7,14 +7,17 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from factory.adapters import BackendUnavailable
+from factory.adapters import BackendUnavailable, JobRejected
 from factory.adapters.local import LocalAdapter
+from factory.models import Cluster, Pool
 from jobs import dispatch
 from jobs.choices import JobState
-from jobs.models import Job
-from jobs.tasks import dispatch_job
+from jobs.models import Job, JobEvent
+from jobs.tasks import dispatch_job, dispatch_jobs, enqueue_dispatch
 
 pytestmark = pytest.mark.django_db
 
@@ -136,13 +139,13 @@ def test_sweep_redispatches_stalled_admissions_and_syncs_busy_clusters(
     running.mark_submitted("x")
 
     with (
-        mock.patch("jobs.tasks.dispatch_job.delay") as redispatch,
+        mock.patch("jobs.tasks.enqueue_dispatch") as redispatch,
         mock.patch("jobs.tasks.sync_cluster_task.delay") as sync,
         django_capture_on_commit_callbacks(execute=True),
     ):
         result = dispatch.sweep()
     assert result == {"clusters": 1, "redispatched": 1, "recancelled": 0}
-    redispatch.assert_called_once_with(stalled.pk)
+    redispatch.assert_called_once_with([stalled.pk])
     sync.assert_called_once_with(cluster.pk)
 
 
@@ -167,3 +170,82 @@ def test_a_requeued_job_is_a_new_backend_submission(make_job, cluster, tmp_path)
     while runs.read_text().count(str(job.uid)) < 2:
         assert time.monotonic() < wait_for_lines
         time.sleep(0.1)
+
+
+def admitted(make_job, cluster, *names: str) -> list[Job]:
+    jobs = [make_job(name=name, command="true") for name in names]
+    for job in jobs:
+        job.admit(cluster)
+    return jobs
+
+
+def test_a_batch_is_loaded_once_and_submitted_in_order(make_job, cluster):
+    jobs = admitted(make_job, cluster, "a", "b", "c", "d")
+    order = []
+    real_submit = LocalAdapter.submit
+
+    def submit(self, job):
+        order.append(job.name)
+        return real_submit(self, job)
+
+    with mock.patch.object(LocalAdapter, "submit", submit), CaptureQueriesContext(connection) as queries:
+        dispatch_jobs([jobs[2].pk, jobs[0].pk, jobs[3].pk, jobs[1].pk])
+    assert order == ["c", "a", "d", "b"]
+    stored = Job.objects.filter(pk__in=[j.pk for j in jobs]).order_by("pk")
+    assert [(j.state, j.external_id) for j in stored] == [(JobState.SUBMITTED, str(j.uid)) for j in jobs]
+    loads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith('SELECT "jobs_job"')]
+    assert len(loads) == 1
+
+
+def test_a_rejected_job_does_not_hold_back_its_batch(make_job, cluster):
+    jobs = admitted(make_job, cluster, "first", "bad", "last")
+    real_submit = LocalAdapter.submit
+
+    def submit(self, job):
+        if job.name == "bad":
+            raise JobRejected("no such partition")
+        return real_submit(self, job)
+
+    with mock.patch.object(LocalAdapter, "submit", submit):
+        dispatch_jobs([j.pk for j in jobs])
+    states = dict(Job.objects.filter(pk__in=[j.pk for j in jobs]).values_list("name", "state"))
+    assert states == {"first": JobState.SUBMITTED, "bad": JobState.REJECTED, "last": JobState.SUBMITTED}
+    assert "no such partition" in Job.objects.get(name="bad").reason
+
+
+def test_an_unreachable_cluster_holds_back_only_its_own_jobs_until_the_retry(make_job, cluster, h100):
+    other = Cluster.objects.create(slug="local-b", name="Local B", kind=cluster.kind, region="local")
+    Pool.objects.create(cluster=other, gpu_type=h100, capacity=4)
+    a1, a2 = admitted(make_job, cluster, "a1", "a2")
+    b1, b2 = admitted(make_job, other, "b1", "b2")
+    batch = [a1.pk, b1.pk, a2.pk, b2.pk]
+    real_submit = LocalAdapter.submit
+
+    def submit(self, job):
+        if self.cluster.slug == "local-b":
+            raise BackendUnavailable("connection refused")
+        return real_submit(self, job)
+
+    with mock.patch.object(LocalAdapter, "submit", submit), pytest.raises(BackendUnavailable):
+        dispatch_jobs(batch)
+    jobs = Job.objects.in_bulk(batch)
+    assert [jobs[pk].state for pk in batch] == [
+        JobState.SUBMITTED,
+        JobState.ADMITTED,
+        JobState.SUBMITTED,
+        JobState.ADMITTED,
+    ]
+    assert all("local-b is unreachable" in jobs[pk].reason for pk in (b1.pk, b2.pk))
+
+    dispatch_jobs(batch)  # the task's retry, once the cluster answers again
+    jobs = Job.objects.in_bulk(batch)
+    assert {jobs[pk].state for pk in batch} == {JobState.SUBMITTED}
+    assert [jobs[pk].external_id for pk in batch] == [str(jobs[pk].uid) for pk in batch]
+    assert JobEvent.objects.filter(job_id__in=batch, state=JobState.SUBMITTED).count() == 4
+
+
+def test_enqueued_jobs_go_out_in_batches_in_admission_order(settings):
+    settings.FACTORY_DISPATCH_BATCH = 2
+    with mock.patch.object(dispatch_jobs, "apply_async") as publish:
+        enqueue_dispatch([5, 3, 9, 1, 7])
+    assert [call.args[0] for call in publish.call_args_list] == [([5, 3],), ([9, 1],), ([7],)]
