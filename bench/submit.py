@@ -50,14 +50,11 @@ REQUEST_TIMEOUT = 30.0  # seconds past the window an unanswered request may take
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 EXCEPTION_LINE = re.compile(r"^[\w.]+(?:Error|Exception): .+$", re.MULTILINE)
 
-# Workers: 2. Both were measured with this script on this 2-core machine (server, PostgreSQL and
-# the load generator share the two cores). At 1 client they are equal (one request at a time). At
-# 8 clients 2 workers measured equal or better: 54.6 vs 51.8 jobs/s on a quiet machine, 42-52 vs
-# 28-36 while other work shared it. One uvicorn process is held to one core by the GIL, and under
-# ASGI its event-loop thread and the per-request view threads all contend for that GIL (a request
-# crosses between them ~17 times, once per sync middleware hook); a second process lets Python use
-# the second core. The gain is small because PostgreSQL takes the rest (a new backend per request,
-# see the connection pool below); more processes than cores would only take CPU from it.
+# Workers: 2, one per core (server, PostgreSQL and the load generator share the two cores). A
+# uvicorn process runs Python on one core at a time (the GIL), so a second process is what lets the
+# server use the second core. Each process serves the API from FACTORY_SYNC_THREADS threads (default
+# 2; more threads only contend for the GIL: one process alone measured 175, 162 and 153 jobs/s at
+# 8 clients with 2, 4 and 8 threads).
 DEFAULT_WORKERS = 2
 
 SEED = """

@@ -12,17 +12,18 @@ from __future__ import annotations
 import os
 import re
 
-from a2wsgi import WSGIMiddleware
 from django.core.asgi import get_asgi_application
 from django.core.wsgi import get_wsgi_application
+
+from factory.wsgi_bridge import WsgiBridge
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
 
 STREAM_PATHS = re.compile(r"^/jobs/\d+/stream/$")
-SYNC_THREADS = int(os.environ.get("FACTORY_SYNC_THREADS", "8"))
+SYNC_THREADS = int(os.environ.get("FACTORY_SYNC_THREADS", "2"))
 
 streams = get_asgi_application()
-pages_and_api = WSGIMiddleware(get_wsgi_application(), workers=SYNC_THREADS)
+pages_and_api = WsgiBridge(get_wsgi_application(), threads=SYNC_THREADS)
 
 
 async def application(scope, receive, send):

@@ -1,10 +1,30 @@
 from __future__ import annotations
 
+import copy
+
 from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from factory.choices import Role
 from factory.models import Cluster, GpuType, Membership, Pool, Tenant
+
+
+class ReusedFieldsMixin:
+    """Fields built once per serializer class, shallow-copied for each instance. DRF deep-copies
+    every declared field for every instance (re-running each field's __init__), which on a hot
+    path such as job submission costs more than the validation itself. Binding a field to its
+    serializer only sets attributes on the copy; nested serializers are still deep-copied."""
+
+    def get_fields(self):
+        cls = type(self)
+        prototypes = cls.__dict__.get("_prototype_fields")
+        if prototypes is None:
+            prototypes = copy.deepcopy(self._declared_fields)
+            cls._prototype_fields = prototypes
+        return {
+            name: copy.deepcopy(field) if isinstance(field, serializers.BaseSerializer) else copy.copy(field)
+            for name, field in prototypes.items()
+        }
 
 
 class StrictFieldsMixin:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from factory.api.serializers import StrictFieldsMixin
+from factory.api.serializers import ReusedFieldsMixin, StrictFieldsMixin
 from factory.models import GpuType
 
 from ..choices import JobState
@@ -12,7 +12,7 @@ from ..submission import check_gpu_request
 from ..validators import validate_command, validate_env, validate_image, validate_name
 
 
-class JobSerializer(serializers.Serializer):
+class JobSerializer(ReusedFieldsMixin, serializers.Serializer):
     """A job as the API shows it. Fields are declared, not introspected from the model: this is on
     every submission's response and every list page, and ModelSerializer rebuilds its fields per use."""
 
@@ -53,7 +53,7 @@ def _field_validators(name: str) -> list:
     return list(Job._meta.get_field(name).validators)
 
 
-class JobCreateSerializer(StrictFieldsMixin, serializers.Serializer):
+class JobCreateSerializer(StrictFieldsMixin, ReusedFieldsMixin, serializers.Serializer):
     """A job spec. The rules are the model fields' validators (shared with the form), attached here
     to declared fields: introspecting the model on every submission costs more than the rest."""
 
