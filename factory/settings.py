@@ -249,8 +249,10 @@ FACTORY_SYNC_INTERVAL = env_float("FACTORY_SYNC_INTERVAL", 3.0)
 # An admitted job whose dispatch did not report back within this many seconds is dispatched again
 # (dispatch is idempotent, so this is safe).
 FACTORY_DISPATCH_STALE_AFTER = env_float("FACTORY_DISPATCH_STALE_AFTER", 30.0)
-# Admitted jobs go to the workers in dispatch tasks of up to this many jobs each.
+# Admitted jobs go to the workers in dispatch tasks of up to this many jobs each; a smaller burst
+# is still split over this many tasks, so that several worker processes take part.
 FACTORY_DISPATCH_BATCH = env_int("FACTORY_DISPATCH_BATCH", 16)
+FACTORY_DISPATCH_SPREAD = env_int("FACTORY_DISPATCH_SPREAD", 4)
 # Where the local backend keeps its per-job state, logs and GPU slot table.
 FACTORY_LOCAL_BACKEND_ROOT = Path(env("FACTORY_LOCAL_BACKEND_ROOT") or VAR_DIR / "local-backend")
 # Per-job directories (scripts, logs) of Slurm jobs; must be on storage the compute nodes share.

@@ -73,18 +73,25 @@ def _dispatch_to_cluster(jobs: list[Job]) -> None:
 
 
 def _record_submitted(adapter, submitted: list[tuple[Job, str]]) -> None:
-    """Each job's move to submitted, in one transaction. A job cancelled while its submission was
-    in flight is withdrawn from the backend instead."""
-    withdrawn: list[Job] = []
-    with transaction.atomic():
-        for job, external_id in submitted:
-            if job.mark_submitted(external_id):
-                continue
-            job.refresh_from_db()
-            if job.is_terminal:
-                withdrawn.append(job)
-    for job in withdrawn:
-        adapter.cancel(job)
+    """The jobs' move to submitted, together. A job cancelled while its submission was in flight
+    is withdrawn from the backend instead."""
+    if not submitted:
+        return
+    moved = set(
+        Job.objects.mark_submitted_many(
+            {
+                job.pk: (external_id, Job.submitted_message(job.cluster, external_id))
+                for job, external_id in submitted
+            }
+        )
+    )
+    for job, external_id in submitted:
+        if job.pk in moved:
+            job.state, job.external_id = JobState.SUBMITTED, external_id
+            continue
+        job.refresh_from_db()
+        if job.is_terminal:
+            adapter.cancel(job)
 
 
 def cancel_at_backend(job: Job) -> None:

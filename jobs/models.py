@@ -222,8 +222,12 @@ class Job(models.Model):
             JobState.SUBMITTED,
             external_id=external_id,
             submitted_at=timezone.now(),
-            message=f"Accepted by {self.cluster} as {external_id}",
+            message=self.submitted_message(self.cluster, external_id),
         )
+
+    @staticmethod
+    def submitted_message(cluster: Cluster, external_id: str) -> str:
+        return f"Accepted by {cluster} as {external_id}"
 
     def mark_running(self, started_at: datetime | None) -> bool:
         return self.transition(

@@ -98,5 +98,47 @@ class JobQuerySet(TenantOwnedQuerySet):
             transaction.on_commit(lambda: enqueue_dispatch(admitted))
         return admitted
 
+    def mark_submitted_many(self, submissions: dict[int, tuple[str, str]]) -> list[int]:
+        """Record many admitted jobs as accepted by their backends: {job id: (external id,
+        message)}. The same edge as Job.mark_submitted (admitted → submitted, guarded by the
+        current state, an event each) in a fixed number of statements. Returns the ids actually
+        moved: a job cancelled meanwhile is left alone."""
+        from django.db import transaction
+        from django.utils import timezone
+
+        from .choices import EventKind, JobState
+        from .models import JobEvent
+
+        if not submissions:
+            return []
+        now = timezone.now()
+        with transaction.atomic(savepoint=False):
+            still_admitted = set(
+                self.model.objects.filter(pk__in=list(submissions), state=JobState.ADMITTED)
+                .select_for_update()
+                .values_list("pk", flat=True)
+            )
+            moved = [pk for pk in submissions if pk in still_admitted]
+            if not moved:
+                return []
+            external_id = models.Case(
+                *(models.When(pk=pk, then=models.Value(submissions[pk][0])) for pk in moved),
+                output_field=models.CharField(),
+            )
+            self.model.objects.filter(pk__in=moved).update(
+                state=JobState.SUBMITTED, external_id=external_id, submitted_at=now, updated_at=now
+            )
+            JobEvent.objects.bulk_create(
+                JobEvent(
+                    job_id=pk,
+                    kind=EventKind.STATE,
+                    state=JobState.SUBMITTED,
+                    message=submissions[pk][1][:1000],
+                    at=now,
+                )
+                for pk in moved
+            )
+        return moved
+
     def gpus_in_use(self) -> int:
         return self.holding().aggregate(total=models.Sum("gpu_count"))["total"] or 0

@@ -48,13 +48,19 @@ def dispatch_job(job_id: int) -> None:
 
 
 def enqueue_dispatch(job_ids: list[int]) -> None:
-    """Dispatch tasks for these jobs, in order, in batches of FACTORY_DISPATCH_BATCH: a batch
-    costs one task and one load however many jobs it holds, and the worker's processes share
-    the batches. Published over one broker connection."""
-    size = max(1, settings.FACTORY_DISPATCH_BATCH)
+    """Dispatch tasks for these jobs, in order. A batch costs one task and one load however many
+    jobs it holds, so a large burst goes out in batches of FACTORY_DISPATCH_BATCH; a small one is
+    still split over FACTORY_DISPATCH_SPREAD tasks, so that several worker processes take part.
+    Published over one broker connection."""
     with dispatch_jobs.app.producer_or_acquire() as producer:
-        for start in range(0, len(job_ids), size):
-            dispatch_jobs.apply_async((list(job_ids[start : start + size]),), producer=producer)
+        for batch in dispatch_batches(job_ids):
+            dispatch_jobs.apply_async((batch,), producer=producer)
+
+
+def dispatch_batches(job_ids: list[int]) -> list[list[int]]:
+    spread = max(1, settings.FACTORY_DISPATCH_SPREAD)
+    size = max(1, min(settings.FACTORY_DISPATCH_BATCH, -(-len(job_ids) // spread)))
+    return [list(job_ids[start : start + size]) for start in range(0, len(job_ids), size)]
 
 
 @shared_task(**RETRYING)

@@ -150,6 +150,7 @@ class Adapter:
 
     kind: ClassVar[str]
     connection_class: ClassVar[type[Connection]] = Connection
+    _pools: dict[int, Any] | None = None
 
     def __init__(self, cluster) -> None:
         self.cluster = cluster
@@ -158,6 +159,13 @@ class Adapter:
     @classmethod
     def parse_connection(cls, data: dict[str, Any]) -> Connection:
         return cls.connection_class.parse(data)
+
+    def pool_for(self, job):
+        """The cluster's pool of the job's GPU type, or None. The pools are read once per adapter:
+        an adapter serves one task (a batch of dispatches) or one sync."""
+        if self._pools is None:
+            self._pools = {pool.gpu_type_id: pool for pool in self.cluster.pools.all()}
+        return self._pools.get(job.gpu_type.pk)
 
     def submit(self, job) -> str:
         """Start the job and return its external id. Must find, not duplicate, a job already

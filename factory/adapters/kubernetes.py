@@ -389,7 +389,7 @@ class KubernetesAdapter(Adapter):
         }
 
     def node_selector(self, job) -> dict[str, str]:
-        pool = self.cluster.pools.filter(gpu_type=job.gpu_type).first()
+        pool = self.pool_for(job)
         if pool is None:
             raise JobRejected(f"cluster {self.cluster.slug} has no {job.gpu_type.slug} GPUs")
         selector = pool.node_selector or {}

@@ -110,7 +110,7 @@ class LocalAdapter(Adapter):
     # --- helpers --------------------------------------------------------------------------------
 
     def _create_job_dir(self, job, job_dir: Path) -> None:
-        pool = self.cluster.pools.filter(gpu_type=job.gpu_type).first()
+        pool = self.pool_for(job)
         if pool is None:
             raise BackendError(f"cluster {self.cluster.slug} has no {job.gpu_type.slug} GPUs")
         self.jobs_dir.mkdir(parents=True, exist_ok=True)

@@ -324,7 +324,7 @@ class RayAdapter(Adapter):
             if gpu_type not in mapping:
                 raise JobRejected(f"cluster {self.cluster.slug} maps no Ray accelerator type to {gpu_type}")
             return mapping[gpu_type]
-        if not self.cluster.pools.filter(gpu_type__slug=gpu_type).exists():
+        if self.pool_for(job) is None:
             raise JobRejected(f"cluster {self.cluster.slug} has no {gpu_type} GPUs")
         return None
 

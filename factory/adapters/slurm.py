@@ -184,7 +184,6 @@ class SlurmConnection(Connection):
 class SlurmAdapter(Adapter):
     kind = "slurm"
     connection_class = SlurmConnection
-    _partitions: dict[int, str] | None = None
 
     # --- paths and names ------------------------------------------------------------------------
 
@@ -203,16 +202,11 @@ class SlurmAdapter(Adapter):
         return account.lower()
 
     def partition_for(self, job) -> str | None:
-        partition = self._pool_partitions().get(job.gpu_type.pk) or self.connection.default_partition
+        pool = self.pool_for(job)
+        partition = (pool.partition if pool else "") or self.connection.default_partition
         if partition and not SAFE_TOKEN.fullmatch(partition):
             raise JobRejected(f"{partition!r} is not a valid partition name")
         return partition or None
-
-    def _pool_partitions(self) -> dict[int, str]:
-        """The partition of each GPU type's pool, read once per adapter (one task or sync)."""
-        if self._partitions is None:
-            self._partitions = dict(self.cluster.pools.values_list("gpu_type_id", "partition"))
-        return self._partitions
 
     # --- the protocol ---------------------------------------------------------------------------
 

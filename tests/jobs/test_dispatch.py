@@ -17,7 +17,7 @@ from factory.models import Cluster, Pool
 from jobs import dispatch
 from jobs.choices import JobState
 from jobs.models import Job, JobEvent
-from jobs.tasks import dispatch_job, dispatch_jobs, enqueue_dispatch
+from jobs.tasks import dispatch_batches, dispatch_job, dispatch_jobs, enqueue_dispatch
 
 pytestmark = pytest.mark.django_db
 
@@ -179,8 +179,8 @@ def admitted(make_job, cluster, *names: str) -> list[Job]:
     return jobs
 
 
-def test_a_batch_is_loaded_once_and_submitted_in_order(make_job, cluster):
-    jobs = admitted(make_job, cluster, "a", "b", "c", "d")
+def test_a_batch_is_submitted_in_order_in_a_fixed_number_of_statements(make_job, cluster):
+    jobs = admitted(make_job, cluster, "a", "b", "c", "d", "e", "f")
     order = []
     real_submit = LocalAdapter.submit
 
@@ -188,13 +188,16 @@ def test_a_batch_is_loaded_once_and_submitted_in_order(make_job, cluster):
         order.append(job.name)
         return real_submit(self, job)
 
-    with mock.patch.object(LocalAdapter, "submit", submit), CaptureQueriesContext(connection) as queries:
-        dispatch_jobs([jobs[2].pk, jobs[0].pk, jobs[3].pk, jobs[1].pk])
-    assert order == ["c", "a", "d", "b"]
+    with mock.patch.object(LocalAdapter, "submit", submit):
+        with CaptureQueriesContext(connection) as two:
+            dispatch_jobs([jobs[1].pk, jobs[0].pk])
+        with CaptureQueriesContext(connection) as four:
+            dispatch_jobs([jobs[4].pk, jobs[2].pk, jobs[5].pk, jobs[3].pk])
+    assert order == ["b", "a", "e", "c", "f", "d"]
     stored = Job.objects.filter(pk__in=[j.pk for j in jobs]).order_by("pk")
     assert [(j.state, j.external_id) for j in stored] == [(JobState.SUBMITTED, str(j.uid)) for j in jobs]
-    loads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith('SELECT "jobs_job"')]
-    assert len(loads) == 1
+    assert JobEvent.objects.filter(state=JobState.SUBMITTED, job__in=jobs).count() == 6
+    assert len(four.captured_queries) == len(two.captured_queries)
 
 
 def test_a_rejected_job_does_not_hold_back_its_batch(make_job, cluster):
@@ -245,7 +248,16 @@ def test_an_unreachable_cluster_holds_back_only_its_own_jobs_until_the_retry(mak
 
 
 def test_enqueued_jobs_go_out_in_batches_in_admission_order(settings):
-    settings.FACTORY_DISPATCH_BATCH = 2
+    settings.FACTORY_DISPATCH_BATCH, settings.FACTORY_DISPATCH_SPREAD = 2, 1
     with mock.patch.object(dispatch_jobs, "apply_async") as publish:
         enqueue_dispatch([5, 3, 9, 1, 7])
     assert [call.args[0] for call in publish.call_args_list] == [([5, 3],), ([9, 1],), ([7],)]
+
+
+def test_a_small_burst_is_spread_over_several_tasks_and_a_large_one_batched(settings):
+    settings.FACTORY_DISPATCH_BATCH, settings.FACTORY_DISPATCH_SPREAD = 16, 4
+    assert dispatch_batches([1, 2, 3]) == [[1], [2], [3]]
+    assert dispatch_batches(list(range(8))) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert [len(b) for b in dispatch_batches(list(range(40)))] == [10, 10, 10, 10]
+    assert [len(b) for b in dispatch_batches(list(range(500)))] == [16] * 31 + [4]
+    assert dispatch_batches([]) == []
