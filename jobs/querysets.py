@@ -56,86 +56,85 @@ class JobQuerySet(TenantOwnedQuerySet):
 
     def admit_many(self, placements: dict[int, tuple[int, str]]) -> list[int]:
         """Admit many pending jobs at once: {job id: (cluster id, message)}. The same edge as
-        Job.admit (pending → admitted, guarded by the current state, an event each, dispatch on
-        commit) in a fixed number of statements. Returns the ids actually admitted: a job cancelled
-        meanwhile is left alone."""
+        Job.admit (pending → admitted, an event each, dispatch on commit) in a fixed number of
+        statements. Returns the ids actually admitted: a job cancelled meanwhile is left alone."""
         from django.db import transaction
         from django.utils import timezone
 
-        from .choices import EventKind, JobState
-        from .models import JobEvent
+        from .choices import JobState
         from .tasks import enqueue_dispatch
 
-        if not placements:
-            return []
-        now = timezone.now()
         with transaction.atomic(savepoint=False):
-            still_pending = set(
-                self.model.objects.filter(pk__in=list(placements), state=JobState.PENDING)
-                .select_for_update()
-                .values_list("pk", flat=True)
+            admitted = self._move_many(
+                JobState.PENDING,
+                JobState.ADMITTED,
+                {pk: message for pk, (_, message) in placements.items()},
+                per_job={
+                    "cluster_id": ({pk: c for pk, (c, _) in placements.items()}, models.BigIntegerField())
+                },
+                reason="",
+                admitted_at=timezone.now(),
             )
-            admitted = [pk for pk in placements if pk in still_pending]  # in admission order
-            if not admitted:
-                return []
-            cluster_of = models.Case(
-                *(models.When(pk=pk, then=models.Value(placements[pk][0])) for pk in admitted),
-                output_field=models.BigIntegerField(),
-            )
-            self.model.objects.filter(pk__in=admitted).update(
-                state=JobState.ADMITTED, cluster_id=cluster_of, reason="", admitted_at=now, updated_at=now
-            )
-            JobEvent.objects.bulk_create(
-                JobEvent(
-                    job_id=pk,
-                    kind=EventKind.STATE,
-                    state=JobState.ADMITTED,
-                    message=placements[pk][1][:1000],
-                    at=now,
-                )
-                for pk in admitted
-            )
-            transaction.on_commit(lambda: enqueue_dispatch(admitted))
+            if admitted:
+                transaction.on_commit(lambda: enqueue_dispatch(admitted))
         return admitted
 
     def mark_submitted_many(self, submissions: dict[int, tuple[str, str]]) -> list[int]:
         """Record many admitted jobs as accepted by their backends: {job id: (external id,
-        message)}. The same edge as Job.mark_submitted (admitted → submitted, guarded by the
-        current state, an event each) in a fixed number of statements. Returns the ids actually
-        moved: a job cancelled meanwhile is left alone."""
+        message)}. The same edge as Job.mark_submitted (admitted → submitted, an event each) in a
+        fixed number of statements. Returns the ids actually moved: a job cancelled meanwhile is
+        left alone."""
+        from django.utils import timezone
+
+        from .choices import JobState
+
+        return self._move_many(
+            JobState.ADMITTED,
+            JobState.SUBMITTED,
+            {pk: message for pk, (_, message) in submissions.items()},
+            per_job={"external_id": ({pk: e for pk, (e, _) in submissions.items()}, models.CharField())},
+            submitted_at=timezone.now(),
+        )
+
+    def _move_many(
+        self,
+        source: str,
+        target: str,
+        messages: dict[int, str],
+        *,
+        per_job: dict[str, tuple[dict[int, object], models.Field]],
+        **fields,
+    ) -> list[int]:
+        """Move the jobs of `messages` that are still in `source` to `target`, in their order: one
+        locking read, one UPDATE (per_job: a value per job for a field) and one INSERT of their
+        events ({job id: message}). Returns the ids moved."""
         from django.db import transaction
         from django.utils import timezone
 
-        from .choices import EventKind, JobState
+        from .choices import EventKind
         from .models import JobEvent
 
-        if not submissions:
+        if not messages:
             return []
         now = timezone.now()
         with transaction.atomic(savepoint=False):
-            still_admitted = set(
-                self.model.objects.filter(pk__in=list(submissions), state=JobState.ADMITTED)
+            still = set(
+                self.model.objects.filter(pk__in=list(messages), state=source)
                 .select_for_update()
                 .values_list("pk", flat=True)
             )
-            moved = [pk for pk in submissions if pk in still_admitted]
+            moved = [pk for pk in messages if pk in still]
             if not moved:
                 return []
-            external_id = models.Case(
-                *(models.When(pk=pk, then=models.Value(submissions[pk][0])) for pk in moved),
-                output_field=models.CharField(),
-            )
-            self.model.objects.filter(pk__in=moved).update(
-                state=JobState.SUBMITTED, external_id=external_id, submitted_at=now, updated_at=now
-            )
-            JobEvent.objects.bulk_create(
-                JobEvent(
-                    job_id=pk,
-                    kind=EventKind.STATE,
-                    state=JobState.SUBMITTED,
-                    message=submissions[pk][1][:1000],
-                    at=now,
+            values = {
+                name: models.Case(
+                    *(models.When(pk=pk, then=models.Value(by_job[pk])) for pk in moved), output_field=field
                 )
+                for name, (by_job, field) in per_job.items()
+            }
+            self.model.objects.filter(pk__in=moved).update(state=target, updated_at=now, **values, **fields)
+            JobEvent.objects.bulk_create(
+                JobEvent(job_id=pk, kind=EventKind.STATE, state=target, message=messages[pk][:1000], at=now)
                 for pk in moved
             )
         return moved
