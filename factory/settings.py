@@ -272,6 +272,10 @@ CELERY_BEAT_SCHEDULE = {
     "admission": {"task": "quotas.tasks.admit_pending", "schedule": FACTORY_SYNC_INTERVAL},
     "cluster-health": {"task": "factory.tasks.check_cluster_health", "schedule": FACTORY_HEALTH_INTERVAL},
     "metering": {"task": "billing.tasks.meter", "schedule": env_float("FACTORY_METERING_INTERVAL", 60.0)},
+    "quota-limits": {
+        "task": "quotas.tasks.mirror_limits",
+        "schedule": env_float("FACTORY_LIMITS_INTERVAL", 300.0),
+    },
 }
 
 EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

@@ -34,10 +34,36 @@ def save_audited(instance: Quota | Budget, changes: dict, user) -> list[QuotaCha
             for name in changed
         )
         transaction.on_commit(_readmit)
+        if isinstance(instance, Quota):
+            transaction.on_commit(lambda: _mirror(instance.tenant_id))
     return entries
+
+
+def delete_audited(quota: Quota, user) -> QuotaChange:
+    """Remove a quota (the tenant may no longer use that GPU type), logged, then run admission
+    and bring the clusters' own limits in line."""
+    with transaction.atomic():
+        entry = QuotaChange.objects.create(
+            tenant_id=quota.tenant_id,
+            gpu_type_id=quota.gpu_type_id,
+            field="quota",
+            old_value=_text(quota.nominal),
+            new_value="deleted",
+            changed_by=user,
+        )
+        quota.delete()
+        transaction.on_commit(_readmit)
+        transaction.on_commit(lambda: _mirror(entry.tenant_id))
+    return entry
 
 
 def _readmit() -> None:
     from .tasks import admit_pending
 
     admit_pending.delay()
+
+
+def _mirror(tenant_id: int) -> None:
+    from .tasks import mirror_limits
+
+    mirror_limits.delay([tenant_id])

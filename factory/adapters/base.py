@@ -55,6 +55,18 @@ class StatusReport:
 
 
 @dataclasses.dataclass(frozen=True)
+class GpuLimit:
+    """A tenant's ceiling on one GPU type at a cluster: GPUs in use at once and GPUs per job
+    (None: no limit)."""
+
+    total: int | None
+    per_job: int | None = None
+
+
+NO_LIMIT = GpuLimit(None, None)
+
+
+@dataclasses.dataclass(frozen=True)
 class LogChunk:
     text: str
     next_offset: int
@@ -183,4 +195,13 @@ class Adapter:
         raise NotImplementedError
 
     def health(self) -> Health:
+        raise NotImplementedError
+
+    # Whether the backend can hold tenants to GPU limits of its own (apply_tenant_limits).
+    keeps_tenant_limits: ClassVar[bool] = False
+
+    def apply_tenant_limits(self, limits: dict[str, dict[str, GpuLimit]]) -> list[str]:
+        """Make the backend itself hold each tenant to its GPU ceilings, {tenant slug: {GPU type
+        slug: GpuLimit}}, for jobs that reach it without the portal. Returns the tenants whose
+        limits changed."""
         raise NotImplementedError

@@ -29,11 +29,13 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 
 from .base import (
+    NO_LIMIT,
     Adapter,
     BackendError,
     BackendState,
     BackendUnavailable,
     Connection,
+    GpuLimit,
     Health,
     JobRejected,
     LogChunk,
@@ -49,8 +51,8 @@ SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 JOB_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 COMMENT_PREFIX = "aif:"
-ACCOUNTING_CACHE_SECONDS = 300
-_ACCOUNTING: dict[str, tuple[bool, float]] = {}
+CONFIG_CACHE_SECONDS = 300
+_CONFIG: dict[str, tuple[dict[str, str], float]] = {}
 JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What the CLI tools themselves may see of the worker's environment (never its secrets).
 CLI_ENV_KEYS = ("PATH", "SLURM_CONF", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME")
@@ -184,6 +186,7 @@ class SlurmConnection(Connection):
 class SlurmAdapter(Adapter):
     kind = "slurm"
     connection_class = SlurmConnection
+    keeps_tenant_limits = True
 
     # --- paths and names ------------------------------------------------------------------------
 
@@ -196,7 +199,10 @@ class SlurmAdapter(Adapter):
         return self.job_root / dispatch_key(job)
 
     def account_for(self, job) -> str:
-        account = f"{self.connection.account_prefix}{job.tenant.slug}"
+        return self.account_name(job.tenant.slug)
+
+    def account_name(self, tenant_slug: str) -> str:
+        account = f"{self.connection.account_prefix}{tenant_slug}"
         if not SAFE_TOKEN.fullmatch(account):
             raise JobRejected(f"{account!r} cannot be a Slurm account name")
         return account.lower()
@@ -422,30 +428,41 @@ class SlurmAdapter(Adapter):
         return self.run(["sacct", "-X", "-n", "-P", "-a", *args], check=check)
 
     def accounting_enabled(self) -> bool:
-        """Whether slurmdbd keeps accounting (sacct works): read from the controller's config, and
+        """Whether slurmdbd keeps accounting (sacct works)."""
+        return self.controller_config()["AccountingStorageType"] != "accounting_storage/none"
+
+    def controller_config(self) -> dict[str, str]:
+        """What the portal needs of the controller's config, read with `scontrol show config` and
         remembered per cluster for a while, since an adapter lives for one task or sync."""
-        cached = _ACCOUNTING.get(self.cluster.slug)
+        cached = _CONFIG.get(self.cluster.slug)
         if cached and cached[1] > time.monotonic():
             return cached[0]
         out = self.run(["scontrol", "show", "config"])  # unreachable controller: unknown, not "no"
-        match = re.search(r"^AccountingStorageType\s*=\s*(\S+)", out, re.MULTILINE)
-        if match is None:
+        config = {
+            key: match[1]
+            for key in ("AccountingStorageType", "ClusterName")
+            if (match := re.search(rf"^{key}\s*=\s*(\S+)", out, re.MULTILINE))
+        }
+        if "AccountingStorageType" not in config:
             raise BackendUnavailable("scontrol show config did not name the accounting storage")
-        enabled = match[1] != "accounting_storage/none"
-        _ACCOUNTING[self.cluster.slug] = (enabled, time.monotonic() + ACCOUNTING_CACHE_SECONDS)
-        return enabled
+        _CONFIG[self.cluster.slug] = (config, time.monotonic() + CONFIG_CACHE_SECONDS)
+        return config
 
     def ensure_account(self, job) -> bool:
-        """Create the tenant's Slurm account (and the submitting user's association) if missing."""
+        """Create the job's tenant's Slurm account (and the submitting user's association) if
+        missing."""
+        return self.ensure_tenant_account(job.tenant.slug)
+
+    def ensure_tenant_account(self, tenant_slug: str) -> bool:
         if not (self.connection.manage_accounts and self.accounting_enabled()):
             return False
-        account = self.account_for(job)
+        account = self.account_name(tenant_slug)
         user = _submitting_user()
         if not self.run(
             ["sacctmgr", "-n", "-P", "show", "account", account, "format=Account"], check=False
         ).strip():
             self._sacctmgr_add(
-                ["account", account, f"Description=portal tenant {job.tenant.slug}", "Organization=aifactory"]
+                ["account", account, f"Description=portal tenant {tenant_slug}", "Organization=aifactory"]
             )
         associations = self.run(
             ["sacctmgr", "-n", "-P", "show", "assoc", f"account={account}", f"user={user}", "format=User"],
@@ -455,6 +472,101 @@ class SlurmAdapter(Adapter):
             self._sacctmgr_add(["user", user, f"Account={account}"])
         log.info("created Slurm account %s on %s", account, self.cluster)
         return True
+
+    # --- tenant limits --------------------------------------------------------------------------
+
+    def apply_tenant_limits(self, limits: dict[str, dict[str, GpuLimit]]) -> list[str]:
+        """Each tenant's GPU ceilings as its account's GrpTRES (GPUs at once, for the whole
+        account) and MaxTRESPerJob, per typed GPU TRES (gres/gpu:<type>). One read of all
+        accounts' limits, then one `sacctmgr modify` per account that differs. An account that
+        does not exist yet is made when its tenant may use GPUs here. GPU types that Slurm does
+        not account for (missing from AccountingStorageTRES) cannot be limited and are skipped."""
+        if not (
+            self.connection.use_accounts and self.connection.manage_accounts and self.accounting_enabled()
+        ):
+            return []
+        tracked = self.tracked_gpu_types()
+        untracked = sorted({t for by_type in limits.values() for t in by_type} - tracked)
+        if untracked:
+            log.warning(
+                "Slurm on %s does not account for GPU type(s) %s (AccountingStorageTRES): not limited",
+                self.cluster,
+                ", ".join(untracked),
+            )
+        current = self.account_limits()
+        changed = []
+        for tenant_slug, by_type in sorted(limits.items()):
+            wanted = {t: limit for t, limit in by_type.items() if t in tracked}
+            account = self.account_name(tenant_slug)
+            have = current.get(account)
+            if have is None:
+                if not any(limit.total != 0 for limit in wanted.values()):
+                    continue  # no account, and nothing it could use: Slurm refuses its jobs anyway
+                self.ensure_tenant_account(tenant_slug)
+                have = {}
+            if all(have.get(t, NO_LIMIT) == limit for t, limit in wanted.items()):
+                continue
+            self._set_account_limits(account, wanted)
+            changed.append(tenant_slug)
+        return changed
+
+    def tracked_gpu_types(self) -> set[str]:
+        """GPU types Slurm accounts for as typed TRES (gres/gpu:<type>), so limits on them hold."""
+        out = self.run(["sacctmgr", "-n", "-P", "show", "tres", "format=Type,Name"])
+        return {
+            name.split(":", 1)[1]
+            for kind, _, name in (line.partition("|") for line in out.splitlines())
+            if kind == "gres" and name.startswith("gpu:")
+        }
+
+    def account_limits(self) -> dict[str, dict[str, GpuLimit]]:
+        """The typed-GPU GrpTRES and MaxTRES (per job) of every account's own association."""
+        out = self.run(
+            [
+                "sacctmgr",
+                "-n",
+                "-P",
+                "show",
+                "assoc",
+                *self._this_cluster(),
+                "format=Account,User,GrpTRES,MaxTRES",
+            ]
+        )
+        limits: dict[str, dict[str, GpuLimit]] = {}
+        for line in out.splitlines():
+            parts = line.split("|")
+            if len(parts) != 4 or parts[1]:
+                continue  # a user's association: accounts hold the limits
+            account, _, group, per_job = parts
+            totals, per_jobs = _gpu_tres(group), _gpu_tres(per_job)
+            limits[account] = {t: GpuLimit(totals.get(t), per_jobs.get(t)) for t in {*totals, *per_jobs}}
+        return limits
+
+    def _set_account_limits(self, account: str, limits: dict[str, GpuLimit]) -> None:
+        def tres(values: dict[str, int | None]) -> str:
+            return ",".join(f"gres/gpu:{t}={-1 if n is None else int(n)}" for t, n in sorted(values.items()))
+
+        result = self._exec(
+            [
+                "sacctmgr",
+                "-i",
+                "modify",
+                "account",
+                "where",
+                f"name={account}",
+                *self._this_cluster(),
+                "set",
+                f"GrpTRES={tres({t: limit.total for t, limit in limits.items()})}",
+                f"MaxTRESPerJob={tres({t: limit.per_job for t, limit in limits.items()})}",
+            ]
+        )
+        if result.returncode != 0 and "Nothing modified" not in result.stdout + result.stderr:
+            raise classify_error("sacctmgr", result.stderr or result.stdout)
+        log.info("Slurm account %s on %s: GPU limits %s", account, self.cluster, limits)
+
+    def _this_cluster(self) -> list[str]:
+        name = self.controller_config().get("ClusterName")
+        return [f"cluster={name}"] if name and SAFE_TOKEN.fullmatch(name) else []
 
     def _sacctmgr_add(self, what: list[str]) -> None:
         result = self._exec(["sacctmgr", "-i", "add", *what])
@@ -532,6 +644,16 @@ def _wait_status(value) -> int | None:
     if value & 0x7F:
         return 128 + (value & 0x7F)
     return value >> 8
+
+
+def _gpu_tres(text: str) -> dict[str, int]:
+    """'cpu=4,gres/gpu:h100=3' → {'h100': 3} (typed GPU TRES only)."""
+    counts = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name.startswith("gres/gpu:") and value.isdigit():
+            counts[name.removeprefix("gres/gpu:")] = int(value)
+    return counts
 
 
 def _sacct_exit_code(text: str) -> int | None:

@@ -6,7 +6,7 @@ from rest_framework import serializers
 from factory.api.permissions import IsStaffOrReadOnly
 from factory.api.viewsets import ScopedModelViewSet
 
-from ..editing import save_audited
+from ..editing import delete_audited, save_audited
 from ..filtersets import QuotaFilterSet
 from ..models import Budget, Quota
 from ..usage import usage_for
@@ -39,6 +39,9 @@ class QuotaViewSet(AuditedSaveMixin, ScopedModelViewSet):
     filterset_class = QuotaFilterSet
     cursor_ordering = "id"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_destroy(self, instance):
+        delete_audited(instance, self.request.user)
 
     def get_serializer(self, *args, **kwargs):
         instances = args[0] if args else None

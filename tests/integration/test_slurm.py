@@ -436,3 +436,121 @@ def test_time_limit_ends_in_timed_out(slurm_job):
     job = run_to(job, lambda j: j.is_terminal, timeout=150)
     assert job.state == JobState.TIMED_OUT
     assert log_of(job).startswith("start\n")
+
+
+# --- quotas mirrored into Slurm's own limits -----------------------------------------------------------
+
+
+def account_limits(account: str) -> tuple[str, str]:
+    """GrpTRES and MaxTRES (per job) of the account's own association."""
+    out = subprocess.run(
+        ["sacctmgr", "-n", "-P", "show", "assoc", f"account={account}", "format=User,GrpTRES,MaxTRES"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    rows = [line.split("|") for line in out.splitlines()]
+    return next((group, per_job) for user, group, per_job in rows if not user)
+
+
+def squeue_reason(external_id: str) -> str:
+    return subprocess.run(
+        ["squeue", "-h", "-j", external_id, "-o", "%r"], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def sbatch_as(account: str, gpus: int) -> str:
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--account={account}",
+            "--partition=gpu",
+            f"--gres=gpu:h100:{gpus}",
+            "--cpus-per-task=1",
+            "--mem=1G",
+            "--time=2",
+            "--output=/dev/null",
+            "--wrap",
+            "sleep 60",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.strip().split(";", 1)[0]
+
+
+@pytest.fixture
+def limited_tenant(slurm_cluster, a100):
+    """A tenant of its own (its account is made and deleted here), on a cluster whose pools also
+    name a GPU type Slurm does not account for (a100)."""
+    slug = f"quota-{uuid.uuid4().hex[:8]}"
+    tenant = Tenant.objects.create(slug=slug, name="Quota team")
+    Pool.objects.create(cluster=slurm_cluster, gpu_type=a100, capacity=8, partition="gpu")
+    yield tenant
+    subprocess.run(["scancel", "-A", slug], capture_output=True)
+    wait_until(lambda: not jobs_of(slug), 30, "the tenant's Slurm jobs to go")
+    subprocess.run(["sacctmgr", "-i", "delete", "account", slug], capture_output=True)
+
+
+def jobs_of(account: str) -> str:
+    return subprocess.run(["squeue", "-h", "-A", account], capture_output=True, text=True).stdout.strip()
+
+
+def test_quotas_become_slurm_limits_that_slurm_enforces(
+    slurm_cluster, limited_tenant, h100, a100, platform_admin
+):
+    from quotas import limits
+    from quotas.editing import delete_audited, save_audited
+    from quotas.models import Quota
+
+    tenant = limited_tenant
+    assert limits.mirror([tenant.pk]) == {}  # no quota: no account made for it
+    quota = Quota(tenant=tenant, gpu_type=h100)
+    save_audited(quota, {"nominal": 2, "borrowing_limit": 1, "max_gpus_per_job": 2}, platform_admin)
+    Quota.objects.create(tenant=tenant, gpu_type=a100, nominal=4)
+
+    assert limits.mirror([tenant.pk]) == {"slurm-local": [tenant.slug]}
+    assert account_limits(tenant.slug) == ("gres/gpu:h100=3", "gres/gpu:h100=2")
+    assert limits.mirror([tenant.pk]) == {}  # already in line: nothing modified
+
+    # Slurm itself holds jobs that bypass the portal to the ceiling.
+    too_big = sbatch_as(tenant.slug, 3)
+    first, second = sbatch_as(tenant.slug, 2), sbatch_as(tenant.slug, 2)
+    wait_until(lambda: squeue_reason(too_big) == "AssocMaxGRESPerJob", 15, "the per-job limit")
+    wait_until(lambda: squeue_reason(second) == "AssocGrpGRES", 15, "the tenant's GPU limit")
+    assert squeue_reason(first) == "None"  # running
+    report = slurm_cluster.adapter().report_from_squeue(
+        {"job_id": int(second), "job_state": "PENDING", "state_reason": "AssocGrpGRES"}
+    )
+    assert report.reason == "the tenant's GPU limit on this cluster is reached"
+
+    # Unlimited borrowing: no ceiling; a deleted quota: none of that GPU type.
+    save_audited(quota, {"borrowing_limit": None, "max_gpus_per_job": None}, platform_admin)
+    limits.mirror([tenant.pk])
+    assert account_limits(tenant.slug) == ("", "")
+    delete_audited(quota, platform_admin)
+    limits.mirror([tenant.pk])
+    assert account_limits(tenant.slug) == ("gres/gpu:h100=0", "")
+
+
+def test_a_quota_change_mirrors_its_tenant(
+    limited_tenant, h100, platform_admin, django_capture_on_commit_callbacks
+):
+    from unittest import mock
+
+    from quotas.editing import save_audited
+    from quotas.models import Quota
+    from quotas.tasks import mirror_limits
+
+    with (
+        mock.patch.object(mirror_limits, "delay") as mirror,
+        mock.patch("quotas.tasks.admit_pending.delay"),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        save_audited(
+            Quota(tenant=limited_tenant, gpu_type=h100), {"nominal": 4, "borrowing_limit": 0}, platform_admin
+        )
+    mirror.assert_called_once_with([limited_tenant.pk])
+    assert mirror_limits([limited_tenant.pk]) == {"slurm-local": [limited_tenant.slug]}
+    assert account_limits(limited_tenant.slug) == ("gres/gpu:h100=4", "")

@@ -18,6 +18,7 @@ def test_platform_admin_creates_and_edits_a_quota_with_an_audit_trail(
     api = client_for(platform_admin)
     with (
         mock.patch("quotas.tasks.admit_pending.delay") as readmit,
+        mock.patch("quotas.tasks.mirror_limits.delay") as mirror,
         django_capture_on_commit_callbacks(execute=True),
     ):
         created = api.post(URL, {"tenant": "demo-lab", "gpu_type": "h100", "nominal": 4}, format="json")
@@ -27,12 +28,31 @@ def test_platform_admin_creates_and_edits_a_quota_with_an_audit_trail(
     assert edited.status_code == 200, edited.content
     assert edited.json()["nominal"] == 6 and edited.json()["in_use"] == 0
     assert readmit.call_count == 2  # a quota change runs admission
+    assert mirror.call_args_list == [mock.call([tenant.pk])] * 2  # and goes to the clusters' own limits
     changes = {
         (c.field, c.old_value, c.new_value)
         for c in QuotaChange.objects.filter(field__in=["nominal", "lending_limit"])
     }
     assert ("nominal", "4", "6") in changes and ("lending_limit", "", "2") in changes
     assert QuotaChange.objects.filter(changed_by=platform_admin).exists()
+
+
+def test_deleting_a_quota_is_audited_and_reaches_the_clusters(
+    platform_admin, tenant, h100, django_capture_on_commit_callbacks
+):
+    quota = Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=4)
+    with (
+        mock.patch("quotas.tasks.admit_pending.delay") as readmit,
+        mock.patch("quotas.tasks.mirror_limits.delay") as mirror,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        response = client_for(platform_admin).delete(f"{URL}{quota.pk}/")
+    assert response.status_code == 204
+    assert not Quota.objects.filter(pk=quota.pk).exists()
+    change = QuotaChange.objects.get(field="quota")
+    assert (change.old_value, change.new_value, change.changed_by) == ("4", "deleted", platform_admin)
+    readmit.assert_called_once_with()
+    mirror.assert_called_once_with([tenant.pk])
 
 
 @pytest.mark.parametrize(
