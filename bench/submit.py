@@ -154,15 +154,10 @@ def start_server(env: dict[str, str], port: int, workers: int, log_path: Path) -
     command = [
         sys.executable,
         "-m",
-        "uvicorn",
-        "factory.asgi:application",
+        "factory.serve",  # uvicorn workers, given connections round-robin
         f"--host={HOST}",
         f"--port={port}",
         f"--workers={workers}",
-        "--loop=uvloop",
-        "--http=httptools",
-        "--lifespan=off",
-        "--no-access-log",
         "--log-level=warning",
     ]
     with log_path.open("ab") as log_file:
