@@ -6,3 +6,17 @@ from django.apps import AppConfig
 class FactoryConfig(AppConfig):
     name = "factory"
     verbose_name = "AI factory"
+
+    def ready(self) -> None:
+        from django.contrib.auth import get_user_model
+        from django.db.models.signals import post_delete, post_save
+        from rest_framework.authtoken.models import Token
+
+        from .api import authentication
+
+        post_delete.connect(authentication.forget_token, sender=Token, dispatch_uid="factory.forget-token")
+        user_model = get_user_model()
+        post_save.connect(authentication.forget_user, sender=user_model, dispatch_uid="factory.forget-user-s")
+        post_delete.connect(
+            authentication.forget_user, sender=user_model, dispatch_uid="factory.forget-user-d"
+        )

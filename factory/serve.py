@@ -31,7 +31,6 @@ import uvicorn
 log = logging.getLogger("factory.serve")
 
 APP = "factory.asgi:application"
-GRACE_SECONDS = 10.0
 
 
 # --- the parent --------------------------------------------------------------------------------
@@ -65,9 +64,10 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, listener: socket.socket, workers: int, options: list[str]) -> None:
+    def __init__(self, listener: socket.socket, workers: int, options: list[str], grace: float) -> None:
         self.listener = listener
         self.options = options
+        self.grace = grace
         self.workers = [Worker(i, options) for i in range(workers)]
         self.next = 0
         self.stopping = False
@@ -105,7 +105,7 @@ class Supervisor:
         self.listener.close()
         for worker in self.workers:
             worker.stop()
-        deadline = time.monotonic() + GRACE_SECONDS
+        deadline = time.monotonic() + self.grace + 1
         for worker in self.workers:
             try:
                 worker.process.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -117,8 +117,12 @@ class Supervisor:
 def run_supervisor(args: argparse.Namespace) -> None:
     listener = socket.create_server((args.host, args.port), backlog=2048)
     listener.setblocking(False)
-    options = ["--log-level", args.log_level, "--timeout-keep-alive", str(args.timeout_keep_alive)]
-    supervisor = Supervisor(listener, max(1, args.workers), options)
+    options = [
+        f"--log-level={args.log_level}",
+        f"--timeout-keep-alive={args.timeout_keep_alive}",
+        f"--timeout-graceful-shutdown={args.timeout_graceful_shutdown}",
+    ]
+    supervisor = Supervisor(listener, max(1, args.workers), options, args.timeout_graceful_shutdown)
 
     def stop(signum, frame) -> None:
         supervisor.stopping = True
@@ -187,7 +191,7 @@ def run_worker(args: argparse.Namespace) -> None:
         log_level=args.log_level,
         access_log=False,
         timeout_keep_alive=args.timeout_keep_alive,
-        timeout_graceful_shutdown=int(GRACE_SECONDS) - 1,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
     )
     HandedConnectionsServer(config, channel).run()
 
@@ -200,14 +204,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "0")) or os.cpu_count() or 1
     )
     parser.add_argument("--log-level", default="warning")
-    parser.add_argument("--timeout-keep-alive", type=int, default=5)
+    parser.add_argument(
+        "--timeout-keep-alive", type=int, default=5, help="seconds an idle connection stays open"
+    )
+    parser.add_argument(
+        "--timeout-graceful-shutdown",
+        type=int,
+        default=10,
+        help="seconds given to open requests and streams on stop",
+    )
     parser.add_argument("--channel-fd", type=int, help=argparse.SUPPRESS)  # a worker's end of its channel
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.channel_fd is not None:
         run_worker(args)
     else:

@@ -192,7 +192,7 @@ SESSION_COOKIE_HTTPONLY = True
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "factory.api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -249,6 +249,8 @@ FACTORY_SYNC_INTERVAL = env_float("FACTORY_SYNC_INTERVAL", 3.0)
 # An admitted job whose dispatch did not report back within this many seconds is dispatched again
 # (dispatch is idempotent, so this is safe).
 FACTORY_DISPATCH_STALE_AFTER = env_float("FACTORY_DISPATCH_STALE_AFTER", 30.0)
+# Seconds an API token's user is remembered per web process (factory/api/authentication.py).
+FACTORY_TOKEN_CACHE_SECONDS = env_float("FACTORY_TOKEN_CACHE_SECONDS", 10.0)
 # Admitted jobs go to the workers in dispatch tasks of up to this many jobs each; a smaller burst
 # is still split over this many tasks, so that several worker processes take part.
 FACTORY_DISPATCH_BATCH = env_int("FACTORY_DISPATCH_BATCH", 16)

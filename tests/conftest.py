@@ -114,12 +114,17 @@ def make_job(cluster, tenant, owner, h100):
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    """Throttle counters live in the cache; each test starts from zero."""
+    """Throttle counters live in the cache, token users in the API's memory; each test starts from
+    nothing."""
     from django.core.cache import cache
 
+    from factory.api import authentication
+
     cache.clear()
+    authentication.forget_all()
     yield
     cache.clear()
+    authentication.forget_all()
 
 
 def pytest_collection_modifyitems(config, items):
