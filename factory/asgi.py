@@ -14,6 +14,7 @@ import re
 
 from django.core.asgi import get_asgi_application
 from django.core.wsgi import get_wsgi_application
+from django.db import connections
 
 from factory.wsgi_bridge import WsgiBridge
 
@@ -23,7 +24,7 @@ STREAM_PATHS = re.compile(r"^/jobs/\d+/stream/$")
 SYNC_THREADS = int(os.environ.get("FACTORY_SYNC_THREADS", "2"))
 
 streams = get_asgi_application()
-pages_and_api = WsgiBridge(get_wsgi_application(), threads=SYNC_THREADS)
+pages_and_api = WsgiBridge(get_wsgi_application(), threads=SYNC_THREADS, release=connections.close_all)
 
 
 async def application(scope, receive, send):

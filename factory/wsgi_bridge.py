@@ -2,8 +2,8 @@
 
 The request body is read on the event loop, the WSGI application then runs whole in a worker
 thread, and a complete response comes back to the loop in the same hop. A streamed response (an
-export, a file) is pulled from its iterator in the thread a batch at a time and stops when the
-client goes away. Compared with a general ASGI-to-WSGI adapter, which crosses between the loop and
+export, a file) is produced on a thread of its own, a batch at a time, and stops when the client
+goes away. Compared with a general ASGI-to-WSGI adapter, which crosses between the loop and
 a thread for every body read and every piece of the response, this halves what a small API request
 costs the server.
 """
@@ -25,9 +25,13 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class WsgiBridge:
-    def __init__(self, app: Callable, *, threads: int) -> None:
+    def __init__(self, app: Callable, *, threads: int, release: Callable[[], None] | None = None) -> None:
+        """`release` frees what a thread holds (the asgi module passes Django's
+        connections.close_all). A streamed response calls it twice: where its view ran, once the
+        view returned, and last on the response's own thread, which ends then."""
         self.app = app
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsgi")
+        self.release = release
 
     async def __call__(self, scope, receive, send) -> None:
         body = await read_body(receive)
@@ -38,16 +42,16 @@ class WsgiBridge:
             return
         loop = asyncio.get_running_loop()
         environ = wsgi_environ(scope, body)
-        status, headers, chunks, stream = await loop.run_in_executor(self.executor, self.run, environ)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        if stream is None:
-            await send({"type": "http.response.body", "body": chunks})
+        status, headers, content, result = await loop.run_in_executor(self.executor, self.run, environ)
+        if result is None:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
             return
-        await self.send_stream(loop, receive, send, chunks, stream)
+        await self.send_stream(loop, receive, send, status, headers, result)
 
-    def run(self, environ: dict) -> tuple[int, Headers, bytes, Iterator[bytes] | None]:
+    def run(self, environ: dict) -> tuple[int, Headers, bytes, Iterable[bytes] | None]:
         """Call the application in a worker thread. A complete response is joined and closed here;
-        a streamed one returns its first batch and the iterator for the rest."""
+        a streamed one (Django's `streaming`) is returned unread, for send_stream."""
         started: list = []
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info=None):
@@ -57,45 +61,56 @@ class WsgiBridge:
             return _no_write
 
         result = self.app(environ, start_response)
-        try:
-            if getattr(result, "streaming", False):
-                chunks, stream = self.next_batch(iter(result))
-            else:
-                chunks, stream = b"".join(result), None
-        except BaseException:
-            _close(result)
-            raise
-        if stream is None:
-            _close(result)
-        else:
-            stream = _Closing(stream, result)
         status, headers = started
-        return int(status[:3]), encode_headers(headers), chunks, stream
+        if getattr(result, "streaming", False):
+            # The view is done with this thread; its response goes on on a thread of its own.
+            if self.release is not None:
+                self.release()
+            return int(status[:3]), encode_headers(headers), b"", result
+        try:
+            content = b"".join(result)
+        finally:
+            _close(result)
+        return int(status[:3]), encode_headers(headers), content, None
 
     @staticmethod
-    def next_batch(stream: Iterator[bytes]) -> tuple[bytes, Iterator[bytes] | None]:
-        """Up to STREAM_BATCH_BYTES from the iterator; None for the iterator once it is spent."""
+    def next_batch(stream: Iterator[bytes]) -> tuple[bytes, bool]:
+        """Up to STREAM_BATCH_BYTES from the iterator, and whether more may follow."""
         parts: list[bytes] = []
         size = 0
         for chunk in stream:
             parts.append(chunk)
             size += len(chunk)
             if size >= STREAM_BATCH_BYTES:
-                return b"".join(parts), stream
-        return b"".join(parts), None
+                return b"".join(parts), True
+        return b"".join(parts), False
 
-    async def send_stream(self, loop, receive, send, chunks: bytes, stream: _Closing) -> None:
+    async def send_stream(self, loop, receive, send, status: int, headers: Headers, result) -> None:
+        """A streamed response, produced on a thread of its own from its first line to its close()
+        (what it queries stays on one database connection), while the pool's threads serve other
+        requests. It is sent a batch at a time, and stops when the client goes away."""
+        pump = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsgi-stream")
+        stream = iter(result)
         gone = asyncio.ensure_future(receive())  # the next message after the body: a disconnect
         try:
-            rest: Iterator[bytes] | None = stream
-            while rest is not None and not gone.done():
-                await send({"type": "http.response.body", "body": chunks, "more_body": True})
-                chunks, rest = await loop.run_in_executor(self.executor, self.next_batch, stream)
+            content, more = await loop.run_in_executor(pump, self.next_batch, stream)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            while more and not gone.done():
+                await send({"type": "http.response.body", "body": content, "more_body": True})
+                content, more = await loop.run_in_executor(pump, self.next_batch, stream)
             if not gone.done():
-                await send({"type": "http.response.body", "body": chunks})
+                await send({"type": "http.response.body", "body": content})
         finally:
             gone.cancel()
-            await loop.run_in_executor(self.executor, stream.close)
+            await loop.run_in_executor(pump, self.finish_stream, result)
+            pump.shutdown(wait=False)
+
+    def finish_stream(self, result) -> None:
+        try:
+            _close(result)
+        finally:
+            if self.release is not None:
+                self.release()
 
 
 _DISCONNECTED = object()
@@ -158,24 +173,6 @@ async def send_plain(send, status: int, text: bytes) -> None:
     headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(text)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": text})
-
-
-class _Closing:
-    """A response iterator whose close() also closes the WSGI result (Django's request_finished:
-    the database connection goes back to its pool)."""
-
-    def __init__(self, stream: Iterator[bytes], result) -> None:
-        self.stream = stream
-        self.result = result
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> bytes:
-        return next(self.stream)
-
-    def close(self) -> None:
-        _close(self.result)
 
 
 def _close(result) -> None:

@@ -114,13 +114,16 @@ class Streamed:
         self.count, self.size = count, size
         self.produced = 0
         self.closed = threading.Event()
+        self.threads: set[str] = set()
 
     def __iter__(self):
         for _ in range(self.count):
+            self.threads.add(threading.current_thread().name)
             self.produced += 1
             yield b"x" * self.size
 
     def close(self):
+        self.threads.add(threading.current_thread().name)
         self.closed.set()
 
 
@@ -132,15 +135,23 @@ def streaming_app(result: Streamed):
     return app
 
 
-def test_a_streamed_response_is_sent_in_batches_and_closed(monkeypatch):
+def test_a_streamed_response_is_sent_in_batches_from_one_thread_and_closed(monkeypatch):
     monkeypatch.setattr(wsgi_bridge, "STREAM_BATCH_BYTES", 1000)
     result = Streamed(count=25, size=100)
-    sent = run(WsgiBridge(streaming_app(result), threads=2), scope(method="GET"), [{"type": "http.request"}])
+    released = []
+    bridge = WsgiBridge(
+        streaming_app(result), threads=2, release=lambda: released.append(threading.current_thread().name)
+    )
+    sent = run(bridge, scope(method="GET"), [{"type": "http.request"}])
     bodies = [m for m in sent if m["type"] == "http.response.body"]
     assert body_of(sent) == b"x" * 2500
     assert [len(m["body"]) for m in bodies] == [1000, 1000, 500]
     assert [m.get("more_body", False) for m in bodies] == [True, True, False]
     assert result.closed.is_set()
+    # Produced and closed on one thread of its own (its queries stay on one connection).
+    assert len(result.threads) == 1 and result.threads.pop().startswith("wsgi-stream")
+    view_thread, stream_thread = released  # where the view ran, then the response's own thread
+    assert view_thread.startswith("wsgi_") and stream_thread.startswith("wsgi-stream")
 
 
 def test_a_streamed_response_stops_when_the_client_goes_away(monkeypatch):
@@ -209,3 +220,15 @@ def test_the_result_is_closed_when_the_application_fails_while_producing_it():
     with pytest.raises(RuntimeError, match="boom"):
         run(WsgiBridge(app, threads=1), scope(method="GET"), [{"type": "http.request"}])
     assert Failing.closed
+
+
+def test_a_streamed_response_that_fails_at_once_sends_nothing_and_is_closed():
+    class Broken(Streamed):
+        def __iter__(self):
+            raise RuntimeError("no data")
+            yield b""
+
+    result = Broken(count=1, size=1)
+    with pytest.raises(RuntimeError, match="no data"):
+        run(WsgiBridge(streaming_app(result), threads=1), scope(method="GET"), [{"type": "http.request"}])
+    assert result.closed.is_set()
