@@ -3,8 +3,9 @@
     .venv/bin/python bench/submit.py [--workers N] [--duration S] [--warmup S] [--conn-max-age S]
 
 Self-contained: it creates a fresh PostgreSQL database (`factory_bench`), migrates and seeds it
-(tenant, GPU types, a local cluster with pools, a member user and an API token), starts uvicorn on
-`factory.asgi:application` as a subprocess and drives `POST /api/v1/jobs/` with 1, 8 and 32
+(tenant, GPU types, a local cluster with pools, a member user and an API token), starts the web
+server (`python -m factory.serve`: uvicorn workers serving `factory.asgi:application`) as a
+subprocess and drives `POST /api/v1/jobs/` with 1, 8 and 32
 concurrent keep-alive clients (each request with its own Idempotency-Key). Every answer must be a
 202; anything else counts as an error. Celery tasks enqueued on commit go to Redis DB 14, which is
 purged before and after; no worker runs, since this measures acceptance only. At the end it stops
@@ -170,13 +171,13 @@ def wait_for_port(port: int, server: subprocess.Popen, timeout: float = 30.0) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with {server.returncode}")
+            raise RuntimeError(f"the server exited with {server.returncode}")
         try:
             socket.create_connection((HOST, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"uvicorn did not listen on {port} within {timeout:.0f} s")
+    raise RuntimeError(f"the server did not listen on {port} within {timeout:.0f} s")
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -186,7 +187,7 @@ def stop_server(server: subprocess.Popen) -> None:
     try:
         server.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)  # its own session: only uvicorn and its workers
+        os.killpg(server.pid, signal.SIGKILL)  # its own session: only the server and its workers
         server.wait()
 
 
@@ -524,7 +525,7 @@ def run(args: argparse.Namespace, var_dir: Path, loop_name: str) -> tuple[list[W
         token = migrate_and_seed(env)
         purge_redis()
         port = free_port()
-        log(f"Starting uvicorn with {args.workers} worker(s) on {HOST}:{port} (client loop: {loop_name})")
+        log(f"Starting factory.serve, {args.workers} worker(s), on {HOST}:{port} (client loop: {loop_name})")
         server = start_server(env, port, args.workers, server_log)
         wait_for_port(port, server)
         windows = asyncio.run(run_levels(port, token, args, server.pid))
