@@ -20,7 +20,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import benchdb
+from support import benchdb
 
 ROOT = Path(__file__).resolve().parents[1]
 DB_NAME = "factory_bench_admission"

@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import benchdb
+from support import benchdb, procstat
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -188,6 +188,16 @@ def timed_sync(cluster, fake) -> dict:
     }
 
 
+def steady_syncs(sync: Callable[[], dict], cycles: int) -> tuple[list[dict], float, float]:
+    """`cycles` sync cycles in which nothing may change, with their median time and the median
+    time of it spent in the backend's answers."""
+    steady = [sync() for _ in range(cycles)]
+    if any(cycle["changed"] for cycle in steady):
+        raise RuntimeError("a steady sync cycle changed jobs")
+    median = statistics.median
+    return steady, median(c["seconds"] for c in steady), median(c["server_seconds"] for c in steady)
+
+
 # --- backends ---------------------------------------------------------------------------------------
 
 
@@ -263,11 +273,7 @@ def measure_kubernetes_syncs(fake: TimedFake, cluster, jobs: list, cycles: int) 
         f"  first sync: {first['seconds']:.3f} s; {first['changed']} jobs to running; "
         f"{first['calls']} call(s)"
     )
-    steady = [timed_sync(cluster, fake) for _ in range(cycles)]
-    if any(cycle["changed"] for cycle in steady):
-        raise RuntimeError("a steady sync cycle changed jobs")
-    steady_s = statistics.median(c["seconds"] for c in steady)
-    server_s = statistics.median(c["server_seconds"] for c in steady)
+    steady, steady_s, server_s = steady_syncs(lambda: timed_sync(cluster, fake), cycles)
     log(
         f"  steady sync of {len(jobs)} active jobs: median {steady_s:.3f} s over {cycles} cycles "
         f"(fake server {server_s:.3f} s of it); calls per cycle {[c['calls'] for c in steady]}"
@@ -399,11 +405,7 @@ def measure_ray_syncs(calls: RayCalls, head, cluster, jobs: list, cycles: int) -
         f"  first sync: {first['seconds']:.3f} s; {first['changed']} jobs changed (running, or "
         f"their waiting reason set); {first['calls']} call(s)"
     )
-    steady = [timed_sync(cluster, calls) for _ in range(cycles)]
-    if any(cycle["changed"] for cycle in steady):
-        raise RuntimeError("a steady sync cycle changed jobs")
-    steady_s = statistics.median(c["seconds"] for c in steady)
-    ray_s = statistics.median(c["server_seconds"] for c in steady)
+    steady, steady_s, ray_s = steady_syncs(lambda: timed_sync(cluster, calls), cycles)
     with urllib.request.urlopen(f"{head.address}/api/jobs/", timeout=60) as response:
         list_bytes = len(response.read())
     log(
@@ -699,27 +701,17 @@ def start_py_spy(pid: int, out: str) -> subprocess.Popen:
     return process
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SLURM_DAEMONS = ("slurmctld", "slurmdbd", "slurmd")
 
 
 def cpu_snapshot(worker_pgid: int | None = None) -> dict[str, float]:
     """CPU seconds used so far by the worker's process group (its pool and their sbatch runs),
     the Slurm daemons, PostgreSQL, MariaDB (slurmdbd's store), Redis, this process with the children
-    it ran, and the whole machine. Exited processes count in their parent's reaped-children time
-    (a PostgreSQL backend per connection in the postmaster's)."""
+    it ran, and the whole machine."""
     seconds: dict[str, float] = dict.fromkeys(("worker", *SLURM_DAEMONS, "postgres", "mariadb", "redis"), 0.0)
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        used = sum(int(f) for f in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
-        if worker_pgid is not None and int(fields[2]) == worker_pgid:
+    for process in procstat.processes():
+        name, used = process.name, process.cpu_seconds
+        if worker_pgid is not None and process.pgid == worker_pgid:
             seconds["worker"] += used
         elif name in SLURM_DAEMONS:
             seconds[name] += used
@@ -731,8 +723,7 @@ def cpu_snapshot(worker_pgid: int | None = None) -> dict[str, float]:
             seconds["redis"] += used
     own = os.times()
     seconds["bench"] = own.user + own.system + own.children_user + own.children_system
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    seconds["machine"] = (sum(values) - values[3] - values[4]) / CLOCK_TICKS  # all but idle, iowait
+    seconds["machine"] = procstat.machine_busy_seconds()
     return seconds
 
 
@@ -819,11 +810,7 @@ def measure_slurm_syncs(cluster, tenant, user, gpu_type, raw_ids: list[str], cyc
             f"  first sync: {first['seconds']:.3f} s; {first['changed']} jobs changed (their waiting "
             f"reason); calls {first['tools']} ({first['server_seconds']:.3f} s in them)"
         )
-        steady = [slurm_sync(cluster, calls) for _ in range(cycles)]
-        if any(cycle["changed"] for cycle in steady):
-            raise RuntimeError("a steady sync cycle changed jobs")
-        steady_s = statistics.median(c["seconds"] for c in steady)
-        cli_s = statistics.median(c["server_seconds"] for c in steady)
+        steady, steady_s, cli_s = steady_syncs(lambda: slurm_sync(cluster, calls), cycles)
         log(
             f"  steady sync of {len(active)} active jobs: median {steady_s:.3f} s over {cycles} cycles "
             f"(in squeue {cli_s:.3f} s of it); calls per cycle {[c['tools'] for c in steady]}"

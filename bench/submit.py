@@ -32,13 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import benchdb
 import psycopg
 import redis
+from support import benchdb, procstat
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "factory_bench"
@@ -48,7 +47,6 @@ HOST = "127.0.0.1"
 TENANT = "bench-lab"
 CONCURRENCY_LEVELS = (1, 8, 32)
 REQUEST_TIMEOUT = 30.0  # seconds past the window an unanswered request may take
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 EXCEPTION_LINE = re.compile(r"^[\w.]+(?:Error|Exception): .+$", re.MULTILINE)
 
 # Workers: 2, one per core (server, PostgreSQL and the load generator share the two cores). A
@@ -194,47 +192,24 @@ def stop_server(server: subprocess.Popen) -> None:
 # --- CPU accounting (from /proc) ------------------------------------------------------------------
 
 
-def process_table() -> Iterator[tuple[int, int, str, int]]:
-    """(pid, ppid, name, CPU ticks used by it and its reaped children) for every process."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # utime + stime, plus cutime + cstime: PostgreSQL backends that exited (one per connection)
-        # are only visible in the postmaster's reaped-children time.
-        yield int(entry.name), int(fields[1]), name, sum(int(f) for f in fields[11:15])
-
-
 def cpu_snapshot(server_pid: int) -> dict[str, float]:
     """CPU seconds used so far by the server's process tree, PostgreSQL, Redis and this process."""
-    table = list(process_table())
+    table = procstat.processes()
     tree = {server_pid}
     for _ in range(3):
-        tree |= {pid for pid, ppid, _, _ in table if ppid in tree}
-    ticks = {"server": 0, "postgres": 0, "redis": 0}
-    for pid, _, name, used in table:
-        if pid in tree:
-            ticks["server"] += used
-        elif name.startswith("postgres"):
-            ticks["postgres"] += used
-        elif name.startswith("redis"):
-            ticks["redis"] += used
+        tree |= {p.pid for p in table if p.ppid in tree}
+    snapshot = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
+    for process in table:
+        if process.pid in tree:
+            snapshot["server"] += process.cpu_seconds
+        elif process.name.startswith("postgres"):
+            snapshot["postgres"] += process.cpu_seconds
+        elif process.name.startswith("redis"):
+            snapshot["redis"] += process.cpu_seconds
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    snapshot = {key: value / CLK_TCK for key, value in ticks.items()}
     snapshot["client"] = usage.ru_utime + usage.ru_stime
-    snapshot["machine"] = machine_busy_seconds()
+    snapshot["machine"] = procstat.machine_busy_seconds()
     return snapshot
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (everything but idle and iowait)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
 
 
 class DbWatch:

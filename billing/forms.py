@@ -25,16 +25,7 @@ def parse_month(value: str | None) -> date:
 class RateCardForm(forms.ModelForm):
     class Meta:
         model = RateCard
-        fields = [
-            "gpu_type",
-            "cluster",
-            "currency",
-            "price_per_gpu_hour",
-            "price_per_cpu_core_hour",
-            "price_per_memory_gb_hour",
-            "effective_from",
-            "effective_until",
-        ]
+        fields = list(RateCard.EDITABLE)
         labels = {
             "gpu_type": "GPU type",
             "price_per_gpu_hour": "Price per GPU-hour",

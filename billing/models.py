@@ -58,6 +58,18 @@ class RateCard(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # What finance sets, in the form and the API alike.
+    EDITABLE = (
+        "gpu_type",
+        "cluster",
+        "currency",
+        "price_per_gpu_hour",
+        "price_per_cpu_core_hour",
+        "price_per_memory_gb_hour",
+        "effective_from",
+        "effective_until",
+    )
+
     class Meta:
         ordering = ["gpu_type__slug", "cluster__slug", "-effective_from"]
         constraints = [

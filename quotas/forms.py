@@ -8,15 +8,7 @@ from .models import Budget, Quota
 class QuotaForm(forms.ModelForm):
     class Meta:
         model = Quota
-        fields = [
-            "tenant",
-            "gpu_type",
-            "nominal",
-            "borrowing_limit",
-            "lending_limit",
-            "max_gpus_per_job",
-            "max_gpus_per_user",
-        ]
+        fields = ["tenant", "gpu_type", *Quota.AUDITED]
         labels = {
             "gpu_type": "GPU type",
             "max_gpus_per_job": "Max GPUs per job",
@@ -35,7 +27,7 @@ class QuotaLimitsForm(QuotaForm):
 class BudgetForm(forms.ModelForm):
     class Meta:
         model = Budget
-        fields = ["gpu_hours_per_month", "amount_per_month", "currency", "hard", "max_priority"]
+        fields = list(Budget.AUDITED)
         labels = {"gpu_hours_per_month": "GPU-hours per month", "hard": "Hard budget (hold jobs when spent)"}
 
 

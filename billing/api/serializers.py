@@ -20,18 +20,7 @@ class RateCardSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
     class Meta:
         model = RateCard
-        fields = [
-            "id",
-            "gpu_type",
-            "cluster",
-            "currency",
-            "price_per_gpu_hour",
-            "price_per_cpu_core_hour",
-            "price_per_memory_gb_hour",
-            "effective_from",
-            "effective_until",
-            "created_at",
-        ]
+        fields = ["id", *RateCard.EDITABLE, "created_at"]
         read_only_fields = ["created_at"]
 
     def validate(self, attrs):

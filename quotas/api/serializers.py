@@ -28,11 +28,7 @@ class QuotaSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             "id",
             "tenant",
             "gpu_type",
-            "nominal",
-            "borrowing_limit",
-            "lending_limit",
-            "max_gpus_per_job",
-            "max_gpus_per_user",
+            *Quota.AUDITED,
             "in_use",
             "borrowed",
             "pending_demand",
@@ -65,11 +61,7 @@ class BudgetSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         model = Budget
         fields = [
             "tenant",
-            "gpu_hours_per_month",
-            "amount_per_month",
-            "currency",
-            "hard",
-            "max_priority",
+            *Budget.AUDITED,
             "used_gpu_hours_this_month",
             "updated_at",
         ]
