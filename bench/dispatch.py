@@ -10,7 +10,7 @@ nothing is enqueued on the measured paths, and no worker runs.
 
 Each backend is a function in BACKENDS that brings up its backend and measures through the real
 adapter, on the portal's own code paths:
-- dispatch: `jobs.dispatch.dispatch(job)` for each of N admitted jobs, one after another, as a
+- dispatch: `jobs.dispatch.dispatch_many([job])` for each of N admitted jobs, one after another, as a
   worker would (adapter.submit, then the job's transition to submitted, with its event row);
 - sync: `jobs.dispatch.sync_cluster(cluster)` with the N jobs active: first the cycle that moves
   them all to running, then steady cycles where nothing changes, then one where a tenth failed;
@@ -165,7 +165,7 @@ def dispatch_all(jobs: list) -> float:
 
     started = time.perf_counter()
     for job in jobs:
-        dispatch.dispatch(job)
+        dispatch.dispatch_many([job])
     elapsed = time.perf_counter() - started
     not_submitted = [job.pk for job in jobs if job.state != JobState.SUBMITTED]
     if not_submitted:

@@ -3,11 +3,11 @@ finds work which stalled. Slow backend calls stay outside database transactions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from factory.adapters import BackendUnavailable, JobRejected
@@ -17,11 +17,6 @@ from .choices import JobState
 from .models import Job
 
 log = logging.getLogger(__name__)
-
-
-def dispatch(job: Job) -> None:
-    """Hand an admitted job to its cluster's backend, exactly once in effect."""
-    dispatch_many([job])
 
 
 def dispatch_many(jobs: list[Job]) -> None:
@@ -119,11 +114,24 @@ def sync_jobs(cluster: Cluster, jobs: list[Job]) -> int:
     return changed
 
 
-def sweep() -> dict[str, int]:
-    """The periodic pass: sync every cluster with jobs at its backend, re-dispatch admitted jobs
-    whose dispatch never reported back, and repeat cancel requests the backend has not honoured."""
-    from .tasks import cancel_job, enqueue_dispatch, sync_cluster_task
+@dataclasses.dataclass(frozen=True)
+class StalledWork:
+    """What the periodic sweep finds to mend: clusters with jobs at their backend (to sync),
+    admitted jobs whose dispatch never reported back, and cancel requests not yet honoured."""
 
+    cluster_ids: list[int]
+    stalled: list[int]
+    unhonoured: list[int]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "clusters": len(self.cluster_ids),
+            "redispatched": len(self.stalled),
+            "recancelled": len(self.unhonoured),
+        }
+
+
+def stalled_work() -> StalledWork:
     stale = timezone.now() - timedelta(seconds=settings.FACTORY_DISPATCH_STALE_AFTER)
     cluster_ids = list(
         Job.objects.at_backend().filter(cluster__enabled=True).values_list("cluster_id", flat=True).distinct()
@@ -136,15 +144,6 @@ def sweep() -> dict[str, int]:
     unhonoured = list(
         Job.objects.at_backend().filter(cancel_requested_at__lt=stale).values_list("pk", flat=True)
     )
-
-    def enqueue() -> None:
-        for cluster_id in cluster_ids:
-            sync_cluster_task.delay(cluster_id)
-        enqueue_dispatch(stalled)
-        for job_id in unhonoured:
-            cancel_job.delay(job_id)
-
-    transaction.on_commit(enqueue)
     if stalled:
         log.warning("re-dispatching %d stalled job(s)", len(stalled))
-    return {"clusters": len(cluster_ids), "redispatched": len(stalled), "recancelled": len(unhonoured)}
+    return StalledWork(cluster_ids, stalled, unhonoured)

@@ -152,10 +152,6 @@ class Job(models.Model):
             return None
         return (self.ended_at or timezone.now()) - self.started_at
 
-    @property
-    def gpu_hours_requested(self) -> float:
-        return self.gpu_count * self.time_limit_minutes / 60
-
     def may_cancel(self, user) -> bool:
         return Job.objects.cancellable_by(user).filter(pk=self.pk).exists()
 
@@ -207,16 +203,6 @@ class Job(models.Model):
     def record(self, kind: str, message: str) -> JobEvent:
         return JobEvent.objects.create(job=self, kind=kind, state=self.state, message=message[:1000])
 
-    def admit(self, cluster: Cluster, *, message: str = "") -> bool:
-        ok = self.transition(
-            JobState.ADMITTED, cluster=cluster, reason="", admitted_at=timezone.now(), message=message
-        )
-        if ok:
-            from .tasks import dispatch_job
-
-            transaction.on_commit(lambda: dispatch_job.delay(self.pk))
-        return ok
-
     def mark_submitted(self, external_id: str) -> bool:
         return self.transition(
             JobState.SUBMITTED,
@@ -257,30 +243,32 @@ class Job(models.Model):
             fields["started_at"] = started_at
         return self.transition(state, message=self._finish_message(state, exit_code, reason), **fields)
 
-    def cancel(self, user=None) -> bool:
-        """Cancel now if the backend does not have the job yet, else ask the backend to stop it."""
+    def cancel_before_backend(self, user=None) -> bool:
+        """Cancel a job its backend does not have yet (pending or admitted). An in-flight dispatch
+        sees the cancelled state and withdraws what it submitted. Returns whether this call ended
+        it; if the job moved meanwhile (say, submitted by dispatch), it is left in its new state."""
         who = f" by {user}" if user else ""
-        # An in-flight dispatch sees the cancelled state and withdraws what it submitted. If the
-        # job moved meanwhile (admitted, or submitted by dispatch), go on from its new state.
         for _ in range(3):
             if self.state not in (JobState.PENDING, JobState.ADMITTED):
-                break
+                return False
             if self.finish(JobState.CANCELLED, reason=f"cancelled{who}"):
                 return True
+        return False
+
+    def request_backend_cancel(self, user=None) -> bool:
+        """Record, once, that the backend must stop this job. Returns whether this call did."""
         if self.state not in AT_BACKEND_STATES or self.cancel_requested_at:
             return False
+        now = timezone.now()
         with transaction.atomic():
             changed = Job.objects.filter(
                 pk=self.pk, state__in=AT_BACKEND_STATES, cancel_requested_at__isnull=True
-            ).update(cancel_requested_at=timezone.now())
+            ).update(cancel_requested_at=now)
             if not changed:
                 self.refresh_from_db()
                 return False
-            self.cancel_requested_at = timezone.now()
-            self.record(EventKind.INFO, f"Cancel requested{who}")
-            from .tasks import cancel_job
-
-            transaction.on_commit(lambda: cancel_job.delay(self.pk))
+            self.cancel_requested_at = now
+            self.record(EventKind.INFO, f"Cancel requested{f' by {user}' if user else ''}")
         return True
 
     def requeue(self, reason: str, *, preempted: bool = False) -> bool:

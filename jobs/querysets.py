@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from django.db import models
-from django.db.models import functions  # noqa: F401 - models.functions below
+from django.db import models, transaction
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from factory.choices import Role
 from factory.querysets import TenantOwnedQuerySet
 
-from .choices import ACTIVE_STATES, AT_BACKEND_STATES, HOLDING_STATES
+from .choices import AT_BACKEND_STATES, EventKind, JobState
 
 
 class JobQuerySet(TenantOwnedQuerySet):
@@ -18,20 +19,12 @@ class JobQuerySet(TenantOwnedQuerySet):
             | models.Q(tenant__memberships__user=user, tenant__memberships__role=Role.ADMIN)
         )
 
-    def active(self) -> JobQuerySet:
-        return self.filter(state__in=ACTIVE_STATES)
-
-    def holding(self) -> JobQuerySet:
-        return self.filter(state__in=HOLDING_STATES)
-
     def at_backend(self) -> JobQuerySet:
         return self.filter(state__in=AT_BACKEND_STATES)
 
     def with_queue_position(self) -> JobQuerySet:
         """Annotate pending jobs with their place in the queue of their GPU type: 1 + the pending
         jobs of that type ahead of them by priority, then submit time (None when not pending)."""
-        from .choices import JobState
-
         ahead = (
             self.model.objects.filter(state=JobState.PENDING, gpu_type=models.OuterRef("gpu_type"))
             .filter(
@@ -47,7 +40,7 @@ class JobQuerySet(TenantOwnedQuerySet):
             queue_position=models.Case(
                 models.When(
                     state=JobState.PENDING,
-                    then=models.functions.Coalesce(models.Subquery(ahead), 0) + 1,
+                    then=Coalesce(models.Subquery(ahead), 0) + 1,
                 ),
                 default=None,
                 output_field=models.IntegerField(),
@@ -56,38 +49,23 @@ class JobQuerySet(TenantOwnedQuerySet):
 
     def admit_many(self, placements: dict[int, tuple[int, str]]) -> list[int]:
         """Admit many pending jobs at once: {job id: (cluster id, message)}. The same edge as
-        Job.admit (pending → admitted, an event each, dispatch on commit) in a fixed number of
-        statements. Returns the ids actually admitted: a job cancelled meanwhile is left alone."""
-        from django.db import transaction
-        from django.utils import timezone
-
-        from .choices import JobState
-        from .tasks import enqueue_dispatch
-
-        with transaction.atomic(savepoint=False):
-            admitted = self._move_many(
-                JobState.PENDING,
-                JobState.ADMITTED,
-                {pk: message for pk, (_, message) in placements.items()},
-                per_job={
-                    "cluster_id": ({pk: c for pk, (c, _) in placements.items()}, models.BigIntegerField())
-                },
-                reason="",
-                admitted_at=timezone.now(),
-            )
-            if admitted:
-                transaction.on_commit(lambda: enqueue_dispatch(admitted))
-        return admitted
+        the admit edge (pending → admitted, an event each) in a fixed number of statements; what follows
+        (dispatch) is jobs.lifecycle's. Returns the ids actually admitted: a job cancelled
+        meanwhile is left alone."""
+        return self._move_many(
+            JobState.PENDING,
+            JobState.ADMITTED,
+            {pk: message for pk, (_, message) in placements.items()},
+            per_job={"cluster_id": ({pk: c for pk, (c, _) in placements.items()}, models.BigIntegerField())},
+            reason="",
+            admitted_at=timezone.now(),
+        )
 
     def mark_submitted_many(self, submissions: dict[int, tuple[str, str]]) -> list[int]:
         """Record many admitted jobs as accepted by their backends: {job id: (external id,
         message)}. The same edge as Job.mark_submitted (admitted → submitted, an event each) in a
         fixed number of statements. Returns the ids actually moved: a job cancelled meanwhile is
         left alone."""
-        from django.utils import timezone
-
-        from .choices import JobState
-
         return self._move_many(
             JobState.ADMITTED,
             JobState.SUBMITTED,
@@ -108,12 +86,6 @@ class JobQuerySet(TenantOwnedQuerySet):
         """Move the jobs of `messages` that are still in `source` to `target`, in their order: one
         locking read, one UPDATE (per_job: a value per job for a field) and one INSERT of their
         events ({job id: message}). Returns the ids moved."""
-        from django.db import transaction
-        from django.utils import timezone
-
-        from .choices import EventKind
-        from .models import JobEvent
-
         if not messages:
             return []
         now = timezone.now()
@@ -133,11 +105,9 @@ class JobQuerySet(TenantOwnedQuerySet):
                 for name, (by_job, field) in per_job.items()
             }
             self.model.objects.filter(pk__in=moved).update(state=target, updated_at=now, **values, **fields)
-            JobEvent.objects.bulk_create(
-                JobEvent(job_id=pk, kind=EventKind.STATE, state=target, message=messages[pk][:1000], at=now)
+            event = self.model._meta.get_field("events").related_model
+            event.objects.bulk_create(
+                event(job_id=pk, kind=EventKind.STATE, state=target, message=messages[pk][:1000], at=now)
                 for pk in moved
             )
         return moved
-
-    def gpus_in_use(self) -> int:
-        return self.holding().aggregate(total=models.Sum("gpu_count"))["total"] or 0

@@ -42,11 +42,6 @@ def dispatch_jobs(job_ids: list[int]) -> None:
     dispatch.dispatch_many(_jobs(job_ids))
 
 
-@shared_task(**RETRYING)
-def dispatch_job(job_id: int) -> None:
-    dispatch.dispatch_many(_jobs([job_id]))
-
-
 def enqueue_dispatch(job_ids: list[int]) -> None:
     """Dispatch tasks for these jobs, in order. A batch costs one task and one load however many
     jobs it holds, so a large burst goes out in batches of FACTORY_DISPATCH_BATCH; a small one is
@@ -84,7 +79,15 @@ def sync_cluster_task(cluster_id: int) -> None:
 
 @shared_task(acks_late=True)
 def sweep() -> dict[str, int]:
-    return dispatch.sweep()
+    """The periodic pass: sync every cluster with jobs at its backend, re-dispatch admitted jobs
+    whose dispatch never reported back, and repeat cancel requests the backend has not honoured."""
+    work = dispatch.stalled_work()
+    for cluster_id in work.cluster_ids:
+        sync_cluster_task.delay(cluster_id)
+    enqueue_dispatch(work.stalled)
+    for job_id in work.unhonoured:
+        cancel_job.delay(job_id)
+    return work.counts()
 
 
 class _PreviousAttempt:

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 
 from factory.adapters import BackendError
 
-from . import submission
+from . import lifecycle, submission
 from .filtersets import JobFilterSet
 from .forms import JobForm
 from .models import Job, JobEvent
@@ -94,7 +94,7 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     job = visible_job(request, pk)
     if not job.may_cancel(request.user):
         raise PermissionDenied("Only the job's owner or a tenant admin can cancel it.")
-    if job.cancel(request.user):
+    if lifecycle.cancel(job, request.user):
         messages.info(request, f"Cancelling {job.name}.")
     if request.htmx:
         return HttpResponse(status=204)

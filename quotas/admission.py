@@ -36,6 +36,7 @@ from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from factory.models import Pool, Tenant
+from jobs import lifecycle
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
 
@@ -469,7 +470,7 @@ def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:
 
 
 def write_admissions(snapshot: Snapshot) -> int:
-    admitted = Job.objects.admit_many(snapshot.placements)
+    admitted = lifecycle.admit_many(snapshot.placements)
     Reservation.objects.bulk_create(snapshot.reservations[job_id] for job_id in admitted)
     return len(admitted)
 
@@ -477,23 +478,16 @@ def write_admissions(snapshot: Snapshot) -> int:
 def preempt(job_ids: list[int]) -> list[tuple[int, int, int, int]]:
     """Send borrowing jobs back to pending, settle their reservations (the time they ran is
     recorded as preempted, not counted) and stop their backend jobs."""
-    from jobs.tasks import cancel_backend_job
-
     done = []
     for victim in Job.objects.filter(pk__in=job_ids):
-        cluster_id, key, external_id = victim.cluster_id, victim.dispatch_key, victim.external_id
         attempt, started_at = victim.attempt, victim.started_at
-        if not victim.requeue(PREEMPTED_REASON, preempted=True):
+        if not lifecycle.preempt(victim, PREEMPTED_REASON):
             continue
         lost = gpu_hours_between(victim.gpu_count, started_at, timezone.now())
         Reservation.objects.open().filter(job=victim, attempt=attempt).update(
             used_gpu_hours=Decimal(0), preempted_gpu_hours=lost, settled_at=timezone.now()
         )
         done.append((victim.pk, victim.gpu_count, victim.tenant_id, victim.owner_id))
-        if external_id:
-            transaction.on_commit(
-                lambda j=victim.pk, c=cluster_id, k=key, e=external_id: cancel_backend_job.delay(j, c, k, e)
-            )
     return done
 
 

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from factory.api.viewsets import ScopedViewSetMixin
 from factory.models import Tenant
 
-from .. import submission
+from .. import lifecycle, submission
 from ..filtersets import JobFilterSet
 from ..models import Job
 from ..views import read_log
@@ -82,7 +82,7 @@ class JobViewSet(
                 {"detail": f"The job already ended ({job.get_state_display()})."},
                 status=status.HTTP_409_CONFLICT,
             )
-        job.cancel(request.user)
+        lifecycle.cancel(job, request.user)
         job.refresh_from_db()
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 

@@ -6,6 +6,7 @@ from decimal import Decimal
 import pytest
 
 from billing.models import GridIntensity, RateCard
+from tests.support import admit
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def ran(make_job, cluster):
 
     def run(start, end, *, state=JobState.SUCCEEDED, platform_fault=False, **spec):
         job = make_job(**spec)
-        job.admit(cluster)
+        admit(job, cluster)
         job.mark_submitted("x")
         job.mark_running(start)
         job.finish(state, exit_code=0, started_at=start, ended_at=end, platform_fault=platform_fault)

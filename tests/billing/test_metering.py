@@ -10,6 +10,7 @@ from django.db import connection
 from billing import metering
 from billing.models import MonthClose, MonthlySummary, RateCard, UsageKind, UsageRecord, to_cents
 from jobs.choices import JobState
+from tests.support import admit
 
 from .conftest import at
 
@@ -113,7 +114,7 @@ def test_a_closed_month_never_changes_late_usage_lands_in_the_next_open_month(pr
 
 def test_running_jobs_accrue_finished_months_and_end_without_double_billing(prices, make_job, cluster):
     job = make_job()
-    job.admit(cluster)
+    admit(job, cluster)
     job.mark_submitted("x")
     job.mark_running(at(2026, 10, 30, 0))
     assert metering.meter_running(now=at(2026, 11, 2)) == 1
@@ -129,7 +130,7 @@ def test_running_jobs_accrue_finished_months_and_end_without_double_billing(pric
 
 def test_accrued_charges_are_credited_when_the_platform_failed_the_job(prices, make_job, cluster):
     job = make_job()
-    job.admit(cluster)
+    admit(job, cluster)
     job.mark_submitted("x")
     job.mark_running(at(2026, 10, 31, 0))
     metering.meter_running(now=at(2026, 11, 2))

@@ -11,6 +11,7 @@ from billing import metering
 from billing.alerts import check_budget_alerts
 from billing.models import BudgetAlert
 from quotas.models import Budget
+from tests.support import admit
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +35,7 @@ def test_dashboard_shows_spend_this_month_and_gpu_hours_per_day(client, owner, t
 
 def test_job_page_shows_live_cost_while_running_and_the_bill_after(client, owner, prices, make_job, cluster):
     job = make_job(gpu_count=2)
-    job.admit(cluster)
+    admit(job, cluster)
     job.mark_submitted("x")
     job.mark_running(timezone.now() - timedelta(hours=1))
     client.force_login(owner)

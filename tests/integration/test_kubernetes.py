@@ -33,10 +33,11 @@ from factory.adapters import BackendError, BackendState, BackendUnavailable, Job
 from factory.adapters.base import LOG_CHUNK_BYTES
 from factory.adapters.kubernetes import KubernetesAdapter, KubernetesConnection
 from factory.models import Cluster, Pool
-from jobs import dispatch, submission
+from jobs import dispatch, lifecycle, submission
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
-from jobs.tasks import cancel_job, dispatch_job
+from jobs.tasks import cancel_job, dispatch_jobs
+from tests.support import admit
 
 from .k8s_fake import TOKEN, FakeKubernetes
 
@@ -166,14 +167,14 @@ def k8s_job(k8s_cluster, tenant, owner, h100):
         }
         spec.update(overrides)
         job, _ = submission.submit(tenant=tenant, owner=owner, spec=spec)
-        job.admit(cluster)
+        admit(job, cluster)
         return job
 
     return make
 
 
 def dispatched(job: Job) -> Job:
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job.refresh_from_db()
     return job
 
@@ -356,7 +357,7 @@ def test_cancel_deletes_the_job_and_its_pods(k8s_job, backend, owner):
     job = dispatched(k8s_job(command="echo started; sleep 600"))
     backend.started(job)
     synced(job)
-    assert job.cancel(owner)
+    assert lifecycle.cancel(job, owner)
     cancel_job(job.pk)
     job.refresh_from_db()
     assert job.state == JobState.CANCELLED
@@ -514,9 +515,7 @@ def test_api_server_down_leaves_jobs_as_they_are(k8s_job, k8s_cluster, fake):
             with pytest.raises(BackendUnavailable):
                 dispatch.sync_cluster(k8s_cluster)
             with pytest.raises(BackendUnavailable):
-                dispatch.dispatch(
-                    Job.objects.select_related("cluster", "gpu_type", "tenant").get(pk=waiting.pk)
-                )
+                dispatch_jobs([waiting.pk])
             assert not k8s_cluster.adapter().health().ok
         running.refresh_from_db()
         waiting.refresh_from_db()
@@ -547,7 +546,7 @@ def test_refused_credentials_and_permissions_are_clear_errors_without_secrets(k8
     job = k8s_job()
     fake.forbid("create", "jobs")
     with pytest.raises(BackendError, match="may not create Jobs on k8s; grant its account") as caught:
-        dispatch.dispatch(Job.objects.select_related("cluster", "gpu_type", "tenant").get(pk=job.pk))
+        dispatch_jobs([job.pk])
     assert not isinstance(caught.value, (BackendUnavailable, JobRejected))
     assert 'cannot create resource "jobs" in API group "batch"' in str(caught.value)
 
@@ -629,8 +628,8 @@ def test_portal_job_runs_on_kubernetes_and_its_log_is_served(k8s_cluster, tenant
             "time_limit_minutes": 5,
         },
     )
-    assert created and job.admit(k8s_cluster)
-    dispatch_job(job.pk)
+    assert created and admit(job, k8s_cluster)
+    dispatch_jobs([job.pk])
     job.refresh_from_db()
     assert job.state == JobState.SUBMITTED
     backend.started(job)

@@ -19,10 +19,11 @@ from rest_framework.test import APIClient
 from factory.adapters import BackendState, BackendUnavailable
 from factory.adapters.ray import RayAdapter, RayDashboard
 from factory.models import Cluster, Pool
-from jobs import dispatch, submission
+from jobs import dispatch, lifecycle, submission
 from jobs.choices import JobState
 from jobs.models import Job
-from jobs.tasks import cancel_job, dispatch_job
+from jobs.tasks import cancel_job, dispatch_jobs
+from tests.support import admit
 
 from .conftest import free_port, wait_until
 from .ray_head import RayHead
@@ -99,7 +100,7 @@ def ray_job(ray_cluster, tenant, owner, h100):
         }
         spec.update(overrides)
         job, _ = submission.submit(tenant=tenant, owner=owner, spec=spec)
-        job.admit(cluster)
+        admit(job, cluster)
         return job
 
     return make
@@ -132,7 +133,7 @@ def output_of(head: RayHead, job: Job) -> str:
 
 def test_two_gpu_job_sees_two_devices_and_succeeds(ray_job, ray_head):
     job = ray_job(command="echo CUDA=$CUDA_VISIBLE_DEVICES; echo uid=$FACTORY_JOB_UID", gpu_count=2, cpus=2)
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job.refresh_from_db()
     assert job.state == JobState.SUBMITTED and job.external_id == f"aif-{job.uid}"
     info = ray_api(ray_head, "GET", f"/api/jobs/{job.external_id}")
@@ -154,7 +155,7 @@ def test_two_gpu_job_sees_two_devices_and_succeeds(ray_job, ray_head):
 
 def test_exit_code_is_recorded(ray_job, ray_head):
     job = ray_job(command="echo about to fail; exit 3")
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job = run_to(job, lambda j: j.is_terminal)
     assert (job.state, job.exit_code, job.reason) == (JobState.FAILED, 3, "")
     assert output_of(ray_head, job) == "about to fail\n"
@@ -178,7 +179,7 @@ def test_hostile_command_and_env_values_reach_the_job_verbatim(ray_job, ray_head
     command = "#!/bin/bash\n" + "".join(f'printf "%s\\n---\\n" "$V{i}"\n' for i in range(len(HOSTILE_VALUES)))
     command += "echo 'single' \"double\" $((1 + 2))\n"
     job = ray_job(name="hostile.job_1", command=command, env=env)
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job = run_to(job, lambda j: j.is_terminal)
     assert job.state == JobState.SUCCEEDED
     expected = "".join(f"{value}\n---\n" for value in HOSTILE_VALUES) + "single double 3\n"
@@ -188,7 +189,7 @@ def test_hostile_command_and_env_values_reach_the_job_verbatim(ray_job, ray_head
 
 def test_running_job_past_its_time_limit_is_stopped_and_timed_out(ray_job, ray_head):
     job = ray_job(name="too-slow", command="echo start; sleep 120", time_limit_minutes=1)
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job = run_to(job, lambda j: j.state == JobState.RUNNING)
     # As if it had been running for a minute: the adapter, not Ray, enforces the limit.
     Job.objects.filter(pk=job.pk).update(started_at=timezone.now() - timedelta(minutes=1, seconds=1))
@@ -200,9 +201,9 @@ def test_running_job_past_its_time_limit_is_stopped_and_timed_out(ray_job, ray_h
 
 def test_cancel_running_job(ray_job, owner):
     job = ray_job(command="echo started; sleep 120")
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     run_to(job, lambda j: j.state == JobState.RUNNING)
-    job.cancel(owner)
+    lifecycle.cancel(job, owner)
     cancel_job(job.pk)
     job = run_to(job, lambda j: j.is_terminal, timeout=30)
     assert (job.state, job.reason) == (JobState.CANCELLED, "")
@@ -211,14 +212,14 @@ def test_cancel_running_job(ray_job, owner):
 def test_cancelled_waiting_job_ends_when_ray_would_start_it(ray_job, owner, tmp_path):
     gate = tmp_path / "gate"
     blocker = ray_job(name="blocker", gpu_count=4, command=f"while [ ! -e {gate} ]; do sleep 0.2; done")
-    dispatch_job(blocker.pk)
+    dispatch_jobs([blocker.pk])
     run_to(blocker, lambda j: j.state == JobState.RUNNING)
     waiting = ray_job(name="waiting", command="echo ran; sleep 60")
-    dispatch_job(waiting.pk)
+    dispatch_jobs([waiting.pk])
     waiting = run_to(waiting, lambda j: "waiting for free GPUs" in j.reason)
     assert waiting.state == JobState.SUBMITTED
 
-    waiting.cancel(owner)
+    lifecycle.cancel(waiting, owner)
     cancel_job(waiting.pk)
     # Ray accepted the stop but cannot act on it before the job gets its resources: said so.
     waiting = run_to(waiting, lambda j: j.reason.startswith("cancel requested"), timeout=10)
@@ -240,7 +241,7 @@ def test_dispatching_twice_makes_one_ray_job(ray_job, ray_cluster, ray_head):
     with mock.patch.object(RayAdapter, "find", autospec=True, side_effect=[None, found]) as find:
         assert adapter.submit(job) == first
     assert find.call_count == 2
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job.refresh_from_db()
     assert job.external_id == first
     ours = [j for j in ray_jobs(ray_head) if (j["metadata"] or {}).get("aif_job_uid") == str(job.uid)]
@@ -249,7 +250,7 @@ def test_dispatching_twice_makes_one_ray_job(ray_job, ray_cluster, ray_head):
 
 def test_unreachable_head_leaves_jobs_queued_and_unchanged(ray_job, ray_cluster):
     running = ray_job(name="through-outage", command="echo up; sleep 120")
-    dispatch_job(running.pk)
+    dispatch_jobs([running.pk])
     run_to(running, lambda j: j.state == JobState.RUNNING)
     waiting = ray_job(name="waits-for-head")
     events_before = running.events.count()
@@ -260,7 +261,7 @@ def test_unreachable_head_leaves_jobs_queued_and_unchanged(ray_job, ray_cluster)
     ray_cluster.refresh_from_db()
     try:
         with pytest.raises(BackendUnavailable, match="unreachable"):
-            dispatch.dispatch(Job.objects.select_related("cluster", "gpu_type", "tenant").get(pk=waiting.pk))
+            dispatch_jobs([waiting.pk])
         waiting.refresh_from_db()
         assert waiting.state == JobState.ADMITTED and "unreachable" in waiting.reason
         with pytest.raises(BackendUnavailable):
@@ -272,7 +273,7 @@ def test_unreachable_head_leaves_jobs_queued_and_unchanged(ray_job, ray_cluster)
         assert not health.ok and "unreachable" in health.message
     finally:
         Cluster.objects.filter(pk=ray_cluster.pk).update(connection=real_connection)
-    dispatch_job(waiting.pk)
+    dispatch_jobs([waiting.pk])
     waiting.refresh_from_db()
     assert waiting.state == JobState.SUBMITTED
     assert run_to(waiting, lambda j: j.is_terminal).state == JobState.SUCCEEDED
@@ -293,7 +294,7 @@ def test_head_that_accepts_but_never_answers_times_out(ray_cluster):
 
 def test_logs_are_read_from_a_byte_offset(ray_job, ray_head):
     job = ray_job(command="printf 'naïve 🚀\\n'; echo second")
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job = run_to(job, lambda j: j.is_terminal)
     adapter = job.cluster.adapter()
     whole = adapter.logs(job, 0)
@@ -321,7 +322,7 @@ def test_accelerator_types_pin_jobs_to_their_gpu_model(ray_job, ray_cluster, ray
     )
     ray_cluster.refresh_from_db()
     job = ray_job(cluster=ray_cluster, command="sleep 3")
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     run_to(job, lambda j: j.state == JobState.RUNNING)
     assert supervisor_resources(ray_head, job)["accelerator_type:H100"] == 0.001
     health = ray_cluster.adapter().health()
@@ -332,7 +333,7 @@ def test_accelerator_types_pin_jobs_to_their_gpu_model(ray_job, ray_cluster, ray
 def test_one_list_call_syncs_many_jobs(ray_job, ray_cluster):
     jobs = [ray_job(name=f"many-{i}", command="true") for i in range(5)]
     for job in jobs:
-        dispatch_job(job.pk)
+        dispatch_jobs([job.pk])
     real_request = RayDashboard.request
     with mock.patch.object(RayDashboard, "request", autospec=True, side_effect=real_request) as request:
         dispatch.sync_cluster(ray_cluster)
@@ -355,8 +356,8 @@ def test_job_submitted_through_the_portal_runs_on_ray_and_its_log_is_served(ray_
     }
     job, created = submission.submit(tenant=tenant, owner=owner, spec=spec)
     assert created
-    assert job.admit(ray_cluster)
-    dispatch_job(job.pk)
+    assert admit(job, ray_cluster)
+    dispatch_jobs([job.pk])
     job = run_to(job, lambda j: j.is_terminal)
     assert (job.state, job.exit_code) == (JobState.SUCCEEDED, 0)
     states = list(job.events.filter(kind="state").values_list("state", flat=True))

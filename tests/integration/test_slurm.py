@@ -17,10 +17,11 @@ import pytest
 from factory.adapters import BackendUnavailable, JobRejected
 from factory.adapters.slurm import SlurmAdapter
 from factory.models import Cluster, Pool, Tenant
-from jobs import dispatch
+from jobs import dispatch, lifecycle
 from jobs.choices import JobState
 from jobs.models import Job
-from jobs.tasks import dispatch_job
+from jobs.tasks import dispatch_jobs
+from tests.support import admit
 
 from .conftest import wait_until
 
@@ -69,7 +70,7 @@ def slurm_job(slurm_cluster, tenant, owner, h100):
         }
         spec.update(overrides)
         job, _ = submission.submit(tenant=tenant, owner=owner, spec=spec)
-        job.admit(slurm_cluster)
+        admit(job, slurm_cluster)
         return job
 
     return make
@@ -104,7 +105,7 @@ def log_of(job: Job) -> str:
 
 def test_two_gpu_job_sees_two_devices_and_succeeds(slurm_job):
     job = slurm_job(command="echo CUDA=$CUDA_VISIBLE_DEVICES", gpu_count=2)
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job.refresh_from_db()
     assert job.state == JobState.SUBMITTED and job.external_id.isdigit()
     job = run_to(job, lambda j: j.is_terminal)
@@ -183,7 +184,7 @@ def test_api_job_runs_on_slurm_through_the_worker_and_is_metered(
 
 def test_exit_code_is_recorded(slurm_job):
     job = slurm_job(command="echo about to fail; exit 3")
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job = run_to(job, lambda j: j.is_terminal)
     assert (job.state, job.exit_code) == (JobState.FAILED, 3)
 
@@ -193,7 +194,7 @@ def test_fifth_job_waits_for_resources_then_starts(slurm_job, tmp_path):
     jobs = []
     for i, gate in enumerate(gates):
         job = slurm_job(name=f"fill-{i}", gpu_count=2, command=f"while [ ! -e {gate} ]; do sleep 0.2; done")
-        dispatch_job(job.pk)
+        dispatch_jobs([job.pk])
         jobs.append(job)
     try:
         for job in jobs[:4]:
@@ -215,9 +216,9 @@ def test_cancel_running_job(slurm_job, owner):
     from jobs.tasks import cancel_job
 
     job = slurm_job(command="echo started; sleep 120")
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     run_to(job, lambda j: j.state == JobState.RUNNING)
-    job.cancel(owner)
+    lifecycle.cancel(job, owner)
     cancel_job(job.pk)
     job = run_to(job, lambda j: j.is_terminal)
     assert job.state == JobState.CANCELLED
@@ -231,7 +232,7 @@ def test_dispatching_twice_makes_one_slurm_job(slurm_job, slurm_cluster):
     (adapter.job_dir(job) / "slurm_job_id").unlink()
     second = adapter.submit(job)
     assert first == second
-    dispatch_job(job.pk)  # the task itself, retried
+    dispatch_jobs([job.pk])  # the task itself, retried
     job.refresh_from_db()
     assert job.external_id == first
     ours = [e for e in adapter.squeue() if e.get("comment") == f"aif:{job.uid}"]
@@ -274,7 +275,7 @@ def test_hostile_command_and_env_values_reach_the_job_verbatim(slurm_job, tmp_pa
         f'printf "%s\\n---\\n" "$V{i}"\n' for i in range(len(HOSTILE_VALUES))
     )
     job = slurm_job(name="hostile.job_1", command=command, env=env, gpu_count=1, cpus=2, memory_gb=2)
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job.refresh_from_db()
     fields = scontrol_job(job.external_id)
     assert fields["Partition"] == "gpu"
@@ -354,9 +355,9 @@ def test_new_tenant_becomes_a_slurm_account(slurm_cluster, owner, h100):
             "memory_gb": 1,
         },
     )
-    job.admit(slurm_cluster)
+    admit(job, slurm_cluster)
     try:
-        dispatch_job(job.pk)
+        dispatch_jobs([job.pk])
         job = run_to(job, lambda j: j.is_terminal)
         assert job.state == JobState.SUCCEEDED
         accounts = subprocess.run(
@@ -399,7 +400,7 @@ def test_controller_outage_keeps_jobs_queued_and_reconciles_once(slurm_job, slur
     running = slurm_job(
         name="through-outage", command=f"while [ ! -e {gate} ]; do sleep 0.2; done; echo survived"
     )
-    dispatch_job(running.pk)
+    dispatch_jobs([running.pk])
     run_to(running, lambda j: j.state == JobState.RUNNING)
     waiting = slurm_job(name="waits-for-controller", command="echo late")
 
@@ -409,7 +410,7 @@ def test_controller_outage_keeps_jobs_queued_and_reconciles_once(slurm_job, slur
     wait_until(lambda: slurmctld_pid() is None, 30, "slurmctld to stop")
     try:
         with pytest.raises(BackendUnavailable):
-            dispatch.dispatch(Job.objects.select_related("cluster", "gpu_type", "tenant").get(pk=waiting.pk))
+            dispatch_jobs([waiting.pk])
         waiting.refresh_from_db()
         assert waiting.state == JobState.ADMITTED and "unreachable" in waiting.reason
         with pytest.raises(BackendUnavailable):
@@ -420,7 +421,7 @@ def test_controller_outage_keeps_jobs_queued_and_reconciles_once(slurm_job, slur
         if slurmctld_pid() is None:
             start_slurmctld()
 
-    dispatch_job(waiting.pk)
+    dispatch_jobs([waiting.pk])
     running = run_to(running, lambda j: j.is_terminal)
     assert (running.state, running.exit_code) == (JobState.SUCCEEDED, 0)
     assert running.events.filter(kind="state", state=JobState.SUCCEEDED).count() == 1
@@ -432,7 +433,7 @@ def test_controller_outage_keeps_jobs_queued_and_reconciles_once(slurm_job, slur
 def test_time_limit_ends_in_timed_out(slurm_job):
     """Slurm's smallest limit is one minute, enforced about a minute later: this one is slow."""
     job = slurm_job(name="too-slow", command="echo start; sleep 600", time_limit_minutes=1)
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job = run_to(job, lambda j: j.is_terminal, timeout=150)
     assert job.state == JobState.TIMED_OUT
     assert log_of(job).startswith("start\n")

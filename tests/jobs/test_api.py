@@ -3,8 +3,10 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
+from jobs import lifecycle
 from jobs.choices import JobState
 from jobs.models import Job, JobEvent
+from tests.support import admit
 
 pytestmark = pytest.mark.django_db
 
@@ -200,12 +202,12 @@ def test_teammate_cannot_cancel_but_tenant_admin_can(make_job, teammate, tenant_
 
 
 def test_events_and_logs(api, make_job, cluster):
-    from jobs.tasks import dispatch_job
+    from jobs.tasks import dispatch_jobs
     from tests.jobs.test_dispatch import sync_until
 
     job = make_job(command="printf 'line1\\nline2\\n'")
-    job.admit(cluster)
-    dispatch_job(job.pk)
+    admit(job, cluster)
+    dispatch_jobs([job.pk])
     sync_until(job, lambda j: j.is_terminal)
     events = api.get(f"{URL}{job.pk}/events/").json()
     assert [e["state"] for e in events] == ["pending", "admitted", "submitted", "running", "succeeded"]
@@ -249,7 +251,7 @@ def test_pending_jobs_show_their_reason_and_queue_position(api, make_job, a100):
     data = api.get(f"{URL}{second.pk}/").json()
     assert data["queue_position"] == 3
     assert data["reason"] == "tenant quota h100: 4 of 4 in use, no idle GPUs to borrow"
-    first.cancel()
+    lifecycle.cancel(first)
     assert api.get(f"{URL}{first.pk}/").json()["queue_position"] is None
     assert api.get(f"{URL}{second.pk}/").json()["queue_position"] == 2
     assert urgent.pk and other_type.pk

@@ -14,10 +14,11 @@ from django.utils import timezone
 from factory.adapters import BackendUnavailable, JobRejected
 from factory.adapters.local import LocalAdapter
 from factory.models import Cluster, Pool
-from jobs import dispatch
+from jobs import dispatch, lifecycle
 from jobs.choices import JobState
 from jobs.models import Job, JobEvent
-from jobs.tasks import dispatch_batches, dispatch_job, dispatch_jobs, enqueue_dispatch
+from jobs.tasks import dispatch_batches, dispatch_jobs, enqueue_dispatch, sweep
+from tests.support import admit
 
 pytestmark = pytest.mark.django_db
 
@@ -35,8 +36,8 @@ def sync_until(job: Job, predicate, timeout: float = 15.0) -> Job:
 
 def test_dispatched_job_runs_on_the_local_backend_to_success(make_job, cluster):
     job = make_job(command="echo hi from $CUDA_VISIBLE_DEVICES", gpu_count=2)
-    job.admit(cluster)
-    dispatch_job(job.pk)
+    admit(job, cluster)
+    dispatch_jobs([job.pk])
     job.refresh_from_db()
     assert job.state == JobState.SUBMITTED and job.external_id == str(job.uid)
     job = sync_until(job, lambda j: j.is_terminal)
@@ -47,13 +48,13 @@ def test_dispatched_job_runs_on_the_local_backend_to_success(make_job, cluster):
 def test_dispatching_twice_makes_one_backend_job(make_job, cluster, tmp_path):
     runs = tmp_path / "runs"
     job = make_job(command=f"echo x >> {runs}")
-    job.admit(cluster)
-    dispatch_job(job.pk)
+    admit(job, cluster)
+    dispatch_jobs([job.pk])
     # A duplicated task, as a broker redelivery would produce: the job is no longer admitted.
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     # Even a retry that raced before the state changed finds the existing backend job.
     Job.objects.filter(pk=job.pk).update(state=JobState.ADMITTED)
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job = sync_until(job, lambda j: j.is_terminal)
     assert runs.read_text() == "x\n"
     assert job.external_id == str(job.uid)
@@ -61,16 +62,16 @@ def test_dispatching_twice_makes_one_backend_job(make_job, cluster, tmp_path):
 
 def test_cancel_while_dispatch_is_in_flight_withdraws_the_backend_job(make_job, cluster, owner, tmp_path):
     job = make_job(command="sleep 30")
-    job.admit(cluster)
+    admit(job, cluster)
     real_submit = LocalAdapter.submit
 
     def submit_then_user_cancels(self, j):
         external_id = real_submit(self, j)
-        Job.objects.get(pk=j.pk).cancel(owner)
+        lifecycle.cancel(Job.objects.get(pk=j.pk), owner)
         return external_id
 
     with mock.patch.object(LocalAdapter, "submit", submit_then_user_cancels):
-        dispatch_job(job.pk)
+        dispatch_jobs([job.pk])
     job.refresh_from_db()
     assert job.state == JobState.CANCELLED
     adapter = cluster.adapter()
@@ -84,10 +85,10 @@ def test_cancel_running_job_reaches_cancelled(make_job, cluster, owner):
     from jobs.tasks import cancel_job
 
     job = make_job(command="echo started; sleep 30")
-    job.admit(cluster)
-    dispatch_job(job.pk)
+    admit(job, cluster)
+    dispatch_jobs([job.pk])
     job = sync_until(job, lambda j: j.state == JobState.RUNNING)
-    job.cancel(owner)
+    lifecycle.cancel(job, owner)
     cancel_job(job.pk)
     job = sync_until(job, lambda j: j.is_terminal)
     assert job.state == JobState.CANCELLED
@@ -95,7 +96,7 @@ def test_cancel_running_job_reaches_cancelled(make_job, cluster, owner):
 
 def test_time_limit_ends_in_timed_out(make_job, cluster, monkeypatch):
     job = make_job(command="sleep 30")
-    job.admit(cluster)
+    admit(job, cluster)
     real = LocalAdapter._create_job_dir
 
     def short_limit(self, j, job_dir):
@@ -107,19 +108,19 @@ def test_time_limit_ends_in_timed_out(make_job, cluster, monkeypatch):
         (job_dir / "spec.json").write_text(json.dumps(spec))
 
     monkeypatch.setattr(LocalAdapter, "_create_job_dir", short_limit)
-    dispatch_job(job.pk)
+    dispatch_jobs([job.pk])
     job = sync_until(job, lambda j: j.is_terminal)
     assert job.state == JobState.TIMED_OUT
 
 
 def test_unreachable_backend_leaves_job_admitted_with_a_reason(make_job, cluster):
     job = make_job()
-    job.admit(cluster)
+    admit(job, cluster)
     with (
         mock.patch.object(LocalAdapter, "submit", autospec=True, side_effect=BackendUnavailable("refused")),
         pytest.raises(BackendUnavailable),
     ):
-        dispatch.dispatch(Job.objects.get(pk=job.pk))
+        dispatch_jobs([job.pk])
     job.refresh_from_db()
     assert job.state == JobState.ADMITTED
     assert "unreachable" in job.reason
@@ -129,13 +130,13 @@ def test_sweep_redispatches_stalled_admissions_and_syncs_busy_clusters(
     make_job, cluster, django_capture_on_commit_callbacks
 ):
     stalled = make_job(name="stalled")
-    stalled.admit(cluster)
+    admit(stalled, cluster)
     long_ago = timezone.now() - timedelta(minutes=5)
     Job.objects.filter(pk=stalled.pk).update(admitted_at=long_ago)
     fresh = make_job(name="fresh")
-    fresh.admit(cluster)
+    admit(fresh, cluster)
     running = make_job(name="running")
-    running.admit(cluster)
+    admit(running, cluster)
     running.mark_submitted("x")
 
     with (
@@ -143,7 +144,7 @@ def test_sweep_redispatches_stalled_admissions_and_syncs_busy_clusters(
         mock.patch("jobs.tasks.sync_cluster_task.delay") as sync,
         django_capture_on_commit_callbacks(execute=True),
     ):
-        result = dispatch.sweep()
+        result = sweep()
     assert result == {"clusters": 1, "redispatched": 1, "recancelled": 0}
     redispatch.assert_called_once_with([stalled.pk])
     sync.assert_called_once_with(cluster.pk)
@@ -152,8 +153,8 @@ def test_sweep_redispatches_stalled_admissions_and_syncs_busy_clusters(
 def test_a_requeued_job_is_a_new_backend_submission(make_job, cluster, tmp_path):
     runs = tmp_path / "runs"
     job = make_job(command=f"echo $FACTORY_JOB_UID >> {runs}; sleep 30")
-    job.admit(cluster)
-    dispatch_job(job.pk)
+    admit(job, cluster)
+    dispatch_jobs([job.pk])
     job = sync_until(job, lambda j: j.state == JobState.RUNNING)
     first_key = job.external_id
     assert job.requeue("preempted to return borrowed GPUs", preempted=True)
@@ -161,8 +162,8 @@ def test_a_requeued_job_is_a_new_backend_submission(make_job, cluster, tmp_path)
     job.refresh_from_db()
     assert (job.attempt, job.state, job.external_id) == (1, JobState.PENDING, "")
     assert job.dispatch_key == f"{job.uid}-r1"
-    job.admit(cluster)
-    dispatch_job(job.pk)
+    admit(job, cluster)
+    dispatch_jobs([job.pk])
     job.refresh_from_db()
     assert job.external_id == f"{job.uid}-r1" != first_key
     sync_until(job, lambda j: j.state == JobState.RUNNING)
@@ -175,7 +176,7 @@ def test_a_requeued_job_is_a_new_backend_submission(make_job, cluster, tmp_path)
 def admitted(make_job, cluster, *names: str) -> list[Job]:
     jobs = [make_job(name=name, command="true") for name in names]
     for job in jobs:
-        job.admit(cluster)
+        admit(job, cluster)
     return jobs
 
 

@@ -6,9 +6,11 @@ import pytest
 from django.utils import timezone
 
 from factory.adapters import BackendState, StatusReport
+from jobs import lifecycle
 from jobs.choices import JobState
 from jobs.models import Job, JobEvent
 from jobs.signals import job_released
+from tests.support import admit
 
 pytestmark = pytest.mark.django_db
 
@@ -23,7 +25,7 @@ def report(job, state, **kw) -> StatusReport:
 
 def test_a_job_walks_the_lifecycle_and_logs_each_step(make_job, cluster):
     job = make_job()
-    assert job.admit(cluster)
+    assert admit(job, cluster)
     assert job.mark_submitted("ext-1")
     start = timezone.now()
     assert job.apply_report(report(job, BackendState.RUNNING, started_at=start))
@@ -37,7 +39,7 @@ def test_a_job_walks_the_lifecycle_and_logs_each_step(make_job, cluster):
 
 def test_a_job_that_ran_between_syncs_still_shows_running(make_job, cluster):
     job = make_job()
-    job.admit(cluster)
+    admit(job, cluster)
     job.mark_submitted("ext-1")
     now = timezone.now()
     job.apply_report(report(job, BackendState.FAILED, exit_code=3, started_at=now, ended_at=now))
@@ -49,7 +51,7 @@ def test_a_job_that_ran_between_syncs_still_shows_running(make_job, cluster):
 
 def test_stale_report_after_the_end_is_ignored(make_job, cluster):
     job = make_job()
-    job.admit(cluster)
+    admit(job, cluster)
     job.mark_submitted("ext-1")
     job.apply_report(report(job, BackendState.SUCCEEDED, exit_code=0))
     events = job.events.count()
@@ -71,30 +73,30 @@ def test_disallowed_edges_change_nothing(make_job, cluster):
 def test_transition_by_a_stale_copy_loses_to_the_first_writer(make_job, cluster):
     job = make_job()
     copy = Job.objects.get(pk=job.pk)
-    assert job.admit(cluster)
-    assert not copy.admit(cluster)  # the conditional update finds the state already moved
+    assert admit(job, cluster)
+    assert not admit(copy, cluster)  # the conditional update finds the state already moved
     assert copy.state == JobState.ADMITTED
     assert states(job).count("admitted") == 1
 
 
 def test_cancel_before_backend_ends_the_job_at_once(make_job, owner):
     job = make_job()
-    assert job.cancel(owner)
+    assert lifecycle.cancel(job, owner)
     job.refresh_from_db()
     assert job.state == JobState.CANCELLED and job.ended_at
-    assert not job.cancel(owner)  # twice is a no-op
+    assert not lifecycle.cancel(job, owner)  # twice is a no-op
 
 
 def test_cancel_at_backend_is_a_request(make_job, cluster, owner, django_capture_on_commit_callbacks):
     job = make_job()
-    job.admit(cluster)
+    admit(job, cluster)
     job.mark_submitted("ext")
     with django_capture_on_commit_callbacks() as callbacks:
-        assert job.cancel(owner)
+        assert lifecycle.cancel(job, owner)
     job.refresh_from_db()
     assert job.state == JobState.SUBMITTED and job.cancel_requested_at
     assert len(callbacks) == 1  # the cancel task is enqueued on commit
-    assert not job.cancel(owner)
+    assert not lifecycle.cancel(job, owner)
 
 
 def test_leaving_the_holding_states_announces_the_release_once(
@@ -109,7 +111,7 @@ def test_leaving_the_holding_states_announces_the_release_once(
     try:
         job = make_job()
         with django_capture_on_commit_callbacks(execute=True):
-            job.admit(cluster)
+            admit(job, cluster)
             job.mark_submitted("x")
             job.finish(JobState.FAILED, exit_code=1)
             job.finish(JobState.FAILED, exit_code=1)
@@ -120,7 +122,7 @@ def test_leaving_the_holding_states_announces_the_release_once(
 
 def test_requeue_returns_job_to_pending_and_clears_placement(make_job, cluster):
     job = make_job()
-    job.admit(cluster)
+    admit(job, cluster)
     job.mark_submitted("x")
     assert job.requeue("preempted to return borrowed GPUs")
     job.refresh_from_db()
@@ -138,7 +140,7 @@ def test_wait_reason_is_recorded_once_per_change(make_job):
 
 def test_a_running_job_the_cluster_requeues_goes_back_to_submitted(make_job, cluster):
     job = make_job()
-    job.admit(cluster)
+    admit(job, cluster)
     job.mark_submitted("ext-1")
     job.apply_report(report(job, BackendState.RUNNING, started_at=timezone.now()))
     assert not job.apply_report(report(job, BackendState.QUEUED))  # no reason: nothing to act on

@@ -6,8 +6,11 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient
 
+from jobs import lifecycle
 from jobs.choices import JobState
 from jobs.models import Job, JobEvent
+from jobs.tasks import dispatch_jobs
+from tests.support import admit
 
 pytestmark = pytest.mark.django_db
 
@@ -117,7 +120,7 @@ def test_live_rows_stop_polling_when_every_job_ended(browser, make_job):
     assert rows.status_code == 200 and 'hx-trigger="every 2s"' in rows.content.decode()
     assert "<html" not in rows.content.decode()
     assert "HX-Request" in rows["Vary"]
-    job.cancel()
+    lifecycle.cancel(job)
     rows = browser.get("/jobs/", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="job-rows")
     assert rows.status_code == 286
 
@@ -183,7 +186,7 @@ def test_stream_sends_timeline_status_and_closes_when_job_ended(owner, make_job)
         from asgiref.sync import sync_to_async
 
         job = await sync_to_async(make_job)()
-        await sync_to_async(job.cancel)(owner)
+        await sync_to_async(lifecycle.cancel)(job, owner)
         client = AsyncClient()
         await sync_to_async(client.force_login)(owner)
         response = await client.get(f"/jobs/{job.pk}/stream/")
@@ -206,7 +209,7 @@ def test_stream_resumes_after_last_event_id(owner, make_job):
 
         job = await sync_to_async(make_job)()
         first_event = await sync_to_async(lambda: job.events.first().pk)()
-        await sync_to_async(job.cancel)(owner)
+        await sync_to_async(lifecycle.cancel)(job, owner)
         client = AsyncClient()
         await sync_to_async(client.force_login)(owner)
         response = await client.get(
@@ -225,7 +228,6 @@ def test_stream_follows_a_running_job_and_its_log(owner, make_job, cluster, sett
         from asgiref.sync import sync_to_async
 
         from jobs import dispatch
-        from jobs.tasks import dispatch_job
 
         settings.FACTORY_STREAM_POLL_INTERVAL = 0.1
         job = await sync_to_async(make_job)(command="echo one; sleep 1; echo '<two>'")
@@ -234,8 +236,8 @@ def test_stream_follows_a_running_job_and_its_log(owner, make_job, cluster, sett
         response = await client.get(f"/jobs/{job.pk}/stream/")
 
         async def drive():
-            await sync_to_async(job.admit)(cluster)
-            await sync_to_async(dispatch_job)(job.pk)
+            await sync_to_async(admit)(job, cluster)
+            await sync_to_async(dispatch_jobs)([job.pk])
             for _ in range(100):
                 await sync_to_async(dispatch.sync_cluster)(cluster)
                 await asyncio.sleep(0.1)

@@ -10,6 +10,7 @@ from django.db import connection
 from django.utils import timezone
 
 from factory.models import Cluster, Membership, Pool, Tenant
+from jobs import lifecycle
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job, JobEvent
 from quotas import admission
@@ -345,7 +346,7 @@ def test_concurrent_passes_never_oversubscribe_quota_pool_or_budget(
     def cancel_one():
         job = Job.objects.filter(state__in=[JobState.PENDING, JobState.ADMITTED]).order_by("?").first()
         if job is not None:
-            job.cancel()
+            lifecycle.cancel(job)
 
     def submit_one():
         owner_kwargs = models_random_choice([{}, {"tenant": other, "owner": bob}])

@@ -6,6 +6,7 @@ import pytest
 
 from quotas.models import Budget, Quota, QuotaChange
 from tests.jobs.test_api import client_for
+from tests.support import admit
 
 pytestmark = pytest.mark.django_db
 
@@ -83,7 +84,7 @@ def test_duplicate_quota_is_rejected(platform_admin, quotas):
 def test_members_read_their_own_tenants_quotas_only(owner, quotas, other_tenant, h100, make_job):
     Quota.objects.create(tenant=other_tenant, gpu_type=h100, nominal=9)
     job = make_job(gpu_count=2)
-    job.admit(job.gpu_type.pools.first().cluster)
+    admit(job, job.gpu_type.pools.first().cluster)
     make_job(gpu_count=3)
     api = client_for(owner)
     rows = api.get(URL).json()["results"]

@@ -5,6 +5,7 @@ from decimal import Decimal
 import pytest
 
 from quotas.models import Budget, Quota, QuotaChange, Reservation, month_start
+from tests.support import admit
 
 pytestmark = pytest.mark.django_db
 
@@ -23,7 +24,7 @@ def test_quotas_page_is_for_platform_admins_only(client, owner, quotas):
 
 def test_quotas_page_shows_usage_bars(admin_browser, quotas, make_job):
     job = make_job(gpu_count=3)
-    job.admit(job.gpu_type.pools.first().cluster)
+    admit(job, job.gpu_type.pools.first().cluster)
     make_job(gpu_count=2)
     page = admin_browser.get("/quotas/").content.decode()
     assert "3 in use / 4 nominal · 2 pending" in page

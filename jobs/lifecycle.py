@@ -1,0 +1,47 @@
+"""What follows a job's transitions: the one home of the lifecycle's side effects.
+
+The model and its queryset only change state and record events (a conditional UPDATE and its
+JobEvent rows, in one transaction). Whoever moves a job for a reason that needs the backend to act
+(admission, a cancel click, a preemption) calls the function here, which makes the transition and
+then, once it has committed, enqueues the task that acts. Nothing is enqueued for a transition that
+did not happen or did not commit.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from . import tasks
+from .models import Job
+
+
+def admit_many(placements: dict[int, tuple[int, str]]) -> list[int]:
+    """Admit pending jobs ({job id: (cluster id, message)}), then dispatch them on commit.
+    Returns the ids admitted: a job cancelled meanwhile is left alone."""
+    with transaction.atomic(savepoint=False):
+        admitted = Job.objects.admit_many(placements)
+        if admitted:
+            transaction.on_commit(lambda: tasks.enqueue_dispatch(admitted))
+    return admitted
+
+
+def cancel(job: Job, user=None) -> bool:
+    """End the job now if its backend does not have it yet, else ask the backend to stop it (on
+    commit). Returns whether this call did either."""
+    if job.cancel_before_backend(user):
+        return True
+    if not job.request_backend_cancel(user):
+        return False
+    transaction.on_commit(lambda: tasks.cancel_job.delay(job.pk))
+    return True
+
+
+def preempt(job: Job, reason: str) -> bool:
+    """Send a job back to pending to free its GPUs, and stop the attempt its backend runs (on
+    commit). Returns whether this call moved it."""
+    cluster_id, key, external_id = job.cluster_id, job.dispatch_key, job.external_id
+    if not job.requeue(reason, preempted=True):
+        return False
+    if external_id:
+        transaction.on_commit(lambda: tasks.cancel_backend_job.delay(job.pk, cluster_id, key, external_id))
+    return True
