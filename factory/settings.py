@@ -249,6 +249,11 @@ FACTORY_SYNC_INTERVAL = env_float("FACTORY_SYNC_INTERVAL", 3.0)
 # An admitted job whose dispatch did not report back within this many seconds is dispatched again
 # (dispatch is idempotent, so this is safe).
 FACTORY_DISPATCH_STALE_AFTER = env_float("FACTORY_DISPATCH_STALE_AFTER", 30.0)
+# How long a dispatcher's claim on the jobs it submits lasts (longer than a batch's backend calls
+# take, each bounded by its adapter's timeout); another dispatcher takes over only after it.
+FACTORY_DISPATCH_LEASE = env_float("FACTORY_DISPATCH_LEASE", 300.0)
+# Unexpected dispatch errors of one attempt before the job fails (as a platform fault, unbilled).
+FACTORY_DISPATCH_MAX_FAILURES = env_int("FACTORY_DISPATCH_MAX_FAILURES", 5)
 # Seconds an API token's user is remembered per web process (factory/api/authentication.py).
 FACTORY_TOKEN_CACHE_SECONDS = env_float("FACTORY_TOKEN_CACHE_SECONDS", 10.0)
 # Admitted jobs go to the workers in dispatch tasks of up to this many jobs each; a smaller burst
@@ -268,16 +273,20 @@ FACTORY_STREAM_POLL_INTERVAL = env_float("FACTORY_STREAM_POLL_INTERVAL", 0.5)
 # the app above it).
 FACTORY_BILLING_HOOKS = env("FACTORY_BILLING_HOOKS", "billing.budgeting")
 
+
+def _periodic(task: str, every: float) -> dict:
+    """A beat entry whose message expires when the next is due: a scheduler that ran on while the
+    workers were down leaves one pass to do, not a backlog."""
+    return {"task": task, "schedule": every, "options": {"expires": every}}
+
+
 # The periodic work, by task name (apps above `factory` are named, never imported, here).
 CELERY_BEAT_SCHEDULE = {
-    "sweep": {"task": "jobs.tasks.sweep", "schedule": FACTORY_SYNC_INTERVAL},
-    "admission": {"task": "quotas.tasks.admit_pending", "schedule": FACTORY_SYNC_INTERVAL},
-    "cluster-health": {"task": "factory.tasks.check_cluster_health", "schedule": FACTORY_HEALTH_INTERVAL},
-    "metering": {"task": "billing.tasks.meter", "schedule": env_float("FACTORY_METERING_INTERVAL", 60.0)},
-    "quota-limits": {
-        "task": "quotas.tasks.mirror_limits",
-        "schedule": env_float("FACTORY_LIMITS_INTERVAL", 300.0),
-    },
+    "sweep": _periodic("jobs.tasks.sweep", FACTORY_SYNC_INTERVAL),
+    "admission": _periodic("quotas.tasks.admit_pending", FACTORY_SYNC_INTERVAL),
+    "cluster-health": _periodic("factory.tasks.check_cluster_health", FACTORY_HEALTH_INTERVAL),
+    "metering": _periodic("billing.tasks.meter", env_float("FACTORY_METERING_INTERVAL", 60.0)),
+    "quota-limits": _periodic("quotas.tasks.mirror_limits", env_float("FACTORY_LIMITS_INTERVAL", 300.0)),
 }
 
 EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import models
 from django.utils import timezone
 
 from factory.adapters import BackendUnavailable, JobRejected
@@ -22,23 +24,50 @@ log = logging.getLogger(__name__)
 def dispatch_many(jobs: list[Job]) -> None:
     """Hand admitted jobs to their clusters' backends, in the given order, exactly once in effect.
 
-    The adapter finds a job already submitted under the same dispatch key instead of submitting
-    it again, so a retried or duplicated dispatch is harmless. One adapter serves each cluster's
-    jobs. The jobs of an unreachable cluster stay admitted with the reason said, and the call
-    raises BackendUnavailable once the other clusters' jobs are out, so that its task retries.
+    A dispatcher first claims the jobs (a lease in the database): a second dispatcher of the same
+    attempt (a redelivered task, the sweep's retry) finds them claimed and leaves them alone. The
+    adapter also finds a job already submitted under the same dispatch key instead of submitting
+    it again, for a dispatcher that died after submitting. One adapter serves each cluster's jobs.
+    The jobs of an unreachable cluster stay admitted with the reason said, and the call raises
+    BackendUnavailable once the other clusters' jobs are out, so that its task retries.
     """
-    admitted = [job for job in jobs if job.state == JobState.ADMITTED]
-    if not admitted:
+    claimed = claim([job for job in jobs if job.state == JobState.ADMITTED])
+    if not claimed:
         return
-    Job.objects.filter(pk__in=[job.pk for job in admitted]).update(dispatch_attempted_at=timezone.now())
     unreachable: BackendUnavailable | None = None
-    for cluster_jobs in _by_cluster(admitted):
+    for cluster_jobs in _by_cluster(claimed):
         try:
             _dispatch_to_cluster(cluster_jobs)
         except BackendUnavailable as exc:
             unreachable = exc
     if unreachable is not None:
         raise unreachable
+
+
+def claim(jobs: list[Job]) -> list[Job]:
+    """The jobs this dispatcher may submit: still admitted in the same attempt, and not claimed by
+    a live lease of another dispatcher (or waiting out a failure's backoff). Two statements."""
+    if not jobs:
+        return []
+    now = timezone.now()
+    token = uuid.uuid4().hex
+    Job.objects.filter(pk__in=[job.pk for job in jobs], state=JobState.ADMITTED).filter(
+        models.Q(dispatch_lease_until__isnull=True) | models.Q(dispatch_lease_until__lte=now)
+    ).update(
+        dispatch_claim=token,
+        dispatch_lease_until=now + timedelta(seconds=settings.FACTORY_DISPATCH_LEASE),
+    )
+    ours = dict(
+        Job.objects.filter(pk__in=[job.pk for job in jobs], dispatch_claim=token).values_list("pk", "attempt")
+    )
+    return [job for job in jobs if ours.get(job.pk) == job.attempt]
+
+
+def _release(jobs: list[Job]) -> None:
+    """Give up the claim on jobs not submitted (their cluster is unreachable): the sweep may retry."""
+    Job.objects.filter(pk__in=[job.pk for job in jobs], state=JobState.ADMITTED).update(
+        dispatch_claim="", dispatch_lease_until=None
+    )
 
 
 def _by_cluster(jobs: list[Job]) -> list[list[Job]]:
@@ -62,14 +91,41 @@ def _dispatch_to_cluster(jobs: list[Job]) -> None:
             except BackendUnavailable as exc:
                 for waiting in jobs[index:]:
                     waiting.explain_wait(f"cluster {cluster} is unreachable; retrying ({exc})")
+                _release(jobs[index:])
                 raise
+            except Exception as exc:
+                log.exception("dispatch of job %s to %s failed", job.pk, cluster)
+                _dispatch_failed(job, exc)
     finally:
         _record_submitted(adapter, submitted)
 
 
+def _dispatch_failed(job: Job, exc: Exception) -> None:
+    """An error the adapter did not classify: retried with exponential backoff, then the job fails
+    as a platform fault (FACTORY_DISPATCH_MAX_FAILURES)."""
+    base = settings.FACTORY_DISPATCH_STALE_AFTER
+    backoff = timedelta(seconds=min(base * 2**job.dispatch_failures, 3600))
+    error = f"{type(exc).__name__}: {exc}"
+    job.dispatch_failed(error, max_failures=settings.FACTORY_DISPATCH_MAX_FAILURES, backoff=backoff)
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One attempt of a job as its backend knows it (its dispatch key and id): what to stop when
+    the job itself has moved on (cancelled, or requeued as a new attempt)."""
+
+    job: Job
+    dispatch_key: str
+    external_id: str
+
+    def __getattr__(self, name: str):
+        return getattr(self.job, name)
+
+
 def _record_submitted(adapter, submitted: list[tuple[Job, str]]) -> None:
-    """The jobs' move to submitted, together. A job cancelled while its submission was in flight
-    is withdrawn from the backend instead."""
+    """The jobs' move to submitted, together. What was submitted for a job that moved on while
+    its submission was in flight (cancelled, or preempted back to pending) is withdrawn from the
+    backend; a job another dispatcher recorded meanwhile is left as it is."""
     if not submitted:
         return
     moved = set(
@@ -84,9 +140,10 @@ def _record_submitted(adapter, submitted: list[tuple[Job, str]]) -> None:
         if job.pk in moved:
             job.state, job.external_id = JobState.SUBMITTED, external_id
             continue
+        key, attempt = job.dispatch_key, job.attempt
         job.refresh_from_db()
-        if job.is_terminal:
-            adapter.cancel(job)
+        if job.is_terminal or job.attempt != attempt:
+            adapter.cancel(Attempt(job, key, external_id))
 
 
 def cancel_at_backend(job: Job) -> None:
@@ -136,14 +193,28 @@ def stalled_work() -> StalledWork:
     cluster_ids = list(
         Job.objects.at_backend().filter(cluster__enabled=True).values_list("cluster_id", flat=True).distinct()
     )
-    stalled = list(
-        Job.objects.filter(state=JobState.ADMITTED, admitted_at__lt=stale)
-        .exclude(dispatch_attempted_at__gte=stale)
-        .values_list("pk", flat=True)
+    # Only what has no task outstanding: its last one was enqueued longer ago than its messages
+    # live, and no dispatcher holds it (nor a failure's backoff).
+    now = timezone.now()
+    stalled = (
+        Job.objects.filter(state=JobState.ADMITTED)
+        .filter(
+            models.Q(dispatch_enqueued_at__lt=stale)
+            | models.Q(dispatch_enqueued_at__isnull=True, admitted_at__lt=stale)
+        )
+        .exclude(dispatch_lease_until__gt=now)
     )
-    unhonoured = list(
-        Job.objects.at_backend().filter(cancel_requested_at__lt=stale).values_list("pk", flat=True)
-    )
+    unhonoured = Job.objects.at_backend().filter(cancel_enqueued_at__lt=stale)
+    stalled = _stamp(stalled, "dispatch_enqueued_at", now)
+    unhonoured = _stamp(unhonoured, "cancel_enqueued_at", now)
     if stalled:
         log.warning("re-dispatching %d stalled job(s)", len(stalled))
     return StalledWork(cluster_ids, stalled, unhonoured)
+
+
+def _stamp(jobs, field: str, now) -> list[int]:
+    """Ids of these jobs, marked as having a task enqueued now."""
+    ids = list(jobs.values_list("pk", flat=True))
+    if ids:
+        Job.objects.filter(pk__in=ids).update(**{field: now})
+    return ids

@@ -4,7 +4,8 @@ The model and its queryset only change state and record events (a conditional UP
 JobEvent rows, in one transaction). Whoever moves a job for a reason that needs the backend to act
 (admission, a cancel click, a preemption) calls the function here, which makes the transition and
 then, once it has committed, enqueues the task that acts. Nothing is enqueued for a transition that
-did not happen or did not commit.
+did not happen or did not commit, and a broker that cannot be reached does not undo one that did:
+the job row is the outbox, and the periodic sweep and admission enqueue what was not.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def admit_many(placements: dict[int, tuple[int, str]]) -> list[int]:
     with transaction.atomic(savepoint=False):
         admitted = Job.objects.admit_many(placements)
         if admitted:
-            transaction.on_commit(lambda: tasks.enqueue_dispatch(admitted))
+            transaction.on_commit(lambda: tasks.enqueue_dispatch(admitted), robust=True)
     return admitted
 
 
@@ -32,7 +33,7 @@ def cancel(job: Job, user=None) -> bool:
         return True
     if not job.request_backend_cancel(user):
         return False
-    transaction.on_commit(lambda: tasks.cancel_job.delay(job.pk))
+    transaction.on_commit(lambda: tasks.cancel_job.delay(job.pk), robust=True)
     return True
 
 
@@ -42,6 +43,10 @@ def preempt(job: Job, reason: str) -> bool:
     cluster_id, key, external_id = job.cluster_id, job.dispatch_key, job.external_id
     if not job.requeue(reason, preempted=True):
         return False
-    if external_id:
-        transaction.on_commit(lambda: tasks.cancel_backend_job.delay(job.pk, cluster_id, key, external_id))
+    # Without an external id the attempt may still be in a dispatcher's hands: that dispatcher
+    # withdraws it when it finds the job moved on, and the adapter looks it up by its dispatch key
+    # for one that died after submitting.
+    transaction.on_commit(
+        lambda: tasks.cancel_backend_job.delay(job.pk, cluster_id, key, external_id), robust=True
+    )
     return True

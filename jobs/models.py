@@ -80,8 +80,18 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
-    dispatch_attempted_at = models.DateTimeField(null=True, blank=True)
+    # At most one dispatch task is outstanding per job: it is enqueued again only after this plus
+    # FACTORY_DISPATCH_STALE_AFTER (its message expires by then).
+    dispatch_enqueued_at = models.DateTimeField(null=True, blank=True)
+    # The dispatcher that holds the claim on this attempt until the lease runs out; nobody else
+    # submits it meanwhile. After a failure the lease is the backoff before the next try.
+    dispatch_claim = models.CharField(max_length=32, blank=True)
+    dispatch_lease_until = models.DateTimeField(null=True, blank=True)
+    dispatch_failures = models.PositiveIntegerField(
+        default=0, help_text="Dispatches of this attempt that failed unexpectedly."
+    )
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_enqueued_at = models.DateTimeField(null=True, blank=True)
 
     idempotency_key = models.CharField(max_length=255, blank=True)
     idempotency_fingerprint = models.CharField(max_length=64, blank=True)
@@ -197,7 +207,7 @@ class Job(models.Model):
                     "requeued": to == JobState.PENDING,
                     "cluster_id": cluster_id,
                 }
-                transaction.on_commit(lambda: signals.job_released.send(Job, **released))
+                transaction.on_commit(lambda: signals.job_released.send_robust(Job, **released))
         return True
 
     def record(self, kind: str, message: str) -> JobEvent:
@@ -263,11 +273,11 @@ class Job(models.Model):
         with transaction.atomic():
             changed = Job.objects.filter(
                 pk=self.pk, state__in=AT_BACKEND_STATES, cancel_requested_at__isnull=True
-            ).update(cancel_requested_at=now)
+            ).update(cancel_requested_at=now, cancel_enqueued_at=now)
             if not changed:
                 self.refresh_from_db()
                 return False
-            self.cancel_requested_at = now
+            self.cancel_requested_at = self.cancel_enqueued_at = now
             self.record(EventKind.INFO, f"Cancel requested{f' by {user}' if user else ''}")
         return True
 
@@ -286,6 +296,10 @@ class Job(models.Model):
             submitted_at=None,
             started_at=None,
             cancel_requested_at=None,
+            cancel_enqueued_at=None,
+            dispatch_claim="",
+            dispatch_lease_until=None,
+            dispatch_failures=0,
             attempt=models.F("attempt") + 1,
             preempted_seconds=models.F("preempted_seconds") + lost,
             message=f"Back to pending: {reason}",
@@ -293,6 +307,33 @@ class Job(models.Model):
 
     def reject(self, reason: str) -> bool:
         return self.finish(JobState.REJECTED, reason=reason)
+
+    def dispatch_failed(self, error: str, *, max_failures: int, backoff: timedelta) -> bool:
+        """An unexpected error while handing this attempt to its backend. It is retried after
+        `backoff` (the lease keeps other dispatchers off until then); after `max_failures` the job
+        fails as a platform fault: not billed, its quota released."""
+        failures = self.dispatch_failures + 1
+        if failures >= max_failures:
+            return self.finish(
+                JobState.FAILED,
+                reason=f"dispatch failed {failures} times: {error}",
+                platform_fault=True,
+            )
+        retry_at = timezone.now() + backoff
+        reason = f"dispatch failed ({failures} of {max_failures}): {error}; retrying"[:500]
+        changed = Job.objects.filter(
+            pk=self.pk, state=JobState.ADMITTED, attempt=self.attempt, dispatch_failures=failures - 1
+        ).update(
+            dispatch_failures=failures,
+            dispatch_claim="",
+            dispatch_lease_until=retry_at,
+            reason=reason,
+            updated_at=timezone.now(),
+        )
+        if changed:
+            self.dispatch_failures, self.dispatch_lease_until, self.reason = failures, retry_at, reason
+            self.record(EventKind.INFO, f"Dispatch failed, retrying at {retry_at:%H:%M:%S} UTC: {error}")
+        return bool(changed)
 
     def explain_wait(self, reason: str) -> bool:
         """Record why a pending or queued job waits; an event only when the reason changes."""

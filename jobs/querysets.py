@@ -59,6 +59,7 @@ class JobQuerySet(TenantOwnedQuerySet):
             per_job={"cluster_id": ({pk: c for pk, (c, _) in placements.items()}, models.BigIntegerField())},
             reason="",
             admitted_at=timezone.now(),
+            dispatch_enqueued_at=timezone.now(),
         )
 
     def mark_submitted_many(self, submissions: dict[int, tuple[str, str]]) -> list[int]:

@@ -80,7 +80,7 @@ def submit(*, tenant: Tenant, owner, spec: dict, idempotency_key: str = "") -> t
                 **spec,
             )
             job.record(EventKind.STATE, f"Submitted by {owner}")
-            transaction.on_commit(lambda: signals.job_submitted.send(Job, job_id=job.pk))
+            transaction.on_commit(lambda: signals.job_submitted.send_robust(Job, job_id=job.pk))
     except IntegrityError:
         if not idempotency_key:
             raise

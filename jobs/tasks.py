@@ -15,13 +15,17 @@ from .models import Job
 
 log = logging.getLogger(__name__)
 
+# A task about a job expires, and is done retrying (2 + 4 + 8 s), within
+# FACTORY_DISPATCH_STALE_AFTER; only then may the sweep enqueue it again, so at most one task per
+# job and purpose is ever outstanding. An unreachable backend never fails a job.
 RETRYING = {
     "acks_late": True,
     "autoretry_for": (BackendUnavailable,),
     "retry_backoff": 2,
-    "retry_backoff_max": 120,
-    "retry_jitter": True,
-    "max_retries": 8,  # after that the sweep picks the job up again; it is never failed for this
+    "retry_backoff_max": 8,
+    "retry_jitter": False,
+    "max_retries": 3,
+    "expires": settings.FACTORY_DISPATCH_STALE_AFTER,
 }
 
 
@@ -47,6 +51,8 @@ def enqueue_dispatch(job_ids: list[int]) -> None:
     jobs it holds, so a large burst goes out in batches of FACTORY_DISPATCH_BATCH; a small one is
     still split over FACTORY_DISPATCH_SPREAD tasks, so that several worker processes take part.
     Published over one broker connection."""
+    if not job_ids:
+        return
     with dispatch_jobs.app.producer_or_acquire() as producer:
         for batch in dispatch_batches(job_ids):
             dispatch_jobs.apply_async((batch,), producer=producer)
@@ -65,7 +71,7 @@ def cancel_job(job_id: int) -> None:
         dispatch.cancel_at_backend(job)
 
 
-@shared_task(acks_late=True)
+@shared_task(acks_late=True, expires=settings.FACTORY_SYNC_INTERVAL)
 def sync_cluster_task(cluster_id: int) -> None:
     cluster = Cluster.objects.filter(pk=cluster_id, enabled=True).first()
     if cluster is None:
@@ -90,22 +96,10 @@ def sweep() -> dict[str, int]:
     return work.counts()
 
 
-class _PreviousAttempt:
-    """A job as its backend knew it before it was requeued (its old dispatch key and id)."""
-
-    def __init__(self, job: Job, dispatch_key: str, external_id: str) -> None:
-        self._job = job
-        self.dispatch_key = dispatch_key
-        self.external_id = external_id
-
-    def __getattr__(self, name: str):
-        return getattr(self._job, name)
-
-
 @shared_task(**RETRYING)
 def cancel_backend_job(job_id: int, cluster_id: int, dispatch_key: str, external_id: str) -> None:
     """Stop an earlier attempt of a job at its backend (after preemption sent the job back to pending)."""
     job = _job(job_id)
     cluster = Cluster.objects.filter(pk=cluster_id).first()
     if job is not None and cluster is not None:
-        cluster.adapter().cancel(_PreviousAttempt(job, dispatch_key, external_id))
+        cluster.adapter().cancel(dispatch.Attempt(job, dispatch_key, external_id))

@@ -33,9 +33,9 @@ def save_audited(instance: Quota | Budget, changes: dict, user) -> list[QuotaCha
             )
             for name in changed
         )
-        transaction.on_commit(_readmit)
+        transaction.on_commit(_readmit, robust=True)
         if isinstance(instance, Quota):
-            transaction.on_commit(lambda: _mirror(instance.tenant_id))
+            transaction.on_commit(lambda: _mirror(instance.tenant_id), robust=True)
     return entries
 
 
@@ -52,8 +52,8 @@ def delete_audited(quota: Quota, user) -> QuotaChange:
             changed_by=user,
         )
         quota.delete()
-        transaction.on_commit(_readmit)
-        transaction.on_commit(lambda: _mirror(entry.tenant_id))
+        transaction.on_commit(_readmit, robust=True)
+        transaction.on_commit(lambda: _mirror(entry.tenant_id), robust=True)
     return entry
 
 

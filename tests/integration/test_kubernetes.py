@@ -23,6 +23,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import urllib3
@@ -372,6 +373,24 @@ def test_cancel_deletes_the_job_and_its_pods(k8s_job, backend, owner):
 
 
 @fake_only
+def test_a_cancel_during_dispatch_deletes_the_job_that_dispatch_created(k8s_job, fake, owner):
+    job = k8s_job(command="sleep 600")
+    real_submit = KubernetesAdapter.submit
+
+    def submit_then_user_cancels(self, j):
+        external_id = real_submit(self, j)
+        assert lifecycle.cancel(Job.objects.get(pk=j.pk), owner)
+        return external_id
+
+    with mock.patch.object(KubernetesAdapter, "submit", submit_then_user_cancels):
+        dispatch_jobs([job.pk])
+    job.refresh_from_db()
+    assert (job.state, job.external_id) == (JobState.CANCELLED, "")
+    deletes = [call.path for call in fake.calls("DELETE")]
+    assert deletes == [f"/apis/batch/v1/namespaces/aif-demo-lab/jobs/aif-{job.uid}"]
+
+
+@fake_only
 def test_cancel_leaves_a_job_that_ended_first(k8s_job, fake):
     job = dispatched(k8s_job())
     fake.start(job.external_id)
@@ -545,10 +564,11 @@ def test_answer_missing_a_required_field_is_an_error_not_a_guess(k8s_job, k8s_cl
 def test_refused_credentials_and_permissions_are_clear_errors_without_secrets(k8s_job, fake, h100):
     job = k8s_job()
     fake.forbid("create", "jobs")
-    with pytest.raises(BackendError, match="may not create Jobs on k8s; grant its account") as caught:
-        dispatch_jobs([job.pk])
-    assert not isinstance(caught.value, (BackendUnavailable, JobRejected))
-    assert 'cannot create resource "jobs" in API group "batch"' in str(caught.value)
+    dispatch_jobs([job.pk])  # neither transient nor the job's fault: retried a few times, then failed
+    job.refresh_from_db()
+    assert (job.state, job.dispatch_failures) == (JobState.ADMITTED, 1)
+    assert "may not create Jobs on k8s; grant its account" in job.reason
+    assert 'cannot create resource "jobs" in API group "batch"' in job.reason
 
     secret = "s3cr3t-token-that-must-not-leak"
     stranger = make_cluster(fake.kubeconfig(token=secret), h100, slug="k8s-wrong-token")

@@ -52,8 +52,9 @@ def test_dispatching_twice_makes_one_backend_job(make_job, cluster, tmp_path):
     dispatch_jobs([job.pk])
     # A duplicated task, as a broker redelivery would produce: the job is no longer admitted.
     dispatch_jobs([job.pk])
-    # Even a retry that raced before the state changed finds the existing backend job.
-    Job.objects.filter(pk=job.pk).update(state=JobState.ADMITTED)
+    # Even a retry after the first dispatcher's lease ran out (it died before recording the
+    # submission) finds the existing backend job.
+    Job.objects.filter(pk=job.pk).update(state=JobState.ADMITTED, dispatch_lease_until=None)
     dispatch_jobs([job.pk])
     job = sync_until(job, lambda j: j.is_terminal)
     assert runs.read_text() == "x\n"
@@ -132,7 +133,7 @@ def test_sweep_redispatches_stalled_admissions_and_syncs_busy_clusters(
     stalled = make_job(name="stalled")
     admit(stalled, cluster)
     long_ago = timezone.now() - timedelta(minutes=5)
-    Job.objects.filter(pk=stalled.pk).update(admitted_at=long_ago)
+    Job.objects.filter(pk=stalled.pk).update(admitted_at=long_ago, dispatch_enqueued_at=long_ago)
     fresh = make_job(name="fresh")
     admit(fresh, cluster)
     running = make_job(name="running")
