@@ -17,7 +17,8 @@ class JobEventInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    """Read-only: state changes go through the lifecycle methods, never by hand."""
+    """Read-only: state changes go through the lifecycle methods, never by hand. Jobs are never
+    deleted: their events are append-only, and reservations and the ledger refer to them."""
 
     list_display = [
         "id",
@@ -38,4 +39,7 @@ class JobAdmin(admin.ModelAdmin):
         return False
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
