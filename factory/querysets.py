@@ -2,8 +2,6 @@ from __future__ import annotations
 
 from django.db import models
 
-from .choices import Role
-
 
 class TenantQuerySet(models.QuerySet):
     def visible_to(self, user) -> TenantQuerySet:
@@ -13,11 +11,6 @@ class TenantQuerySet(models.QuerySet):
         if user.is_staff:
             return self
         return self.filter(memberships__user=user)
-
-    def administered_by(self, user) -> TenantQuerySet:
-        if user.is_staff:
-            return self
-        return self.filter(memberships__user=user, memberships__role=Role.ADMIN)
 
 
 class TenantOwnedQuerySet(models.QuerySet):
