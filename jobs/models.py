@@ -152,10 +152,6 @@ class Job(models.Model):
             return None
         return (self.ended_at or timezone.now()) - self.started_at
 
-    @property
-    def gpu_hours_requested(self) -> float:
-        return self.gpu_count * self.time_limit_minutes / 60
-
     def may_cancel(self, user) -> bool:
         return Job.objects.cancellable_by(user).filter(pk=self.pk).exists()
 

@@ -6,7 +6,7 @@ from django.db.models import functions  # noqa: F401 - models.functions below
 from factory.choices import Role
 from factory.querysets import TenantOwnedQuerySet
 
-from .choices import ACTIVE_STATES, AT_BACKEND_STATES, HOLDING_STATES
+from .choices import AT_BACKEND_STATES, HOLDING_STATES
 
 
 class JobQuerySet(TenantOwnedQuerySet):
@@ -17,9 +17,6 @@ class JobQuerySet(TenantOwnedQuerySet):
             models.Q(owner=user)
             | models.Q(tenant__memberships__user=user, tenant__memberships__role=Role.ADMIN)
         )
-
-    def active(self) -> JobQuerySet:
-        return self.filter(state__in=ACTIVE_STATES)
 
     def holding(self) -> JobQuerySet:
         return self.filter(state__in=HOLDING_STATES)
@@ -138,6 +135,3 @@ class JobQuerySet(TenantOwnedQuerySet):
                 for pk in moved
             )
         return moved
-
-    def gpus_in_use(self) -> int:
-        return self.holding().aggregate(total=models.Sum("gpu_count"))["total"] or 0
