@@ -27,7 +27,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from importlib import import_module
 
 from django.conf import settings
@@ -40,6 +40,7 @@ from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
 
 from .models import Budget, Quota, Reservation, month_start
+from .settlement import gpu_hours_between, round_gpu_hours, settle_released
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ class PendingJob:
 
     @property
     def gpu_hours(self) -> Decimal:
-        return (Decimal(self.gpu_count) * Decimal(self.time_limit_minutes) / 60).quantize(
-            Decimal("0.0001"), rounding=ROUND_HALF_UP
-        )
+        return round_gpu_hours(Decimal(self.gpu_count) * Decimal(self.time_limit_minutes) / 60)
 
 
 @dataclasses.dataclass
@@ -495,34 +494,6 @@ def preempt(job_ids: list[int]) -> list[tuple[int, int, int, int]]:
                 lambda j=victim.pk, c=cluster_id, k=key, e=external_id: cancel_backend_job.delay(j, c, k, e)
             )
     return done
-
-
-def settle_released() -> int:
-    """Settle every reservation whose job attempt no longer holds GPUs: the real GPU-hours replace
-    the reservation (the rest is refunded). Conditional, so each is settled exactly once."""
-    stale = (
-        Reservation.objects.open()
-        .filter(~models.Q(job__state__in=HOLDING_STATES) | ~models.Q(job__attempt=models.F("attempt")))
-        .select_related("job")
-    )
-    settled = 0
-    for reservation in stale:
-        job = reservation.job
-        same_attempt = job.attempt == reservation.attempt
-        used = (
-            gpu_hours_between(reservation.gpus, job.started_at, job.ended_at) if same_attempt else Decimal(0)
-        )
-        settled += Reservation.objects.filter(pk=reservation.pk, settled_at__isnull=True).update(
-            used_gpu_hours=used, settled_at=timezone.now()
-        )
-    return settled
-
-
-def gpu_hours_between(gpus: int, start: datetime | None, end: datetime | None) -> Decimal:
-    if start is None or end is None or end <= start:
-        return Decimal(0)
-    hours = Decimal((end - start).total_seconds()) / Decimal(3600)
-    return (gpus * hours).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
 
 
 def explain_waits(reasons: dict[int, str], batch: int = 5000) -> None:

@@ -13,8 +13,9 @@ from factory.models import Cluster, Membership, Pool, Tenant
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job, JobEvent
 from quotas import admission
-from quotas.admission import PREEMPTED_REASON, admit_pending, settle_released
+from quotas.admission import PREEMPTED_REASON, admit_pending
 from quotas.models import Budget, Quota, Reservation
+from quotas.settlement import settle_released
 
 pytestmark = pytest.mark.django_db
 
