@@ -12,7 +12,8 @@ from django.db import IntegrityError, models, transaction
 
 from factory.choices import Role
 from factory.models import Tenant
-from quotas.models import Budget, Reservation, month_start
+from factory.months import month_of
+from quotas.models import Budget, Reservation
 
 from .models import ZERO, BudgetAlert, MonthlySummary
 
@@ -52,7 +53,7 @@ def usage_share(budget: Budget, month) -> tuple[Decimal, str] | None:
 
 
 def check_budget_alerts(tenant_ids: list[int] | None = None) -> int:
-    month = month_start()
+    month = month_of()
     budgets = Budget.objects.select_related("tenant")
     if tenant_ids is not None:
         budgets = budgets.filter(tenant_id__in=tenant_ids)

@@ -10,9 +10,10 @@ from django.db import models
 from django.db.models.functions import TruncDate
 from django.template.loader import render_to_string
 
+from factory.months import days_in, month_of
 from jobs.choices import JobState
 from jobs.models import Job
-from quotas.models import Budget, month_start
+from quotas.models import Budget
 
 from .alerts import spend
 from .metering import Pricing, live_cost
@@ -31,7 +32,7 @@ def job_cost(request, job) -> str:
 
 
 def tenant_spend(request, tenant) -> str:
-    month = month_start()
+    month = month_of()
     amount, currency = spend(tenant.pk, month)
     budget = Budget.objects.filter(tenant=tenant).first()
     pricing = Pricing()
@@ -72,7 +73,7 @@ def daily_gpu_hours_chart(tenant, month: date, width: int = 600, height: int = 1
     for row in rows:
         per_day[row["day"]][row["gpu_type__slug"]] = row["seconds"] / 3600
     gpu_types = sorted({t for day in per_day.values() for t in day})
-    days = (date(month.year + (month.month == 12), month.month % 12 + 1, 1) - timedelta(days=1)).day
+    days = days_in(month)
     top = max([sum(day.values()) for day in per_day.values()] + [1.0])
     bar = width / days
     bars = []

@@ -36,10 +36,11 @@ from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from factory.models import Pool, Tenant
+from factory.months import month_of
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
 
-from .models import Budget, Quota, Reservation, month_start
+from .models import Budget, Quota, Reservation
 from .settlement import gpu_hours_between, round_gpu_hours, settle_released
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class Snapshot:
 
     def __init__(self, now: datetime | None = None) -> None:
         self.now = now or timezone.now()
-        self.month = month_start(self.now)
+        self.month = month_of(self.now)
         self.tenants = {t.pk: t for t in Tenant.objects.only("slug", "regions")}
         self.gpu_types = dict(Pool.objects.values_list("gpu_type_id", "gpu_type__slug").distinct())
         self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.select_related("gpu_type")}

@@ -8,9 +8,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from factory.api.viewsets import ScopedReadOnlyViewSet
+from factory.months import parse_month
 
 from .. import reports
-from ..forms import parse_month
 from ..models import RateCard, UsageRecord
 from ..permissions import IsFinance
 from ..views import EXPORT_FORMATS, export_response
