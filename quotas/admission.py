@@ -326,7 +326,7 @@ class MoneyBudgets:
         self.hooks = import_module(settings.FACTORY_BILLING_HOOKS) if budgets else None
         if not budgets:
             return
-        spent = self.hooks.money_spent(list(budgets), month)
+        spent = self.hooks.money_spent({t: b.currency for t, b in budgets.items()}, month)
         held: dict[int, Decimal] = defaultdict(Decimal)
         open_rows = Reservation.objects.open().filter(tenant_id__in=list(budgets), month=month)
         for tenant_id, gpu_type_id, gpu_hours in open_rows.values_list(

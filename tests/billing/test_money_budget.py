@@ -35,7 +35,6 @@ def test_a_hard_money_budget_holds_jobs_that_may_cost_more_than_is_left(
     assert jobs[2].reason == "budget: 0.00 EUR left, job may cost 7.50 EUR"
 
 
-@pytest.mark.xfail(strict=True, reason="spend sums or picks currencies, not the budget's own")
 def test_a_hard_money_budget_counts_only_what_was_billed_in_its_currency(
     make_job, tenant, quotas, a100, a100_in_dollars, ran
 ):

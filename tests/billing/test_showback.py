@@ -26,7 +26,6 @@ def test_dashboard_shows_spend_this_month_and_gpu_hours_per_day(client, owner, t
     assert "GPU-h h100</title>" in page  # a bar of the daily chart
 
 
-@pytest.mark.xfail(strict=True, reason="spend sums or picks currencies, not the budget's own")
 def test_spend_against_a_budget_counts_only_the_budgets_currency(
     client, owner, tenant, tenant_admin, a100, a100_in_dollars, ran
 ):
