@@ -14,8 +14,9 @@ class TenantQuerySet(models.QuerySet):
 
 
 class TenantOwnedQuerySet(models.QuerySet):
-    """Rows that belong to a tenant (jobs, quotas, budgets, ledger lines): the one rule of who may
-    see them. Platform admins see all; everybody else the rows of the tenants they belong to."""
+    """Rows that belong to a tenant (memberships, jobs, quotas, budgets, ledger lines): the one rule
+    of who may see them. Platform admins see all; everybody else the rows of the tenants they belong
+    to."""
 
     def sees_everything(self, user) -> bool:
         return user.is_staff
