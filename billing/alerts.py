@@ -8,38 +8,25 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, transaction
 
 from factory.choices import Role
 from factory.models import Tenant
-from quotas.models import Budget, Reservation, month_start
+from factory.months import month_of
+from quotas.models import Budget, Reservation
 
-from .models import ZERO, BudgetAlert, MonthlySummary
+from .budgeting import money_spent
+from .models import ZERO, BudgetAlert
 
 log = logging.getLogger(__name__)
 
 THRESHOLDS = (80, 100)
 
 
-def spend(tenant_id: int, month) -> tuple[Decimal, str]:
-    """Money billed to the tenant this month so far (ledger lines), and its currency."""
-    rows = (
-        MonthlySummary.objects.filter(tenant_id=tenant_id, month=month)
-        .exclude(currency="")
-        .values("currency")
-        .annotate(total=models.Sum("amount"))
-    )
-    totals = {row["currency"]: row["total"] for row in rows}
-    if not totals:
-        return ZERO, ""
-    currency = max(totals, key=totals.get)
-    return totals[currency], currency
-
-
 def usage_share(budget: Budget, month) -> tuple[Decimal, str] | None:
     """How much of the budget is used (a fraction), and in words."""
     if budget.amount_per_month:
-        spent, _ = spend(budget.tenant_id, month)
+        spent = money_spent({budget.tenant_id: budget.currency}, month).get(budget.tenant_id, ZERO)
         return spent / budget.amount_per_month, f"{spent} of {budget.amount_per_month} {budget.currency}"
     if budget.gpu_hours_per_month:
         used = (
@@ -52,7 +39,7 @@ def usage_share(budget: Budget, month) -> tuple[Decimal, str] | None:
 
 
 def check_budget_alerts(tenant_ids: list[int] | None = None) -> int:
-    month = month_start()
+    month = month_of()
     budgets = Budget.objects.select_related("tenant")
     if tenant_ids is not None:
         budgets = budgets.filter(tenant_id__in=tenant_ids)

@@ -1,4 +1,5 @@
-"""What admission (quotas) asks billing about money budgets, through FACTORY_BILLING_HOOKS."""
+"""Money budgets: what the ledger billed against them and what GPUs cost. Admission (quotas) asks
+through FACTORY_BILLING_HOOKS; budget alerts and the spend panel ask directly."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ from decimal import Decimal
 from django.db import models
 from django.utils import timezone
 
-from .models import MonthlySummary, RateCard
+from .models import ZERO, MonthlySummary, RateCard
 
 
-def money_spent(tenant_ids: list[int], month: date) -> dict[int, Decimal]:
-    """What the ledger billed each tenant this month (charged lines, all currencies as billed)."""
+def money_spent(currencies: dict[int, str], month: date) -> dict[int, Decimal]:
+    """What the ledger billed each tenant in a month, in the one currency that counts for it (its
+    budget's): {tenant id: currency}. Lines billed in other currencies are other money and are
+    never added in; there is no exchange rate to add them with."""
     rows = (
-        MonthlySummary.objects.filter(tenant_id__in=tenant_ids, month=month)
-        .values("tenant_id")
+        MonthlySummary.objects.filter(tenant_id__in=list(currencies), month=month)
+        .values("tenant_id", "currency")
         .annotate(total=models.Sum("amount"))
     )
-    return {row["tenant_id"]: row["total"] or Decimal(0) for row in rows}
+    return {
+        row["tenant_id"]: row["total"] or ZERO
+        for row in rows
+        if row["currency"] == currencies[row["tenant_id"]]
+    }
 
 
 def prices_per_gpu_hour(day: date | None = None) -> dict[int, Decimal]:

@@ -19,6 +19,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from factory.models import Cluster, GpuType
+from factory.months import month_begins, month_of, next_month
 from jobs.choices import JobState
 from jobs.models import Job
 
@@ -39,19 +40,11 @@ BILLING_LOCK_ID = 0x41494642  # metering holds it shared, closing a month exclus
 HOUR = Decimal(3600)
 
 
-def month_of(moment: datetime | date) -> date:
-    return date(moment.year, moment.month, 1)
-
-
-def next_month(month: date) -> date:
-    return date(month.year + (month.month == 12), month.month % 12 + 1, 1)
-
-
 def month_parts(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
     """[start, end) cut at midnight UTC of each 1st."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     while start < end:
-        boundary = datetime.combine(next_month(month_of(start)), datetime.min.time(), tzinfo=UTC)
+        boundary = month_begins(next_month(month_of(start)))
         part_end = min(end, boundary)
         yield start, part_end
         start = part_end
@@ -302,7 +295,7 @@ def credits_for_accrued_usage(job: Job, attempt: int, pricing: Pricing) -> list[
     are credited back by adjustment lines: the ledger is never edited."""
     credits = []
     for line in UsageRecord.objects.filter(job=job, attempt=attempt, kind=UsageKind.USAGE):
-        month = pricing.billing_month(date.today().replace(day=1))
+        month = pricing.billing_month(month_of())
         credits.append(
             UsageRecord(
                 job=job,
@@ -334,7 +327,7 @@ def meter_running(now: datetime | None = None) -> int:
     """Accrue the months that running jobs have finished (a job running over a month boundary is
     billed for the old month when it ends, not when it finishes)."""
     now = now or timezone.now()
-    this_month = datetime.combine(month_of(now), datetime.min.time(), tzinfo=UTC)
+    this_month = month_begins(month_of(now))
     pricing = Pricing()
     lines: list[UsageRecord] = []
     running = Job.objects.filter(state=JobState.RUNNING, started_at__lt=this_month).select_related("tenant")

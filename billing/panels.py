@@ -10,13 +10,14 @@ from django.db import models
 from django.db.models.functions import TruncDate
 from django.template.loader import render_to_string
 
+from factory.months import days_in, month_of
 from jobs.choices import JobState
 from jobs.models import Job
-from quotas.models import Budget, month_start
+from quotas.models import Budget
 
-from .alerts import spend
+from .budgeting import money_spent
 from .metering import Pricing, live_cost
-from .models import ZERO, UsageRecord
+from .models import ZERO, MonthlySummary, UsageRecord
 
 CHART_COLORS = ["#2457c5", "#e08a00", "#1a7f37", "#8e44ad", "#c62828"]
 
@@ -31,13 +32,18 @@ def job_cost(request, job) -> str:
 
 
 def tenant_spend(request, tenant) -> str:
-    month = month_start()
-    amount, currency = spend(tenant.pk, month)
+    month = month_of()
     budget = Budget.objects.filter(tenant=tenant).first()
     pricing = Pricing()
     running = [
         live_cost(job, pricing=pricing) for job in Job.objects.filter(tenant=tenant, state=JobState.RUNNING)
     ]
+    currency = (
+        getattr(budget, "currency", "")
+        or billed_currency(tenant, month)
+        or next((c.currency for c in running if c.currency), "")
+    )
+    amount = money_spent({tenant.pk: currency}, month).get(tenant.pk, ZERO)
     energy = UsageRecord.objects.filter(tenant=tenant, month=month).aggregate(
         kwh=models.Sum("energy_kwh"), co2e=models.Sum("co2e_kg")
     )
@@ -48,9 +54,7 @@ def tenant_spend(request, tenant) -> str:
         "running_jobs": len(running),
         "energy_kwh": energy["kwh"] or ZERO,
         "co2e_kg": energy["co2e"] or ZERO,
-        "currency": currency
-        or next((c.currency for c in running if c.currency), "")
-        or getattr(budget, "currency", ""),
+        "currency": currency,
         "budget": budget,
         "percent": round(float(100 * amount / budget.amount_per_month), 1)
         if budget and budget.amount_per_month
@@ -58,6 +62,18 @@ def tenant_spend(request, tenant) -> str:
         "chart": daily_gpu_hours_chart(tenant, month),
     }
     return render_to_string("billing/_spend.html", context, request=request)
+
+
+def billed_currency(tenant, month: date) -> str:
+    """For a tenant whose budget names no currency: the one most of the month was billed in."""
+    rows = (
+        MonthlySummary.objects.filter(tenant=tenant, month=month)
+        .exclude(currency="")
+        .values("currency")
+        .annotate(total=models.Sum("amount"))
+        .order_by("-total")
+    )
+    return next((row["currency"] for row in rows), "")
 
 
 def daily_gpu_hours_chart(tenant, month: date, width: int = 600, height: int = 160) -> dict:
@@ -72,7 +88,7 @@ def daily_gpu_hours_chart(tenant, month: date, width: int = 600, height: int = 1
     for row in rows:
         per_day[row["day"]][row["gpu_type__slug"]] = row["seconds"] / 3600
     gpu_types = sorted({t for day in per_day.values() for t in day})
-    days = (date(month.year + (month.month == 12), month.month % 12 + 1, 1) - timedelta(days=1)).day
+    days = days_in(month)
     top = max([sum(day.values()) for day in per_day.values()] + [1.0])
     bar = width / days
     bars = []

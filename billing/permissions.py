@@ -20,10 +20,3 @@ def is_finance(user) -> bool:
 class IsFinance(permissions.BasePermission):
     def has_permission(self, request, view) -> bool:
         return is_finance(request.user)
-
-
-class IsFinanceReadOrStaffWrite(permissions.BasePermission):
-    """Prices: finance and admins read them; platform admins (and finance) set them."""
-
-    def has_permission(self, request, view) -> bool:
-        return is_finance(request.user)

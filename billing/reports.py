@@ -19,8 +19,8 @@ from decimal import Decimal
 from django.db import models
 
 from factory.models import Tenant
+from factory.months import next_month
 
-from .metering import next_month
 from .models import CENT, ZERO, MonthClose, MonthlySummary, UsageKind, UsageRecord
 
 CHUNK = 20000

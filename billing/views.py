@@ -6,14 +6,14 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from factory.models import GpuType, Tenant
+from factory.months import month_of, parse_month
 
 from . import reports
-from .forms import RateCardForm, parse_month
-from .metering import close_month, month_of
+from .forms import RateCardForm
+from .metering import close_month
 from .models import RateCard, UsageRecord
 from .permissions import is_finance
 
@@ -42,7 +42,7 @@ def chargeback(request: HttpRequest) -> HttpResponse:
     context = {
         "report": report,
         "month_value": f"{month:%Y-%m}",
-        "may_close": not report.closed and month < month_of(timezone.now()),
+        "may_close": not report.closed and month < month_of(),
         "formats": EXPORT_FORMATS,
     }
     return render(request, "billing/chargeback.html", context)
@@ -55,7 +55,7 @@ def chargeback_close(request: HttpRequest) -> HttpResponse:
         month = parse_month(request.POST.get("month"))
     except ValueError as exc:
         return HttpResponseBadRequest(str(exc))
-    if month >= month_of(timezone.now()):
+    if month >= month_of():
         messages.error(request, "Only a past month can be closed.")
     else:
         close_month(month, request.user)

@@ -9,10 +9,14 @@ class FactoryConfig(AppConfig):
 
     def ready(self) -> None:
         from django.contrib.auth import get_user_model
+        from django.core import checks
         from django.db.models.signals import post_delete, post_save
         from rest_framework.authtoken.models import Token
 
         from .api import authentication
+        from .api.viewsets import check_api_scoping
+
+        checks.register(check_api_scoping, checks.Tags.security, checks.Tags.urls)
 
         post_delete.connect(authentication.forget_token, sender=Token, dispatch_uid="factory.forget-token")
         user_model = get_user_model()

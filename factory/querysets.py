@@ -2,8 +2,6 @@ from __future__ import annotations
 
 from django.db import models
 
-from .choices import Role
-
 
 class TenantQuerySet(models.QuerySet):
     def visible_to(self, user) -> TenantQuerySet:
@@ -14,15 +12,11 @@ class TenantQuerySet(models.QuerySet):
             return self
         return self.filter(memberships__user=user)
 
-    def administered_by(self, user) -> TenantQuerySet:
-        if user.is_staff:
-            return self
-        return self.filter(memberships__user=user, memberships__role=Role.ADMIN)
-
 
 class TenantOwnedQuerySet(models.QuerySet):
-    """Rows that belong to a tenant (jobs, quotas, budgets, ledger lines): the one rule of who may
-    see them. Platform admins see all; everybody else the rows of the tenants they belong to."""
+    """Rows that belong to a tenant (memberships, jobs, quotas, budgets, ledger lines): the one rule
+    of who may see them. Platform admins see all; everybody else the rows of the tenants they belong
+    to."""
 
     def sees_everything(self, user) -> bool:
         return user.is_staff

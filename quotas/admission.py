@@ -27,7 +27,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from importlib import import_module
 
 from django.conf import settings
@@ -36,11 +36,13 @@ from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from factory.models import Pool, Tenant
+from factory.months import month_of
 from jobs import lifecycle
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
 
-from .models import Budget, Quota, Reservation, month_start
+from .models import Budget, Quota, Reservation
+from .settlement import gpu_hours_between, round_gpu_hours, settle_released
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +80,7 @@ class PendingJob:
 
     @property
     def gpu_hours(self) -> Decimal:
-        return (Decimal(self.gpu_count) * Decimal(self.time_limit_minutes) / 60).quantize(
-            Decimal("0.0001"), rounding=ROUND_HALF_UP
-        )
+        return round_gpu_hours(Decimal(self.gpu_count) * Decimal(self.time_limit_minutes) / 60)
 
 
 @dataclasses.dataclass
@@ -106,7 +106,7 @@ class Snapshot:
 
     def __init__(self, now: datetime | None = None) -> None:
         self.now = now or timezone.now()
-        self.month = month_start(self.now)
+        self.month = month_of(self.now)
         self.tenants = {t.pk: t for t in Tenant.objects.only("slug", "regions")}
         self.gpu_types = dict(Pool.objects.values_list("gpu_type_id", "gpu_type__slug").distinct())
         self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.select_related("gpu_type")}
@@ -327,7 +327,7 @@ class MoneyBudgets:
         self.hooks = import_module(settings.FACTORY_BILLING_HOOKS) if budgets else None
         if not budgets:
             return
-        spent = self.hooks.money_spent(list(budgets), month)
+        spent = self.hooks.money_spent({t: b.currency for t, b in budgets.items()}, month)
         held: dict[int, Decimal] = defaultdict(Decimal)
         open_rows = Reservation.objects.open().filter(tenant_id__in=list(budgets), month=month)
         for tenant_id, gpu_type_id, gpu_hours in open_rows.values_list(
@@ -489,34 +489,6 @@ def preempt(job_ids: list[int]) -> list[tuple[int, int, int, int]]:
         )
         done.append((victim.pk, victim.gpu_count, victim.tenant_id, victim.owner_id))
     return done
-
-
-def settle_released() -> int:
-    """Settle every reservation whose job attempt no longer holds GPUs: the real GPU-hours replace
-    the reservation (the rest is refunded). Conditional, so each is settled exactly once."""
-    stale = (
-        Reservation.objects.open()
-        .filter(~models.Q(job__state__in=HOLDING_STATES) | ~models.Q(job__attempt=models.F("attempt")))
-        .select_related("job")
-    )
-    settled = 0
-    for reservation in stale:
-        job = reservation.job
-        same_attempt = job.attempt == reservation.attempt
-        used = (
-            gpu_hours_between(reservation.gpus, job.started_at, job.ended_at) if same_attempt else Decimal(0)
-        )
-        settled += Reservation.objects.filter(pk=reservation.pk, settled_at__isnull=True).update(
-            used_gpu_hours=used, settled_at=timezone.now()
-        )
-    return settled
-
-
-def gpu_hours_between(gpus: int, start: datetime | None, end: datetime | None) -> Decimal:
-    if start is None or end is None or end <= start:
-        return Decimal(0)
-    hours = Decimal((end - start).total_seconds()) / Decimal(3600)
-    return (gpus * hours).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
 
 
 def explain_waits(reasons: dict[int, str], batch: int = 5000) -> None:

@@ -4,7 +4,6 @@ them, and the audit log of every change an admin makes."""
 from __future__ import annotations
 
 import re
-from datetime import date
 from decimal import Decimal
 
 from django.conf import settings
@@ -17,11 +16,6 @@ from factory.models import GpuType, Tenant
 from jobs.models import Job
 
 from .querysets import BudgetQuerySet, QuotaQuerySet, ReservationQuerySet
-
-
-def month_start(moment=None) -> date:
-    moment = moment or timezone.now()
-    return date(moment.year, moment.month, 1)
 
 
 class Quota(models.Model):

@@ -17,7 +17,7 @@ def readmit(sender, **kwargs) -> None:
 
 def settle(sender, **kwargs) -> None:
     """A job stopped holding GPUs: replace its reservation by what it really used."""
-    from .admission import settle_released
+    from .settlement import settle_released
 
     settle_released()
 

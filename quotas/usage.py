@@ -10,10 +10,11 @@ from decimal import Decimal
 from django.db import models
 from django.db.models.functions import Coalesce, TruncDate
 
+from factory.months import month_of
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
 
-from .models import Budget, Quota, Reservation, month_start
+from .models import Budget, Quota, Reservation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,7 @@ class BudgetBurn:
 
 
 def budget_burn(tenant, today: date | None = None) -> BudgetBurn:
-    month = month_start() if today is None else today.replace(day=1)
+    month = month_of(today)
     budget = Budget.objects.filter(tenant=tenant).first()
     reservations = Reservation.objects.filter(tenant=tenant, month=month)
     used = reservations.gpu_hours_by_tenant(month).get(tenant.pk, Decimal(0))

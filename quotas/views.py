@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import calendar
-from datetime import date
-
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -12,6 +9,7 @@ from django.utils.cache import patch_vary_headers
 
 from factory.choices import Role
 from factory.models import Tenant
+from factory.months import days_in, month_of
 
 from .editing import save_audited
 from .forms import BudgetForm, PriorityLimitForm, QuotaForm, QuotaLimitsForm
@@ -114,8 +112,7 @@ def my_dashboard(request: HttpRequest) -> HttpResponse:
 
 def burn_chart(burn, width: int = 600, height: int = 160) -> dict:
     """Points of a server-rendered SVG: cumulative GPU-hours per day of the month against the budget."""
-    first = burn.daily[0][0] if burn.daily else date.today().replace(day=1)
-    days_in_month = calendar.monthrange(first.year, first.month)[1]
+    days_in_month = days_in(burn.daily[0][0] if burn.daily else month_of())
     top = max([burn.budget or 0, *(hours for _, hours in burn.daily), 1])
     step = width / (days_in_month - 1)
 

@@ -1,16 +1,15 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import viewsets
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from factory.api.viewsets import ScopedReadOnlyViewSet
+from factory.api.viewsets import GLOBAL, ScopedModelViewSet, ScopedReadOnlyViewSet
+from factory.months import parse_month
 
 from .. import reports
-from ..forms import parse_month
 from ..models import RateCard, UsageRecord
 from ..permissions import IsFinance
 from ..views import EXPORT_FORMATS, export_response
@@ -50,9 +49,10 @@ class ChargebackView(APIView):
         return super().perform_content_negotiation(request, force=True)
 
 
-class RateCardViewSet(viewsets.ModelViewSet):
+class RateCardViewSet(ScopedModelViewSet):
     """Prices. Finance and platform admins set them; a change never rewrites past charges."""
 
+    scoping = GLOBAL
     queryset = RateCard.objects.select_related("gpu_type", "cluster")
     serializer_class = RateCardSerializer
     permission_classes = [IsFinance]

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from rest_framework import mixins, permissions, viewsets
+from rest_framework import permissions
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.throttling import ScopedRateThrottle
 
@@ -10,7 +10,7 @@ from factory.models import Cluster, GpuType, Membership, Tenant
 
 from .permissions import IsStaffOrReadOnly
 from .serializers import ClusterSerializer, GpuTypeSerializer, MembershipSerializer, TenantSerializer
-from .viewsets import ScopedModelViewSet
+from .viewsets import GLOBAL, ScopedModelViewSet
 
 
 class TokenView(ObtainAuthToken):
@@ -39,15 +39,8 @@ class IsTenantAdmin(permissions.BasePermission):
         return user.is_staff or view.tenant.memberships.filter(user=user, role=Role.ADMIN).exists()
 
 
-class MembershipViewSet(
-    mixins.ListModelMixin,
-    mixins.CreateModelMixin,
-    mixins.UpdateModelMixin,
-    mixins.DestroyModelMixin,
-    mixins.RetrieveModelMixin,
-    viewsets.GenericViewSet,
-):
-    queryset = Membership.objects.none()  # narrowed per tenant in get_queryset
+class MembershipViewSet(ScopedModelViewSet):
+    queryset = Membership.objects.select_related("user")  # and narrowed to the tenant of the URL
     serializer_class = MembershipSerializer
     permission_classes = [permissions.IsAuthenticated, IsTenantAdmin]
     lookup_field = "user__username"
@@ -65,8 +58,8 @@ class MembershipViewSet(
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no tenant
-            return self.queryset
-        return Membership.objects.filter(tenant=self.tenant).select_related("user")
+            return self.queryset.none()
+        return super().get_queryset().filter(tenant=self.tenant)
 
     def get_serializer_context(self):
         return {**super().get_serializer_context(), "tenant": self.tenant}
@@ -76,6 +69,7 @@ class MembershipViewSet(
 
 
 class GpuTypeViewSet(ScopedModelViewSet):
+    scoping = GLOBAL
     queryset = GpuType.objects.all()
     serializer_class = GpuTypeSerializer
     permission_classes = [IsStaffOrReadOnly]
@@ -84,6 +78,7 @@ class GpuTypeViewSet(ScopedModelViewSet):
 
 
 class ClusterViewSet(ScopedModelViewSet):
+    scoping = GLOBAL
     queryset = Cluster.objects.prefetch_related("pools__gpu_type")
     serializer_class = ClusterSerializer
     permission_classes = [IsStaffOrReadOnly]

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
+from billing import metering
 from billing.models import GridIntensity, RateCard
 from tests.support import admit
 
@@ -22,8 +24,28 @@ def prices(h100, a100, cluster):
     ]
 
 
+@pytest.fixture
+def a100_in_dollars(prices, cluster, a100):
+    """The local cluster's own a100 price, billed in another currency than the rest."""
+    return RateCard.objects.create(
+        gpu_type=a100,
+        cluster=cluster,
+        currency="USD",
+        price_per_gpu_hour=Decimal("10.00"),
+        effective_from=date(2026, 1, 1),
+    )
+
+
 def at(*args) -> datetime:
     return datetime(*args, tzinfo=UTC)
+
+
+def run_now(ran, hours: float, **spec):
+    """A job that ended a minute ago after `hours`, metered into the ledger."""
+    end = timezone.now() - timedelta(minutes=1)
+    job = ran(end - timedelta(hours=hours), end, **spec)
+    metering.meter_release(job.pk, 0, job.cluster_id, job.started_at, job.ended_at, False)
+    return job
 
 
 @pytest.fixture

@@ -7,20 +7,14 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from billing import metering
 from billing.alerts import check_budget_alerts
 from billing.models import BudgetAlert
 from quotas.models import Budget
 from tests.support import admit
 
+from .conftest import run_now
+
 pytestmark = pytest.mark.django_db
-
-
-def run_now(ran, hours: float, **spec):
-    end = timezone.now() - timedelta(minutes=1)
-    job = ran(end - timedelta(hours=hours), end, **spec)
-    metering.meter_release(job.pk, 0, job.cluster_id, job.started_at, job.ended_at, False)
-    return job
 
 
 def test_dashboard_shows_spend_this_month_and_gpu_hours_per_day(client, owner, tenant, prices, ran, quotas):
@@ -31,6 +25,21 @@ def test_dashboard_shows_spend_this_month_and_gpu_hours_per_day(client, owner, t
     assert '<strong id="spend-amount">10.00 EUR</strong>' in page
     assert "of a 100.00 EUR budget (10.0%)" in page
     assert "GPU-h h100</title>" in page  # a bar of the daily chart
+
+
+def test_spend_against_a_budget_counts_only_the_budgets_currency(
+    client, owner, tenant, tenant_admin, a100, a100_in_dollars, ran
+):
+    tenant_admin.email = "lab-admin@example.org"
+    tenant_admin.save()
+    Budget.objects.create(tenant=tenant, amount_per_month=Decimal("100"), currency="EUR")
+    run_now(ran, 2, gpu_count=2)  # 4 GPU-h × 2.50 = 10.00 EUR
+    run_now(ran, 2, gpu_count=4, gpu_type=a100)  # 8 GPU-h × 10.00 = 80.00 USD: not the budget's money
+    assert check_budget_alerts() == 0
+    client.force_login(owner)
+    page = client.get("/tenants/demo-lab/").content.decode()
+    assert '<strong id="spend-amount">10.00 EUR</strong>' in page
+    assert "of a 100.00 EUR budget (10.0%)" in page
 
 
 def test_job_page_shows_live_cost_while_running_and_the_bill_after(client, owner, prices, make_job, cluster):

@@ -4,7 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from quotas.models import Budget, Quota, QuotaChange, Reservation, month_start
+from factory.months import month_of
+from quotas.models import Budget, Quota, QuotaChange, Reservation
 from tests.support import admit
 
 pytestmark = pytest.mark.django_db
@@ -98,7 +99,7 @@ def test_member_dashboard_shows_quota_and_budget_burn(client, owner, tenant, quo
         tenant=tenant,
         gpu_type=job.gpu_type,
         gpus=1,
-        month=month_start(),
+        month=month_of(),
         reserved_gpu_hours=Decimal("25"),
     )
     client.force_login(owner)
