@@ -9,12 +9,17 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import enum
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 LOG_CHUNK_BYTES = 64 * 1024
+# A job's environment variable names: jobs' validators refuse others at submission, and every
+# adapter checks again, since a backend's shell would misread them.
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENV_NAME = re.compile(ENV_NAME_PATTERN)
 
 
 class BackendError(Exception):
@@ -77,6 +82,21 @@ def dispatch_key(job) -> str:
     """The name a backend knows this submission of the job by: the uid, plus the attempt number
     when the job was requeued (a preempted job's old backend job must not be found again)."""
     return getattr(job, "dispatch_key", None) or str(job.uid)
+
+
+def job_env(job) -> dict[str, str]:
+    """The environment a backend gives the job: its own variables in name order, then the
+    portal's, which the job's cannot override."""
+    env = {}
+    for name, value in sorted((job.env or {}).items()):
+        if not ENV_NAME.fullmatch(name):
+            raise JobRejected(f"{name!r} is not a valid environment variable name")
+        if not isinstance(value, str):
+            raise JobRejected(f"the value of environment variable {name} is not a string")
+        env[name] = value
+    env["FACTORY_JOB_UID"] = str(job.uid)
+    env["FACTORY_JOB_NAME"] = str(job.name)
+    return env
 
 
 def read_log_file(path: Path, offset: int, *, finished: bool) -> LogChunk:

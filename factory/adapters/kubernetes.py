@@ -50,6 +50,7 @@ from .base import (
     PoolHealth,
     StatusReport,
     dispatch_key,
+    job_env,
     log_chunk,
 )
 
@@ -72,7 +73,6 @@ JOB_NAME_PREFIX = "aif-"
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 NAMESPACE_PREFIX = re.compile(r"^([a-z0-9][-a-z0-9]{0,29})?$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 # What the create calls judge themselves: the request's fault, so the job is refused.
 CLIENT_ERRORS = frozenset(range(400, 500)) - {401, 403, 429}
@@ -357,7 +357,7 @@ class KubernetesAdapter(Adapter):
                     "image": image,
                     # The command is a shell script by definition: one argument, never spliced.
                     "command": ["/bin/sh", "-c", job.command],
-                    "env": self.env(job),
+                    "env": [{"name": name, "value": value} for name, value in job_env(job).items()],
                     # Requests equal limits: extended resources (GPUs) must, and the job gets
                     # exactly what quota admission reserved for it.
                     "resources": {"requests": resources, "limits": dict(resources)},
@@ -398,17 +398,6 @@ class KubernetesAdapter(Adapter):
         ):
             raise JobRejected(f"the node selector of pool {pool} must map label names to values")
         return dict(selector)
-
-    @staticmethod
-    def env(job) -> list[dict[str, str]]:
-        env = []
-        for name, value in sorted((job.env or {}).items()):
-            if not ENV_NAME.fullmatch(name):
-                raise JobRejected(f"{name!r} is not a valid environment variable name")
-            env.append({"name": name, "value": str(value)})
-        env.append({"name": "FACTORY_JOB_UID", "value": str(job.uid)})
-        env.append({"name": "FACTORY_JOB_NAME", "value": job.name})
-        return env
 
     # --- talking to the API server --------------------------------------------------------------
 

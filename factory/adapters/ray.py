@@ -53,12 +53,12 @@ from .base import (
     LogChunk,
     PoolHealth,
     StatusReport,
+    job_env,
 )
 
 log = logging.getLogger(__name__)
 
 SUBMISSION_PREFIX = "aif-"
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 ACCELERATOR_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ACCELERATOR_RESOURCE = "accelerator_type:"
@@ -285,7 +285,7 @@ class RayAdapter(Adapter):
     # --- building the submission ----------------------------------------------------------------
 
     def submission(self, job) -> dict[str, Any]:
-        env = self.job_env(job)
+        env = job_env(job)
         body: dict[str, Any] = {
             "submission_id": self.submission_id(job),
             "entrypoint": entrypoint(job.command, env),
@@ -304,17 +304,6 @@ class RayAdapter(Adapter):
         if accelerator:
             body["entrypoint_resources"] = {ACCELERATOR_RESOURCE + accelerator: ACCELERATOR_SHARE}
         return body
-
-    @staticmethod
-    def job_env(job) -> dict[str, str]:
-        env = {}
-        for name, value in sorted((job.env or {}).items()):
-            if not ENV_NAME.fullmatch(name) or not isinstance(value, str):
-                raise JobRejected(f"{name!r} is not a valid environment variable")
-            env[name] = value
-        env["FACTORY_JOB_UID"] = str(job.uid)
-        env["FACTORY_JOB_NAME"] = str(job.name)
-        return env
 
     def accelerator_for(self, job) -> str | None:
         """The Ray accelerator type that pins the job to its GPU model, if the cluster maps them."""

@@ -42,6 +42,7 @@ from .base import (
     PoolHealth,
     StatusReport,
     dispatch_key,
+    job_env,
     read_log_file,
 )
 
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 JOB_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 COMMENT_PREFIX = "aif:"
 CONFIG_CACHE_SECONDS = 300
 _CONFIG: dict[str, tuple[dict[str, str], float]] = {}
@@ -339,17 +339,8 @@ class SlurmAdapter(Adapter):
         """The script sbatch reads on stdin. Its first lines are commands, so sbatch stops looking
         for #SBATCH directives before the user's command, which it never parses as options."""
         lines = ["#!/bin/bash", f"export PATH={JOB_PATH}"]
-        for name, value in sorted((job.env or {}).items()):
-            if not ENV_NAME.fullmatch(name):
-                raise JobRejected(f"{name!r} is not a valid environment variable name")
-            lines.append(f"export {name}={shlex.quote(value)}")
-        lines += [
-            f"export FACTORY_JOB_UID={shlex.quote(str(job.uid))}",
-            f"export FACTORY_JOB_NAME={shlex.quote(job.name)}",
-            "",
-            job.command,
-            "",
-        ]
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in job_env(job).items()]
+        lines += ["", job.command, ""]
         return "\n".join(lines)
 
     # --- reading state --------------------------------------------------------------------------
