@@ -112,15 +112,22 @@ def read_log_file(path: Path, offset: int, *, finished: bool) -> LogChunk:
     return log_chunk(data, offset, finished=finished)
 
 
-def log_chunk(data: bytes, offset: int, *, finished: bool) -> LogChunk:
-    """The chunk of a log made of `data`, the bytes read from `offset` on (at most LOG_CHUNK_BYTES
-    of them), never splitting a UTF-8 character; for backends that fetch log bytes themselves."""
-    data = data[:LOG_CHUNK_BYTES]
+def log_chunk(data: bytes, offset: int, *, finished: bool, whole: bool = False) -> LogChunk:
+    """The chunk of a log at `offset` made of `data`, the log's bytes from there on: up to
+    LOG_CHUNK_BYTES of them, never splitting a UTF-8 character. `whole` says `data` runs to the
+    end of the log; otherwise it may be a read cut off at LOG_CHUNK_BYTES, and a full chunk
+    cannot be known to be the last."""
+    chunk = data[:LOG_CHUNK_BYTES]
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    text = decoder.decode(data, final=False)
-    used = len(data) - len(decoder.getstate()[0])
-    complete = finished and len(data) < LOG_CHUNK_BYTES and used == len(data)
+    text = decoder.decode(chunk, final=False)
+    used = len(chunk) - len(decoder.getstate()[0])
+    complete = finished and used == len(data) and (whole or used < LOG_CHUNK_BYTES)
     return LogChunk(text=text, next_offset=offset + used, complete=complete)
+
+
+def slice_log(log: bytes, offset: int, *, finished: bool) -> LogChunk:
+    """The chunk at `offset` of a log held whole, for backends that answer with all of it."""
+    return log_chunk(log[offset:], offset, finished=finished, whole=True)
 
 
 @dataclasses.dataclass(frozen=True)

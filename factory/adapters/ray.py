@@ -26,7 +26,6 @@ JobSubmissionClient wraps the same endpoints and would bring all of Ray (and aio
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import http.client
 import json
@@ -42,7 +41,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .base import (
-    LOG_CHUNK_BYTES,
     Adapter,
     BackendError,
     BackendState,
@@ -54,6 +52,7 @@ from .base import (
     PoolHealth,
     StatusReport,
     job_env,
+    slice_log,
 )
 
 log = logging.getLogger(__name__)
@@ -388,16 +387,6 @@ def entrypoint(command: str, env: dict[str, str]) -> str:
     Ray would expand (`$NAME`) are exported verbatim ahead of the command."""
     exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items() if "$" in value)
     return "bash -c " + shlex.quote(exports + command)
-
-
-def slice_log(data: bytes, offset: int, *, finished: bool) -> LogChunk:
-    """Up to LOG_CHUNK_BYTES of a log from a byte offset, never splitting a UTF-8 character."""
-    chunk = data[offset : offset + LOG_CHUNK_BYTES]
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    text = decoder.decode(chunk, final=False)
-    used = len(chunk) - len(decoder.getstate()[0])
-    complete = finished and offset + used >= len(data)
-    return LogChunk(text=text, next_offset=offset + used, complete=complete)
 
 
 def _raise_for_status(reply: Reply, doing: str) -> None:
