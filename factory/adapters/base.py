@@ -13,7 +13,10 @@ import re
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 LOG_CHUNK_BYTES = 64 * 1024
 # A job's environment variable names: jobs' validators refuse others at submission, and every
@@ -147,48 +150,11 @@ class Health:
         return dataclasses.asdict(self)
 
 
-@dataclasses.dataclass(frozen=True)
-class Connection:
-    """Connection settings of a cluster kind; subclasses add typed fields."""
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> Connection:
-        if not isinstance(data, dict):
-            raise ValueError("Connection settings must be an object.")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"Unknown connection setting(s): {', '.join(unknown)}.")
-        for name, field in fields.items():
-            if name in data and not isinstance(data[name], _field_types(field)):
-                raise ValueError(f"Connection setting {name!r} has the wrong type.")
-            missing_default = (
-                field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-            )
-            if missing_default and name not in data:
-                raise ValueError(f"Connection setting {name!r} is required.")
-        return cls(**data)
-
-
-def _field_types(field: dataclasses.Field) -> tuple[type, ...]:
-    annotation = str(field.type)
-    mapping = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}
-    types: list[type] = []
-    for part in annotation.replace(" ", "").split("|"):
-        base = part.split("[", 1)[0]
-        if base == "None":
-            types.append(type(None))
-        elif base in mapping:
-            found = mapping[base]
-            types.extend(found if isinstance(found, tuple) else (found,))
-    return tuple(types) or (object,)
-
-
 class Adapter:
     """One cluster's backend. Subclasses set `kind` and `connection_class` and implement the verbs."""
 
     kind: ClassVar[str]
-    connection_class: ClassVar[type[Connection]] = Connection
+    connection_class: ClassVar[type[Connection]]
     _pools: dict[int, Any] | None = None
 
     def __init__(self, cluster) -> None:

@@ -43,7 +43,6 @@ from .base import (
     BackendError,
     BackendState,
     BackendUnavailable,
-    Connection,
     Health,
     JobRejected,
     LogChunk,
@@ -53,6 +52,7 @@ from .base import (
     job_env,
     log_chunk,
 )
+from .connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,9 @@ POD_WAITING = "waiting for its pod to start (scheduling, image pull)"
 GONE = "the Job is gone from the cluster (deleted, or removed after its ttlSecondsAfterFinished)"
 
 
-@dataclasses.dataclass(frozen=True)
 class KubernetesConnection(Connection):
-    kubeconfig: str | None = None  # the kubeconfig YAML itself; write-only, never shown back
+    # The kubeconfig YAML itself; write-only, never shown back.
+    kubeconfig: str | None = pydantic.Field(default=None, repr=False)
     context: str | None = None  # a context of that kubeconfig; its current-context by default
     in_cluster: bool = False  # use the service account of the pod the portal runs in
     namespace_prefix: str = "aif-"  # a tenant's namespace is this prefix + the tenant's slug
@@ -110,28 +110,46 @@ class KubernetesConnection(Connection):
     verify_ssl: bool = True  # False skips TLS verification of the API server (test clusters only)
     request_timeout: float = 30.0  # seconds per API request
 
+    @pydantic.field_validator("namespace_prefix")
     @classmethod
-    def parse(cls, data: dict[str, Any]) -> KubernetesConnection:
-        conn = super().parse(data)
-        if bool(conn.kubeconfig) == conn.in_cluster:
-            raise ValueError("Give either 'kubeconfig' (the YAML text) or 'in_cluster': true.")
-        if conn.kubeconfig:
-            conn.config_dict()
-        elif conn.context:
-            raise ValueError("'context' needs a 'kubeconfig'.")
-        if not NAMESPACE_PREFIX.fullmatch(conn.namespace_prefix):
+    def _namespace_prefix(cls, prefix: str) -> str:
+        if not NAMESPACE_PREFIX.fullmatch(prefix):
             raise ValueError(
                 "Connection setting 'namespace_prefix' may use up to 30 lowercase letters, digits and "
                 "hyphens, starting with a letter or digit."
             )
-        ttl = conn.ttl_seconds_after_finished
-        if isinstance(ttl, bool) or ttl < 0:
+        return prefix
+
+    @pydantic.field_validator("ttl_seconds_after_finished")
+    @classmethod
+    def _not_negative(cls, ttl: int) -> int:
+        if ttl < 0:
             raise ValueError("Connection setting 'ttl_seconds_after_finished' must be 0 or more seconds.")
-        if conn.kueue_queue is not None and not DNS_LABEL.fullmatch(conn.kueue_queue):
+        return ttl
+
+    @pydantic.field_validator("kueue_queue")
+    @classmethod
+    def _local_queue(cls, queue: str | None) -> str | None:
+        if queue is not None and not DNS_LABEL.fullmatch(queue):
             raise ValueError("Connection setting 'kueue_queue' must be a Kueue LocalQueue name.")
-        if conn.request_timeout <= 0:
+        return queue
+
+    @pydantic.field_validator("request_timeout")
+    @classmethod
+    def _positive(cls, timeout: float) -> float:
+        if timeout <= 0:
             raise ValueError("Connection setting 'request_timeout' must be positive.")
-        return conn
+        return timeout
+
+    @pydantic.model_validator(mode="after")
+    def _one_way_in(self) -> KubernetesConnection:
+        if bool(self.kubeconfig) == self.in_cluster:
+            raise ValueError("Give either 'kubeconfig' (the YAML text) or 'in_cluster': true.")
+        if self.kubeconfig:
+            self.config_dict()
+        elif self.context:
+            raise ValueError("'context' needs a 'kubeconfig'.")
+        return self
 
     def config_dict(self) -> dict[str, Any]:
         """The kubeconfig as a dict. Errors name where it is wrong, never what it holds."""

@@ -40,12 +40,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pydantic
+
 from .base import (
     Adapter,
     BackendError,
     BackendState,
     BackendUnavailable,
-    Connection,
     Health,
     JobRejected,
     LogChunk,
@@ -54,6 +55,7 @@ from .base import (
     job_env,
     slice_log,
 )
+from .connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -95,40 +97,55 @@ AGENT_REFUSAL = re.compile(r"Request failed with status code 4\d\d")
 EXIT_CODE_IN_MESSAGE = re.compile(r"exit code (-?\d+)")
 
 
-@dataclasses.dataclass(frozen=True)
 class RayConnection(Connection):
     address: str  # the head's dashboard, e.g. http://ray-head:8265
-    token: str | None = dataclasses.field(default=None, repr=False)  # Ray token auth (bearer)
-    headers: dict | None = dataclasses.field(default=None, repr=False)  # e.g. for a proxy in front
+    token: str | None = pydantic.Field(default=None, repr=False)  # Ray token auth (bearer)
+    headers: dict | None = pydantic.Field(default=None, repr=False)  # e.g. for a proxy in front
     timeout: float = 10.0
     # Pool GPU type → Ray accelerator type ({"h100": "H100"}) for clusters with several GPU models;
     # without it all of Ray's GPUs belong to the cluster's one pool.
     accelerator_types: dict | None = None
 
+    @pydantic.field_validator("address")
     @classmethod
-    def parse(cls, data):
-        conn = super().parse(data)
-        _check_address(conn.address)
-        for name, value in (conn.headers or {}).items():
+    def _http_url(cls, address: str) -> str:
+        parts = urllib.parse.urlsplit(address)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("Connection setting 'address' must be an http:// or https:// URL.")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            # Credentials belong in `token`, which is never shown back; a URL is shown in messages.
+            raise ValueError("Connection setting 'address' takes no credentials, query or fragment.")
+        return address
+
+    @pydantic.field_validator("token")
+    @classmethod
+    def _single_line(cls, token: str | None) -> str | None:
+        if token is not None and (not token or _has_line_break(token)):
+            raise ValueError("Connection setting 'token' must be a non-empty single line.")
+        return token
+
+    @pydantic.field_validator("headers")
+    @classmethod
+    def _http_headers(cls, headers: dict | None) -> dict | None:
+        for name, value in (headers or {}).items():
             if not HEADER_NAME.fullmatch(name) or not isinstance(value, str) or _has_line_break(value):
                 raise ValueError(f"Connection header {name!r} is not a valid HTTP header.")
-        if conn.token is not None and (not conn.token or _has_line_break(conn.token)):
-            raise ValueError("Connection setting 'token' must be a non-empty single line.")
-        if conn.timeout <= 0:
+        return headers
+
+    @pydantic.field_validator("timeout")
+    @classmethod
+    def _positive(cls, timeout: float) -> float:
+        if timeout <= 0:
             raise ValueError("Connection setting 'timeout' must be positive.")
-        for gpu_type, accelerator in (conn.accelerator_types or {}).items():
+        return timeout
+
+    @pydantic.field_validator("accelerator_types")
+    @classmethod
+    def _accelerator_names(cls, mapping: dict | None) -> dict | None:
+        for gpu_type, accelerator in (mapping or {}).items():
             if not isinstance(accelerator, str) or not ACCELERATOR_NAME.fullmatch(accelerator):
                 raise ValueError(f"Accelerator type for {gpu_type!r} must be a name like 'H100'.")
-        return conn
-
-
-def _check_address(address: str) -> None:
-    parts = urllib.parse.urlsplit(address)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("Connection setting 'address' must be an http:// or https:// URL.")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        # Credentials belong in `token`, which is never shown back; a URL is shown in messages.
-        raise ValueError("Connection setting 'address' takes no credentials, query or fragment.")
+        return mapping
 
 
 def _has_line_break(text: str) -> bool:

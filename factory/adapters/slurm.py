@@ -14,7 +14,6 @@ as the body of a batch script whose environment values are shell-quoted.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pydantic
 from django.conf import settings
 
 from .base import (
@@ -34,7 +34,6 @@ from .base import (
     BackendError,
     BackendState,
     BackendUnavailable,
-    Connection,
     GpuLimit,
     Health,
     JobRejected,
@@ -45,6 +44,7 @@ from .base import (
     job_env,
     read_log_file,
 )
+from .connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,6 @@ REFUSED = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
 class SlurmConnection(Connection):
     job_root: str | None = None  # per-job directories, on storage the compute nodes share
     default_partition: str | None = None  # used when a pool names no partition
@@ -165,22 +164,24 @@ class SlurmConnection(Connection):
     bin_dir: str | None = None  # where sbatch & co. live, if not on PATH
     command_timeout: float = 30.0
 
+    @pydantic.field_validator("default_partition", "account_prefix")
     @classmethod
-    def parse(cls, data):
-        conn = super().parse(data)
-        for name in ("default_partition", "account_prefix"):
-            value = getattr(conn, name)
-            if (
-                value
-                and not SAFE_TOKEN.fullmatch(value)
-                and not (name == "account_prefix" and value.isalnum())
-            ):
-                raise ValueError(f"Connection setting {name!r} may use only letters, digits, '.', '_', '-'.")
+    def _slurm_name(cls, value: str | None, info: pydantic.ValidationInfo) -> str | None:
+        exempt = info.field_name == "account_prefix" and value.isalnum()
+        if value and not exempt and not SAFE_TOKEN.fullmatch(value):
+            raise ValueError(
+                f"Connection setting {info.field_name!r} may use only letters, digits, '.', '_', '-'."
+            )
+        return value
+
+    @pydantic.field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, timezone: str) -> str:
         try:
-            ZoneInfo(conn.timezone)
+            ZoneInfo(timezone)
         except Exception:
-            raise ValueError(f"Unknown time zone {conn.timezone!r}.") from None
-        return conn
+            raise ValueError(f"Unknown time zone {timezone!r}.") from None
+        return timezone
 
 
 class SlurmAdapter(Adapter):
