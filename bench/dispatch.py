@@ -31,7 +31,7 @@ timed until the last is `submitted`; the other half are plain `sbatch --parsable
 calls in a serial loop, the baseline (`ratio` = portal / sbatch jobs per second). The bench's tenant
 gets its own Slurm account with GrpJobs=0, so its jobs queue but never take a GPU; the sync then
 covers all of them (the held ones as submitted jobs with their real ids), calls counted at
-SlurmAdapter._exec. Every Slurm job it made is cancelled by id at the end, and the account deleted.
+SlurmCLI.execute. Every Slurm job it made is cancelled by id at the end, and the account deleted.
 It uses its own database (`factory_bench_dispatch_slurm`).
 
 The last line printed is one JSON object.
@@ -732,30 +732,30 @@ def cpu_ms_per_job(before: dict[str, float], after: dict[str, float], count: int
 
 
 class SlurmCalls:
-    """Counts the adapter's Slurm CLI calls (SlurmAdapter._exec) and the time spent in them."""
+    """Counts the adapter's Slurm CLI calls (SlurmCLI.execute) and the time spent in them."""
 
     def __enter__(self) -> SlurmCalls:
-        from factory.adapters.slurm import SlurmAdapter
+        from factory.adapters.slurm.cli import SlurmCLI
 
         self.tools: list[str] = []
         self.seconds = 0.0
-        self.adapter_class = SlurmAdapter
-        self.original = SlurmAdapter._exec
+        self.cli_class = SlurmCLI
+        self.original = SlurmCLI.execute
         counter = self
 
-        def _exec(adapter, argv, *, stdin=None):
+        def execute(cli, argv, *, stdin=None):
             started = time.perf_counter()
             try:
-                return counter.original(adapter, argv, stdin=stdin)
+                return counter.original(cli, argv, stdin=stdin)
             finally:
                 counter.tools.append(" ".join(argv[:3]) if argv[0] == "scontrol" else argv[0])
                 counter.seconds += time.perf_counter() - started
 
-        SlurmAdapter._exec = _exec
+        SlurmCLI.execute = execute
         return self
 
     def __exit__(self, *exc) -> None:
-        self.adapter_class._exec = self.original
+        self.cli_class.execute = self.original
 
     def calls(self) -> int:
         return len(self.tools)

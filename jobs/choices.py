@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from django.db import models
 
+# Said where the adapters, which check it again before a job reaches a backend, can see it.
+from factory.adapters.base import ENV_NAME_PATTERN as ENV_NAME_PATTERN
+
 
 class JobState(models.TextChoices):
     PENDING = "pending", "Pending"
@@ -63,7 +66,6 @@ class EventKind(models.TextChoices):
 
 # Limits of a job spec, checked by the form and the API alike.
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 MAX_COMMAND_BYTES = 64 * 1024
 MIN_TIME_LIMIT_MINUTES = 1
 MAX_TIME_LIMIT_MINUTES = 14 * 24 * 60

@@ -9,12 +9,20 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import enum
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 LOG_CHUNK_BYTES = 64 * 1024
+# A job's environment variable names: jobs' validators refuse others at submission, and every
+# adapter checks again, since a backend's shell would misread them.
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENV_NAME = re.compile(ENV_NAME_PATTERN)
 
 
 class BackendError(Exception):
@@ -79,6 +87,21 @@ def dispatch_key(job) -> str:
     return getattr(job, "dispatch_key", None) or str(job.uid)
 
 
+def job_env(job) -> dict[str, str]:
+    """The environment a backend gives the job: its own variables in name order, then the
+    portal's, which the job's cannot override."""
+    env = {}
+    for name, value in sorted((job.env or {}).items()):
+        if not ENV_NAME.fullmatch(name):
+            raise JobRejected(f"{name!r} is not a valid environment variable name")
+        if not isinstance(value, str):
+            raise JobRejected(f"the value of environment variable {name} is not a string")
+        env[name] = value
+    env["FACTORY_JOB_UID"] = str(job.uid)
+    env["FACTORY_JOB_NAME"] = str(job.name)
+    return env
+
+
 def read_log_file(path: Path, offset: int, *, finished: bool) -> LogChunk:
     """Up to LOG_CHUNK_BYTES of a log file from a byte offset, never splitting a UTF-8 character.
     `finished` says the writer is done, so reaching the end means the log is complete."""
@@ -92,15 +115,22 @@ def read_log_file(path: Path, offset: int, *, finished: bool) -> LogChunk:
     return log_chunk(data, offset, finished=finished)
 
 
-def log_chunk(data: bytes, offset: int, *, finished: bool) -> LogChunk:
-    """The chunk of a log made of `data`, the bytes read from `offset` on (at most LOG_CHUNK_BYTES
-    of them), never splitting a UTF-8 character; for backends that fetch log bytes themselves."""
-    data = data[:LOG_CHUNK_BYTES]
+def log_chunk(data: bytes, offset: int, *, finished: bool, whole: bool = False) -> LogChunk:
+    """The chunk of a log at `offset` made of `data`, the log's bytes from there on: up to
+    LOG_CHUNK_BYTES of them, never splitting a UTF-8 character. `whole` says `data` runs to the
+    end of the log; otherwise it may be a read cut off at LOG_CHUNK_BYTES, and a full chunk
+    cannot be known to be the last."""
+    chunk = data[:LOG_CHUNK_BYTES]
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    text = decoder.decode(data, final=False)
-    used = len(data) - len(decoder.getstate()[0])
-    complete = finished and len(data) < LOG_CHUNK_BYTES and used == len(data)
+    text = decoder.decode(chunk, final=False)
+    used = len(chunk) - len(decoder.getstate()[0])
+    complete = finished and used == len(data) and (whole or used < LOG_CHUNK_BYTES)
     return LogChunk(text=text, next_offset=offset + used, complete=complete)
+
+
+def slice_log(log: bytes, offset: int, *, finished: bool) -> LogChunk:
+    """The chunk at `offset` of a log held whole, for backends that answer with all of it."""
+    return log_chunk(log[offset:], offset, finished=finished, whole=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,48 +150,11 @@ class Health:
         return dataclasses.asdict(self)
 
 
-@dataclasses.dataclass(frozen=True)
-class Connection:
-    """Connection settings of a cluster kind; subclasses add typed fields."""
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> Connection:
-        if not isinstance(data, dict):
-            raise ValueError("Connection settings must be an object.")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"Unknown connection setting(s): {', '.join(unknown)}.")
-        for name, field in fields.items():
-            if name in data and not isinstance(data[name], _field_types(field)):
-                raise ValueError(f"Connection setting {name!r} has the wrong type.")
-            missing_default = (
-                field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-            )
-            if missing_default and name not in data:
-                raise ValueError(f"Connection setting {name!r} is required.")
-        return cls(**data)
-
-
-def _field_types(field: dataclasses.Field) -> tuple[type, ...]:
-    annotation = str(field.type)
-    mapping = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}
-    types: list[type] = []
-    for part in annotation.replace(" ", "").split("|"):
-        base = part.split("[", 1)[0]
-        if base == "None":
-            types.append(type(None))
-        elif base in mapping:
-            found = mapping[base]
-            types.extend(found if isinstance(found, tuple) else (found,))
-    return tuple(types) or (object,)
-
-
 class Adapter:
     """One cluster's backend. Subclasses set `kind` and `connection_class` and implement the verbs."""
 
     kind: ClassVar[str]
-    connection_class: ClassVar[type[Connection]] = Connection
+    connection_class: ClassVar[type[Connection]]
     _pools: dict[int, Any] | None = None
 
     def __init__(self, cluster) -> None:

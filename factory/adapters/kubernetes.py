@@ -43,15 +43,16 @@ from .base import (
     BackendError,
     BackendState,
     BackendUnavailable,
-    Connection,
     Health,
     JobRejected,
     LogChunk,
     PoolHealth,
     StatusReport,
     dispatch_key,
+    job_env,
     log_chunk,
 )
+from .connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,6 @@ JOB_NAME_PREFIX = "aif-"
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 NAMESPACE_PREFIX = re.compile(r"^([a-z0-9][-a-z0-9]{0,29})?$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 # What the create calls judge themselves: the request's fault, so the job is refused.
 CLIENT_ERRORS = frozenset(range(400, 500)) - {401, 403, 429}
@@ -99,9 +99,9 @@ POD_WAITING = "waiting for its pod to start (scheduling, image pull)"
 GONE = "the Job is gone from the cluster (deleted, or removed after its ttlSecondsAfterFinished)"
 
 
-@dataclasses.dataclass(frozen=True)
 class KubernetesConnection(Connection):
-    kubeconfig: str | None = None  # the kubeconfig YAML itself; write-only, never shown back
+    # The kubeconfig YAML itself; write-only, never shown back.
+    kubeconfig: str | None = pydantic.Field(default=None, repr=False)
     context: str | None = None  # a context of that kubeconfig; its current-context by default
     in_cluster: bool = False  # use the service account of the pod the portal runs in
     namespace_prefix: str = "aif-"  # a tenant's namespace is this prefix + the tenant's slug
@@ -110,28 +110,46 @@ class KubernetesConnection(Connection):
     verify_ssl: bool = True  # False skips TLS verification of the API server (test clusters only)
     request_timeout: float = 30.0  # seconds per API request
 
+    @pydantic.field_validator("namespace_prefix")
     @classmethod
-    def parse(cls, data: dict[str, Any]) -> KubernetesConnection:
-        conn = super().parse(data)
-        if bool(conn.kubeconfig) == conn.in_cluster:
-            raise ValueError("Give either 'kubeconfig' (the YAML text) or 'in_cluster': true.")
-        if conn.kubeconfig:
-            conn.config_dict()
-        elif conn.context:
-            raise ValueError("'context' needs a 'kubeconfig'.")
-        if not NAMESPACE_PREFIX.fullmatch(conn.namespace_prefix):
+    def _namespace_prefix(cls, prefix: str) -> str:
+        if not NAMESPACE_PREFIX.fullmatch(prefix):
             raise ValueError(
                 "Connection setting 'namespace_prefix' may use up to 30 lowercase letters, digits and "
                 "hyphens, starting with a letter or digit."
             )
-        ttl = conn.ttl_seconds_after_finished
-        if isinstance(ttl, bool) or ttl < 0:
+        return prefix
+
+    @pydantic.field_validator("ttl_seconds_after_finished")
+    @classmethod
+    def _not_negative(cls, ttl: int) -> int:
+        if ttl < 0:
             raise ValueError("Connection setting 'ttl_seconds_after_finished' must be 0 or more seconds.")
-        if conn.kueue_queue is not None and not DNS_LABEL.fullmatch(conn.kueue_queue):
+        return ttl
+
+    @pydantic.field_validator("kueue_queue")
+    @classmethod
+    def _local_queue(cls, queue: str | None) -> str | None:
+        if queue is not None and not DNS_LABEL.fullmatch(queue):
             raise ValueError("Connection setting 'kueue_queue' must be a Kueue LocalQueue name.")
-        if conn.request_timeout <= 0:
+        return queue
+
+    @pydantic.field_validator("request_timeout")
+    @classmethod
+    def _positive(cls, timeout: float) -> float:
+        if timeout <= 0:
             raise ValueError("Connection setting 'request_timeout' must be positive.")
-        return conn
+        return timeout
+
+    @pydantic.model_validator(mode="after")
+    def _one_way_in(self) -> KubernetesConnection:
+        if bool(self.kubeconfig) == self.in_cluster:
+            raise ValueError("Give either 'kubeconfig' (the YAML text) or 'in_cluster': true.")
+        if self.kubeconfig:
+            self.config_dict()
+        elif self.context:
+            raise ValueError("'context' needs a 'kubeconfig'.")
+        return self
 
     def config_dict(self) -> dict[str, Any]:
         """The kubeconfig as a dict. Errors name where it is wrong, never what it holds."""
@@ -357,7 +375,7 @@ class KubernetesAdapter(Adapter):
                     "image": image,
                     # The command is a shell script by definition: one argument, never spliced.
                     "command": ["/bin/sh", "-c", job.command],
-                    "env": self.env(job),
+                    "env": [{"name": name, "value": value} for name, value in job_env(job).items()],
                     # Requests equal limits: extended resources (GPUs) must, and the job gets
                     # exactly what quota admission reserved for it.
                     "resources": {"requests": resources, "limits": dict(resources)},
@@ -398,17 +416,6 @@ class KubernetesAdapter(Adapter):
         ):
             raise JobRejected(f"the node selector of pool {pool} must map label names to values")
         return dict(selector)
-
-    @staticmethod
-    def env(job) -> list[dict[str, str]]:
-        env = []
-        for name, value in sorted((job.env or {}).items()):
-            if not ENV_NAME.fullmatch(name):
-                raise JobRejected(f"{name!r} is not a valid environment variable name")
-            env.append({"name": name, "value": str(value)})
-        env.append({"name": "FACTORY_JOB_UID", "value": str(job.uid)})
-        env.append({"name": "FACTORY_JOB_NAME", "value": job.name})
-        return env
 
     # --- talking to the API server --------------------------------------------------------------
 

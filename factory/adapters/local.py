@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -20,7 +19,6 @@ from .base import (
     Adapter,
     BackendError,
     BackendState,
-    Connection,
     Health,
     LogChunk,
     PoolHealth,
@@ -28,11 +26,11 @@ from .base import (
     dispatch_key,
     read_log_file,
 )
+from .connection import Connection
 
 DISPATCH_KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(-r[0-9]+)?$")
 
 
-@dataclasses.dataclass(frozen=True)
 class LocalConnection(Connection):
     root: str | None = None  # where job directories live; defaults to FACTORY_LOCAL_BACKEND_ROOT
 

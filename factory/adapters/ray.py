@@ -26,7 +26,6 @@ JobSubmissionClient wraps the same endpoints and would bring all of Ray (and aio
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import http.client
 import json
@@ -41,24 +40,26 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pydantic
+
 from .base import (
-    LOG_CHUNK_BYTES,
     Adapter,
     BackendError,
     BackendState,
     BackendUnavailable,
-    Connection,
     Health,
     JobRejected,
     LogChunk,
     PoolHealth,
     StatusReport,
+    job_env,
+    slice_log,
 )
+from .connection import Connection
 
 log = logging.getLogger(__name__)
 
 SUBMISSION_PREFIX = "aif-"
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 ACCELERATOR_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ACCELERATOR_RESOURCE = "accelerator_type:"
@@ -96,40 +97,55 @@ AGENT_REFUSAL = re.compile(r"Request failed with status code 4\d\d")
 EXIT_CODE_IN_MESSAGE = re.compile(r"exit code (-?\d+)")
 
 
-@dataclasses.dataclass(frozen=True)
 class RayConnection(Connection):
     address: str  # the head's dashboard, e.g. http://ray-head:8265
-    token: str | None = dataclasses.field(default=None, repr=False)  # Ray token auth (bearer)
-    headers: dict | None = dataclasses.field(default=None, repr=False)  # e.g. for a proxy in front
+    token: str | None = pydantic.Field(default=None, repr=False)  # Ray token auth (bearer)
+    headers: dict | None = pydantic.Field(default=None, repr=False)  # e.g. for a proxy in front
     timeout: float = 10.0
     # Pool GPU type → Ray accelerator type ({"h100": "H100"}) for clusters with several GPU models;
     # without it all of Ray's GPUs belong to the cluster's one pool.
     accelerator_types: dict | None = None
 
+    @pydantic.field_validator("address")
     @classmethod
-    def parse(cls, data):
-        conn = super().parse(data)
-        _check_address(conn.address)
-        for name, value in (conn.headers or {}).items():
+    def _http_url(cls, address: str) -> str:
+        parts = urllib.parse.urlsplit(address)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("Connection setting 'address' must be an http:// or https:// URL.")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            # Credentials belong in `token`, which is never shown back; a URL is shown in messages.
+            raise ValueError("Connection setting 'address' takes no credentials, query or fragment.")
+        return address
+
+    @pydantic.field_validator("token")
+    @classmethod
+    def _single_line(cls, token: str | None) -> str | None:
+        if token is not None and (not token or _has_line_break(token)):
+            raise ValueError("Connection setting 'token' must be a non-empty single line.")
+        return token
+
+    @pydantic.field_validator("headers")
+    @classmethod
+    def _http_headers(cls, headers: dict | None) -> dict | None:
+        for name, value in (headers or {}).items():
             if not HEADER_NAME.fullmatch(name) or not isinstance(value, str) or _has_line_break(value):
                 raise ValueError(f"Connection header {name!r} is not a valid HTTP header.")
-        if conn.token is not None and (not conn.token or _has_line_break(conn.token)):
-            raise ValueError("Connection setting 'token' must be a non-empty single line.")
-        if conn.timeout <= 0:
+        return headers
+
+    @pydantic.field_validator("timeout")
+    @classmethod
+    def _positive(cls, timeout: float) -> float:
+        if timeout <= 0:
             raise ValueError("Connection setting 'timeout' must be positive.")
-        for gpu_type, accelerator in (conn.accelerator_types or {}).items():
+        return timeout
+
+    @pydantic.field_validator("accelerator_types")
+    @classmethod
+    def _accelerator_names(cls, mapping: dict | None) -> dict | None:
+        for gpu_type, accelerator in (mapping or {}).items():
             if not isinstance(accelerator, str) or not ACCELERATOR_NAME.fullmatch(accelerator):
                 raise ValueError(f"Accelerator type for {gpu_type!r} must be a name like 'H100'.")
-        return conn
-
-
-def _check_address(address: str) -> None:
-    parts = urllib.parse.urlsplit(address)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("Connection setting 'address' must be an http:// or https:// URL.")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        # Credentials belong in `token`, which is never shown back; a URL is shown in messages.
-        raise ValueError("Connection setting 'address' takes no credentials, query or fragment.")
+        return mapping
 
 
 def _has_line_break(text: str) -> bool:
@@ -285,7 +301,7 @@ class RayAdapter(Adapter):
     # --- building the submission ----------------------------------------------------------------
 
     def submission(self, job) -> dict[str, Any]:
-        env = self.job_env(job)
+        env = job_env(job)
         body: dict[str, Any] = {
             "submission_id": self.submission_id(job),
             "entrypoint": entrypoint(job.command, env),
@@ -304,17 +320,6 @@ class RayAdapter(Adapter):
         if accelerator:
             body["entrypoint_resources"] = {ACCELERATOR_RESOURCE + accelerator: ACCELERATOR_SHARE}
         return body
-
-    @staticmethod
-    def job_env(job) -> dict[str, str]:
-        env = {}
-        for name, value in sorted((job.env or {}).items()):
-            if not ENV_NAME.fullmatch(name) or not isinstance(value, str):
-                raise JobRejected(f"{name!r} is not a valid environment variable")
-            env[name] = value
-        env["FACTORY_JOB_UID"] = str(job.uid)
-        env["FACTORY_JOB_NAME"] = str(job.name)
-        return env
 
     def accelerator_for(self, job) -> str | None:
         """The Ray accelerator type that pins the job to its GPU model, if the cluster maps them."""
@@ -399,16 +404,6 @@ def entrypoint(command: str, env: dict[str, str]) -> str:
     Ray would expand (`$NAME`) are exported verbatim ahead of the command."""
     exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items() if "$" in value)
     return "bash -c " + shlex.quote(exports + command)
-
-
-def slice_log(data: bytes, offset: int, *, finished: bool) -> LogChunk:
-    """Up to LOG_CHUNK_BYTES of a log from a byte offset, never splitting a UTF-8 character."""
-    chunk = data[offset : offset + LOG_CHUNK_BYTES]
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    text = decoder.decode(chunk, final=False)
-    used = len(chunk) - len(decoder.getstate()[0])
-    complete = finished and offset + used >= len(data)
-    return LogChunk(text=text, next_offset=offset + used, complete=complete)
 
 
 def _raise_for_status(reply: Reply, doing: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from factory.adapters import GpuLimit
-from factory.adapters.slurm import _gpu_tres
+from factory.adapters.slurm.cli import gpu_tres as _gpu_tres
 from quotas import limits
 from quotas.models import Quota
 

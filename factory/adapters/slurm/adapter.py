@@ -1,0 +1,344 @@
+"""The job protocol on Slurm. User input reaches Slurm only as validated option values and as the
+body of a batch script whose environment values are shell-quoted.
+
+- submit: `sbatch --parsable`, script on stdin, the job uid in `--comment` so that a retried
+  dispatch finds the job (a marker file first, then squeue, then sacct) instead of submitting again.
+- statuses: one `squeue --json` per sync for all jobs (22.05 ignores its filters: filter here), and
+  one `sacct -P` for those that ended or left squeue (exit codes from its text field; the JSON ones
+  are wrong in 22.05).
+- cancel: `scancel`; logs: the job's output file, read from an offset while it grows.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from django.conf import settings
+
+from ..base import (
+    Adapter,
+    BackendError,
+    BackendState,
+    BackendUnavailable,
+    GpuLimit,
+    Health,
+    JobRejected,
+    LogChunk,
+    StatusReport,
+    dispatch_key,
+    job_env,
+    read_log_file,
+)
+from .accounts import SlurmAccounts
+from .cli import (
+    SAFE_TOKEN,
+    SlurmCLI,
+    epoch,
+    gpu_capacity,
+    job_state,
+    local_time,
+    node_down,
+    sacct_exit_code,
+    wait_status,
+)
+from .connection import SlurmConnection
+
+JOB_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+COMMENT_PREFIX = "aif:"
+JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+STATES: dict[str, BackendState] = {
+    "PENDING": BackendState.QUEUED,
+    "CONFIGURING": BackendState.QUEUED,
+    "REQUEUED": BackendState.QUEUED,
+    "REQUEUE_HOLD": BackendState.QUEUED,
+    "REQUEUE_FED": BackendState.QUEUED,
+    "RESV_DEL_HOLD": BackendState.QUEUED,
+    "RUNNING": BackendState.RUNNING,
+    "COMPLETING": BackendState.RUNNING,
+    "RESIZING": BackendState.RUNNING,
+    "SUSPENDED": BackendState.RUNNING,
+    "STOPPED": BackendState.RUNNING,
+    "SIGNALING": BackendState.RUNNING,
+    "STAGE_OUT": BackendState.RUNNING,
+    "COMPLETED": BackendState.SUCCEEDED,
+    "FAILED": BackendState.FAILED,
+    "CANCELLED": BackendState.CANCELLED,
+    "TIMEOUT": BackendState.TIMED_OUT,
+    "DEADLINE": BackendState.TIMED_OUT,
+    "NODE_FAIL": BackendState.FAILED,
+    "BOOT_FAIL": BackendState.FAILED,
+    "OUT_OF_MEMORY": BackendState.FAILED,
+    "PREEMPTED": BackendState.FAILED,
+    "SPECIAL_EXIT": BackendState.FAILED,
+    "REVOKED": BackendState.CANCELLED,
+}
+
+# Why Slurm ended a job, in words, where its state alone does not say it.
+END_REASONS = {
+    "NODE_FAIL": "a node of the cluster failed",
+    "BOOT_FAIL": "a node failed to boot",
+    "OUT_OF_MEMORY": "out of memory",
+    "PREEMPTED": "preempted by Slurm",
+    "DEADLINE": "the job's deadline passed",
+    "TIMEOUT": "time limit reached",
+    "SUSPENDED": "suspended by the cluster",
+}
+
+# Endings caused by the platform rather than the job: recorded, not charged.
+PLATFORM_FAULTS = frozenset({"NODE_FAIL", "BOOT_FAIL"})
+
+# Slurm's pending reasons, as a researcher would want to read them.
+PENDING_REASONS = {
+    "None": "queued at the cluster",
+    "Resources": "waiting for free GPUs on the cluster",
+    "Priority": "queued behind higher-priority jobs on the cluster",
+    "Dependency": "waiting for the jobs it depends on",
+    "BeginTime": "waiting for its start time",
+    "JobHeldUser": "held by its owner",
+    "JobHeldAdmin": "held by a cluster administrator",
+    "AssocGrpGRES": "the tenant's GPU limit on this cluster is reached",
+    "AssocGrpGRESMinutes": "the tenant's GPU-minutes on this cluster are used up",
+    "AssocGrpGRESRunMinutes": "the tenant's running GPU-minutes on this cluster are at their limit",
+    "AssocMaxGRESPerJob": "the job asks for more GPUs than the tenant may use in one job",
+    "AssocGrpCpuLimit": "the tenant's CPU limit on this cluster is reached",
+    "AssocGrpJobsLimit": "the tenant's limit of running jobs on this cluster is reached",
+    "AssocGrpSubmitJobsLimit": "the tenant's limit of queued jobs on this cluster is reached",
+    "QOSMaxGRESPerUser": "the per-user GPU limit is reached",
+    "QOSGrpGRES": "the quality-of-service GPU limit is reached",
+    "PartitionTimeLimit": "its time limit exceeds the partition's maximum",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionDown": "the partition is down",
+    "PartitionInactive": "the partition is inactive",
+    "ReqNodeNotAvail": "the nodes it needs are unavailable (down, drained or reserved)",
+    "Reservation": "waiting for its reservation",
+    "NodeDown": "a node it needs is down",
+    "BadConstraints": "its constraints cannot be met",
+    "Licenses": "waiting for licenses",
+    "launch failed requeued held": "its launch failed; held after requeue",
+}
+
+
+class SlurmAdapter(Adapter):
+    kind = "slurm"
+    connection_class = SlurmConnection
+    keeps_tenant_limits = True
+
+    def __init__(self, cluster) -> None:
+        super().__init__(cluster)
+        self.cli = SlurmCLI(
+            cluster.slug, bin_dir=self.connection.bin_dir, timeout=self.connection.command_timeout
+        )
+        self.accounts = SlurmAccounts(self.cli, self.connection, cluster)
+
+    # --- paths and names ------------------------------------------------------------------------
+
+    @property
+    def job_root(self) -> Path:
+        base = self.connection.job_root or settings.FACTORY_SLURM_JOB_ROOT
+        return Path(base) / self.cluster.slug
+
+    def job_dir(self, job) -> Path:
+        return self.job_root / dispatch_key(job)
+
+    def partition_for(self, job) -> str | None:
+        pool = self.pool_for(job)
+        partition = (pool.partition if pool else "") or self.connection.default_partition
+        if partition and not SAFE_TOKEN.fullmatch(partition):
+            raise JobRejected(f"{partition!r} is not a valid partition name")
+        return partition or None
+
+    # --- the protocol ---------------------------------------------------------------------------
+
+    def submit(self, job) -> str:
+        existing = self.find(job)
+        if existing:
+            return existing
+        job_dir = self.job_dir(job)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        args = self.sbatch_args(job, job_dir)
+        script = self.batch_script(job)
+        try:
+            out = self.cli.run(["sbatch", *args], stdin=script)
+        except JobRejected as exc:
+            if "invalid account" not in str(exc).lower() or not self.accounts.ensure(job.tenant.slug):
+                raise
+            out = self.cli.run(["sbatch", *args], stdin=script)
+        external_id = out.strip().split(";", 1)[0]
+        if not external_id.isdigit():
+            raise BackendError(f"sbatch answered {out.strip()!r}, not a job id")
+        (job_dir / "slurm_job_id").write_text(external_id)
+        return external_id
+
+    def find(self, job) -> str | None:
+        """The Slurm job already made for this portal job, if a previous dispatch got that far."""
+        job_dir = self.job_dir(job)
+        if not job_dir.exists():
+            return None  # the directory is made before sbatch runs: no earlier attempt got that far
+        marker = job_dir / "slurm_job_id"
+        if marker.exists() and marker.read_text().strip().isdigit():
+            return marker.read_text().strip()
+        comment = f"{COMMENT_PREFIX}{dispatch_key(job)}"
+        for entry in self.squeue():
+            if entry.get("comment") == comment:
+                return str(entry["job_id"])
+        if self.cli.accounting_enabled():
+            out = self.sacct("-S", "now-14days", "--name", job.name, "-o", "JobID,Comment", check=False)
+            for line in out.splitlines():
+                job_id, _, found = line.partition("|")
+                if found == comment:
+                    return job_id
+        return None
+
+    def statuses(self, jobs) -> dict[str, StatusReport]:
+        jobs = [j for j in jobs if j.external_id]
+        if not jobs:
+            return {}
+        wanted = {j.external_id for j in jobs}
+        live = {str(e["job_id"]): e for e in self.squeue() if str(e["job_id"]) in wanted}
+        reports: dict[str, StatusReport] = {}
+        settled: list[str] = []
+        for external_id in wanted:
+            entry = live.get(external_id)
+            if entry is None or STATES.get(job_state(entry), BackendState.QUEUED).is_terminal:
+                settled.append(external_id)
+            else:
+                reports[external_id] = self.report_from_squeue(entry)
+        if settled:
+            reports.update(self.sacct_reports(settled, live))
+        return reports
+
+    def cancel(self, job) -> None:
+        if not job.external_id:
+            return
+        try:
+            self.cli.run(["scancel", job.external_id])
+        except JobRejected as exc:
+            if "invalid job id" not in str(exc).lower():
+                raise  # an already finished job cannot be cancelled: nothing to do
+
+    def logs(self, job, offset: int = 0) -> LogChunk:
+        finished = bool(getattr(job, "is_terminal", False))
+        return read_log_file(self.job_dir(job) / "output.log", offset, finished=finished)
+
+    def health(self) -> Health:
+        try:
+            ping = self.cli.run(["scontrol", "ping"], check=False)
+            if "UP" not in ping:
+                return Health(ok=False, message=f"slurmctld is not answering: {ping.strip()}")
+            nodes = self.cli.run(
+                ["sinfo", "-h", "-N", "-O", "NodeList:|,Partition:|,Gres:|,GresUsed:|,StateLong"]
+            )
+        except BackendUnavailable as exc:
+            return Health(ok=False, message=str(exc))
+        pools = gpu_capacity(nodes)
+        down = sorted({line.split("|")[0] for line in nodes.splitlines() if node_down(line)})
+        message = "controller up" + (f"; nodes down or drained: {', '.join(down)}" if down else "")
+        return Health(ok=True, message=message, pools=tuple(pools))
+
+    def apply_tenant_limits(self, limits: dict[str, dict[str, GpuLimit]]) -> list[str]:
+        return self.accounts.apply_limits(limits)
+
+    # --- building the submission ----------------------------------------------------------------
+
+    def sbatch_args(self, job, job_dir: Path) -> list[str]:
+        if not JOB_NAME.fullmatch(job.name):
+            raise JobRejected(f"{job.name!r} is not a valid job name")
+        gpu_type = job.gpu_type.slug
+        if not SAFE_TOKEN.fullmatch(gpu_type):
+            raise JobRejected(f"{gpu_type!r} is not a valid GPU type name")
+        output = str(job_dir / "output.log")
+        args = [
+            "--parsable",
+            f"--job-name={job.name}",
+            f"--time={job.time_limit_minutes}",
+            f"--gres=gpu:{gpu_type}:{int(job.gpu_count)}",
+            "--ntasks=1",
+            f"--cpus-per-task={int(job.cpus)}",
+            f"--mem={int(job.memory_gb)}G",
+            f"--output={output}",
+            f"--error={output}",
+            "--open-mode=append",
+            f"--chdir={job_dir}",
+            f"--comment={COMMENT_PREFIX}{dispatch_key(job)}",
+            # The job must not inherit the worker's environment (database URLs, secrets).
+            "--export=NONE",
+        ]
+        partition = self.partition_for(job)
+        if partition:
+            args.append(f"--partition={partition}")
+        if self.connection.use_accounts:
+            args.append(f"--account={self.accounts.name(job.tenant.slug)}")
+        return args
+
+    @staticmethod
+    def batch_script(job) -> str:
+        """The script sbatch reads on stdin. Its first lines are commands, so sbatch stops looking
+        for #SBATCH directives before the user's command, which it never parses as options."""
+        lines = ["#!/bin/bash", f"export PATH={JOB_PATH}"]
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in job_env(job).items()]
+        lines += ["", job.command, ""]
+        return "\n".join(lines)
+
+    # --- reading state --------------------------------------------------------------------------
+
+    # The two reads find() and statuses() make, one place to see (or stand in for) both.
+    def squeue(self) -> list[dict]:
+        return self.cli.squeue()
+
+    def sacct(self, *args: str, check: bool = True) -> str:
+        return self.cli.sacct(*args, check=check)
+
+    def report_from_squeue(self, entry: dict) -> StatusReport:
+        state_name = job_state(entry)
+        state = STATES.get(state_name, BackendState.QUEUED)
+        reason = ""
+        if state == BackendState.QUEUED:
+            raw = entry.get("state_reason") or "None"
+            reason = PENDING_REASONS.get(raw, f"Slurm says: {raw}")
+        elif state_name in END_REASONS:
+            reason = END_REASONS[state_name]
+        return StatusReport(
+            external_id=str(entry["job_id"]),
+            state=state,
+            reason=reason,
+            started_at=epoch(entry.get("start_time")) if state != BackendState.QUEUED else None,
+            ended_at=epoch(entry.get("end_time")) if state.is_terminal else None,
+            exit_code=wait_status(entry.get("exit_code")) if state.is_terminal else None,
+            platform_fault=state_name in PLATFORM_FAULTS,
+        )
+
+    def sacct_reports(self, external_ids: list[str], live: dict[str, dict]) -> dict[str, StatusReport]:
+        reports: dict[str, StatusReport] = {}
+        if self.cli.accounting_enabled():
+            out = self.sacct("-j", ",".join(sorted(external_ids)), "-o", "JobID,State,ExitCode,Start,End")
+            for line in out.splitlines():
+                parts = line.split("|")
+                if len(parts) != 5:
+                    continue
+                job_id, state_text, exit_text, start, end = parts
+                state_name = state_text.split()[0] if state_text else ""  # "CANCELLED by 0"
+                state = STATES.get(state_name, BackendState.QUEUED)
+                if not state.is_terminal and job_id in live:
+                    continue  # sacct lags behind squeue: trust squeue below
+                reports[job_id] = StatusReport(
+                    external_id=job_id,
+                    state=state,
+                    reason=END_REASONS.get(state_name, ""),
+                    started_at=local_time(start, self.connection.timezone),
+                    ended_at=local_time(end, self.connection.timezone) if state.is_terminal else None,
+                    exit_code=sacct_exit_code(exit_text) if state.is_terminal else None,
+                    platform_fault=state_name in PLATFORM_FAULTS,
+                )
+        for external_id in external_ids:
+            if external_id in reports:
+                continue
+            if external_id in live:
+                reports[external_id] = self.report_from_squeue(live[external_id])
+            else:
+                reports[external_id] = StatusReport(
+                    external_id, BackendState.LOST, "Slurm no longer knows this job"
+                )
+        return reports

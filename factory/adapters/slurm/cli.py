@@ -1,0 +1,233 @@
+"""Slurm's command-line tools as the portal runs them, and readers of what they print.
+
+The portal's workers act as a Slurm submit host (munge-authenticated CLI). Every call is an
+argument list, never a shell string, run with only the harmless part of the worker's environment;
+a failure is either the request's fault (JobRejected) or an outage to retry (BackendUnavailable).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import time
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from ..base import BackendError, BackendUnavailable, JobRejected, PoolHealth
+
+log = logging.getLogger(__name__)
+
+# A name that can be an option value of the tools (partition, account, GPU type, cluster).
+SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CONFIG_CACHE_SECONDS = 300
+_CONFIG: dict[str, tuple[dict[str, str], float]] = {}
+# What the CLI tools themselves may see of the worker's environment (never its secrets).
+CLI_ENV_KEYS = ("PATH", "SLURM_CONF", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME")
+
+UNREACHABLE = (
+    "unable to contact slurm controller",
+    "socket timed out",
+    "connection refused",
+    "slurm_load_jobs error",
+    "slurmctld",
+    "zero bytes were transmitted",
+    "communication connection failure",
+    "unable to establish connection",
+    "munge",
+)
+REFUSED = (
+    "invalid account",
+    "invalid partition",
+    "requested node configuration is not available",
+    "invalid generic resource",
+    "invalid gres",
+    "job violates accounting/qos policy",
+    "invalid qos",
+    "memory specification can not be satisfied",
+    "requested time limit is invalid",
+    "more processors requested than permitted",
+    "invalid feature specification",
+)
+
+
+class SlurmCLI:
+    """The tools of one cluster: sbatch, squeue, sacct, scontrol, scancel, sinfo and sacctmgr."""
+
+    def __init__(self, cluster_slug: str, *, bin_dir: str | None = None, timeout: float = 30.0) -> None:
+        self.cluster_slug = cluster_slug
+        self.bin_dir = bin_dir  # where sbatch & co. live, if not on PATH
+        self.timeout = timeout
+
+    def run(self, argv: list[str], *, stdin: str | None = None, check: bool = True) -> str:
+        result = self.execute(argv, stdin=stdin)
+        if result.returncode != 0 and check:
+            raise classify_error(argv[0], result.stderr or result.stdout)
+        return result.stdout
+
+    def execute(self, argv: list[str], *, stdin: str | None = None) -> subprocess.CompletedProcess:
+        """Run one tool and answer with how it ended, whatever that was: the one I/O seam."""
+        binary = os.path.join(self.bin_dir, argv[0]) if self.bin_dir else argv[0]
+        env = {k: os.environ[k] for k in CLI_ENV_KEYS if k in os.environ}
+        try:
+            return subprocess.run(
+                [binary, *argv[1:]],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                env=env,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise BackendUnavailable(f"{argv[0]} is not installed on this worker") from None
+        except subprocess.TimeoutExpired:
+            raise BackendUnavailable(f"{argv[0]} did not answer within {self.timeout:g} s") from None
+
+    def squeue(self) -> list[dict]:
+        """Every job slurmctld still holds (finished ones too, until MinJobAge)."""
+        out = self.run(["squeue", "--json"])
+        try:
+            data = json.loads(out)
+        except json.JSONDecodeError as exc:
+            raise BackendUnavailable(f"squeue --json gave unreadable output: {exc}") from None
+        # With slurmctld down, 22.05 exits 0 with an empty job list and the failure in "errors":
+        # taken at face value, every job would look lost.
+        errors = data.get("errors") or []
+        if errors:
+            detail = "; ".join(
+                f"{e.get('source', '')}: {e.get('description', e.get('error', ''))}" for e in errors
+            )
+            raise BackendUnavailable(f"squeue failed: {detail}")
+        return data.get("jobs", [])
+
+    def sacct(self, *args: str, check: bool = True) -> str:
+        """One allocation line per job (-X), parseable (-P), all users' jobs (-a)."""
+        return self.run(["sacct", "-X", "-n", "-P", "-a", *args], check=check)
+
+    def accounting_enabled(self) -> bool:
+        """Whether slurmdbd keeps accounting (sacct works)."""
+        return self.controller_config()["AccountingStorageType"] != "accounting_storage/none"
+
+    def controller_config(self) -> dict[str, str]:
+        """What the portal needs of the controller's config, read with `scontrol show config` and
+        remembered per cluster for a while, since an adapter lives for one task or sync."""
+        cached = _CONFIG.get(self.cluster_slug)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        out = self.run(["scontrol", "show", "config"])  # unreachable controller: unknown, not "no"
+        config = {
+            key: match[1]
+            for key in ("AccountingStorageType", "ClusterName")
+            if (match := re.search(rf"^{key}\s*=\s*(\S+)", out, re.MULTILINE))
+        }
+        if "AccountingStorageType" not in config:
+            raise BackendUnavailable("scontrol show config did not name the accounting storage")
+        _CONFIG[self.cluster_slug] = (config, time.monotonic() + CONFIG_CACHE_SECONDS)
+        return config
+
+
+def classify_error(tool: str, message: str) -> BackendError:
+    text = message.strip() or f"{tool} failed"
+    lowered = text.lower()
+    if any(marker in lowered for marker in REFUSED) or "invalid job id" in lowered:
+        return JobRejected(text)
+    if any(marker in lowered for marker in UNREACHABLE):
+        return BackendUnavailable(text)
+    log.warning("unrecognised %s error, treated as transient: %s", tool, text)
+    return BackendUnavailable(text)
+
+
+# --- reading their output ------------------------------------------------------------------------
+
+
+def job_state(entry: dict) -> str:
+    """The state of a squeue --json entry."""
+    state = entry.get("job_state", "")
+    if isinstance(state, list):  # newer Slurm gives a list of flags
+        state = state[0] if state else ""
+    return str(state).upper()
+
+
+def epoch(value) -> datetime | None:
+    if isinstance(value, dict):  # newer Slurm: {"set": true, "number": ...}
+        value = value.get("number") if value.get("set", True) else None
+    if not value:
+        return None
+    return datetime.fromtimestamp(int(value), tz=UTC)
+
+
+def wait_status(value) -> int | None:
+    """squeue --json gives the raw wait status: 768 for `exit 3`, 9 for SIGKILL."""
+    if isinstance(value, dict):
+        value = value.get("return_code", {}).get("number") if "return_code" in value else value.get("number")
+    if value is None:
+        return None
+    value = int(value)
+    if value & 0x7F:
+        return 128 + (value & 0x7F)
+    return value >> 8
+
+
+def local_time(text: str, timezone: str) -> datetime | None:
+    """A timestamp sacct prints in the controller's time zone, in UTC."""
+    if not text or text in {"Unknown", "None"}:
+        return None
+    naive = datetime.fromisoformat(text)
+    return naive.replace(tzinfo=ZoneInfo(timezone)).astimezone(UTC)
+
+
+def sacct_exit_code(text: str) -> int | None:
+    """sacct's `code:signal`; a job killed by a signal reports 128 + signal, like a shell."""
+    code, _, signal = text.partition(":")
+    if not code.isdigit():
+        return None
+    if signal.isdigit() and int(signal) and not int(code):
+        return 128 + int(signal)
+    return int(code)
+
+
+def gpu_tres(text: str) -> dict[str, int]:
+    """'cpu=4,gres/gpu:h100=3' → {'h100': 3} (typed GPU TRES only)."""
+    counts = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name.startswith("gres/gpu:") and value.isdigit():
+            counts[name.removeprefix("gres/gpu:")] = int(value)
+    return counts
+
+
+def gpu_capacity(nodes_text: str) -> list[PoolHealth]:
+    """Sum GPUs per (partition, type) from `sinfo -N -O NodeList,Partition,Gres,GresUsed,StateLong`."""
+    totals: dict[str, list[int]] = {}
+    for line in nodes_text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) < 4:
+            continue
+        _node, partition, gres, used = parts[:4]
+        for gpu_type, count in _gres_counts(gres).items():
+            key = f"{partition.rstrip('*')}/{gpu_type}"
+            entry = totals.setdefault(key, [0, 0])
+            entry[0] += count
+            entry[1] += _gres_counts(used).get(gpu_type, 0)
+    return [
+        PoolHealth(gpu_type=key, capacity=cap, in_use=used) for key, (cap, used) in sorted(totals.items())
+    ]
+
+
+def _gres_counts(text: str) -> dict[str, int]:
+    """'gpu:h100:8(S:0)' or 'gpu:h100:2(IDX:0-1)' → {'h100': 8}."""
+    counts: dict[str, int] = {}
+    for item in text.split(","):
+        match = re.match(r"gpu:([A-Za-z0-9._-]+):(\d+)", item.strip())
+        if match:
+            counts[match[1]] = counts.get(match[1], 0) + int(match[2])
+    return counts
+
+
+def node_down(line: str) -> bool:
+    """Whether a node of that sinfo output is down, drained or failing."""
+    state = line.rsplit("|", 1)[-1].strip().lower()
+    return any(word in state for word in ("down", "drain", "fail", "not_responding"))

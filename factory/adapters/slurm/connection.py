@@ -1,0 +1,40 @@
+"""A Slurm cluster's connection settings."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import pydantic
+
+from ..connection import Connection
+from .cli import SAFE_TOKEN
+
+
+class SlurmConnection(Connection):
+    job_root: str | None = None  # per-job directories, on storage the compute nodes share
+    default_partition: str | None = None  # used when a pool names no partition
+    account_prefix: str = ""  # Slurm account = prefix + tenant slug
+    use_accounts: bool = True  # pass --account (needed where slurmdbd enforces associations)
+    manage_accounts: bool = True  # create a tenant's account with sacctmgr when Slurm rejects it
+    timezone: str = "UTC"  # the controller's time zone, for sacct's local timestamps
+    bin_dir: str | None = None  # where sbatch & co. live, if not on PATH
+    command_timeout: float = 30.0
+
+    @pydantic.field_validator("default_partition", "account_prefix")
+    @classmethod
+    def _slurm_name(cls, value: str | None, info: pydantic.ValidationInfo) -> str | None:
+        exempt = info.field_name == "account_prefix" and value.isalnum()
+        if value and not exempt and not SAFE_TOKEN.fullmatch(value):
+            raise ValueError(
+                f"Connection setting {info.field_name!r} may use only letters, digits, '.', '_', '-'."
+            )
+        return value
+
+    @pydantic.field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, timezone: str) -> str:
+        try:
+            ZoneInfo(timezone)
+        except Exception:
+            raise ValueError(f"Unknown time zone {timezone!r}.") from None
+        return timezone
