@@ -81,10 +81,17 @@ class LogChunk:
     complete: bool = False  # the job ended and nothing more will be written
 
 
+# A job's uid, plus "-r<attempt>" from its first requeue on; never a path or name fragment.
+DISPATCH_KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(-r[0-9]+)?$")
+
+
 def dispatch_key(job) -> str:
     """The name a backend knows this submission of the job by: the uid, plus the attempt number
     when the job was requeued (a preempted job's old backend job must not be found again)."""
-    return getattr(job, "dispatch_key", None) or str(job.uid)
+    key = getattr(job, "dispatch_key", None) or str(job.uid)
+    if not DISPATCH_KEY.fullmatch(key):
+        raise BackendError(f"{key!r} is not a dispatch key")
+    return key
 
 
 def job_env(job) -> dict[str, str]:

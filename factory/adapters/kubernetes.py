@@ -92,6 +92,8 @@ POD_REASONS = {
     "DeadlineExceeded": "its pod ran past its deadline",
     "NodeLost": "its node was lost",
 }
+# Pod-level reasons for an end the job did not cause: not billed.
+PLATFORM_POD_REASONS = frozenset({"Evicted", "NodeLost", "Shutdown", "NodeShutdown", "Terminated"})
 KUEUE_WAITING = "waiting in the cluster's Kueue queue"
 KUEUE_PREEMPTED = "preempted by Kueue; waiting in the cluster's Kueue queue"
 SUSPENDED = "suspended on the cluster"
@@ -437,16 +439,16 @@ class KubernetesAdapter(Adapter):
                 f"the API server of {self.cluster} answered 'list Jobs' in an unexpected shape: {detail}"
             ) from None
 
-    def pod_outcomes(self, keys: set[str]) -> dict[str, tuple[int | None, str]]:
-        """(exit code, why) of the container of each dispatch key's latest finished pod, from one
-        list call for all of them."""
+    def pod_outcomes(self, keys: set[str]) -> dict[str, tuple[int | None, str, bool]]:
+        """(exit code, why, platform fault) of the container of each dispatch key's latest
+        finished pod, from one list call for all of them."""
         if not keys:
             return {}
         selector = f"{SELECTOR},{LABEL_KEY} in ({','.join(sorted(keys))})"
         pods = self._request(
             "list pods", self.core.list_pod_for_all_namespaces, label_selector=selector
         ).items
-        found: dict[str, tuple[datetime | None, int | None, str]] = {}
+        found: dict[str, tuple[datetime | None, int | None, str, bool]] = {}
         for pod in pods:
             key = (pod.metadata.labels or {}).get(LABEL_KEY, "")
             outcome = _pod_outcome(pod)
@@ -455,7 +457,7 @@ class KubernetesAdapter(Adapter):
             previous = found.get(key)
             if previous is None or _timestamp(outcome[0]) >= _timestamp(previous[0]):
                 found[key] = outcome
-        return {key: (code, why) for key, (_at, code, why) in found.items()}
+        return {key: (code, why, platform) for key, (_at, code, why, platform) in found.items()}
 
     def ensure_namespace(self, namespace: str, tenant) -> None:
         body = {
@@ -618,25 +620,32 @@ def _terminal_condition(status: k8s.V1JobStatus | None) -> k8s.V1JobCondition | 
     return None
 
 
-def _pod_outcome(pod: k8s.V1Pod) -> tuple[datetime | None, int | None, str] | None:
-    """(finished at, exit code, why) of the job's container in a pod that ended, else None."""
+def _pod_outcome(pod: k8s.V1Pod) -> tuple[datetime | None, int | None, str, bool] | None:
+    """(finished at, exit code, why, platform fault) of the job's container in a pod that ended,
+    else None. An evicted pod, one on a lost node, or one Kubernetes marked as disrupted ended
+    through no fault of the job."""
     status = pod.status or k8s.V1PodStatus()
+    platform = status.reason in PLATFORM_POD_REASONS or any(
+        c.type == "DisruptionTarget" and c.status == "True" for c in status.conditions or []
+    )
+    pod_why = POD_REASONS.get(status.reason or "", "")
     for container in status.container_statuses or []:
         terminated = container.state.terminated if container.name == CONTAINER and container.state else None
         if terminated is not None:
-            return terminated.finished_at, terminated.exit_code, POD_REASONS.get(terminated.reason or "", "")
+            why = pod_why or POD_REASONS.get(terminated.reason or "", "")
+            return terminated.finished_at, terminated.exit_code, why, platform
     if status.phase == "Failed":  # evicted or lost before its container ran
-        why = POD_REASONS.get(status.reason or "") or (status.message or status.reason or "its pod failed")
-        return None, None, why
+        why = pod_why or (status.message or status.reason or "its pod failed")
+        return None, None, why, platform
     return None
 
 
-def _with_pod_outcome(report: StatusReport, outcome: tuple[int | None, str] | None) -> StatusReport:
+def _with_pod_outcome(report: StatusReport, outcome: tuple[int | None, str, bool] | None) -> StatusReport:
     if outcome is None:
         return dataclasses.replace(report, reason=report.reason or "its pod is gone; exit code unknown")
-    exit_code, why = outcome
+    exit_code, why, platform = outcome
     reason = "; ".join(part for part in (report.reason, why) if part)
-    return dataclasses.replace(report, exit_code=exit_code, reason=reason)
+    return dataclasses.replace(report, exit_code=exit_code, reason=reason, platform_fault=platform)
 
 
 def _gpus_in_use(jobs: list[ListedJob]) -> dict[str, int]:

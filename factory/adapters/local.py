@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from django.conf import settings
 
 from . import local_runner
 from .base import (
+    DISPATCH_KEY,
     Adapter,
     BackendError,
     BackendState,
@@ -27,8 +27,6 @@ from .base import (
     read_log_file,
 )
 from .connection import Connection
-
-DISPATCH_KEY = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(-r[0-9]+)?$")
 
 
 class LocalConnection(Connection):

@@ -36,7 +36,6 @@ import shlex
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,6 +51,7 @@ from .base import (
     LogChunk,
     PoolHealth,
     StatusReport,
+    dispatch_key,
     job_env,
     slice_log,
 )
@@ -92,6 +92,12 @@ FAILURES = {
     "JOB_ENTRYPOINT_COMMAND_START_ERROR": "Ray could not start the command",
 }
 NEVER_STARTED = {"JOB_SUPERVISOR_ACTOR_START_TIMEOUT", "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE"}
+# Ray itself failed the job (a dead node takes its supervisor along): not the job's doing, not billed.
+PLATFORM_FAILURES = {
+    "JOB_SUPERVISOR_ACTOR_DIED",
+    "JOB_SUPERVISOR_ACTOR_START_FAILURE",
+    "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE",
+}
 # A 500 from the head that wraps the job agent's own 4xx: the request itself was refused.
 AGENT_REFUSAL = re.compile(r"Request failed with status code 4\d\d")
 EXIT_CODE_IN_MESSAGE = re.compile(r"exit code (-?\d+)")
@@ -211,7 +217,9 @@ class RayAdapter(Adapter):
 
     @staticmethod
     def submission_id(job) -> str:
-        return f"{SUBMISSION_PREFIX}{uuid.UUID(str(job.uid))}"  # a uid, never a path fragment
+        """Ray's name for this attempt: a requeued job is a new submission, never its stopped
+        earlier one."""
+        return f"{SUBMISSION_PREFIX}{dispatch_key(job)}"
 
     # --- the protocol ---------------------------------------------------------------------------
 
@@ -261,8 +269,8 @@ class RayAdapter(Adapter):
         return [e for e in entries if isinstance(e, dict) and e.get("type", "SUBMISSION") == "SUBMISSION"]
 
     def cancel(self, job) -> None:
-        # By uid, not external_id: a dispatch cancelled in flight withdraws a job whose id the
-        # portal never stored.
+        # By dispatch key, not external_id: a dispatch cancelled in flight withdraws a job whose
+        # id the portal never stored.
         reply = self.dashboard.request("POST", f"/api/jobs/{self.submission_id(job)}/stop")
         if reply.status == 404:
             return  # it never reached Ray: nothing to stop
@@ -355,7 +363,10 @@ class RayAdapter(Adapter):
             state, reason = self._stopped(job, ended_at)
         elif error_type in NEVER_STARTED and getattr(job, "cancel_requested_at", None):
             state, reason = BackendState.CANCELLED, "cancelled before Ray could start it"
-        return StatusReport(external_id, state, reason, ended_at=ended_at, exit_code=exit_code)
+        platform = state == BackendState.FAILED and error_type in PLATFORM_FAILURES
+        return StatusReport(
+            external_id, state, reason, ended_at=ended_at, exit_code=exit_code, platform_fault=platform
+        )
 
     @staticmethod
     def _stopped(job, ended_at: datetime) -> tuple[BackendState, str]:

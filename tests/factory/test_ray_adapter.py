@@ -205,6 +205,28 @@ def test_killed_by_a_signal_reads_like_a_shell_exit_code(ray_cluster, h100, tena
     assert got.exit_code == 137
 
 
+def test_a_job_whose_supervisor_died_with_its_node_is_a_platform_fault(ray_cluster, h100, tenant):
+    entry = ray_entry(
+        "FAILED",
+        driver_exit_code=None,
+        message="Job supervisor actor died: The actor died because its node has died. Node Id: 3f2a",
+        error_type="JOB_SUPERVISOR_ACTOR_DIED",
+        end_time=1,
+    )
+    got = report(ray_cluster, fake_job(h100, tenant), entry)
+    assert (got.state, got.platform_fault) == (BackendState.FAILED, True)
+    own = ray_entry("FAILED", driver_exit_code=3, error_type="JOB_ENTRYPOINT_COMMAND_ERROR", end_time=1)
+    assert not report(ray_cluster, fake_job(h100, tenant), own).platform_fault
+
+
+def test_each_attempt_of_a_job_is_its_own_submission(ray_cluster, h100, tenant):
+    from factory.adapters.ray import RayAdapter
+
+    job = fake_job(h100, tenant)
+    job.dispatch_key = f"{job.uid}-r2"
+    assert RayAdapter.submission_id(job) == f"aif-{job.uid}-r2"
+
+
 def test_start_timeout_of_a_cancelled_job_is_a_cancel(ray_cluster, h100, tenant):
     entry = ray_entry("FAILED", error_type="JOB_SUPERVISOR_ACTOR_START_TIMEOUT", end_time=1)
     job = fake_job(h100, tenant)

@@ -540,6 +540,30 @@ class FakeKubernetes:
             outcome = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
             self._decide(job, "FailureTarget", "Failed", outcome, finished)
 
+    def evict(self, external_id: str) -> None:
+        """The kubelet evicts the running pod (node pressure): the pod fails with reason Evicted
+        and a DisruptionTarget condition, its container killed; with backoffLimit 0 that fails
+        the Job."""
+        with self.lock:
+            job = self.jobs[_key(external_id)]
+            self._end_pods(job, exit_code=137)
+            for pod in self._job_pods(job):
+                pod["status"].update(reason="Evicted", message="The node was low on resource: memory.")
+                pod["status"].setdefault("conditions", []).append(
+                    {
+                        "type": "DisruptionTarget",
+                        "status": "True",
+                        "reason": "TerminationByKubelet",
+                        "message": "The node was low on resource: memory.",
+                        "lastTransitionTime": now(),
+                    }
+                )
+            status = job["status"]
+            status.pop("active", None)
+            status.update(ready=0, failed=1, terminating=0, uncountedTerminatedPods={})
+            outcome = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            self._decide(job, "FailureTarget", "Failed", outcome, True)
+
     def deadline_exceeded(self, external_id: str) -> None:
         """activeDeadlineSeconds passed: the controller deletes the pods and fails the Job."""
         with self.lock:

@@ -343,6 +343,24 @@ def test_failure_reports_the_pods_exit_code(k8s_job, backend):
 
 
 @fake_only
+def test_an_evicted_pod_fails_the_job_as_a_platform_fault_not_billed(k8s_job, fake):
+    job = dispatched(k8s_job(command="sleep 600"))
+    fake.start(job.external_id)
+    synced(job)
+    fake.evict(job.external_id)
+    job = synced(job)
+    assert (job.state, job.exit_code, job.platform_fault) == (JobState.FAILED, 137, True)
+    assert "evicted" in job.reason
+
+
+def test_a_job_that_fails_by_itself_is_not_a_platform_fault(k8s_job, backend):
+    job = dispatched(k8s_job(command="exit 3"))
+    backend.ended(job, exit_code=3, output="")
+    job = synced(job)
+    assert (job.state, job.platform_fault) == (JobState.FAILED, False)
+
+
+@fake_only
 def test_deadline_exceeded_is_timed_out(k8s_job, fake):
     job = dispatched(k8s_job())
     fake.start(job.external_id)

@@ -22,7 +22,7 @@ from factory.models import Cluster, Pool
 from jobs import dispatch, lifecycle, submission
 from jobs.choices import JobState
 from jobs.models import Job
-from jobs.tasks import cancel_job, dispatch_jobs
+from jobs.tasks import cancel_backend_job, cancel_job, dispatch_jobs
 from tests.support import admit
 
 from .conftest import free_port, wait_until
@@ -197,6 +197,22 @@ def test_running_job_past_its_time_limit_is_stopped_and_timed_out(ray_job, ray_h
     assert job.state == JobState.TIMED_OUT
     assert job.reason == "time limit of 1 min reached"
     assert output_of(ray_head, job) == "start\n"
+
+
+def test_a_requeued_job_is_a_new_ray_submission_not_its_stopped_first_attempt(ray_job, ray_cluster, ray_head):
+    job = ray_job(command="echo attempt; sleep 2")
+    dispatch_jobs([job.pk])
+    job = run_to(job, lambda j: j.state == JobState.RUNNING)
+    first_key, first_id = job.dispatch_key, job.external_id
+    assert lifecycle.preempt(job, "preempted to return borrowed GPUs")
+    cancel_backend_job(job.pk, ray_cluster.pk, first_key, first_id)  # what preempt enqueues
+    admit(job, ray_cluster)
+    dispatch_jobs([job.pk])
+    job.refresh_from_db()
+    assert job.external_id == f"aif-{job.uid}-r1" != first_id
+    job = run_to(job, lambda j: j.is_terminal)
+    assert job.state == JobState.SUCCEEDED
+    assert ray_api(ray_head, "GET", f"/api/jobs/{first_id}")["status"] == "STOPPED"
 
 
 def test_cancel_running_job(ray_job, owner):
