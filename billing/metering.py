@@ -2,9 +2,11 @@
 
 A run is split at midnight UTC of each 1st. Each part becomes one line, priced by the rate card in
 force when the part starts (a cluster's own price beats the GPU type's), rounded once. The unique
-constraint on (job, attempt, part start, kind) makes a repeat, a retry or a concurrent metering of
-the same job a no-op; the monthly summary grows only with lines really inserted. Lines for a month
-finance has closed go to the next open month, as adjustments.
+constraint on (job, attempt, part start) makes a repeat, a retry or a concurrent metering of the
+same part a no-op, whatever kind the part would now be metered as; the monthly summary grows only
+with lines really inserted. Lines for a month finance has closed go to the next open month, as
+adjustments. An attempt that ends not to be charged credits what was charged for its earlier parts
+by corrections: lines that name the line they correct, each at most once per kind.
 """
 
 from __future__ import annotations
@@ -167,16 +169,31 @@ def record(lines: list[UsageRecord]) -> list[UsageRecord]:
     return new
 
 
+def ledger_key(line: UsageRecord) -> tuple:
+    """A line's place in the ledger, as the unique constraints see it: a period of a job attempt
+    (whatever the kind), or a correction of one line in one way."""
+    if line.corrects_id is not None:
+        return ("correction", line.corrects_id, line.kind)
+    return ("period", line.job_id, line.attempt, line.period_start)
+
+
 def without_metered(lines: list[UsageRecord]) -> list[UsageRecord]:
-    keys = {(line.job_id, line.attempt, line.period_start, line.kind) for line in lines if line.job_id}
-    existing = set(
-        UsageRecord.objects.filter(job_id__in={k[0] for k in keys}).values_list(
-            "job_id", "attempt", "period_start", "kind"
-        )
-    )
+    periods = [line for line in lines if line.job_id and line.corrects_id is None]
+    corrections = [line for line in lines if line.corrects_id is not None]
+    existing = {
+        ("period", *key)
+        for key in UsageRecord.objects.filter(
+            job_id__in={line.job_id for line in periods}, corrects__isnull=True
+        ).values_list("job_id", "attempt", "period_start")
+    } | {
+        ("correction", *key)
+        for key in UsageRecord.objects.filter(
+            corrects_id__in={line.corrects_id for line in corrections}
+        ).values_list("corrects_id", "kind")
+    }
     fresh, seen = [], set()
     for line in lines:
-        key = (line.job_id, line.attempt, line.period_start, line.kind)
+        key = ledger_key(line)
         if line.job_id and (key in existing or key in seen):
             continue
         seen.add(key)
@@ -286,41 +303,57 @@ def meter_release(
     kind = final_kind(job, requeued)
     lines = lines_for_attempt(job, attempt, started_at, ended_at, kind, pricing)
     if kind != UsageKind.USAGE:
-        lines += credits_for_accrued_usage(job, attempt, pricing)
+        lines += corrections_of_accrued_charges(job, attempt, kind, pricing)
     return record(lines)
 
 
-def credits_for_accrued_usage(job: Job, attempt: int, pricing: Pricing) -> list[UsageRecord]:
-    """Lines charged while the attempt ran (month rollovers) that its end says must not be charged
-    are credited back by adjustment lines: the ledger is never edited."""
-    credits = []
-    for line in UsageRecord.objects.filter(job=job, attempt=attempt, kind=UsageKind.USAGE):
-        month = pricing.billing_month(month_of())
-        credits.append(
+def corrections_of_accrued_charges(job: Job, attempt: int, kind: str, pricing: Pricing) -> list[UsageRecord]:
+    """Parts charged while the attempt ran (month rollovers, billed in their month or late in the
+    next open one) that its end says must not be charged: each is credited back, and its time
+    recorded as `kind`, by two lines that name it. The ledger is never edited; the part itself is
+    not metered again."""
+    corrections = []
+    month = pricing.billing_month(month_of())
+    why = UsageKind(kind).label.lower()
+    charged = UsageRecord.objects.filter(
+        job=job, attempt=attempt, corrects__isnull=True, kind__in=[UsageKind.USAGE, UsageKind.ADJUSTMENT]
+    )
+    for line in charged:
+        same = {
+            "job": job,
+            "attempt": attempt,
+            "corrects": line,
+            "month": month,
+            "period_start": line.period_start,
+            "period_end": line.period_end,
+            "tenant_id": line.tenant_id,
+            "cost_center": line.cost_center,
+            "cluster_id": line.cluster_id,
+            "gpu_type_id": line.gpu_type_id,
+            "gpus": line.gpus,
+            "rate_card": line.rate_card,
+            "currency": line.currency,
+        }
+        corrections += [
             UsageRecord(
-                job=job,
-                attempt=attempt,
+                **same,
                 kind=UsageKind.ADJUSTMENT,
-                month=month,
-                period_start=line.period_start,
-                period_end=line.period_end,
-                tenant_id=line.tenant_id,
-                cost_center=line.cost_center,
-                cluster_id=line.cluster_id,
-                gpu_type_id=line.gpu_type_id,
-                gpus=line.gpus,
                 gpu_seconds=-line.gpu_seconds,
                 cpu_core_seconds=-line.cpu_core_seconds,
                 memory_gb_seconds=-line.memory_gb_seconds,
-                rate_card=line.rate_card,
-                currency=line.currency,
                 amount=-line.amount,
-                energy_kwh=ZERO,
-                co2e_kg=ZERO,
-                note=f"credit: {final_kind(job, False).replace('_', ' ')}, not charged",
-            )
-        )
-    return credits
+                note=f"credit: {why}",
+            ),
+            UsageRecord(
+                **same,
+                kind=kind,
+                gpu_seconds=line.gpu_seconds,
+                cpu_core_seconds=line.cpu_core_seconds,
+                memory_gb_seconds=line.memory_gb_seconds,
+                note="time of a credited charge",
+            ),
+        ]
+    return corrections
 
 
 def meter_running(now: datetime | None = None) -> int:

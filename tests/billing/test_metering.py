@@ -128,6 +128,73 @@ def test_running_jobs_accrue_finished_months_and_end_without_double_billing(pric
     ]
 
 
+def running_since(make_job, cluster, start):
+    job = make_job()
+    admit(job, cluster)
+    job.mark_submitted("x")
+    job.mark_running(start)
+    return job
+
+
+def test_closing_a_month_never_bills_its_accrued_usage_again(prices, make_job, cluster, finance_user):
+    job = running_since(make_job, cluster, at(2026, 10, 30, 0))
+    assert metering.meter_running(now=at(2026, 11, 1, 0, 1)) == 1  # October accrued while open
+    metering.close_month(date(2026, 10, 1), finance_user)
+    assert metering.meter_running(now=at(2026, 11, 1, 9)) == 0  # the sweeps after the close
+    job.finish(JobState.SUCCEEDED, exit_code=0, ended_at=at(2026, 11, 1, 12))
+    meter(job)
+    assert metering.meter_finished() == 0
+    lines = UsageRecord.objects.filter(job=job).order_by("period_start")
+    assert [(line.kind, line.month, line.gpu_seconds) for line in lines] == [
+        (UsageKind.USAGE, date(2026, 10, 1), 2 * 86400),
+        (UsageKind.USAGE, date(2026, 11, 1), 43200),
+    ]
+    assert sum(summary.amount for summary in MonthlySummary.objects.all()) == Decimal("150.00")
+
+
+def test_a_platform_failure_credits_a_closed_months_accrued_charge_once(
+    prices, make_job, cluster, finance_user
+):
+    job = running_since(make_job, cluster, at(2026, 10, 31, 0))
+    metering.meter_running(now=at(2026, 11, 1, 0, 1))  # 24 GPU-h of October: 60.00 EUR
+    metering.close_month(date(2026, 10, 1), finance_user)
+    metering.meter_running(now=at(2026, 11, 1, 9))
+    job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 12), platform_fault=True)
+    meter(job)
+    metering.meter_finished()
+    lines = UsageRecord.objects.filter(job=job)
+    assert sum(line.amount for line in lines) == 0
+    assert [line.amount for line in lines if line.amount < 0] == [Decimal("-60.00")]
+    summaries = MonthlySummary.objects.all()
+    assert sum(summary.amount for summary in summaries) == 0
+    assert sum(summary.charged_gpu_seconds for summary in summaries) == 0
+    assert sum(summary.gpu_seconds for summary in summaries) == 36 * 3600  # recorded once, not charged
+    assert sum(summary.energy_kwh for summary in summaries) == Decimal("30.2400")  # 36 h × 700 W × 1.2
+
+
+def test_usage_accrued_after_its_month_closed_is_credited_when_the_platform_failed_the_job(
+    prices, make_job, cluster, finance_user
+):
+    job = running_since(make_job, cluster, at(2026, 10, 31, 0))
+    metering.close_month(date(2026, 10, 1), finance_user)  # before any sweep saw October end
+    metering.meter_running(now=at(2026, 11, 1, 9))  # October's 60.00 EUR, billed late in November
+    job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 12), platform_fault=True)
+    meter(job)
+    assert sum(line.amount for line in UsageRecord.objects.filter(job=job)) == 0
+    assert sum(summary.amount for summary in MonthlySummary.objects.all()) == 0
+
+
+def test_the_ledger_refuses_a_second_line_for_a_metered_period_whatever_its_kind(prices, ran):
+    from django.db import IntegrityError, transaction
+
+    job = ran(at(2026, 11, 3, 10), at(2026, 11, 3, 11))
+    line = meter(job)[0]
+    for kind in (UsageKind.ADJUSTMENT, UsageKind.PLATFORM_FAULT):
+        line.pk, line.kind = None, kind
+        with pytest.raises(IntegrityError), transaction.atomic():
+            line.save(force_insert=True)
+
+
 def test_accrued_charges_are_credited_when_the_platform_failed_the_job(prices, make_job, cluster):
     job = make_job()
     admit(job, cluster)
