@@ -300,11 +300,18 @@ def meter_release(
         return []
     job.cluster_id = cluster_id  # a requeued job has already lost it
     pricing = Pricing()
-    kind = final_kind(job, requeued)
+    return record(lines_for_release(job, attempt, started_at, ended_at, final_kind(job, requeued), pricing))
+
+
+def lines_for_release(
+    job: Job, attempt: int, started_at: datetime, ended_at: datetime, kind: str, pricing: Pricing
+) -> list[UsageRecord]:
+    """Every part of an attempt that stopped, and the corrections of its accrued charges if it is
+    not to be charged; `record` keeps only what the ledger does not have yet."""
     lines = lines_for_attempt(job, attempt, started_at, ended_at, kind, pricing)
     if kind != UsageKind.USAGE:
         lines += corrections_of_accrued_charges(job, attempt, kind, pricing)
-    return record(lines)
+    return lines
 
 
 def corrections_of_accrued_charges(job: Job, attempt: int, kind: str, pricing: Pricing) -> list[UsageRecord]:
@@ -370,21 +377,27 @@ def meter_running(now: datetime | None = None) -> int:
 
 
 def meter_finished(limit: int = 5000) -> int:
-    """The safety net behind the release signal: ended jobs whose final attempt has no ledger line
-    (a worker died between the job's end and its metering)."""
+    """The safety net behind the release signal: ended jobs whose final attempt is not all in the
+    ledger (a worker died between the job's end and its metering). Months accrued while the job
+    ran do not count: an attempt is in the ledger once its last part is, as its end says (charged,
+    or recorded as a platform failure), since a release records all that is missing at once."""
     pricing = Pricing()
-    metered = UsageRecord.objects.filter(job=models.OuterRef("pk"), attempt=models.OuterRef("attempt"))
+    last_part = UsageRecord.objects.filter(
+        job=models.OuterRef("pk"), attempt=models.OuterRef("attempt"), period_end=models.OuterRef("ended_at")
+    )
+    charged = models.Exists(last_part.filter(kind__in=[UsageKind.USAGE, UsageKind.ADJUSTMENT]))
+    not_charged = models.Exists(last_part.filter(kind=UsageKind.PLATFORM_FAULT))
     missing = (
         Job.objects.filter(
             state__in=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]
         )
-        .filter(started_at__isnull=False, ended_at__isnull=False, cluster__isnull=False)
-        .exclude(models.Exists(metered))
+        .filter(started_at__isnull=False, ended_at__gt=models.F("started_at"), cluster__isnull=False)
+        .filter(models.Q(platform_fault=False) & ~charged | models.Q(platform_fault=True) & ~not_charged)
         .select_related("tenant")[:limit]
     )
     lines: list[UsageRecord] = []
     for job in missing:
-        lines += lines_for_attempt(
+        lines += lines_for_release(
             job, job.attempt, job.started_at, job.ended_at, final_kind(job, False), pricing
         )
     return len(record(lines))

@@ -21,6 +21,14 @@ def meter(job):
     return metering.meter_release(job.pk, job.attempt, job.cluster_id, job.started_at, job.ended_at, False)
 
 
+def running_since(make_job, cluster, start):
+    job = make_job()
+    admit(job, cluster)
+    job.mark_submitted("x")
+    job.mark_running(start)
+    return job
+
+
 def test_rounding_is_half_even_to_the_cent():
     assert to_cents(Decimal("0.125")) == Decimal("0.12")
     assert to_cents(Decimal("0.135")) == Decimal("0.14")
@@ -71,6 +79,30 @@ def test_the_safety_net_meters_a_job_the_signal_missed(prices, ran):
     assert not UsageRecord.objects.exists()  # the signal was not delivered (no commit here)
     assert metering.meter_finished() == 1
     assert UsageRecord.objects.get(job=job).amount == Decimal("5.00")
+
+
+def test_the_safety_net_meters_the_rest_of_an_accrued_job_whose_release_was_missed(prices, make_job, cluster):
+    job = running_since(make_job, cluster, at(2026, 10, 30, 0))
+    metering.meter_running(now=at(2026, 11, 1, 0, 1))  # October accrued
+    job.finish(JobState.SUCCEEDED, exit_code=0, ended_at=at(2026, 11, 1, 12))  # signal not delivered
+    assert metering.meter_finished() == 1
+    assert metering.meter_finished() == 0
+    lines = UsageRecord.objects.filter(job=job).order_by("period_start")
+    assert [(line.month, line.gpu_seconds) for line in lines] == [
+        (date(2026, 10, 1), 2 * 86400),
+        (date(2026, 11, 1), 43200),
+    ]
+
+
+def test_the_safety_net_credits_an_accrued_charge_of_a_platform_failure_whose_release_was_missed(
+    prices, make_job, cluster
+):
+    job = running_since(make_job, cluster, at(2026, 10, 31, 0))
+    metering.meter_running(now=at(2026, 11, 1, 0, 1))
+    job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 6), platform_fault=True)
+    metering.meter_finished()
+    assert metering.meter_finished() == 0
+    assert sum(line.amount for line in UsageRecord.objects.filter(job=job)) == 0
 
 
 def test_cluster_price_beats_the_gpu_type_price_and_price_changes_keep_the_past(prices, ran, cluster, h100):
@@ -126,14 +158,6 @@ def test_running_jobs_accrue_finished_months_and_end_without_double_billing(pric
         (date(2026, 10, 1), 2 * 86400),
         (date(2026, 11, 1), 43200),
     ]
-
-
-def running_since(make_job, cluster, start):
-    job = make_job()
-    admit(job, cluster)
-    job.mark_submitted("x")
-    job.mark_running(start)
-    return job
 
 
 def test_closing_a_month_never_bills_its_accrued_usage_again(prices, make_job, cluster, finance_user):
