@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from billing import metering
 from billing.models import GridIntensity, RateCard
+from factory.months import month_begins, month_of
 from tests.support import admit
 
 
@@ -41,11 +42,23 @@ def at(*args) -> datetime:
 
 
 def run_now(ran, hours: float, **spec):
-    """A job that ended a minute ago after `hours`, metered into the ledger."""
-    end = timezone.now() - timedelta(minutes=1)
+    """A job that ran `hours` this month, metered into the ledger. It ended a minute ago, unless
+    that would have started it last month (early on a 1st): then it ran from the month's start."""
+    now = timezone.now()
+    end = max(now - timedelta(minutes=1), month_begins(month_of(now)) + timedelta(hours=hours))
     job = ran(end - timedelta(hours=hours), end, **spec)
     metering.meter_release(job.pk, 0, job.cluster_id, job.started_at, job.ended_at, False)
     return job
+
+
+@pytest.fixture
+def frozen_now(monkeypatch) -> datetime:
+    """ "Now" held still, at least a day into the current month: a job running "for an hour" never
+    straddles a month boundary (its cost would be two lines, each rounded)."""
+    real = timezone.now()
+    now = max(real, month_begins(month_of(real)) + timedelta(days=1))
+    monkeypatch.setattr(timezone, "now", lambda: now)
+    return now
 
 
 @pytest.fixture

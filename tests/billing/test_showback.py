@@ -5,7 +5,6 @@ from decimal import Decimal
 
 import pytest
 from django.core import mail
-from django.utils import timezone
 
 from billing.alerts import check_budget_alerts
 from billing.models import BudgetAlert
@@ -42,11 +41,13 @@ def test_spend_against_a_budget_counts_only_the_budgets_currency(
     assert "of a 100.00 EUR budget (10.0%)" in page
 
 
-def test_job_page_shows_live_cost_while_running_and_the_bill_after(client, owner, prices, make_job, cluster):
+def test_job_page_shows_live_cost_while_running_and_the_bill_after(
+    client, owner, prices, make_job, cluster, frozen_now
+):
     job = make_job(gpu_count=2)
     admit(job, cluster)
     job.mark_submitted("x")
-    job.mark_running(timezone.now() - timedelta(hours=1))
+    job.mark_running(frozen_now - timedelta(hours=1))
     client.force_login(owner)
     page = client.get(f"/jobs/{job.pk}/").content.decode()
     assert 'id="job-cost">5.00 EUR so far' in page
