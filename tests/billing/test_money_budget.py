@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 import pytest
 
+from billing.models import RateCard
 from jobs.choices import JobState
 from quotas.admission import admit_pending
 from quotas.models import Budget
@@ -42,6 +44,32 @@ def test_a_hard_money_budget_counts_only_what_was_billed_in_its_currency(
     admit_pending()
     job.refresh_from_db()
     assert job.state == JobState.ADMITTED
+
+
+def test_a_hard_money_budget_holds_jobs_priced_only_in_another_currency(make_job, tenant, quotas, h100):
+    RateCard.objects.create(
+        gpu_type=h100, currency="USD", price_per_gpu_hour=Decimal("2.50"), effective_from=date(2026, 1, 1)
+    )
+    Budget.objects.create(tenant=tenant, amount_per_month=Decimal("1000"), currency="EUR", hard=True)
+    job = make_job(gpu_count=1, time_limit_minutes=60)  # 2.50 USD: no measure of what is left in EUR
+    admit_pending()
+    job.refresh_from_db()
+    assert job.state == JobState.PENDING
+    assert job.reason == "budget: h100 is priced in USD, not in the budget's EUR"
+
+
+def test_what_jobs_priced_in_another_currency_hold_is_not_taken_from_a_money_budget(
+    make_job, tenant, quotas, prices, a100
+):
+    RateCard.objects.filter(gpu_type=a100).update(currency="USD", price_per_gpu_hour=Decimal("100"))
+    dollars = make_job(gpu_type=a100, gpu_count=1, time_limit_minutes=60)  # holds 100.00 USD
+    admit_pending()
+    Budget.objects.create(tenant=tenant, amount_per_month=Decimal("20"), currency="EUR", hard=True)
+    euros = make_job(gpu_count=2, time_limit_minutes=90)  # may cost 7.50 of the 20.00 EUR left
+    admit_pending()
+    dollars.refresh_from_db()
+    euros.refresh_from_db()
+    assert (dollars.state, euros.state) == (JobState.ADMITTED, JobState.ADMITTED)
 
 
 def test_a_soft_money_budget_only_warns(make_job, tenant, quotas, prices):
