@@ -405,8 +405,7 @@ def meter_finished(limit: int = 5000) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class JobCost:
-    amount: Decimal
-    currency: str
+    amounts: dict[str, Decimal]  # per currency, priced parts only: other currencies are other money
     energy_kwh: Decimal
     co2e_kg: Decimal
 
@@ -415,14 +414,17 @@ def live_cost(job: Job, now: datetime | None = None, pricing: Pricing | None = N
     """What a job has cost so far: priced like its ledger lines will be (running jobs are not in the
     ledger until they end)."""
     if job.started_at is None or job.cluster_id is None:
-        return JobCost(ZERO, "", ZERO, ZERO)
+        return JobCost({}, ZERO, ZERO)
     end = job.ended_at or now or timezone.now()
     lines = lines_for_attempt(
         job, job.attempt, job.started_at, end, final_kind(job, False), pricing or Pricing()
     )
+    amounts: dict[str, Decimal] = {}
+    for line in lines:
+        if line.currency:
+            amounts[line.currency] = amounts.get(line.currency, ZERO) + line.amount
     return JobCost(
-        amount=sum((line.amount for line in lines), ZERO),
-        currency=next((line.currency for line in lines if line.currency), ""),
+        amounts=amounts,
         energy_kwh=sum((line.energy_kwh for line in lines), ZERO),
         co2e_kg=sum((line.co2e_kg for line in lines), ZERO),
     )
