@@ -67,7 +67,6 @@ class Pricing:
     clusters: dict[int, Cluster] = dataclasses.field(default_factory=dict)
     gpu_types: dict[int, GpuType] = dataclasses.field(default_factory=dict)
     intensity: dict[str, Decimal] | None = None
-    closed: set[date] | None = None
 
     def rate(self, gpu_type_id: int, cluster_id: int, day: date) -> RateCard | None:
         key = (gpu_type_id, cluster_id, day)
@@ -90,15 +89,6 @@ class Pricing:
             self.intensity = dict(GridIntensity.objects.values_list("region", "grams_co2e_per_kwh"))
         return self.intensity.get(region, ZERO)
 
-    def billing_month(self, natural: date) -> date:
-        """The month a line lands in: its own, or the first open one after it."""
-        if self.closed is None:
-            self.closed = set(MonthClose.objects.values_list("month", flat=True))
-        month = natural
-        while month in self.closed:
-            month = next_month(month)
-        return month
-
 
 def line_for(
     job: Job, attempt: int, start: datetime, end: datetime, kind: str, pricing: Pricing
@@ -107,13 +97,6 @@ def line_for(
     hours = Decimal(seconds) / HOUR
     cluster = pricing.cluster(job.cluster_id)
     gpu_type = pricing.gpu_type(job.gpu_type_id)
-    natural = month_of(start)
-    month = pricing.billing_month(natural)
-    note = ""
-    if month != natural:
-        note = f"late usage of {natural:%Y-%m}, a closed month"
-        if kind == UsageKind.USAGE:
-            kind = UsageKind.ADJUSTMENT
     card = pricing.rate(job.gpu_type_id, job.cluster_id, start.date())
     amount = ZERO
     if card is not None and kind in (UsageKind.USAGE, UsageKind.ADJUSTMENT):
@@ -127,7 +110,7 @@ def line_for(
         job=job,
         attempt=attempt,
         kind=kind,
-        month=month,
+        month=month_of(start),  # until `record` finds it closed
         period_start=start,
         period_end=end,
         tenant_id=job.tenant_id,
@@ -143,7 +126,6 @@ def line_for(
         amount=amount,
         energy_kwh=kwh.quantize(Decimal("0.0001")),
         co2e_kg=(kwh * pricing.grams_per_kwh(cluster.region) / 1000).quantize(Decimal("0.0001")),
-        note=note,
     )
 
 
@@ -158,6 +140,7 @@ def record(lines: list[UsageRecord]) -> list[UsageRecord]:
         return []
     with transaction.atomic():
         billing_lock(shared=True)
+        into_open_months(lines)
         new = without_metered(lines)
         try:
             with transaction.atomic():
@@ -167,6 +150,21 @@ def record(lines: list[UsageRecord]) -> list[UsageRecord]:
             new = [line for line in new if insert_one(line)]
         add_to_summary(new)
     return new
+
+
+def into_open_months(lines: list[UsageRecord]) -> None:
+    """A line for a closed month goes to the first open month after it; a part of a run metered
+    there is late usage, an adjustment. Decided under the billing lock: no month closes between
+    this and the insert."""
+    closed = set(MonthClose.objects.values_list("month", flat=True))
+    for line in lines:
+        natural = line.month
+        while line.month in closed:
+            line.month = next_month(line.month)
+        if line.month != natural and line.corrects_id is None:
+            line.note = f"late usage of {natural:%Y-%m}, a closed month"
+            if line.kind == UsageKind.USAGE:
+                line.kind = UsageKind.ADJUSTMENT
 
 
 def ledger_key(line: UsageRecord) -> tuple:
@@ -310,17 +308,17 @@ def lines_for_release(
     not to be charged; `record` keeps only what the ledger does not have yet."""
     lines = lines_for_attempt(job, attempt, started_at, ended_at, kind, pricing)
     if kind != UsageKind.USAGE:
-        lines += corrections_of_accrued_charges(job, attempt, kind, pricing)
+        lines += corrections_of_accrued_charges(job, attempt, kind)
     return lines
 
 
-def corrections_of_accrued_charges(job: Job, attempt: int, kind: str, pricing: Pricing) -> list[UsageRecord]:
+def corrections_of_accrued_charges(job: Job, attempt: int, kind: str) -> list[UsageRecord]:
     """Parts charged while the attempt ran (month rollovers, billed in their month or late in the
     next open one) that its end says must not be charged: each is credited back, and its time
     recorded as `kind`, by two lines that name it. The ledger is never edited; the part itself is
     not metered again."""
     corrections = []
-    month = pricing.billing_month(month_of())
+    month = month_of()
     why = UsageKind(kind).label.lower()
     charged = UsageRecord.objects.filter(
         job=job, attempt=attempt, corrects__isnull=True, kind__in=[UsageKind.USAGE, UsageKind.ADJUSTMENT]

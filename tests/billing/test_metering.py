@@ -144,6 +144,19 @@ def test_a_closed_month_never_changes_late_usage_lands_in_the_next_open_month(pr
     assert MonthClose.objects.get().closed_by == finance_user
 
 
+def test_a_month_closed_while_its_usage_was_being_priced_still_never_changes(prices, ran, finance_user):
+    job = ran(at(2026, 10, 31, 22), at(2026, 11, 1, 2))  # the release signal was not delivered
+    lines = metering.lines_for_release(
+        job, 0, job.started_at, job.ended_at, UsageKind.USAGE, metering.Pricing()
+    )
+    metering.close_month(date(2026, 10, 1), finance_user)  # between pricing and recording
+    metering.record(lines)
+    assert not UsageRecord.objects.filter(month=date(2026, 10, 1)).exists()
+    assert not MonthlySummary.objects.filter(month=date(2026, 10, 1)).exists()
+    late = UsageRecord.objects.get(job=job, period_start=at(2026, 10, 31, 22))
+    assert (late.kind, late.month) == (UsageKind.ADJUSTMENT, date(2026, 11, 1))
+
+
 def test_running_jobs_accrue_finished_months_and_end_without_double_billing(prices, make_job, cluster):
     job = make_job()
     admit(job, cluster)
