@@ -62,15 +62,26 @@ def frozen_now(monkeypatch) -> datetime:
 
 
 @pytest.fixture
-def ran(make_job, cluster):
-    """A job that ran on the local cluster from `start` to `end` and ended in `state`."""
-    from jobs.choices import JobState
+def running(make_job, cluster):
+    """A job running on the local cluster since `start`."""
 
-    def run(start, end, *, state=JobState.SUCCEEDED, platform_fault=False, **spec):
+    def run(start, **spec):
         job = make_job(**spec)
         admit(job, cluster)
         job.mark_submitted("x")
         job.mark_running(start)
+        return job
+
+    return run
+
+
+@pytest.fixture
+def ran(running):
+    """A job that ran on the local cluster from `start` to `end` and ended in `state`."""
+    from jobs.choices import JobState
+
+    def run(start, end, *, state=JobState.SUCCEEDED, platform_fault=False, **spec):
+        job = running(start, **spec)
         job.finish(state, exit_code=0, started_at=start, ended_at=end, platform_fault=platform_fault)
         return job
 

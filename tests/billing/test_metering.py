@@ -10,7 +10,6 @@ from django.db import connection
 from billing import metering
 from billing.models import MonthClose, MonthlySummary, RateCard, UsageKind, UsageRecord, to_cents
 from jobs.choices import JobState
-from tests.support import admit
 
 from .conftest import at
 
@@ -19,14 +18,6 @@ pytestmark = pytest.mark.django_db
 
 def meter(job):
     return metering.meter_release(job.pk, job.attempt, job.cluster_id, job.started_at, job.ended_at, False)
-
-
-def running_since(make_job, cluster, start):
-    job = make_job()
-    admit(job, cluster)
-    job.mark_submitted("x")
-    job.mark_running(start)
-    return job
 
 
 def test_rounding_is_half_even_to_the_cent():
@@ -81,8 +72,8 @@ def test_the_safety_net_meters_a_job_the_signal_missed(prices, ran):
     assert UsageRecord.objects.get(job=job).amount == Decimal("5.00")
 
 
-def test_the_safety_net_meters_the_rest_of_an_accrued_job_whose_release_was_missed(prices, make_job, cluster):
-    job = running_since(make_job, cluster, at(2026, 10, 30, 0))
+def test_the_safety_net_meters_the_rest_of_an_accrued_job_whose_release_was_missed(prices, running):
+    job = running(at(2026, 10, 30, 0))
     metering.meter_running(now=at(2026, 11, 1, 0, 1))  # October accrued
     job.finish(JobState.SUCCEEDED, exit_code=0, ended_at=at(2026, 11, 1, 12))  # signal not delivered
     assert metering.meter_finished() == 1
@@ -95,9 +86,9 @@ def test_the_safety_net_meters_the_rest_of_an_accrued_job_whose_release_was_miss
 
 
 def test_the_safety_net_credits_an_accrued_charge_of_a_platform_failure_whose_release_was_missed(
-    prices, make_job, cluster
+    prices, running
 ):
-    job = running_since(make_job, cluster, at(2026, 10, 31, 0))
+    job = running(at(2026, 10, 31, 0))
     metering.meter_running(now=at(2026, 11, 1, 0, 1))
     job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 6), platform_fault=True)
     metering.meter_finished()
@@ -157,11 +148,8 @@ def test_a_month_closed_while_its_usage_was_being_priced_still_never_changes(pri
     assert (late.kind, late.month) == (UsageKind.ADJUSTMENT, date(2026, 11, 1))
 
 
-def test_running_jobs_accrue_finished_months_and_end_without_double_billing(prices, make_job, cluster):
-    job = make_job()
-    admit(job, cluster)
-    job.mark_submitted("x")
-    job.mark_running(at(2026, 10, 30, 0))
+def test_running_jobs_accrue_finished_months_and_end_without_double_billing(prices, running):
+    job = running(at(2026, 10, 30, 0))
     assert metering.meter_running(now=at(2026, 11, 2)) == 1
     assert metering.meter_running(now=at(2026, 11, 3)) == 0
     job.finish(JobState.SUCCEEDED, exit_code=0, ended_at=at(2026, 11, 1, 12))
@@ -173,8 +161,8 @@ def test_running_jobs_accrue_finished_months_and_end_without_double_billing(pric
     ]
 
 
-def test_closing_a_month_never_bills_its_accrued_usage_again(prices, make_job, cluster, finance_user):
-    job = running_since(make_job, cluster, at(2026, 10, 30, 0))
+def test_closing_a_month_never_bills_its_accrued_usage_again(prices, running, finance_user):
+    job = running(at(2026, 10, 30, 0))
     assert metering.meter_running(now=at(2026, 11, 1, 0, 1)) == 1  # October accrued while open
     metering.close_month(date(2026, 10, 1), finance_user)
     assert metering.meter_running(now=at(2026, 11, 1, 9)) == 0  # the sweeps after the close
@@ -189,10 +177,8 @@ def test_closing_a_month_never_bills_its_accrued_usage_again(prices, make_job, c
     assert sum(summary.amount for summary in MonthlySummary.objects.all()) == Decimal("150.00")
 
 
-def test_a_platform_failure_credits_a_closed_months_accrued_charge_once(
-    prices, make_job, cluster, finance_user
-):
-    job = running_since(make_job, cluster, at(2026, 10, 31, 0))
+def test_a_platform_failure_credits_a_closed_months_accrued_charge_once(prices, running, finance_user):
+    job = running(at(2026, 10, 31, 0))
     metering.meter_running(now=at(2026, 11, 1, 0, 1))  # 24 GPU-h of October: 60.00 EUR
     metering.close_month(date(2026, 10, 1), finance_user)
     metering.meter_running(now=at(2026, 11, 1, 9))
@@ -210,9 +196,9 @@ def test_a_platform_failure_credits_a_closed_months_accrued_charge_once(
 
 
 def test_usage_accrued_after_its_month_closed_is_credited_when_the_platform_failed_the_job(
-    prices, make_job, cluster, finance_user
+    prices, running, finance_user
 ):
-    job = running_since(make_job, cluster, at(2026, 10, 31, 0))
+    job = running(at(2026, 10, 31, 0))
     metering.close_month(date(2026, 10, 1), finance_user)  # before any sweep saw October end
     metering.meter_running(now=at(2026, 11, 1, 9))  # October's 60.00 EUR, billed late in November
     job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 12), platform_fault=True)
@@ -232,11 +218,8 @@ def test_the_ledger_refuses_a_second_line_for_a_metered_period_whatever_its_kind
             line.save(force_insert=True)
 
 
-def test_accrued_charges_are_credited_when_the_platform_failed_the_job(prices, make_job, cluster):
-    job = make_job()
-    admit(job, cluster)
-    job.mark_submitted("x")
-    job.mark_running(at(2026, 10, 31, 0))
+def test_accrued_charges_are_credited_when_the_platform_failed_the_job(prices, running):
+    job = running(at(2026, 10, 31, 0))
     metering.meter_running(now=at(2026, 11, 2))
     job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 6), platform_fault=True)
     meter(job)

@@ -9,7 +9,6 @@ from django.core import mail
 from billing.alerts import check_budget_alerts
 from billing.models import BudgetAlert, RateCard
 from quotas.models import Budget
-from tests.support import admit
 
 from .conftest import at, run_now
 
@@ -42,12 +41,9 @@ def test_spend_against_a_budget_counts_only_the_budgets_currency(
 
 
 def test_job_page_shows_live_cost_while_running_and_the_bill_after(
-    client, owner, prices, make_job, cluster, frozen_now
+    client, owner, prices, running, frozen_now
 ):
-    job = make_job(gpu_count=2)
-    admit(job, cluster)
-    job.mark_submitted("x")
-    job.mark_running(frozen_now - timedelta(hours=1))
+    job = running(frozen_now - timedelta(hours=1), gpu_count=2)
     client.force_login(owner)
     page = client.get(f"/jobs/{job.pk}/").content.decode()
     assert 'id="job-cost">5.00 EUR so far' in page
@@ -57,14 +53,11 @@ def test_job_page_shows_live_cost_while_running_and_the_bill_after(
 
 
 def test_dashboard_shows_what_running_jobs_accrue_in_each_currency_apart(
-    client, owner, tenant, a100, a100_in_dollars, make_job, cluster, frozen_now
+    client, owner, tenant, a100, a100_in_dollars, running, frozen_now
 ):
     Budget.objects.create(tenant=tenant, amount_per_month=Decimal("100"), currency="EUR")
     for spec in ({"gpu_count": 2}, {"gpu_type": a100, "gpu_count": 1}):  # 5.00 EUR, 10.00 USD an hour
-        job = make_job(**spec)
-        admit(job, cluster)
-        job.mark_submitted("x")
-        job.mark_running(frozen_now - timedelta(hours=1))
+        running(frozen_now - timedelta(hours=1), **spec)
     client.force_login(owner)
     dashboard = client.get("/tenants/demo-lab/").content.decode()
     assert '<span id="spend-accruing">5.00 EUR, 10.00 USD</span> accruing on 2 running jobs' in dashboard
