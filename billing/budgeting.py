@@ -28,11 +28,15 @@ def money_spent(currencies: dict[int, str], month: date) -> dict[int, Decimal]:
     }
 
 
-def prices_per_gpu_hour(day: date | None = None) -> dict[int, Decimal]:
-    """Each GPU type's price in force today (the GPU-type price; a cluster's own price may differ,
-    but admission estimates before placing the job)."""
+def prices_per_gpu_hour(day: date | None = None) -> dict[int, tuple[Decimal, str]]:
+    """Each GPU type's price in force today and its currency: {GPU type id: (price, currency)}
+    (the GPU-type price; a cluster's own price may differ, but admission estimates before placing
+    the job). A price counts only against a budget in its own currency."""
     day = day or timezone.now().date()
     cards = RateCard.objects.filter(cluster__isnull=True, effective_from__lte=day).filter(
         models.Q(effective_until__isnull=True) | models.Q(effective_until__gt=day)
     )
-    return dict(cards.values_list("gpu_type_id", "price_per_gpu_hour"))
+    return {
+        gpu_type_id: (price, currency)
+        for gpu_type_id, price, currency in cards.values_list("gpu_type_id", "price_per_gpu_hour", "currency")
+    }

@@ -2,9 +2,11 @@
 
 A run is split at midnight UTC of each 1st. Each part becomes one line, priced by the rate card in
 force when the part starts (a cluster's own price beats the GPU type's), rounded once. The unique
-constraint on (job, attempt, part start, kind) makes a repeat, a retry or a concurrent metering of
-the same job a no-op; the monthly summary grows only with lines really inserted. Lines for a month
-finance has closed go to the next open month, as adjustments.
+constraint on (job, attempt, part start) makes a repeat, a retry or a concurrent metering of the
+same part a no-op, whatever kind the part would now be metered as; the monthly summary grows only
+with lines really inserted. Lines for a month finance has closed go to the next open month, as
+adjustments. An attempt that ends not to be charged credits what was charged for its earlier parts
+by corrections: lines that name the line they correct, each at most once per kind.
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ class Pricing:
     clusters: dict[int, Cluster] = dataclasses.field(default_factory=dict)
     gpu_types: dict[int, GpuType] = dataclasses.field(default_factory=dict)
     intensity: dict[str, Decimal] | None = None
-    closed: set[date] | None = None
 
     def rate(self, gpu_type_id: int, cluster_id: int, day: date) -> RateCard | None:
         key = (gpu_type_id, cluster_id, day)
@@ -88,15 +89,6 @@ class Pricing:
             self.intensity = dict(GridIntensity.objects.values_list("region", "grams_co2e_per_kwh"))
         return self.intensity.get(region, ZERO)
 
-    def billing_month(self, natural: date) -> date:
-        """The month a line lands in: its own, or the first open one after it."""
-        if self.closed is None:
-            self.closed = set(MonthClose.objects.values_list("month", flat=True))
-        month = natural
-        while month in self.closed:
-            month = next_month(month)
-        return month
-
 
 def line_for(
     job: Job, attempt: int, start: datetime, end: datetime, kind: str, pricing: Pricing
@@ -105,13 +97,6 @@ def line_for(
     hours = Decimal(seconds) / HOUR
     cluster = pricing.cluster(job.cluster_id)
     gpu_type = pricing.gpu_type(job.gpu_type_id)
-    natural = month_of(start)
-    month = pricing.billing_month(natural)
-    note = ""
-    if month != natural:
-        note = f"late usage of {natural:%Y-%m}, a closed month"
-        if kind == UsageKind.USAGE:
-            kind = UsageKind.ADJUSTMENT
     card = pricing.rate(job.gpu_type_id, job.cluster_id, start.date())
     amount = ZERO
     if card is not None and kind in (UsageKind.USAGE, UsageKind.ADJUSTMENT):
@@ -125,7 +110,7 @@ def line_for(
         job=job,
         attempt=attempt,
         kind=kind,
-        month=month,
+        month=month_of(start),  # until `record` finds it closed
         period_start=start,
         period_end=end,
         tenant_id=job.tenant_id,
@@ -141,7 +126,6 @@ def line_for(
         amount=amount,
         energy_kwh=kwh.quantize(Decimal("0.0001")),
         co2e_kg=(kwh * pricing.grams_per_kwh(cluster.region) / 1000).quantize(Decimal("0.0001")),
-        note=note,
     )
 
 
@@ -156,6 +140,7 @@ def record(lines: list[UsageRecord]) -> list[UsageRecord]:
         return []
     with transaction.atomic():
         billing_lock(shared=True)
+        into_open_months(lines)
         new = without_metered(lines)
         try:
             with transaction.atomic():
@@ -167,16 +152,46 @@ def record(lines: list[UsageRecord]) -> list[UsageRecord]:
     return new
 
 
+def into_open_months(lines: list[UsageRecord]) -> None:
+    """A line for a closed month goes to the first open month after it; a part of a run metered
+    there is late usage, an adjustment. Decided under the billing lock: no month closes between
+    this and the insert."""
+    closed = set(MonthClose.objects.values_list("month", flat=True))
+    for line in lines:
+        natural = line.month
+        while line.month in closed:
+            line.month = next_month(line.month)
+        if line.month != natural and line.corrects_id is None:
+            line.note = f"late usage of {natural:%Y-%m}, a closed month"
+            if line.kind == UsageKind.USAGE:
+                line.kind = UsageKind.ADJUSTMENT
+
+
+def ledger_key(line: UsageRecord) -> tuple:
+    """A line's place in the ledger, as the unique constraints see it: a period of a job attempt
+    (whatever the kind), or a correction of one line in one way."""
+    if line.corrects_id is not None:
+        return ("correction", line.corrects_id, line.kind)
+    return ("period", line.job_id, line.attempt, line.period_start)
+
+
 def without_metered(lines: list[UsageRecord]) -> list[UsageRecord]:
-    keys = {(line.job_id, line.attempt, line.period_start, line.kind) for line in lines if line.job_id}
-    existing = set(
-        UsageRecord.objects.filter(job_id__in={k[0] for k in keys}).values_list(
-            "job_id", "attempt", "period_start", "kind"
-        )
-    )
+    periods = [line for line in lines if line.job_id and line.corrects_id is None]
+    corrections = [line for line in lines if line.corrects_id is not None]
+    existing = {
+        ("period", *key)
+        for key in UsageRecord.objects.filter(
+            job_id__in={line.job_id for line in periods}, corrects__isnull=True
+        ).values_list("job_id", "attempt", "period_start")
+    } | {
+        ("correction", *key)
+        for key in UsageRecord.objects.filter(
+            corrects_id__in={line.corrects_id for line in corrections}
+        ).values_list("corrects_id", "kind")
+    }
     fresh, seen = [], set()
     for line in lines:
-        key = (line.job_id, line.attempt, line.period_start, line.kind)
+        key = ledger_key(line)
         if line.job_id and (key in existing or key in seen):
             continue
         seen.add(key)
@@ -283,44 +298,67 @@ def meter_release(
         return []
     job.cluster_id = cluster_id  # a requeued job has already lost it
     pricing = Pricing()
-    kind = final_kind(job, requeued)
+    return record(lines_for_release(job, attempt, started_at, ended_at, final_kind(job, requeued), pricing))
+
+
+def lines_for_release(
+    job: Job, attempt: int, started_at: datetime, ended_at: datetime, kind: str, pricing: Pricing
+) -> list[UsageRecord]:
+    """Every part of an attempt that stopped, and the corrections of its accrued charges if it is
+    not to be charged; `record` keeps only what the ledger does not have yet."""
     lines = lines_for_attempt(job, attempt, started_at, ended_at, kind, pricing)
     if kind != UsageKind.USAGE:
-        lines += credits_for_accrued_usage(job, attempt, pricing)
-    return record(lines)
+        lines += corrections_of_accrued_charges(job, attempt, kind)
+    return lines
 
 
-def credits_for_accrued_usage(job: Job, attempt: int, pricing: Pricing) -> list[UsageRecord]:
-    """Lines charged while the attempt ran (month rollovers) that its end says must not be charged
-    are credited back by adjustment lines: the ledger is never edited."""
-    credits = []
-    for line in UsageRecord.objects.filter(job=job, attempt=attempt, kind=UsageKind.USAGE):
-        month = pricing.billing_month(month_of())
-        credits.append(
+def corrections_of_accrued_charges(job: Job, attempt: int, kind: str) -> list[UsageRecord]:
+    """Parts charged while the attempt ran (month rollovers, billed in their month or late in the
+    next open one) that its end says must not be charged: each is credited back, and its time
+    recorded as `kind`, by two lines that name it. The ledger is never edited; the part itself is
+    not metered again."""
+    corrections = []
+    month = month_of()
+    why = UsageKind(kind).label.lower()
+    charged = UsageRecord.objects.filter(
+        job=job, attempt=attempt, corrects__isnull=True, kind__in=[UsageKind.USAGE, UsageKind.ADJUSTMENT]
+    )
+    for line in charged:
+        same = {
+            "job": job,
+            "attempt": attempt,
+            "corrects": line,
+            "month": month,
+            "period_start": line.period_start,
+            "period_end": line.period_end,
+            "tenant_id": line.tenant_id,
+            "cost_center": line.cost_center,
+            "cluster_id": line.cluster_id,
+            "gpu_type_id": line.gpu_type_id,
+            "gpus": line.gpus,
+            "rate_card": line.rate_card,
+            "currency": line.currency,
+        }
+        corrections += [
             UsageRecord(
-                job=job,
-                attempt=attempt,
+                **same,
                 kind=UsageKind.ADJUSTMENT,
-                month=month,
-                period_start=line.period_start,
-                period_end=line.period_end,
-                tenant_id=line.tenant_id,
-                cost_center=line.cost_center,
-                cluster_id=line.cluster_id,
-                gpu_type_id=line.gpu_type_id,
-                gpus=line.gpus,
                 gpu_seconds=-line.gpu_seconds,
                 cpu_core_seconds=-line.cpu_core_seconds,
                 memory_gb_seconds=-line.memory_gb_seconds,
-                rate_card=line.rate_card,
-                currency=line.currency,
                 amount=-line.amount,
-                energy_kwh=ZERO,
-                co2e_kg=ZERO,
-                note=f"credit: {final_kind(job, False).replace('_', ' ')}, not charged",
-            )
-        )
-    return credits
+                note=f"credit: {why}",
+            ),
+            UsageRecord(
+                **same,
+                kind=kind,
+                gpu_seconds=line.gpu_seconds,
+                cpu_core_seconds=line.cpu_core_seconds,
+                memory_gb_seconds=line.memory_gb_seconds,
+                note="time of a credited charge",
+            ),
+        ]
+    return corrections
 
 
 def meter_running(now: datetime | None = None) -> int:
@@ -337,21 +375,27 @@ def meter_running(now: datetime | None = None) -> int:
 
 
 def meter_finished(limit: int = 5000) -> int:
-    """The safety net behind the release signal: ended jobs whose final attempt has no ledger line
-    (a worker died between the job's end and its metering)."""
+    """The safety net behind the release signal: ended jobs whose final attempt is not all in the
+    ledger (a worker died between the job's end and its metering). Months accrued while the job
+    ran do not count: an attempt is in the ledger once its last part is, as its end says (charged,
+    or recorded as a platform failure), since a release records all that is missing at once."""
     pricing = Pricing()
-    metered = UsageRecord.objects.filter(job=models.OuterRef("pk"), attempt=models.OuterRef("attempt"))
+    last_part = UsageRecord.objects.filter(
+        job=models.OuterRef("pk"), attempt=models.OuterRef("attempt"), period_end=models.OuterRef("ended_at")
+    )
+    charged = models.Exists(last_part.filter(kind__in=[UsageKind.USAGE, UsageKind.ADJUSTMENT]))
+    not_charged = models.Exists(last_part.filter(kind=UsageKind.PLATFORM_FAULT))
     missing = (
         Job.objects.filter(
             state__in=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]
         )
-        .filter(started_at__isnull=False, ended_at__isnull=False, cluster__isnull=False)
-        .exclude(models.Exists(metered))
+        .filter(started_at__isnull=False, ended_at__gt=models.F("started_at"), cluster__isnull=False)
+        .filter(models.Q(platform_fault=False) & ~charged | models.Q(platform_fault=True) & ~not_charged)
         .select_related("tenant")[:limit]
     )
     lines: list[UsageRecord] = []
     for job in missing:
-        lines += lines_for_attempt(
+        lines += lines_for_release(
             job, job.attempt, job.started_at, job.ended_at, final_kind(job, False), pricing
         )
     return len(record(lines))
@@ -359,8 +403,7 @@ def meter_finished(limit: int = 5000) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class JobCost:
-    amount: Decimal
-    currency: str
+    amounts: dict[str, Decimal]  # per currency, priced parts only: other currencies are other money
     energy_kwh: Decimal
     co2e_kg: Decimal
 
@@ -369,14 +412,17 @@ def live_cost(job: Job, now: datetime | None = None, pricing: Pricing | None = N
     """What a job has cost so far: priced like its ledger lines will be (running jobs are not in the
     ledger until they end)."""
     if job.started_at is None or job.cluster_id is None:
-        return JobCost(ZERO, "", ZERO, ZERO)
+        return JobCost({}, ZERO, ZERO)
     end = job.ended_at or now or timezone.now()
     lines = lines_for_attempt(
         job, job.attempt, job.started_at, end, final_kind(job, False), pricing or Pricing()
     )
+    amounts: dict[str, Decimal] = {}
+    for line in lines:
+        if line.currency:
+            amounts[line.currency] = amounts.get(line.currency, ZERO) + line.amount
     return JobCost(
-        amount=sum((line.amount for line in lines), ZERO),
-        currency=next((line.currency for line in lines if line.currency), ""),
+        amounts=amounts,
         energy_kwh=sum((line.energy_kwh for line in lines), ZERO),
         co2e_kg=sum((line.co2e_kg for line in lines), ZERO),
     )

@@ -157,6 +157,15 @@ class UsageRecord(models.Model):
     energy_kwh = models.DecimalField(max_digits=14, decimal_places=4, default=ZERO)
     co2e_kg = models.DecimalField(max_digits=14, decimal_places=4, default=ZERO)
     note = models.CharField(max_length=300, blank=True)
+    corrects = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="corrections",
+        help_text="The line of the same job attempt and period that this one corrects: a credit of its "
+        "charge, or its time recorded as not charged.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = UsageRecordQuerySet.as_manager()
@@ -164,12 +173,18 @@ class UsageRecord(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            # Exactly once: a job attempt has one line per natural month and kind, however often
-            # metering runs; adjustments (no job) are exempt.
+            # Exactly once: a job attempt's period (its part of a natural month) is metered into one
+            # line, whatever its kind and however often metering runs; lines without a job are exempt.
             models.UniqueConstraint(
-                fields=["job", "attempt", "period_start", "kind"],
-                condition=models.Q(job__isnull=False),
+                fields=["job", "attempt", "period_start"],
+                condition=models.Q(job__isnull=False, corrects__isnull=True),
                 name="one_ledger_line_per_job_period",
+            ),
+            # ... and corrected at most once in each way.
+            models.UniqueConstraint(
+                fields=["corrects", "kind"],
+                condition=models.Q(corrects__isnull=False),
+                name="one_correction_per_line_and_kind",
             ),
         ]
         indexes = [

@@ -38,11 +38,12 @@ def tenant_spend(request, tenant) -> str:
     running = [
         live_cost(job, pricing=pricing) for job in Job.objects.filter(tenant=tenant, state=JobState.RUNNING)
     ]
-    currency = (
-        getattr(budget, "currency", "")
-        or billed_currency(tenant, month)
-        or next((c.currency for c in running if c.currency), "")
-    )
+    accruing: dict[str, Decimal] = {}  # one amount per currency, never added across them
+    for cost in running:
+        for code, amount in cost.amounts.items():
+            accruing[code] = accruing.get(code, ZERO) + amount
+    accruing = dict(sorted(accruing.items()))
+    currency = getattr(budget, "currency", "") or billed_currency(tenant, month) or next(iter(accruing), "")
     amount = money_spent({tenant.pk: currency}, month).get(tenant.pk, ZERO)
     energy = UsageRecord.objects.filter(tenant=tenant, month=month).aggregate(
         kwh=models.Sum("energy_kwh"), co2e=models.Sum("co2e_kg")
@@ -50,7 +51,7 @@ def tenant_spend(request, tenant) -> str:
     context = {
         "month": month,
         "amount": amount.quantize(Decimal("0.01")),
-        "accruing": sum((cost.amount for cost in running), ZERO),
+        "accruing": accruing,
         "running_jobs": len(running),
         "energy_kwh": energy["kwh"] or ZERO,
         "co2e_kg": energy["co2e"] or ZERO,

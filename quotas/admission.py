@@ -214,7 +214,7 @@ class Snapshot:
         left = self.budget_left.get(job.tenant_id)
         if left is not None and job.gpu_hours > left:
             return Decision(None, f"budget: {_hours(left)} GPU-h left, job needs {_hours(job.gpu_hours)}")
-        short = self.money.shortfall(job)
+        short = self.money.shortfall(job, gpu)
         if short:
             return Decision(None, short)
 
@@ -319,7 +319,8 @@ class MoneyBudgets:
     """Hard money budgets: what is left this month after what the ledger billed and what the jobs
     now holding GPUs may still cost (their reserved GPU-hours at the GPU type's price). Prices and
     spend come from the billing app, named in settings (FACTORY_BILLING_HOOKS): quotas does not
-    import the app above it."""
+    import the app above it. Money is counted only in the budget's currency: with no exchange
+    rate, a job priced in another currency has no cost to weigh against what is left, so it waits."""
 
     def __init__(self, budgets: dict[int, Budget], month) -> None:
         self.left: dict[int, Decimal] = {}
@@ -327,40 +328,49 @@ class MoneyBudgets:
         self.hooks = import_module(settings.FACTORY_BILLING_HOOKS) if budgets else None
         if not budgets:
             return
-        spent = self.hooks.money_spent({t: b.currency for t, b in budgets.items()}, month)
+        self.currency = {tenant_id: budget.currency for tenant_id, budget in budgets.items()}
+        spent = self.hooks.money_spent(self.currency, month)
         held: dict[int, Decimal] = defaultdict(Decimal)
         open_rows = Reservation.objects.open().filter(tenant_id__in=list(budgets), month=month)
         for tenant_id, gpu_type_id, gpu_hours in open_rows.values_list(
             "tenant_id", "gpu_type_id", "reserved_gpu_hours"
         ):
-            held[tenant_id] += gpu_hours * (self.price(gpu_type_id) or 0)
+            # Held in another currency: billed in it, so never counted in this budget's spend either.
+            held[tenant_id] += self.cost(tenant_id, gpu_type_id, gpu_hours) or 0
         for tenant_id, budget in budgets.items():
             self.left[tenant_id] = (
                 budget.amount_per_month - spent.get(tenant_id, Decimal(0)) - held[tenant_id]
             )
-            self.currency[tenant_id] = budget.currency
 
-    def price(self, gpu_type_id: int) -> Decimal | None:
+    def price(self, gpu_type_id: int) -> tuple[Decimal, str] | None:
         if not hasattr(self, "_prices"):
             self._prices = self.hooks.prices_per_gpu_hour() if self.hooks else {}
         return self._prices.get(gpu_type_id)
 
-    def cost(self, job: PendingJob) -> Decimal:
-        return job.gpu_hours * (self.price(job.gpu_type_id) or 0)
+    def cost(self, tenant_id: int, gpu_type_id: int, gpu_hours: Decimal) -> Decimal | None:
+        """In the tenant's budget currency; None when priced in another one (unpriced: nothing)."""
+        price = self.price(gpu_type_id)
+        if price is None:
+            return Decimal(0)
+        amount, currency = price
+        return gpu_hours * amount if currency == self.currency[tenant_id] else None
 
-    def shortfall(self, job: PendingJob) -> str:
+    def shortfall(self, job: PendingJob, gpu: str) -> str:
         left = self.left.get(job.tenant_id)
         if left is None:
             return ""
-        need = self.cost(job)
+        currency = self.currency[job.tenant_id]
+        need = self.cost(job.tenant_id, job.gpu_type_id, job.gpu_hours)
+        if need is None:
+            priced_in = self.price(job.gpu_type_id)[1]
+            return f"budget: {gpu} is priced in {priced_in}, not in the budget's {currency}"
         if need <= left:
             return ""
-        currency = self.currency[job.tenant_id]
         return f"budget: {max(left, Decimal(0)):.2f} {currency} left, job may cost {need:.2f} {currency}"
 
     def spend(self, job: PendingJob) -> None:
         if job.tenant_id in self.left:
-            self.left[job.tenant_id] -= self.cost(job)
+            self.left[job.tenant_id] -= self.cost(job.tenant_id, job.gpu_type_id, job.gpu_hours) or 0
 
 
 def borrowed_jobs(gpu_type_id: int) -> dict[int, list[tuple[int, int, int, int]]]:

@@ -10,7 +10,6 @@ from django.db import connection
 from billing import metering
 from billing.models import MonthClose, MonthlySummary, RateCard, UsageKind, UsageRecord, to_cents
 from jobs.choices import JobState
-from tests.support import admit
 
 from .conftest import at
 
@@ -73,6 +72,30 @@ def test_the_safety_net_meters_a_job_the_signal_missed(prices, ran):
     assert UsageRecord.objects.get(job=job).amount == Decimal("5.00")
 
 
+def test_the_safety_net_meters_the_rest_of_an_accrued_job_whose_release_was_missed(prices, running):
+    job = running(at(2026, 10, 30, 0))
+    metering.meter_running(now=at(2026, 11, 1, 0, 1))  # October accrued
+    job.finish(JobState.SUCCEEDED, exit_code=0, ended_at=at(2026, 11, 1, 12))  # signal not delivered
+    assert metering.meter_finished() == 1
+    assert metering.meter_finished() == 0
+    lines = UsageRecord.objects.filter(job=job).order_by("period_start")
+    assert [(line.month, line.gpu_seconds) for line in lines] == [
+        (date(2026, 10, 1), 2 * 86400),
+        (date(2026, 11, 1), 43200),
+    ]
+
+
+def test_the_safety_net_credits_an_accrued_charge_of_a_platform_failure_whose_release_was_missed(
+    prices, running
+):
+    job = running(at(2026, 10, 31, 0))
+    metering.meter_running(now=at(2026, 11, 1, 0, 1))
+    job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 6), platform_fault=True)
+    metering.meter_finished()
+    assert metering.meter_finished() == 0
+    assert sum(line.amount for line in UsageRecord.objects.filter(job=job)) == 0
+
+
 def test_cluster_price_beats_the_gpu_type_price_and_price_changes_keep_the_past(prices, ran, cluster, h100):
     RateCard.objects.create(
         gpu_type=h100,
@@ -112,11 +135,21 @@ def test_a_closed_month_never_changes_late_usage_lands_in_the_next_open_month(pr
     assert MonthClose.objects.get().closed_by == finance_user
 
 
-def test_running_jobs_accrue_finished_months_and_end_without_double_billing(prices, make_job, cluster):
-    job = make_job()
-    admit(job, cluster)
-    job.mark_submitted("x")
-    job.mark_running(at(2026, 10, 30, 0))
+def test_a_month_closed_while_its_usage_was_being_priced_still_never_changes(prices, ran, finance_user):
+    job = ran(at(2026, 10, 31, 22), at(2026, 11, 1, 2))  # the release signal was not delivered
+    lines = metering.lines_for_release(
+        job, 0, job.started_at, job.ended_at, UsageKind.USAGE, metering.Pricing()
+    )
+    metering.close_month(date(2026, 10, 1), finance_user)  # between pricing and recording
+    metering.record(lines)
+    assert not UsageRecord.objects.filter(month=date(2026, 10, 1)).exists()
+    assert not MonthlySummary.objects.filter(month=date(2026, 10, 1)).exists()
+    late = UsageRecord.objects.get(job=job, period_start=at(2026, 10, 31, 22))
+    assert (late.kind, late.month) == (UsageKind.ADJUSTMENT, date(2026, 11, 1))
+
+
+def test_running_jobs_accrue_finished_months_and_end_without_double_billing(prices, running):
+    job = running(at(2026, 10, 30, 0))
     assert metering.meter_running(now=at(2026, 11, 2)) == 1
     assert metering.meter_running(now=at(2026, 11, 3)) == 0
     job.finish(JobState.SUCCEEDED, exit_code=0, ended_at=at(2026, 11, 1, 12))
@@ -128,11 +161,65 @@ def test_running_jobs_accrue_finished_months_and_end_without_double_billing(pric
     ]
 
 
-def test_accrued_charges_are_credited_when_the_platform_failed_the_job(prices, make_job, cluster):
-    job = make_job()
-    admit(job, cluster)
-    job.mark_submitted("x")
-    job.mark_running(at(2026, 10, 31, 0))
+def test_closing_a_month_never_bills_its_accrued_usage_again(prices, running, finance_user):
+    job = running(at(2026, 10, 30, 0))
+    assert metering.meter_running(now=at(2026, 11, 1, 0, 1)) == 1  # October accrued while open
+    metering.close_month(date(2026, 10, 1), finance_user)
+    assert metering.meter_running(now=at(2026, 11, 1, 9)) == 0  # the sweeps after the close
+    job.finish(JobState.SUCCEEDED, exit_code=0, ended_at=at(2026, 11, 1, 12))
+    meter(job)
+    assert metering.meter_finished() == 0
+    lines = UsageRecord.objects.filter(job=job).order_by("period_start")
+    assert [(line.kind, line.month, line.gpu_seconds) for line in lines] == [
+        (UsageKind.USAGE, date(2026, 10, 1), 2 * 86400),
+        (UsageKind.USAGE, date(2026, 11, 1), 43200),
+    ]
+    assert sum(summary.amount for summary in MonthlySummary.objects.all()) == Decimal("150.00")
+
+
+def test_a_platform_failure_credits_a_closed_months_accrued_charge_once(prices, running, finance_user):
+    job = running(at(2026, 10, 31, 0))
+    metering.meter_running(now=at(2026, 11, 1, 0, 1))  # 24 GPU-h of October: 60.00 EUR
+    metering.close_month(date(2026, 10, 1), finance_user)
+    metering.meter_running(now=at(2026, 11, 1, 9))
+    job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 12), platform_fault=True)
+    meter(job)
+    metering.meter_finished()
+    lines = UsageRecord.objects.filter(job=job)
+    assert sum(line.amount for line in lines) == 0
+    assert [line.amount for line in lines if line.amount < 0] == [Decimal("-60.00")]
+    summaries = MonthlySummary.objects.all()
+    assert sum(summary.amount for summary in summaries) == 0
+    assert sum(summary.charged_gpu_seconds for summary in summaries) == 0
+    assert sum(summary.gpu_seconds for summary in summaries) == 36 * 3600  # recorded once, not charged
+    assert sum(summary.energy_kwh for summary in summaries) == Decimal("30.2400")  # 36 h × 700 W × 1.2
+
+
+def test_usage_accrued_after_its_month_closed_is_credited_when_the_platform_failed_the_job(
+    prices, running, finance_user
+):
+    job = running(at(2026, 10, 31, 0))
+    metering.close_month(date(2026, 10, 1), finance_user)  # before any sweep saw October end
+    metering.meter_running(now=at(2026, 11, 1, 9))  # October's 60.00 EUR, billed late in November
+    job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 12), platform_fault=True)
+    meter(job)
+    assert sum(line.amount for line in UsageRecord.objects.filter(job=job)) == 0
+    assert sum(summary.amount for summary in MonthlySummary.objects.all()) == 0
+
+
+def test_the_ledger_refuses_a_second_line_for_a_metered_period_whatever_its_kind(prices, ran):
+    from django.db import IntegrityError, transaction
+
+    job = ran(at(2026, 11, 3, 10), at(2026, 11, 3, 11))
+    line = meter(job)[0]
+    for kind in (UsageKind.ADJUSTMENT, UsageKind.PLATFORM_FAULT):
+        line.pk, line.kind = None, kind
+        with pytest.raises(IntegrityError), transaction.atomic():
+            line.save(force_insert=True)
+
+
+def test_accrued_charges_are_credited_when_the_platform_failed_the_job(prices, running):
+    job = running(at(2026, 10, 31, 0))
     metering.meter_running(now=at(2026, 11, 2))
     job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 6), platform_fault=True)
     meter(job)

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 import pytest
 
+from billing.models import RateCard
 from jobs.choices import JobState
 from quotas.admission import admit_pending
 from quotas.models import Budget
 
-from .conftest import at, run_now
+from .conftest import run_now
 
 pytestmark = pytest.mark.django_db
 
@@ -22,11 +24,8 @@ def no_dispatch(django_capture_on_commit_callbacks):
 def test_a_hard_money_budget_holds_jobs_that_may_cost_more_than_is_left(
     make_job, tenant, quotas, prices, ran
 ):
-    from billing import metering
-
     Budget.objects.create(tenant=tenant, amount_per_month=Decimal("20"), currency="EUR", hard=True)
-    spent = ran(at(2026, 11, 2, 9), at(2026, 11, 2, 11))  # 2 GPU-h × 2.50 = 5.00 EUR billed
-    metering.meter_release(spent.pk, 0, spent.cluster_id, spent.started_at, spent.ended_at, False)
+    run_now(ran, 2, gpu_count=1)  # 2 GPU-h × 2.50 = 5.00 EUR billed this month
     jobs = [make_job(name=f"j{i}", gpu_count=2, time_limit_minutes=90) for i in range(3)]  # 7.50 EUR each
     admit_pending()
     for job in jobs:
@@ -45,6 +44,32 @@ def test_a_hard_money_budget_counts_only_what_was_billed_in_its_currency(
     admit_pending()
     job.refresh_from_db()
     assert job.state == JobState.ADMITTED
+
+
+def test_a_hard_money_budget_holds_jobs_priced_only_in_another_currency(make_job, tenant, quotas, h100):
+    RateCard.objects.create(
+        gpu_type=h100, currency="USD", price_per_gpu_hour=Decimal("2.50"), effective_from=date(2026, 1, 1)
+    )
+    Budget.objects.create(tenant=tenant, amount_per_month=Decimal("1000"), currency="EUR", hard=True)
+    job = make_job(gpu_count=1, time_limit_minutes=60)  # 2.50 USD: no measure of what is left in EUR
+    admit_pending()
+    job.refresh_from_db()
+    assert job.state == JobState.PENDING
+    assert job.reason == "budget: h100 is priced in USD, not in the budget's EUR"
+
+
+def test_what_jobs_priced_in_another_currency_hold_is_not_taken_from_a_money_budget(
+    make_job, tenant, quotas, prices, a100
+):
+    RateCard.objects.filter(gpu_type=a100).update(currency="USD", price_per_gpu_hour=Decimal("100"))
+    dollars = make_job(gpu_type=a100, gpu_count=1, time_limit_minutes=60)  # holds 100.00 USD
+    admit_pending()
+    Budget.objects.create(tenant=tenant, amount_per_month=Decimal("20"), currency="EUR", hard=True)
+    euros = make_job(gpu_count=2, time_limit_minutes=90)  # may cost 7.50 of the 20.00 EUR left
+    admit_pending()
+    dollars.refresh_from_db()
+    euros.refresh_from_db()
+    assert (dollars.state, euros.state) == (JobState.ADMITTED, JobState.ADMITTED)
 
 
 def test_a_soft_money_budget_only_warns(make_job, tenant, quotas, prices):

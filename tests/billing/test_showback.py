@@ -1,18 +1,16 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
 from django.core import mail
-from django.utils import timezone
 
 from billing.alerts import check_budget_alerts
-from billing.models import BudgetAlert
+from billing.models import BudgetAlert, RateCard
 from quotas.models import Budget
-from tests.support import admit
 
-from .conftest import run_now
+from .conftest import at, run_now
 
 pytestmark = pytest.mark.django_db
 
@@ -42,17 +40,41 @@ def test_spend_against_a_budget_counts_only_the_budgets_currency(
     assert "of a 100.00 EUR budget (10.0%)" in page
 
 
-def test_job_page_shows_live_cost_while_running_and_the_bill_after(client, owner, prices, make_job, cluster):
-    job = make_job(gpu_count=2)
-    admit(job, cluster)
-    job.mark_submitted("x")
-    job.mark_running(timezone.now() - timedelta(hours=1))
+def test_job_page_shows_live_cost_while_running_and_the_bill_after(
+    client, owner, prices, running, frozen_now
+):
+    job = running(frozen_now - timedelta(hours=1), gpu_count=2)
     client.force_login(owner)
     page = client.get(f"/jobs/{job.pk}/").content.decode()
     assert 'id="job-cost">5.00 EUR so far' in page
     assert 'id="job-energy">1.680 kWh, 0.672 kg CO2e' in page  # 2 × 700 W × 1 h × PUE 1.2; 400 g/kWh
     dashboard = client.get("/tenants/demo-lab/").content.decode()
     assert '<span id="spend-accruing">5.00 EUR</span> accruing on 1 running job' in dashboard
+
+
+def test_dashboard_shows_what_running_jobs_accrue_in_each_currency_apart(
+    client, owner, tenant, a100, a100_in_dollars, running, frozen_now
+):
+    Budget.objects.create(tenant=tenant, amount_per_month=Decimal("100"), currency="EUR")
+    for spec in ({"gpu_count": 2}, {"gpu_type": a100, "gpu_count": 1}):  # 5.00 EUR, 10.00 USD an hour
+        running(frozen_now - timedelta(hours=1), **spec)
+    client.force_login(owner)
+    dashboard = client.get("/tenants/demo-lab/").content.decode()
+    assert '<span id="spend-accruing">5.00 EUR, 10.00 USD</span> accruing on 2 running jobs' in dashboard
+
+
+def test_job_page_shows_a_cost_in_two_currencies_apart(client, owner, prices, ran, cluster, h100):
+    RateCard.objects.create(
+        gpu_type=h100,
+        cluster=cluster,
+        currency="USD",
+        price_per_gpu_hour=Decimal("3.00"),
+        effective_from=date(2026, 11, 1),
+    )
+    job = ran(at(2026, 10, 31, 22), at(2026, 11, 1, 2))  # 2 h at 2.50 EUR, then 2 h at 3.00 USD
+    client.force_login(owner)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="job-cost">5.00 EUR, 6.00 USD (being billed)' in page
 
 
 def test_budget_alerts_go_to_tenant_admins_once_per_threshold(tenant, tenant_admin, owner, prices, ran):
