@@ -7,7 +7,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from factory.adapters import BackendUnavailable
+from factory.adapters import BackendError, BackendUnavailable
 from factory.models import Cluster
 
 from . import dispatch
@@ -78,7 +78,7 @@ def sync_cluster_task(cluster_id: int) -> None:
         return
     try:
         dispatch.sync_cluster(cluster)
-    except BackendUnavailable as exc:
+    except BackendError as exc:
         # Nothing is lost: the next sweep asks again.
         log.warning("sync of %s skipped: %s", cluster, exc)
 

@@ -21,7 +21,6 @@ from ..base import (
     Adapter,
     BackendError,
     BackendState,
-    BackendUnavailable,
     GpuLimit,
     Health,
     JobRejected,
@@ -231,7 +230,7 @@ class SlurmAdapter(Adapter):
             nodes = self.cli.run(
                 ["sinfo", "-h", "-N", "-O", "NodeList:|,Partition:|,Gres:|,GresUsed:|,StateLong"]
             )
-        except BackendUnavailable as exc:
+        except BackendError as exc:
             return Health(ok=False, message=str(exc))
         pools = gpu_capacity(nodes)
         down = sorted({line.split("|")[0] for line in nodes.splitlines() if node_down(line)})

@@ -136,8 +136,10 @@ def classify_error(tool: str, message: str) -> BackendError:
         return JobRejected(text)
     if any(marker in lowered for marker in UNREACHABLE):
         return BackendUnavailable(text)
-    log.warning("unrecognised %s error, treated as transient: %s", tool, text)
-    return BackendUnavailable(text)
+    # Neither an outage nor the job's fault: dispatch retries it a few times with backoff, then
+    # fails the job as a platform fault, rather than retrying for ever or blaming the job.
+    log.warning("unrecognised %s error: %s", tool, text)
+    return BackendError(text)
 
 
 # --- reading their output ------------------------------------------------------------------------
