@@ -277,9 +277,12 @@ class KubernetesAdapter(Adapter):
         return reports
 
     def cancel(self, job) -> None:
-        if not job.external_id:
-            return
-        namespace, name = _split(job.external_id)
+        # Without an external id (an attempt whose dispatcher died before recording it), the
+        # Job's place follows from the tenant and the dispatch key.
+        if job.external_id:
+            namespace, name = _split(job.external_id)
+        else:
+            namespace, name = self.namespace_for(job.tenant), self.job_name(job)
         try:
             current = self._request(
                 "read Jobs", self.batch.read_namespaced_job, name, namespace, expect={404}

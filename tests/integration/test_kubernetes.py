@@ -37,7 +37,7 @@ from factory.models import Cluster, Pool
 from jobs import dispatch, lifecycle, submission
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
-from jobs.tasks import cancel_job, dispatch_jobs
+from jobs.tasks import cancel_backend_job, cancel_job, dispatch_jobs
 from tests.support import admit
 
 from .k8s_fake import TOKEN, FakeKubernetes
@@ -406,6 +406,19 @@ def test_a_cancel_during_dispatch_deletes_the_job_that_dispatch_created(k8s_job,
     assert (job.state, job.external_id) == (JobState.CANCELLED, "")
     deletes = [call.path for call in fake.calls("DELETE")]
     assert deletes == [f"/apis/batch/v1/namespaces/aif-demo-lab/jobs/aif-{job.uid}"]
+
+
+@fake_only
+def test_preempting_a_job_whose_dispatcher_died_after_submitting_deletes_that_attempt(
+    k8s_job, k8s_cluster, fake
+):
+    job = k8s_job(command="sleep 600")
+    k8s_cluster.adapter().submit(job)  # submitted; the dispatcher died before recording it
+    first_key = job.dispatch_key
+    assert lifecycle.preempt(job, "preempted to return borrowed GPUs")
+    cancel_backend_job(job.pk, k8s_cluster.pk, first_key, "")  # what preempt enqueues
+    deletes = [call.path for call in fake.calls("DELETE")]
+    assert deletes == [f"/apis/batch/v1/namespaces/aif-demo-lab/jobs/aif-{first_key}"]
 
 
 @fake_only

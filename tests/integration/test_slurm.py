@@ -224,6 +224,23 @@ def test_cancel_running_job(slurm_job, owner):
     assert job.state == JobState.CANCELLED
 
 
+def test_preempting_a_job_whose_dispatcher_died_after_sbatch_cancels_that_attempt(slurm_job, slurm_cluster):
+    from factory.adapters.slurm.cli import job_state
+    from jobs.tasks import cancel_backend_job
+
+    job = slurm_job(command="sleep 120")
+    adapter = slurm_cluster.adapter()
+    slurm_id = adapter.submit(job)  # submitted; the dispatcher died before recording it
+    first_key = job.dispatch_key
+    assert lifecycle.preempt(job, "preempted to return borrowed GPUs")
+    try:
+        cancel_backend_job(job.pk, slurm_cluster.pk, first_key, "")  # what preempt enqueues
+        entry = next(e for e in adapter.squeue() if str(e["job_id"]) == slurm_id)
+        assert job_state(entry) in ("CANCELLED", "COMPLETING")
+    finally:
+        subprocess.run(["scancel", slurm_id], capture_output=True)
+
+
 def test_dispatching_twice_makes_one_slurm_job(slurm_job, slurm_cluster):
     job = slurm_job(command="sleep 1")
     adapter = slurm_cluster.adapter()

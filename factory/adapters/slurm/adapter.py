@@ -210,10 +210,13 @@ class SlurmAdapter(Adapter):
         return reports
 
     def cancel(self, job) -> None:
-        if not job.external_id:
+        # Without an external id (an attempt whose dispatcher died before recording it), the
+        # Slurm job is found by the dispatch key it was submitted under.
+        external_id = job.external_id or self.find(job)
+        if not external_id:
             return
         try:
-            self.cli.run(["scancel", job.external_id])
+            self.cli.run(["scancel", external_id])
         except JobRejected as exc:
             if "invalid job id" not in str(exc).lower():
                 raise  # an already finished job cannot be cancelled: nothing to do
