@@ -10,7 +10,7 @@ import codecs
 import dataclasses
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -193,6 +193,15 @@ class Adapter:
 
     def logs(self, job, offset: int = 0) -> LogChunk:
         raise NotImplementedError
+
+    def full_log(self, job) -> Iterator[str]:
+        """The whole log, piece by piece, for a download. Backends that read a log from a byte
+        offset cheaply go chunk by chunk; those that can only fetch all of it override this to
+        fetch it once (not once per chunk)."""
+        offset = 0
+        while (chunk := self.logs(job, offset)).text:
+            yield chunk.text
+            offset = chunk.next_offset
 
     def health(self) -> Health:
         raise NotImplementedError

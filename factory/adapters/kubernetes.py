@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from functools import cached_property
 from typing import Any, TypeVar
@@ -305,13 +305,23 @@ class KubernetesAdapter(Adapter):
     def logs(self, job, offset: int = 0) -> LogChunk:
         offset = max(offset, 0)
         finished = bool(getattr(job, "is_terminal", False))
-        empty = LogChunk(text="", next_offset=offset, complete=finished)
+        data = self._log_bytes(job, limit=offset + LOG_CHUNK_BYTES)
+        return log_chunk(data[offset:], offset, finished=finished)
+
+    def full_log(self, job) -> Iterator[str]:
+        # The API serves a log from its start only: read once, not once per chunk.
+        yield self._log_bytes(job).decode("utf-8", "replace")
+
+    def _log_bytes(self, job, limit: int | None = None) -> bytes:
+        """The job's latest pod's log from its start (up to `limit` bytes); empty before its
+        container started or once the pod is gone."""
         if not job.external_id:
-            return empty
+            return b""
         namespace, _name = _split(job.external_id)
         pod = self._latest_pod(namespace, dispatch_key(job))
         if pod is None:
-            return empty
+            return b""
+        limits = {"limit_bytes": limit} if limit else {}
         try:
             response = self._request(
                 "read pod logs",
@@ -319,13 +329,13 @@ class KubernetesAdapter(Adapter):
                 pod.metadata.name,
                 namespace,
                 container=CONTAINER,
-                limit_bytes=offset + LOG_CHUNK_BYTES,
                 _preload_content=False,
                 expect={400, 404},
+                **limits,
             )
         except ApiException:
-            return empty  # the container has not started yet, or the pod is gone
-        return log_chunk(response.data[offset:], offset, finished=finished)
+            return b""
+        return response.data
 
     def health(self) -> Health:
         """GPUs per pool on the Ready, schedulable nodes its node selector matches; in use: the

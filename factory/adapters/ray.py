@@ -36,6 +36,7 @@ import shlex
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -279,12 +280,17 @@ class RayAdapter(Adapter):
     def logs(self, job, offset: int = 0) -> LogChunk:
         offset = max(offset, 0)
         finished = bool(getattr(job, "is_terminal", False))
+        return slice_log(self._log_text(job).encode("utf-8"), offset, finished=finished)
+
+    def full_log(self, job) -> Iterator[str]:
+        yield self._log_text(job)  # Ray answers with the whole log: fetched once
+
+    def _log_text(self, job) -> str:
         reply = self.dashboard.request("GET", f"/api/jobs/{self.submission_id(job)}/logs")
         if reply.status == 404:
-            return LogChunk(text="", next_offset=offset, complete=finished)
+            return ""
         _raise_for_status(reply, "reading logs")
-        text = reply.json().get("logs") or ""
-        return slice_log(text.encode("utf-8"), offset, finished=finished)
+        return reply.json().get("logs") or ""
 
     def health(self) -> Health:
         try:

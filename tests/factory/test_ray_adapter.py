@@ -3,6 +3,7 @@ behaviour against a real Ray head is in tests/integration/test_ray.py."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -275,3 +276,18 @@ def test_log_slices_never_split_a_character():
     assert first.text == "a" * (LOG_CHUNK_BYTES - 1) and not first.complete
     second = slice_log(data, first.next_offset, finished=True)
     assert (second.text, second.next_offset, second.complete) == ("🚀tail", len(data), True)
+
+
+def test_downloading_a_long_log_fetches_it_once(client, ray_cluster, h100, make_job, owner, dashboard):
+    from tests.support import admit
+
+    job = make_job(gpu_type=h100)
+    admit(job, ray_cluster)
+    job.mark_submitted(f"aif-{job.uid}")
+    log = "".join(f"step {i} loss 0.{i:04d}\n" for i in range(12_000))  # ~250 KiB: four chunks
+    assert len(log.encode()) > 3 * LOG_CHUNK_BYTES
+    dashboard.return_value = Reply(200, json.dumps({"logs": log}))
+    client.force_login(owner)
+    response = client.get(f"/jobs/{job.pk}/log/")
+    assert response.content.decode() == log
+    assert dashboard.call_count == 1
