@@ -12,8 +12,9 @@ Rules (see Quota and Budget):
 - a hard budget holds jobs whose GPUs × time limit exceed what is left this month;
 - pools are never filled past their capacity; among the clusters the tenant's residency allows,
   the least loaded pool with room wins;
-- order: priority (capped by the tenant's max), then fair share (use ÷ nominal, lowest first), then
-  submit time; a job that does not fit is skipped, so smaller jobs behind it can go;
+- order across tenants: fair share (use ÷ nominal, lowest first), then submit time; within a
+  tenant, priority (capped by the ceiling the platform sets for it) first; a job that does not fit
+  is skipped, so smaller jobs behind it can go;
 - reclaim: a job within its tenant's nominal quota that finds no room preempts the newest jobs
   running on borrowed GPUs (never to serve a borrower).
 """
@@ -401,23 +402,35 @@ def pending_jobs() -> list[PendingJob]:
 
 
 def admission_order(snapshot: Snapshot, jobs: list[PendingJob]):
-    """Yield jobs by priority, then the fair share of their tenant (recomputed as jobs are admitted),
-    then submit time."""
-    levels: dict[int, dict[tuple[int, int], list[PendingJob]]] = defaultdict(lambda: defaultdict(list))
-    for job in sorted(jobs, key=lambda j: (j.created_at, j.id)):
-        levels[snapshot.effective_priority(job)][job.tenant_id, job.gpu_type_id].append(job)
-    for priority in sorted(levels, reverse=True):
-        queues = {key: iter(queue) for key, queue in levels[priority].items()}
-        heads = {key: next(queue) for key, queue in queues.items()}
-        heap = [(snapshot.share(*key), job.created_at, job.id, key) for key, job in heads.items()]
-        heapq.heapify(heap)
-        while heap:
-            _, _, _, key = heapq.heappop(heap)
-            yield heads[key]
-            following = next(queues[key], None)
-            if following is not None:
-                heads[key] = following
-                heapq.heappush(heap, (snapshot.share(*key), following.created_at, following.id, key))
+    """Yield jobs in the platform's order across tenants: the fair share of their tenant
+    (recomputed as jobs are admitted), then how long the tenant's queue has waited. Priority
+    orders a tenant's own jobs only (capped by the tenant's ceiling, which the platform sets): no
+    tenant's priority moves its jobs ahead of another tenant's."""
+    queues: dict[tuple[int, int], list[PendingJob]] = defaultdict(list)
+    for job in jobs:
+        queues[job.tenant_id, job.gpu_type_id].append(job)
+    waited: dict[tuple[int, int], list[tuple]] = {}
+    for key, queue in queues.items():
+        queue.sort(key=lambda j: (-snapshot.effective_priority(j), j.created_at, j.id))
+        waited[key] = waited_since(queue)
+    heap = [(snapshot.share(*key), waited[key][0], key, 0) for key in queues]
+    heapq.heapify(heap)
+    while heap:
+        _, _, key, index = heapq.heappop(heap)
+        yield queues[key][index]
+        if index + 1 < len(queues[key]):
+            heapq.heappush(heap, (snapshot.share(*key), waited[key][index + 1], key, index + 1))
+
+
+def waited_since(queue: list[PendingJob]) -> list[tuple]:
+    """For each place in a tenant's queue, the earliest submission (created, id) among the jobs
+    from there on: between tenants of equal share the one whose waiting jobs waited longer goes
+    first, whichever of them its own priorities put at the head."""
+    earliest: list[tuple] = []
+    for job in reversed(queue):
+        here = (job.created_at, job.id)
+        earliest.append(min(here, earliest[-1]) if earliest else here)
+    return earliest[::-1]
 
 
 def admit_pending() -> PassResult:

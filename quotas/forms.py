@@ -28,11 +28,8 @@ class BudgetForm(forms.ModelForm):
     class Meta:
         model = Budget
         fields = list(Budget.AUDITED)
-        labels = {"gpu_hours_per_month": "GPU-hours per month", "hard": "Hard budget (hold jobs when spent)"}
-
-
-class PriorityLimitForm(forms.ModelForm):
-    class Meta:
-        model = Budget
-        fields = ["max_priority"]
-        labels = {"max_priority": "Highest job priority members may use"}
+        labels = {
+            "gpu_hours_per_month": "GPU-hours per month",
+            "hard": "Hard budget (hold jobs when spent)",
+            "max_priority": "Highest job priority (orders the tenant's own jobs only)",
+        }

@@ -7,12 +7,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_vary_headers
 
-from factory.choices import Role
 from factory.models import Tenant
 from factory.months import days_in, month_of
 
 from .editing import save_audited
-from .forms import BudgetForm, PriorityLimitForm, QuotaForm, QuotaLimitsForm
+from .forms import BudgetForm, QuotaForm, QuotaLimitsForm
 from .models import Budget, Quota, QuotaChange
 from .usage import budget_burn, usage_for
 
@@ -82,11 +81,8 @@ def tenant_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     budget = Budget.objects.filter(tenant=tenant).first()
     budget_form = None
     if request.user.is_staff:
+        # Budgets and the tenant's priority ceiling are the platform's.
         budget_form = BudgetForm(request.POST or None, instance=budget, prefix="budget")
-    elif tenant.memberships.filter(user=request.user, role=Role.ADMIN).exists():
-        # Tenant admins set how much priority their members' jobs may ask for; budgets are the
-        # platform's.
-        budget_form = PriorityLimitForm(request.POST or None, instance=budget, prefix="budget")
     posted = budget_form is not None and request.method == "POST"
     if posted and _apply(budget_form, budget or Budget(tenant=tenant), request.user):
         return redirect("quotas:dashboard", slug=slug)

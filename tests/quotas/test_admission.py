@@ -183,6 +183,31 @@ def test_priority_goes_first_but_is_capped_by_the_tenant(make_job, tenant, quota
     ]
 
 
+def test_a_tenant_admin_at_100_cannot_overtake_another_tenants_earlier_job_within_its_fair_share(
+    make_job, tenant, tenant_admin, team, h100, quotas
+):
+    other, bob = team
+    Quota.objects.filter(tenant=tenant, gpu_type=h100).update(nominal=2, borrowing_limit=0)
+    Quota.objects.create(tenant=other, gpu_type=h100, nominal=2, borrowing_limit=0)
+    Budget.objects.create(tenant=tenant, max_priority=100)
+    # Both tenants use nothing (equal fair share); one job of 4 GPUs fits (borrowing aside).
+    Quota.objects.filter(gpu_type=h100).update(borrowing_limit=2)
+    earlier = make_job(name="earlier", tenant=other, owner=bob, gpu_count=4)
+    pushed = make_job(name="pushed", owner=tenant_admin, gpu_count=4, priority=100)
+    admit_pending()
+    refreshed(earlier, pushed)
+    assert (earlier.state, pushed.state) == (JobState.ADMITTED, JobState.PENDING)
+
+
+def test_priority_orders_a_tenants_own_jobs(make_job, tenant, tenant_admin, h100, quotas):
+    Budget.objects.create(tenant=tenant, max_priority=100)
+    routine = make_job(name="routine", gpu_count=4)
+    urgent = make_job(name="urgent", owner=tenant_admin, gpu_count=4, priority=100)
+    admit_pending()
+    refreshed(routine, urgent)
+    assert (routine.state, urgent.state) == (JobState.PENDING, JobState.ADMITTED)
+
+
 def test_a_big_job_waiting_does_not_block_a_small_one_that_fits(make_job, quotas):
     make_job(name="holder", gpu_count=3)
     admit_pending()
