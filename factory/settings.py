@@ -66,6 +66,10 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
+# Fernet keys that seal job secrets at rest, newest first: the first seals, all of them open (so a
+# key is rotated by putting a new one first, running `manage.py reseal_job_secrets`, then dropping
+# the old one). Without any, a key is derived from SECRET_KEY.
+FACTORY_SECRET_KEYS = env_list("FACTORY_SECRET_KEYS")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")

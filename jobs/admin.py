@@ -34,6 +34,7 @@ class JobAdmin(admin.ModelAdmin):
     list_filter = ["state", "gpu_type", "cluster", "tenant"]
     search_fields = ["name", "uid", "external_id", "owner__username"]
     inlines = [JobEventInline]
+    exclude = ["secrets_sealed", "idempotency_fingerprint"]
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False

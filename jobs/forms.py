@@ -8,6 +8,7 @@ from factory.models import GpuType, Tenant
 from .choices import MAX_TIME_LIMIT_MINUTES, MIN_TIME_LIMIT_MINUTES
 from .models import Job
 from .submission import check_gpu_request
+from .validators import validate_secrets
 
 
 class EnvField(forms.CharField):
@@ -35,10 +36,25 @@ class EnvField(forms.CharField):
         return value or ""
 
 
+class SecretsField(EnvField):
+    """Secrets as `NAME=value` lines; what was typed is never written back into the page."""
+
+    widget = forms.Textarea(attrs={"rows": 2, "autocomplete": "off", "placeholder": "WANDB_API_KEY=…"})
+
+    def prepare_value(self, value) -> str:
+        return ""
+
+
 class JobForm(forms.ModelForm):
     tenant = forms.ModelChoiceField(queryset=Tenant.objects.none(), empty_label=None)
     gpu_type = forms.ModelChoiceField(queryset=GpuType.objects.all(), empty_label=None, label="GPU type")
     env = EnvField(required=False, label="Environment variables")
+    secrets = SecretsField(
+        required=False,
+        label="Secrets",
+        validators=[validate_secrets],
+        help_text="Delivered to the job as environment variables; never shown again.",
+    )
 
     class Meta:
         model = Job
@@ -80,6 +96,9 @@ class JobForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        both = sorted(set(data.get("env") or {}) & set(data.get("secrets") or {}))
+        if both:
+            self.add_error("secrets", f"{', '.join(both)} is also among the environment variables.")
         if data.get("gpu_type") and data.get("gpu_count"):
             try:
                 check_gpu_request(data["gpu_type"], data["gpu_count"])
@@ -89,4 +108,5 @@ class JobForm(forms.ModelForm):
 
     def spec(self) -> dict:
         data = self.cleaned_data
-        return {name: data[name] for name in self.Meta.fields if name != "tenant"}
+        spec = {name: data[name] for name in self.Meta.fields if name != "tenant"}
+        return {**spec, "secrets": data.get("secrets") or {}}

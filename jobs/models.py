@@ -11,6 +11,7 @@ from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from factory import sealing
 from factory.models import Cluster, GpuType, Tenant
 
 from . import signals
@@ -60,6 +61,8 @@ class Job(models.Model):
         default=0, validators=[MinValueValidator(MIN_PRIORITY), MaxValueValidator(MAX_PRIORITY)]
     )
     env = models.JSONField(default=dict, blank=True, validators=[validate_env])
+    # Secrets (name → value) sealed at rest; never shown back, delivered to the job only.
+    secrets_sealed = models.TextField(blank=True, editable=False)
 
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
     reason = models.CharField(max_length=500, blank=True, help_text="Why the job waits, or why it ended.")
@@ -135,6 +138,17 @@ class Job(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("jobs:detail", args=[self.pk])
+
+    def seal_secrets(self, values: dict[str, str]) -> None:
+        self.secrets_sealed = sealing.seal(values)
+
+    def secret_values(self) -> dict[str, str]:
+        """The job's secrets in the clear, for its backend to deliver to it and nothing else."""
+        return sealing.unseal(self.secrets_sealed)
+
+    @property
+    def secret_names(self) -> list[str]:
+        return sorted(self.secret_values())
 
     @property
     def dispatch_key(self) -> str:

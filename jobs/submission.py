@@ -9,6 +9,7 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 
+from factory import sealing
 from factory.models import GpuType, Pool, Tenant
 
 from . import signals
@@ -67,18 +68,28 @@ def submit(*, tenant: Tenant, owner, spec: dict, idempotency_key: str = "") -> t
     With an idempotency key, a repeat of the same request returns the first job; the unique
     constraint settles a race between two identical requests.
     """
-    digest = fingerprint({"tenant": tenant.slug, **spec}) if idempotency_key else ""
+    spec = dict(spec)
+    secrets = spec.pop("secrets", None) or {}
+    # Secrets count in telling two requests apart, by a keyed digest: the stored fingerprint must
+    # not let anyone check guesses of a secret against it.
+    asked = {
+        **spec,
+        **({"secrets": {k: sealing.keyed_digest(v) for k, v in secrets.items()}} if secrets else {}),
+    }
+    digest = fingerprint({"tenant": tenant.slug, **asked}) if idempotency_key else ""
     # No look-up first: a first request (the common case) just inserts; a repeat trips the unique
     # constraint and finds the job it made.
     try:
         with transaction.atomic():
-            job = Job.objects.create(
+            job = Job(
                 tenant=tenant,
                 owner=owner,
                 idempotency_key=idempotency_key,
                 idempotency_fingerprint=digest,
                 **spec,
             )
+            job.seal_secrets(secrets)
+            job.save(force_insert=True)
             job.record(EventKind.STATE, f"Submitted by {owner}")
             transaction.on_commit(lambda: signals.job_submitted.send_robust(Job, job_id=job.pk))
     except IntegrityError:

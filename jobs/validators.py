@@ -11,6 +11,8 @@ from .choices import (
     MAX_COMMAND_BYTES,
     MAX_ENV_VALUE_BYTES,
     MAX_ENV_VARS,
+    MAX_SECRET_VALUE_BYTES,
+    MAX_SECRETS,
     NAME_PATTERN,
 )
 
@@ -47,14 +49,25 @@ def validate_image(value: str) -> None:
 
 
 def validate_env(value) -> None:
+    _validate_variables(value, "Environment variables", MAX_ENV_VARS, MAX_ENV_VALUE_BYTES)
+
+
+def validate_secrets(value) -> None:
+    """Secrets reach the job as environment variables: the same names, larger values. A value is
+    never quoted back in a message."""
+    _validate_variables(value, "Secrets", MAX_SECRETS, MAX_SECRET_VALUE_BYTES)
+
+
+def _validate_variables(value, what: str, most: int, value_bytes: int) -> None:
     if not isinstance(value, dict):
-        raise ValidationError("Environment variables must be a mapping of names to values.", code="env_type")
-    if len(value) > MAX_ENV_VARS:
-        raise ValidationError(f"At most {MAX_ENV_VARS} environment variables.", code="env_too_many")
+        raise ValidationError(f"{what} must be a mapping of names to values.", code="env_type")
+    if len(value) > most:
+        raise ValidationError(f"At most {most} {what.lower()}.", code="env_too_many")
     for name, val in value.items():
         if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            shown = name[:64] if isinstance(name, str) else name
             raise ValidationError(
-                f"{name!r} is not a valid environment variable name: use letters, digits and "
+                f"{shown!r} is not a valid environment variable name: use letters, digits and "
                 "underscores, not starting with a digit.",
                 code="env_name",
             )
@@ -64,8 +77,8 @@ def validate_env(value) -> None:
             )
         if not isinstance(val, str):
             raise ValidationError(f"The value of {name} must be a string.", code="env_value_type")
-        if "\x00" in val or len(val.encode("utf-8")) > MAX_ENV_VALUE_BYTES:
+        if "\x00" in val or len(val.encode("utf-8")) > value_bytes:
             raise ValidationError(
-                f"The value of {name} must be under {MAX_ENV_VALUE_BYTES} bytes without NUL characters.",
+                f"The value of {name} must be under {value_bytes} bytes without NUL characters.",
                 code="env_value",
             )

@@ -109,6 +109,17 @@ def job_env(job) -> dict[str, str]:
     return env
 
 
+def job_secrets(job) -> dict[str, str]:
+    """The job's secrets in the clear, for the backend to deliver to the job only: never into a
+    script, a command line, an event or a log."""
+    reveal = getattr(job, "secret_values", None)
+    secrets = reveal() if reveal is not None else {}
+    for name, value in secrets.items():
+        if not ENV_NAME.fullmatch(name) or not isinstance(value, str):
+            raise JobRejected(f"secret {name!r} cannot be delivered as an environment variable")
+    return secrets
+
+
 def read_log_file(path: Path, offset: int, *, finished: bool) -> LogChunk:
     """Up to LOG_CHUNK_BYTES of a log file from a byte offset, never splitting a UTF-8 character.
     `finished` says the writer is done, so reaching the end means the log is complete."""

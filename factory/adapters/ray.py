@@ -54,6 +54,7 @@ from .base import (
     StatusReport,
     dispatch_key,
     job_env,
+    job_secrets,
     slice_log,
 )
 from .connection import Connection
@@ -322,7 +323,8 @@ class RayAdapter(Adapter):
             "entrypoint_num_gpus": int(job.gpu_count),
             "entrypoint_num_cpus": int(job.cpus),
             "entrypoint_memory": int(job.memory_gb) * GIB,
-            "runtime_env": {"env_vars": env},
+            # Secrets only in the runtime env, never in the entrypoint (Ray shows and logs it).
+            "runtime_env": {"env_vars": {**env, **job_secrets(job)}},
             "metadata": {
                 "aif_job_uid": str(job.uid),
                 "aif_job_name": str(job.name),

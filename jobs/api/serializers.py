@@ -9,7 +9,7 @@ from factory.models import GpuType
 from ..choices import JobState
 from ..models import Job, JobEvent
 from ..submission import check_gpu_request
-from ..validators import validate_command, validate_env, validate_image, validate_name
+from ..validators import validate_command, validate_env, validate_image, validate_name, validate_secrets
 
 
 class JobSerializer(ReusedFieldsMixin, serializers.Serializer):
@@ -30,6 +30,11 @@ class JobSerializer(ReusedFieldsMixin, serializers.Serializer):
     time_limit_minutes = serializers.IntegerField(read_only=True)
     priority = serializers.IntegerField(read_only=True)
     env = serializers.DictField(child=serializers.CharField(), read_only=True)
+    secret_names = serializers.ListField(
+        child=serializers.CharField(),
+        read_only=True,
+        help_text="Names of the job's secrets; values are never shown.",
+    )
     state = serializers.ChoiceField(choices=JobState.choices, read_only=True)
     reason = serializers.CharField(read_only=True)
     cluster = serializers.CharField(source="cluster.slug", read_only=True, allow_null=True, default=None)
@@ -75,8 +80,18 @@ class JobCreateSerializer(StrictFieldsMixin, ReusedFieldsMixin, serializers.Seri
     time_limit_minutes = serializers.IntegerField(validators=_field_validators("time_limit_minutes"))
     priority = serializers.IntegerField(required=False, default=0, validators=_field_validators("priority"))
     env = serializers.JSONField(required=False, default=dict, validators=[validate_env])
+    secrets = serializers.JSONField(
+        required=False,
+        default=dict,
+        write_only=True,
+        validators=[validate_secrets],
+        help_text="Name → value, delivered to the job as environment variables; never shown back.",
+    )
 
     def validate(self, attrs):
+        both = sorted(set(attrs.get("env") or {}) & set(attrs.get("secrets") or {}))
+        if both:
+            raise serializers.ValidationError({"secrets": [f"{', '.join(both)} is also in env."]})
         try:
             check_gpu_request(attrs["gpu_type"], attrs["gpu_count"])
         except DjangoValidationError as exc:
