@@ -190,8 +190,13 @@ class StalledWork:
 
 def stalled_work() -> StalledWork:
     stale = timezone.now() - timedelta(seconds=settings.FACTORY_DISPATCH_STALE_AFTER)
+    # order_by(): the job's default ordering would join the DISTINCT, making one row per job.
     cluster_ids = list(
-        Job.objects.at_backend().filter(cluster__enabled=True).values_list("cluster_id", flat=True).distinct()
+        Job.objects.at_backend()
+        .filter(cluster__enabled=True)
+        .order_by()
+        .values_list("cluster_id", flat=True)
+        .distinct()
     )
     # Only what has no task outstanding: its last one was enqueued longer ago than its messages
     # live, and no dispatcher holds it (nor a failure's backoff).

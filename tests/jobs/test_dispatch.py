@@ -151,6 +151,18 @@ def test_sweep_redispatches_stalled_admissions_and_syncs_busy_clusters(
     sync.assert_called_once_with(cluster.pk)
 
 
+def test_sweep_syncs_a_cluster_once_however_many_of_its_jobs_are_at_the_backend(make_job, cluster):
+    for i in range(3):
+        job = make_job(name=f"at-backend-{i}")
+        admit(job, cluster)
+        job.mark_submitted(f"x{i}")
+
+    with mock.patch("jobs.tasks.sync_cluster_task.delay") as sync:
+        result = sweep()
+    assert result["clusters"] == 1
+    sync.assert_called_once_with(cluster.pk)
+
+
 def test_a_requeued_job_is_a_new_backend_submission(make_job, cluster, tmp_path):
     runs = tmp_path / "runs"
     job = make_job(command=f"echo $FACTORY_JOB_UID >> {runs}; sleep 30")
