@@ -124,14 +124,15 @@ class Attempt:
 
 def _record_submitted(adapter, submitted: list[tuple[Job, str]]) -> None:
     """The jobs' move to submitted, together. What was submitted for a job that moved on while
-    its submission was in flight (cancelled, or preempted back to pending) is withdrawn from the
-    backend; a job another dispatcher recorded meanwhile is left as it is."""
+    its submission was in flight (cancelled, or preempted back to pending, and maybe admitted
+    again as its next attempt) is withdrawn from the backend; a job another dispatcher of the same
+    attempt recorded meanwhile is left as it is."""
     if not submitted:
         return
     moved = set(
         Job.objects.mark_submitted_many(
             {
-                job.pk: (external_id, Job.submitted_message(job.cluster, external_id))
+                job.pk: (job.attempt, external_id, Job.submitted_message(job.cluster, external_id))
                 for job, external_id in submitted
             }
         )

@@ -62,16 +62,18 @@ class JobQuerySet(TenantOwnedQuerySet):
             dispatch_enqueued_at=timezone.now(),
         )
 
-    def mark_submitted_many(self, submissions: dict[int, tuple[str, str]]) -> list[int]:
-        """Record many admitted jobs as accepted by their backends: {job id: (external id,
-        message)}. The same edge as Job.mark_submitted (admitted → submitted, an event each) in a
-        fixed number of statements. Returns the ids actually moved: a job cancelled meanwhile is
-        left alone."""
+    def mark_submitted_many(self, submissions: dict[int, tuple[int, str, str]]) -> list[int]:
+        """Record attempts of admitted jobs as accepted by their backends: {job id: (attempt,
+        external id, message)}. The same edge as Job.mark_submitted (admitted → submitted, an event
+        each) in a fixed number of statements. Returns the ids actually moved: a job cancelled
+        meanwhile is left alone, and so is one requeued meanwhile, even if admitted again: its new
+        attempt is not the one submitted."""
         return self._move_many(
             JobState.ADMITTED,
             JobState.SUBMITTED,
-            {pk: message for pk, (_, message) in submissions.items()},
-            per_job={"external_id": ({pk: e for pk, (e, _) in submissions.items()}, models.CharField())},
+            {pk: message for pk, (_, _, message) in submissions.items()},
+            per_job={"external_id": ({pk: e for pk, (_, e, _) in submissions.items()}, models.CharField())},
+            attempts={pk: attempt for pk, (attempt, _, _) in submissions.items()},
             submitted_at=timezone.now(),
         )
 
@@ -82,20 +84,24 @@ class JobQuerySet(TenantOwnedQuerySet):
         messages: dict[int, str],
         *,
         per_job: dict[str, tuple[dict[int, object], models.Field]],
+        attempts: dict[int, int] | None = None,
         **fields,
     ) -> list[int]:
-        """Move the jobs of `messages` that are still in `source` to `target`, in their order: one
-        locking read, one UPDATE (per_job: a value per job for a field) and one INSERT of their
-        events ({job id: message}). Returns the ids moved."""
+        """Move the jobs of `messages` that are still in `source` (and in the attempt `attempts`
+        gives, if any) to `target`, in their order: one locking read, one UPDATE (per_job: a value
+        per job for a field) and one INSERT of their events ({job id: message}). Returns the ids
+        moved."""
         if not messages:
             return []
         now = timezone.now()
         with transaction.atomic(savepoint=False):
-            still = set(
-                self.model.objects.filter(pk__in=list(messages), state=source)
+            still = {
+                pk
+                for pk, attempt in self.model.objects.filter(pk__in=list(messages), state=source)
                 .select_for_update()
-                .values_list("pk", flat=True)
-            )
+                .values_list("pk", "attempt")
+                if attempts is None or attempts[pk] == attempt
+            }
             moved = [pk for pk in messages if pk in still]
             if not moved:
                 return []

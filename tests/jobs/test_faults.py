@@ -18,6 +18,8 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from factory.adapters.local import LocalAdapter
+from factory.choices import ClusterKind
+from factory.models import Cluster, Pool
 from jobs import lifecycle
 from jobs.choices import JobState
 from jobs.models import Job
@@ -41,21 +43,51 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+def dispatch_meanwhile(job: Job, meanwhile) -> None:
+    """Dispatch the job; once its backend has it, and before the dispatcher records that, call
+    `meanwhile` with the job as it is then (it must return true)."""
+    real_submit = LocalAdapter.submit
+
+    def submit(self, j):
+        external_id = real_submit(self, j)
+        assert meanwhile(Job.objects.get(pk=j.pk))
+        return external_id
+
+    with mock.patch.object(LocalAdapter, "submit", submit):
+        dispatch_jobs([job.pk])
+
+
 def test_preempting_a_job_whose_dispatch_is_in_flight_stops_what_that_dispatch_submitted(make_job, cluster):
     job = make_job(command="sleep 30")
     admit(job, cluster)
     first_key = job.dispatch_key
-    real_submit = LocalAdapter.submit
-
-    def submit_then_admission_reclaims(self, j):
-        external_id = real_submit(self, j)
-        assert lifecycle.preempt(Job.objects.get(pk=j.pk), "preempted to return borrowed GPUs")
-        return external_id
-
-    with mock.patch.object(LocalAdapter, "submit", submit_then_admission_reclaims):
-        dispatch_jobs([job.pk])
+    dispatch_meanwhile(job, lambda current: lifecycle.preempt(current, "preempted to return borrowed GPUs"))
     job.refresh_from_db()
     assert (job.state, job.attempt) == (JobState.PENDING, 1)
+    wait_for(lambda: backend_state(cluster, job, first_key) == "cancelled")
+
+
+def test_a_dispatch_in_flight_across_a_requeue_and_readmission_records_nothing_on_the_new_attempt(
+    make_job, cluster, h100
+):
+    elsewhere = Cluster.objects.create(slug="elsewhere", name="Elsewhere", kind=ClusterKind.LOCAL)
+    Pool.objects.create(cluster=elsewhere, gpu_type=h100, capacity=4)
+    job = make_job(command="sleep 30")
+    admit(job, cluster)
+    first_key = job.dispatch_key
+
+    def preempted_then_admitted_elsewhere(current: Job) -> bool:
+        # The next attempt is admitted before the dispatcher of this one records it.
+        return lifecycle.preempt(current, "preempted to return borrowed GPUs") and admit(current, elsewhere)
+
+    dispatch_meanwhile(job, preempted_then_admitted_elsewhere)
+    job.refresh_from_db()
+    assert (job.state, job.attempt, job.cluster_id, job.external_id) == (
+        JobState.ADMITTED,
+        1,
+        elsewhere.pk,
+        "",
+    )
     wait_for(lambda: backend_state(cluster, job, first_key) == "cancelled")
 
 
