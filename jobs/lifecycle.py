@@ -30,6 +30,14 @@ def cancel(job: Job, user=None) -> bool:
     """End the job now if its backend does not have it yet, else ask the backend to stop it (on
     commit). Returns whether this call did either."""
     if job.cancel_before_backend(user):
+        if job.cluster_id is not None:
+            # It was admitted: a dispatcher in flight withdraws what it submits when it finds the
+            # job cancelled, but one that died after submitting never will. Stop that attempt by
+            # its dispatch key, as after a preemption (nothing to do if it never got that far).
+            cluster_id, key = job.cluster_id, job.dispatch_key
+            transaction.on_commit(
+                lambda: tasks.cancel_backend_job.delay(job.pk, cluster_id, key, ""), robust=True
+            )
         return True
     if not job.request_backend_cancel(user):
         return False

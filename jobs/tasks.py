@@ -98,7 +98,8 @@ def sweep() -> dict[str, int]:
 
 @shared_task(**RETRYING)
 def cancel_backend_job(job_id: int, cluster_id: int, dispatch_key: str, external_id: str) -> None:
-    """Stop an earlier attempt of a job at its backend (after preemption sent the job back to pending)."""
+    """Stop an attempt the job has left at its backend: preemption sent the job back to pending, or
+    it was cancelled while a dispatcher may have been handing that attempt over."""
     job = _job(job_id)
     cluster = Cluster.objects.filter(pk=cluster_id).first()
     if job is not None and cluster is not None:

@@ -91,6 +91,27 @@ def test_a_dispatch_in_flight_across_a_requeue_and_readmission_records_nothing_o
     wait_for(lambda: backend_state(cluster, job, first_key) == "cancelled")
 
 
+def test_cancelling_a_job_whose_dispatcher_died_after_submitting_stops_what_it_submitted(
+    make_job, cluster, owner, django_capture_on_commit_callbacks
+):
+    from jobs import dispatch
+    from jobs.tasks import cancel_backend_job
+
+    job = make_job(command="sleep 30")
+    admit(job, cluster)
+    # A dispatcher claimed the attempt and submitted it, then died before recording the submission.
+    assert dispatch.claim([job]) == [job]
+    cluster.adapter().submit(job)
+    with (
+        mock.patch.object(cancel_backend_job, "delay", side_effect=cancel_backend_job),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert lifecycle.cancel(Job.objects.get(pk=job.pk), owner)
+    job.refresh_from_db()
+    assert job.state == JobState.CANCELLED
+    wait_for(lambda: backend_state(cluster, job, job.dispatch_key) == "cancelled")
+
+
 def test_two_dispatchers_of_one_attempt_submit_it_once(transactional_db, make_job, cluster):
     job = make_job(command="true")
     admit(job, cluster)
