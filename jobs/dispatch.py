@@ -57,16 +57,25 @@ def claim(jobs: list[Job]) -> list[Job]:
         dispatch_claim=token,
         dispatch_lease_until=now + timedelta(seconds=settings.FACTORY_DISPATCH_LEASE),
     )
-    ours = dict(
-        Job.objects.filter(pk__in=[job.pk for job in jobs], dispatch_claim=token).values_list("pk", "attempt")
-    )
-    return [job for job in jobs if ours.get(job.pk) == job.attempt]
+    ours = {
+        pk: (attempt, cancel_requested_at)
+        for pk, attempt, cancel_requested_at in Job.objects.filter(
+            pk__in=[job.pk for job in jobs], dispatch_claim=token
+        ).values_list("pk", "attempt", "cancel_requested_at")
+    }
+    claimed = []
+    for job in jobs:
+        if job.pk in ours and ours[job.pk][0] == job.attempt:
+            job.dispatch_claim, job.cancel_requested_at = token, ours[job.pk][1]
+            claimed.append(job)
+    return claimed
 
 
 def _release(jobs: list[Job]) -> None:
-    """Give up the claim on jobs not submitted (their cluster is unreachable): the sweep may retry."""
+    """End the lease on jobs not submitted (their cluster is unreachable): the sweep may retry.
+    The claim token stays: the attempt may have reached the backend before it stopped answering."""
     Job.objects.filter(pk__in=[job.pk for job in jobs], state=JobState.ADMITTED).update(
-        dispatch_claim="", dispatch_lease_until=None
+        dispatch_lease_until=None
     )
 
 
@@ -85,6 +94,9 @@ def _dispatch_to_cluster(jobs: list[Job]) -> None:
     try:
         for index, job in enumerate(jobs):
             try:
+                if job.cancel_requested_at is not None:
+                    _settle_cancelled(adapter, job, submitted)
+                    continue
                 submitted.append((job, adapter.submit(job)))
             except JobRejected as exc:
                 job.reject(f"{cluster} refused the job: {exc}")
@@ -98,6 +110,17 @@ def _dispatch_to_cluster(jobs: list[Job]) -> None:
                 _dispatch_failed(job, exc)
     finally:
         _record_submitted(adapter, submitted)
+
+
+def _settle_cancelled(adapter, job: Job, submitted: list[tuple[Job, str]]) -> None:
+    """A job cancelled while an earlier dispatcher held it: never submitted now. If that
+    dispatcher got it to the backend, it is recorded as there, so that it is stopped and what it
+    ran is recorded and billed; otherwise it ends here."""
+    found = adapter.find(job)
+    if found:
+        submitted.append((job, found))
+    else:
+        job.finish(JobState.CANCELLED, reason="cancelled before its backend had it")
 
 
 def _dispatch_failed(job: Job, exc: Exception) -> None:
@@ -137,9 +160,14 @@ def _record_submitted(adapter, submitted: list[tuple[Job, str]]) -> None:
             }
         )
     )
+    stop = set(
+        Job.objects.filter(pk__in=moved, cancel_requested_at__isnull=False).values_list("pk", flat=True)
+    )
     for job, external_id in submitted:
         if job.pk in moved:
             job.state, job.external_id = JobState.SUBMITTED, external_id
+            if job.pk in stop:  # cancelled while it was being handed over
+                adapter.cancel(job)
             continue
         key, attempt = job.dispatch_key, job.attempt
         job.refresh_from_db()

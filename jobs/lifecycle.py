@@ -28,16 +28,13 @@ def admit_many(placements: dict[int, tuple[int, str]]) -> list[int]:
 
 def cancel(job: Job, user=None) -> bool:
     """End the job now if its backend does not have it yet, else ask the backend to stop it (on
-    commit). Returns whether this call did either."""
-    if job.cancel_before_backend(user):
-        if job.cluster_id is not None:
-            # It was admitted: a dispatcher in flight withdraws what it submits when it finds the
-            # job cancelled, but one that died after submitting never will. Stop that attempt by
-            # its dispatch key, as after a preemption (nothing to do if it never got that far).
-            cluster_id, key = job.cluster_id, job.dispatch_key
-            transaction.on_commit(
-                lambda: tasks.cancel_backend_job.delay(job.pk, cluster_id, key, ""), robust=True
-            )
+    commit). Returns whether this call did either.
+
+    A job a dispatcher has claimed may already be at its backend without a recorded submission
+    (the dispatcher is submitting, or died after submitting): its cancel is recorded, and the
+    dispatcher, or the next one once its lease runs out, finds the attempt at the backend
+    (recorded as submitted, stopped, what it ran billed) or ends the job, never submitting it."""
+    if not job.may_be_at_backend and job.cancel_before_backend(user):
         return True
     if not job.request_backend_cancel(user):
         return False

@@ -279,15 +279,25 @@ class Job(models.Model):
                 return True
         return False
 
+    @property
+    def may_be_at_backend(self) -> bool:
+        """Admitted, and a dispatcher has claimed this attempt: it may have reached its backend
+        even though no submission was recorded (the dispatcher may be submitting, or have died
+        after submitting)."""
+        return self.state == JobState.ADMITTED and bool(self.dispatch_claim)
+
     def request_backend_cancel(self, user=None) -> bool:
         """Record, once, that the backend must stop this job. Returns whether this call did."""
-        if self.state not in AT_BACKEND_STATES or self.cancel_requested_at:
+        if not (self.is_at_backend or self.may_be_at_backend) or self.cancel_requested_at:
             return False
         now = timezone.now()
+        maybe_there = models.Q(state=JobState.ADMITTED) & ~models.Q(dispatch_claim="")
         with transaction.atomic():
-            changed = Job.objects.filter(
-                pk=self.pk, state__in=AT_BACKEND_STATES, cancel_requested_at__isnull=True
-            ).update(cancel_requested_at=now, cancel_enqueued_at=now)
+            changed = (
+                Job.objects.filter(pk=self.pk, cancel_requested_at__isnull=True)
+                .filter(models.Q(state__in=AT_BACKEND_STATES) | maybe_there)
+                .update(cancel_requested_at=now, cancel_enqueued_at=now)
+            )
             if not changed:
                 self.refresh_from_db()
                 return False
@@ -339,7 +349,6 @@ class Job(models.Model):
             pk=self.pk, state=JobState.ADMITTED, attempt=self.attempt, dispatch_failures=failures - 1
         ).update(
             dispatch_failures=failures,
-            dispatch_claim="",
             dispatch_lease_until=retry_at,
             reason=reason,
             updated_at=timezone.now(),

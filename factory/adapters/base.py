@@ -195,6 +195,11 @@ class Adapter:
         submitted under the same uid (a retried dispatch)."""
         raise NotImplementedError
 
+    def find(self, job) -> str | None:
+        """The external id of this attempt if the backend already has it (by its dispatch key),
+        else None; never submits."""
+        raise NotImplementedError
+
     def statuses(self, jobs: Iterable) -> dict[str, StatusReport]:
         """Reports for all the given jobs, keyed by external id, from as few backend calls as possible."""
         raise NotImplementedError

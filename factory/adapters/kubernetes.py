@@ -247,6 +247,14 @@ class KubernetesAdapter(Adapter):
             self._create_job(namespace, body)
         return f"{namespace}/{body['metadata']['name']}"
 
+    def find(self, job) -> str | None:
+        namespace, name = self.namespace_for(job.tenant), self.job_name(job)
+        try:
+            self._request("read Jobs", self.batch.read_namespaced_job, name, namespace, expect={404})
+        except ApiException:
+            return None
+        return f"{namespace}/{name}"
+
     def statuses(self, jobs: Iterable) -> dict[str, StatusReport]:
         jobs = [j for j in jobs if j.external_id]
         if not jobs:

@@ -65,6 +65,10 @@ class LocalAdapter(Adapter):
         self._ensure_runner(job_dir)
         return dispatch_key(job)
 
+    def find(self, job) -> str | None:
+        # The job directory appears whole (made aside, then renamed): there, it was submitted.
+        return dispatch_key(job) if self.job_dir(job).exists() else None
+
     def statuses(self, jobs) -> dict[str, StatusReport]:
         reports = {}
         for job in jobs:

@@ -227,22 +227,23 @@ class RayAdapter(Adapter):
 
     def submit(self, job) -> str:
         submission_id = self.submission_id(job)
-        if self.find(submission_id) is not None:
+        if self.find(job) is not None:
             return submission_id
         reply = self.dashboard.request("POST", "/api/jobs/", self.submission(job))
         if reply.status == 200:
             return submission_id
-        if "already exists" in reply.text and self.find(submission_id) is not None:
+        if "already exists" in reply.text and self.find(job) is not None:
             # A concurrent dispatch got there first (Ray says so with a 500, not a 409).
             return submission_id
         raise _submit_error(reply)
 
-    def find(self, submission_id: str) -> dict | None:
+    def find(self, job) -> str | None:
+        submission_id = self.submission_id(job)
         reply = self.dashboard.request("GET", f"/api/jobs/{submission_id}")
         if reply.status == 404:
             return None
         _raise_for_status(reply, "looking up a job")
-        return reply.json()
+        return submission_id
 
     def statuses(self, jobs) -> dict[str, StatusReport]:
         jobs = [j for j in jobs if j.external_id]

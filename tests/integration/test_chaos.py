@@ -22,12 +22,6 @@ if not shutil.which("sbatch"):
 
 pytestmark = [pytest.mark.slurm, pytest.mark.worker]
 
-# A known defect, not fixed yet: a job cancelled while admitted, whose dispatcher died after
-# handing it to its backend and before recording that, is cancelled at once and its attempt is
-# withdrawn; what that attempt ran meanwhile is neither recorded on the job nor billed. Drop this
-# allowance with its fix.
-KNOWN_DEFECT = "ran_unrecorded"
-
 
 def test_nothing_is_lost_run_twice_or_billed_twice_under_faults():
     if not shutil.which("redis-server"):
@@ -49,7 +43,4 @@ def test_nothing_is_lost_run_twice_or_billed_twice_under_faults():
     assert figures["ran_twice"] == figures["billed_twice"] == 0, output
     assert figures["quota_oversubscribed_samples"] == 0, output
     assert figures["ledger_vs_runtime_max_error_s"] <= 1, output
-    unexplained = {cause: n for cause, n in figures["lost_causes"].items() if cause != KNOWN_DEFECT}
-    assert not unexplained, output
-    if figures["lost"]:
-        pytest.xfail(f"the known defect ({KNOWN_DEFECT}) showed:\n{output}")
+    assert figures["lost"] == 0 and not figures["lost_causes"], output

@@ -403,7 +403,8 @@ def test_a_cancel_during_dispatch_deletes_the_job_that_dispatch_created(k8s_job,
     with mock.patch.object(KubernetesAdapter, "submit", submit_then_user_cancels):
         dispatch_jobs([job.pk])
     job.refresh_from_db()
-    assert (job.state, job.external_id) == (JobState.CANCELLED, "")
+    assert (job.state, job.external_id) == (JobState.SUBMITTED, f"aif-demo-lab/aif-{job.uid}")
+    assert job.cancel_requested_at is not None
     deletes = [call.path for call in fake.calls("DELETE")]
     assert deletes == [f"/apis/batch/v1/namespaces/aif-demo-lab/jobs/aif-{job.uid}"]
 

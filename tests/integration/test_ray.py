@@ -253,7 +253,7 @@ def test_dispatching_twice_makes_one_ray_job(ray_job, ray_cluster, ray_head):
     assert adapter.submit(job) == first  # found by its submission id, not submitted again
     # A racing dispatch that looked before the first one submitted: Ray's "already exists"
     # answer is taken as success once the job is found.
-    found = adapter.find(first)
+    found = adapter.find(job)
     with mock.patch.object(RayAdapter, "find", autospec=True, side_effect=[None, found]) as find:
         assert adapter.submit(job) == first
     assert find.call_count == 2

@@ -73,7 +73,8 @@ def test_cancel_while_dispatch_is_in_flight_withdraws_the_backend_job(make_job, 
 
     with mock.patch.object(LocalAdapter, "submit", submit_then_user_cancels):
         dispatch_jobs([job.pk])
-    job.refresh_from_db()
+    # Recorded as submitted (it reached the backend) and stopped there; the sync ends it.
+    job = sync_until(job, lambda j: j.is_terminal)
     assert job.state == JobState.CANCELLED
     adapter = cluster.adapter()
     deadline = time.monotonic() + 10

@@ -91,25 +91,48 @@ def test_a_dispatch_in_flight_across_a_requeue_and_readmission_records_nothing_o
     wait_for(lambda: backend_state(cluster, job, first_key) == "cancelled")
 
 
-def test_cancelling_a_job_whose_dispatcher_died_after_submitting_stops_what_it_submitted(
-    make_job, cluster, owner, django_capture_on_commit_callbacks
+def test_cancelling_a_job_whose_dispatcher_died_after_submitting_stops_it_and_records_what_it_ran(
+    make_job, cluster, owner
 ):
     from jobs import dispatch
-    from jobs.tasks import cancel_backend_job
 
-    job = make_job(command="sleep 30")
+    job = make_job(command="echo ran; sleep 30")
     admit(job, cluster)
     # A dispatcher claimed the attempt and submitted it, then died before recording the submission.
     assert dispatch.claim([job]) == [job]
     cluster.adapter().submit(job)
-    with (
-        mock.patch.object(cancel_backend_job, "delay", side_effect=cancel_backend_job),
-        django_capture_on_commit_callbacks(execute=True),
-    ):
-        assert lifecycle.cancel(Job.objects.get(pk=job.pk), owner)
+    wait_for(lambda: backend_state(cluster, job, job.dispatch_key) == "running")
+    assert lifecycle.cancel(Job.objects.get(pk=job.pk), owner)
+    job.refresh_from_db()
+    assert job.state == JobState.ADMITTED and job.cancel_requested_at is not None
+    # Its lease runs out; the sweep's dispatcher finds the attempt instead of submitting it again.
+    Job.objects.filter(pk=job.pk).update(dispatch_lease_until=timezone.now() - timedelta(seconds=1))
+    with mock.patch.object(LocalAdapter, "submit", side_effect=AssertionError("submitted again")):
+        dispatch_jobs([job.pk])
+    job.refresh_from_db()
+    assert (job.state, job.external_id) == (JobState.SUBMITTED, job.dispatch_key)
+    wait_for(lambda: backend_state(cluster, job, job.dispatch_key) == "cancelled")
+    dispatch.sync_cluster(cluster)
     job.refresh_from_db()
     assert job.state == JobState.CANCELLED
-    wait_for(lambda: backend_state(cluster, job, job.dispatch_key) == "cancelled")
+    assert job.started_at is not None and job.ended_at > job.started_at  # what it ran is on record
+
+
+def test_a_cancelled_job_a_dead_dispatcher_never_submitted_ends_without_being_submitted(
+    make_job, cluster, owner
+):
+    from jobs import dispatch
+
+    job = make_job(command="echo should-not-run")
+    admit(job, cluster)
+    assert dispatch.claim([job]) == [job]  # claimed, then the dispatcher died before submitting
+    assert lifecycle.cancel(Job.objects.get(pk=job.pk), owner)
+    Job.objects.filter(pk=job.pk).update(dispatch_lease_until=timezone.now() - timedelta(seconds=1))
+    with mock.patch.object(LocalAdapter, "submit", side_effect=AssertionError("submitted")):
+        dispatch_jobs([job.pk])
+    job.refresh_from_db()
+    assert job.state == JobState.CANCELLED
+    assert cluster.adapter().find(job) is None
 
 
 def test_two_dispatchers_of_one_attempt_submit_it_once(transactional_db, make_job, cluster):
