@@ -99,3 +99,9 @@ def test_cluster_connection_is_write_only_and_validated(platform_admin, owner, c
 def test_gpu_types_are_listed(owner, cluster):
     slugs = [g["slug"] for g in client_for(owner).get("/api/v1/gpu-types/").json()["results"]]
     assert slugs == ["a100", "h100"]
+
+
+def test_unknown_api_url_answers_json_404(owner):
+    response = client_for(owner).get("/api/v1/no-such-thing/")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found."}
