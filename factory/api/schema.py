@@ -4,15 +4,16 @@ DRF answers the same way across the API: a field error is `{"field": ["message"]
 nested fields, `non_field_errors` for the request as a whole), anything else `{"detail": "message"}`.
 Which of those an operation can return follows from the view: authentication and permissions
 (401, 403), path parameters and cursor pages (404), a body or filters (400), a body in a media
-type no parser reads (415), throttles (429). Views document the errors of their own (a 409, a
-404 for a tenant named in the body) with `extend_schema(responses=...)`. Request bodies of
-serializers that refuse unknown fields say so.
+type no parser reads (415), throttles (429), deleting what other rows protect (409). Views
+document the errors of their own (a 409, a 404 for a tenant named in the body) with
+`extend_schema(responses=...)`. Request bodies of serializers that refuse unknown fields say so.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
 
+from django.db import models
 from drf_spectacular import openapi
 from drf_spectacular.plumbing import ResolvedComponent
 from rest_framework import permissions, serializers
@@ -76,7 +77,15 @@ class AutoSchema(openapi.AutoSchema):
             codes |= {400, 415}  # 415: a body in a media type no parser reads
         if self.view.get_throttles():
             codes.add(429)
+        if self.method == "DELETE" and self._protected():
+            codes.add(409)  # still in use (factory.api.exceptions)
         return codes
+
+    def _protected(self) -> bool:
+        model = getattr(getattr(self.view, "queryset", None), "model", None)
+        return model is not None and any(
+            rel.on_delete is models.PROTECT for rel in model._meta.related_objects
+        )
 
     def _error_response(self, code: int) -> dict:
         schema = self.resolve_serializer(ErrorDetail, "response").ref

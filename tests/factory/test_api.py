@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from factory.models import Cluster, Membership, Tenant
+from factory.models import Cluster, GpuType, Membership, Tenant
 from tests.jobs.test_api import client_for
 
 pytestmark = pytest.mark.django_db
@@ -99,6 +99,16 @@ def test_cluster_connection_is_write_only_and_validated(platform_admin, owner, c
 def test_gpu_types_are_listed(owner, cluster):
     slugs = [g["slug"] for g in client_for(owner).get("/api/v1/gpu-types/").json()["results"]]
     assert slugs == ["a100", "h100"]
+
+
+def test_gpu_type_in_use_cannot_be_deleted(platform_admin, cluster, h100):
+    api = client_for(platform_admin)
+    response = api.delete("/api/v1/gpu-types/h100/")
+    assert response.status_code == 409
+    assert "pools" in response.json()["detail"]
+    assert GpuType.objects.filter(slug="h100").exists()
+    GpuType.objects.create(slug="l4", name="L4", memory_gb=24, board_power_watts=72)
+    assert api.delete("/api/v1/gpu-types/l4/").status_code == 204
 
 
 def test_unknown_api_url_answers_json_404(owner):
