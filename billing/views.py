@@ -18,6 +18,7 @@ from .models import RateCard, UsageRecord
 from .permissions import is_finance
 
 EXPORT_FORMATS = ("csv", "xlsx", "focus")
+XLSX_CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
 def finance_only(view):
@@ -98,8 +99,7 @@ def export_response(month, fmt: str) -> HttpResponse:
         response = HttpResponse(reports.report_csv(reports.chargeback(month)), content_type="text/csv")
     elif fmt == "xlsx":
         response = HttpResponse(
-            reports.report_xlsx(reports.chargeback(month)),
-            content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            reports.report_xlsx(reports.chargeback(month)), content_type=XLSX_CONTENT_TYPE
         )
     elif fmt == "focus":
         response = StreamingHttpResponse(reports.focus_csv_stream(month), content_type="text/csv")

@@ -7,6 +7,8 @@ from django.views.generic import RedirectView
 
 from . import views
 
+handler404 = views.page_not_found
+
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="jobs:list", permanent=False)),
     path("login/", auth_views.LoginView.as_view(), name="login"),

@@ -2,19 +2,19 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from factory.api.serializers import StrictFieldsMixin
+from factory.api.serializers import SlugRelatedField, StrictFieldsMixin
 from factory.models import Cluster, GpuType
 
 from ..models import RateCard, UsageRecord
 
 
 class RateCardSerializer(StrictFieldsMixin, serializers.ModelSerializer):
-    gpu_type = serializers.SlugRelatedField(
+    gpu_type = SlugRelatedField(
         slug_field="slug",
         queryset=GpuType.objects.all(),
         error_messages={"does_not_exist": "Unknown GPU type {value}."},
     )
-    cluster = serializers.SlugRelatedField(
+    cluster = SlugRelatedField(
         slug_field="slug", queryset=Cluster.objects.all(), required=False, allow_null=True
     )
 

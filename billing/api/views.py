@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
@@ -12,7 +13,7 @@ from factory.months import parse_month
 from .. import reports
 from ..models import RateCard, UsageRecord
 from ..permissions import IsFinance
-from ..views import EXPORT_FORMATS, export_response
+from ..views import EXPORT_FORMATS, XLSX_CONTENT_TYPE, export_response
 from .serializers import RateCardSerializer, UsageRecordSerializer
 
 
@@ -33,7 +34,11 @@ class ChargebackView(APIView):
             OpenApiParameter("month", str, description="YYYY-MM (default: this month)"),
             OpenApiParameter("format", str, enum=["json", *EXPORT_FORMATS]),
         ],
-        responses={200: dict},
+        responses={
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            (200, "text/csv"): OpenApiTypes.STR,  # csv and focus
+            (200, XLSX_CONTENT_TYPE): OpenApiTypes.BINARY,
+        },
     )
     def get(self, request):
         month = month_param(request)

@@ -27,6 +27,16 @@ class ReusedFieldsMixin:
         }
 
 
+class SlugRelatedField(serializers.SlugRelatedField):
+    """A writable reference by slug. No slug holds a NUL character, and PostgreSQL refuses one in
+    a query (a server error), so it is a field error before the look-up."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:
+            raise serializers.ValidationError("Null characters are not allowed.")
+        return super().to_internal_value(data)
+
+
 class StrictFieldsMixin:
     """Unknown fields are an error, not silently dropped: a typo must not change what runs."""
 
@@ -39,7 +49,7 @@ class StrictFieldsMixin:
 
 
 class TenantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(
+    parent = SlugRelatedField(
         slug_field="slug", queryset=Tenant.objects.all(), required=False, allow_null=True
     )
 
@@ -55,7 +65,7 @@ class TenantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
 
 class MembershipSerializer(StrictFieldsMixin, serializers.ModelSerializer):
-    username = serializers.SlugRelatedField(
+    username = SlugRelatedField(
         source="user",
         slug_field="username",
         queryset=get_user_model().objects.filter(is_active=True),

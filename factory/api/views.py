@@ -12,6 +12,11 @@ from .permissions import IsStaffOrReadOnly
 from .serializers import ClusterSerializer, GpuTypeSerializer, MembershipSerializer, TenantSerializer
 from .viewsets import GLOBAL, ScopedModelViewSet
 
+# What a slug or a username may hold (the default, "[^/.]+", would let a NUL character reach the
+# database, which refuses it: a server error instead of a 404).
+SLUG_PATTERN = "[a-z0-9-]+"
+USERNAME_PATTERN = r"[\w.@+-]+"
+
 
 class TokenView(ObtainAuthToken):
     """POST username and password, get {"token": ...} for `Authorization: Token <token>`."""
@@ -25,6 +30,7 @@ class TenantViewSet(ScopedModelViewSet):
     serializer_class = TenantSerializer
     permission_classes = [IsStaffOrReadOnly]
     lookup_field = "slug"
+    lookup_value_regex = SLUG_PATTERN
     cursor_ordering = "slug"
     http_method_names = ["get", "post", "patch", "head", "options"]
 
@@ -45,6 +51,7 @@ class MembershipViewSet(ScopedModelViewSet):
     permission_classes = [permissions.IsAuthenticated, IsTenantAdmin]
     lookup_field = "user__username"
     lookup_url_kwarg = "username"
+    lookup_value_regex = USERNAME_PATTERN
     cursor_ordering = "id"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
@@ -74,6 +81,7 @@ class GpuTypeViewSet(ScopedModelViewSet):
     serializer_class = GpuTypeSerializer
     permission_classes = [IsStaffOrReadOnly]
     lookup_field = "slug"
+    lookup_value_regex = SLUG_PATTERN
     cursor_ordering = "slug"
 
 
@@ -83,4 +91,5 @@ class ClusterViewSet(ScopedModelViewSet):
     serializer_class = ClusterSerializer
     permission_classes = [IsStaffOrReadOnly]
     lookup_field = "slug"
+    lookup_value_regex = SLUG_PATTERN
     cursor_ordering = "slug"

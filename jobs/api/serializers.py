@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from factory.api.serializers import ReusedFieldsMixin, StrictFieldsMixin
+from factory.api.serializers import ReusedFieldsMixin, SlugRelatedField, StrictFieldsMixin
 from factory.models import GpuType
 
 from ..choices import JobState
@@ -67,7 +67,7 @@ class JobCreateSerializer(StrictFieldsMixin, ReusedFieldsMixin, serializers.Seri
     name = serializers.CharField(validators=[validate_name])
     command = serializers.CharField(trim_whitespace=False, validators=[validate_command])
     image = serializers.CharField(required=False, allow_blank=True, default="", validators=[validate_image])
-    gpu_type = serializers.SlugRelatedField(
+    gpu_type = SlugRelatedField(
         slug_field="slug",
         queryset=GpuType.objects.all(),
         error_messages={"does_not_exist": "Unknown GPU type {value}."},

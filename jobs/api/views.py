@@ -7,6 +7,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 
+from factory.api.schema import ErrorDetail
 from factory.api.viewsets import ScopedViewSetMixin
 from factory.models import Tenant
 
@@ -39,7 +40,7 @@ class JobViewSet(
 
     @extend_schema(
         request=JobCreateSerializer,
-        responses={202: JobSerializer},
+        responses={202: JobSerializer, 404: ErrorDetail, 409: ErrorDetail},
         parameters=[
             OpenApiParameter(
                 IDEMPOTENCY_HEADER,
@@ -71,7 +72,7 @@ class JobViewSet(
             headers["Idempotent-Replayed"] = "true"
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
 
-    @extend_schema(request=None, responses={202: JobSerializer})
+    @extend_schema(request=None, responses={202: JobSerializer, 409: ErrorDetail})
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         job = self.get_object()

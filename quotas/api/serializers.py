@@ -4,7 +4,7 @@ from decimal import Decimal
 
 from rest_framework import serializers
 
-from factory.api.serializers import StrictFieldsMixin
+from factory.api.serializers import SlugRelatedField, StrictFieldsMixin
 from factory.models import GpuType, Tenant
 
 from ..models import Budget, Quota
@@ -12,8 +12,8 @@ from ..usage import budget_burn
 
 
 class QuotaSerializer(StrictFieldsMixin, serializers.ModelSerializer):
-    tenant = serializers.SlugRelatedField(slug_field="slug", queryset=Tenant.objects.all())
-    gpu_type = serializers.SlugRelatedField(
+    tenant = SlugRelatedField(slug_field="slug", queryset=Tenant.objects.all())
+    gpu_type = SlugRelatedField(
         slug_field="slug",
         queryset=GpuType.objects.all(),
         error_messages={"does_not_exist": "Unknown GPU type {value}."},
@@ -54,7 +54,7 @@ class QuotaSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
 
 class BudgetSerializer(StrictFieldsMixin, serializers.ModelSerializer):
-    tenant = serializers.SlugRelatedField(slug_field="slug", queryset=Tenant.objects.all())
+    tenant = SlugRelatedField(slug_field="slug", queryset=Tenant.objects.all())
     used_gpu_hours_this_month = serializers.SerializerMethodField()
 
     class Meta:

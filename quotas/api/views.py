@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from factory.api.permissions import IsStaffOrReadOnly
+from factory.api.views import SLUG_PATTERN
 from factory.api.viewsets import ScopedModelViewSet
 
 from ..editing import delete_audited, save_audited
@@ -59,5 +60,6 @@ class BudgetViewSet(AuditedSaveMixin, ScopedModelViewSet):
     permission_classes = [IsStaffOrReadOnly]
     lookup_field = "tenant__slug"
     lookup_url_kwarg = "tenant"
+    lookup_value_regex = SLUG_PATTERN
     cursor_ordering = "id"
     http_method_names = ["get", "post", "patch", "head", "options"]

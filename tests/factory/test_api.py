@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from factory.models import Cluster, Membership, Tenant
+from factory.models import Cluster, GpuType, Membership, Tenant
 from tests.jobs.test_api import client_for
 
 pytestmark = pytest.mark.django_db
@@ -99,3 +99,52 @@ def test_cluster_connection_is_write_only_and_validated(platform_admin, owner, c
 def test_gpu_types_are_listed(owner, cluster):
     slugs = [g["slug"] for g in client_for(owner).get("/api/v1/gpu-types/").json()["results"]]
     assert slugs == ["a100", "h100"]
+
+
+def test_gpu_type_in_use_cannot_be_deleted(platform_admin, cluster, h100):
+    api = client_for(platform_admin)
+    response = api.delete("/api/v1/gpu-types/h100/")
+    assert response.status_code == 409
+    assert "pools" in response.json()["detail"]
+    assert GpuType.objects.filter(slug="h100").exists()
+    GpuType.objects.create(slug="l4", name="L4", memory_gb=24, board_power_watts=72)
+    assert api.delete("/api/v1/gpu-types/l4/").status_code == 204
+
+
+def test_unknown_api_url_answers_json_404(owner):
+    response = client_for(owner).get("/api/v1/no-such-thing/")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found."}
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/api/v1/gpu-types/h1%00/", "/api/v1/tenants/demo%00/", "/api/v1/tenants/demo-lab/members/res%00/"],
+)
+def test_nul_in_a_path_is_not_found(platform_admin, tenant, cluster, url):
+    response = client_for(platform_admin).get(url)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found."}
+
+
+@pytest.mark.parametrize(
+    ("url", "payload"),
+    [
+        ("/api/v1/tenants/", {"slug": "lab", "name": "Lab", "parent": "demo\x00"}),
+        ("/api/v1/tenants/demo-lab/members/", {"username": "research\x00"}),
+        ("/api/v1/quotas/", {"tenant": "demo-lab", "gpu_type": "h1\x00"}),
+    ],
+)
+def test_nul_in_a_reference_is_a_field_error(platform_admin, tenant, cluster, url, payload):
+    response = client_for(platform_admin).post(url, payload, format="json")
+    assert response.status_code == 400
+    [field] = [name for name, value in payload.items() if "\x00" in value]
+    assert response.json()[field] == ["Null characters are not allowed."]
+
+
+def test_member_with_a_dot_in_the_username_is_found(owner, tenant, django_user_model):
+    user = django_user_model.objects.create_user(username="j.doe", password="x")
+    Membership.objects.create(user=user, tenant=tenant)
+    response = client_for(owner).get("/api/v1/tenants/demo-lab/members/j.doe/")
+    assert response.status_code == 200
+    assert response.json()["username"] == "j.doe"

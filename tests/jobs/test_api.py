@@ -74,6 +74,7 @@ def test_create_job_answers_202_and_records_submission(api, owner):
         ({"gpu_count": -1}, "gpu_count"),
         ({"gpu_count": 5}, "gpu_count"),  # the largest h100 pool has 4
         ({"gpu_type": "tpu"}, "gpu_type"),
+        ({"gpu_type": "h1\x00"}, "gpu_type"),  # PostgreSQL refuses NUL in a query
         ({"command": ""}, "command"),
         ({"command": "   "}, "command"),
         ({"command": "x" * (64 * 1024 + 1)}, "command"),
