@@ -29,6 +29,7 @@ from rest_framework.authtoken.models import Token
 from schemathesis import Config
 
 from billing.models import RateCard
+from jobs import lifecycle
 from quotas.models import Budget
 
 # Role → the conftest fixture that makes such a user.
@@ -120,7 +121,7 @@ def targets(plain_wsgi, cluster, tenant, quotas, other_tenant, owner, outsider, 
     """Objects for requests to act on: by path prefix, the values of path parameters and of the
     body fields that name other objects."""
     job = make_job()
-    make_job(name="ended").cancel()
+    lifecycle.cancel(make_job(name="ended"))
     card = RateCard.objects.create(
         gpu_type=h100, currency="EUR", price_per_gpu_hour=Decimal("2.5"), effective_from=date(2026, 1, 1)
     )
