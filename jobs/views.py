@@ -126,12 +126,14 @@ def read_log(job: Job, offset: int):
 # --- live status: server-sent events -------------------------------------------------------------
 
 _CURSOR = re.compile(r"^e(\d+)\.l(\d+)$")
+# What ends a line in an event stream: CR, LF and CRLF alike (a progress bar's bare CR too).
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def sse_message(event: str, data: str, cursor: str | None = None) -> str:
     lines = [f"id: {cursor}"] if cursor else []
     lines.append(f"event: {event}")
-    lines += [f"data: {line}" for line in (data.split("\n") or [""])]
+    lines += [f"data: {line}" for line in _LINE_END.split(data)]
     return "\n".join(lines) + "\n\n"
 
 
