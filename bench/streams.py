@@ -19,8 +19,12 @@ workers do whether or not anyone watches, so both sides of the comparison carry 
 3. The clients submit again: jobs/s with open pages. An event's latency runs from just before its
    COMMIT to its arrival on its page.
 4. The pages still open (none closed, none failed) are counted, and closed.
-5. The clients submit once more without open pages. The rate "without" is the mean of 1 and 5, so
-   that a machine busier (or a database fuller) in the middle of the run counts on both sides.
+5. The clients submit without open pages again; steps 2 to 5 are one round (`--rounds`, 3).
+
+Each round's rate with open pages is compared with the mean of the rates without them just before
+and just after, so that a machine busier (or a database fuller) for a while counts on both sides;
+the JSON reports the round with the median ratio (and every round's ratio), the latencies of all
+rounds, and the fewest pages held open in any round.
 
 Celery tasks enqueued on commit go to Redis DB 14 (purged before and after; no worker runs). At the
 end it stops the server, drops the database, and prints one JSON object as its last line.
@@ -81,6 +85,9 @@ class Page:
 
     def __init__(self, job_id: int) -> None:
         self.job_id = job_id
+        self.reset()
+
+    def reset(self) -> None:
         self.showing = False  # its first status arrived
         self.answered = asyncio.Event()  # it shows its job, or it failed
         self.closed = False
@@ -184,76 +191,96 @@ def describe(label: str, window: Window) -> str:
     )
 
 
+async def with_pages(
+    pages: list[Page], load: tuple, session: str, arrivals: dict, sent: dict, timeout: float
+) -> tuple[Window, list[int], dict]:
+    """Open the pages, submit while they are open, count those still open, close them. Returns the
+    window, the events committed while it ran, and what the pages held."""
+    server_pid = load[6]
+    idle = worker_status(server_pid)
+    for page in pages:
+        page.reset()
+    seconds = await open_pages(pages, load[0], session, arrivals, timeout)
+    showing = sum(page.showing for page in pages)
+    held = worker_status(server_pid)
+    log(
+        f"Opened {len(pages)} pages in {seconds:.1f} s, {showing} show their job; the server worker went "
+        f"from {idle['threads']} to {held['threads']} threads, {idle['rss_mb']} to {held['rss_mb']} MB"
+    )
+    opened = time.perf_counter()
+    window = await portal.measure(*load)
+    closing = time.perf_counter()
+    await asyncio.sleep(2.0)  # the last events' way to their pages
+    log(describe(f"With {len(pages)} open pages", window))
+    failures = [page.failure for page in pages if page.failure]
+    if failures:
+        log(f"{len(failures)} pages failed; the first: {failures[0]}")
+    still_open = sum(page.open for page in pages)
+    for page in pages:
+        page.close()
+    await asyncio.gather(*(page.task for page in pages if page.task))
+    held.update(
+        seconds=seconds, still_open=still_open, threads_idle=idle["threads"], rss_mb_idle=idle["rss_mb"]
+    )
+    return window, [n for n, at in sent.items() if opened <= at <= closing], held
+
+
 async def drive(port: int, seeded: dict[str, str], args: argparse.Namespace, server_pid: int) -> dict:
+    """Rounds of: submit without pages, then with them. The machine may be shared: each round's
+    "with" is compared with the "without" on either side of it, and the median round is kept."""
     token, session = seeded["TOKEN"], seeded["SESSION"]
     jobs = [int(pk) for pk in seeded["JOBS"].split(",")]
     rng = random.Random(7)
     watch = await portal.DbWatch.open(DB_NAME)
     pages = [Page(job_id) for job_id in jobs]
     sent: dict[int, float] = {}
+    arrivals: dict[int, float] = {}
     stop = asyncio.Event()
     busy = rng.sample(jobs, min(args.busy_jobs, len(jobs)))
     writer = asyncio.create_task(commit_events(busy, args.event_rate, stop, sent, rng))
     try:
         load = (port, token, TENANT, args.clients, args.warmup, args.duration, server_pid, watch)
-        before = await portal.measure(*load)
-        log(describe("Without open pages", before))
-        idle = worker_status(server_pid)
-
-        arrivals: dict[int, float] = {}
-        seconds = await open_pages(pages, port, session, arrivals, timeout=args.open_timeout)
-        showing = sum(page.showing for page in pages)
-        log(f"Opened {len(pages)} pages in {seconds:.1f} s; {showing} show their job")
-        held = worker_status(server_pid)
-        log(
-            f"Server worker: {idle['threads']} → {held['threads']} threads, "
-            f"{idle['rss_mb']} → {held['rss_mb']} MB resident"
-        )
-        opened = time.perf_counter()
-        with_pages = await portal.measure(*load)
-        closing = time.perf_counter()
-        await asyncio.sleep(2.0)  # the last events' way to their pages
-        log(describe(f"With {len(pages)} open pages", with_pages))
-        watched = [n for n, at in sent.items() if opened <= at <= closing]
+        without = [await portal.measure(*load)]
+        log(describe("Without open pages", without[-1]))
+        rounds, watched = [], []
+        for _ in range(args.rounds):
+            window, events, held = await with_pages(pages, load, session, arrivals, sent, args.open_timeout)
+            watched += events
+            without.append(await portal.measure(*load))
+            log(describe("Without open pages", without[-1]))
+            base = (without[-2].per_second + without[-1].per_second) / 2
+            rounds.append({"with": window.per_second, "without": base, "window": window, **held})
         latencies = [arrivals[n] - sent[n] for n in watched if n in arrivals]
         missing = len(watched) - len(latencies)
         p50, p99, worst = (percentile_ms(latencies, q) for q in (0.5, 0.99, 1.0))
         log(
-            f"{len(watched)} events on {len(busy)} watched jobs: latency p50 {p50} ms, p99 {p99} ms, "
-            f"max {worst} ms; {missing} missing"
+            f"{len(watched)} events on {len(busy)} watched jobs while pages were open: latency p50 {p50} ms, "
+            f"p99 {p99} ms, max {worst} ms; {missing} missing"
         )
-        still_open = sum(page.open for page in pages)
-        failures = [page.failure for page in pages if page.failure]
-        if failures:
-            log(f"{len(failures)} pages failed; the first: {failures[0]}")
-        for page in pages:
-            page.close()
-        await asyncio.sleep(1.0)
-        after = await portal.measure(*load)
-        log(describe("Without open pages, again", after))
-        without = (before.per_second + after.per_second) / 2
+        ratios = [r["with"] / r["without"] for r in rounds]
+        pairs = ", ".join(f"{r['with']:.1f} / {r['without']:.1f}" for r in rounds)
+        log(f"Rounds, jobs/s with / without open pages: {pairs}")
+        median = sorted(rounds, key=lambda r: r["with"] / r["without"])[len(rounds) // 2]
         return {
-            "streams_open": still_open,
+            "streams_open": min(r["still_open"] for r in rounds),
             "event_latency_p99_ms": p99,
-            "submit_jobs_per_s_with_streams": round(with_pages.per_second, 1),
-            "submit_jobs_per_s_without": round(without, 1),
-            "submit_with_to_without": round(with_pages.per_second / without, 2),
-            "submit_jobs_per_s_without_before": round(before.per_second, 1),
-            "submit_jobs_per_s_without_after": round(after.per_second, 1),
+            "submit_jobs_per_s_with_streams": round(median["with"], 1),
+            "submit_jobs_per_s_without": round(median["without"], 1),
+            "submit_with_to_without": round(median["with"] / median["without"], 2),
+            "submit_with_to_without_by_round": [round(ratio, 2) for ratio in ratios],
             "streams_requested": len(pages),
-            "streams_opened_in_s": round(seconds, 1),
+            "streams_opened_in_s": round(max(r["seconds"] for r in rounds), 1),
             "event_latency_p50_ms": p50,
             "event_latency_max_ms": worst,
             "events_on_open_pages": len(watched),
             "events_missing": missing,
-            "submit_p99_ms_with_streams": round(with_pages.percentile_ms(0.99), 1),
-            "submit_p99_ms_without": round(before.percentile_ms(0.99), 1),
-            "submit_errors": before.errors + with_pages.errors + after.errors,
-            "server_threads_idle": idle["threads"],
-            "server_threads_with_streams": held["threads"],
-            "server_rss_mb_idle": idle["rss_mb"],
-            "server_rss_mb_with_streams": held["rss_mb"],
-            "db_connections_peak_with_streams": with_pages.db_connections_peak,
+            "submit_p99_ms_with_streams": round(median["window"].percentile_ms(0.99), 1),
+            "submit_errors": sum(w.errors for w in without) + sum(r["window"].errors for r in rounds),
+            "server_threads_idle": median["threads_idle"],
+            "server_threads_with_streams": max(r["threads"] for r in rounds),
+            "server_rss_mb_idle": median["rss_mb_idle"],
+            "server_rss_mb_with_streams": max(r["rss_mb"] for r in rounds),
+            "db_connections_peak_with_streams": max(r["window"].db_connections_peak for r in rounds),
         }
     finally:
         stop.set()
@@ -272,6 +299,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--event-rate", type=float, default=25.0, help="events per second on watched jobs")
     parser.add_argument("--busy-jobs", type=int, default=200, help="watched jobs that get those events")
     parser.add_argument("--open-timeout", type=float, default=180.0, help="seconds to open all pages")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of submitting with and without")
     return parser.parse_args()
 
 
