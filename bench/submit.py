@@ -20,34 +20,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import itertools
 import json
-import os
-import re
-import resource
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
-import redis
-from support import benchdb, procstat
+from support import benchdb
+from support.portal import (
+    HOST,
+    DbWatch,
+    Window,
+    free_port,
+    install_uvloop,
+    log,
+    measure,
+    migrate_and_seed,
+    purge_redis,
+    server_env,
+    server_log_summary,
+    start_server,
+    stop_server,
+    wait_for_port,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "factory_bench"
-DATABASE_URL = f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}"
+DATABASE_URL = benchdb.url(DB_NAME)
 REDIS_URL = "redis://127.0.0.1:6379/14"
-HOST = "127.0.0.1"
 TENANT = "bench-lab"
 CONCURRENCY_LEVELS = (1, 8, 32)
-REQUEST_TIMEOUT = 30.0  # seconds past the window an unanswered request may take
-EXCEPTION_LINE = re.compile(r"^[\w.]+(?:Error|Exception): .+$", re.MULTILINE)
 
 # Workers: 2, one per core (server, PostgreSQL and the load generator share the two cores). A
 # uvicorn process runs Python on one core at a time (the GIL), so a second process is what lets the
@@ -56,358 +57,12 @@ EXCEPTION_LINE = re.compile(r"^[\w.]+(?:Error|Exception): .+$", re.MULTILINE)
 # 8 clients with 2, 4 and 8 threads).
 DEFAULT_WORKERS = 2
 
-SEED = """
-from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
-from factory.choices import ClusterKind, Role
-from factory.models import Cluster, GpuType, Membership, Pool, Tenant
-
-tenant = Tenant.objects.create(slug="TENANT_SLUG", name="Bench Lab")
-h100 = GpuType.objects.create(slug="h100", name="NVIDIA H100 80GB", memory_gb=80, board_power_watts=700)
-a100 = GpuType.objects.create(slug="a100", name="NVIDIA A100 80GB", memory_gb=80, board_power_watts=400)
-cluster = Cluster.objects.create(slug="local", name="Bench machine", kind=ClusterKind.LOCAL)
-Pool.objects.create(cluster=cluster, gpu_type=h100, capacity=8)
-Pool.objects.create(cluster=cluster, gpu_type=a100, capacity=8)
-user = get_user_model().objects.create_user("bench")
-Membership.objects.create(user=user, tenant=tenant, role=Role.MEMBER)
-print("TOKEN=" + Token.objects.create(user=user).key)
-""".replace("TENANT_SLUG", TENANT)
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-# --- environment, database, seed ----------------------------------------------------------------
-
-
-def server_env(var_dir: Path, conn_max_age: int, pool_size: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=DATABASE_URL,
-        REDIS_URL=REDIS_URL,
-        SECRET_KEY="bench-only-not-a-secret-" + "x" * 40,
-        DEBUG="0",
-        SECURE_SSL_REDIRECT="0",
-        ALLOWED_HOSTS=f"{HOST},localhost",
-        # Under ASGI each request runs in a new thread and Django's connections are per thread, so
-        # persistent connections (DB_CONN_MAX_AGE) never persist: every request would open one and
-        # at 32 clients they reach max_connections. The settings therefore use psycopg's pool on
-        # PostgreSQL (DB_POOL_MAX_SIZE, default 8 per process), which overrides DB_CONN_MAX_AGE;
-        # `--pool-size 0` turns it off to compare.
-        DB_CONN_MAX_AGE=str(conn_max_age),
-        DB_POOL_MAX_SIZE=str(pool_size),
-        FACTORY_VAR_DIR=str(var_dir),
-        LOG_LEVEL="WARNING",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args[:1])} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
-
-
-def migrate_and_seed(env: dict[str, str]) -> str:
-    manage(env, "migrate", "--noinput", "-v0")
-    output = manage(env, "shell", "-c", SEED)
-    for line in output.splitlines():
-        if line.startswith("TOKEN="):
-            return line.removeprefix("TOKEN=")
-    raise RuntimeError(f"The seed printed no token:\n{output}")
-
 
 def count_rows() -> dict[str, int]:
     with psycopg.connect(DATABASE_URL) as conn:
         jobs = conn.execute("SELECT count(*) FROM jobs_job").fetchone()[0]
         events = conn.execute("SELECT count(*) FROM jobs_jobevent").fetchone()[0]
     return {"jobs": jobs, "events": events}
-
-
-def purge_redis() -> int:
-    """Empty the bench's Redis DB; returns how many Celery messages were waiting in it."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        waiting = int(client.llen("celery"))
-        client.flushdb()
-        return waiting
-    finally:
-        client.close()
-
-
-# --- the server -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def start_server(env: dict[str, str], port: int, workers: int, log_path: Path) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "factory.serve",  # uvicorn workers, given connections round-robin
-        f"--host={HOST}",
-        f"--port={port}",
-        f"--workers={workers}",
-        "--log-level=warning",
-    ]
-    with log_path.open("ab") as log_file:
-        return subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def wait_for_port(port: int, server: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}")
-        try:
-            socket.create_connection((HOST, port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the server did not listen on {port} within {timeout:.0f} s")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is not None:
-        return
-    server.send_signal(signal.SIGINT)
-    try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)  # its own session: only the server and its workers
-        server.wait()
-
-
-# --- CPU accounting (from /proc) ------------------------------------------------------------------
-
-
-def cpu_snapshot(server_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the server's process tree, PostgreSQL, Redis and this process."""
-    table = procstat.processes()
-    tree = {server_pid}
-    for _ in range(3):
-        tree |= {p.pid for p in table if p.ppid in tree}
-    snapshot = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
-    for process in table:
-        if process.pid in tree:
-            snapshot["server"] += process.cpu_seconds
-        elif process.name.startswith("postgres"):
-            snapshot["postgres"] += process.cpu_seconds
-        elif process.name.startswith("redis"):
-            snapshot["redis"] += process.cpu_seconds
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    snapshot["client"] = usage.ru_utime + usage.ru_stime
-    snapshot["machine"] = procstat.machine_busy_seconds()
-    return snapshot
-
-
-class DbWatch:
-    """One monitoring connection, opened before the load starts (so it cannot be refused when the
-    server uses up max_connections), to count and sample connections to the bench database."""
-
-    def __init__(self, conn: psycopg.AsyncConnection) -> None:
-        self.conn = conn
-
-    @classmethod
-    async def open(cls) -> DbWatch:
-        return cls(await psycopg.AsyncConnection.connect(benchdb.url("postgres"), autocommit=True))
-
-    async def close(self) -> None:
-        await self.conn.close()
-
-    async def scalar(self, sql: str) -> int:
-        cursor = await self.conn.execute(sql, [DB_NAME])
-        return int((await cursor.fetchone())[0])
-
-    async def sessions(self) -> int:
-        """Sessions (connections) PostgreSQL has opened on the bench database so far."""
-        await self.conn.execute("SELECT pg_stat_clear_snapshot()")
-        return await self.scalar("SELECT sessions FROM pg_stat_database WHERE datname = %s")
-
-    async def peak_open(self, stop: asyncio.Event) -> int:
-        """The most connections open to the bench database at once, sampled every 0.2 s."""
-        peak = 0
-        while not stop.is_set():
-            peak = max(peak, await self.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.2)
-        return peak
-
-
-# --- the load generator ---------------------------------------------------------------------------
-
-
-class BadResponse(Exception):
-    pass
-
-
-@dataclass
-class Window:
-    """What one concurrency level measured."""
-
-    clients: int
-    seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    statuses: dict[int, int] = field(default_factory=dict)
-    cpu: dict[str, float] = field(default_factory=dict)
-    cpu_wall: float = 0.0
-    db_connections: int = 0
-    db_connections_peak: int = 0
-
-    @property
-    def accepted(self) -> int:
-        return len(self.latencies)
-
-    @property
-    def per_second(self) -> float:
-        return self.accepted / self.seconds if self.seconds else 0.0
-
-    def cpu_ms_per_job(self, key: str) -> float:
-        return 1000 * self.cpu.get(key, 0.0) / max(self.accepted, 1)
-
-    def busy_percent(self) -> float:
-        """How busy all cores were (everything on the machine) while this level ran."""
-        return 100 * self.cpu.get("machine", 0.0) / (max(self.cpu_wall, 1e-9) * (os.cpu_count() or 1))
-
-    def percentile_ms(self, q: float) -> float:
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-class Submitter:
-    """One keep-alive HTTP/1.1 connection that posts jobs; request bytes are built once."""
-
-    keys = itertools.count()
-
-    def __init__(self, port: int, token: str, run_id: str) -> None:
-        self.port = port
-        self.run_id = run_id
-        body = json.dumps(
-            {
-                "tenant": TENANT,
-                "name": "bench",
-                "command": "echo hi",
-                "gpu_type": "h100",
-                "gpu_count": 1,
-                "time_limit_minutes": 10,
-            }
-        ).encode()
-        self.head = (
-            f"POST /api/v1/jobs/ HTTP/1.1\r\nHost: {HOST}:{port}\r\nAuthorization: Token {token}\r\n"
-            f"Content-Type: application/json\r\nAccept: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nIdempotency-Key: "
-        ).encode()
-        self.body = body
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-        self.writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.reader = self.writer = None
-
-    async def submit(self) -> int:
-        if self.writer is None:
-            await self.connect()
-        key = f"{self.run_id}-{next(self.keys)}".encode()
-        self.writer.write(self.head + key + b"\r\n\r\n" + self.body)
-        status, keep_alive = await read_response(self.reader)
-        if not keep_alive:
-            await self.close()
-        return status
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """Read one response; returns (status, whether the connection stays open)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 "):
-        raise BadResponse(head[:80])
-    status = int(head[9:12])
-    headers = head.lower()
-    start = headers.find(b"\r\ncontent-length:")
-    if start >= 0:
-        end = headers.index(b"\r\n", start + 2)
-        await reader.readexactly(int(headers[start + 17 : end]))
-    elif b"transfer-encoding: chunked" in headers:
-        await read_chunked(reader)
-    else:
-        raise BadResponse(b"no length: " + head[:200])
-    return status, b"connection: close" not in headers
-
-
-async def read_chunked(reader: asyncio.StreamReader) -> None:
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        await reader.readexactly(size + 2)
-        if size == 0:
-            return
-
-
-async def client_loop(submitter: Submitter, window: Window, measure_from: float, until: float) -> None:
-    clock = time.perf_counter
-    while (started := clock()) < until:
-        try:
-            status = await submitter.submit()
-        except (OSError, asyncio.IncompleteReadError, BadResponse, ValueError):
-            status = 0
-            await submitter.close()
-        finished = clock()
-        if started < measure_from or finished > until:
-            continue  # warm-up, or finished after the window closed
-        window.statuses[status] = window.statuses.get(status, 0) + 1
-        if status == 202:
-            window.latencies.append(finished - started)
-        else:
-            window.errors += 1
-
-
-async def measure(
-    port: int, token: str, clients: int, warmup: float, duration: float, server_pid: int, watch: DbWatch
-) -> Window:
-    run_id = f"c{clients}-{os.getpid()}-{time.time_ns()}"
-    submitters = [Submitter(port, token, run_id) for _ in range(clients)]
-    await asyncio.gather(*(s.connect() for s in submitters))
-    window = Window(clients)
-    measure_from = time.perf_counter() + warmup
-    until = measure_from + duration
-    loops = [asyncio.create_task(client_loop(s, window, measure_from, until)) for s in submitters]
-    await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-    started = time.perf_counter()
-    before, sessions_before = cpu_snapshot(server_pid), await watch.sessions()
-    stop = asyncio.Event()
-    sampler = asyncio.create_task(watch.peak_open(stop))
-    _, stuck = await asyncio.wait(loops, timeout=duration + REQUEST_TIMEOUT)
-    for loop in stuck:  # a request the server never answered: an error, and stop waiting for it
-        loop.cancel()
-        window.errors += 1
-        window.statuses[0] = window.statuses.get(0, 0) + 1
-    stop.set()
-    window.db_connections_peak = await sampler
-    after, sessions_after = cpu_snapshot(server_pid), await watch.sessions()
-    window.cpu_wall = time.perf_counter() - started  # in-flight requests finish after the window
-    window.db_connections = sessions_after - sessions_before
-    window.seconds = duration
-    window.cpu = {key: after[key] - before[key] for key in before}
-    await asyncio.gather(*(s.close() for s in submitters))
-    return window
 
 
 def describe(window: Window) -> str:
@@ -424,10 +79,12 @@ def describe(window: Window) -> str:
 
 async def run_levels(port: int, token: str, args: argparse.Namespace, server_pid: int) -> list[Window]:
     windows = []
-    watch = await DbWatch.open()
+    watch = await DbWatch.open(DB_NAME)
     try:
         for clients in CONCURRENCY_LEVELS:
-            window = await measure(port, token, clients, args.warmup, args.duration, server_pid, watch)
+            window = await measure(
+                port, token, TENANT, clients, args.warmup, args.duration, server_pid, watch
+            )
             log(describe(window))
             if window.errors:
                 log(f"   non-202 answers: {window.statuses}")
@@ -435,15 +92,6 @@ async def run_levels(port: int, token: str, args: argparse.Namespace, server_pid
     finally:
         await watch.close()
     return windows
-
-
-def install_uvloop() -> str:
-    try:
-        import uvloop
-    except ImportError:
-        return "asyncio"
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -482,23 +130,26 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def server_log_summary(path: Path) -> tuple[int, str]:
-    """How many ERROR records the server logged, and the first exception line among them."""
-    text = path.read_text(errors="replace") if path.exists() else ""
-    errors = sum(1 for line in text.splitlines() if " ERROR " in line)
-    first = next((m.group(0) for m in EXCEPTION_LINE.finditer(text)), "")
-    return errors, first
-
-
 def run(args: argparse.Namespace, var_dir: Path, loop_name: str) -> tuple[list[Window], dict]:
-    env = server_env(var_dir, args.conn_max_age, args.pool_size)
+    env = server_env(
+        DATABASE_URL,
+        REDIS_URL,
+        var_dir,
+        # Under ASGI each request runs in a new thread and Django's connections are per thread, so
+        # persistent connections (DB_CONN_MAX_AGE) never persist: every request would open one and
+        # at 32 clients they reach max_connections. The settings therefore use psycopg's pool on
+        # PostgreSQL (DB_POOL_MAX_SIZE, default 8 per process), which overrides DB_CONN_MAX_AGE;
+        # `--pool-size 0` turns it off to compare.
+        DB_CONN_MAX_AGE=str(args.conn_max_age),
+        DB_POOL_MAX_SIZE=str(args.pool_size),
+    )
     server_log = var_dir / "server.log"
     log(f"Creating database {DB_NAME}, migrating and seeding ...")
     benchdb.recreate(DB_NAME)
     server = None
     try:
-        token = migrate_and_seed(env)
-        purge_redis()
+        token = migrate_and_seed(env, TENANT)["TOKEN"]
+        purge_redis(REDIS_URL)
         port = free_port()
         log(f"Starting factory.serve, {args.workers} worker(s), on {HOST}:{port} (client loop: {loop_name})")
         server = start_server(env, port, args.workers, server_log)
@@ -513,14 +164,14 @@ def run(args: argparse.Namespace, var_dir: Path, loop_name: str) -> tuple[list[W
         return windows, {
             "jobs_in_db": rows["jobs"],
             "events_in_db": rows["events"],
-            "celery_messages": purge_redis(),
+            "celery_messages": purge_redis(REDIS_URL),
             "server_log_errors": errors,
         }
     finally:
         if server is not None:
             stop_server(server)
         benchdb.drop(DB_NAME)
-        purge_redis()
+        purge_redis(REDIS_URL)
 
 
 def main() -> int:

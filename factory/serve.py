@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import selectors
@@ -193,6 +194,12 @@ def run_worker(args: argparse.Namespace) -> None:
         timeout_keep_alive=args.timeout_keep_alive,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
     )
+    config.load()
+    # What loading made (modules, models, URL and template machinery) lives as long as the worker:
+    # kept out of the collector's full passes, which pause the event loop, and with many open
+    # event streams have their objects to walk already.
+    gc.collect()
+    gc.freeze()
     HandedConnectionsServer(config, channel).run()
 
 

@@ -271,8 +271,14 @@ FACTORY_LOCAL_BACKEND_ROOT = Path(env("FACTORY_LOCAL_BACKEND_ROOT") or VAR_DIR /
 FACTORY_SLURM_JOB_ROOT = Path(env("FACTORY_SLURM_JOB_ROOT") or VAR_DIR / "slurm-jobs")
 # Seconds between health checks of every cluster (shown to admins with each pool's capacity).
 FACTORY_HEALTH_INTERVAL = env_float("FACTORY_HEALTH_INTERVAL", 30.0)
-# How long the live status stream waits between looks at the event log and the job's log (seconds).
+# Open job pages (jobs/live.py). On PostgreSQL an event wakes its page at once (LISTEN/NOTIFY);
+# what changes without an event (queue position, run time) is checked every REFRESH_INTERVAL
+# seconds, in one query per web process. Every POLL_INTERVAL seconds a running job's log is read, and
+# on SQLite that one query polls for events. THREADS: threads per web process that the pages' short
+# database reads share (none is held by an open page).
 FACTORY_STREAM_POLL_INTERVAL = env_float("FACTORY_STREAM_POLL_INTERVAL", 0.5)
+FACTORY_STREAM_REFRESH_INTERVAL = env_float("FACTORY_STREAM_REFRESH_INTERVAL", 2.0)
+FACTORY_STREAM_THREADS = env_int("FACTORY_STREAM_THREADS", 2)
 
 # Where admission asks about prices and money spent, for hard money budgets (quotas never imports
 # the app above it).

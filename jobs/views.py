@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import re
+from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -11,6 +13,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -19,7 +22,7 @@ from django.views.decorators.http import require_POST
 
 from factory.adapters import BackendError
 
-from . import lifecycle, submission
+from . import lifecycle, live, submission
 from .filtersets import JobFilterSet
 from .forms import JobForm
 from .models import Job, JobEvent
@@ -85,8 +88,11 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "jobs/job_detail.html", context)
 
 
-def status_context(request: HttpRequest, job: Job) -> dict:
-    return {"job": job, "may_cancel": job.can_cancel and job.may_cancel(request.user)}
+def status_context(request: HttpRequest, job: Job, may_cancel: bool | None = None) -> dict:
+    """`may_cancel`: whether the user may cancel the job in any state, if already known."""
+    if may_cancel is None:
+        may_cancel = job.may_cancel(request.user)
+    return {"job": job, "may_cancel": job.can_cancel and may_cancel}
 
 
 @login_required
@@ -129,12 +135,14 @@ def read_log(job: Job, offset: int):
 # --- live status: server-sent events -------------------------------------------------------------
 
 _CURSOR = re.compile(r"^e(\d+)\.l(\d+)$")
+# What ends a line in an event stream: CR, LF and CRLF alike (a progress bar's bare CR too).
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def sse_message(event: str, data: str, cursor: str | None = None) -> str:
     lines = [f"id: {cursor}"] if cursor else []
     lines.append(f"event: {event}")
-    lines += [f"data: {line}" for line in (data.split("\n") or [""])]
+    lines += [f"data: {line}" for line in _LINE_END.split(data)]
     return "\n".join(lines) + "\n\n"
 
 
@@ -150,65 +158,141 @@ def parse_cursor(request: HttpRequest) -> tuple[int, int]:
         return 0, 0
 
 
+# A look reads at most this many events; more are read by the next look, at once.
+EVENTS_PER_LOOK = 200
+# Seconds of silence after which a stream sends a comment: proxies close silent connections.
+KEEP_ALIVE_SECONDS = 15.0
+
+
+@functools.cache
+def stream_jobs() -> QuerySet[Job]:
+    """What a look reads of its job, built once per process: building the queue position costs
+    more than running the query, and a copy kept by each open stream (some 250 objects) would
+    lengthen every full pass of the garbage collector, a pause for all streams of the process."""
+    return Job.objects.select_related("cluster", "gpu_type", "tenant", "owner").with_queue_position()
+
+
+class JobStream:
+    """Where one open stream is in its job (the last event and log offset sent, the status shown),
+    and the short reads that move it on. The viewer's right to cancel depends on who they are, not
+    on the job's state: it is read at the first look only."""
+
+    def __init__(
+        self, request: HttpRequest, job_id: int, last_event: int = 0, log_offset: int = 0, status: str = ""
+    ) -> None:
+        self.request = request
+        self.job_id = job_id
+        self.last_event, self.log_offset, self.status = last_event, log_offset, status
+        self.job: Job | None = None  # as the last look found it
+        self.may_cancel: bool | None = None
+        self.more_events = False  # the last look stopped at EVENTS_PER_LOOK
+        self.log_open = False  # the job's log may still grow
+
+    @property
+    def cursor(self) -> str:
+        return f"e{self.last_event}.l{self.log_offset}"
+
+    @property
+    def shown(self) -> live.Shown:
+        job = self.job
+        return live.Shown(self.last_event, job.updated_at, job.queue_position, job.state)
+
+    def look(self) -> tuple[list[str], bool]:
+        """One look at the job: new events, a changed status (state, wait reason, queue position),
+        new log text; and whether there is nothing left to learn."""
+        self.job = job = stream_jobs().get(pk=self.job_id)
+        out: list[str] = []
+        newer = JobEvent.objects.filter(job_id=self.job_id, pk__gt=self.last_event).order_by("pk")
+        events = list(newer[:EVENTS_PER_LOOK])
+        if events:
+            self.last_event = events[-1].pk
+            timeline = "".join(render_to_string("jobs/job_detail.html#event", {"event": e}) for e in events)
+            out.append(sse_message("timeline", timeline, self.cursor))
+        if self.may_cancel is None:
+            self.may_cancel = job.may_cancel(self.request.user)
+        context = {**status_context(self.request, job, self.may_cancel), "streamed": True}
+        status = render_to_string("jobs/job_detail.html#status", context, request=self.request)
+        if status != self.status:
+            self.status = status
+            out.append(sse_message("status", status, self.cursor))
+        live.release_connections()  # a backend's log may take a while: not on a pooled connection
+        out += self.follow_log()
+        self.more_events = len(events) == EVENTS_PER_LOOK
+        return out, job.is_terminal and not events and not self.log_open
+
+    def follow_log(self) -> list[str]:
+        """New text of the job's log, read from its backend (not from the database)."""
+        chunk = read_log(self.job, self.log_offset)
+        self.log_open = chunk is not None and not chunk.complete
+        if not chunk or not chunk.text:
+            return []
+        self.log_offset = chunk.next_offset
+        return [sse_message("log", html.escape(chunk.text), self.cursor)]
+
+
 def stream_step(
     request: HttpRequest, job_id: int, last_event: int, log_offset: int, last_status: str
 ) -> tuple[list[str], int, int, str, bool]:
-    """One look at the job: new events, a changed status (state, wait reason, queue position),
-    new log text, and whether there is nothing left to learn."""
-    job = (
-        Job.objects.select_related("cluster", "gpu_type", "tenant", "owner")
-        .with_queue_position()
-        .get(pk=job_id)
-    )
-    out: list[str] = []
-    events = list(JobEvent.objects.filter(job_id=job_id, pk__gt=last_event).order_by("pk")[:200])
-    if events:
-        last_event = events[-1].pk
-        timeline = "".join(render_to_string("jobs/job_detail.html#event", {"event": e}) for e in events)
-        out.append(sse_message("timeline", timeline, f"e{last_event}.l{log_offset}"))
-    context = {**status_context(request, job), "streamed": True}
-    status = render_to_string("jobs/job_detail.html#status", context, request=request)
-    if status != last_status:
-        out.append(sse_message("status", status, f"e{last_event}.l{log_offset}"))
-    chunk = read_log(job, log_offset)
-    if chunk and chunk.text:
-        log_offset = chunk.next_offset
-        out.append(sse_message("log", html.escape(chunk.text), f"e{last_event}.l{log_offset}"))
-    log_done = chunk is None or chunk.complete
-    done = job.is_terminal and not events and log_done
-    return out, last_event, log_offset, status, done
+    """One look (JobStream.look), as (messages, last event, log offset, status, done)."""
+    stream = JobStream(request, job_id, last_event, log_offset, last_status)
+    messages, done = stream.look()
+    return messages, stream.last_event, stream.log_offset, stream.status, done
 
 
 async def job_stream(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     user = await request.auser()
     if not user.is_authenticated:
         return HttpResponse(status=401)
-    if not await Job.objects.visible_to(user).filter(pk=pk).aexists():
+    visible = await Job.objects.visible_to(user).filter(pk=pk).aexists()
+    # The stream may stay open for hours: the session and permission lookups' connection goes back
+    # now, and the stream looks at the database only briefly, when something happened.
+    await sync_to_async(live.release_connections)()
+    if not visible:
         raise Http404
     last_event, log_offset = parse_cursor(request)
-    step = sync_to_async(stream_step)
-    interval = settings.FACTORY_STREAM_POLL_INTERVAL
-
-    async def messages_():
-        yield "retry: 2000\n\n"
-        nonlocal last_event, log_offset
-        idle, status = 0.0, ""
-        while True:
-            out, last_event, log_offset, status, done = await step(
-                request, pk, last_event, log_offset, status
-            )
-            for message in out:
-                yield message
-            if done:
-                yield sse_message("done", "finished", f"e{last_event}.l{log_offset}")
-                return
-            idle = 0.0 if out else idle + interval
-            if idle >= 15:
-                yield ": keep-alive\n\n"  # proxies close silent connections
-                idle = 0.0
-            await asyncio.sleep(interval)
-
-    response = StreamingHttpResponse(messages_(), content_type="text/event-stream")
+    response = StreamingHttpResponse(
+        follow_job(request, pk, last_event, log_offset), content_type="text/event-stream"
+    )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+async def follow_job(request: HttpRequest, pk: int, last_event: int, log_offset: int) -> AsyncIterator[str]:
+    """The messages of a job's stream. It looks at the job when woken (jobs.live: an event was
+    committed, or what the page shows moved), and in between holds no thread and no database
+    connection: only a log that still grows is read, every FACTORY_STREAM_POLL_INTERVAL seconds,
+    from the job's backend."""
+    yield "retry: 2000\n\n"
+    loop = asyncio.get_running_loop()
+    interval = settings.FACTORY_STREAM_POLL_INTERVAL
+    stream = JobStream(request, pk, last_event, log_offset)
+    quiet_since = loop.time()
+    async with live.follow(pk) as follower:
+        while True:
+            messages, done = await live.briefly(stream.look)
+            for message in messages:
+                yield message
+            if done:
+                yield sse_message("done", "finished", stream.cursor)
+                return
+            if messages:
+                quiet_since = loop.time()
+            follower.shown = stream.shown
+            if stream.more_events:
+                continue
+            if stream.job.is_terminal:
+                # Looked at again shortly: its last events or log lines, then done.
+                await follower.wait(interval)
+                continue
+            while True:
+                due = quiet_since + KEEP_ALIVE_SECONDS - loop.time()
+                if await follower.wait(min(interval, due) if stream.log_open else max(due, 0.0)):
+                    break
+                if stream.log_open:
+                    for message in await live.briefly(stream.follow_log):
+                        yield message
+                        quiet_since = loop.time()
+                if loop.time() - quiet_since >= KEEP_ALIVE_SECONDS:
+                    yield ": keep-alive\n\n"
+                    quiet_since = loop.time()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -178,6 +179,37 @@ def parse_events(text: str) -> list[dict]:
         if "event" in event:
             events.append(event)
     return events
+
+
+def read_sse(text: str) -> list[dict]:
+    """Events as a browser reads them (the EventSource rules): CR, LF and CRLF each end a line, a
+    blank line ends an event, and the data lines of an event are joined with LF."""
+    events, fields, data = [], {}, []
+    for line in re.split(r"\r\n|\r|\n", text):
+        if not line:
+            if data:
+                events.append({**fields, "data": "\n".join(data)})
+            fields, data = {}, []
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name in {"id", "event"}:
+            fields[name] = value
+    return events
+
+
+def test_a_carriage_return_in_a_log_line_keeps_the_event_framing():
+    from jobs.views import sse_message
+
+    progress = "epoch 1\r 10%|#    |\r\r 50%|###  |\r\nloss 0.25\n"
+    text = sse_message("log", progress, "e3.l40") + sse_message("status", "<p>running</p>", "e3.l40")
+    events = read_sse(text)
+    assert [(e.get("event"), e.get("id")) for e in events] == [("log", "e3.l40"), ("status", "e3.l40")]
+    # Each line end the log had arrives as one: the progress bar's steps become lines of their own.
+    assert events[0]["data"] == "epoch 1\n 10%|#    |\n\n 50%|###  |\nloss 0.25\n"
+    assert events[1]["data"] == "<p>running</p>"
 
 
 @pytest.mark.django_db(transaction=True)
