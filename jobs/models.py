@@ -131,6 +131,12 @@ class Job(models.Model):
             models.Index(fields=["state", "cluster"], name="job_state_cluster"),
             models.Index(fields=["tenant", "-created_at"], name="job_tenant_recent"),
             models.Index(fields=["owner", "-created_at"], name="job_owner_recent"),
+            # Queue positions: the pending jobs of a GPU type ahead of a job, without a scan.
+            models.Index(
+                fields=["gpu_type", "-priority", "created_at"],
+                name="job_pending_queue",
+                condition=models.Q(state="pending"),
+            ),
         ]
 
     def __str__(self) -> str:
