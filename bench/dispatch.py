@@ -209,7 +209,10 @@ def bench_kubernetes(args: argparse.Namespace) -> dict:
     with portal_database():
         fake = TimedFake(FakeKubernetes().start_server())
         try:
-            connection = {"kubeconfig": yaml.safe_dump(fake.fake.kubeconfig())}
+            connection = {
+                "kubeconfig": yaml.safe_dump(fake.fake.kubeconfig()),
+                "allowed_images": ["nvcr.io/nvidia/"],  # a cluster runs only the images it lists
+            }
             tenant, user, h100, cluster = seed(
                 "kubernetes", connection, {"nvidia.com/gpu.product": GPU_PRODUCT}
             )

@@ -1,6 +1,7 @@
 """Quotas mirrored into the clusters' own limits (Slurm: GrpTRES and MaxTRESPerJob per tenant
-account), so that a cluster holds a tenant to its ceiling even for jobs that reach it without the
-portal, such as a researcher's own sbatch under the tenant's account.
+account; Kubernetes: a ResourceQuota on requests.nvidia.com/gpu per tenant namespace), so that a
+cluster holds a tenant to its ceiling even for jobs that reach it without the portal, such as a
+researcher's own sbatch under the tenant's account or kubectl in the tenant's namespace.
 
 A tenant's ceiling on a GPU type is what admission could ever give it: nominal plus its borrowing
 limit (no borrowing limit: no ceiling), and max_gpus_per_job per job. A GPU type it has no quota

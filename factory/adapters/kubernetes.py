@@ -14,13 +14,24 @@
   never for more than one chunk after it.
 - Kueue (connection `kueue_queue`): Jobs are created suspended with the queue-name label. Kueue
   resumes them on admission and suspends them again on preemption; suspended reads as queued.
+- Every pod meets the `restricted` Pod Security profile: non-root (a fixed UID, so images built
+  to run as root still start), no privilege escalation, no capabilities, the runtime's default
+  seccomp profile, and no service account token. Images come only from the cluster's allow-list
+  (`allowed_images`, or `allow_any_image: true`), checked again here and sent fully qualified.
+- Tenant namespaces enforce that profile (Pod Security labels), take traffic only from
+  themselves (a NetworkPolicy: egress to the namespace itself, to DNS in kube-system and to
+  public addresses), and hold the tenant's GPU ceiling as a ResourceQuota on
+  `requests.nvidia.com/gpu` (apply_tenant_limits, as Slurm's GrpTRES), so that a Job made
+  without the portal, e.g. with kubectl and the tenant's own credentials, gets no further.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import logging
 import re
@@ -43,7 +54,9 @@ from .base import (
     BackendError,
     BackendState,
     BackendUnavailable,
+    GpuLimit,
     Health,
+    ImageRule,
     JobRejected,
     LogChunk,
     PoolHealth,
@@ -51,6 +64,8 @@ from .base import (
     dispatch_key,
     job_env,
     log_chunk,
+    normalise_image,
+    valid_image_prefix,
 )
 from .connection import Connection
 
@@ -68,8 +83,34 @@ LABEL_GPU_TYPE = "aifactory.io/gpu-type"
 ANNOTATION_NAME = "aifactory.io/job-name"  # portal names may be longer than a label value allows
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_RESOURCE = "nvidia.com/gpu"
+GPU_QUOTA = f"requests.{GPU_RESOURCE}"  # quotas on extended resources count requests only
 CONTAINER = "job"
 JOB_NAME_PREFIX = "aif-"
+
+# What the portal keeps in each tenant namespace, by name: its own, replaced when it differs.
+QUOTA_NAME = "aifactory-gpus"
+POLICY_NAME = "aifactory-tenant-isolation"
+POD_SECURITY_LEVEL = "restricted"
+NAMESPACE_SECURITY_LABELS = {
+    f"pod-security.kubernetes.io/{mode}{suffix}": value
+    for mode in ("enforce", "audit", "warn")
+    for suffix, value in (("", POD_SECURITY_LEVEL), ("-version", "latest"))
+}
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by the API server on every namespace
+# The restricted profile's container settings (the pod's say non-root and seccomp too).
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "privileged": False,
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# Where "public egress" does not reach: private networks (pods, services, nodes and the API
+# server live there), carrier-grade NAT (some pod networks) and link-local addresses (cloud
+# metadata endpoints, which hand out the node's credentials).
+PRIVATE_IPV4 = ("10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16")
+PRIVATE_IPV6 = ("fc00::/7", "fe80::/10")
+MAX_ID = 2**31 - 1
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 NAMESPACE_PREFIX = re.compile(r"^([a-z0-9][-a-z0-9]{0,29})?$")
@@ -111,6 +152,14 @@ class KubernetesConnection(Connection):
     kueue_queue: str | None = None  # a Kueue LocalQueue: Jobs are created suspended in it
     verify_ssl: bool = True  # False skips TLS verification of the API server (test clusters only)
     request_timeout: float = 30.0  # seconds per API request
+    # Registry prefixes jobs' images must be under ("nvcr.io/nvidia/"). Empty: no image runs,
+    # unless allow_any_image says, explicitly, that any may.
+    allowed_images: list[str] = []
+    allow_any_image: bool = False
+    run_as_user: int = 1000  # the UID and GID every job's container runs as: never root
+    run_as_group: int = 1000
+    public_egress: bool = True  # jobs may reach public addresses (not private or link-local ones)
+    egress_cidrs: list[str] = []  # further destinations jobs may reach, e.g. on-premises storage
 
     @pydantic.field_validator("namespace_prefix")
     @classmethod
@@ -143,10 +192,44 @@ class KubernetesConnection(Connection):
             raise ValueError("Connection setting 'request_timeout' must be positive.")
         return timeout
 
+    @pydantic.field_validator("allowed_images")
+    @classmethod
+    def _image_prefixes(cls, prefixes: list[str]) -> list[str]:
+        for number, prefix in enumerate(prefixes, start=1):
+            if not valid_image_prefix(prefix):
+                raise ValueError(
+                    f"Entry {number} of connection setting 'allowed_images' is not a registry prefix: "
+                    "write a registry and optionally a path, such as 'nvcr.io/nvidia/' or "
+                    "'docker.io/library/busybox'."
+                )
+        return prefixes
+
+    @pydantic.field_validator("run_as_user", "run_as_group")
+    @classmethod
+    def _not_root(cls, value: int, info: pydantic.ValidationInfo) -> int:
+        if not 1 <= value <= MAX_ID:
+            raise ValueError(f"Connection setting {info.field_name!r} must be from 1 to {MAX_ID} (not root).")
+        return value
+
+    @pydantic.field_validator("egress_cidrs")
+    @classmethod
+    def _networks(cls, cidrs: list[str]) -> list[str]:
+        for number, cidr in enumerate(cidrs, start=1):
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError:
+                raise ValueError(
+                    f"Entry {number} of connection setting 'egress_cidrs' is not a network such as "
+                    "'10.20.0.0/16' (no host bits set)."
+                ) from None
+        return cidrs
+
     @pydantic.model_validator(mode="after")
     def _one_way_in(self) -> KubernetesConnection:
         if bool(self.kubeconfig) == self.in_cluster:
             raise ValueError("Give either 'kubeconfig' (the YAML text) or 'in_cluster': true.")
+        if self.allow_any_image and self.allowed_images:
+            raise ValueError("Give either 'allowed_images' or 'allow_any_image': true, not both.")
         if self.kubeconfig:
             self.config_dict()
         elif self.context:
@@ -184,6 +267,7 @@ class KubernetesConnection(Connection):
 class KubernetesAdapter(Adapter):
     kind = "kubernetes"
     connection_class = KubernetesConnection
+    keeps_tenant_limits = True
 
     # --- the client (one per adapter instance, built without writing the kubeconfig to disk) ----
 
@@ -219,13 +303,20 @@ class KubernetesAdapter(Adapter):
     def core(self) -> k8s.CoreV1Api:
         return k8s.CoreV1Api(self.api_client)
 
+    @cached_property
+    def networking(self) -> k8s.NetworkingV1Api:
+        return k8s.NetworkingV1Api(self.api_client)
+
     # --- names ----------------------------------------------------------------------------------
 
     def namespace_for(self, tenant) -> str:
-        name = f"{self.connection.namespace_prefix}{tenant.slug}"
+        return self.namespace_name(tenant.slug)
+
+    def namespace_name(self, tenant_slug: str) -> str:
+        name = f"{self.connection.namespace_prefix}{tenant_slug}"
         if len(name) > 63:
             # Cut, then tell apart tenants whose slugs share the kept part.
-            digest = hashlib.sha256(tenant.slug.encode()).hexdigest()[:8]
+            digest = hashlib.sha256(tenant_slug.encode()).hexdigest()[:8]
             name = f"{name[:54].rstrip('-')}-{digest}"
         if not DNS_LABEL.fullmatch(name) or name in RESERVED_NAMESPACES or name.startswith("kube-"):
             raise JobRejected(f"{name!r} cannot be the tenant's namespace")
@@ -243,7 +334,7 @@ class KubernetesAdapter(Adapter):
         try:
             self._create_job(namespace, body)
         except _NamespaceMissing:
-            self.ensure_namespace(namespace, job.tenant)
+            self.ensure_namespace(namespace, job.tenant.slug)
             self._create_job(namespace, body)
         return f"{namespace}/{body['metadata']['name']}"
 
@@ -367,14 +458,58 @@ class KubernetesAdapter(Adapter):
         unusable = sorted(node.metadata.name for node in nodes if not _node_usable(node))
         if unusable:
             message += f"; not ready or cordoned: {', '.join(unusable)}"
+        if self.image_rule.allowed == ():
+            message += "; runs no container images until 'allowed_images' or 'allow_any_image' is set"
         return Health(ok=True, message=message, pools=pools)
+
+    @property
+    def image_rule(self) -> ImageRule:
+        allowed = None if self.connection.allow_any_image else tuple(self.connection.allowed_images)
+        return ImageRule(self.cluster.slug, containers=True, allowed=allowed)
+
+    def apply_tenant_limits(self, limits: dict[str, dict[str, GpuLimit]]) -> list[str]:
+        """Each tenant's namespace enforces the restricted Pod Security profile, is closed to other
+        tenants by the portal's NetworkPolicy, and holds the tenant's GPU ceiling as a ResourceQuota
+        on requests.nvidia.com/gpu. One list each of namespaces, of the portal's quotas and of its
+        policies, then one write per thing that differs: namespaces made before these safeguards
+        existed get them on the next pass. A namespace that does not exist yet is made when its
+        tenant may use GPUs here. Returns the tenants whose GPU ceiling changed."""
+        listed = self._items("list namespaces", self.core.list_namespace)
+        namespaces = {item["metadata"]["name"]: item for item in listed}
+        quotas = self._named_in_namespaces(
+            "list ResourceQuotas", self.core.list_resource_quota_for_all_namespaces, QUOTA_NAME
+        )
+        policies = self._named_in_namespaces(
+            "list NetworkPolicies", self.networking.list_network_policy_for_all_namespaces, POLICY_NAME
+        )
+        changed = []
+        for tenant_slug, by_type in sorted(limits.items()):
+            try:
+                namespace = self.namespace_name(tenant_slug)
+            except JobRejected as exc:
+                log.warning("tenant %s gets no namespace on %s: %s", tenant_slug, self.cluster, exc)
+                continue
+            gpus = namespace_ceiling(by_type)
+            current = namespaces.get(namespace)
+            if current is None:
+                if gpus == 0:
+                    continue  # nothing it could run here; a dispatch would make the namespace
+                self.ensure_namespace(namespace, tenant_slug)
+            elif current["metadata"].get("deletionTimestamp"):
+                continue  # being deleted: nothing can be made in it
+            else:
+                self._guard_namespace(current, tenant_slug, policies.get(namespace))
+            if self._set_quota(namespace, gpus, quotas.get(namespace)):
+                changed.append(tenant_slug)
+        return changed
 
     # --- building the Job -----------------------------------------------------------------------
 
     def job_body(self, job, namespace: str) -> dict[str, Any]:
-        image = (getattr(job, "image", "") or "").strip()
-        if not image:
-            raise JobRejected("a container image is required to run on Kubernetes")
+        image = getattr(job, "image", "") or ""
+        refusal = self.image_rule.refusal(image)
+        if refusal:
+            raise JobRejected(refusal)
         key = dispatch_key(job)
         labels = {
             MANAGED_BY: MANAGER,
@@ -392,16 +527,24 @@ class KubernetesAdapter(Adapter):
             "restartPolicy": "Never",
             # The user's code gets no credentials for the cluster's API.
             "automountServiceAccountToken": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": self.connection.run_as_user,
+                "runAsGroup": self.connection.run_as_group,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "containers": [
                 {
                     "name": CONTAINER,
-                    "image": image,
+                    # Fully qualified, as checked: no registry search list can pick another image.
+                    "image": normalise_image(image),
                     # The command is a shell script by definition: one argument, never spliced.
                     "command": ["/bin/sh", "-c", job.command],
                     "env": [{"name": name, "value": value} for name, value in job_env(job).items()],
                     # Requests equal limits: extended resources (GPUs) must, and the job gets
                     # exactly what quota admission reserved for it.
                     "resources": {"requests": resources, "limits": dict(resources)},
+                    "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
                 }
             ],
         }
@@ -446,14 +589,9 @@ class KubernetesAdapter(Adapter):
         """Every Job the portal made on the cluster, in one call. Only metadata and status go
         through the client's typed models: the pod templates (most of the answer) are not read,
         and typing them too made a sync of 1,000 Jobs seven times slower."""
-        response = self._request(
-            "list Jobs",
-            self.batch.list_job_for_all_namespaces,
-            label_selector=SELECTOR,
-            _preload_content=False,
-        )
+        items = self._items("list Jobs", self.batch.list_job_for_all_namespaces, label_selector=SELECTOR)
         try:
-            return [ListedJob.from_item(item) for item in json.loads(response.data)["items"]]
+            return [ListedJob.from_item(item) for item in items]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             detail = _first_error(exc) if isinstance(exc, pydantic.ValidationError) else type(exc).__name__
             raise BackendError(
@@ -480,19 +618,159 @@ class KubernetesAdapter(Adapter):
                 found[key] = outcome
         return {key: (code, why, platform) for key, (_at, code, why, platform) in found.items()}
 
-    def ensure_namespace(self, namespace: str, tenant) -> None:
+    # --- tenant namespaces ----------------------------------------------------------------------
+
+    def ensure_namespace(self, namespace: str, tenant_slug: str) -> None:
+        """Create the tenant's namespace with its safeguards, so that not even its first pod runs
+        without them: the Pod Security labels and the NetworkPolicy. Its GPU quota comes from
+        apply_tenant_limits, which knows the tenant's ceilings (and runs when they change)."""
         body = {
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": {"name": namespace, "labels": {MANAGED_BY: MANAGER, LABEL_TENANT: tenant.slug}},
+            "metadata": {"name": namespace, "labels": self.namespace_labels(tenant_slug)},
         }
+        created = True
         try:
             self._request("create namespaces", self.core.create_namespace, body, expect=CLIENT_ERRORS)
             log.info("created namespace %s on %s", namespace, self.cluster)
         except ApiException as exc:
-            if exc.status == 409:
-                return  # made meanwhile by a concurrent dispatch
-            raise JobRejected(_status_message(exc)) from None
+            if exc.status != 409:
+                raise JobRejected(_status_message(exc)) from None
+            created = False
+            self._label_namespace(namespace, tenant_slug)  # made meanwhile, or by hand
+        try:
+            self._create_policy(namespace)
+        except BackendError:
+            if created:
+                # Not left for the next dispatch to run jobs in without isolation: that one
+                # starts again from a missing namespace.
+                with contextlib.suppress(BackendError, ApiException):
+                    self._request("delete namespaces", self.core.delete_namespace, namespace, expect={404})
+            raise
+
+    @staticmethod
+    def namespace_labels(tenant_slug: str) -> dict[str, str]:
+        return {MANAGED_BY: MANAGER, LABEL_TENANT: tenant_slug, **NAMESPACE_SECURITY_LABELS}
+
+    def network_policy(self, namespace: str) -> dict[str, Any]:
+        """Tenant isolation: pods of the namespace take traffic only from each other, and reach
+        each other, DNS in kube-system and, by the connection settings, public addresses and
+        listed networks; never another tenant's namespace, or the cluster's private ones."""
+        outside: list[dict[str, Any]] = []
+        if self.connection.public_egress:
+            outside += [
+                {"ipBlock": {"cidr": "0.0.0.0/0", "except": list(PRIVATE_IPV4)}},
+                {"ipBlock": {"cidr": "::/0", "except": list(PRIVATE_IPV6)}},
+            ]
+        outside += [{"ipBlock": {"cidr": cidr}} for cidr in self.connection.egress_cidrs]
+        dns = [{"protocol": protocol, "port": 53} for protocol in ("UDP", "TCP")]
+        kube_system = {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "kube-system"}}}
+        egress: list[dict[str, Any]] = [{"to": [{"podSelector": {}}]}, {"to": [kube_system], "ports": dns}]
+        if outside:
+            egress.append({"to": outside})
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": POLICY_NAME, "namespace": namespace, "labels": {MANAGED_BY: MANAGER}},
+            "spec": {
+                "podSelector": {},  # every pod of the namespace
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [{"podSelector": {}}]}],
+                "egress": egress,
+            },
+        }
+
+    @staticmethod
+    def quota_body(namespace: str, gpus: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": QUOTA_NAME, "namespace": namespace, "labels": {MANAGED_BY: MANAGER}},
+            "spec": {"hard": {GPU_QUOTA: str(gpus)}},
+        }
+
+    def _label_namespace(self, namespace: str, tenant_slug: str) -> None:
+        # A strategic merge patch: the namespace's other labels stay as they are.
+        patch = {"metadata": {"labels": self.namespace_labels(tenant_slug)}}
+        self._request("label namespaces", self.core.patch_namespace, namespace, patch)
+        log.info("labelled namespace %s on %s with its Pod Security level", namespace, self.cluster)
+
+    def _create_policy(self, namespace: str) -> None:
+        # 409: made meanwhile; apply_tenant_limits replaces it if it differs.
+        with contextlib.suppress(ApiException):
+            self._request(
+                "create NetworkPolicies",
+                self.networking.create_namespaced_network_policy,
+                namespace,
+                self.network_policy(namespace),
+                expect={409},
+            )
+
+    def _guard_namespace(self, namespace: dict[str, Any], tenant_slug: str, policy: dict | None) -> None:
+        name = namespace["metadata"]["name"]
+        labels = namespace["metadata"].get("labels") or {}
+        if any(labels.get(k) != v for k, v in self.namespace_labels(tenant_slug).items()):
+            self._label_namespace(name, tenant_slug)
+        if policy is None:
+            self._create_policy(name)
+            return
+        wanted = self.network_policy(name)
+        if policy.get("spec") != wanted["spec"]:
+            wanted["metadata"]["resourceVersion"] = policy["metadata"]["resourceVersion"]
+            self._request(
+                "replace NetworkPolicies",
+                self.networking.replace_namespaced_network_policy,
+                POLICY_NAME,
+                name,
+                wanted,
+            )
+            log.info("replaced the network policy of %s on %s", name, self.cluster)
+
+    def _set_quota(self, namespace: str, gpus: int | None, quota: dict | None) -> bool:
+        """Make the namespace's GPU quota `gpus` (None: no quota). Returns whether it changed."""
+        if gpus is None:
+            if quota is None:
+                return False
+            with contextlib.suppress(ApiException):  # 404: gone meanwhile
+                self._request(
+                    "delete ResourceQuotas",
+                    self.core.delete_namespaced_resource_quota,
+                    QUOTA_NAME,
+                    namespace,
+                    expect={404},
+                )
+            return True
+        body = self.quota_body(namespace, gpus)
+        if quota is None:
+            create = self.core.create_namespaced_resource_quota
+            self._request("create ResourceQuotas", create, namespace, body)
+            return True
+        if (quota.get("spec") or {}).get("hard") == body["spec"]["hard"]:
+            return False
+        body["metadata"]["resourceVersion"] = quota["metadata"]["resourceVersion"]
+        self._request(
+            "replace ResourceQuotas", self.core.replace_namespaced_resource_quota, QUOTA_NAME, namespace, body
+        )
+        return True
+
+    def _named_in_namespaces(self, what: str, call: Callable[..., Any], name: str) -> dict[str, dict]:
+        """The objects called `name` across namespaces, by namespace, from one list call."""
+        items = self._items(what, call, field_selector=f"metadata.name={name}")
+        return {item["metadata"]["namespace"]: item for item in items}
+
+    def _items(self, what: str, call: Callable[..., Any], **kwargs) -> list[dict[str, Any]]:
+        """A list call's items as the API server wrote them (no typed models: compared, not read)."""
+        response = self._request(what, call, _preload_content=False, **kwargs)
+        try:
+            items = json.loads(response.data)["items"]
+            if not all(isinstance(item["metadata"], dict) for item in items):
+                raise TypeError
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(
+                f"the API server of {self.cluster} answered '{what}' in an unexpected shape: "
+                f"{type(exc).__name__}"
+            ) from None
+        return items
 
     def _create_job(self, namespace: str, body: dict[str, Any]) -> None:
         try:
@@ -667,6 +945,17 @@ def _with_pod_outcome(report: StatusReport, outcome: tuple[int | None, str, bool
     exit_code, why, platform = outcome
     reason = "; ".join(part for part in (report.reason, why) if part)
     return dataclasses.replace(report, exit_code=exit_code, reason=reason, platform_fault=platform)
+
+
+def namespace_ceiling(by_type: dict[str, GpuLimit]) -> int | None:
+    """GPUs a tenant's namespace may request at once. Kubernetes counts every GPU type as the
+    one resource nvidia.com/gpu, so the namespace holds the sum of the tenant's ceilings over the
+    cluster's GPU types (None, no quota, when one of them is unlimited); the ceiling of each type,
+    and per job, stays with the portal's admission."""
+    totals = [limit.total for limit in by_type.values()]
+    if any(total is None for total in totals):
+        return None
+    return sum(totals)
 
 
 def _gpus_in_use(jobs: list[ListedJob]) -> dict[str, int]:

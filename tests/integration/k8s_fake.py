@@ -1,9 +1,10 @@
 """An HTTP fake of the Kubernetes API server, for testing the kubernetes backend over the wire.
 
-No kube-apiserver can be installed on these machines, so the adapter is tested through the
-official client, over real HTTP, against this fake. It answers in the shapes a real API server
-uses (see the project's notes on the Job API, taken from the Kubernetes sources and a real-cluster
-capture), because the client validates responses against its typed models:
+It stands in for the API server because none can run on these machines (no kube-apiserver is
+packaged in the registries reached here, and there is no container engine): the adapter is tested
+through the official client, over real HTTP, against this fake. It answers in the shapes a real
+API server uses (see the project's notes on the Job API, taken from the Kubernetes sources and a
+real-cluster capture), because the client validates responses against its typed models:
 
 - create: 201 with the defaulted object and `"status": {}`; strict decoding (ill-typed fields are a
   400, unknown ones a 400 under fieldValidation=Strict, else dropped with a Warning header);
@@ -14,6 +15,18 @@ capture), because the client validates responses against its typed models:
   `kueue_admit`, `kueue_preempt`, `expire`, writing conditions in two steps (SuccessCriteriaMet or
   FailureTarget first, as recent servers do) or in one (`delay_terminal_condition=False`, as older
   servers do), and checking each status against the API server's own status validation rules.
+- namespaces are created, read, listed, replaced (PUT) and patched (strategic-merge or JSON
+  merge patches: maps merge, null removes a key, lists are replaced; the fake does not take JSON
+  Patch, which the adapter never sends); ResourceQuotas (/api/v1/.../resourcequotas) and
+  NetworkPolicies (/apis/networking.k8s.io/v1/.../networkpolicies) are created, read, listed
+  (per namespace or across them, by label and by metadata.name/metadata.namespace field
+  selectors), replaced with resourceVersion checks (409 Conflict when stale) and deleted,
+  validated as the API server validates them.
+- admission when the controller creates a pod (`start`): the namespace's Pod Security level (its
+  `pod-security.kubernetes.io/enforce` label; `warn` adds a Warning to a Job whose template would
+  violate it) and its ResourceQuotas on requests.nvidia.com/gpu, refusing with the API server's
+  own messages; a quota's status says what its namespace's pods use, as the quota controller
+  writes it.
 - every request is recorded, so tests can count the calls a sync makes.
 """
 
@@ -21,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ipaddress
 import itertools
 import json
 import re
@@ -37,6 +51,9 @@ from urllib.parse import parse_qs, urlsplit
 TOKEN = "fake-token-" + "0" * 16
 USER = "system:serviceaccount:aif:portal"
 GPU = "nvidia.com/gpu"
+GPU_QUOTA = f"requests.{GPU}"
+NAME_LABEL = "kubernetes.io/metadata.name"
+POD_SECURITY = "pod-security.kubernetes.io/"
 TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
 ORPHAN_WARNING = (
     '299 - "child pods are preserved by default when jobs are deleted; set '
@@ -148,6 +165,20 @@ def invalid(kind: str, group: str, name: str, errors: list[FieldError]) -> ApiEr
     )
 
 
+def conflict(resource: str, name: str, group: str = "") -> ApiError:
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {_qualified(resource, group)} "{name}": the object has been '
+        "modified; please apply your changes to the latest version and try again",
+        _details(resource, name, group),
+    )
+
+
+def forbidden_value(path: str, detail: str) -> FieldError:
+    return FieldError(path, "FieldValueForbidden", f"Forbidden: {detail}")
+
+
 def forbidden(verb: str, resource: str, group: str, namespace: str) -> ApiError:
     where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
     return ApiError(
@@ -161,7 +192,8 @@ def forbidden(verb: str, resource: str, group: str, namespace: str) -> ApiError:
 
 # --- strict decoding ------------------------------------------------------------------------------
 
-STR, INT, BOOL, QTY, ANY = "string", "int32", "bool", "quantity", "any"
+STR, INT, INT64, BOOL, QTY, ANY = "string", "int32", "int64", "bool", "quantity", "any"
+INT_OR_STR = "intstr"
 
 
 def Map(value) -> tuple[str, Any]:
@@ -178,6 +210,31 @@ OBJECT_META = {
     "namespace": STR,
     "labels": Map(STR),
     "annotations": Map(STR),
+    # Set by the server; sent back in a replace (resourceVersion makes it conditional).
+    "uid": STR,
+    "resourceVersion": STR,
+    "generation": INT64,
+    "creationTimestamp": STR,
+    "deletionTimestamp": STR,
+}
+SECCOMP_PROFILE = {"type": STR, "localhostProfile": STR}
+POD_SECURITY_CONTEXT = {
+    "runAsNonRoot": BOOL,
+    "runAsUser": INT64,
+    "runAsGroup": INT64,
+    "fsGroup": INT64,
+    "supplementalGroups": List(INT64),
+    "seccompProfile": SECCOMP_PROFILE,
+}
+SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": BOOL,
+    "capabilities": {"add": List(STR), "drop": List(STR)},
+    "privileged": BOOL,
+    "readOnlyRootFilesystem": BOOL,
+    "runAsNonRoot": BOOL,
+    "runAsUser": INT64,
+    "runAsGroup": INT64,
+    "seccompProfile": SECCOMP_PROFILE,
 }
 CONTAINER = {
     "name": STR,
@@ -188,6 +245,7 @@ CONTAINER = {
     "env": List({"name": STR, "value": STR}),
     "resources": {"requests": Map(QTY), "limits": Map(QTY)},
     "imagePullPolicy": STR,
+    "securityContext": SECURITY_CONTEXT,
 }
 POD_SPEC = {
     "containers": List(CONTAINER),
@@ -198,6 +256,10 @@ POD_SPEC = {
     "priorityClassName": STR,
     "terminationGracePeriodSeconds": INT,
     "tolerations": List({"key": STR, "operator": STR, "value": STR, "effect": STR}),
+    "securityContext": POD_SECURITY_CONTEXT,
+    "hostNetwork": BOOL,
+    "hostPID": BOOL,
+    "hostIPC": BOOL,
 }
 JOB = {
     "apiVersion": STR,
@@ -219,6 +281,34 @@ JOB = {
     "status": ANY,
 }
 NAMESPACE = {"apiVersion": STR, "kind": STR, "metadata": OBJECT_META, "spec": ANY, "status": ANY}
+RESOURCE_QUOTA = {
+    "apiVersion": STR,
+    "kind": STR,
+    "metadata": OBJECT_META,
+    "spec": {"hard": Map(QTY), "scopes": List(STR)},
+    "status": ANY,
+}
+LABEL_SELECTOR = {
+    "matchLabels": Map(STR),
+    "matchExpressions": List({"key": STR, "operator": STR, "values": List(STR)}),
+}
+POLICY_PEER = {
+    "podSelector": LABEL_SELECTOR,
+    "namespaceSelector": LABEL_SELECTOR,
+    "ipBlock": {"cidr": STR, "except": List(STR)},
+}
+POLICY_PORT = {"protocol": STR, "port": INT_OR_STR, "endPort": INT}
+NETWORK_POLICY = {
+    "apiVersion": STR,
+    "kind": STR,
+    "metadata": OBJECT_META,
+    "spec": {
+        "podSelector": LABEL_SELECTOR,
+        "policyTypes": List(STR),
+        "ingress": List({"from": List(POLICY_PEER), "ports": List(POLICY_PORT)}),
+        "egress": List({"to": List(POLICY_PEER), "ports": List(POLICY_PORT)}),
+    },
+}
 # The Go struct that holds a field, by the JSON path of its parent (without list indices): the
 # decoder names it in type errors ("Go struct field JobSpec.spec.backoffLimit of type int32").
 GO_STRUCTS = {
@@ -232,6 +322,14 @@ GO_STRUCTS = {
     "spec.template.spec.containers.env": "EnvVar",
     "spec.template.spec.containers.resources": "ResourceRequirements",
     "spec.template.spec.tolerations": "Toleration",
+    "spec.template.spec.securityContext": "PodSecurityContext",
+    "spec.template.spec.containers.securityContext": "SecurityContext",
+    "spec.template.spec.containers.securityContext.capabilities": "Capabilities",
+    "spec.hard": "ResourceQuotaSpec",
+    "spec.ingress": "NetworkPolicyIngressRule",
+    "spec.egress": "NetworkPolicyEgressRule",
+    "spec.egress.ports": "NetworkPolicyPort",
+    "spec.ingress.ports": "NetworkPolicyPort",
 }
 
 
@@ -273,8 +371,10 @@ def _decode(kind: str, value: Any, schema: Any, path: str, unknown: list[str]) -
         return [_decode(kind, v, inner, f"{path}[{i}]", unknown) for i, v in enumerate(value)]
     if schema == STR and not isinstance(value, str):
         _type_error(kind, value, path, "string")
-    if schema == INT and (isinstance(value, bool) or not isinstance(value, int)):
-        _type_error(kind, value, path, "int32")
+    if schema in (INT, INT64) and (isinstance(value, bool) or not isinstance(value, int)):
+        _type_error(kind, value, path, schema)
+    if schema == INT_OR_STR and (isinstance(value, bool) or not isinstance(value, int | str)):
+        _type_error(kind, value, path, "intstr.IntOrString")
     if schema == BOOL and not isinstance(value, bool):
         _type_error(kind, value, path, "bool")
     if schema == QTY:
@@ -299,6 +399,28 @@ def _type_error(kind: str, value: Any, path: str, go_type: str) -> None:
         f'{kind} in version "v1" cannot be handled as a {kind}: json: cannot unmarshal {got} into Go '
         f"struct field {struct}.{plain} of type {go_type}"
     )
+
+
+# --- field selectors (every resource supports metadata.name and metadata.namespace) --------------
+
+_FIELD = re.compile(r"^\s*([A-Za-z.]+)\s*(==|=|!=)\s*([^,]*?)\s*$")
+FIELDS = ("metadata.name", "metadata.namespace")
+
+
+def parse_fields(text: str) -> Callable[[dict], bool]:
+    requirements = []
+    for part in (p for p in text.split(",") if p.strip()):
+        match = _FIELD.match(part)
+        if not match:
+            raise bad_request(f"invalid selector: '{text}'; can't understand '{part.strip()}'")
+        name, op, value = match.groups()
+        if name not in FIELDS:
+            raise bad_request(
+                f'"{name}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+            )
+        key = name.partition(".")[2]
+        requirements.append(lambda obj, k=key, v=value, neg=op == "!=": (obj["metadata"].get(k) == v) != neg)
+    return lambda obj: all(req(obj) for req in requirements)
 
 
 # --- label selectors ------------------------------------------------------------------------------
@@ -345,7 +467,318 @@ def _split_requirements(text: str) -> list[str]:
     return parts
 
 
+# --- patches ------------------------------------------------------------------------------------
+
+MERGE_PATCHES = ("application/strategic-merge-patch+json", "application/merge-patch+json")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """A merge patch (RFC 7386): maps merge, null removes a key, anything else replaces. For the
+    maps of string labels the adapter patches, a strategic merge patch does the same."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+# --- validation of the other objects the adapter writes ------------------------------------------
+
+LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+STANDARD_QUOTA_RESOURCES = frozenset(
+    {
+        "pods",
+        "services",
+        "replicationcontrollers",
+        "resourcequotas",
+        "secrets",
+        "configmaps",
+        "persistentvolumeclaims",
+        "services.nodeports",
+        "services.loadbalancers",
+        "cpu",
+        "memory",
+        "ephemeral-storage",
+        "requests.cpu",
+        "requests.memory",
+        "requests.storage",
+        "requests.ephemeral-storage",
+        "limits.cpu",
+        "limits.memory",
+        "limits.ephemeral-storage",
+    }
+)
+PROTOCOLS = ["TCP", "UDP", "SCTP"]
+POLICY_TYPES = ["Ingress", "Egress"]
+
+
+def meta_errors(meta: dict) -> list[FieldError]:
+    errors = []
+    name = meta.get("name", "")
+    if not name:
+        errors.append(required("metadata.name", "name or generateName is required"))
+    elif not DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+        errors.append(
+            invalid_value(
+                "metadata.name",
+                name,
+                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
+                "'.', and must start and end with an alphanumeric character",
+            )
+        )
+    return errors + label_errors("metadata.labels", meta.get("labels") or {})
+
+
+def label_errors(path: str, labels: dict[str, str]) -> list[FieldError]:
+    errors = []
+    for key, value in labels.items():
+        if not LABEL_KEY.fullmatch(key):
+            errors.append(
+                invalid_value(
+                    path,
+                    key,
+                    "name part must consist of alphanumeric characters, '-', '_' or '.', and must start "
+                    "and end with an alphanumeric character",
+                )
+            )
+        if len(value) > 63 or not LABEL_VALUE.fullmatch(value):
+            errors.append(
+                invalid_value(
+                    path,
+                    value,
+                    "a valid label must be an empty string or consist of alphanumeric characters, '-', "
+                    "'_' or '.', and must start and end with an alphanumeric character",
+                )
+            )
+    return errors
+
+
+def validate_quota(quota: dict) -> list[FieldError]:
+    """ValidateResourceQuotaSpec's rules on `hard`: quota resource names, and quantities that are
+    not negative, whole for extended resources."""
+    errors = []
+    for key, value in ((quota.get("spec") or {}).get("hard") or {}).items():
+        path = f"spec.hard[{key}]"
+        if "/" not in key and key not in STANDARD_QUOTA_RESOURCES:
+            errors.append(invalid_value(path, key, "must be a standard resource for quota"))
+        elif "/" in key and not LABEL_KEY.fullmatch(key):
+            errors.append(invalid_value(path, key, "must be a standard resource type or fully qualified"))
+        text = str(value)
+        if text.startswith("-"):
+            errors.append(invalid_value(path, text, "must be greater than or equal to 0"))
+        elif "/" in key and not re.fullmatch(r"\d+", text):
+            errors.append(invalid_value(path, text, "must be an integer"))
+    return errors
+
+
+def validate_policy(policy: dict) -> list[FieldError]:
+    """ValidateNetworkPolicySpec: ports, peers (at least one kind; ipBlock alone), ipBlocks whose
+    exceptions lie strictly inside their CIDR, and policy types."""
+    spec = policy.get("spec") or {}
+    errors: list[FieldError] = []
+    for direction, peers in (("ingress", "from"), ("egress", "to")):
+        for i, rule in enumerate(spec.get(direction) or []):
+            path = f"spec.{direction}[{i}]"
+            for j, port in enumerate(rule.get("ports") or []):
+                protocol, number = port.get("protocol"), port.get("port")
+                if protocol is not None and protocol not in PROTOCOLS:
+                    errors.append(not_supported(f"{path}.ports[{j}].protocol", protocol, PROTOCOLS))
+                if isinstance(number, int) and not 1 <= number <= 65535:
+                    errors.append(
+                        invalid_value(
+                            f"{path}.ports[{j}].port", number, "must be between 1 and 65535, inclusive"
+                        )
+                    )
+            for j, peer in enumerate(rule.get(peers) or []):
+                where = f"{path}.{peers}[{j}]"
+                kinds = [
+                    k for k in ("podSelector", "namespaceSelector", "ipBlock") if peer.get(k) is not None
+                ]
+                if not kinds:
+                    errors.append(required(where, "must specify a peer"))
+                elif len(kinds) > 1 and "ipBlock" in kinds:
+                    errors.append(forbidden_value(where, "may not specify both ipBlock and another peer"))
+                if peer.get("ipBlock") is not None:
+                    errors += _ip_block_errors(f"{where}.ipBlock", peer["ipBlock"])
+    for i, kind in enumerate(spec.get("policyTypes") or []):
+        if kind not in POLICY_TYPES:
+            errors.append(not_supported(f"spec.policyTypes[{i}]", kind, POLICY_TYPES))
+    return errors
+
+
+def _ip_block_errors(path: str, block: dict) -> list[FieldError]:
+    cidr = block.get("cidr", "")
+    if not cidr:
+        return [required(f"{path}.cidr")]
+    try:
+        network = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return [
+            invalid_value(
+                f"{path}.cidr", cidr, "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
+            )
+        ]
+    errors = []
+    for i, text in enumerate(block.get("except") or []):
+        try:
+            inner = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            errors.append(invalid_value(f"{path}.except[{i}]", text, "must be a valid CIDR value"))
+            continue
+        if inner.version != network.version or not inner.subnet_of(network) or inner == network:
+            errors.append(invalid_value(f"{path}.except[{i}]", text, "must be a strict subset of `cidr`"))
+    return errors
+
+
+def default_policy(policy: dict) -> None:
+    """SetDefaults_NetworkPolicy: TCP for a port without a protocol; the policy types from the
+    rules when none are given."""
+    spec = policy.setdefault("spec", {})
+    spec.setdefault("podSelector", {})
+    for direction in ("ingress", "egress"):
+        for rule in spec.get(direction) or []:
+            for port in rule.get("ports") or []:
+                port.setdefault("protocol", "TCP")
+    if not spec.get("policyTypes"):
+        spec["policyTypes"] = ["Ingress", *(["Egress"] if spec.get("egress") else [])]
+
+
+# --- Pod Security admission -----------------------------------------------------------------------
+
+
+def pod_security_violations(pod: dict, level: str) -> list[str]:
+    """What Pod Security admission finds wrong with a pod spec at a level ("privileged",
+    "baseline", "restricted"), in its words and order: the checks a job's pod can run into."""
+    if level not in ("baseline", "restricted"):
+        return []
+    pod_context = pod.get("securityContext") or {}
+    containers = [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]
+
+    def context(container: dict) -> dict:
+        return container.get("securityContext") or {}
+
+    found = []
+    hosts = [f"{key}=true" for key in ("hostNetwork", "hostPID", "hostIPC") if pod.get(key)]
+    if hosts:
+        found.append(f"host namespaces ({', '.join(hosts)})")
+    privileged = [c["name"] for c in containers if context(c).get("privileged")]
+    if privileged:
+        found.append(f"privileged ({_containers(privileged)} must not set securityContext.privileged=true)")
+    if level == "baseline":
+        return found
+    escalating = [c["name"] for c in containers if context(c).get("allowPrivilegeEscalation") is not False]
+    if escalating:
+        found.append(
+            f"allowPrivilegeEscalation != false ({_containers(escalating)} must set "
+            "securityContext.allowPrivilegeEscalation=false)"
+        )
+    capabilities = []
+    undropped = [
+        c["name"] for c in containers if "ALL" not in (context(c).get("capabilities") or {}).get("drop", [])
+    ]
+    if undropped:
+        capabilities.append(f'{_containers(undropped)} must set securityContext.capabilities.drop=["ALL"]')
+    for c in containers:
+        added = [
+            cap for cap in (context(c).get("capabilities") or {}).get("add", []) if cap != "NET_BIND_SERVICE"
+        ]
+        if added:
+            listed = ", ".join(f'"{cap}"' for cap in added)
+            capabilities.append(
+                f'container "{c["name"]}" must not include {listed} in securityContext.capabilities.add'
+            )
+    if capabilities:
+        found.append(f"unrestricted capabilities ({'; '.join(capabilities)})")
+    non_root = []
+    if pod_context.get("runAsNonRoot") is False:
+        non_root.append("pod must not set securityContext.runAsNonRoot=false")
+    explicit = [c["name"] for c in containers if context(c).get("runAsNonRoot") is False]
+    if explicit:
+        non_root.append(f"{_containers(explicit)} must not set securityContext.runAsNonRoot=false")
+    if pod_context.get("runAsNonRoot") is not True:
+        unset = [c["name"] for c in containers if context(c).get("runAsNonRoot") is None]
+        if unset:
+            non_root.append(f"pod or {_containers(unset)} must set securityContext.runAsNonRoot=true")
+    if non_root:
+        found.append(f"runAsNonRoot != true ({'; '.join(non_root)})")
+    root = ["pod must not set runAsUser=0"] if pod_context.get("runAsUser") == 0 else []
+    root_containers = [c["name"] for c in containers if context(c).get("runAsUser") == 0]
+    if root_containers:
+        root.append(f"{_containers(root_containers)} must not set runAsUser=0")
+    if root:
+        found.append(f"runAsUser=0 ({'; '.join(root)})")
+    allowed = ("RuntimeDefault", "Localhost")
+    pod_type = (pod_context.get("seccompProfile") or {}).get("type")
+    seccomp = []
+    if pod_type is not None and pod_type not in allowed:
+        seccomp.append(f'pod must not set securityContext.seccompProfile.type to "{pod_type}"')
+    for c in containers:
+        kind = (context(c).get("seccompProfile") or {}).get("type")
+        if kind is not None and kind not in allowed:
+            seccomp.append(
+                f'container "{c["name"]}" must not set securityContext.seccompProfile.type to "{kind}"'
+            )
+    if pod_type not in allowed:
+        unset = [
+            c["name"] for c in containers if (context(c).get("seccompProfile") or {}).get("type") is None
+        ]
+        if unset:
+            seccomp.append(
+                f"pod or {_containers(unset)} must set securityContext.seccompProfile.type to "
+                '"RuntimeDefault" or "Localhost"'
+            )
+    if seccomp:
+        found.append(f"seccompProfile ({'; '.join(seccomp)})")
+    return found
+
+
+def _containers(names: list[str]) -> str:
+    quoted = ", ".join(f'"{name}"' for name in names)
+    return f"container {quoted}" if len(names) == 1 else f"containers {quoted}"
+
+
+def pod_security_level(namespace: dict, mode: str) -> tuple[str, str]:
+    """(level, "level:version") of a namespace's Pod Security label for a mode
+    (enforce, warn, audit); unlabelled namespaces are privileged."""
+    labels = namespace["metadata"].get("labels") or {}
+    level = labels.get(f"{POD_SECURITY}{mode}", "privileged")
+    return level, f"{level}:{labels.get(f'{POD_SECURITY}{mode}-version', 'latest')}"
+
+
 # --- the fake -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A namespaced kind the fake stores generically: ResourceQuotas and NetworkPolicies."""
+
+    kind: str
+    resource: str
+    group: str  # "" for the core group
+    api_version: str
+    schema: dict
+    validate: Callable[[dict], list[FieldError]]
+    return_deleted: bool  # a delete answers the object (ResourceQuota), else a Status
+    generation: bool  # metadata.generation counts spec changes
+
+
+QUOTAS = Resource("ResourceQuota", "resourcequotas", "", "v1", RESOURCE_QUOTA, validate_quota, True, False)
+POLICIES = Resource(
+    "NetworkPolicy",
+    "networkpolicies",
+    "networking.k8s.io",
+    "networking.k8s.io/v1",
+    NETWORK_POLICY,
+    validate_policy,
+    False,
+    True,
+)
 
 
 @dataclass
@@ -358,7 +791,8 @@ class Request:
 
 
 class FakeKubernetes:
-    """A threaded HTTP server on 127.0.0.1 holding namespaces, Jobs, pods, logs and nodes."""
+    """A threaded HTTP server on 127.0.0.1 holding namespaces, Jobs, pods, logs, nodes,
+    ResourceQuotas and NetworkPolicies."""
 
     def __init__(self, *, delay_terminal_condition: bool = True) -> None:
         # Recent servers write SuccessCriteriaMet/FailureTarget before Complete/Failed.
@@ -370,6 +804,8 @@ class FakeKubernetes:
         self.pods: dict[tuple[str, str], dict] = {}
         self.logs: dict[tuple[str, str], bytes] = {}
         self.nodes: dict[str, dict] = {}
+        self.objects: dict[str, dict[tuple[str, str], dict]] = {QUOTAS.resource: {}, POLICIES.resource: {}}
+        self.warnings: list[str] = []  # every Warning header sent, for tests to read
         self.forbidden: set[tuple[str, str]] = set()
         self.failing: int | None = None
         self._version = itertools.count(1000)
@@ -449,6 +885,19 @@ class FakeKubernetes:
         with self.lock:
             return copy.deepcopy(self.jobs[_key(external_id)])
 
+    @property
+    def quotas(self) -> dict[tuple[str, str], dict]:
+        return self.objects[QUOTAS.resource]
+
+    @property
+    def policies(self) -> dict[tuple[str, str], dict]:
+        return self.objects[POLICIES.resource]
+
+    def quota(self, namespace: str, name: str) -> dict:
+        """A ResourceQuota as a read answers it (its status as the quota controller writes it)."""
+        with self.lock:
+            return self._quota_view(self.quotas[(namespace, name)])
+
     def pods_of(self, external_id: str) -> list[dict]:
         namespace, name = _key(external_id)
         with self.lock:
@@ -496,13 +945,16 @@ class FakeKubernetes:
     # --- the job controller, driven by the test -----------------------------------------------
 
     def start(self, external_id: str, *, ready: bool = True) -> None:
-        """The controller creates the pod; `ready=False` leaves it Pending (no node, no image)."""
+        """The controller creates the pod; `ready=False` leaves it Pending (no node, no image).
+        When admission refuses the pod (its namespace's Pod Security level or GPU quota), this
+        raises the ApiError the controller gets (a real one records it in a FailedCreate event
+        and tries again) and the Job is left as it was."""
         with self.lock:
             job = self.jobs[_key(external_id)]
             assert not job["spec"].get("suspend"), "a suspended Job does not start"
+            pod = self._create_pod(job, running=ready)
             status = job["status"]
             status.setdefault("startTime", now())
-            pod = self._create_pod(job, running=ready)
             status.update(active=1, ready=1 if ready else 0, terminating=0, uncountedTerminatedPods={})
             self._write_status(job)
             self.logs.setdefault((job["metadata"]["namespace"], pod["metadata"]["name"]), b"")
@@ -670,6 +1122,7 @@ class FakeKubernetes:
         meta = job["metadata"]
         name = f"{meta['name']}-{secrets.token_hex(3)[:5]}"
         spec = copy.deepcopy(job["spec"]["template"]["spec"])
+        self._admit_pod(meta["namespace"], name, spec)
         spec["nodeName"] = self._node_for(spec.get("nodeSelector") or {})
         container = spec["containers"][0]
         started = now()
@@ -709,7 +1162,7 @@ class FakeKubernetes:
                     {
                         "name": container["name"],
                         "image": container["image"],
-                        "imageID": f"docker.io/library/{container['image']}@sha256:{'ab' * 32}"
+                        "imageID": f"{container['image'].partition(':')[0]}@sha256:{'ab' * 32}"
                         if running
                         else "",
                         "containerID": f"containerd://{secrets.token_hex(32)}" if running else None,
@@ -725,6 +1178,48 @@ class FakeKubernetes:
             del pod["status"]["containerStatuses"][0]["containerID"]
         self.pods[(meta["namespace"], name)] = pod
         return pod
+
+    def _admit_pod(self, namespace: str, name: str, spec: dict) -> None:
+        """The admission plugins a job's pod meets: Pod Security (the namespace's enforce level),
+        then ResourceQuota (requests.nvidia.com/gpu against every quota of the namespace)."""
+        level, shown = pod_security_level(self.namespaces[namespace], "enforce")
+        violations = pod_security_violations(spec, level)
+        if violations:
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'pods "{name}" is forbidden: violates PodSecurity "{shown}": {", ".join(violations)}',
+                {"name": name, "kind": "pods"},
+            )
+        requested = sum(_gpus(c) for c in spec.get("containers") or [])
+        used = self._gpus_used(namespace)
+        for (ns, quota_name), quota in sorted(self.quotas.items()):
+            hard = (quota["spec"].get("hard") or {}).get(GPU_QUOTA)
+            if ns == namespace and hard is not None and requested and used + requested > int(hard):
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f'pods "{name}" is forbidden: exceeded quota: {quota_name}, requested: '
+                    f"{GPU_QUOTA}={requested}, used: {GPU_QUOTA}={used}, limited: {GPU_QUOTA}={hard}",
+                    {"name": name, "kind": "pods"},
+                )
+
+    def _gpus_used(self, namespace: str) -> int:
+        return sum(
+            _gpus(c)
+            for (ns, _), pod in self.pods.items()
+            if ns == namespace and pod["status"]["phase"] not in ("Succeeded", "Failed")
+            for c in pod["spec"]["containers"]
+        )
+
+    def _quota_view(self, quota: dict) -> dict:
+        """A quota as read back: once the quota controller has synced it, its status says the hard
+        limits and what the namespace's pods use of them."""
+        view = copy.deepcopy(quota)
+        hard = view["spec"].get("hard") or {}
+        used = self._gpus_used(view["metadata"]["namespace"])
+        view["status"] = {"hard": dict(hard), "used": {k: str(used if k == GPU_QUOTA else 0) for k in hard}}
+        return view
 
     def _node_for(self, selector: dict[str, str]) -> str:
         for name, node in self.nodes.items():
@@ -802,7 +1297,12 @@ class FakeKubernetes:
 
     def _route(self, r: Request) -> tuple[int, Any, dict[str, str]]:
         parts = [p for p in r.path.split("/") if p]
-        selector = parse_selector(r.query.get("labelSelector", [""])[0])
+        labels = parse_selector(r.query.get("labelSelector", [""])[0])
+        fields = parse_fields(r.query.get("fieldSelector", [""])[0])
+
+        def selector(item: dict) -> bool:
+            return labels(item["metadata"].get("labels") or {}) and fields(item)
+
         match r.method, parts:
             case "POST", ["api", "v1", "namespaces"]:
                 return self._create_namespace(r)
@@ -814,6 +1314,43 @@ class FakeKubernetes:
                 if name not in self.namespaces:
                     raise not_found("namespaces", name)
                 return 200, self.namespaces[name], {}
+            case "PUT", ["api", "v1", "namespaces", name]:
+                return self._replace_namespace(name, r)
+            case "PATCH", ["api", "v1", "namespaces", name]:
+                return self._patch_namespace(name, r)
+            case "GET", ["api", "v1", "resourcequotas"]:
+                return self._list_objects(QUOTAS, None, selector)
+            case "GET", ["apis", "networking.k8s.io", "v1", "networkpolicies"]:
+                return self._list_objects(POLICIES, None, selector)
+            case ("GET" | "POST") as method, ["api", "v1", "namespaces", ns, "resourcequotas"]:
+                if method == "GET":
+                    return self._list_objects(QUOTAS, ns, selector)
+                return self._create_object(QUOTAS, ns, r)
+            case ("GET" | "POST") as method, [
+                "apis",
+                "networking.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "networkpolicies",
+            ]:
+                if method == "GET":
+                    return self._list_objects(POLICIES, ns, selector)
+                return self._create_object(POLICIES, ns, r)
+            case ("GET" | "PUT" | "DELETE") as method, [
+                "api",
+                "v1",
+                "namespaces",
+                ns,
+                "resourcequotas",
+                name,
+            ]:
+                return self._object(QUOTAS, method, ns, name, r)
+            case (
+                ("GET" | "PUT" | "DELETE") as method,
+                ["apis", "networking.k8s.io", "v1", "namespaces", ns, "networkpolicies", name],
+            ):
+                return self._object(POLICIES, method, ns, name, r)
             case "POST", ["apis", "batch", "v1", "namespaces", ns, "jobs"]:
                 return self._create_job(ns, r)
             case "GET", ["apis", "batch", "v1", "jobs"]:
@@ -841,15 +1378,15 @@ class FakeKubernetes:
                 return 200, self._list("NodeList", "v1", self.nodes.values(), selector), {}
         raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
 
-    def _check(self, verb: str, resource: str, namespace: str) -> None:
+    def _check(self, verb: str, resource: str, namespace: str, group: str | None = None) -> None:
         if (verb, resource) in self.forbidden:
-            raise forbidden(verb, resource, "batch" if resource == "jobs" else "", namespace)
+            raise forbidden(verb, resource, group or ("batch" if resource == "jobs" else ""), namespace)
 
     def _list(self, kind: str, api_version: str, items, selector) -> dict:
         # List items carry no kind/apiVersion; the list does.
         chosen = []
         for item in items:
-            if selector(item["metadata"].get("labels") or {}):
+            if selector(item):
                 entry = copy.deepcopy(item)
                 entry.pop("kind", None)
                 entry.pop("apiVersion", None)
@@ -880,10 +1417,187 @@ class FakeKubernetes:
                     )
                 ],
             )
+        errors = label_errors("metadata.labels", body["metadata"].get("labels") or {})
+        if errors:
+            raise invalid("Namespace", "", name, errors)
         if name in self.namespaces:
             raise already_exists("namespaces", name)
         self.namespaces[name] = self._namespace_object(name, body["metadata"].get("labels") or {})
-        return 201, self.namespaces[name], _warning_headers(warnings)
+        return 201, self.namespaces[name], self._warn(warnings)
+
+    def _replace_namespace(self, name: str, r: Request) -> tuple[int, Any, dict[str, str]]:
+        self._check("update", "namespaces", "")
+        current = self._existing_namespace(name)
+        body, warnings = decode("Namespace", r.body, NAMESPACE, _validation(r))
+        meta = body.get("metadata") or {}
+        if meta.get("name") != name:
+            raise bad_request(
+                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
+            )
+        version = meta.get("resourceVersion")
+        if version and version != current["metadata"]["resourceVersion"]:
+            raise conflict("namespaces", name)
+        return self._update_namespace(current, meta, warnings)
+
+    def _patch_namespace(self, name: str, r: Request) -> tuple[int, Any, dict[str, str]]:
+        self._check("patch", "namespaces", "")
+        current = self._existing_namespace(name)
+        content_type = r.headers.get("content-type", "").partition(";")[0].strip()
+        if content_type not in MERGE_PATCHES:
+            # A real server also takes JSON Patch and apply patches, which the adapter never sends.
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json-patch+json, application/merge-patch+json, "
+                "application/strategic-merge-patch+json, application/apply-patch+yaml",
+            )
+        if not isinstance(r.body, dict):
+            raise bad_request("the body of the patch is not a JSON object")
+        merged = merge_patch(current, r.body)
+        body, warnings = decode("Namespace", merged, NAMESPACE, _validation(r))
+        if (body.get("metadata") or {}).get("name") != name:
+            raise bad_request("metadata.name: Invalid value: field is immutable")
+        return self._update_namespace(current, body["metadata"], warnings)
+
+    def _existing_namespace(self, name: str) -> dict:
+        if name not in self.namespaces:
+            raise not_found("namespaces", name)
+        return self.namespaces[name]
+
+    def _update_namespace(
+        self, current: dict, meta: dict, warnings: list[str]
+    ) -> tuple[int, Any, dict[str, str]]:
+        name = current["metadata"]["name"]
+        labels = dict(meta.get("labels") or {})
+        errors = label_errors("metadata.labels", labels)
+        if errors:
+            raise invalid("Namespace", "", name, errors)
+        current["metadata"]["labels"] = {**labels, NAME_LABEL: name}  # the server keeps this one
+        if meta.get("annotations") is not None:
+            current["metadata"]["annotations"] = dict(meta["annotations"])
+        current["metadata"]["resourceVersion"] = self._next_version()
+        return 200, copy.deepcopy(current), self._warn(warnings)
+
+    # --- ResourceQuotas and NetworkPolicies ---------------------------------------------------
+
+    def _create_object(self, res: Resource, namespace: str, r: Request) -> tuple[int, Any, dict[str, str]]:
+        self._check("create", res.resource, namespace, res.group)
+        body, warnings = self._decoded(res.kind, res.schema, namespace, r)
+        meta = body["metadata"]
+        if namespace not in self.namespaces:
+            raise not_found("namespaces", namespace)
+        name = meta.get("name", "")
+        errors = meta_errors(meta) + res.validate(body)
+        if errors:
+            raise invalid(res.kind, res.group, name, errors)
+        store = self.objects[res.resource]
+        if (namespace, name) in store:
+            raise already_exists(res.resource, name, res.group)
+        created = {**body, "apiVersion": res.api_version, "kind": res.kind}
+        created["metadata"] = {
+            **{k: v for k, v in meta.items() if k in ("name", "labels", "annotations")},
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "resourceVersion": self._next_version(),
+            "creationTimestamp": now(),
+            **({"generation": 1} if res.generation else {}),
+        }
+        if res is POLICIES:
+            default_policy(created)
+        if res is QUOTAS:
+            created["status"] = {}  # the quota controller fills it in on its next sync
+        store[(namespace, name)] = created
+        return 201, copy.deepcopy(created), self._warn(warnings)
+
+    def _object(
+        self, res: Resource, method: str, namespace: str, name: str, r: Request
+    ) -> tuple[int, Any, dict[str, str]]:
+        verb = {"GET": "get", "PUT": "update", "DELETE": "delete"}[method]
+        self._check(verb, res.resource, namespace, res.group)
+        store = self.objects[res.resource]
+        current = store.get((namespace, name))
+        if method == "PUT":
+            return self._replace_object(res, namespace, name, current, r)
+        if current is None:
+            raise not_found(res.resource, name, res.group)
+        if method == "GET":
+            return 200, self._view(res, current), {}
+        del store[(namespace, name)]
+        if res.return_deleted:
+            return 200, self._view(res, current), {}
+        details = {**_details(res.resource, name, res.group), "uid": current["metadata"]["uid"]}
+        status = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": details,
+        }
+        return 200, status, {}
+
+    def _replace_object(
+        self, res: Resource, namespace: str, name: str, current: dict | None, r: Request
+    ) -> tuple[int, Any, dict[str, str]]:
+        body, warnings = self._decoded(res.kind, res.schema, namespace, r)
+        meta = body["metadata"]
+        if meta.get("name") != name:
+            raise bad_request(
+                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
+            )
+        if current is None:
+            raise not_found(res.resource, name, res.group)
+        version = meta.get("resourceVersion")
+        if version and version != current["metadata"]["resourceVersion"]:
+            raise conflict(res.resource, name, res.group)
+        errors = meta_errors(meta) + res.validate(body)
+        if errors:
+            raise invalid(res.kind, res.group, name, errors)
+        replaced = {**body, "apiVersion": res.api_version, "kind": res.kind}
+        replaced["metadata"] = {
+            **current["metadata"],
+            "labels": meta.get("labels") or {},
+            "resourceVersion": self._next_version(),
+        }
+        if res is POLICIES:
+            default_policy(replaced)
+            if replaced["spec"] != current["spec"]:
+                replaced["metadata"]["generation"] = current["metadata"]["generation"] + 1
+        if res is QUOTAS:
+            replaced["status"] = current.get("status", {})  # status is written through /status only
+        self.objects[res.resource][(namespace, name)] = replaced
+        return 200, self._view(res, replaced), self._warn(warnings)
+
+    def _list_objects(
+        self, res: Resource, namespace: str | None, selector
+    ) -> tuple[int, Any, dict[str, str]]:
+        self._check("list", res.resource, namespace or "", res.group)
+        items = [
+            self._view(res, obj)
+            for (ns, _), obj in sorted(self.objects[res.resource].items())
+            if namespace is None or ns == namespace
+        ]
+        return 200, self._list(f"{res.kind}List", res.api_version, items, selector), {}
+
+    def _decoded(self, kind: str, schema: dict, namespace: str, r: Request) -> tuple[dict, list[str]]:
+        """A body decoded as the API server decodes it, for an object of the URL's namespace."""
+        _json_only(r)
+        body, warnings = decode(kind, r.body, schema, _validation(r))
+        meta = body.setdefault("metadata", {})
+        if meta.get("namespace", namespace) != namespace:
+            raise bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request"
+            )
+        return body, warnings
+
+    def _view(self, res: Resource, obj: dict) -> dict:
+        return (
+            self._quota_view(obj) if res is QUOTAS and obj.get("status") is not None else copy.deepcopy(obj)
+        )
+
+    def _warn(self, warnings: list[str]) -> dict[str, str]:
+        self.warnings += warnings
+        return _warning_headers(warnings)
 
     def _delete_namespace(self, name: str) -> tuple[int, Any, dict[str, str]]:
         """Answers the namespace as Terminating; its content goes at once (a real one takes a while)."""
@@ -896,26 +1610,17 @@ class FakeKubernetes:
         for key in [k for k in self.pods if k[0] == name]:
             self.pods.pop(key)
             self.logs.pop(key, None)
+        for store in self.objects.values():
+            for key in [k for k in store if k[0] == name]:
+                del store[key]
         namespace["metadata"]["deletionTimestamp"] = now()
         namespace["status"]["phase"] = "Terminating"
         return 200, namespace, {}
 
     def _create_job(self, namespace: str, r: Request) -> tuple[int, Any, dict[str, str]]:
         self._check("create", "jobs", namespace)
-        content_type = r.headers.get("content-type", "application/json")
-        if not content_type.startswith("application/json"):
-            raise ApiError(
-                415,
-                "UnsupportedMediaType",
-                f'the body of the request was in an unknown format - "{content_type}"',
-            )
-        validation = r.query.get("fieldValidation", ["Warn"])[0]
-        body, warnings = decode("Job", r.body, JOB, validation)
-        meta = body.setdefault("metadata", {})
-        if meta.get("namespace", namespace) != namespace:
-            raise bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request"
-            )
+        body, warnings = self._decoded("Job", JOB, namespace, r)
+        meta = body["metadata"]
         if namespace not in self.namespaces:
             raise not_found("namespaces", namespace)
         name = meta.get("name", "")
@@ -931,7 +1636,14 @@ class FakeKubernetes:
             # The controller's first sync of a Job created suspended.
             self._set_condition(job, "Suspended", "True", "JobSuspended", "Job suspended")
             self._write_status(job)
-        return 201, created, _warning_headers(warnings)
+        # Pod Security checks a workload's pod template only in warn and audit modes: it enforces
+        # on the pods themselves.
+        level, shown = pod_security_level(self.namespaces[namespace], "warn")
+        violations = pod_security_violations(job["spec"]["template"]["spec"], level)
+        if violations:
+            text = f'would violate PodSecurity "{shown}": {", ".join(violations)}'
+            warnings.append('299 - "' + text.replace('"', '\\"') + '"')
+        return 201, created, self._warn(warnings)
 
     def _delete_job(self, namespace: str, name: str, r: Request) -> tuple[int, Any, dict[str, str]]:
         self._check("delete", "jobs", namespace)
@@ -1149,6 +1861,24 @@ def status_problems(status: dict, *, delayed: bool) -> list[str]:
     if status.get("ready", 0) > status.get("active", 0):
         problems.append("cannot set more ready pods than active")
     return problems
+
+
+def _validation(r: Request) -> str:
+    return r.query.get("fieldValidation", ["Warn"])[0]
+
+
+def _json_only(r: Request) -> None:
+    content_type = r.headers.get("content-type", "application/json")
+    if not content_type.startswith("application/json"):
+        raise ApiError(
+            415,
+            "UnsupportedMediaType",
+            f'the body of the request was in an unknown format - "{content_type}"',
+        )
+
+
+def _gpus(container: dict) -> int:
+    return int(((container.get("resources") or {}).get("requests") or {}).get(GPU, 0))
 
 
 def _warning_headers(warnings: list[str]) -> dict[str, str]:

@@ -31,21 +31,34 @@ import yaml
 from rest_framework.test import APIClient
 
 from factory.adapters import BackendError, BackendState, BackendUnavailable, JobRejected
-from factory.adapters.base import LOG_CHUNK_BYTES
+from factory.adapters.base import LOG_CHUNK_BYTES, normalise_image
 from factory.adapters.kubernetes import KubernetesAdapter, KubernetesConnection
 from factory.models import Cluster, Pool
 from jobs import dispatch, lifecycle, submission
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
 from jobs.tasks import cancel_backend_job, cancel_job, dispatch_jobs
+from quotas import limits
+from quotas.models import Quota
 from tests.support import admit
 
-from .k8s_fake import TOKEN, FakeKubernetes
+from .k8s_fake import TOKEN, ApiError, FakeKubernetes
 
 REAL = bool(os.environ.get("FACTORY_TEST_KUBECONFIG"))
 GPU_PRODUCT = os.environ.get("K8S_TEST_GPU_PRODUCT", "NVIDIA-H100-80GB-HBM3")
 IMAGE = os.environ.get("K8S_TEST_IMAGE", "busybox:1.36")
 GPU_LABEL = "nvidia.com/gpu.product"
+
+
+def repository(image: str) -> str:
+    """The fully qualified repository of an image reference, without tag or digest."""
+    name = normalise_image(image).partition("@")[0]
+    head, colon, tag = name.rpartition(":")
+    return head if colon and "/" not in tag else name
+
+
+# The test clusters run NGC images and the test image's own repository.
+ALLOWED_IMAGES = ["nvcr.io/nvidia/", repository(IMAGE)]
 
 fake_only = pytest.mark.skipif(REAL, reason="needs the fake API server's controls")
 pytestmark = pytest.mark.django_db
@@ -144,6 +157,8 @@ def k8s_cluster(db, h100, backend) -> Cluster:
 
 
 def make_cluster(kubeconfig: dict, gpu_type, slug: str = "k8s", **settings) -> Cluster:
+    if "allow_any_image" not in settings:
+        settings.setdefault("allowed_images", ALLOWED_IMAGES)
     connection = {"kubeconfig": yaml.safe_dump(kubeconfig), **settings}
     cluster = Cluster.objects.create(slug=slug, name="Kubernetes", kind="kubernetes", connection=connection)
     cluster.full_clean()
@@ -190,6 +205,65 @@ def states(job: Job) -> list[str]:
     return list(job.events.filter(kind="state").values_list("state", flat=True))
 
 
+POD_SECURITY_LABELS = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/audit": "restricted",
+    "pod-security.kubernetes.io/audit-version": "latest",
+    "pod-security.kubernetes.io/warn": "restricted",
+    "pod-security.kubernetes.io/warn-version": "latest",
+}
+NAMESPACE_LABELS = {
+    "app.kubernetes.io/managed-by": "aifactory",
+    "aifactory.io/tenant": "demo-lab",
+    **POD_SECURITY_LABELS,
+}
+POD_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "privileged": False,
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+DNS_EGRESS = {
+    "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+}
+PUBLIC_EGRESS = {
+    "to": [
+        {
+            "ipBlock": {
+                "cidr": "0.0.0.0/0",
+                "except": [
+                    "10.0.0.0/8",
+                    "100.64.0.0/10",
+                    "169.254.0.0/16",
+                    "172.16.0.0/12",
+                    "192.168.0.0/16",
+                ],
+            }
+        },
+        {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7", "fe80::/10"]}},
+    ]
+}
+
+
+def policy_spec(*egress: dict) -> dict:
+    """The portal's NetworkPolicy: traffic within the namespace, DNS, then `egress`."""
+    return {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"from": [{"podSelector": {}}]}],
+        "egress": [{"to": [{"podSelector": {}}]}, DNS_EGRESS, *egress],
+    }
+
+
 def labels_for(job: Job) -> dict[str, str]:
     return {
         "app.kubernetes.io/managed-by": "aifactory",
@@ -225,9 +299,23 @@ def test_submit_creates_the_namespace_and_sends_the_whole_job(k8s_job, fake):
     assert calls == [
         ("POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs"),  # 404: no such namespace
         ("POST", "/api/v1/namespaces"),
+        # Its isolation exists before its first pod does.
+        ("POST", "/apis/networking.k8s.io/v1/namespaces/aif-demo-lab/networkpolicies"),
         ("POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs"),
     ]
-    assert fake.namespaces["aif-demo-lab"]["metadata"]["labels"]["aifactory.io/tenant"] == "demo-lab"
+    namespace = fake.calls("POST", "/api/v1/namespaces")[0].body
+    assert namespace["metadata"] == {"name": "aif-demo-lab", "labels": NAMESPACE_LABELS}
+    policy = fake.calls("POST", "/apis/networking.k8s.io/v1/namespaces/aif-demo-lab/networkpolicies")[0]
+    assert policy.body == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "aifactory-tenant-isolation",
+            "namespace": "aif-demo-lab",
+            "labels": {"app.kubernetes.io/managed-by": "aifactory"},
+        },
+        "spec": policy_spec(PUBLIC_EGRESS),
+    }
     created = fake.calls("POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs")[-1]
     assert created.query == {"fieldValidation": ["Strict"]}
     resources = {"nvidia.com/gpu": "2", "cpu": "8", "memory": "64Gi"}
@@ -249,6 +337,7 @@ def test_submit_creates_the_namespace_and_sends_the_whole_job(k8s_job, fake):
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
+                    "securityContext": POD_SECURITY_CONTEXT,
                     "nodeSelector": {GPU_LABEL: GPU_PRODUCT},
                     "containers": [
                         {
@@ -262,6 +351,7 @@ def test_submit_creates_the_namespace_and_sends_the_whole_job(k8s_job, fake):
                                 {"name": "FACTORY_JOB_NAME", "value": "train-7"},
                             ],
                             "resources": {"requests": resources, "limits": resources},
+                            "securityContext": CONTAINER_SECURITY_CONTEXT,
                         }
                     ],
                 },
@@ -273,6 +363,10 @@ def test_submit_creates_the_namespace_and_sends_the_whole_job(k8s_job, fake):
     assert (
         stored["spec"]["template"]["metadata"]["labels"]["batch.kubernetes.io/job-name"] == f"aif-{job.uid}"
     )
+    # The restricted profile has nothing to say about the pod, which its namespace enforces.
+    assert fake.warnings == []
+    fake.start(job.external_id)
+    assert len(fake.pods_of(job.external_id)) == 1
 
 
 def test_duplicate_submit_finds_the_same_job(k8s_job, k8s_cluster, backend):
@@ -314,6 +408,286 @@ def test_job_the_api_server_finds_invalid_is_rejected_with_its_message(k8s_job, 
     job = dispatched(k8s_job())
     assert job.state == JobState.REJECTED
     assert f'Job.batch "aif-{job.uid}" is invalid: spec.template.spec.nodeSelector' in job.reason
+
+
+# --- what a job may run, and as whom -------------------------------------------------------------
+
+
+@fake_only
+def test_a_root_pod_made_without_the_portal_is_refused_in_a_tenant_namespace(k8s_job, fake):
+    """The namespace enforces the restricted profile on any pod, not only on the portal's."""
+    dispatched(k8s_job())  # makes the tenant's namespace
+    code, _, headers = raw(
+        fake, "POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs", minimal_job("by-hand")
+    )
+    violations = (
+        'allowPrivilegeEscalation != false (container "job" must set '
+        "securityContext.allowPrivilegeEscalation=false), "
+        'unrestricted capabilities (container "job" must set securityContext.capabilities.drop=["ALL"]), '
+        'runAsNonRoot != true (pod or container "job" must set securityContext.runAsNonRoot=true), '
+        'seccompProfile (pod or container "job" must set securityContext.seccompProfile.type to '
+        '"RuntimeDefault" or "Localhost")'
+    )
+    assert code == 201  # a Job only gets a warning; its pods are what is refused
+    assert headers["Warning"] == (
+        '299 - "would violate PodSecurity \\"restricted:latest\\": ' + violations.replace('"', '\\"') + '"'
+    )
+    with pytest.raises(ApiError) as refused:
+        fake.start("aif-demo-lab/by-hand")
+    assert refused.value.code == 403
+    assert refused.value.message.endswith(
+        f'is forbidden: violates PodSecurity "restricted:latest": {violations}'
+    )
+
+
+def test_image_outside_the_allow_list_is_rejected_at_dispatch(k8s_job, backend):
+    job = dispatched(k8s_job(image="evil.example.com/miner:1"))
+    assert job.state == JobState.REJECTED
+    assert job.reason.endswith(f"k8s runs only images from {', '.join(ALLOWED_IMAGES)}")
+    if backend.is_fake:
+        assert backend.fake.calls("POST") == []
+
+
+@fake_only
+def test_images_are_sent_fully_qualified_so_no_registry_search_picks_another(k8s_job, fake):
+    job = dispatched(k8s_job(image=IMAGE))
+    created = fake.calls("POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs")[-1].body
+    assert created["spec"]["template"]["spec"]["containers"][0]["image"] == normalise_image(IMAGE)
+    assert job.state == JobState.SUBMITTED
+
+
+def test_a_cluster_without_an_allow_list_runs_no_image_and_names_the_setting(backend, k8s_job, h100):
+    closed = make_cluster(backend.kubeconfig, h100, slug="k8s-closed", allowed_images=[])
+    job = dispatched(k8s_job(cluster=closed))
+    assert job.state == JobState.REJECTED
+    assert "until an administrator sets its connection setting 'allowed_images'" in job.reason
+    assert "'allow_any_image': true" in job.reason
+    health = closed.adapter().health()
+    assert health.ok and "runs no container images until 'allowed_images'" in health.message
+
+
+def test_allow_any_image_runs_any_image(backend, k8s_job, h100):
+    open_cluster = make_cluster(
+        backend.kubeconfig,
+        h100,
+        slug="k8s-open",
+        allow_any_image=True,
+        namespace_prefix=backend.namespace_prefix,
+    )
+    job = dispatched(k8s_job(cluster=open_cluster, image="ghcr.io/my-lab/trainer:2"))
+    assert job.state == JobState.SUBMITTED
+
+
+@fake_only
+def test_api_refuses_an_image_no_cluster_allows_and_creates_nothing(k8s_cluster, owner):
+    api = APIClient()
+    api.force_authenticate(owner)
+    body = {"tenant": "demo-lab", "name": "x", "command": "true", "gpu_type": "h100", "gpu_count": 1}
+    body["time_limit_minutes"] = 5
+    response = api.post("/api/v1/jobs/", {**body, "image": "evil.example.com/miner:1"}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "image": [
+            "No cluster that could run this job runs this image: "
+            f"k8s runs only images from {', '.join(ALLOWED_IMAGES)}."
+        ]
+    }
+    response = api.post("/api/v1/jobs/", body, format="json")  # no image at all
+    assert response.json() == {
+        "image": [
+            "No cluster that could run this job runs this image: a container image is required to run on k8s."
+        ]
+    }
+    assert Job.objects.count() == 0
+    response = api.post("/api/v1/jobs/", {**body, "image": "nvcr.io/nvidia/pytorch:24.05-py3"}, format="json")
+    assert response.status_code == 202, response.content
+
+
+# --- tenant namespaces: Pod Security labels, isolation, GPU quota ----------------------------------
+
+
+def test_mirrored_limits_hold_in_the_tenant_namespace(k8s_cluster, tenant, other_tenant, h100, backend):
+    Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=4, borrowing_limit=2)
+    assert limits.mirror() == {"k8s": ["demo-lab"]}
+    adapter = k8s_cluster.adapter()
+    namespace = f"{backend.namespace_prefix}demo-lab"
+    labels = adapter.core.read_namespace(namespace).metadata.labels
+    assert {k: labels.get(k) for k in NAMESPACE_LABELS} == {**NAMESPACE_LABELS}
+    quota = adapter.core.read_namespaced_resource_quota("aifactory-gpus", namespace)
+    assert quota.spec.hard == {"requests.nvidia.com/gpu": "6"}  # nominal + borrowing limit
+    policy = adapter.networking.read_namespaced_network_policy("aifactory-tenant-isolation", namespace)
+    assert policy.spec.policy_types == ["Ingress", "Egress"]
+    # A tenant without quota here gets no namespace; a second pass changes nothing.
+    names = [ns.metadata.name for ns in adapter.core.list_namespace().items]
+    assert f"{backend.namespace_prefix}other-lab" not in names
+    assert limits.mirror() == {}
+
+
+@fake_only
+def test_a_new_tenant_namespace_is_made_with_its_quota_and_policy_in_the_apis_shapes(
+    k8s_cluster, tenant, h100, fake
+):
+    Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=4, borrowing_limit=2)
+    assert k8s_cluster.adapter().apply_tenant_limits(limits.limits_for([tenant], [h100])) == ["demo-lab"]
+    assert [(r.method, r.path, r.query) for r in fake.calls()] == [
+        ("GET", "/api/v1/namespaces", {}),
+        ("GET", "/api/v1/resourcequotas", {"fieldSelector": ["metadata.name=aifactory-gpus"]}),
+        (
+            "GET",
+            "/apis/networking.k8s.io/v1/networkpolicies",
+            {"fieldSelector": ["metadata.name=aifactory-tenant-isolation"]},
+        ),
+        ("POST", "/api/v1/namespaces", {}),
+        ("POST", "/apis/networking.k8s.io/v1/namespaces/aif-demo-lab/networkpolicies", {}),
+        ("POST", "/api/v1/namespaces/aif-demo-lab/resourcequotas", {}),
+    ]
+    assert fake.calls("POST", "/api/v1/namespaces/aif-demo-lab/resourcequotas")[0].body == {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {
+            "name": "aifactory-gpus",
+            "namespace": "aif-demo-lab",
+            "labels": {"app.kubernetes.io/managed-by": "aifactory"},
+        },
+        "spec": {"hard": {"requests.nvidia.com/gpu": "6"}},
+    }
+    assert fake.namespaces["aif-demo-lab"]["metadata"]["labels"] == {
+        **NAMESPACE_LABELS,
+        "kubernetes.io/metadata.name": "aif-demo-lab",
+    }
+    assert fake.policies[("aif-demo-lab", "aifactory-tenant-isolation")]["spec"] == policy_spec(PUBLIC_EGRESS)
+
+
+@fake_only
+def test_existing_namespaces_are_brought_up_to_the_safeguards(k8s_cluster, tenant, h100, fake):
+    """A namespace from before (labelled only with its tenant, with no policy or quota), and a
+    policy someone loosened, are put right; the namespace's other labels stay."""
+    fake.namespaces["aif-demo-lab"] = fake._namespace_object(
+        "aif-demo-lab",
+        {"app.kubernetes.io/managed-by": "aifactory", "aifactory.io/tenant": "demo-lab", "team": "nlp"},
+    )
+    loosened = {
+        "metadata": {"name": "aifactory-tenant-isolation"},
+        "spec": {"podSelector": {}, "ingress": [{}], "egress": [{}], "policyTypes": ["Ingress", "Egress"]},
+    }
+    code, created, _ = raw(
+        fake, "POST", "/apis/networking.k8s.io/v1/namespaces/aif-demo-lab/networkpolicies", loosened
+    )
+    assert code == 201
+    Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=2, borrowing_limit=0)
+    fake.reset_calls()
+    assert limits.mirror() == {"k8s": ["demo-lab"]}
+    writes = [(r.method, r.path) for r in fake.calls() if r.method != "GET"]
+    assert writes == [
+        ("PATCH", "/api/v1/namespaces/aif-demo-lab"),
+        (
+            "PUT",
+            "/apis/networking.k8s.io/v1/namespaces/aif-demo-lab/networkpolicies/aifactory-tenant-isolation",
+        ),
+        ("POST", "/api/v1/namespaces/aif-demo-lab/resourcequotas"),
+    ]
+    assert fake.calls("PATCH")[0].headers["content-type"] == "application/strategic-merge-patch+json"
+    assert fake.calls("PATCH")[0].body == {"metadata": {"labels": NAMESPACE_LABELS}}
+    replaced = fake.calls("PUT")[0].body
+    assert replaced["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]  # conditional
+    assert replaced["spec"] == policy_spec(PUBLIC_EGRESS)
+    assert fake.namespaces["aif-demo-lab"]["metadata"]["labels"]["team"] == "nlp"
+    assert fake.policies[("aif-demo-lab", "aifactory-tenant-isolation")]["metadata"]["generation"] == 2
+    fake.reset_calls()
+    assert limits.mirror() == {}
+    assert [r.method for r in fake.calls()] == ["GET", "GET", "GET"]  # everything as it should be
+
+
+@fake_only
+def test_a_changed_quota_replaces_the_namespace_quota_and_no_ceiling_removes_it(
+    k8s_cluster, tenant, h100, a100, fake
+):
+    Pool.objects.create(cluster=k8s_cluster, gpu_type=a100, capacity=4, node_selector={GPU_LABEL: "A100"})
+    h100_quota = Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=4, borrowing_limit=0)
+    Quota.objects.create(tenant=tenant, gpu_type=a100, nominal=1, borrowing_limit=1)
+    limits.mirror()
+    # Every GPU is nvidia.com/gpu to Kubernetes: the namespace holds the sum over the GPU types.
+    assert fake.quota("aif-demo-lab", "aifactory-gpus")["spec"]["hard"] == {"requests.nvidia.com/gpu": "6"}
+    version = fake.quotas[("aif-demo-lab", "aifactory-gpus")]["metadata"]["resourceVersion"]
+    Quota.objects.filter(pk=h100_quota.pk).update(nominal=2)
+    fake.reset_calls()
+    assert limits.mirror() == {"k8s": ["demo-lab"]}
+    replaced = fake.calls("PUT", "/api/v1/namespaces/aif-demo-lab/resourcequotas/aifactory-gpus")[0].body
+    assert replaced["metadata"]["resourceVersion"] == version
+    assert replaced["spec"] == {"hard": {"requests.nvidia.com/gpu": "4"}}
+    Quota.objects.filter(pk=h100_quota.pk).update(borrowing_limit=None)  # may borrow without limit
+    assert limits.mirror() == {"k8s": ["demo-lab"]}
+    assert fake.calls("DELETE")[0].path == "/api/v1/namespaces/aif-demo-lab/resourcequotas/aifactory-gpus"
+    assert fake.quotas == {}
+
+
+@fake_only
+def test_the_namespace_quota_holds_jobs_made_without_the_portal(k8s_job, k8s_cluster, tenant, h100, fake):
+    Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=2, borrowing_limit=0)
+    limits.mirror()
+    job = dispatched(k8s_job(gpu_count=2))
+    fake.start(job.external_id)
+    quota = fake.quota("aif-demo-lab", "aifactory-gpus")
+    assert quota["status"] == {
+        "hard": {"requests.nvidia.com/gpu": "2"},
+        "used": {"requests.nvidia.com/gpu": "2"},
+    }
+    by_hand = minimal_job("by-hand")
+    pod = by_hand["spec"]["template"]["spec"]
+    pod["securityContext"] = POD_SECURITY_CONTEXT
+    pod["containers"][0]["securityContext"] = CONTAINER_SECURITY_CONTEXT
+    pod["containers"][0]["resources"] = {
+        "requests": {"nvidia.com/gpu": "1"},
+        "limits": {"nvidia.com/gpu": "1"},
+    }
+    assert raw(fake, "POST", "/apis/batch/v1/namespaces/aif-demo-lab/jobs", by_hand)[0] == 201
+    with pytest.raises(
+        ApiError,
+        match=r"exceeded quota: aifactory-gpus, requested: requests.nvidia.com/gpu=1, "
+        r"used: requests.nvidia.com/gpu=2, limited: requests.nvidia.com/gpu=2",
+    ):
+        fake.start("aif-demo-lab/by-hand")
+
+
+@fake_only
+def test_egress_settings_shape_the_network_policy(fake, tenant, h100):
+    cluster = make_cluster(
+        fake.kubeconfig(),
+        h100,
+        slug="k8s-private",
+        public_egress=False,
+        egress_cidrs=["10.20.0.0/16", "fd00:1::/64"],
+    )
+    Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=1)
+    cluster.adapter().apply_tenant_limits(limits.limits_for([tenant], [h100]))
+    stored = fake.policies[("aif-demo-lab", "aifactory-tenant-isolation")]
+    assert stored["spec"] == policy_spec(
+        {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}, {"ipBlock": {"cidr": "fd00:1::/64"}}]}
+    )
+    closed = make_cluster(fake.kubeconfig(), h100, slug="k8s-closed", public_egress=False)
+    assert closed.adapter().network_policy("x")["spec"] == policy_spec()  # its namespace and DNS only
+
+
+@fake_only
+def test_a_namespace_the_portal_cannot_isolate_is_not_left_for_jobs(k8s_job, fake):
+    fake.forbid("create", "networkpolicies")
+    job = k8s_job()
+    dispatch_jobs([job.pk])  # not the job's fault: retried, then failed
+    job.refresh_from_db()
+    assert (job.state, job.dispatch_failures) == (JobState.ADMITTED, 1)
+    assert "may not create NetworkPolicies on k8s; grant its account that permission" in job.reason
+    assert "aif-demo-lab" not in fake.namespaces  # removed again: the next attempt starts over
+    assert [r.method for r in fake.calls()] == ["POST", "POST", "POST", "DELETE"]
+    assert fake.jobs == {}
+
+
+@fake_only
+def test_no_permission_for_quotas_leaves_the_cluster_for_the_next_pass(k8s_cluster, tenant, h100, fake):
+    Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=2)
+    fake.forbid("list", "resourcequotas")
+    assert limits.mirror() == {}  # logged and skipped, like an unreachable cluster
+    with pytest.raises(BackendError, match="may not list ResourceQuotas on k8s; grant its account"):
+        k8s_cluster.adapter().apply_tenant_limits(limits.limits_for([tenant], [h100]))
 
 
 # --- following a job -----------------------------------------------------------------------------
@@ -720,12 +1094,14 @@ def assert_metered(job) -> None:
 # --- the fake itself answers like an API server ---------------------------------------------------
 
 
-def raw(fake: FakeKubernetes, method: str, path: str, body=None) -> tuple[int, dict, dict]:
+def raw(
+    fake: FakeKubernetes, method: str, path: str, body=None, content_type: str = "application/json"
+) -> tuple[int, dict, dict]:
     response = urllib3.request(
         method,
         fake.url + path,
         body=json.dumps(body) if body is not None else None,
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": content_type},
         retries=False,
     )
     return response.status, response.json(), dict(response.headers)
@@ -814,6 +1190,94 @@ def test_fake_orphans_pods_unless_told_to_propagate_the_delete(fake):
     )
 
 
+@fake_only
+def test_fake_validates_quotas_and_policies_as_the_api_server_does(fake):
+    quotas = "/api/v1/namespaces/default/resourcequotas"
+    bad = {"metadata": {"name": "q"}, "spec": {"hard": {"gpus": "1", "requests.nvidia.com/gpu": "1.5"}}}
+    code, status, _ = raw(fake, "POST", quotas, bad)
+    assert (code, status["message"]) == (
+        422,
+        'ResourceQuota "q" is invalid: [spec.hard[gpus]: Invalid value: "gpus": must be a standard resource '
+        'for quota, spec.hard[requests.nvidia.com/gpu]: Invalid value: "1.5": must be an integer]',
+    )
+    good = {"metadata": {"name": "q"}, "spec": {"hard": {"requests.nvidia.com/gpu": "2"}}}
+    code, created, _ = raw(fake, "POST", quotas, good)
+    assert (code, created["status"]) == (201, {})  # the quota controller fills it in later
+    stale = {**created, "metadata": {**created["metadata"], "resourceVersion": "1"}}
+    code, status, _ = raw(fake, "PUT", f"{quotas}/q", stale)
+    assert (code, status["reason"]) == (409, "Conflict")
+    assert status["message"] == (
+        'Operation cannot be fulfilled on resourcequotas "q": the object has been modified; please apply '
+        "your changes to the latest version and try again"
+    )
+    code, deleted, _ = raw(fake, "DELETE", f"{quotas}/q")
+    assert (code, deleted["kind"], deleted["metadata"]["name"]) == (200, "ResourceQuota", "q")
+
+    policies = "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies"
+    peer = {"podSelector": {}, "ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/8"]}}
+    bad = {
+        "metadata": {"name": "p"},
+        "spec": {"egress": [{"to": [peer, {}], "ports": [{"protocol": "ICMP"}]}]},
+    }
+    code, status, _ = raw(fake, "POST", policies, bad)
+    assert code == 422
+    assert [(c["field"], c["message"]) for c in status["details"]["causes"]] == [
+        (
+            "spec.egress[0].ports[0].protocol",
+            'Unsupported value: "ICMP": supported values: "TCP", "UDP", "SCTP"',
+        ),
+        ("spec.egress[0].to[0]", "Forbidden: may not specify both ipBlock and another peer"),
+        (
+            "spec.egress[0].to[0].ipBlock.except[0]",
+            'Invalid value: "11.0.0.0/8": must be a strict subset of `cidr`',
+        ),
+        ("spec.egress[0].to[1]", "Required value: must specify a peer"),
+    ]
+    code, created, _ = raw(
+        fake, "POST", policies, {"metadata": {"name": "p"}, "spec": {"egress": [{"ports": [{"port": 53}]}]}}
+    )
+    assert code == 201 and created["metadata"]["generation"] == 1
+    assert created["spec"] == {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+        "egress": [{"ports": [{"port": 53, "protocol": "TCP"}]}],
+    }
+    code, status, _ = raw(fake, "DELETE", f"{policies}/p")
+    assert (status["status"], status["details"]["group"], status["details"]["kind"]) == (
+        "Success",
+        "networking.k8s.io",
+        "networkpolicies",
+    )
+    code, status, _ = raw(fake, "GET", "/api/v1/resourcequotas?fieldSelector=spec.hard%3D1")
+    assert (code, status["message"]) == (
+        400,
+        '"spec.hard" is not a known field selector: only "metadata.name", "metadata.namespace"',
+    )
+
+
+@fake_only
+def test_fake_patches_namespace_labels_as_the_api_server_does(fake):
+    path = "/api/v1/namespaces/default"
+    patch = {"metadata": {"labels": {"team": "nlp", "kubernetes.io/metadata.name": None}}}
+    code, namespace, _ = raw(fake, "PATCH", path, patch, "application/strategic-merge-patch+json")
+    assert code == 200  # the server keeps kubernetes.io/metadata.name whatever a patch says
+    assert namespace["metadata"]["labels"] == {"team": "nlp", "kubernetes.io/metadata.name": "default"}
+    patch = {"metadata": {"labels": {"team": None}}}
+    code, namespace, _ = raw(fake, "PATCH", path, patch, "application/merge-patch+json")
+    assert namespace["metadata"]["labels"] == {"kubernetes.io/metadata.name": "default"}
+    code, status, _ = raw(fake, "PATCH", path, patch)  # plain JSON is not a patch
+    assert (code, status["reason"]) == (415, "UnsupportedMediaType")
+    bad = {"metadata": {"labels": {"team": "not a value"}}}
+    assert raw(fake, "PATCH", path, bad, "application/merge-patch+json")[0] == 422
+    replaced = {**namespace, "metadata": {**namespace["metadata"], "labels": {"a": "b"}}}
+    code, namespace, _ = raw(fake, "PUT", path, replaced)
+    assert code == 200 and namespace["metadata"]["labels"] == {
+        "a": "b",
+        "kubernetes.io/metadata.name": "default",
+    }
+    assert raw(fake, "PUT", path, replaced)[0] == 409  # its resourceVersion is stale now
+
+
 # --- connection settings (no server needed) -------------------------------------------------------
 
 
@@ -836,6 +1300,24 @@ def kubeconfig_text(**changes) -> str:
         ({"kubeconfig": kubeconfig_text(), "ttl_seconds_after_finished": "1h"}, "wrong type"),
         ({"kubeconfig": kubeconfig_text(), "kueue_queue": "Team Queue"}, "kueue_queue"),
         ({"kubeconfig": kubeconfig_text(), "token": "x"}, "Unknown connection setting"),
+        ({"kubeconfig": kubeconfig_text(), "allowed_images": ["nvidia/"]}, "Entry 1 of .*'allowed_images'"),
+        ({"kubeconfig": kubeconfig_text(), "allowed_images": ["nvcr.io/", "ghcr.io/My Lab/"]}, "Entry 2 of"),
+        ({"kubeconfig": kubeconfig_text(), "allowed_images": ["index.docker.io/"]}, "'allowed_images'"),
+        (
+            {"kubeconfig": kubeconfig_text(), "allowed_images": "nvcr.io/"},
+            "'allowed_images' has the wrong type",
+        ),
+        (
+            {"kubeconfig": kubeconfig_text(), "allowed_images": ["nvcr.io/"], "allow_any_image": True},
+            "not both",
+        ),
+        (
+            {"kubeconfig": kubeconfig_text(), "run_as_user": 0},
+            "'run_as_user' must be from 1 .* \\(not root\\)",
+        ),
+        ({"kubeconfig": kubeconfig_text(), "run_as_group": -1}, "'run_as_group'"),
+        ({"kubeconfig": kubeconfig_text(), "egress_cidrs": ["10.0.0.1/8"]}, "'egress_cidrs'"),
+        ({"kubeconfig": kubeconfig_text(), "egress_cidrs": ["anywhere"]}, "'egress_cidrs'"),
     ],
 )
 def test_connection_settings_are_checked_without_echoing_the_kubeconfig(connection, message):
@@ -847,6 +1329,14 @@ def test_connection_settings_are_checked_without_echoing_the_kubeconfig(connecti
 def test_in_cluster_connection_and_defaults():
     conn = KubernetesConnection.parse({"in_cluster": True})
     assert (conn.namespace_prefix, conn.ttl_seconds_after_finished, conn.kueue_queue) == ("aif-", 3600, None)
+    # No image runs until an administrator says which may; jobs run as UID/GID 1000.
+    assert (conn.allowed_images, conn.allow_any_image) == ([], False)
+    assert (conn.run_as_user, conn.run_as_group, conn.public_egress, conn.egress_cidrs) == (
+        1000,
+        1000,
+        True,
+        [],
+    )
 
 
 def test_long_tenant_slugs_make_distinct_valid_namespaces(db):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
+from factory.models import Cluster, Pool
 from jobs import lifecycle
 from jobs.choices import JobState
 from jobs.models import Job, JobEvent
@@ -125,6 +126,39 @@ def test_hostile_image_names_get_a_field_error_and_create_nothing(api, image):
     assert response.status_code == 400, response.content
     assert list(response.json()) == ["image"]
     assert Job.objects.count() == 0 and JobEvent.objects.count() == 0
+
+
+@pytest.fixture
+def kubernetes(h100):
+    """A Kubernetes cluster with 8 h100 (the local cluster has 4) running NGC images only."""
+    connection = {"in_cluster": True, "allowed_images": ["nvcr.io/nvidia/"]}
+    cluster = Cluster.objects.create(slug="k8s", name="K8s", kind="kubernetes", connection=connection)
+    Pool.objects.create(cluster=cluster, gpu_type=h100, capacity=8)
+    return cluster
+
+
+def test_an_image_is_checked_against_the_clusters_that_could_run_the_job(api, kubernetes):
+    big = body(gpu_count=8, image="ghcr.io/my-lab/trainer:2")  # only the Kubernetes cluster fits it
+    response = api.post(URL, big, format="json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "image": [
+            "No cluster that could run this job runs this image: k8s runs only images from nvcr.io/nvidia/."
+        ]
+    }
+    assert Job.objects.count() == 0
+    # Two GPUs fit on the local cluster as well, which runs no containers: the image is no obstacle.
+    assert api.post(URL, body(image="ghcr.io/my-lab/trainer:2"), format="json").status_code == 202
+    assert (
+        api.post(URL, body(gpu_count=8, image="nvcr.io/nvidia/pytorch:24.05-py3"), format="json").status_code
+        == 202
+    )
+    kubernetes.connection = {
+        **kubernetes.connection,
+        "allowed_images": ["nvcr.io/nvidia/", "ghcr.io/my-lab/"],
+    }
+    kubernetes.save()  # the cached rules are forgotten
+    assert api.post(URL, big, format="json").status_code == 202
 
 
 def test_command_of_exactly_64_kib_is_accepted(api):

@@ -7,6 +7,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient
 
+from factory.models import Cluster, Pool
 from jobs import lifecycle
 from jobs.choices import JobState
 from jobs.models import Job, JobEvent
@@ -84,6 +85,27 @@ def test_form_shows_a_message_per_field_and_creates_nothing(browser, tenant, h10
     assert any(message in e for e in errors), form.errors
     assert message.replace("'", "&#x27;") in response.content.decode()
     assert Job.objects.count() == 0
+
+
+def test_form_refuses_an_image_no_cluster_allows_and_names_what_is(browser, tenant, h100):
+    connection = {"in_cluster": True, "allowed_images": ["nvcr.io/nvidia/"]}
+    cluster = Cluster.objects.create(slug="k8s", name="K8s", kind="kubernetes", connection=connection)
+    Pool.objects.create(cluster=cluster, gpu_type=h100, capacity=8)
+    page = browser.get("/jobs/new/").content.decode()
+    assert '<label for="id_image">Container image</label>' in page
+    response = browser.post("/jobs/new/", valid_form(tenant, h100, gpu_count="8", image="ghcr.io/lab/x:1"))
+    assert response.status_code == 400
+    assert response.context["form"].errors["image"] == [
+        "No cluster that could run this job runs this image: k8s runs only images from nvcr.io/nvidia/."
+    ]
+    assert Job.objects.count() == 0
+    response = browser.post("/jobs/new/", valid_form(tenant, h100, gpu_count="8", image="$(reboot)"))
+    assert "Not a valid container image reference" in response.context["form"].errors["image"][0]
+    response = browser.post(
+        "/jobs/new/", valid_form(tenant, h100, gpu_count="8", image="nvcr.io/nvidia/pytorch:24.05-py3")
+    )
+    assert response.status_code == 302
+    assert Job.objects.get().image == "nvcr.io/nvidia/pytorch:24.05-py3"
 
 
 def test_form_offers_only_the_users_tenants(browser, tenant, other_tenant, h100):
