@@ -97,6 +97,9 @@ def _dispatch_to_cluster(jobs: list[Job]) -> None:
                 if job.cancel_requested_at is not None:
                     _settle_cancelled(adapter, job, submitted)
                     continue
+                if job.secrets_sealed and not adapter.delivers_secrets:
+                    job.reject(f"{cluster} cannot deliver secrets to a job yet; submit it without them")
+                    continue
                 submitted.append((job, adapter.submit(job)))
             except JobRejected as exc:
                 job.reject(f"{cluster} refused the job: {exc}")

@@ -338,6 +338,9 @@ class Adapter:
 
     # Whether the backend can hold tenants to GPU limits of its own (apply_tenant_limits).
     keeps_tenant_limits: ClassVar[bool] = False
+    # Whether submit() delivers the job's secrets (job_secrets) to it; a job with secrets is never
+    # run without them on a backend that cannot.
+    delivers_secrets: ClassVar[bool] = False
 
     def apply_tenant_limits(self, limits: dict[str, dict[str, GpuLimit]]) -> list[str]:
         """Make the backend itself hold each tenant to its GPU ceilings, {tenant slug: {GPU type

@@ -212,6 +212,7 @@ class RayDashboard:
 class RayAdapter(Adapter):
     kind = "ray"
     connection_class = RayConnection
+    delivers_secrets = True
 
     def __init__(self, cluster) -> None:
         super().__init__(cluster)

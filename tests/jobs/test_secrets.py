@@ -151,3 +151,16 @@ def test_ray_gets_secrets_in_its_runtime_env_never_in_the_entrypoint(make_job, h
     body = RayAdapter(ray).submission(job)
     assert body["runtime_env"]["env_vars"]["HF_TOKEN"] == SECRET + "$HOME"
     assert SECRET not in json.dumps({k: v for k, v in body.items() if k != "runtime_env"})
+
+
+def test_a_backend_that_cannot_deliver_secrets_never_runs_the_job_without_them(make_job, cluster):
+    from jobs.choices import JobState
+    from jobs.tasks import dispatch_jobs
+    from tests.support import admit
+
+    job = make_job(secrets={"HF_TOKEN": SECRET})
+    admit(job, cluster)
+    dispatch_jobs([job.pk])
+    job.refresh_from_db()
+    assert job.state == JobState.REJECTED and "cannot deliver secrets" in job.reason
+    assert cluster.adapter().find(job) is None
