@@ -231,6 +231,8 @@ def stack_env(var_dir: Path, redis_port: int) -> dict[str, str]:
         SECURE_SSL_REDIRECT="0",
         ALLOWED_HOSTS=f"{services.HOST},localhost",
         FACTORY_VAR_DIR=str(var_dir),
+        # Production settings with a local cluster: allowed explicitly, as on a host set aside for it.
+        FACTORY_ALLOW_LOCAL_BACKEND="1",
         FACTORY_LOCAL_BACKEND_ROOT=str(var_dir / "local-backend"),
         FACTORY_SLURM_JOB_ROOT=str(var_dir / "slurm-jobs"),
         LOG_LEVEL="WARNING",

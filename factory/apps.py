@@ -13,10 +13,12 @@ class FactoryConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
         from rest_framework.authtoken.models import Token
 
+        from .adapters.local_guard import check_local_clusters
         from .api import authentication
         from .api.viewsets import check_api_scoping
 
         checks.register(check_api_scoping, checks.Tags.security, checks.Tags.urls)
+        checks.register(check_local_clusters, checks.Tags.security, deploy=True)
 
         post_delete.connect(authentication.forget_token, sender=Token, dispatch_uid="factory.forget-token")
         user_model = get_user_model()

@@ -265,6 +265,9 @@ FACTORY_TOKEN_CACHE_SECONDS = env_float("FACTORY_TOKEN_CACHE_SECONDS", 10.0)
 # is still split over this many tasks, so that several worker processes take part.
 FACTORY_DISPATCH_BATCH = env_int("FACTORY_DISPATCH_BATCH", 16)
 FACTORY_DISPATCH_SPREAD = env_int("FACTORY_DISPATCH_SPREAD", 4)
+# The local backend runs jobs on the portal's own host, next to its database and secrets: it runs
+# only with DEBUG on, or with this set on a host given over to it.
+FACTORY_ALLOW_LOCAL_BACKEND = env_bool("FACTORY_ALLOW_LOCAL_BACKEND", False)
 # Where the local backend keeps its per-job state, logs and GPU slot table.
 FACTORY_LOCAL_BACKEND_ROOT = Path(env("FACTORY_LOCAL_BACKEND_ROOT") or VAR_DIR / "local-backend")
 # Per-job directories (scripts, logs) of Slurm jobs; must be on storage the compute nodes share.

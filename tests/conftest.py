@@ -14,6 +14,7 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 @pytest.fixture(autouse=True)
 def local_backend_root(settings, tmp_path):
+    settings.FACTORY_ALLOW_LOCAL_BACKEND = True  # the tests run under production settings
     settings.FACTORY_LOCAL_BACKEND_ROOT = tmp_path / "local-backend"
     return settings.FACTORY_LOCAL_BACKEND_ROOT
 

@@ -1,5 +1,8 @@
 """The `local` backend: each job is a process on this machine, supervised by a detached runner
-(see local_runner.py) that holds simulated GPU slots, so a worker restart loses nothing."""
+(see local_runner.py) that holds simulated GPU slots, so a worker restart loses nothing.
+
+It is for development: see local_guard.py.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from . import local_runner
+from . import local_guard, local_runner
 from .base import (
     DISPATCH_KEY,
     Adapter,
@@ -59,6 +62,7 @@ class LocalAdapter(Adapter):
     # --- the protocol ---------------------------------------------------------------------------
 
     def submit(self, job) -> str:
+        self._refuse_unless_allowed()
         job_dir = self.job_dir(job)
         if not job_dir.exists():
             self._create_job_dir(job, job_dir)
@@ -66,10 +70,12 @@ class LocalAdapter(Adapter):
         return dispatch_key(job)
 
     def find(self, job) -> str | None:
+        self._refuse_unless_allowed()
         # The job directory appears whole (made aside, then renamed): there, it was submitted.
         return dispatch_key(job) if self.job_dir(job).exists() else None
 
     def statuses(self, jobs) -> dict[str, StatusReport]:
+        self._refuse_unless_allowed()
         reports = {}
         for job in jobs:
             key = dispatch_key(job)
@@ -85,6 +91,7 @@ class LocalAdapter(Adapter):
         return reports
 
     def cancel(self, job) -> None:
+        self._refuse_unless_allowed()
         job_dir = self.job_dir(job)
         if not job_dir.exists():
             return
@@ -92,11 +99,13 @@ class LocalAdapter(Adapter):
         self._ensure_runner(job_dir)
 
     def logs(self, job, offset: int = 0) -> LogChunk:
+        self._refuse_unless_allowed()
         job_dir = self.job_dir(job)
         state = local_runner.read_json(job_dir / "state.json").get("state")
         return read_log_file(job_dir / "output.log", offset, finished=state in local_runner.TERMINAL)
 
     def health(self) -> Health:
+        self._refuse_unless_allowed()
         pools = tuple(
             PoolHealth(
                 gpu_type=pool.gpu_type.slug,
@@ -108,6 +117,13 @@ class LocalAdapter(Adapter):
         return Health(ok=True, message=f"{len(pools)} pool(s) on this host", pools=pools)
 
     # --- helpers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _refuse_unless_allowed() -> None:
+        # Checked by every verb rather than when the adapter is made: adapters are made in loops
+        # over all clusters (dispatch of a mixed batch, quota limits), which one refusal must not stop.
+        if not local_guard.allowed():
+            raise BackendError(local_guard.REFUSED)
 
     def _create_job_dir(self, job, job_dir: Path) -> None:
         pool = self.pool_for(job)

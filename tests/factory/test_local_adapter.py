@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from factory.adapters import BackendState
+from factory.adapters import BackendError, BackendState
 from factory.adapters.local import LocalAdapter
+from factory.adapters.local_guard import check_local_clusters
 from factory.adapters.local_runner import runner_alive
 
 pytestmark = pytest.mark.django_db
@@ -217,3 +218,52 @@ def test_connection_settings_are_validated(cluster):
         LocalAdapter.parse_connection({"rooot": "/tmp"})
     with pytest.raises(ValueError, match="wrong type"):
         LocalAdapter.parse_connection({"root": 5})
+
+
+def test_local_backend_refuses_every_verb_under_production_settings(cluster, h100, settings):
+    from factory.tasks import refresh_health
+
+    settings.DEBUG = False
+    settings.FACTORY_ALLOW_LOCAL_BACKEND = False
+    adapter = LocalAdapter(cluster)  # made in loops over all clusters: only its verbs refuse
+    job = fake_job(h100, "echo never")
+    verbs = [
+        lambda: adapter.submit(job),
+        lambda: adapter.find(job),
+        lambda: adapter.statuses([job]),
+        lambda: adapter.cancel(job),
+        lambda: adapter.logs(job),
+        adapter.health,
+    ]
+    for verb in verbs:
+        with pytest.raises(BackendError, match=r"DEBUG=1.*FACTORY_ALLOW_LOCAL_BACKEND=1"):
+            verb()
+    assert not settings.FACTORY_LOCAL_BACKEND_ROOT.exists()
+    health = refresh_health(cluster)
+    assert not health.ok and "FACTORY_ALLOW_LOCAL_BACKEND=1" in health.message
+
+    settings.FACTORY_ALLOW_LOCAL_BACKEND = True
+    adapter.submit(job)
+    assert wait_for(adapter, job, finished).state == BackendState.SUCCEEDED
+
+
+def test_deploy_check_reports_local_clusters_under_production_settings(cluster, settings):
+    from django.core.checks import registry
+
+    assert check_local_clusters in registry.registry.get_checks(include_deployment_checks=True)
+    settings.DEBUG = False
+    settings.FACTORY_ALLOW_LOCAL_BACKEND = False
+    errors = check_local_clusters()
+    assert [error.id for error in errors] == ["factory.E002"]
+    assert "local" in errors[0].msg and "FACTORY_ALLOW_LOCAL_BACKEND=1" in errors[0].msg
+    settings.FACTORY_ALLOW_LOCAL_BACKEND = True
+    assert check_local_clusters() == []
+    settings.FACTORY_ALLOW_LOCAL_BACKEND = False
+    settings.DEBUG = True
+    assert check_local_clusters() == []
+
+
+def test_deploy_check_is_quiet_without_local_clusters(db, settings):
+    settings.DEBUG = False
+    settings.FACTORY_ALLOW_LOCAL_BACKEND = False
+    assert check_local_clusters() == []
