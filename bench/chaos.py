@@ -112,10 +112,8 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "rejected
 HOLDING = ("admitted", "submitted", "running")
 BILLABLE_ENDS = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 ERROR_LINE = re.compile(r"^\[[^]]*(?:CRITICAL|ERROR)/.*$", re.MULTILINE)  # Celery's log format
-# A working directory named after a dispatch key: local `<root>/jobs/<key>/work`, Slurm `<root>/<key>`.
-KEY_IN_PATH = re.compile(
-    r"/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?:-r([0-9]+))?(?:/work)?$"
-)
+# A working directory named after a dispatch key: local `<work root>/<key>`, Slurm `<root>/<key>`.
+KEY_IN_PATH = re.compile(r"/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?:-r([0-9]+))?$")
 WORKERS = 2
 WORKER_CONCURRENCY = 2
 QUIET_TAIL = 16  # the GPUs of both clusters: once no more jobs than that are left, the faults stop
@@ -234,6 +232,7 @@ def stack_env(var_dir: Path, redis_port: int) -> dict[str, str]:
         # Production settings with a local cluster: allowed explicitly, as on a host set aside for it.
         FACTORY_ALLOW_LOCAL_BACKEND="1",
         FACTORY_LOCAL_BACKEND_ROOT=str(var_dir / "local-backend"),
+        FACTORY_LOCAL_WORK_ROOT=str(var_dir / "local-work"),
         FACTORY_SLURM_JOB_ROOT=str(var_dir / "slurm-jobs"),
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
@@ -875,8 +874,12 @@ def run(args: argparse.Namespace, var_dir: Path) -> dict:
     began = time.monotonic()
     if not services.slurmctld_up():
         services.start_slurmctld()
+    # Run as root, the local backend runs jobs as FACTORY_LOCAL_RUN_AS: they must pass through the
+    # run's directory to their working directories and append to the run file.
+    var_dir.chmod(0o711)
     run_file = var_dir / "runs.txt"
     run_file.touch()
+    run_file.chmod(0o666)
     stack = Stack(var_dir)
     log(f"Creating database {DB_NAME}, migrating and seeding ...")
     benchdb.recreate(DB_NAME)

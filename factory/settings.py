@@ -8,6 +8,7 @@ PostgreSQL and Redis. Secrets may also come from `<NAME>_FILE`. Bad values fail 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -56,6 +57,16 @@ def env_float(name: str, default: float) -> float:
 
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in (env(name) or default).split(",") if item.strip()]
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` for this user alone, and make it so again if it is ours but open to others:
+    it holds the database, the broker's messages and the local backend's state, and jobs run on
+    this host."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+        path.chmod(0o700)
 
 
 DEBUG = env_bool("DEBUG", False)
@@ -136,7 +147,7 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    private_dir(VAR_DIR)
     # The web server, worker and scheduler share one file: wait for locks instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
@@ -226,6 +237,7 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
 CELERY_BROKER_DIR = VAR_DIR / "celery-broker"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # Embedded transport for a bare machine: producer and worker share one folder, polled often.
+    private_dir(VAR_DIR)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_DIR / "queue"),
         "data_folder_out": str(CELERY_BROKER_DIR / "queue"),
@@ -268,8 +280,15 @@ FACTORY_DISPATCH_SPREAD = env_int("FACTORY_DISPATCH_SPREAD", 4)
 # The local backend runs jobs on the portal's own host, next to its database and secrets: it runs
 # only with DEBUG on, or with this set on a host given over to it.
 FACTORY_ALLOW_LOCAL_BACKEND = env_bool("FACTORY_ALLOW_LOCAL_BACKEND", False)
-# Where the local backend keeps its per-job state, logs and GPU slot table.
+# Where the local backend keeps its per-job state, logs and GPU slot table (private to the worker).
 FACTORY_LOCAL_BACKEND_ROOT = Path(env("FACTORY_LOCAL_BACKEND_ROOT") or VAR_DIR / "local-backend")
+# The local jobs' working directories (their HOME): a directory each, reachable by the user jobs run
+# as, so not under VAR_DIR, which no one else may enter.
+FACTORY_LOCAL_WORK_ROOT = Path(
+    env("FACTORY_LOCAL_WORK_ROOT") or Path(tempfile.gettempdir()) / f"factory-local-work-{os.geteuid()}"
+)
+# The user local jobs run as when the worker runs as root (never root itself).
+FACTORY_LOCAL_RUN_AS = env("FACTORY_LOCAL_RUN_AS", "aif-local")
 # Per-job directories (scripts, logs) of Slurm jobs; must be on storage the compute nodes share.
 FACTORY_SLURM_JOB_ROOT = Path(env("FACTORY_SLURM_JOB_ROOT") or VAR_DIR / "slurm-jobs")
 # Seconds between health checks of every cluster (shown to admins with each pool's capacity).

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
@@ -12,11 +16,33 @@ from factory.models import Cluster, GpuType, Membership, Pool, Tenant
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
+@pytest.fixture(scope="session")
+def local_work_root():
+    """The local jobs' working directories: outside pytest's temporary directories, which are
+    root's alone, since a root worker's jobs run as another user who must reach them."""
+    path = Path(tempfile.mkdtemp(prefix="factory-test-work-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
-def local_backend_root(settings, tmp_path):
+def local_backend_root(settings, tmp_path, local_work_root):
     settings.FACTORY_ALLOW_LOCAL_BACKEND = True  # the tests run under production settings
+    settings.FACTORY_LOCAL_WORK_ROOT = local_work_root
     settings.FACTORY_LOCAL_BACKEND_ROOT = tmp_path / "local-backend"
     return settings.FACTORY_LOCAL_BACKEND_ROOT
+
+
+@pytest.fixture
+def job_scratch(settings):
+    """A directory a test shares with its local jobs (gates, counters): the jobs' user may write
+    in it, as a root worker's jobs run as FACTORY_LOCAL_RUN_AS."""
+    path = Path(tempfile.mkdtemp(prefix="factory-test-scratch-"))
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(settings.FACTORY_LOCAL_RUN_AS)
+        os.chown(path, user.pw_uid, user.pw_gid)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

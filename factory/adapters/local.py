@@ -1,13 +1,16 @@
 """The `local` backend: each job is a process on this machine, supervised by a detached runner
 (see local_runner.py) that holds simulated GPU slots, so a worker restart loses nothing.
 
-It is for development: see local_guard.py.
+It is for development (see local_guard.py). A root worker's jobs run as FACTORY_LOCAL_RUN_AS, in
+working directories under FACTORY_LOCAL_WORK_ROOT which that user can reach; the job directories
+(state, logs, the GPU slot table) stay the worker's alone under FACTORY_LOCAL_BACKEND_ROOT.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -23,10 +26,12 @@ from .base import (
     BackendError,
     BackendState,
     Health,
+    JobRejected,
     LogChunk,
     PoolHealth,
     StatusReport,
     dispatch_key,
+    job_env,
     read_log_file,
 )
 from .connection import Connection
@@ -106,6 +111,7 @@ class LocalAdapter(Adapter):
 
     def health(self) -> Health:
         self._refuse_unless_allowed()
+        self._own_dir(self.root, 0o700)
         pools = tuple(
             PoolHealth(
                 gpu_type=pool.gpu_type.slug,
@@ -125,11 +131,48 @@ class LocalAdapter(Adapter):
         if not local_guard.allowed():
             raise BackendError(local_guard.REFUSED)
 
+    @staticmethod
+    def _own_dir(path: Path, mode: int) -> None:
+        try:
+            local_runner.own_dir(path, mode)
+        except OSError as exc:
+            raise BackendError(f"local backend directory {path}: {exc}") from None
+
+    @staticmethod
+    def _run_as() -> dict | None:
+        """The user a root worker's jobs run as; None when the worker is not root, whose jobs run
+        as the worker's own user (only root can give them another)."""
+        if os.geteuid() != 0:
+            return None
+        name = settings.FACTORY_LOCAL_RUN_AS
+        try:
+            user = pwd.getpwnam(name)
+        except KeyError:
+            raise BackendError(
+                f"FACTORY_LOCAL_RUN_AS is {name!r}, which is not a user on this host: create it "
+                "(scripts/local-backend-user) or name another unprivileged user"
+            ) from None
+        if user.pw_uid == 0 or user.pw_gid == 0:
+            raise BackendError(f"FACTORY_LOCAL_RUN_AS must name an unprivileged user, not {name!r}")
+        return {"user": name, "uid": user.pw_uid, "gid": user.pw_gid}
+
     def _create_job_dir(self, job, job_dir: Path) -> None:
         pool = self.pool_for(job)
         if pool is None:
             raise BackendError(f"cluster {self.cluster.slug} has no {job.gpu_type.slug} GPUs")
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        env = job_env(job)
+        if "\x00" in job.command or any("\x00" in value for value in env.values()):
+            raise JobRejected("the command or an environment variable holds a NUL character")
+        run_as = self._run_as()
+        work_root = settings.FACTORY_LOCAL_WORK_ROOT  # job keys are unique across clusters
+        self._own_dir(self.root, 0o700)
+        self._own_dir(work_root, 0o711)
+        if run_as and not _reachable(work_root, run_as["uid"], run_as["gid"]):
+            raise BackendError(
+                f"jobs run as {run_as['user']} cannot reach {work_root}: FACTORY_LOCAL_WORK_ROOT "
+                "must be a directory that user can pass through"
+            )
+        self.jobs_dir.mkdir(exist_ok=True)
         staging = self.jobs_dir / f".{job_dir.name}.{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
@@ -140,11 +183,13 @@ class LocalAdapter(Adapter):
             "gpu_type": job.gpu_type.slug,
             "gpu_count": job.gpu_count,
             "time_limit_seconds": job.time_limit_minutes * 60,
-            "env": dict(job.env or {}),
+            "env": env,
             "slots_dir": str(self.slots_dir),
             "slots_total": pool.capacity,
+            "run_as": run_as,
+            "work_dir": str(work_root / job_dir.name),
         }
-        # The command is a file the shell reads, never a string spliced into another command.
+        # The command as given; the runner hands it to bash -c as one argument.
         (staging / "script.sh").write_text(job.command)
         (staging / "spec.json").write_text(json.dumps(spec))
         local_runner.write_json_atomic(staging / "state.json", {"state": "queued", "reason": ""})
@@ -170,6 +215,7 @@ class LocalAdapter(Adapter):
             stderr=subprocess.DEVNULL,
             check=True,
             start_new_session=True,
+            env=dict(local_runner.BASE_ENV),  # the worker's secrets stay with the worker
             cwd=str(Path(local_runner.__file__).resolve().parents[2]),
         )
 
@@ -188,3 +234,14 @@ class LocalAdapter(Adapter):
 
 def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def _reachable(path: Path, uid: int, gid: int) -> bool:
+    """Whether a process of uid:gid, with no other groups, may pass through every directory down
+    to `path` (and so open its job's working directory by its absolute path, as HOME)."""
+    for directory in (path, *path.parents):
+        info = directory.stat()
+        bit = 0o100 if info.st_uid == uid else 0o010 if info.st_gid == gid else 0o001
+        if not info.st_mode & bit:
+            return False
+    return True

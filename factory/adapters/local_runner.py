@@ -13,6 +13,11 @@ the job directory, written atomically, so any process can read it and a new runn
 
 The runner never starts the script twice: a state of `running` found at start-up means an earlier
 runner died after starting it, and the job is recorded as failed instead.
+
+The job directory is the portal's, not the job's: a runner started by a root worker runs the script
+as the spec's unprivileged user (`run_as`), in a working directory of its own elsewhere (`work_dir`)
+and with an environment made from nothing but the spec, so that the job cannot read the state of
+this or any other job, the GPU slot table, nor anything of the worker's (database, broker, secrets).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import fcntl
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -31,7 +37,9 @@ from pathlib import Path
 POLL_SECONDS = 0.2
 KILL_GRACE_SECONDS = 5.0
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
-BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
+# All a job (and its runner) gets besides its own variables: nothing is taken from the worker's
+# environment, which holds the portal's secrets.
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
 def now_iso() -> str:
@@ -60,6 +68,21 @@ def try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def own_dir(path: Path, mode: int) -> None:
+    """Make `path` a directory of this user's with exactly `mode`, missing parents likewise. Refuses
+    a path that is someone else's or a symlink: in a shared place such as /tmp another user could
+    have made it first."""
+    if not path.parent.exists():
+        own_dir(path.parent, mode)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=mode)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise PermissionError(f"{path} is not a directory owned by uid {os.geteuid()}")
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(path, mode)
 
 
 def runner_alive(job_dir: Path) -> bool:
@@ -165,27 +188,35 @@ class Runner:
         return None
 
     def execute(self, slots: list[int]) -> None:
-        env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
-        env.update(self.spec["env"])
-        work_dir = self.job_dir / "work"
-        work_dir.mkdir(exist_ok=True)
-        env.update(
-            HOME=str(work_dir),
-            CUDA_VISIBLE_DEVICES=",".join(str(s) for s in slots),
-            FACTORY_JOB_UID=self.spec["uid"],
-            FACTORY_JOB_NAME=self.spec["name"],
-        )
+        user = self.user()
+        work_dir = self.work_dir(user)
+        env = {
+            **BASE_ENV,
+            **self.spec["env"],
+            "HOME": str(work_dir),
+            "CUDA_VISIBLE_DEVICES": ",".join(str(s) for s in slots),
+            "FACTORY_JOB_UID": self.spec["uid"],
+            "FACTORY_JOB_NAME": self.spec["name"],
+        }
+        # The command is one argument of bash -c and the variables are the environment: nothing of
+        # the spec is ever spliced into a command line.
+        command = (self.job_dir / "script.sh").read_text()
+        # Done in the child, in this order: setgroups([]), setgid, setuid, then the exec.
+        drop = {"user": user["uid"], "group": user["gid"], "extra_groups": []} if user else {}
         # Recorded before the script starts: a runner that finds "running" never starts it again.
         self.save(state="running", reason="", started_at=now_iso(), slots=slots)
+        # The log is opened here, so the job writes it through its stdout without being able to
+        # open anything in the job directory.
         with open(self.job_dir / "output.log", "ab", buffering=0) as out:
             proc = subprocess.Popen(
-                ["/bin/bash", str(self.job_dir / "script.sh")],
+                ["/bin/bash", "-c", command],
                 cwd=work_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                **drop,
             )
         self.save(pid=proc.pid)
         deadline = time.monotonic() + self.spec["time_limit_seconds"]
@@ -201,6 +232,29 @@ class Runner:
             time.sleep(POLL_SECONDS)
         code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
         self.finish("succeeded" if code == 0 else "failed", exit_code=code)
+
+    def user(self) -> dict | None:
+        """The unprivileged user to run the job as, or None to run it as this process's own user,
+        which only a runner that is not root may do."""
+        user = self.spec.get("run_as")
+        if os.geteuid() != 0:
+            return None  # switching users takes root; the job runs as the worker's user
+        if not user or user["uid"] == 0 or user["gid"] == 0:
+            raise PermissionError("refusing to run a job as root: its spec names no unprivileged user")
+        return user
+
+    def work_dir(self, user: dict | None) -> Path:
+        """The job's own working directory, created for its user; its parent is this process's,
+        so only this process can put anything there (no link planted for a root chown to follow)."""
+        if "work_dir" not in self.spec:  # written before working directories left the job dir
+            work_dir = self.job_dir / "work"
+        else:
+            work_dir = Path(self.spec["work_dir"])
+            own_dir(work_dir.parent, 0o711)
+        work_dir.mkdir(mode=0o700, exist_ok=True)
+        if user:
+            os.chown(work_dir, user["uid"], user["gid"], follow_symlinks=False)
+        return work_dir
 
     def stop(self, proc: subprocess.Popen) -> None:
         """SIGTERM the whole process group, then SIGKILL what is left after a grace period."""
@@ -230,6 +284,7 @@ def main(argv: list[str]) -> int:
     if os.fork() != 0:
         return 0  # the caller reaps this parent at once; the child lives on, detached
     os.setsid()
+    os.umask(0o077)  # state, logs and the job's files are for their owner alone
     lock_fd = try_lock(job_dir / "runner.lock")
     if lock_fd is None:
         return 0  # another runner is alive for this job

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from factory.adapters import BackendError, BackendState
+from factory.adapters import BackendError, BackendState, JobRejected
 from factory.adapters.local import LocalAdapter
 from factory.adapters.local_guard import check_local_clusters
 from factory.adapters.local_runner import runner_alive
@@ -16,8 +24,6 @@ pytestmark = pytest.mark.django_db
 
 
 def fake_job(h100, command: str, *, gpu_count: int = 1, minutes: int = 5, env=None, name="t"):
-    import uuid
-
     return SimpleNamespace(
         uid=uuid.uuid4(),
         name=name,
@@ -75,8 +81,8 @@ def test_success_records_exit_code_zero(adapter, h100):
     assert (report.state, report.exit_code) == (BackendState.SUCCEEDED, 0)
 
 
-def test_jobs_wait_when_slots_are_exhausted_and_never_share_a_slot(adapter, h100, tmp_path):
-    gate = tmp_path / "gate"
+def test_jobs_wait_when_slots_are_exhausted_and_never_share_a_slot(adapter, h100, job_scratch):
+    gate = job_scratch / "gate"
     holders = [
         fake_job(h100, f"echo $CUDA_VISIBLE_DEVICES; while [ ! -e {gate} ]; do sleep 0.1; done", gpu_count=2)
         for _ in range(2)
@@ -114,8 +120,8 @@ def test_time_limit_reached_means_timed_out(adapter, h100):
     assert full_log(adapter, job) == "start\n"
 
 
-def test_cancel_running_job_kills_its_processes(adapter, h100, tmp_path):
-    marker = tmp_path / "child-alive"
+def test_cancel_running_job_kills_its_processes(adapter, h100, job_scratch):
+    marker = job_scratch / "child-alive"
     job = fake_job(h100, f"(sleep 30; touch {marker}) & echo started; wait")
     adapter.submit(job)
     wait_for(adapter, job, lambda r: r.state == BackendState.RUNNING and "started" in full_log(adapter, job))
@@ -125,8 +131,8 @@ def test_cancel_running_job_kills_its_processes(adapter, h100, tmp_path):
     assert not runner_alive(adapter.job_dir(job))
 
 
-def test_cancel_queued_job_never_runs_it(adapter, h100, tmp_path):
-    gate = tmp_path / "gate"
+def test_cancel_queued_job_never_runs_it(adapter, h100, job_scratch):
+    gate = job_scratch / "gate"
     blocker = fake_job(h100, f"while [ ! -e {gate} ]; do sleep 0.1; done", gpu_count=4)
     adapter.submit(blocker)
     wait_for(adapter, blocker, lambda r: r.state == BackendState.RUNNING)
@@ -140,8 +146,8 @@ def test_cancel_queued_job_never_runs_it(adapter, h100, tmp_path):
     assert full_log(adapter, queued) == ""
 
 
-def test_submitting_twice_runs_the_command_once(adapter, h100, tmp_path):
-    counter = tmp_path / "runs"
+def test_submitting_twice_runs_the_command_once(adapter, h100, job_scratch):
+    counter = job_scratch / "runs"
     job = fake_job(h100, f"echo run >> {counter}; sleep 0.5")
     adapter.submit(job)
     adapter.submit(job)  # a retried dispatch
@@ -150,13 +156,13 @@ def test_submitting_twice_runs_the_command_once(adapter, h100, tmp_path):
     assert counter.read_text() == "run\n"
 
 
-def test_a_dead_runner_is_never_replaced_by_a_second_run(adapter, h100, tmp_path):
+def test_a_dead_runner_is_never_replaced_by_a_second_run(adapter, h100, job_scratch):
     """If the supervisor dies while the job runs, the job is reported failed, not started again."""
     import json
     import os
     import signal
 
-    counter = tmp_path / "runs"
+    counter = job_scratch / "runs"
     job = fake_job(h100, f"echo run >> {counter}; sleep 30")
     adapter.submit(job)
     wait_for(adapter, job, lambda r: r.state == BackendState.RUNNING)
@@ -220,6 +226,23 @@ def test_connection_settings_are_validated(cluster):
         LocalAdapter.parse_connection({"root": 5})
 
 
+def test_hostile_command_and_env_reach_the_job_verbatim_and_run_nothing_else(adapter, h100):
+    tricky = "line 1\nline 2 $(touch subst) `touch backtick` 'single' \"double\" ; touch semi ünï ☃"
+    command = "printf '%s\\n' \"$TRICKY\"\necho 'ünï $(touch quoted)'\nls -A"
+    job = fake_job(h100, command, env={"TRICKY": tricky})
+    adapter.submit(job)
+    assert wait_for(adapter, job, finished).state == BackendState.SUCCEEDED
+    # `ls -A` of the working directory prints nothing: no substitution ran, nothing was touched.
+    assert full_log(adapter, job) == f"{tricky}\nünï $(touch quoted)\n"
+
+
+def test_nul_in_the_command_or_env_is_refused_before_anything_runs(adapter, h100):
+    for job in (fake_job(h100, "echo a\x00b"), fake_job(h100, "true", env={"X": "a\x00b"})):
+        with pytest.raises(JobRejected, match="NUL"):
+            adapter.submit(job)
+        assert not adapter.job_dir(job).exists()
+
+
 def test_local_backend_refuses_every_verb_under_production_settings(cluster, h100, settings):
     from factory.tasks import refresh_health
 
@@ -267,3 +290,131 @@ def test_deploy_check_is_quiet_without_local_clusters(db, settings):
     settings.DEBUG = False
     settings.FACTORY_ALLOW_LOCAL_BACKEND = False
     assert check_local_clusters() == []
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="only a root worker can run jobs as another user; as any other user they run as that user",
+)
+
+
+@needs_root
+def test_a_root_worker_needs_an_unprivileged_user_for_its_jobs(adapter, h100, settings):
+    for name, problem in (("no-such-user-for-jobs", "not a user on this host"), ("root", "unprivileged")):
+        settings.FACTORY_LOCAL_RUN_AS = name
+        job = fake_job(h100, "true")
+        with pytest.raises(BackendError, match=problem):
+            adapter.submit(job)
+        assert not adapter.job_dir(job).exists()
+
+
+@needs_root
+def test_a_work_root_the_jobs_user_cannot_reach_is_refused(adapter, h100, settings, tmp_path):
+    settings.FACTORY_LOCAL_WORK_ROOT = tmp_path / "work"  # pytest's directories are root's alone
+    with pytest.raises(BackendError, match="cannot reach"):
+        adapter.submit(fake_job(h100, "true"))
+
+
+@pytest.fixture
+def dev_host(settings):
+    """A host laid out as `make run` leaves it, in a directory anyone may enter: var/ made by the
+    settings (the SQLite database holding a secret, the filesystem broker's folders holding a
+    message), a SECRET_KEY_FILE readable by its owner only, and the local backend's root."""
+    base = Path(tempfile.mkdtemp(prefix="factory-test-host-"))
+    base.chmod(0o755)
+    names = ("db", "broker", "key-file", "key-env", "url", "keys")
+    secrets = {name: f"{name}-{uuid.uuid4().hex}" for name in names}
+    secret_file = base / "secret-key"
+    secret_file.write_text(secrets["key-file"])
+    secret_file.chmod(0o600)
+    setup = (
+        "import django; django.setup()\n"
+        "from django.db import connection\n"
+        "with connection.cursor() as c:\n"
+        "    c.execute('CREATE TABLE leak (v text)')\n"
+        f"    c.execute('INSERT INTO leak VALUES (%s)', [{secrets['db']!r}])\n"
+        "connection.close()\n"
+        "from factory.celery import app\n"
+        f"app.send_task('nothing.at.all', args=[{secrets['broker']!r}])\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", setup],
+        cwd=Path(__file__).resolve().parents[2],
+        env={
+            "PATH": os.environ["PATH"],
+            "DJANGO_SETTINGS_MODULE": "factory.settings",
+            "DEBUG": "1",
+            "FACTORY_VAR_DIR": str(base / "var"),
+            "SECRET_KEY_FILE": str(secret_file),
+        },
+        check=True,
+        timeout=60,
+    )
+    settings.FACTORY_LOCAL_BACKEND_ROOT = base / "local-backend"
+    yield SimpleNamespace(base=base, var=base / "var", secret_file=secret_file, secrets=secrets)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+# Each target is named by an environment variable; `cat` of it must fail. Then who the job is, its
+# own directory, and its whole environment.
+PROBE = """
+for name in $targets; do
+  if out=$(cat -- "${!name}" 2>&1); then echo "$name read: $out"; else echo "$name refused: $out"; fi
+done
+echo "id: $(id -u) $(id -g) $(id -G)"
+echo written > "$HOME/probe" && [ "$PWD" = "$HOME" ] && echo "home: $(cat probe)"
+echo env:
+env
+"""
+
+
+@needs_root
+def test_a_job_runs_unprivileged_and_reads_nothing_of_the_portal_or_other_jobs(
+    adapter, h100, settings, dev_host, monkeypatch
+):
+    var, secrets = dev_host.var, dev_host.secrets
+    assert secrets["db"].encode() in (var / "factory.sqlite3").read_bytes()
+    assert any((var / "celery-broker" / "queue").iterdir())
+    # What a worker's environment holds, which the job must not inherit.
+    monkeypatch.setenv("SECRET_KEY", secrets["key-env"])
+    monkeypatch.setenv("SECRET_KEY_FILE", str(dev_host.secret_file))
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://factory:{secrets['url']}@db/factory")
+    monkeypatch.setenv("REDIS_URL", f"redis://:{secrets['url']}@redis:6379/0")
+    monkeypatch.setenv("FACTORY_SECRET_KEYS", secrets["keys"])
+
+    other = fake_job(h100, f"echo {secrets['url']}-other-job")
+    adapter.submit(other)
+    wait_for(adapter, other, finished)
+
+    job = fake_job(h100, "true")
+    targets = {
+        "DB": var / "factory.sqlite3",
+        "BROKER": var / "celery-broker",
+        "BROKER_QUEUE": var / "celery-broker" / "queue",
+        "SECRET_FILE": dev_host.secret_file,
+        "SLOTS": adapter.slots_dir / "h100.json",
+        "JOBS": adapter.jobs_dir,
+        "OWN_STATE": adapter.job_dir(job) / "state.json",
+        "OWN_SPEC": adapter.job_dir(job) / "spec.json",
+        "OTHER_LOG": adapter.job_dir(other) / "output.log",
+    }
+    job.env = {name: str(path) for name, path in targets.items()}
+    job.command = f"targets='{' '.join(targets)}'\n{PROBE}"
+    adapter.submit(job)
+    report = wait_for(adapter, job, finished)
+    log = full_log(adapter, job)
+    assert (report.state, report.exit_code) == (BackendState.SUCCEEDED, 0), log
+
+    for name, path in targets.items():
+        assert f"{name} refused: cat: {path}: Permission denied\n" in log
+    assert " read: " not in log
+    for secret in secrets.values():
+        assert secret not in log
+    user = pwd.getpwnam(settings.FACTORY_LOCAL_RUN_AS)
+    assert f"id: {user.pw_uid} {user.pw_gid} {user.pw_gid}\n" in log  # no root group, no other group
+    assert "home: written\n" in log
+    names = {line.split("=", 1)[0] for line in log.split("env:\n", 1)[1].splitlines()}
+    from_bash = {"PWD", "SHLVL", "_"}
+    own = {"PATH", "HOME", "LANG", "CUDA_VISIBLE_DEVICES", "FACTORY_JOB_UID", "FACTORY_JOB_NAME", *targets}
+    assert names == own | from_bash
+    assert (var.stat().st_mode & 0o777, adapter.root.stat().st_mode & 0o777) == (0o700, 0o700)

@@ -56,6 +56,7 @@ class WorkerProcess:
             "DATABASE_URL": url,  # the test database pytest-django created
             "FACTORY_ALLOW_LOCAL_BACKEND": "1",
             "FACTORY_LOCAL_BACKEND_ROOT": str(settings.FACTORY_LOCAL_BACKEND_ROOT),
+            "FACTORY_LOCAL_WORK_ROOT": str(settings.FACTORY_LOCAL_WORK_ROOT),
             # The Slurm jobs' directories (scripts, logs): where the test process reads them too.
             "FACTORY_SLURM_JOB_ROOT": str(settings.FACTORY_SLURM_JOB_ROOT),
             "FACTORY_SYNC_INTERVAL": "0.5",

@@ -63,13 +63,13 @@ def test_form_errors_are_shown_next_to_the_fields(page: Page, asgi_server, owner
 
 
 def test_job_list_badges_update_live(
-    page: Page, asgi_server, celery_worker_process, owner, cluster, quotas, tmp_path
+    page: Page, asgi_server, celery_worker_process, owner, cluster, quotas, job_scratch
 ):
     from factory.models import GpuType
     from jobs import submission
     from tests.conftest import job_spec
 
-    gate = tmp_path / "gate"
+    gate = job_scratch / "gate"
     submission.submit(
         tenant=owner.tenants.get(),
         owner=owner,

@@ -50,10 +50,10 @@ def test_worker_runs_submitted_jobs_to_their_end(celery_worker_process, owner, c
 
 
 def test_killing_the_worker_loses_no_job_and_runs_none_twice(
-    celery_worker_process, owner, cluster, quotas, tmp_path
+    celery_worker_process, owner, cluster, quotas, job_scratch
 ):
     api = client_for(owner)
-    runs = tmp_path / "runs"
+    runs = job_scratch / "runs"
     # Six jobs of two GPUs on four: two run, four wait for admission when the worker dies.
     ids = [submit(api, name=f"j{i}", gpu_count=2, command=f"echo j{i} >> {runs}; sleep 2") for i in range(6)]
     wait_until(lambda: list(states(ids).values()).count(JobState.RUNNING) == 2, 30, "two jobs to run")

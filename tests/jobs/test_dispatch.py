@@ -45,8 +45,8 @@ def test_dispatched_job_runs_on_the_local_backend_to_success(make_job, cluster):
     assert cluster.adapter().logs(job, 0).text == "hi from 0,1\n"
 
 
-def test_dispatching_twice_makes_one_backend_job(make_job, cluster, tmp_path):
-    runs = tmp_path / "runs"
+def test_dispatching_twice_makes_one_backend_job(make_job, cluster, job_scratch):
+    runs = job_scratch / "runs"
     job = make_job(command=f"echo x >> {runs}")
     admit(job, cluster)
     dispatch_jobs([job.pk])
@@ -164,8 +164,8 @@ def test_sweep_syncs_a_cluster_once_however_many_of_its_jobs_are_at_the_backend(
     sync.assert_called_once_with(cluster.pk)
 
 
-def test_a_requeued_job_is_a_new_backend_submission(make_job, cluster, tmp_path):
-    runs = tmp_path / "runs"
+def test_a_requeued_job_is_a_new_backend_submission(make_job, cluster, job_scratch):
+    runs = job_scratch / "runs"
     job = make_job(command=f"echo $FACTORY_JOB_UID >> {runs}; sleep 30")
     admit(job, cluster)
     dispatch_jobs([job.pk])
