@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from .models import Cluster, GpuType, Membership, Pool, Tenant
+from .models import Cluster, GpuType, Identity, Membership, Pool, Tenant
 
 
 class MembershipInline(admin.TabularInline):
@@ -16,6 +16,18 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "cost_center", "parent"]
     search_fields = ["slug", "name", "cost_center"]
     inlines = [MembershipInline]
+
+
+@admin.register(Identity)
+class IdentityAdmin(admin.ModelAdmin):
+    list_display = ["user", "posix_username", "updated_at"]
+    search_fields = ["user__username", "posix_username"]
+    autocomplete_fields = ["user"]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "posix_username":
+            kwargs["strip"] = False  # checked as typed: stray whitespace is an error, not trimmed away
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
 
 @admin.register(GpuType)

@@ -1,4 +1,5 @@
-"""Tenants and their members, GPU types, clusters and their capacity pools."""
+"""Tenants and their members, users' identities outside the portal, GPU types, clusters and their
+capacity pools."""
 
 from __future__ import annotations
 
@@ -9,13 +10,24 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
+from .adapters.base import POSIX_USERNAME_PATTERN
 from .choices import ClusterKind, Role
-from .querysets import TenantOwnedQuerySet, TenantQuerySet
+from .querysets import IdentityQuerySet, TenantOwnedQuerySet, TenantQuerySet
 
 slug_validator = RegexValidator(
     r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
     "Use 1-63 lowercase letters, digits and hyphens, starting and ending with a letter or digit.",
 )
+
+posix_username_validator = RegexValidator(
+    POSIX_USERNAME_PATTERN,
+    "Use 1-32 lowercase letters, digits, underscores and hyphens, starting with a letter or underscore.",
+)
+
+
+def validate_not_root(value: str) -> None:
+    if value == "root":
+        raise ValidationError("Jobs never run as root.")
 
 
 class Tenant(models.Model):
@@ -60,6 +72,39 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant} ({self.role})"
+
+
+class Identity(models.Model):
+    """Who a portal user is outside the portal: the POSIX account their jobs run as on clusters
+    that run each job as its owner (Slurm). Platform admins set it (later, single sign-on will);
+    a user without one cannot use those clusters."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity")
+    posix_username = models.CharField(
+        "POSIX username",
+        max_length=32,
+        blank=True,
+        validators=[posix_username_validator, validate_not_root],
+        help_text="The user's own account on the clusters' hosts; their Slurm jobs run as it.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = IdentityQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # Two portal users sharing one account could read and cancel each other's jobs.
+            models.UniqueConstraint(
+                fields=["posix_username"],
+                condition=~models.Q(posix_username=""),
+                name="one_user_per_posix_account",
+            )
+        ]
+        ordering = ["user__username"]
+        verbose_name_plural = "identities"
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.posix_username or 'no POSIX account'}"
 
 
 class GpuType(models.Model):

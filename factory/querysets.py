@@ -27,3 +27,9 @@ class TenantOwnedQuerySet(models.QuerySet):
         if self.sees_everything(user):
             return self
         return self.filter(tenant__memberships__user=user)
+
+
+class IdentityQuerySet(models.QuerySet):
+    def posix_username(self, user_id: int) -> str:
+        """The POSIX account the user's jobs run as where jobs run as their owner; "" if none."""
+        return self.filter(user_id=user_id).values_list("posix_username", flat=True).first() or ""

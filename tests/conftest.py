@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth.models import Group
 
 from factory.choices import FINANCE_GROUP, ClusterKind, Role
-from factory.models import Cluster, GpuType, Membership, Pool, Tenant
+from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
 
 # Playwright's sync API keeps an event loop in the main thread; Django must still allow ORM calls.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -77,10 +77,17 @@ def make_user(django_user_model, username: str, **extra):
     return django_user_model.objects.create_user(username=username, password="pw-" + username, **extra)
 
 
+# The POSIX accounts of the test researchers, which scripts/slurm-dev-cluster makes: Slurm runs
+# each job as its owner's.
+OWNER_POSIX_USER = "aif-alice"
+OUTSIDER_POSIX_USER = "aif-bob"
+
+
 @pytest.fixture
 def owner(django_user_model, tenant):
     user = make_user(django_user_model, "researcher")
     Membership.objects.create(user=user, tenant=tenant, role=Role.MEMBER)
+    Identity.objects.create(user=user, posix_username=OWNER_POSIX_USER)
     return user
 
 
@@ -102,6 +109,7 @@ def tenant_admin(django_user_model, tenant):
 def outsider(django_user_model, other_tenant):
     user = make_user(django_user_model, "outsider")
     Membership.objects.create(user=user, tenant=other_tenant, role=Role.MEMBER)
+    Identity.objects.create(user=user, posix_username=OUTSIDER_POSIX_USER)
     return user
 
 

@@ -1,7 +1,8 @@
 """The protocol every backend implements, and the plain data it answers with.
 
 Adapters take job objects by duck typing (uid, name, command, env, gpu_type, gpu_count, cpus,
-memory_gb, time_limit_minutes, external_id, tenant) so that this bottom layer never imports `jobs`.
+memory_gb, time_limit_minutes, external_id, tenant, owner_id) so that this bottom layer never
+imports `jobs`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ LOG_CHUNK_BYTES = 64 * 1024
 # adapter checks again, since a backend's shell would misread them.
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENV_NAME = re.compile(ENV_NAME_PATTERN)
+# A POSIX user name: lower case, as useradd accepts by default, at most 32 characters. Matched
+# whole (\A, \Z: with `$` a trailing newline would pass). The portal refuses others when an admin
+# sets one, and adapters that run jobs as their owner check again before use.
+POSIX_USERNAME_PATTERN = r"\A[a-z_][a-z0-9_-]{0,31}\Z"
+POSIX_USERNAME = re.compile(POSIX_USERNAME_PATTERN)
 
 # Container image references, by the grammar of the distribution project's reference package
 # (what Docker, containerd and CRI-O parse): ASCII only, no whitespace or shell syntax can fit.

@@ -3,10 +3,21 @@ from __future__ import annotations
 import copy
 
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from rest_framework import serializers
+from rest_framework.exceptions import PermissionDenied
 
 from factory.choices import Role
-from factory.models import Cluster, GpuType, Membership, Pool, Tenant
+from factory.models import (
+    Cluster,
+    GpuType,
+    Identity,
+    Membership,
+    Pool,
+    Tenant,
+    posix_username_validator,
+    validate_not_root,
+)
 
 
 class ReusedFieldsMixin:
@@ -72,10 +83,20 @@ class MembershipSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         error_messages={"does_not_exist": "No active user named {value}."},
     )
     role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+    # The user's, not the membership's: the same in every tenant. Taken as sent, never trimmed.
+    posix_username = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=32,
+        trim_whitespace=False,
+        validators=[posix_username_validator, validate_not_root],
+        help_text="The user's own POSIX account, which their Slurm jobs run as (in every tenant). "
+        "Only platform admins set it; empty removes it.",
+    )
 
     class Meta:
         model = Membership
-        fields = ["username", "role", "created_at"]
+        fields = ["username", "role", "posix_username", "created_at"]
         read_only_fields = ["created_at"]
 
     def validate(self, attrs):
@@ -83,7 +104,42 @@ class MembershipSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         user = attrs.get("user")
         if self.instance is None and Membership.objects.filter(tenant=tenant, user=user).exists():
             raise serializers.ValidationError({"username": [f"{user} is already a member of {tenant}."]})
+        if "posix_username" in attrs:
+            # A tenant admin who could name the account would choose whose files the jobs can touch.
+            if not self.context["request"].user.is_staff:
+                raise PermissionDenied("Only platform admins set POSIX usernames.")
+            name = attrs["posix_username"]
+            owner = user or self.instance.user
+            if name and Identity.objects.filter(posix_username=name).exclude(user=owner).exists():
+                raise serializers.ValidationError(
+                    {"posix_username": [f"{name} is already another user's POSIX account."]}
+                )
         return attrs
+
+    def create(self, validated_data):
+        posix_username = validated_data.pop("posix_username", None)
+        with transaction.atomic():
+            membership = super().create(validated_data)
+            self._set_posix_username(membership.user, posix_username)
+        return membership
+
+    def update(self, instance, validated_data):
+        posix_username = validated_data.pop("posix_username", None)
+        with transaction.atomic():
+            membership = super().update(instance, validated_data)
+            self._set_posix_username(membership.user, posix_username)
+        return membership
+
+    def to_representation(self, membership):
+        data = super().to_representation(membership)
+        identity = getattr(membership.user, "identity", None)
+        data["posix_username"] = identity.posix_username if identity else ""
+        return data
+
+    @staticmethod
+    def _set_posix_username(user, name: str | None) -> None:
+        if name is not None:
+            user.identity, _ = Identity.objects.update_or_create(user=user, defaults={"posix_username": name})
 
 
 class GpuTypeSerializer(StrictFieldsMixin, serializers.ModelSerializer):

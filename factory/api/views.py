@@ -46,7 +46,7 @@ class IsTenantAdmin(permissions.BasePermission):
 
 
 class MembershipViewSet(ScopedModelViewSet):
-    queryset = Membership.objects.select_related("user")  # and narrowed to the tenant of the URL
+    queryset = Membership.objects.select_related("user__identity")  # and narrowed to the URL's tenant
     serializer_class = MembershipSerializer
     permission_classes = [permissions.IsAuthenticated, IsTenantAdmin]
     lookup_field = "user__username"
