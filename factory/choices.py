@@ -15,4 +15,7 @@ class ClusterKind(models.TextChoices):
     RAY = "ray", "Ray"
 
 
+# Kinds that run each job as its owner's own POSIX account: a user without one set cannot use them.
+POSIX_USER_KINDS = frozenset({ClusterKind.SLURM})
+
 FINANCE_GROUP = "finance"

@@ -7,7 +7,7 @@ from factory.models import GpuType, Tenant
 
 from .choices import MAX_TIME_LIMIT_MINUTES, MIN_TIME_LIMIT_MINUTES
 from .models import Job
-from .submission import check_gpu_request, check_image
+from .submission import check_gpu_request, check_image, check_owner_identity
 from .validators import validate_secrets
 
 
@@ -95,6 +95,7 @@ class JobForm(forms.ModelForm):
 
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.user = user
         self.fields["tenant"].queryset = Tenant.objects.visible_to(user)
         self.fields["gpu_count"].initial = 1
 
@@ -108,6 +109,8 @@ class JobForm(forms.ModelForm):
                 check_gpu_request(data["gpu_type"], data["gpu_count"])
                 if "image" in data:  # absent when the field itself refused it (too long, NUL)
                     check_image(data["gpu_type"], data["gpu_count"], data["image"])
+                if data.get("tenant"):
+                    check_owner_identity(self.user, data["tenant"], data["gpu_type"], data["gpu_count"])
             except ValidationError as exc:
                 self.add_error(None, exc)
         return data

@@ -7,39 +7,44 @@ import json
 
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, transaction
 
 from factory import sealing
 from factory.adapters import ImageRule
 from factory.adapters.base import normalise_image
-from factory.models import GpuType, Pool, Tenant
+from factory.choices import POSIX_USER_KINDS, ClusterKind
+from factory.models import GpuType, Identity, Pool, Tenant
 
 from . import signals
 from .choices import EventKind
 from .models import Job
 
-LARGEST_POOL_CACHE_SECONDS = 10
+POOL_CACHE_SECONDS = 10
+
+
+def placeable_pools(gpu_type: GpuType) -> list[tuple[str, str, int]]:
+    """(cluster kind, region, capacity) of each pool of this type on a cluster that accepts jobs
+    (cached briefly: read on every submission, changed when an admin edits a cluster)."""
+    key = f"jobs:placeable-pools:{gpu_type.pk}"
+    pools = cache.get(key)
+    if pools is None:
+        pools = list(
+            Pool.objects.filter(
+                gpu_type=gpu_type, cluster__enabled=True, cluster__draining=False
+            ).values_list("cluster__kind", "cluster__region", "capacity")
+        )
+        cache.set(key, pools, POOL_CACHE_SECONDS)
+    return pools
 
 
 def largest_pool(gpu_type: GpuType) -> int:
-    """The most GPUs of this type any single cluster that accepts jobs can give one job (cached
-    briefly: it is read on every submission and changes when an admin edits a cluster)."""
-    key = f"jobs:largest-pool:{gpu_type.pk}"
-    most = cache.get(key)
-    if most is None:
-        most = (
-            Pool.objects.filter(gpu_type=gpu_type, cluster__enabled=True, cluster__draining=False).aggregate(
-                most=models.Max("capacity")
-            )["most"]
-            or 0
-        )
-        cache.set(key, most, LARGEST_POOL_CACHE_SECONDS)
-    return most
+    """The most GPUs of this type any single cluster that accepts jobs can give one job."""
+    return max((capacity for _, _, capacity in placeable_pools(gpu_type)), default=0)
 
 
 def image_rules(gpu_type: GpuType) -> list[tuple[int, ImageRule]]:
     """(capacity, which images it runs) of each pool of this GPU type on a cluster that accepts
-    jobs (cached briefly, like the largest pool). A cluster whose connection settings no longer
+    jobs (cached briefly, like the placeable pools). A cluster whose connection settings no longer
     parse runs nothing and is left out."""
     key = f"jobs:image-rules:{gpu_type.pk}"
     rules = cache.get(key)
@@ -51,14 +56,14 @@ def image_rules(gpu_type: GpuType) -> list[tuple[int, ImageRule]]:
                 rules.append((pool.capacity, pool.cluster.adapter().image_rule))
             except ValueError:
                 continue
-        cache.set(key, rules, LARGEST_POOL_CACHE_SECONDS)
+        cache.set(key, rules, POOL_CACHE_SECONDS)
     return rules
 
 
 def forget_pool_caches(sender=None, **kwargs) -> None:
-    """A pool or cluster changed: the cached largest pools and image rules may be wrong."""
+    """A pool or cluster changed: the cached pools and image rules may be wrong."""
     pks = GpuType.objects.values_list("pk", flat=True)
-    cache.delete_many([f"jobs:{what}:{pk}" for pk in pks for what in ("largest-pool", "image-rules")])
+    cache.delete_many([f"jobs:{what}:{pk}" for pk in pks for what in ("placeable-pools", "image-rules")])
 
 
 def check_gpu_request(gpu_type: GpuType, gpu_count: int) -> None:
@@ -85,6 +90,27 @@ def check_image(gpu_type: GpuType, gpu_count: int, image: str) -> None:
     if refusals and all(refusals):
         reasons = "; ".join(dict.fromkeys(refusals))
         raise ValidationError({"image": f"No cluster that could run this job runs this image: {reasons}."})
+
+
+def check_owner_identity(owner, tenant: Tenant, gpu_type: GpuType, gpu_count: int) -> None:
+    """Raise ValidationError({"gpu_type": ...}) when every cluster that could run the job runs jobs
+    as their owner's POSIX account (Slurm) and the owner has none. Admission picks the cluster
+    later, so a job that some other cluster could run is accepted; should admission still place
+    it on such a cluster, its dispatch rejects it with the same reason."""
+    kinds = {
+        kind
+        for kind, region, capacity in placeable_pools(gpu_type)
+        if capacity >= gpu_count and (not tenant.regions or region in tenant.regions)
+    }
+    if not kinds or not kinds <= POSIX_USER_KINDS or Identity.objects.posix_username(owner.pk):
+        return
+    names = " and ".join(sorted(ClusterKind(kind).label for kind in kinds))
+    raise ValidationError(
+        {
+            "gpu_type": f"Only {names} clusters can run this job, and they run each job as its owner's "
+            "own POSIX account; none is set for you yet. Ask a platform admin to set yours."
+        }
+    )
 
 
 def fingerprint(spec: dict) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -55,6 +56,10 @@ class JobViewSet(
         serializer.is_valid(raise_exception=True)
         spec = dict(serializer.validated_data)
         tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=spec.pop("tenant"))
+        try:
+            submission.check_owner_identity(request.user, tenant, spec["gpu_type"], spec["gpu_count"])
+        except DjangoValidationError as exc:
+            raise ValidationError(exc.message_dict) from None
         key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
         if len(key) > 255:
             raise ValidationError({IDEMPOTENCY_HEADER: ["At most 255 characters."]})
