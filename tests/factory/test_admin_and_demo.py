@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
-from factory.models import Cluster, Membership, Tenant
+from factory.models import Cluster, Identity, Membership, Tenant
 
 pytestmark = pytest.mark.django_db
 
@@ -99,3 +99,5 @@ def test_demo_seed_can_register_the_local_slurm(settings):
     slurm = Cluster.objects.get(slug="slurm-local")
     assert slurm.kind == "slurm"
     assert [(p.gpu_type.slug, p.capacity, p.partition) for p in slurm.pools.all()] == [("h100", 8, "gpu")]
+    accounts = dict(Identity.objects.values_list("user__username", "posix_username"))
+    assert accounts == {"researcher": "aif-alice", "labadmin": "aif-bob"}

@@ -1,12 +1,22 @@
 """The slurm backend against the real single-node Slurm started by scripts/slurm-dev-cluster
-(partition gpu: node gpu1 with 8 fake h100; partition debug: CPU node cpu1; slurmdbd accounting)."""
+(partition gpu: node gpu1 with 8 fake h100; partition debug: CPU node cpu1; slurmdbd accounting).
+
+Jobs run as their owners' POSIX users, which that script makes: the owner's aif-alice and the
+outsider's aif-bob. The tests run as root, which a portal worker never is: every tool the adapter
+runs here runs as the portal's unprivileged account aif-portal, so that what it may do as a
+researcher is what the sudo rule (/etc/sudoers.d/aifactory) allows, and what it may do to accounts
+what it may do as a Slurm Operator."""
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -15,12 +25,13 @@ from types import SimpleNamespace
 import pytest
 
 from factory.adapters import BackendUnavailable, JobRejected
-from factory.adapters.slurm import SlurmAdapter
-from factory.models import Cluster, Pool, Tenant
+from factory.adapters.slurm import SlurmAdapter, cli
+from factory.models import Cluster, Identity, Membership, Pool, Tenant
 from jobs import dispatch, lifecycle
 from jobs.choices import JobState
 from jobs.models import Job
 from jobs.tasks import dispatch_jobs
+from tests.conftest import OUTSIDER_POSIX_USER, OWNER_POSIX_USER
 from tests.support import admit
 
 from .conftest import wait_until
@@ -33,6 +44,7 @@ if not shutil.which("sbatch"):
 pytestmark = [pytest.mark.slurm, pytest.mark.django_db]
 
 POLL = 0.3
+PORTAL_USER, PORTAL_GROUP = "aif-portal", "aifactory-portal"
 
 
 def scontrol_job(external_id: str) -> dict[str, str]:
@@ -46,10 +58,38 @@ def scontrol_job(external_id: str) -> dict[str, str]:
     return fields
 
 
+@pytest.fixture(autouse=True)
+def as_the_portal_account(monkeypatch):
+    """The adapter's tools run as aif-portal (in group aifactory-portal only), not as root."""
+    run = subprocess.run
+
+    def run_as_portal(*args, **kwargs):
+        return run(*args, user=PORTAL_USER, group=PORTAL_GROUP, extra_groups=[], **kwargs)
+
+    shim = SimpleNamespace(
+        run=run_as_portal,
+        TimeoutExpired=subprocess.TimeoutExpired,
+        CompletedProcess=subprocess.CompletedProcess,
+    )
+    monkeypatch.setattr(cli, "subprocess", shim)
+
+
 @pytest.fixture
-def slurm_cluster(db, h100, settings, tmp_path) -> Cluster:
-    settings.FACTORY_SLURM_JOB_ROOT = tmp_path / "slurm-jobs"
-    cluster = Cluster.objects.create(slug="slurm-local", name="Slurm", kind="slurm", region="local")
+def shared_dir():
+    """A directory the jobs' owners may enter (pytest's tmp_path is root's alone): job roots and
+    the files tests and jobs exchange."""
+    path = Path(tempfile.mkdtemp(prefix="aif-slurm-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm_cluster(db, h100, settings, shared_dir) -> Cluster:
+    settings.FACTORY_SLURM_JOB_ROOT = shared_dir / "slurm-jobs"
+    cluster = Cluster.objects.create(
+        slug="slurm-local", name="Slurm", kind="slurm", region="local", connection={"job_group": PORTAL_GROUP}
+    )
     Pool.objects.create(cluster=cluster, gpu_type=h100, capacity=8, partition="gpu")
     return cluster
 
@@ -58,7 +98,7 @@ def slurm_cluster(db, h100, settings, tmp_path) -> Cluster:
 def slurm_job(slurm_cluster, tenant, owner, h100):
     from jobs import submission
 
-    def make(**overrides):
+    def make(*, tenant=tenant, owner=owner, **overrides):
         spec = {
             "name": "slurm-test",
             "command": "echo hi",
@@ -189,8 +229,8 @@ def test_exit_code_is_recorded(slurm_job):
     assert (job.state, job.exit_code) == (JobState.FAILED, 3)
 
 
-def test_fifth_job_waits_for_resources_then_starts(slurm_job, tmp_path):
-    gates = [tmp_path / f"gate{i}" for i in range(5)]
+def test_fifth_job_waits_for_resources_then_starts(slurm_job, shared_dir):
+    gates = [shared_dir / f"gate{i}" for i in range(5)]
     jobs = []
     for i, gate in enumerate(gates):
         job = slurm_job(name=f"fill-{i}", gpu_count=2, command=f"while [ ! -e {gate} ]; do sleep 0.2; done")
@@ -245,8 +285,8 @@ def test_dispatching_twice_makes_one_slurm_job(slurm_job, slurm_cluster):
     job = slurm_job(command="sleep 1")
     adapter = slurm_cluster.adapter()
     first = adapter.submit(job)
-    # The marker file is lost (the first attempt died right after sbatch): squeue still finds it.
-    (adapter.job_dir(job) / "slurm_job_id").unlink()
+    # The first attempt died right after sbatch, before recording the id: squeue still finds it.
+    adapter.dispatch_marker(job).write_text("")
     second = adapter.submit(job)
     assert first == second
     dispatch_jobs([job.pk])  # the task itself, retried
@@ -269,7 +309,7 @@ def test_a_job_that_left_squeue_is_found_in_accounting(slurm_job, slurm_cluster,
         30,
         "sacct to find the job by name",
     )
-    (adapter.job_dir(job) / "slurm_job_id").unlink()
+    adapter.dispatch_marker(job).write_text("")
     monkeypatch.setattr(SlurmAdapter, "squeue", lambda self: [])  # as after MinJobAge
     assert adapter.submit(job) == first
 
@@ -284,7 +324,7 @@ HOSTILE_VALUES = [
 ]
 
 
-def test_hostile_command_and_env_values_reach_the_job_verbatim(slurm_job, tmp_path):
+def test_hostile_command_and_env_values_reach_the_job_verbatim(slurm_job):
     pwned = Path("/tmp/aif-pwned")
     pwned.unlink(missing_ok=True)
     env = {f"V{i}": value for i, value in enumerate(HOSTILE_VALUES)}
@@ -310,7 +350,7 @@ def test_hostile_command_and_env_values_reach_the_job_verbatim(slurm_job, tmp_pa
     ("field", "value"),
     [("name", "x; rm -rf /"), ("name", "--uid=0"), ("name", "a\nb")],
 )
-def test_hostile_names_never_reach_sbatch(slurm_cluster, tenant, h100, field, value):
+def test_hostile_names_never_reach_sbatch(slurm_cluster, tenant, owner, h100, field, value):
     job = SimpleNamespace(
         uid=uuid.uuid4(),
         name="ok",
@@ -322,6 +362,7 @@ def test_hostile_names_never_reach_sbatch(slurm_cluster, tenant, h100, field, va
         time_limit_minutes=5,
         env={},
         tenant=tenant,
+        owner_id=owner.pk,
         external_id="",
     )
     setattr(job, field, value)
@@ -329,7 +370,7 @@ def test_hostile_names_never_reach_sbatch(slurm_cluster, tenant, h100, field, va
         slurm_cluster.adapter().submit(job)
 
 
-def test_hostile_env_names_and_partitions_never_reach_sbatch(slurm_cluster, tenant, h100):
+def test_hostile_env_names_and_partitions_never_reach_sbatch(slurm_cluster, tenant, owner, h100):
     adapter = slurm_cluster.adapter()
     job = SimpleNamespace(
         uid=uuid.uuid4(),
@@ -342,6 +383,7 @@ def test_hostile_env_names_and_partitions_never_reach_sbatch(slurm_cluster, tena
         time_limit_minutes=5,
         env={"A=1 B": "x"},
         tenant=tenant,
+        owner_id=owner.pk,
         external_id="",
     )
     with pytest.raises(JobRejected):
@@ -352,8 +394,7 @@ def test_hostile_env_names_and_partitions_never_reach_sbatch(slurm_cluster, tena
         slurm_cluster.adapter().submit(job)  # an adapter reads the pools once
 
 
-def test_new_tenant_becomes_a_slurm_account(slurm_cluster, owner, h100):
-    from factory.models import Membership
+def test_new_tenant_becomes_a_slurm_account_its_owners_may_use(slurm_cluster, owner, h100):
     from jobs import submission
 
     slug = f"team-{uuid.uuid4().hex[:8]}"
@@ -383,8 +424,201 @@ def test_new_tenant_becomes_a_slurm_account(slurm_cluster, owner, h100):
             text=True,
         ).stdout.split()
         assert accounts == [slug]
+        # The job's owner is the account's one user: not the portal, nor root.
+        assert account_users(slug) == [OWNER_POSIX_USER]
     finally:
         subprocess.run(["sacctmgr", "-i", "delete", "account", slug], capture_output=True)
+
+
+# --- every job runs as its owner ---------------------------------------------------------------------
+
+
+def ownership(path: Path) -> tuple[str, int, str]:
+    """Owner, permission bits and group of a file."""
+    info = path.stat()
+    return (
+        pwd.getpwuid(info.st_uid).pw_name,
+        stat.S_IMODE(info.st_mode) & 0o777,
+        grp.getgrgid(info.st_gid).gr_name,
+    )
+
+
+def as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True)
+
+
+def test_a_job_runs_as_its_owner_in_a_directory_only_they_and_the_portal_may_enter(slurm_job, slurm_cluster):
+    job = slurm_job(command="id -un; echo secret > notes.txt")
+    dispatch_jobs([job.pk])
+    job.refresh_from_db()
+    assert scontrol_job(job.external_id)["UserId"].startswith(f"{OWNER_POSIX_USER}(")
+    job = run_to(job, lambda j: j.is_terminal)
+    assert (job.state, log_of(job)) == (JobState.SUCCEEDED, f"{OWNER_POSIX_USER}\n")
+
+    job_dir = slurm_cluster.adapter().job_dir(job)
+    log = job_dir / "output.log"
+    assert ownership(job_dir) == (OWNER_POSIX_USER, 0o710, PORTAL_GROUP)
+    assert ownership(log) == (OWNER_POSIX_USER, 0o640, PORTAL_GROUP)
+    # The portal reads the log as a member of its group, but cannot list the directory.
+    assert as_user(PORTAL_USER, "cat", str(log)).stdout == f"{OWNER_POSIX_USER}\n"
+    assert as_user(PORTAL_USER, "ls", str(job_dir)).returncode != 0
+    # Another researcher reads nothing of it, and cannot even list the jobs' directories.
+    for argv in (["cat", str(log)], ["cat", str(job_dir / "notes.txt")], ["ls", str(job_dir.parent)]):
+        denied = as_user(OUTSIDER_POSIX_USER, *argv)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, argv
+
+
+@pytest.fixture
+def two_teams(outsider, owner):
+    """A tenant of the owner's (aif-alice) and one of the outsider's (aif-bob), each with its
+    Slurm account and a GPU limit on it, made here and deleted afterwards."""
+    teams = []
+    for user, gpus in ((owner, 4), (outsider, 2)):
+        slug = f"team-{uuid.uuid4().hex[:8]}"
+        tenant = Tenant.objects.create(slug=slug, name=slug)
+        Membership.objects.create(user=user, tenant=tenant)
+        sacctmgr("add", "account", slug, "Description=test", "Organization=test")
+        sacctmgr("modify", "account", "where", f"name={slug}", "set", f"GrpTRES=gres/gpu:h100={gpus}")
+        teams.append(tenant)
+    yield teams
+    for tenant in teams:
+        subprocess.run(["scancel", "-A", tenant.slug], capture_output=True)
+        wait_until(lambda slug=tenant.slug: not jobs_of(slug), 30, "the tenant's Slurm jobs to go")
+        subprocess.run(["sacctmgr", "-i", "delete", "account", tenant.slug], capture_output=True)
+
+
+def sacctmgr(*argv: str) -> None:
+    subprocess.run(["sacctmgr", "-i", *argv], capture_output=True, check=True)
+
+
+def admin_level(user: str) -> str:
+    return subprocess.run(
+        ["sacctmgr", "-n", "-P", "show", "user", user, "format=AdminLevel"], capture_output=True, text=True
+    ).stdout.strip()
+
+
+# What a job of one tenant tries against another's: each line prints the attempt and its exit
+# status. The first two are controls: the same means do work on the job's own things.
+ATTEMPTS = """
+attempt() { name=$1; shift; "$@" >/dev/null 2>&1; echo "$name $?"; }
+attempt control-own-dir touch own-file
+attempt control-own-limit sacctmgr -n -P show assoc account="$OWN_ACCOUNT" format=GrpTRES
+attempt list-their-dir ls "$THEIR_DIR"
+attempt read-their-log cat "$THEIR_DIR/output.log"
+attempt read-their-file cat "$THEIR_DIR/secret.txt"
+attempt write-their-dir touch "$THEIR_DIR/planted"
+attempt cancel-their-job scancel "$THEIR_JOB"
+attempt signal-their-job scancel --signal=KILL "$THEIR_JOB"
+attempt lower-their-limit sacctmgr -i modify account where name="$THEIR_ACCOUNT" set GrpTRES=gres/gpu:h100=0
+attempt raise-own-limit sacctmgr -i modify account where name="$OWN_ACCOUNT" set GrpTRES=gres/gpu:h100=8
+attempt become-admin sacctmgr -i modify user "$(id -un)" set AdminLevel=Administrator
+attempt become-their-user sudo -n -u "$THEIR_USER" true
+"""
+
+
+def test_a_job_cannot_touch_another_tenants_job_files_or_limits(
+    slurm_job, slurm_cluster, two_teams, owner, outsider, shared_dir
+):
+    ours, theirs = two_teams
+    gate = shared_dir / "gate"
+    victim = slurm_job(
+        name="victim",
+        tenant=ours,
+        owner=owner,
+        command=f"echo secret > secret.txt; while [ ! -e {gate} ]; do sleep 0.2; done; echo done",
+    )
+    dispatch_jobs([victim.pk])
+    victim = run_to(victim, lambda j: j.state == JobState.RUNNING)
+    victim_dir = slurm_cluster.adapter().job_dir(victim)
+    limits_before = account_limits(ours.slug), account_limits(theirs.slug)
+
+    attacker = slurm_job(
+        name="attacker",
+        tenant=theirs,
+        owner=outsider,
+        command=ATTEMPTS,
+        env={
+            "THEIR_DIR": str(victim_dir),
+            "THEIR_JOB": victim.external_id,
+            "THEIR_ACCOUNT": ours.slug,
+            "THEIR_USER": OWNER_POSIX_USER,
+            "OWN_ACCOUNT": theirs.slug,
+        },
+    )
+    dispatch_jobs([attacker.pk])
+    attacker = run_to(attacker, lambda j: j.is_terminal)
+    assert attacker.state == JobState.SUCCEEDED, attacker.reason
+    outcomes = dict(line.split() for line in log_of(attacker).splitlines())
+    assert outcomes.pop("control-own-dir") == outcomes.pop("control-own-limit") == "0"
+    assert len(outcomes) == 10 and all(status != "0" for status in outcomes.values()), outcomes
+
+    # Nothing of the victim changed: still running, nothing planted, the limits as they were.
+    dispatch.sync_cluster(slurm_cluster)
+    victim.refresh_from_db()
+    assert victim.state == JobState.RUNNING
+    assert scontrol_job(victim.external_id)["JobState"] == "RUNNING"
+    assert sorted(p.name for p in victim_dir.iterdir()) == ["output.log", "secret.txt"]
+    assert (
+        (account_limits(ours.slug), account_limits(theirs.slug))
+        == limits_before
+        == (
+            ("gres/gpu:h100=4", ""),
+            ("gres/gpu:h100=2", ""),
+        )
+    )
+    assert (admin_level(OWNER_POSIX_USER), admin_level(OUTSIDER_POSIX_USER)) == ("None", "None")
+    gate.touch()
+    victim = run_to(victim, lambda j: j.is_terminal)
+    assert (victim.state, log_of(victim)) == (JobState.SUCCEEDED, "done\n")
+    # The portal associated each owner with their own tenant's account, and with nothing else.
+    assert (account_users(ours.slug), account_users(theirs.slug)) == (
+        [OWNER_POSIX_USER],
+        [OUTSIDER_POSIX_USER],
+    )
+
+
+@pytest.mark.parametrize(
+    ("posix_username", "reason"),
+    [
+        ("", "none is set for the job's owner"),
+        ("root", "privileged account"),
+        ("aif-nobody", "does not exist on the submit host"),
+        ("$(id)", "is not a POSIX user name"),
+        ("aif-alice\n", "is not a POSIX user name"),
+        (PORTAL_USER, "sudo may not run"),  # a real account, but no researcher's
+    ],
+)
+def test_a_job_whose_owner_has_no_usable_posix_account_is_rejected_at_dispatch(
+    slurm_job, slurm_cluster, owner, posix_username, reason
+):
+    # Stored around the checks an admin's edit goes through, as by a bug or by hand in the database.
+    Identity.objects.filter(user=owner).update(posix_username=posix_username)
+    job = slurm_job(command="id -un")
+    dispatch_jobs([job.pk])
+    job.refresh_from_db()
+    assert job.state == JobState.REJECTED
+    assert reason in job.reason and not job.external_id
+    assert not [e for e in slurm_cluster.adapter().squeue() if e.get("comment") == f"aif:{job.uid}"]
+
+
+def test_the_portal_may_act_as_a_researcher_only_to_submit_cancel_and_make_job_directories():
+    """The sudo rule scripts/slurm-dev-cluster installs, as the portal's account meets it."""
+
+    def sudo(*argv: str) -> subprocess.CompletedProcess:
+        return as_user(PORTAL_USER, "sudo", "-n", *argv)
+
+    assert sudo("-u", OWNER_POSIX_USER, "/usr/bin/scancel", "--version").returncode == 0
+    for argv in (
+        ["-u", OWNER_POSIX_USER, "/bin/sh", "-c", "id"],
+        ["-u", OWNER_POSIX_USER, "/usr/bin/cat", "/etc/hostname"],
+        ["-u", OWNER_POSIX_USER, "/usr/bin/sacctmgr", "show", "user"],
+        ["-u", "root", "/usr/bin/sbatch", "--version"],
+        ["-u", "slurm", "/usr/bin/sbatch", "--version"],
+        ["-u", PORTAL_USER, "/usr/bin/sbatch", "--version"],
+        ["-E", "-u", OWNER_POSIX_USER, "/usr/bin/sbatch", "--version"],
+    ):
+        assert sudo(*argv).returncode != 0, argv
+    assert subprocess.run(["visudo", "-c", "-q", "-f", "/etc/sudoers.d/aifactory"]).returncode == 0
 
 
 def test_health_reports_capacity_per_partition_and_gpu_type(slurm_cluster):
@@ -412,8 +646,8 @@ def start_slurmctld() -> None:
     )
 
 
-def test_controller_outage_keeps_jobs_queued_and_reconciles_once(slurm_job, slurm_cluster, tmp_path):
-    gate = tmp_path / "gate"
+def test_controller_outage_keeps_jobs_queued_and_reconciles_once(slurm_job, slurm_cluster, shared_dir):
+    gate = shared_dir / "gate"
     running = slurm_job(
         name="through-outage", command=f"while [ ! -e {gate} ]; do sleep 0.2; done; echo survived"
     )
@@ -459,6 +693,15 @@ def test_time_limit_ends_in_timed_out(slurm_job):
 # --- quotas mirrored into Slurm's own limits -----------------------------------------------------------
 
 
+def account_users(account: str) -> list[str]:
+    out = subprocess.run(
+        ["sacctmgr", "-n", "-P", "show", "assoc", f"account={account}", "format=User"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return sorted(user for user in out.split() if user)
+
+
 def account_limits(account: str) -> tuple[str, str]:
     """GrpTRES and MaxTRES (per job) of the account's own association."""
     out = subprocess.run(
@@ -477,8 +720,13 @@ def squeue_reason(external_id: str) -> str:
 
 
 def sbatch_as(account: str, gpus: int) -> str:
+    """A job a researcher submits to the account directly, not through the portal."""
     out = subprocess.run(
         [
+            "runuser",
+            "-u",
+            OWNER_POSIX_USER,
+            "--",
             "sbatch",
             "--parsable",
             f"--account={account}",
@@ -488,6 +736,7 @@ def sbatch_as(account: str, gpus: int) -> str:
             "--mem=1G",
             "--time=2",
             "--output=/dev/null",
+            "--chdir=/tmp",
             "--wrap",
             "sleep 60",
         ],
@@ -532,7 +781,13 @@ def test_quotas_become_slurm_limits_that_slurm_enforces(
     assert account_limits(tenant.slug) == ("gres/gpu:h100=3", "gres/gpu:h100=2")
     assert limits.mirror([tenant.pk]) == {}  # already in line: nothing modified
 
-    # Slurm itself holds jobs that bypass the portal to the ceiling.
+    # Slurm itself holds jobs that bypass the portal to the ceiling: a researcher of the tenant
+    # (associated with its account, as by their first job through the portal) submits directly.
+    subprocess.run(
+        ["sacctmgr", "-i", "add", "user", OWNER_POSIX_USER, f"Account={tenant.slug}"],
+        capture_output=True,
+        check=True,
+    )
     too_big = sbatch_as(tenant.slug, 3)
     first, second = sbatch_as(tenant.slug, 2), sbatch_as(tenant.slug, 2)
     wait_until(lambda: squeue_reason(too_big) == "AssocMaxGRESPerJob", 15, "the per-job limit")

@@ -1,13 +1,16 @@
 """Tenants as Slurm accounts (account prefix + tenant slug), and the GPU limits on them, through
-sacctmgr: an account is made when Slurm refuses a tenant's job for want of one, and each tenant's
-quotas become its account's GrpTRES (GPUs in use at once) and MaxTRESPerJob, so that Slurm itself
-holds jobs that reach it without the portal.
+sacctmgr: an account, and its association with a job owner's POSIX user, is made when Slurm refuses
+the owner's job for want of one, and each tenant's quotas become its account's GrpTRES (GPUs in use
+at once) and MaxTRESPerJob, so that Slurm itself holds jobs that reach it without the portal.
+
+sacctmgr runs as the worker's own account, the portal's operator identity (a Slurm Operator). No
+job can act as it: jobs run as their owners, whom the sudo rule lets the worker act as, never the
+reverse, and who are no Slurm operators or admins.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 from ..base import NO_LIMIT, BackendError, GpuLimit, JobRejected
 from .cli import SAFE_TOKEN, SlurmCLI, classify_error, gpu_tres
@@ -30,25 +33,28 @@ class SlurmAccounts:
             raise JobRejected(f"{account!r} cannot be a Slurm account name")
         return account.lower()
 
-    def ensure(self, tenant_slug: str) -> bool:
-        """Create the tenant's account (and the submitting user's association) if missing."""
+    def ensure(self, tenant_slug: str, user: str | None = None) -> bool:
+        """Create the tenant's account if missing, and associate the POSIX user that jobs of the
+        tenant run as (the job's owner) with it, so that their `--account` is accepted."""
         if not (self.connection.manage_accounts and self.cli.accounting_enabled()):
             return False
         account = self.name(tenant_slug)
-        user = _submitting_user()
         if not self.cli.run(
             ["sacctmgr", "-n", "-P", "show", "account", account, "format=Account"], check=False
         ).strip():
             self._add(
                 ["account", account, f"Description=portal tenant {tenant_slug}", "Organization=aifactory"]
             )
+            log.info("created Slurm account %s on %s", account, self.cluster)
+        if user is None:
+            return True
         associations = self.cli.run(
             ["sacctmgr", "-n", "-P", "show", "assoc", f"account={account}", f"user={user}", "format=User"],
             check=False,
         )
         if user not in associations.split():
             self._add(["user", user, f"Account={account}"])
-        log.info("created Slurm account %s on %s", account, self.cluster)
+            log.info("associated Slurm user %s with account %s on %s", user, account, self.cluster)
         return True
 
     def apply_limits(self, limits: dict[str, dict[str, GpuLimit]]) -> list[str]:
@@ -149,9 +155,3 @@ class SlurmAccounts:
         result = self.cli.execute(["sacctmgr", "-i", "add", *what])
         if result.returncode != 0 and "Nothing new added" not in result.stdout + result.stderr:
             raise BackendError(f"sacctmgr add {' '.join(what[:2])} failed: {result.stderr.strip()}")
-
-
-def _submitting_user() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name

@@ -1,23 +1,43 @@
-"""The job protocol on Slurm. User input reaches Slurm only as validated option values and as the
-body of a batch script whose environment values are shell-quoted.
+"""The job protocol on Slurm. Every job runs as its owner's own POSIX user (set by a platform
+admin, factory.models.Identity), never as the portal's account or anyone else's: what acts for the
+job runs through `sudo -n -u <owner>` (cli.py). User input reaches Slurm only as validated option
+values and as the body of a batch script whose environment values are shell-quoted.
 
-- submit: `sbatch --parsable`, script on stdin, the job uid in `--comment` so that a retried
-  dispatch finds the job (a marker file first, then squeue, then sacct) instead of submitting again.
+- submit: the job's directory made by its owner (scripts/slurm-job-dir), then `sbatch --parsable`
+  as the owner, script on stdin, the job uid in `--comment` so that a retried dispatch finds the
+  job (a marker file first, then squeue, then sacct) instead of submitting again.
 - statuses: one `squeue --json` per sync for all jobs (22.05 ignores its filters: filter here), and
   one `sacct -P` for those that ended or left squeue (exit codes from its text field; the JSON ones
   are wrong in 22.05).
-- cancel: `scancel`; logs: the job's output file, read from an offset while it grows.
+- cancel: `scancel` as the Slurm job's user; logs: the job's output file, read from an offset
+  while it grows, as a member of the portal's group.
+
+Files, under `<job root>/<cluster slug>/` (0711: owners pass through it to their directories):
+- `jobs/<dispatch key>/`: the job's working directory and its output.log, both the owner's, mode
+  0710 and 0640, and of the portal's group (`job_group`), inherited from `jobs/`. That one is
+  setgid and sticky, 3713: owners add their directories to it but cannot list it or remove
+  another's, the portal's group passes through it, and no user outside that group can enter
+  another's directory.
+- `dispatch/<dispatch key>`: the portal's own marker (0700), made before anything reaches Slurm and
+  then holding the Slurm job id.
 """
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import re
 import shlex
+import uuid
 from pathlib import Path
 
 from django.conf import settings
 
+from factory.models import Identity
+
 from ..base import (
+    POSIX_USERNAME,
     Adapter,
     BackendError,
     BackendState,
@@ -140,7 +160,10 @@ class SlurmAdapter(Adapter):
         return Path(base) / self.cluster.slug
 
     def job_dir(self, job) -> Path:
-        return self.job_root / dispatch_key(job)
+        return self.job_root / "jobs" / dispatch_key(job)
+
+    def dispatch_marker(self, job) -> Path:
+        return self.job_root / "dispatch" / dispatch_key(job)
 
     def partition_for(self, job) -> str | None:
         pool = self.pool_for(job)
@@ -149,36 +172,59 @@ class SlurmAdapter(Adapter):
             raise JobRejected(f"{partition!r} is not a valid partition name")
         return partition or None
 
+    def posix_user(self, job) -> str:
+        """The POSIX user the job runs as: its owner's, as a platform admin set it. Never the
+        portal's own account, root, or anyone else's: without it the job does not run."""
+        name = Identity.objects.posix_username(job.owner_id)
+        if not name:
+            raise JobRejected(
+                "Slurm runs each job as its owner's own POSIX account, and none is set for the job's "
+                "owner (a platform admin sets it)"
+            )
+        if not POSIX_USERNAME.fullmatch(name):
+            raise JobRejected(f"{name!r} is not a POSIX user name")
+        try:
+            uid = pwd.getpwnam(name).pw_uid
+        except KeyError:
+            raise JobRejected(f"the owner's POSIX account {name} does not exist on the submit host") from None
+        if uid in (0, os.geteuid()):
+            raise JobRejected(f"{name} is a privileged account: jobs never run as it")
+        return name
+
     # --- the protocol ---------------------------------------------------------------------------
 
     def submit(self, job) -> str:
         existing = self.find(job)
         if existing:
             return existing
+        user = self.posix_user(job)
         job_dir = self.job_dir(job)
-        job_dir.mkdir(parents=True, exist_ok=True)
         args = self.sbatch_args(job, job_dir)
         script = self.batch_script(job)
+        self.prepare_job_root()
+        marker = self.dispatch_marker(job)
+        marker.touch(mode=0o600)
+        self.cli.run([self.connection.job_dir_helper, str(job_dir)], as_user=user)
         try:
-            out = self.cli.run(["sbatch", *args], stdin=script)
+            out = self.cli.run(["sbatch", *args], stdin=script, as_user=user)
         except JobRejected as exc:
-            if "invalid account" not in str(exc).lower() or not self.accounts.ensure(job.tenant.slug):
+            if "invalid account" not in str(exc).lower() or not self.accounts.ensure(job.tenant.slug, user):
                 raise
-            out = self.cli.run(["sbatch", *args], stdin=script)
+            out = self.cli.run(["sbatch", *args], stdin=script, as_user=user)
         external_id = out.strip().split(";", 1)[0]
         if not external_id.isdigit():
             raise BackendError(f"sbatch answered {out.strip()!r}, not a job id")
-        (job_dir / "slurm_job_id").write_text(external_id)
+        marker.write_text(external_id)
         return external_id
 
     def find(self, job) -> str | None:
         """The Slurm job already made for this portal job, if a previous dispatch got that far."""
-        job_dir = self.job_dir(job)
-        if not job_dir.exists():
-            return None  # the directory is made before sbatch runs: no earlier attempt got that far
-        marker = job_dir / "slurm_job_id"
-        if marker.exists() and marker.read_text().strip().isdigit():
-            return marker.read_text().strip()
+        marker = self.dispatch_marker(job)
+        if not marker.exists():
+            return None  # the marker is made before sbatch runs: no earlier attempt got that far
+        recorded = marker.read_text().strip()
+        if recorded.isdigit():
+            return recorded
         comment = f"{COMMENT_PREFIX}{dispatch_key(job)}"
         for entry in self.squeue():
             if entry.get("comment") == comment:
@@ -190,6 +236,42 @@ class SlurmAdapter(Adapter):
                 if found == comment:
                     return job_id
         return None
+
+    def prepare_job_root(self) -> None:
+        """The cluster's job root with `jobs/` and `dispatch/` (see the top of this module), made
+        on first use. `jobs/` appears whole: made aside, then renamed into place, so that no
+        owner ever finds it without its group and mode."""
+        root = self.job_root
+        jobs, markers = root / "jobs", root / "dispatch"
+        if jobs.is_dir() and markers.is_dir():
+            return
+        if not root.is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+            root.chmod(0o711)
+        markers.mkdir(mode=0o700, exist_ok=True)
+        if jobs.is_dir():
+            return
+        draft = root / f".jobs-{uuid.uuid4().hex}"
+        draft.mkdir(mode=0o700)
+        try:
+            os.chown(draft, -1, self.job_gid())
+            draft.chmod(0o3713)  # after chown, which may clear the setgid bit
+            draft.rename(jobs)
+        except OSError:
+            if not jobs.is_dir():
+                raise
+        finally:
+            if draft.exists():
+                draft.rmdir()
+
+    def job_gid(self) -> int:
+        group = self.connection.job_group
+        if group is None:
+            return os.getegid()
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise BackendError(f"there is no group {group} (connection setting job_group) here") from None
 
     def statuses(self, jobs) -> dict[str, StatusReport]:
         jobs = [j for j in jobs if j.external_id]
@@ -210,16 +292,23 @@ class SlurmAdapter(Adapter):
         return reports
 
     def cancel(self, job) -> None:
+        """`scancel` as the user the Slurm job runs as, the only one (but operators) who may
+        cancel it. A job submitted as the worker itself (before jobs ran as their owners) is
+        cancelled by the worker."""
         # Without an external id (an attempt whose dispatcher died before recording it), the
         # Slurm job is found by the dispatch key it was submitted under.
         external_id = job.external_id or self.find(job)
         if not external_id:
             return
         try:
-            self.cli.run(["scancel", external_id])
+            user = self.cli.run(["squeue", "-h", "-j", external_id, "-o", "%u"]).strip()
+            if not user:
+                return
+            as_user = None if user == _worker_user() else user
+            self.cli.run(["scancel", external_id], as_user=as_user)
         except JobRejected as exc:
             if "invalid job id" not in str(exc).lower():
-                raise  # an already finished job cannot be cancelled: nothing to do
+                raise  # a job Slurm no longer knows cannot be cancelled: nothing to do
 
     def logs(self, job, offset: int = 0) -> LogChunk:
         finished = bool(getattr(job, "is_terminal", False))
@@ -344,3 +433,11 @@ class SlurmAdapter(Adapter):
                     external_id, BackendState.LOST, "Slurm no longer knows this job"
                 )
         return reports
+
+
+def _worker_user() -> str:
+    """The POSIX name of the account the worker runs as ("" if it has none, as in some containers)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return ""

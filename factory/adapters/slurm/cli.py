@@ -3,6 +3,9 @@
 The portal's workers act as a Slurm submit host (munge-authenticated CLI). Every call is an
 argument list, never a shell string, run with only the harmless part of the worker's environment;
 a failure is either the request's fault (JobRejected) or an outage to retry (BackendUnavailable).
+What acts for a job's owner (sbatch, scancel, the job directory helper) runs as that owner through
+`sudo -n -u <owner>`, which the site's sudo rule allows for exactly those programs; the rest
+(squeue, sacct, scontrol, sinfo, sacctmgr) runs as the worker itself.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import time
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from ..base import BackendError, BackendUnavailable, JobRejected, PoolHealth
+from ..base import POSIX_USERNAME, BackendError, BackendUnavailable, JobRejected, PoolHealth
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +65,52 @@ class SlurmCLI:
         self.bin_dir = bin_dir  # where sbatch & co. live, if not on PATH
         self.timeout = timeout
 
-    def run(self, argv: list[str], *, stdin: str | None = None, check: bool = True) -> str:
-        result = self.execute(argv, stdin=stdin)
+    def run(
+        self, argv: list[str], *, stdin: str | None = None, check: bool = True, as_user: str | None = None
+    ) -> str:
+        result = self.execute(argv, stdin=stdin, as_user=as_user)
         if result.returncode != 0 and check:
+            refusal = sudo_refusal(result.stderr) if as_user is not None else ""
+            if refusal:
+                raise JobRejected(f"sudo may not run {argv[0]} as {as_user}: {refusal}")
             raise classify_error(argv[0], result.stderr or result.stdout)
         return result.stdout
 
-    def execute(self, argv: list[str], *, stdin: str | None = None) -> subprocess.CompletedProcess:
-        """Run one tool and answer with how it ended, whatever that was: the one I/O seam."""
-        binary = os.path.join(self.bin_dir, argv[0]) if self.bin_dir else argv[0]
+    def execute(
+        self, argv: list[str], *, stdin: str | None = None, as_user: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run one tool, as the worker or (through sudo) as the POSIX user `as_user`, and answer
+        with how it ended, whatever that was: the one I/O seam."""
+        command = [self.program(argv[0]), *argv[1:]]
+        if as_user is not None:
+            if not POSIX_USERNAME.fullmatch(as_user) or as_user == "root":
+                raise JobRejected(f"{as_user!r} is not a POSIX user jobs may run as")
+            # -n: fail rather than wait for a password when the rule does not allow it.
+            command = ["sudo", "-n", "-u", as_user, "--", *command]
         env = {k: os.environ[k] for k in CLI_ENV_KEYS if k in os.environ}
         try:
             return subprocess.run(
-                [binary, *argv[1:]],
+                command,
                 input=stdin,
                 capture_output=True,
                 text=True,
                 timeout=self.timeout,
                 env=env,
+                cwd="/",  # not the worker's directory, which the job's owner may not enter
                 check=False,
             )
         except FileNotFoundError:
-            raise BackendUnavailable(f"{argv[0]} is not installed on this worker") from None
+            raise BackendUnavailable(f"{command[0]} is not installed on this worker") from None
         except subprocess.TimeoutExpired:
             raise BackendUnavailable(f"{argv[0]} did not answer within {self.timeout:g} s") from None
+
+    def program(self, tool: str) -> str:
+        """The tool's full path: sudo's rules name programs by their full path."""
+        if os.path.isabs(tool):
+            return tool
+        if self.bin_dir:
+            return os.path.join(self.bin_dir, tool)
+        return shutil.which(tool, path=os.environ.get("PATH", os.defpath)) or tool
 
     def squeue(self) -> list[dict]:
         """Every job slurmctld still holds (finished ones too, until MinJobAge)."""
@@ -127,6 +153,13 @@ class SlurmCLI:
             raise BackendUnavailable("scontrol show config did not name the accounting storage")
         _CONFIG[self.cluster_slug] = (config, time.monotonic() + CONFIG_CACHE_SECONDS)
         return config
+
+
+def sudo_refusal(stderr: str) -> str:
+    """What sudo said when it would not run a program as the user asked for (no rule allows it,
+    no such user), as opposed to the program's own errors, which it prefixes with its name."""
+    lines = [line.strip() for line in stderr.splitlines()]
+    return "; ".join(line for line in lines if line.startswith(("sudo:", "Sorry, user")))
 
 
 def classify_error(tool: str, message: str) -> BackendError:

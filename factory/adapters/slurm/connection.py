@@ -6,8 +6,11 @@ from zoneinfo import ZoneInfo
 
 import pydantic
 
+from ..base import POSIX_USERNAME
 from ..connection import Connection
 from .cli import SAFE_TOKEN
+
+JOB_DIR_HELPER = "/usr/local/libexec/aifactory/slurm-job-dir"
 
 
 class SlurmConnection(Connection):
@@ -19,6 +22,11 @@ class SlurmConnection(Connection):
     timezone: str = "UTC"  # the controller's time zone, for sacct's local timestamps
     bin_dir: str | None = None  # where sbatch & co. live, if not on PATH
     command_timeout: float = 30.0
+    # The group of job directories and logs: the portal's own (its web and worker processes are
+    # members, researchers are not). Default: the worker's primary group.
+    job_group: str | None = None
+    # scripts/slurm-job-dir as installed, root-owned; the sudo rule names the same path.
+    job_dir_helper: str = JOB_DIR_HELPER
 
     @pydantic.field_validator("default_partition", "account_prefix")
     @classmethod
@@ -38,3 +46,17 @@ class SlurmConnection(Connection):
         except Exception:
             raise ValueError(f"Unknown time zone {timezone!r}.") from None
         return timezone
+
+    @pydantic.field_validator("job_group")
+    @classmethod
+    def _group_name(cls, value: str | None) -> str | None:
+        if value is not None and not POSIX_USERNAME.fullmatch(value):
+            raise ValueError("Connection setting 'job_group' must be a POSIX group name.")
+        return value
+
+    @pydantic.field_validator("job_dir_helper")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() or c == "\0" for c in value):
+            raise ValueError("Connection setting 'job_dir_helper' must be an absolute path.")
+        return value

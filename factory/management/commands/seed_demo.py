@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from factory.choices import FINANCE_GROUP, ClusterKind, Role
-from factory.models import Cluster, GpuType, Membership, Pool, Tenant
+from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
 from factory.signals import demo_seeded
 
 DEMO_USERS = [
@@ -22,6 +22,8 @@ DEMO_USERS = [
     ("platform", None, True, False),
     ("finance", None, False, True),
 ]
+# Slurm runs each job as its owner's POSIX account: the test researchers scripts/slurm-dev-cluster makes.
+DEMO_POSIX_ACCOUNTS = {"researcher": "aif-alice", "labadmin": "aif-bob"}
 
 
 class Command(BaseCommand):
@@ -53,6 +55,9 @@ class Command(BaseCommand):
         Pool.objects.get_or_create(
             cluster=cluster, gpu_type=h100, defaults={"capacity": 8, "partition": "gpu"}
         )
+        for username, posix_username in DEMO_POSIX_ACCOUNTS.items():
+            user = get_user_model().objects.get(username=username)
+            Identity.objects.get_or_create(user=user, defaults={"posix_username": posix_username})
 
     def seed(self, password: str) -> None:
         tenant, _ = Tenant.objects.get_or_create(
