@@ -106,6 +106,9 @@ sys.path.insert(0, str(ROOT))
 DB_NAME = "factory_bench_chaos"
 LOCK_PATH = Path(tempfile.gettempdir()) / "factory-bench-chaos.lock"
 TENANTS = ("chaos-a", "chaos-b")
+# Slurm runs each job as its owner's POSIX account: the tenants' members get the test researchers
+# scripts/slurm-dev-cluster makes.
+POSIX_ACCOUNTS = {"chaos-a": "aif-alice", "chaos-b": "aif-bob"}
 SLURM_CLUSTER = "slurm-local"
 FAULT_KINDS = ("worker", "beat", "redis", "slurmctld", "cancel")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "rejected"})
@@ -258,7 +261,7 @@ def seed() -> dict[str, str]:
     from rest_framework.authtoken.models import Token
 
     from factory.choices import ClusterKind, Role
-    from factory.models import Cluster, GpuType, Membership, Pool, Tenant
+    from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
     from quotas.models import Quota
 
     h100 = GpuType.objects.create(slug="h100", name="NVIDIA H100 80GB", memory_gb=80, board_power_watts=700)
@@ -275,6 +278,7 @@ def seed() -> dict[str, str]:
         Quota.objects.create(tenant=tenant, gpu_type=a100, nominal=2, borrowing_limit=2)
         user = get_user_model().objects.create_user(f"{slug}-member")
         Membership.objects.create(user=user, tenant=tenant, role=Role.MEMBER)
+        Identity.objects.create(user=user, posix_username=POSIX_ACCOUNTS[slug])
         tokens[slug] = Token.objects.create(user=user).key
     return tokens
 
@@ -874,8 +878,9 @@ def run(args: argparse.Namespace, var_dir: Path) -> dict:
     began = time.monotonic()
     if not services.slurmctld_up():
         services.start_slurmctld()
-    # Run as root, the local backend runs jobs as FACTORY_LOCAL_RUN_AS: they must pass through the
-    # run's directory to their working directories and append to the run file.
+    # Run as root, the local backend runs jobs as FACTORY_LOCAL_RUN_AS, and Slurm as the members'
+    # POSIX accounts: they must pass through the run's directory to their working directories and
+    # append to the run file.
     var_dir.chmod(0o711)
     run_file = var_dir / "runs.txt"
     run_file.touch()
