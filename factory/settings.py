@@ -333,7 +333,3 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
-
-if env_bool("FACTORY_FAST_PASSWORDS", False):
-    # Tests only: hashing with PBKDF2 costs ~300 ms per login.
-    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

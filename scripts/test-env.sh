@@ -3,6 +3,7 @@ export DATABASE_URL="${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/f
 export REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}"
 export SECRET_KEY="test-only-secret-key-not-for-production"
 export SECURE_SSL_REDIRECT=0
-export FACTORY_FAST_PASSWORDS=1
 export FACTORY_VAR_DIR="$PWD/var/test"
-unset DEBUG CELERY_BROKER_URL
+# pytest takes factory.settings_test (a fast password hasher) from pyproject.toml, which a
+# DJANGO_SETTINGS_MODULE in the environment would override; manage.py uses factory.settings.
+unset DEBUG CELERY_BROKER_URL DJANGO_SETTINGS_MODULE
