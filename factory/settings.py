@@ -219,6 +219,8 @@ REST_FRAMEWORK = {
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_RATES": {"token": "20/min"},
+    # Throttles count by REMOTE_ADDR: a client's own X-Forwarded-For would let it pick its count.
+    "NUM_PROXIES": 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": f"{SITE_NAME} API",
@@ -259,6 +261,31 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Celery's Django fix-up would close the whole connection pool after every task (a new PostgreSQL
 # connection per task); factory.celery returns connections to the pool after each task instead.
 CELERY_DB_REUSE_MAX = 1_000_000
+
+# --- Cache ------------------------------------------------------------------------------------
+# Shared by every web process: throttle counters (the token endpoint's) and short-lived state. In
+# Redis when there is one: CACHE_URL, or REDIS_URL's database under KEY_PREFIX; clearing the cache
+# then deletes its own keys only, never the Celery broker's, and a Redis that cannot be reached is
+# a miss, not an error (factory.cache). Without Redis (`make run`), files in var/cache, shared by
+# the processes of one machine.
+CACHE_URL = env("CACHE_URL") or REDIS_URL
+if CACHE_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "factory.cache.PrefixedRedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": env("CACHE_KEY_PREFIX", "factory"),
+            # A cache slower than the database is no use: give up on a Redis that does not answer.
+            "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }
 
 # --- The factory ------------------------------------------------------------------------------
 # How often the scheduler syncs every cluster's active jobs and sweeps stalled work (seconds).

@@ -149,7 +149,8 @@ def make_job(cluster, tenant, owner, h100):
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    """Throttle counters live in the cache, token users in the API's memory; each test starts from
+    """Throttle counters live in the cache (in Redis, clearing it deletes only the cache's own
+    keys, not the Celery broker's), token users in the API's memory; each test starts from
     nothing."""
     from django.core.cache import cache
 
