@@ -258,10 +258,9 @@ def seed() -> dict[str, str]:
     """GPU types, the two clusters and their pools, the tenants with their quotas, a member each;
     returns each tenant's member's API token."""
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
 
     from factory.choices import ClusterKind, Role
-    from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
+    from factory.models import ApiToken, Cluster, GpuType, Identity, Membership, Pool, Tenant
     from quotas.models import Quota
 
     h100 = GpuType.objects.create(slug="h100", name="NVIDIA H100 80GB", memory_gb=80, board_power_watts=700)
@@ -279,7 +278,7 @@ def seed() -> dict[str, str]:
         user = get_user_model().objects.create_user(f"{slug}-member")
         Membership.objects.create(user=user, tenant=tenant, role=Role.MEMBER)
         Identity.objects.create(user=user, posix_username=POSIX_ACCOUNTS[slug])
-        tokens[slug] = Token.objects.create(user=user).key
+        tokens[slug] = ApiToken.issue(user, name="chaos")[1]
     return tokens
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from .models import Cluster, GpuType, Identity, Membership, Pool, Tenant
+from .models import ApiToken, Cluster, GpuType, Identity, Membership, Pool, Tenant
 
 
 class MembershipInline(admin.TabularInline):
@@ -68,3 +68,21 @@ class ClusterAdmin(admin.ModelAdmin):
         if change and form.cleaned_data.get("connection") == {}:
             obj.connection = Cluster.objects.get(pk=obj.pk).connection
         super().save_model(request, obj, form, change)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are made by their users (who alone see them, once); an admin sees who holds which
+    and can revoke one by deleting it."""
+
+    list_display = ["user", "name", "prefix", "created_at", "expires_at"]
+    list_filter = ["expires_at"]
+    search_fields = ["user__username", "name", "prefix"]
+    fields = ["user", "name", "prefix", "created_at", "expires_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,18 +1,22 @@
 """Tenants and their members, users' identities outside the portal, GPU types, clusters and their
-capacity pools."""
+capacity pools; API tokens."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
+from django.utils import timezone
 
 from .adapters.base import POSIX_USERNAME_PATTERN
 from .choices import ClusterKind, Role
-from .querysets import IdentityQuerySet, TenantOwnedQuerySet, TenantQuerySet
+from .querysets import ApiTokenQuerySet, IdentityQuerySet, TenantOwnedQuerySet, TenantQuerySet
 
 slug_validator = RegexValidator(
     r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
@@ -181,3 +185,53 @@ class Pool(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster}/{self.gpu_type} ({self.capacity})"
+
+
+def token_digest(key: str) -> str:
+    """What is stored of an API token. A token is 256 random bits, so a plain SHA-256 cannot be
+    reversed or guessed; a slow password hash would cost every API request its time."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiToken(models.Model):
+    """A user's API token, for `Authorization: Token <token>`. Only its digest is kept: the token
+    itself is shown once, when it is made. A user may hold several (one per machine or script),
+    each named, each with an expiry, each revoked by deleting it."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    # The token's first characters, which tell a user's tokens apart without giving one away.
+    prefix = models.CharField(max_length=8, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField()
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name or 'token'} ({self.prefix}…) of {self.user}"
+
+    @classmethod
+    def issue(cls, user, *, name: str = "", days: int | None = None) -> tuple[ApiToken, str]:
+        """A new token for `user`, valid for `days` (FACTORY_TOKEN_DAYS by default); returns the
+        row and the token, which nothing can read back later. The user's expired tokens go."""
+        key = secrets.token_hex(32)
+        now = timezone.now()
+        cls.objects.filter(user=user).expired().delete()
+        token = cls.objects.create(
+            user=user,
+            name=name,
+            digest=token_digest(key),
+            prefix=key[:8],
+            created_at=now,
+            expires_at=now + timedelta(days=days or settings.FACTORY_TOKEN_DAYS),
+        )
+        return token, key
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at <= timezone.now()

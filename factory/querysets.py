@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 
 
 class TenantQuerySet(models.QuerySet):
@@ -33,3 +34,8 @@ class IdentityQuerySet(models.QuerySet):
     def posix_username(self, user_id: int) -> str:
         """The POSIX account the user's jobs run as where jobs run as their owner; "" if none."""
         return self.filter(user_id=user_id).values_list("posix_username", flat=True).first() or ""
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def expired(self) -> ApiTokenQuerySet:
+        return self.filter(expires_at__lte=timezone.now())

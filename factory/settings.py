@@ -95,7 +95,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -204,10 +203,20 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 
+# --- API tokens ---------------------------------------------------------------------------------
+# Kept as SHA-256 digests, shown once, FACTORY_TOKEN_DAYS long unless asked otherwise (up to
+# FACTORY_TOKEN_MAX_DAYS).
+FACTORY_TOKEN_DAYS = env_int("FACTORY_TOKEN_DAYS", 90)
+FACTORY_TOKEN_MAX_DAYS = env_int("FACTORY_TOKEN_MAX_DAYS", 365)
+if not 1 <= FACTORY_TOKEN_DAYS <= FACTORY_TOKEN_MAX_DAYS:
+    raise ImproperlyConfigured("FACTORY_TOKEN_DAYS must be between 1 and FACTORY_TOKEN_MAX_DAYS")
+# Seconds an API token's user is remembered per web process (factory/api/authentication.py).
+FACTORY_TOKEN_CACHE_SECONDS = env_float("FACTORY_TOKEN_CACHE_SECONDS", 10.0)
+
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "factory.api.authentication.CachedTokenAuthentication",
+        "factory.api.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -298,8 +307,6 @@ FACTORY_DISPATCH_STALE_AFTER = env_float("FACTORY_DISPATCH_STALE_AFTER", 30.0)
 FACTORY_DISPATCH_LEASE = env_float("FACTORY_DISPATCH_LEASE", 300.0)
 # Unexpected dispatch errors of one attempt before the job fails (as a platform fault, unbilled).
 FACTORY_DISPATCH_MAX_FAILURES = env_int("FACTORY_DISPATCH_MAX_FAILURES", 5)
-# Seconds an API token's user is remembered per web process (factory/api/authentication.py).
-FACTORY_TOKEN_CACHE_SECONDS = env_float("FACTORY_TOKEN_CACHE_SECONDS", 10.0)
 # Admitted jobs go to the workers in dispatch tasks of up to this many jobs each; a smaller burst
 # is still split over this many tasks, so that several worker processes take part.
 FACTORY_DISPATCH_BATCH = env_int("FACTORY_DISPATCH_BATCH", 16)

@@ -15,6 +15,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("jobs/", include("jobs.urls")),
     path("clusters/", views.cluster_list, name="clusters"),
+    path("account/tokens/", views.token_list, name="tokens"),
+    path("account/tokens/<int:pk>/revoke/", views.token_revoke, name="token-revoke"),
     path("", include("quotas.urls")),
     path("billing/", include("billing.urls")),
     path("api/v1/", include("factory.api.urls")),

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.cache import patch_vary_headers
 from django.views import defaults
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
 
-from .models import Cluster
+from .forms import ApiTokenForm
+from .models import ApiToken, Cluster
 
 
 @login_required
@@ -20,3 +25,35 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     if request.path_info.startswith("/api/"):
         return JsonResponse({"detail": "Not found."}, status=404)
     return defaults.page_not_found(request, exception)
+
+
+@never_cache  # a new token is on the page
+@login_required
+def token_list(request: HttpRequest) -> HttpResponse:
+    """Your API tokens: make one (shown once), see them, revoke them."""
+    form = ApiTokenForm(request.POST or None)
+    created = None
+    if request.method == "POST" and form.is_valid():
+        token, key = ApiToken.issue(
+            request.user, name=form.cleaned_data["name"], days=form.cleaned_data["days"]
+        )
+        created = {"token": token, "key": key}
+        form = ApiTokenForm()
+    context = {"tokens": request.user.api_tokens.all(), "form": form, "created": created}
+    return render(request, "factory/tokens.html", context, status=400 if form.errors else 200)
+
+
+@require_POST
+@login_required
+def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    """Delete one of your tokens: it stops working at once (within seconds on other web processes).
+    Another user's token is a 404."""
+    token = get_object_or_404(ApiToken, pk=pk, user=request.user)
+    token.delete()
+    if request.htmx:
+        context = {"tokens": request.user.api_tokens.all()}
+        response = render(request, "factory/tokens.html#tokens", context)
+        patch_vary_headers(response, ["HX-Request"])
+        return response
+    messages.success(request, f"Token {token.name or token.prefix + '…'} revoked.")
+    return redirect("tokens")

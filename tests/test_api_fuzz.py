@@ -25,10 +25,10 @@ from django.core import signals
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
 from schemathesis import Config
 
 from billing.models import RateCard
+from factory.models import ApiToken
 from jobs import lifecycle
 from quotas.models import Budget
 
@@ -142,12 +142,12 @@ def targets(plain_wsgi, cluster, tenant, quotas, other_tenant, owner, outsider, 
 
 @pytest.fixture(params=ROLES)
 def token(request, targets) -> str:
-    return Token.objects.create(user=request.getfixturevalue(ROLES[request.param])).key
+    return ApiToken.issue(request.getfixturevalue(ROLES[request.param]))[1]
 
 
 @pytest.fixture
 def admin_token(platform_admin, targets) -> str:
-    return Token.objects.create(user=platform_admin).key
+    return ApiToken.issue(platform_admin)[1]
 
 
 @pytest.fixture

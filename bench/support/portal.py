@@ -32,9 +32,8 @@ EXCEPTION_LINE = re.compile(r"^[\w.]+(?:Error|Exception): .+$", re.MULTILINE)
 # Tenant, GPU types, a local cluster with pools, a member user and its API token (printed).
 SEED = """
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from factory.choices import ClusterKind, Role
-from factory.models import Cluster, GpuType, Membership, Pool, Tenant
+from factory.models import ApiToken, Cluster, GpuType, Membership, Pool, Tenant
 
 tenant = Tenant.objects.create(slug="TENANT_SLUG", name="Bench Lab")
 h100 = GpuType.objects.create(slug="h100", name="NVIDIA H100 80GB", memory_gb=80, board_power_watts=700)
@@ -44,7 +43,7 @@ Pool.objects.create(cluster=cluster, gpu_type=h100, capacity=8)
 Pool.objects.create(cluster=cluster, gpu_type=a100, capacity=8)
 user = get_user_model().objects.create_user("bench")
 Membership.objects.create(user=user, tenant=tenant, role=Role.MEMBER)
-print("TOKEN=" + Token.objects.create(user=user).key)
+print("TOKEN=" + ApiToken.issue(user, name="bench")[1])
 """
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from rest_framework import serializers
@@ -187,3 +188,27 @@ class ClusterSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         except ValueError as exc:
             raise serializers.ValidationError({"connection": [str(exc)]}) from None
         return attrs
+
+
+class TokenCredentialsSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(trim_whitespace=False, write_only=True, style={"input_type": "password"})
+    name = serializers.CharField(
+        max_length=100, required=False, default="", allow_blank=True, help_text="Where the token is used."
+    )
+    expires_in_days = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        help_text="Days until the token expires (default FACTORY_TOKEN_DAYS, 90 unless configured).",
+    )
+
+    def validate_expires_in_days(self, value: int) -> int:
+        if value > settings.FACTORY_TOKEN_MAX_DAYS:
+            raise serializers.ValidationError(f"At most {settings.FACTORY_TOKEN_MAX_DAYS} days.")
+        return value
+
+
+class IssuedTokenSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="Shown this once: only its digest is kept.")
+    name = serializers.CharField()
+    expires_at = serializers.DateTimeField()

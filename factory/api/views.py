@@ -1,15 +1,26 @@
 from __future__ import annotations
 
+from django.contrib.auth import authenticate, user_logged_in
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import permissions
-from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
 
 from factory.choices import Role
-from factory.models import Cluster, GpuType, Membership, Tenant
+from factory.models import ApiToken, Cluster, GpuType, Membership, Tenant
 
 from .permissions import IsStaffOrReadOnly
-from .serializers import ClusterSerializer, GpuTypeSerializer, MembershipSerializer, TenantSerializer
+from .serializers import (
+    ClusterSerializer,
+    GpuTypeSerializer,
+    IssuedTokenSerializer,
+    MembershipSerializer,
+    TenantSerializer,
+    TokenCredentialsSerializer,
+)
 from .viewsets import GLOBAL, ScopedModelViewSet
 
 # What a slug or a username may hold (the default, "[^/.]+", would let a NUL character reach the
@@ -18,11 +29,37 @@ SLUG_PATTERN = "[a-z0-9-]+"
 USERNAME_PATTERN = r"[\w.@+-]+"
 
 
-class TokenView(ObtainAuthToken):
-    """POST username and password, get {"token": ...} for `Authorization: Token <token>`."""
+class TokenView(APIView):
+    """POST a username and password (and optionally a name and a lifetime in days), get a new
+    token for `Authorization: Token <token>`. The token is shown this once; list and revoke your
+    tokens at /account/tokens/."""
 
+    authentication_classes = []  # the credentials are in the body
+    permission_classes = [permissions.AllowAny]
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "token"
+
+    @extend_schema(
+        request=TokenCredentialsSerializer,
+        responses={
+            200: IssuedTokenSerializer,
+            400: OpenApiResponse(description="Wrong username or password, or bad input."),
+            429: OpenApiResponse(description="Too many attempts."),
+        },
+        auth=[],
+    )
+    def post(self, request):
+        serializer = TokenCredentialsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        user = authenticate(request, username=data["username"], password=data["password"])
+        if user is None:
+            raise ValidationError({"non_field_errors": ["Unable to log in with provided credentials."]})
+        user_logged_in.send(sender=type(user), request=request, user=user)  # as the login page does
+        token, key = ApiToken.issue(user, name=data["name"], days=data.get("expires_in_days"))
+        return Response(
+            IssuedTokenSerializer({"token": key, "name": token.name, "expires_at": token.expires_at}).data
+        )
 
 
 class TenantViewSet(ScopedModelViewSet):

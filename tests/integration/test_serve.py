@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from rest_framework.authtoken.models import Token
+
+from factory.models import ApiToken
 
 from .conftest import PROJECT_DIR, free_port, wait_until
 
@@ -82,7 +83,7 @@ def get(sock: socket.socket, token: str) -> bytes:
 
 def test_clients_connecting_at_once_are_spread_over_the_workers(server, owner):
     process, port = server
-    token = Token.objects.create(user=owner).key
+    token = ApiToken.issue(owner)[1]
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
     try:
         assert {get(c, token) for c in clients} == {b"HTTP/1.1 200 OK"}
@@ -94,7 +95,7 @@ def test_clients_connecting_at_once_are_spread_over_the_workers(server, owner):
 
 def test_a_dead_worker_is_replaced_and_stop_is_graceful(server, owner):
     process, port = server
-    token = Token.objects.create(user=owner).key
+    token = ApiToken.issue(owner)[1]
     first, second = workers(process.pid)
     os.kill(first, signal.SIGKILL)
     wait_until(

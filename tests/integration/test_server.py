@@ -9,9 +9,9 @@ import urllib.request
 
 import pytest
 from django.contrib.auth.models import Group
-from rest_framework.authtoken.models import Token
 
 from factory.choices import FINANCE_GROUP
+from factory.models import ApiToken
 from jobs.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,7 +33,7 @@ def call(url: str, token: str, *, data: dict | None = None, headers: dict | None
 
 
 def test_submitting_through_the_server_creates_one_job_per_key(asgi_server, owner, cluster, tenant):
-    token = Token.objects.create(user=owner).key
+    token = ApiToken.issue(owner)[1]
     spec = {
         "tenant": tenant.slug,
         "name": "train",
@@ -65,7 +65,7 @@ def test_submitting_through_the_server_creates_one_job_per_key(asgi_server, owne
 def test_a_streamed_export_comes_through_the_server(asgi_server, django_user_model):
     finance = django_user_model.objects.create_user("finance")
     finance.groups.add(Group.objects.get_or_create(name=FINANCE_GROUP)[0])  # flushed with the test data
-    token = Token.objects.create(user=finance).key
+    token = ApiToken.issue(finance)[1]
     status, headers, body = call(
         f"{asgi_server}/api/v1/reports/chargeback/?month=2026-11&format=focus", token
     )

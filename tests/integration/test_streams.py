@@ -12,8 +12,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
+from factory.models import ApiToken
 from jobs.choices import EventKind
 
 pytestmark = [
@@ -65,7 +65,7 @@ def test_open_streams_hold_no_thread_and_no_connection_between_events(asgi_serve
     client = Client()
     client.force_login(owner)
     session = client.cookies["sessionid"].value
-    token = Token.objects.create(user=owner).key
+    token = ApiToken.issue(owner)[1]
     connection.close()  # this test's own connection back to the pool: only the server's count
 
     first = Stream(asgi_server, jobs[0].pk, session)  # the server's shared threads, started once
