@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -100,6 +101,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
+    "axes",
     "factory",
     "jobs",
     "quotas",
@@ -116,6 +118,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a sign-in refused for a lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "factory.urls"
@@ -162,6 +166,11 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_i
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# django-axes first: it refuses a locked-out sign-in before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -203,9 +212,29 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 
-# --- API tokens ---------------------------------------------------------------------------------
-# Kept as SHA-256 digests, shown once, FACTORY_TOKEN_DAYS long unless asked otherwise (up to
-# FACTORY_TOKEN_MAX_DAYS).
+# --- Sign-in and API tokens ---------------------------------------------------------------------
+# Failed sign-ins on the login page, the admin's and the API token endpoint are counted by
+# django-axes (in the database: the same on every machine, with or without Redis, and shown in the
+# admin) per username and client address together. A lockout hits the attacked account from that
+# address, not every user behind the same address (a lab's users often share one), and the same
+# account from elsewhere still signs in. The client address is REMOTE_ADDR: behind a proxy, uvicorn
+# puts the forwarded client there for the proxies in FORWARDED_ALLOW_IPS, and a client's own
+# X-Forwarded-For is never believed.
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+AXES_FAILURE_LIMIT = env_int("FACTORY_SIGNIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("FACTORY_SIGNIN_LOCKOUT_MINUTES", 15.0))
+AXES_RESET_ON_SUCCESS = True
+# Failures are kept while they count; a row for every successful sign-in would only grow.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_LOCKOUT_CALLABLE = "factory.views.locked_out"
+AXES_COOLOFF_MESSAGE = (
+    "Too many failed sign-ins: this account is locked from your address for "
+    f"{AXES_COOLOFF_TIME.total_seconds() / 60:g} minutes. A platform admin can unlock it sooner."
+)
+# API tokens: kept as SHA-256 digests, shown once, FACTORY_TOKEN_DAYS long unless asked otherwise
+# (up to FACTORY_TOKEN_MAX_DAYS).
 FACTORY_TOKEN_DAYS = env_int("FACTORY_TOKEN_DAYS", 90)
 FACTORY_TOKEN_MAX_DAYS = env_int("FACTORY_TOKEN_MAX_DAYS", 365)
 if not 1 <= FACTORY_TOKEN_DAYS <= FACTORY_TOKEN_MAX_DAYS:

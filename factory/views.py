@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from axes.helpers import get_cool_off, get_lockout_message
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -57,3 +58,12 @@ def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
         return response
     messages.success(request, f"Token {token.name or token.prefix + '…'} revoked.")
     return redirect("tokens")
+
+
+def locked_out(request: HttpRequest, response=None, credentials=None) -> HttpResponse:
+    """What django-axes answers a sign-in on the login page or the admin's that is locked out."""
+    page = render(request, "registration/locked_out.html", {"message": get_lockout_message()}, status=429)
+    cool_off = get_cool_off(request)
+    if cool_off:
+        page["Retry-After"] = str(int(cool_off.total_seconds()))
+    return page

@@ -151,7 +151,7 @@ def make_job(cluster, tenant, owner, h100):
 def fresh_cache():
     """Throttle counters live in the cache (in Redis, clearing it deletes only the cache's own
     keys, not the Celery broker's), token users in the API's memory; each test starts from
-    nothing."""
+    nothing. Failed sign-ins are in the database, rolled back with each test."""
     from django.core.cache import cache
 
     from factory.api import authentication

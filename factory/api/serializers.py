@@ -191,7 +191,10 @@ class ClusterSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
 
 class TokenCredentialsSerializer(serializers.Serializer):
-    username = serializers.CharField()
+    # No longer than a username can be: a failed sign-in is recorded under the name given.
+    username = serializers.CharField(
+        max_length=get_user_model()._meta.get_field(get_user_model().USERNAME_FIELD).max_length
+    )
     password = serializers.CharField(trim_whitespace=False, write_only=True, style={"input_type": "password"})
     name = serializers.CharField(
         max_length=100, required=False, default="", allow_blank=True, help_text="Where the token is used."

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+from axes.helpers import get_cool_off, get_lockout_message
 from django.contrib.auth import authenticate, user_logged_in
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import permissions
+from drf_spectacular.utils import extend_schema
+from rest_framework import permissions, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -32,30 +33,32 @@ USERNAME_PATTERN = r"[\w.@+-]+"
 class TokenView(APIView):
     """POST a username and password (and optionally a name and a lifetime in days), get a new
     token for `Authorization: Token <token>`. The token is shown this once; list and revoke your
-    tokens at /account/tokens/."""
+    tokens at /account/tokens/. Failed attempts count towards the same lockout as the login page
+    (per username and client address)."""
 
     authentication_classes = []  # the credentials are in the body
     permission_classes = [permissions.AllowAny]
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "token"
 
-    @extend_schema(
-        request=TokenCredentialsSerializer,
-        responses={
-            200: IssuedTokenSerializer,
-            400: OpenApiResponse(description="Wrong username or password, or bad input."),
-            429: OpenApiResponse(description="Too many attempts."),
-        },
-        auth=[],
-    )
+    # 400 (wrong credentials, bad input) and 429 (throttled, or locked out) as everywhere: api.schema.
+    @extend_schema(request=TokenCredentialsSerializer, responses={200: IssuedTokenSerializer}, auth=[])
     def post(self, request):
         serializer = TokenCredentialsSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        # django-axes counts the failure (or refuses a locked-out sign-in) inside authenticate().
         user = authenticate(request, username=data["username"], password=data["password"])
         if user is None:
+            if getattr(request, "axes_locked_out", False):
+                cool_off = get_cool_off(request)
+                return Response(
+                    {"detail": get_lockout_message()},
+                    status=status.HTTP_429_TOO_MANY_REQUESTS,
+                    headers={"Retry-After": str(int(cool_off.total_seconds()))} if cool_off else None,
+                )
             raise ValidationError({"non_field_errors": ["Unable to log in with provided credentials."]})
-        user_logged_in.send(sender=type(user), request=request, user=user)  # as the login page does
+        user_logged_in.send(sender=type(user), request=request, user=user)  # resets the failure count
         token, key = ApiToken.issue(user, name=data["name"], days=data.get("expires_in_days"))
         return Response(
             IssuedTokenSerializer({"token": key, "name": token.name, "expires_at": token.expires_at}).data
