@@ -20,7 +20,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.wsgi import get_wsgi_application
 from django.db import connections
 
-from factory.wsgi_bridge import WsgiBridge
+from factory.wsgi_bridge import WsgiBridge, read_ahead
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
 
@@ -45,11 +45,22 @@ class StreamHandler(ASGIHandler):
 
 django.setup(set_prefix=False)
 streams = StreamHandler()
-pages_and_api = WsgiBridge(get_wsgi_application(), threads=SYNC_THREADS, release=connections.close_all)
+
+from factory.middleware import body_limit  # noqa: E402 - needs the apps loaded above
+
+# A request body is small without credentials, larger with them (checked by the middleware).
+pages_and_api = WsgiBridge(
+    get_wsgi_application(), threads=SYNC_THREADS, release=connections.close_all, body_limit=body_limit
+)
 
 
 async def application(scope, receive, send):
-    if scope["type"] == "http" and not STREAM_PATHS.match(scope["path"]):
+    if scope["type"] != "http":
+        await streams(scope, receive, send)
+    elif not STREAM_PATHS.match(scope["path"]):
         await pages_and_api(scope, receive, send)
     else:
-        await streams(scope, receive, send)
+        # Django's ASGI handler would read any body whole, before any middleware.
+        receive = await read_ahead(scope, receive, send, body_limit(scope))
+        if receive is not None:
+            await streams(scope, receive, send)

@@ -115,6 +115,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Before anything reads the body: only a signed-in client may send a large one.
+    "factory.middleware.RequestBodyLimitMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -241,6 +243,21 @@ if not 1 <= FACTORY_TOKEN_DAYS <= FACTORY_TOKEN_MAX_DAYS:
     raise ImproperlyConfigured("FACTORY_TOKEN_DAYS must be between 1 and FACTORY_TOKEN_MAX_DAYS")
 # Seconds an API token's user is remembered per web process (factory/api/authentication.py).
 FACTORY_TOKEN_CACHE_SECONDS = env_float("FACTORY_TOKEN_CACHE_SECONDS", 10.0)
+
+# --- Request bodies -----------------------------------------------------------------------------
+# A request that is not signed in (no session, no valid API token) may send a small body: enough
+# for a sign-in form. A signed-in one up to DATA_UPLOAD_MAX_MEMORY_SIZE (a job spec carries a
+# command of up to 64 KiB, escaped in JSON). Larger bodies are refused with 413 before they are
+# read: by the web server from Content-Length and the credentials a request carries
+# (factory.asgi), and by factory.middleware once they are checked.
+FACTORY_ANONYMOUS_MAX_BODY_BYTES = env_int("FACTORY_ANONYMOUS_MAX_BODY_BYTES", 16 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("FACTORY_MAX_BODY_BYTES", 1024 * 1024)
+# Django's form and file parsing hold no more than that in memory either.
+FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
+if not 0 < FACTORY_ANONYMOUS_MAX_BODY_BYTES <= DATA_UPLOAD_MAX_MEMORY_SIZE:
+    raise ImproperlyConfigured(
+        "FACTORY_ANONYMOUS_MAX_BODY_BYTES must be between 1 and FACTORY_MAX_BODY_BYTES"
+    )
 
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-# A request body larger than this is refused (Django itself refuses far smaller form bodies).
+# No request body larger than this is read, whatever `body_limit` allows.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 # A streamed response is sent in pieces of at least this many bytes (or when its iterator ends).
 STREAM_BATCH_BYTES = 64 * 1024
@@ -25,20 +25,28 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class WsgiBridge:
-    def __init__(self, app: Callable, *, threads: int, release: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        app: Callable,
+        *,
+        threads: int,
+        release: Callable[[], None] | None = None,
+        body_limit: Callable[[dict], int] | None = None,
+    ) -> None:
         """`release` frees what a thread holds (the asgi module passes Django's
         connections.close_all). A streamed response calls it twice: where its view ran, once the
-        view returned, and last on the response's own thread, which ends then."""
+        view returned, and last on the response's own thread, which ends then. `body_limit` gives
+        the largest body a request (its scope) may send; a larger one is refused with 413, from
+        its Content-Length before a byte of it is read, or once a body without one goes past it."""
         self.app = app
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsgi")
         self.release = release
+        self.body_limit = body_limit
 
     async def __call__(self, scope, receive, send) -> None:
-        body = await read_body(receive)
+        limit = MAX_BODY_BYTES if self.body_limit is None else min(MAX_BODY_BYTES, self.body_limit(scope))
+        body = await read_request_body(scope, receive, send, limit)
         if body is None:
-            await send_plain(send, 413, b"Request body too large.\n")
-            return
-        if body is _DISCONNECTED:
             return
         loop = asyncio.get_running_loop()
         environ = wsgi_environ(scope, body)
@@ -116,8 +124,17 @@ class WsgiBridge:
 _DISCONNECTED = object()
 
 
-async def read_body(receive) -> bytes | object | None:
-    """The whole request body; None if it is too large, _DISCONNECTED if the client left."""
+def content_length(scope: dict) -> int | None:
+    """The request's Content-Length (the server has checked it is a number), if it has one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value)
+    return None
+
+
+async def read_body(receive, limit: int) -> bytes | object | None:
+    """The whole request body; None if it is longer than `limit`, _DISCONNECTED if the client
+    left."""
     parts: list[bytes] = []
     size = 0
     while True:
@@ -126,11 +143,39 @@ async def read_body(receive) -> bytes | object | None:
             return _DISCONNECTED
         part = message.get("body", b"")
         size += len(part)
-        if size > MAX_BODY_BYTES:
+        if size > limit:
             return None
         parts.append(part)
         if not message.get("more_body", False):
             return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
+async def read_request_body(scope: dict, receive, send, limit: int) -> bytes | None:
+    """The whole request body; None once a body over `limit` was refused with 413 (from its
+    Content-Length before a byte is read, or as soon as one without a length goes past), or if the
+    client left."""
+    declared = content_length(scope)
+    body = None if declared is not None and declared > limit else await read_body(receive, limit)
+    if body is None:
+        # The rest of the body is never read: the connection closes after this answer.
+        await send_plain(send, 413, b"Request body too large.\n", close=True)
+        return None
+    return None if body is _DISCONNECTED else body
+
+
+async def read_ahead(scope: dict, receive, send, limit: int):
+    """For an application that reads the body itself (Django's ASGI handler spools it whole): the
+    body read here first, within `limit`, and a `receive` that hands it on, then whatever
+    follows; None if the request was refused or the client left."""
+    body = await read_request_body(scope, receive, send, limit)
+    if body is None:
+        return None
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive_again() -> dict:
+        return pending.pop() if pending else await receive()
+
+    return receive_again
 
 
 def wsgi_environ(scope: dict, body: bytes) -> dict:
@@ -162,6 +207,9 @@ def wsgi_environ(scope: dict, body: bytes) -> dict:
             name = f"HTTP_{name}"
         value = raw_value.decode("latin-1")
         environ[name] = f"{environ[name]},{value}" if name in environ else value
+    if body and "CONTENT_LENGTH" not in environ:
+        # A chunked body, read whole by now: Django reads a body only as long as Content-Length.
+        environ["CONTENT_LENGTH"] = str(len(body))
     return environ
 
 
@@ -169,8 +217,10 @@ def encode_headers(headers: Iterable[tuple[str, str]]) -> Headers:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
-async def send_plain(send, status: int, text: bytes) -> None:
+async def send_plain(send, status: int, text: bytes, *, close: bool = False) -> None:
     headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(text)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": text})
 

@@ -24,7 +24,7 @@ HOSTILE_NAMES = [
     "Alice",
     "-u root",
     "x" * 33,
-    "a" * (1 << 20),
+    "a" * (1 << 16),  # long, yet within what a signed-in request may send (DATA_UPLOAD_MAX_MEMORY_SIZE)
     "root",
 ]
 

@@ -232,3 +232,54 @@ def test_a_streamed_response_that_fails_at_once_sends_nothing_and_is_closed():
     with pytest.raises(RuntimeError, match="no data"):
         run(WsgiBridge(streaming_app(result), threads=1), scope(method="GET"), [{"type": "http.request"}])
     assert result.closed.is_set()
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read():
+    called = []
+
+    def app(environ, start_response):
+        called.append(True)
+        start_response("200 OK", [])
+        return [b""]
+
+    sent: list[dict] = []
+
+    async def receive():
+        raise AssertionError("the body was read")
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"content-length", b"1000")]
+    bridge = WsgiBridge(app, threads=1, body_limit=lambda scope: 999)
+    asyncio.run(bridge(scope(headers=headers), receive, send))
+    assert sent[0]["status"] == 413 and not called
+    assert (b"connection", b"close") in sent[0]["headers"]
+
+
+def test_a_body_without_a_length_is_read_up_to_the_limit_only():
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b""]
+
+    messages = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 2
+    sent = run(WsgiBridge(app, threads=1, body_limit=lambda scope: 1000), scope(), messages)
+    assert sent[0]["status"] == 413
+
+
+def test_a_body_without_a_length_reaches_the_application_with_its_length():
+    seen = {}
+
+    def app(environ, start_response):
+        seen["length"] = environ["CONTENT_LENGTH"]
+        seen["body"] = environ["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [b""]
+
+    messages = [
+        {"type": "http.request", "body": b'{"a":', "more_body": True},
+        {"type": "http.request", "body": b" 1}", "more_body": False},
+    ]
+    headers = [(b"transfer-encoding", b"chunked")]
+    run(WsgiBridge(app, threads=1, body_limit=lambda scope: 1000), scope(headers=headers), messages)
+    assert seen == {"length": "8", "body": b'{"a": 1}'}
