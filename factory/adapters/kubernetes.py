@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import dataclasses
@@ -63,6 +64,7 @@ from .base import (
     StatusReport,
     dispatch_key,
     job_env,
+    job_secrets,
     log_chunk,
     normalise_image,
     valid_image_prefix,
@@ -268,6 +270,7 @@ class KubernetesAdapter(Adapter):
     kind = "kubernetes"
     connection_class = KubernetesConnection
     keeps_tenant_limits = True
+    delivers_secrets = True
 
     # --- the client (one per adapter instance, built without writing the kubeconfig to disk) ----
 
@@ -330,12 +333,15 @@ class KubernetesAdapter(Adapter):
 
     def submit(self, job) -> str:
         namespace = self.namespace_for(job.tenant)
-        body = self.job_body(job, namespace)
+        secrets = job_secrets(job)
+        body = self.job_body(job, namespace, with_secrets=bool(secrets))
         try:
-            self._create_job(namespace, body)
+            job_uid = self._create_job(namespace, body)
         except _NamespaceMissing:
             self.ensure_namespace(namespace, job.tenant.slug)
-            self._create_job(namespace, body)
+            job_uid = self._create_job(namespace, body)
+        if secrets:
+            self._create_secret(self.secret_body(body, job_uid, secrets))
         return f"{namespace}/{body['metadata']['name']}"
 
     def find(self, job) -> str | None:
@@ -505,7 +511,9 @@ class KubernetesAdapter(Adapter):
 
     # --- building the Job -----------------------------------------------------------------------
 
-    def job_body(self, job, namespace: str) -> dict[str, Any]:
+    def job_body(self, job, namespace: str, *, with_secrets: bool = False) -> dict[str, Any]:
+        """The Job. `with_secrets`: its container takes the job's secrets from the Secret of
+        the same name (secret_body), which the kubelet waits for before starting it."""
         image = getattr(job, "image", "") or ""
         refusal = self.image_rule.refusal(image)
         if refusal:
@@ -541,6 +549,11 @@ class KubernetesAdapter(Adapter):
                     # The command is a shell script by definition: one argument, never spliced.
                     "command": ["/bin/sh", "-c", job.command],
                     "env": [{"name": name, "value": value} for name, value in job_env(job).items()],
+                    **(
+                        {"envFrom": [{"secretRef": {"name": self.job_name(job), "optional": False}}]}
+                        if with_secrets
+                        else {}
+                    ),
                     # Requests equal limits: extended resources (GPUs) must, and the job gets
                     # exactly what quota admission reserved for it.
                     "resources": {"requests": resources, "limits": dict(resources)},
@@ -570,6 +583,27 @@ class KubernetesAdapter(Adapter):
                 "annotations": {ANNOTATION_NAME: job.name},
             },
             "spec": spec,
+        }
+
+    @staticmethod
+    def secret_body(job_body: dict[str, Any], job_uid: str, secrets: dict[str, str]) -> dict[str, Any]:
+        """The Secret holding a job's secrets: immutable, named and labelled as its Job, and owned
+        by it, so that the garbage collector deletes it with the Job (cancel, TTL, namespace)."""
+        meta = job_body["metadata"]
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "labels": dict(meta["labels"]),
+                "ownerReferences": [
+                    {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": job_uid}
+                ],
+            },
+            "type": "Opaque",
+            "immutable": True,
+            "data": {name: base64.b64encode(value.encode()).decode() for name, value in secrets.items()},
         }
 
     def node_selector(self, job) -> dict[str, str]:
@@ -772,14 +806,16 @@ class KubernetesAdapter(Adapter):
             ) from None
         return items
 
-    def _create_job(self, namespace: str, body: dict[str, Any]) -> None:
+    def _create_job(self, namespace: str, body: dict[str, Any]) -> str:
+        """Create the Job (or find it made by an earlier attempt of this dispatch: its name is
+        the dispatch key) and answer its uid."""
         try:
             # The client's own typed model: a body it would refuse is refused here, before sending.
             model = k8s.V1Job.model_validate(body)
         except pydantic.ValidationError as exc:
             raise JobRejected(f"the Job would be invalid: {_first_error(exc)}") from None
         try:
-            self._request(
+            created = self._request(
                 "create Jobs",
                 self.batch.create_namespaced_job,
                 namespace,
@@ -789,10 +825,34 @@ class KubernetesAdapter(Adapter):
             )
         except ApiException as exc:
             if exc.status == 409 and _status_reason(exc) == "AlreadyExists":
-                return  # made by an earlier attempt of this dispatch: the name is the dispatch key
-            if exc.status == 404:
+                name = body["metadata"]["name"]
+                created = self._request("read Jobs", self.batch.read_namespaced_job, name, namespace)
+            elif exc.status == 404:
                 raise _NamespaceMissing from None
-            raise JobRejected(_status_message(exc)) from None
+            else:
+                raise JobRejected(_status_message(exc)) from None
+        return created.metadata.uid
+
+    def _create_secret(self, body: dict[str, Any]) -> None:
+        try:
+            model = k8s.V1Secret.model_validate(body)
+        except pydantic.ValidationError as exc:
+            raise JobRejected(f"the job's Secret would be invalid: {_first_error(exc)}") from None
+        try:
+            self._request(
+                "create Secrets",
+                self.core.create_namespaced_secret,
+                body["metadata"]["namespace"],
+                model,
+                field_validation="Strict",
+                expect=CLIENT_ERRORS,
+            )
+        except ApiException as exc:
+            if exc.status == 409 and _status_reason(exc) == "AlreadyExists":
+                return  # an earlier attempt of this dispatch made it; immutable, with the same data
+            # Never the server's message: it may quote what it refused.
+            refusal = f"{exc.status} {_status_reason(exc)}"
+            raise JobRejected(f"the cluster refused the job's Secret ({refusal})") from None
 
     def _latest_pod(self, namespace: str, key: str) -> k8s.V1Pod | None:
         selector = f"{SELECTOR},{LABEL_KEY}={key}"

@@ -32,6 +32,7 @@ from .base import (
     StatusReport,
     dispatch_key,
     job_env,
+    job_secrets,
     read_log_file,
 )
 from .connection import Connection
@@ -44,6 +45,7 @@ class LocalConnection(Connection):
 class LocalAdapter(Adapter):
     kind = "local"
     connection_class = LocalConnection
+    delivers_secrets = True
 
     @property
     def root(self) -> Path:
@@ -160,8 +162,8 @@ class LocalAdapter(Adapter):
         pool = self.pool_for(job)
         if pool is None:
             raise BackendError(f"cluster {self.cluster.slug} has no {job.gpu_type.slug} GPUs")
-        env = job_env(job)
-        if "\x00" in job.command or any("\x00" in value for value in env.values()):
+        env, secrets = job_env(job), job_secrets(job)
+        if "\x00" in job.command or any("\x00" in value for value in [*env.values(), *secrets.values()]):
             raise JobRejected("the command or an environment variable holds a NUL character")
         run_as = self._run_as()
         work_root = settings.FACTORY_LOCAL_WORK_ROOT  # job keys are unique across clusters
@@ -192,6 +194,8 @@ class LocalAdapter(Adapter):
         # The command as given; the runner hands it to bash -c as one argument.
         (staging / "script.sh").write_text(job.command)
         (staging / "spec.json").write_text(json.dumps(spec))
+        if secrets:  # apart from the spec, so that nothing but the runner ever reads them
+            local_runner.write_json_atomic(staging / local_runner.SECRETS_FILE, secrets, mode=0o600)
         local_runner.write_json_atomic(staging / "state.json", {"state": "queued", "reason": ""})
         try:
             os.rename(staging, job_dir)  # atomic: a concurrent submit of the same uid loses here

@@ -6,6 +6,7 @@ the time limit, honours a cancel request and records the outcome. All of its sta
 the job directory, written atomically, so any process can read it and a new runner can pick up:
 
 - `spec.json`   what to run (written once by the adapter)
+- `secrets.json` the job's secrets, if it has any (0600; added to its environment, nowhere else)
 - `state.json`  queued | running | succeeded | failed | cancelled | timed_out, with times and exit code
 - `output.log`  stdout and stderr of the script
 - `runner.lock` held (flock) by the live runner; free means no runner is alive
@@ -40,15 +41,20 @@ TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 # All a job (and its runner) gets besides its own variables: nothing is taken from the worker's
 # environment, which holds the portal's secrets.
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+SECRETS_FILE = "secrets.json"
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict, *, mode: int = 0o644) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(data))
     os.replace(tmp, path)
 
 
@@ -193,6 +199,7 @@ class Runner:
         env = {
             **BASE_ENV,
             **self.spec["env"],
+            **read_json(self.job_dir / SECRETS_FILE),
             "HOME": str(work_dir),
             "CUDA_VISIBLE_DEVICES": ",".join(str(s) for s in slots),
             "FACTORY_JOB_UID": self.spec["uid"],

@@ -23,7 +23,7 @@ from factory.adapters.local_runner import runner_alive
 pytestmark = pytest.mark.django_db
 
 
-def fake_job(h100, command: str, *, gpu_count: int = 1, minutes: int = 5, env=None, name="t"):
+def fake_job(h100, command: str, *, gpu_count: int = 1, minutes: int = 5, env=None, name="t", secrets=None):
     return SimpleNamespace(
         uid=uuid.uuid4(),
         name=name,
@@ -32,6 +32,7 @@ def fake_job(h100, command: str, *, gpu_count: int = 1, minutes: int = 5, env=No
         gpu_count=gpu_count,
         time_limit_minutes=minutes,
         env=env or {},
+        secret_values=lambda: dict(secrets or {}),
         external_id="",
     )
 
@@ -236,6 +237,17 @@ def test_hostile_command_and_env_reach_the_job_verbatim_and_run_nothing_else(ada
     assert full_log(adapter, job) == f"{tricky}\nünï $(touch quoted)\n"
 
 
+def test_secrets_reach_the_job_environment_from_a_file_only_the_runner_reads(adapter, h100):
+    secret = "hf_'$(touch pwned)`id`\"\nline two ünï"
+    job = fake_job(h100, 'printf %s "$HF_TOKEN"; ls -A', env={"EPOCHS": "3"}, secrets={"HF_TOKEN": secret})
+    adapter.submit(job)
+    assert wait_for(adapter, job, finished).state == BackendState.SUCCEEDED
+    assert full_log(adapter, job) == secret  # verbatim, and nothing ran or appeared in its directory
+    job_dir = adapter.job_dir(job)
+    assert (job_dir / "secrets.json").stat().st_mode & 0o777 == 0o600
+    assert "hf_" not in (job_dir / "spec.json").read_text() + (job_dir / "script.sh").read_text()
+
+
 def test_nul_in_the_command_or_env_is_refused_before_anything_runs(adapter, h100):
     for job in (fake_job(h100, "echo a\x00b"), fake_job(h100, "true", env={"X": "a\x00b"})):
         with pytest.raises(JobRejected, match="NUL"):
@@ -322,7 +334,7 @@ def dev_host(settings):
     message), a SECRET_KEY_FILE readable by its owner only, and the local backend's root."""
     base = Path(tempfile.mkdtemp(prefix="factory-test-host-"))
     base.chmod(0o755)
-    names = ("db", "broker", "key-file", "key-env", "url", "keys")
+    names = ("db", "broker", "key-file", "key-env", "url", "keys", "job")
     secrets = {name: f"{name}-{uuid.uuid4().hex}" for name in names}
     secret_file = base / "secret-key"
     secret_file.write_text(secrets["key-file"])
@@ -382,7 +394,7 @@ def test_a_job_runs_unprivileged_and_reads_nothing_of_the_portal_or_other_jobs(
     monkeypatch.setenv("REDIS_URL", f"redis://:{secrets['url']}@redis:6379/0")
     monkeypatch.setenv("FACTORY_SECRET_KEYS", secrets["keys"])
 
-    other = fake_job(h100, f"echo {secrets['url']}-other-job")
+    other = fake_job(h100, f"echo {secrets['url']}-other-job", secrets={"TOKEN": secrets["job"]})
     adapter.submit(other)
     wait_for(adapter, other, finished)
 
@@ -397,6 +409,7 @@ def test_a_job_runs_unprivileged_and_reads_nothing_of_the_portal_or_other_jobs(
         "OWN_STATE": adapter.job_dir(job) / "state.json",
         "OWN_SPEC": adapter.job_dir(job) / "spec.json",
         "OTHER_LOG": adapter.job_dir(other) / "output.log",
+        "OTHER_SECRETS": adapter.job_dir(other) / "secrets.json",
     }
     job.env = {name: str(path) for name, path in targets.items()}
     job.command = f"targets='{' '.join(targets)}'\n{PROBE}"

@@ -21,7 +21,12 @@ real-cluster capture), because the client validates responses against its typed 
   NetworkPolicies (/apis/networking.k8s.io/v1/.../networkpolicies) are created, read, listed
   (per namespace or across them, by label and by metadata.name/metadata.namespace field
   selectors), replaced with resourceVersion checks (409 Conflict when stale) and deleted,
-  validated as the API server validates them.
+  validated as the API server validates them. Secrets (/api/v1/.../secrets) likewise, kept as
+  the API server keeps them (`stringData` folded into base64 `data`), and deleted by the garbage
+  collector with the Job that owns them (a Background or Foreground delete, or the TTL).
+- a pod whose container takes its environment from a Secret that does not exist (`envFrom`
+  without `optional: true`) is created, but its container waits with CreateContainerConfigError,
+  as the kubelet leaves it.
 - admission when the controller creates a pod (`start`): the namespace's Pod Security level (its
   `pod-security.kubernetes.io/enforce` label; `warn` adds a Warning to a Job whose template would
   violate it) and its ResourceQuotas on requests.nvidia.com/gpu, refusing with the API server's
@@ -32,6 +37,8 @@ real-cluster capture), because the client validates responses against its typed 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import copy
 import ipaddress
@@ -216,6 +223,16 @@ OBJECT_META = {
     "generation": INT64,
     "creationTimestamp": STR,
     "deletionTimestamp": STR,
+    "ownerReferences": List(
+        {
+            "apiVersion": STR,
+            "kind": STR,
+            "name": STR,
+            "uid": STR,
+            "controller": BOOL,
+            "blockOwnerDeletion": BOOL,
+        }
+    ),
 }
 SECCOMP_PROFILE = {"type": STR, "localhostProfile": STR}
 POD_SECURITY_CONTEXT = {
@@ -243,6 +260,13 @@ CONTAINER = {
     "args": List(STR),
     "workingDir": STR,
     "env": List({"name": STR, "value": STR}),
+    "envFrom": List(
+        {
+            "prefix": STR,
+            "configMapRef": {"name": STR, "optional": BOOL},
+            "secretRef": {"name": STR, "optional": BOOL},
+        }
+    ),
     "resources": {"requests": Map(QTY), "limits": Map(QTY)},
     "imagePullPolicy": STR,
     "securityContext": SECURITY_CONTEXT,
@@ -281,6 +305,15 @@ JOB = {
     "status": ANY,
 }
 NAMESPACE = {"apiVersion": STR, "kind": STR, "metadata": OBJECT_META, "spec": ANY, "status": ANY}
+SECRET = {
+    "apiVersion": STR,
+    "kind": STR,
+    "metadata": OBJECT_META,
+    "type": STR,
+    "immutable": BOOL,
+    "data": Map(STR),  # []byte values: base64 in JSON
+    "stringData": Map(STR),
+}
 RESOURCE_QUOTA = {
     "apiVersion": STR,
     "kind": STR,
@@ -320,6 +353,8 @@ GO_STRUCTS = {
     "spec.template.spec": "PodSpec",
     "spec.template.spec.containers": "Container",
     "spec.template.spec.containers.env": "EnvVar",
+    "spec.template.spec.containers.envFrom": "EnvFromSource",
+    "metadata.ownerReferences": "OwnerReference",
     "spec.template.spec.containers.resources": "ResourceRequirements",
     "spec.template.spec.tolerations": "Toleration",
     "spec.template.spec.securityContext": "PodSecurityContext",
@@ -577,6 +612,41 @@ def validate_quota(quota: dict) -> list[FieldError]:
     return errors
 
 
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+MAX_SECRET_BYTES = 1024 * 1024
+
+
+def validate_secret(secret: dict) -> list[FieldError]:
+    """ValidateSecret's rules: keys of `data` (after `stringData` is folded in) are config keys,
+    values base64 (a decode error in a real server), the whole at most 1 MiB."""
+    errors, total = [], 0
+    for key, value in (secret.get("data") or {}).items():
+        if not SECRET_KEY.fullmatch(key) or len(key) > 253:
+            errors.append(
+                invalid_value(
+                    "data", key, "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"
+                )
+            )
+        try:
+            total += len(base64.b64decode(value, validate=True))
+        except (binascii.Error, ValueError):
+            raise bad_request(
+                f'Secret in version "v1" cannot be handled as a Secret: illegal base64 data at {key}'
+            ) from None
+    if total > MAX_SECRET_BYTES:
+        errors.append(invalid_value("data", "", f"Too long: may not be more than {MAX_SECRET_BYTES} bytes"))
+    if secret.get("type", "Opaque") != "Opaque":
+        errors.append(not_supported("type", secret["type"], ["Opaque"]))
+    return errors
+
+
+def fold_string_data(secret: dict) -> None:
+    """What the API server stores of a Secret: `stringData` written into `data`, then dropped."""
+    for key, value in (secret.pop("stringData", None) or {}).items():
+        secret.setdefault("data", {})[key] = base64.b64encode(value.encode()).decode()
+    secret.setdefault("type", "Opaque")
+
+
 def validate_policy(policy: dict) -> list[FieldError]:
     """ValidateNetworkPolicySpec: ports, peers (at least one kind; ipBlock alone), ipBlocks whose
     exceptions lie strictly inside their CIDR, and policy types."""
@@ -769,6 +839,7 @@ class Resource:
 
 
 QUOTAS = Resource("ResourceQuota", "resourcequotas", "", "v1", RESOURCE_QUOTA, validate_quota, True, False)
+SECRETS = Resource("Secret", "secrets", "", "v1", SECRET, validate_secret, False, False)
 POLICIES = Resource(
     "NetworkPolicy",
     "networkpolicies",
@@ -804,7 +875,11 @@ class FakeKubernetes:
         self.pods: dict[tuple[str, str], dict] = {}
         self.logs: dict[tuple[str, str], bytes] = {}
         self.nodes: dict[str, dict] = {}
-        self.objects: dict[str, dict[tuple[str, str], dict]] = {QUOTAS.resource: {}, POLICIES.resource: {}}
+        self.objects: dict[str, dict[tuple[str, str], dict]] = {
+            QUOTAS.resource: {},
+            POLICIES.resource: {},
+            SECRETS.resource: {},
+        }
         self.warnings: list[str] = []  # every Warning header sent, for tests to read
         self.forbidden: set[tuple[str, str]] = set()
         self.failing: int | None = None
@@ -892,6 +967,10 @@ class FakeKubernetes:
     @property
     def policies(self) -> dict[tuple[str, str], dict]:
         return self.objects[POLICIES.resource]
+
+    @property
+    def secrets(self) -> dict[tuple[str, str], dict]:
+        return self.objects[SECRETS.resource]
 
     def quota(self, namespace: str, name: str) -> dict:
         """A ResourceQuota as a read answers it (its status as the quota controller writes it)."""
@@ -1068,6 +1147,7 @@ class FakeKubernetes:
         with self.lock:
             job = self.jobs.pop(_key(external_id))
             self._delete_pods_of(job)
+            self._collect_dependents(job)
 
     # --- internals of the controller ----------------------------------------------------------
 
@@ -1126,7 +1206,16 @@ class FakeKubernetes:
         spec["nodeName"] = self._node_for(spec.get("nodeSelector") or {})
         container = spec["containers"][0]
         started = now()
-        if running:
+        missing = self._missing_secret(meta["namespace"], container)
+        if missing:
+            running = False
+            state = {
+                "waiting": {
+                    "reason": "CreateContainerConfigError",
+                    "message": f'secret "{missing}" not found',
+                }
+            }
+        elif running:
             state = {"running": {"startedAt": started}}
         else:
             state = {"waiting": {"reason": "ContainerCreating"}}
@@ -1178,6 +1267,30 @@ class FakeKubernetes:
             del pod["status"]["containerStatuses"][0]["containerID"]
         self.pods[(meta["namespace"], name)] = pod
         return pod
+
+    def _missing_secret(self, namespace: str, container: dict) -> str:
+        for source in container.get("envFrom") or []:
+            ref = source.get("secretRef")
+            if ref and not ref.get("optional") and (namespace, ref.get("name")) not in self.secrets:
+                return ref.get("name", "")
+        return ""
+
+    def _collect_dependents(self, owner: dict) -> None:
+        """The garbage collector: objects whose ownerReferences name a deleted owner go too."""
+        uid = owner["metadata"]["uid"]
+        for store in self.objects.values():
+            for key in [k for k, obj in store.items() if _owned_by(obj, uid)]:
+                del store[key]
+
+    def _orphan_dependents(self, owner: dict) -> None:
+        uid = owner["metadata"]["uid"]
+        for store in self.objects.values():
+            for obj in store.values():
+                refs = [r for r in obj["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+                if refs:
+                    obj["metadata"]["ownerReferences"] = refs
+                else:
+                    obj["metadata"].pop("ownerReferences", None)
 
     def _admit_pod(self, namespace: str, name: str, spec: dict) -> None:
         """The admission plugins a job's pod meets: Pod Security (the namespace's enforce level),
@@ -1318,6 +1431,12 @@ class FakeKubernetes:
                 return self._replace_namespace(name, r)
             case "PATCH", ["api", "v1", "namespaces", name]:
                 return self._patch_namespace(name, r)
+            case ("GET" | "POST") as method, ["api", "v1", "namespaces", ns, "secrets"]:
+                if method == "GET":
+                    return self._list_objects(SECRETS, ns, selector)
+                return self._create_object(SECRETS, ns, r)
+            case ("GET" | "DELETE") as method, ["api", "v1", "namespaces", ns, "secrets", name]:
+                return self._object(SECRETS, method, ns, name, r)
             case "GET", ["api", "v1", "resourcequotas"]:
                 return self._list_objects(QUOTAS, None, selector)
             case "GET", ["apis", "networking.k8s.io", "v1", "networkpolicies"]:
@@ -1488,6 +1607,8 @@ class FakeKubernetes:
         if namespace not in self.namespaces:
             raise not_found("namespaces", namespace)
         name = meta.get("name", "")
+        if res is SECRETS:
+            fold_string_data(body)
         errors = meta_errors(meta) + res.validate(body)
         if errors:
             raise invalid(res.kind, res.group, name, errors)
@@ -1496,7 +1617,7 @@ class FakeKubernetes:
             raise already_exists(res.resource, name, res.group)
         created = {**body, "apiVersion": res.api_version, "kind": res.kind}
         created["metadata"] = {
-            **{k: v for k, v in meta.items() if k in ("name", "labels", "annotations")},
+            **{k: v for k, v in meta.items() if k in ("name", "labels", "annotations", "ownerReferences")},
             "namespace": namespace,
             "uid": str(uuid.uuid4()),
             "resourceVersion": self._next_version(),
@@ -1656,11 +1777,14 @@ class FakeKubernetes:
         headers = {}
         if policy in ("Background", "Foreground"):
             self._delete_pods_of(job)
-        elif policy is None:
-            headers["Warning"] = ORPHAN_WARNING
+            self._collect_dependents(job)
+        elif policy in (None, "Orphan"):
+            if policy is None:
+                headers["Warning"] = ORPHAN_WARNING
             for pod in self._job_pods(job):
                 pod["metadata"].pop("ownerReferences", None)
-        elif policy != "Orphan":
+            self._orphan_dependents(job)
+        else:
             raise invalid(
                 "DeleteOptions",
                 "",
@@ -1922,3 +2046,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:
         pass
+
+
+def _owned_by(obj: dict, uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])

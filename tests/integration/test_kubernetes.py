@@ -16,6 +16,7 @@ skipped there. The real cluster needs a Ready node advertising `nvidia.com/gpu` 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -846,6 +847,57 @@ def test_pod_waiting_to_start_is_explained_and_not_running(k8s_job, fake):
     assert job.state == JobState.SUBMITTED
     assert job.reason == "waiting for its pod to start (scheduling, image pull)"
     assert job.cluster.adapter().logs(job, 0).text == ""  # 400: the container is waiting to start
+
+
+SECRET = "hf_'$(id)`x`\"\nline two ünï"
+
+
+@fake_only
+def test_secrets_reach_the_pod_from_a_secret_its_job_owns_and_never_appear_in_the_job(
+    k8s_job, fake, owner
+):
+    job = dispatched(k8s_job(command="sleep 600", env={"EPOCHS": "3"}, secrets={"HF_TOKEN": SECRET}))
+    assert job.state == JobState.SUBMITTED, job.reason
+    namespace, name = job.external_id.split("/")
+    sent = fake.job(job.external_id)
+    assert "hf_" not in json.dumps(sent)
+    container = sent["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": name, "optional": False}}]
+    assert {"name": "EPOCHS", "value": "3"} in container["env"]
+
+    secret = fake.secrets[(namespace, name)]
+    assert (secret["type"], secret["immutable"]) == ("Opaque", True)
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {"HF_TOKEN": SECRET}
+    owner_ref = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": sent["metadata"]["uid"]}
+    assert secret["metadata"]["ownerReferences"] == [owner_ref]
+    assert secret["metadata"]["labels"] == sent["metadata"]["labels"]
+
+    # A retried dispatch makes neither twice: both answer 409 and the first ones stand.
+    assert job.cluster.adapter().submit(job) == job.external_id
+    posts = fake.calls("POST", f"/api/v1/namespaces/{namespace}/secrets")
+    assert len(posts) == 2 and len(fake.secrets) == 1
+
+    fake.start(job.external_id)
+    assert synced(job).state == JobState.RUNNING
+    assert lifecycle.cancel(job, owner)
+    cancel_job(job.pk)
+    assert (namespace, name) not in fake.secrets  # collected with its Job
+
+
+@fake_only
+def test_a_dispatch_that_died_between_job_and_secret_is_completed_by_the_retry(k8s_job, fake):
+    job = k8s_job(secrets={"HF_TOKEN": SECRET})
+    adapter = job.cluster.adapter()
+    with mock.patch.object(KubernetesAdapter, "_create_secret", side_effect=BackendUnavailable("gone")):
+        with pytest.raises(BackendUnavailable):
+            adapter.submit(job)
+    external_id = adapter.find(job)
+    fake.start(external_id)  # the kubelet holds the container until its Secret exists
+    (pod,) = fake.pods_of(external_id)
+    waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "CreateContainerConfigError"
+    assert adapter.submit(job) == external_id
+    assert list(fake.secrets) == [tuple(external_id.split("/"))]
 
 
 @fake_only

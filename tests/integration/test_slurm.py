@@ -10,6 +10,7 @@ what it may do as a Slurm Operator."""
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import shutil
@@ -466,6 +467,36 @@ def test_a_job_runs_as_its_owner_in_a_directory_only_they_and_the_portal_may_ent
     for argv in (["cat", str(log)], ["cat", str(job_dir / "notes.txt")], ["ls", str(job_dir.parent)]):
         denied = as_user(OUTSIDER_POSIX_USER, *argv)
         assert denied.returncode != 0 and "Permission denied" in denied.stderr, argv
+
+
+# A secret as hostile as validation lets through: quotes, shell syntax, a newline, non-ASCII.
+HOSTILE_SECRET = "hf_'$(touch /tmp/pwned)`id`\"\nline two; ünïcode ✓"
+
+
+def test_secrets_reach_the_job_in_a_file_only_its_owner_may_read(slurm_job, slurm_cluster):
+    job = slurm_job(
+        command='printf %s "$HF_TOKEN" | sha256sum | cut -c1-64; stat -c "%U %a" secrets.env',
+        env={"EPOCHS": "3"},
+        secrets={"HF_TOKEN": HOSTILE_SECRET},
+    )
+    dispatch_jobs([job.pk])
+    job.refresh_from_db()
+    assert job.state == JobState.SUBMITTED, job.reason
+    script = subprocess.run(
+        ["scontrol", "write", "batch_script", job.external_id, "-"], capture_output=True, text=True
+    )
+    assert script.returncode == 0 and "EPOCHS=3" in script.stdout
+    assert "hf_" not in script.stdout and "hf_" not in str(scontrol_job(job.external_id))
+    job = run_to(job, lambda j: j.is_terminal)
+    digest = hashlib.sha256(HOSTILE_SECRET.encode()).hexdigest()
+    assert (job.state, log_of(job)) == (JobState.SUCCEEDED, f"{digest}\n{OWNER_POSIX_USER} 600\n")
+    assert not Path("/tmp/pwned").exists()
+
+    secrets = slurm_cluster.adapter().job_dir(job) / "secrets.env"
+    assert ownership(secrets) == (OWNER_POSIX_USER, 0o600, PORTAL_GROUP)
+    for user in (PORTAL_USER, OUTSIDER_POSIX_USER):  # the portal's group reads logs, not secrets
+        denied = as_user(user, "cat", str(secrets))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, user
 
 
 @pytest.fixture

@@ -156,11 +156,18 @@ def test_ray_gets_secrets_in_its_runtime_env_never_in_the_entrypoint(make_job, h
     assert SECRET not in json.dumps({k: v for k, v in body.items() if k != "runtime_env"})
 
 
-def test_a_backend_that_cannot_deliver_secrets_never_runs_the_job_without_them(make_job, cluster):
+def test_a_backend_that_cannot_deliver_secrets_never_runs_the_job_without_them(
+    make_job, cluster, monkeypatch
+):
+    """Every backend here delivers them; an adapter that does not say so (the default) is refused
+    the job rather than given it without its secrets."""
+    from factory.adapters.base import Adapter
+    from factory.adapters.local import LocalAdapter
     from jobs.choices import JobState
     from jobs.tasks import dispatch_jobs
     from tests.support import admit
 
+    monkeypatch.setattr(LocalAdapter, "delivers_secrets", Adapter.delivers_secrets)
     job = make_job(secrets={"HF_TOKEN": SECRET})
     admit(job, cluster)
     dispatch_jobs([job.pk])

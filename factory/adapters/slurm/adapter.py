@@ -3,9 +3,11 @@ admin, factory.models.Identity), never as the portal's account or anyone else's:
 job runs through `sudo -n -u <owner>` (cli.py). User input reaches Slurm only as validated option
 values and as the body of a batch script whose environment values are shell-quoted.
 
-- submit: the job's directory made by its owner (scripts/slurm-job-dir), then `sbatch --parsable`
-  as the owner, script on stdin, the job uid in `--comment` so that a retried dispatch finds the
-  job (a marker file first, then squeue, then sacct) instead of submitting again.
+- submit: the job's directory made by its owner (scripts/slurm-job-dir, which also writes the
+  job's secrets, from stdin, to a file only the owner may read), then `sbatch --parsable` as the
+  owner, script on stdin (the secrets file's path in it, never a secret), the job uid in
+  `--comment` so that a retried dispatch finds the job (a marker file first, then squeue, then
+  sacct) instead of submitting again.
 - statuses: one `squeue --json` per sync for all jobs (22.05 ignores its filters: filter here), and
   one `sacct -P` for those that ended or left squeue (exit codes from its text field; the JSON ones
   are wrong in 22.05).
@@ -48,6 +50,7 @@ from ..base import (
     StatusReport,
     dispatch_key,
     job_env,
+    job_secrets,
     read_log_file,
 )
 from .accounts import SlurmAccounts
@@ -144,6 +147,7 @@ class SlurmAdapter(Adapter):
     kind = "slurm"
     connection_class = SlurmConnection
     keeps_tenant_limits = True
+    delivers_secrets = True
 
     def __init__(self, cluster) -> None:
         super().__init__(cluster)
@@ -200,11 +204,12 @@ class SlurmAdapter(Adapter):
         user = self.posix_user(job)
         job_dir = self.job_dir(job)
         args = self.sbatch_args(job, job_dir)
-        script = self.batch_script(job)
+        secrets = job_secrets(job)
+        script = self.batch_script(job, job_dir if secrets else None)
         self.prepare_job_root()
         marker = self.dispatch_marker(job)
         marker.touch(mode=0o600)
-        self.cli.run([self.connection.job_dir_helper, str(job_dir)], as_user=user)
+        self.make_job_dir(job_dir, user, secrets)
         try:
             out = self.cli.run(["sbatch", *args], stdin=script, as_user=user)
         except JobRejected as exc:
@@ -216,6 +221,17 @@ class SlurmAdapter(Adapter):
             raise BackendError(f"sbatch answered {out.strip()!r}, not a job id")
         marker.write_text(external_id)
         return external_id
+
+    def make_job_dir(self, job_dir: Path, user: str, secrets: dict[str, str]) -> None:
+        """The job's directory and log, made by its owner; and its secrets, written by its owner
+        to `secrets.env` (0600) from stdin, so that they are on no command line and in no file
+        anyone but the owner may read (the portal's group included)."""
+        helper = [self.connection.job_dir_helper, str(job_dir)]
+        if not secrets:
+            self.cli.run(helper, as_user=user)
+            return
+        assignments = "".join(f"{name}={shlex.quote(value)}\n" for name, value in secrets.items())
+        self.cli.run([*helper, "--secrets"], stdin=assignments, as_user=user)
 
     def find(self, job) -> str | None:
         """The Slurm job already made for this portal job, if a previous dispatch got that far."""
@@ -365,11 +381,19 @@ class SlurmAdapter(Adapter):
         return args
 
     @staticmethod
-    def batch_script(job) -> str:
+    def batch_script(job, secrets_dir: Path | None = None) -> str:
         """The script sbatch reads on stdin. Its first lines are commands, so sbatch stops looking
-        for #SBATCH directives before the user's command, which it never parses as options."""
+        for #SBATCH directives before the user's command, which it never parses as options. With
+        `secrets_dir`, it exports the assignments of that directory's secrets.env, which only the
+        job's owner may read: Slurm keeps the script, and the script holds no secret."""
         lines = ["#!/bin/bash", f"export PATH={JOB_PATH}"]
         lines += [f"export {name}={shlex.quote(value)}" for name, value in job_env(job).items()]
+        if secrets_dir is not None:
+            path = shlex.quote(str(secrets_dir / "secrets.env"))
+            lines += [
+                f"set -a; . {path} || {{ echo 'factory: the job cannot read its secrets' >&2; exit 1; }}",
+                "set +a",
+            ]
         lines += ["", job.command, ""]
         return "\n".join(lines)
 
