@@ -10,8 +10,9 @@ Rules (see Quota and Budget):
 - up to `nominal` GPUs are guaranteed; above it a tenant borrows, within its `borrowing_limit`, from
   what the others lend (their idle nominal, up to their `lending_limit`, plus unassigned capacity);
 - a hard budget holds jobs whose GPUs × time limit exceed what is left this month;
-- pools are never filled past their capacity; among the clusters the tenant's residency allows,
-  the least loaded pool with room wins;
+- pools are never filled past their capacity; among the clusters the tenant's residency allows
+  and that would run the job (its owner has a POSIX account where jobs run as their owners, its
+  image is on the cluster's allow-list), the least loaded pool with room wins;
 - order across tenants: fair share (use ÷ nominal, lowest first), then submit time; within a
   tenant, priority (capped by the ceiling the platform sets for it) first; a job that does not fit
   is skipped, so smaller jobs behind it can go;
@@ -36,7 +37,9 @@ from django.db import connection, models, transaction
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
-from factory.models import Pool, Tenant
+from factory.adapters import ImageRule
+from factory.choices import POSIX_USER_KINDS
+from factory.models import Identity, Pool, Tenant
 from factory.months import month_of
 from jobs import lifecycle
 from jobs.choices import HOLDING_STATES, JobState
@@ -60,6 +63,8 @@ class PoolState:
     accepts_jobs: bool
     capacity: int
     used: int = 0
+    kind: str = ""
+    images: ImageRule | None = None  # which images the cluster runs; None: runs none at all
 
     @property
     def free(self) -> int:
@@ -78,6 +83,7 @@ class PendingJob:
     time_limit_minutes: int
     reason: str
     attempt: int
+    image: str = ""
 
     @property
     def gpu_hours(self) -> Decimal:
@@ -112,17 +118,26 @@ class Snapshot:
         self.gpu_types = dict(Pool.objects.values_list("gpu_type_id", "gpu_type__slug").distinct())
         self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.select_related("gpu_type")}
         self.pools: dict[int, list[PoolState]] = defaultdict(list)
+        image_rules: dict[int, ImageRule | None] = {}
         for pool in Pool.objects.filter(cluster__enabled=True).select_related("cluster").order_by("pk"):
+            cluster = pool.cluster
+            if cluster.pk not in image_rules:
+                image_rules[cluster.pk] = _image_rule(cluster)
             self.pools[pool.gpu_type_id].append(
                 PoolState(
                     pool.pk,
                     pool.cluster_id,
-                    pool.cluster.slug,
-                    pool.cluster.region,
-                    not pool.cluster.draining,
+                    cluster.slug,
+                    cluster.region,
+                    not cluster.draining,
                     pool.capacity,
+                    kind=cluster.kind,
+                    images=image_rules[cluster.pk],
                 )
             )
+        # Owners who have a POSIX account, the one their jobs run as where jobs run as their owners.
+        self.posix_owners = set(Identity.objects.exclude(posix_username="").values_list("user_id", flat=True))
+        self._refusals: dict[tuple[int, str], str] = {}
         self.use: Counter[tuple[int, int]] = Counter()
         self.user_use: Counter[tuple[int, int, int]] = Counter()
         holding = Job.objects.filter(state__in=HOLDING_STATES).values(
@@ -241,6 +256,10 @@ class Snapshot:
         return borrowed <= self.lendable[job.gpu_type_id] - lend + lend_after
 
     def allowed_pools(self, job: PendingJob) -> list[PoolState]:
+        return [p for p in self.resident_pools(job) if not self.refusal(p, job)]
+
+    def resident_pools(self, job: PendingJob) -> list[PoolState]:
+        """Pools of the job's GPU type accepting jobs in the regions its tenant may use."""
         regions = self.tenants[job.tenant_id].regions
         return [
             p
@@ -248,10 +267,25 @@ class Snapshot:
             if p.accepts_jobs and (not regions or p.region in regions)
         ]
 
+    def refusal(self, pool: PoolState, job: PendingJob) -> str:
+        """Why the pool's cluster would not run this job at all; "" if it would."""
+        if pool.kind in POSIX_USER_KINDS and job.owner_id not in self.posix_owners:
+            return f"{pool.cluster} runs jobs as their owner's POSIX account, and the owner has none"
+        if pool.images is None:
+            return f"the connection settings of {pool.cluster} are invalid"
+        key = (pool.cluster_id, job.image)
+        if key not in self._refusals:
+            self._refusals[key] = pool.images.refusal(job.image)
+        return self._refusals[key]
+
     def place(self, job: PendingJob, borrowed: int) -> Decision:
         gpu = self.gpu_types.get(job.gpu_type_id, "GPU")
         pools = self.allowed_pools(job)
         if not pools:
+            resident = self.resident_pools(job)
+            if resident:
+                reasons = dict.fromkeys(self.refusal(p, job) for p in resident)
+                return Decision(None, f"no cluster with {gpu} GPUs would run it: {'; '.join(reasons)}")
             regions = self.tenants[job.tenant_id].regions
             where = f" in region {', '.join(regions)}" if regions else ""
             return Decision(None, f"no cluster{where} accepting jobs has {gpu} GPUs")
@@ -399,6 +433,13 @@ def pending_jobs() -> list[PendingJob]:
     fields = [f.name for f in dataclasses.fields(PendingJob)]
     rows = Job.objects.filter(state=JobState.PENDING).values_list(*fields)
     return [PendingJob(*row) for row in rows]
+
+
+def _image_rule(cluster) -> ImageRule | None:
+    try:
+        return cluster.adapter().image_rule
+    except ValueError:  # connection settings that no longer parse: the cluster runs nothing
+        return None
 
 
 def admission_order(snapshot: Snapshot, jobs: list[PendingJob]):

@@ -853,9 +853,7 @@ SECRET = "hf_'$(id)`x`\"\nline two ünï"
 
 
 @fake_only
-def test_secrets_reach_the_pod_from_a_secret_its_job_owns_and_never_appear_in_the_job(
-    k8s_job, fake, owner
-):
+def test_secrets_reach_the_pod_from_a_secret_its_job_owns_and_never_appear_in_the_job(k8s_job, fake, owner):
     job = dispatched(k8s_job(command="sleep 600", env={"EPOCHS": "3"}, secrets={"HF_TOKEN": SECRET}))
     assert job.state == JobState.SUBMITTED, job.reason
     namespace, name = job.external_id.split("/")
@@ -888,9 +886,9 @@ def test_secrets_reach_the_pod_from_a_secret_its_job_owns_and_never_appear_in_th
 def test_a_dispatch_that_died_between_job_and_secret_is_completed_by_the_retry(k8s_job, fake):
     job = k8s_job(secrets={"HF_TOKEN": SECRET})
     adapter = job.cluster.adapter()
-    with mock.patch.object(KubernetesAdapter, "_create_secret", side_effect=BackendUnavailable("gone")):
-        with pytest.raises(BackendUnavailable):
-            adapter.submit(job)
+    gone = mock.patch.object(KubernetesAdapter, "_create_secret", side_effect=BackendUnavailable("gone"))
+    with gone, pytest.raises(BackendUnavailable):
+        adapter.submit(job)
     external_id = adapter.find(job)
     fake.start(external_id)  # the kubelet holds the container until its Secret exists
     (pod,) = fake.pods_of(external_id)

@@ -242,6 +242,62 @@ def test_residency_is_a_hard_filter(make_job, tenant, cluster, h100, a100, quota
     assert big.reason == "no allowed cluster in region eu has 4 free a100: 0 of 2 in use on eu-1"
 
 
+def test_admission_places_a_job_only_where_its_owner_may_run_it(make_job, cluster, teammate, h100, quotas):
+    """The teammate has no POSIX account: of an idle Slurm cluster and a busier local one, the
+    local one runs their job; the owner's job may go to Slurm. With Slurm alone, the job waits,
+    saying why, rather than being placed there and rejected at dispatch."""
+    slurm = Cluster.objects.create(slug="slurm-1", name="Slurm", kind="slurm", region="local")
+    Pool.objects.create(cluster=slurm, gpu_type=h100, capacity=8)
+    busy = make_job(name="busy", gpu_count=2)
+    admit_pending()
+    assert refreshed(busy)[0].cluster == cluster  # local: the least loaded then (both idle, lower pk)
+    Quota.objects.filter(gpu_type=h100).update(nominal=12)
+    theirs, mine = make_job(name="theirs", owner=teammate), make_job(name="mine")
+    admit_pending()
+    theirs, mine = refreshed(theirs, mine)
+    assert (theirs.cluster.slug, mine.cluster.slug) == ("local", "slurm-1")
+
+    Cluster.objects.filter(pk=cluster.pk).update(draining=True)
+    waiting = make_job(name="waiting", owner=teammate)
+    admit_pending()
+    (waiting,) = refreshed(waiting)
+    assert waiting.state == JobState.PENDING
+    assert waiting.reason == (
+        "no cluster with h100 GPUs would run it: "
+        "slurm-1 runs jobs as their owner's POSIX account, and the owner has none"
+    )
+
+
+def test_admission_places_a_job_only_where_its_image_is_allowed(make_job, cluster, h100, quotas):
+    k8s = Cluster.objects.create(
+        slug="k8s-1",
+        name="K8s",
+        kind="kubernetes",
+        region="local",
+        connection={"in_cluster": True, "allowed_images": ["nvcr.io/nvidia/"]},
+    )
+    Pool.objects.create(cluster=k8s, gpu_type=h100, capacity=8)
+    Quota.objects.filter(gpu_type=h100).update(nominal=12)
+    busy = make_job(name="busy", gpu_count=2)  # no image: k8s-1 would not run it
+    allowed = make_job(name="allowed", image="nvcr.io/nvidia/pytorch:24.05-py3")
+    refused = make_job(name="refused", image="docker.io/library/busybox:1.36")
+    admit_pending()
+    busy, allowed, refused = refreshed(busy, allowed, refused)
+    # After the first, k8s-1 is the least loaded for both others; only the allowed image goes there.
+    assert [j.cluster.slug for j in (busy, allowed, refused)] == ["local", "k8s-1", "local"]
+
+    Cluster.objects.filter(pk=cluster.pk).update(draining=True)
+    waiting = make_job(name="waiting", image="nvcr.io/nvidia/pytorch:24.05-py3")
+    Job.objects.filter(pk=waiting.pk).update(image="docker.io/library/busybox:1.36")  # as by an old row
+    admit_pending()
+    (waiting,) = refreshed(waiting)
+    assert waiting.state == JobState.PENDING
+    assert (
+        waiting.reason
+        == "no cluster with h100 GPUs would run it: k8s-1 runs only images from nvcr.io/nvidia/"
+    )
+
+
 def test_hard_budget_holds_jobs_and_settlement_refunds(make_job, tenant, quotas):
     Budget.objects.create(tenant=tenant, gpu_hours_per_month=Decimal("3"), hard=True)
     first = make_job(name="first", gpu_count=2, time_limit_minutes=60)  # reserves 2 GPU-h
