@@ -400,7 +400,21 @@ CELERY_BEAT_SCHEDULE = {
     "cluster-health": _periodic("factory.tasks.check_cluster_health", FACTORY_HEALTH_INTERVAL),
     "metering": _periodic("billing.tasks.meter", env_float("FACTORY_METERING_INTERVAL", 60.0)),
     "quota-limits": _periodic("quotas.tasks.mirror_limits", env_float("FACTORY_LIMITS_INTERVAL", 300.0)),
+    "notifications": _periodic("jobs.tasks.sweep_notifications", 60.0),
 }
+
+# Notifications (jobs/notifications.py): a failed send is tried again after
+# FACTORY_NOTIFY_RETRY_BASE seconds, doubling, up to FACTORY_NOTIFY_MAX_ATTEMPTS sends in all; the
+# sweep makes those that lost triggers did not, for state changes of the last
+# FACTORY_NOTIFY_LOOKBACK seconds. Webhooks go to public https addresses only, unless
+# FACTORY_WEBHOOK_ALLOW_PRIVATE / FACTORY_WEBHOOK_ALLOW_HTTP say otherwise (tests, closed sites).
+# FACTORY_BASE_URL (https://factory.example.org) makes links in them absolute.
+FACTORY_NOTIFY_MAX_ATTEMPTS = env_int("FACTORY_NOTIFY_MAX_ATTEMPTS", 6)
+FACTORY_NOTIFY_RETRY_BASE = env_float("FACTORY_NOTIFY_RETRY_BASE", 30.0)
+FACTORY_NOTIFY_LOOKBACK = env_float("FACTORY_NOTIFY_LOOKBACK", 3600.0)
+FACTORY_WEBHOOK_ALLOW_PRIVATE = env_bool("FACTORY_WEBHOOK_ALLOW_PRIVATE", False)
+FACTORY_WEBHOOK_ALLOW_HTTP = env_bool("FACTORY_WEBHOOK_ALLOW_HTTP", False)
+FACTORY_BASE_URL = env("FACTORY_BASE_URL", "")
 
 EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "factory@localhost")

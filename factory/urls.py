@@ -5,6 +5,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from jobs import views as job_views
+
 from . import views
 
 handler404 = views.page_not_found
@@ -17,6 +19,7 @@ urlpatterns = [
     path("clusters/", views.cluster_list, name="clusters"),
     path("account/tokens/", views.token_list, name="tokens"),
     path("account/tokens/<int:pk>/revoke/", views.token_revoke, name="token-revoke"),
+    path("account/notifications/", job_views.notification_settings, name="notifications"),
     path("", include("quotas.urls")),
     path("billing/", include("billing.urls")),
     path("api/v1/", include("factory.api.urls")),

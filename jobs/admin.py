@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from .models import Job, JobEvent
+from .models import Delivery, Job, JobEvent, NotificationSettings
 
 
 class JobEventInline(admin.TabularInline):
@@ -43,4 +43,29 @@ class JobAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(NotificationSettings)
+class NotificationSettingsAdmin(admin.ModelAdmin):
+    """Users set these on their Notifications page; the signing key is never shown here."""
+
+    list_display = ["user", "email", "webhook_url", "updated_at"]
+    search_fields = ["user__username", "webhook_url"]
+    fields = ["user", "events", "email", "webhook_url"]
+    raw_id_fields = ["user"]
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    """What was sent, to whom, and how it went (read-only: the record of what happened)."""
+
+    list_display = ["notification", "channel", "target", "state", "attempts", "sent_at", "last_error"]
+    list_filter = ["state", "channel"]
+    search_fields = ["target", "notification__user__username"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

@@ -10,7 +10,10 @@ class JobsConfig(AppConfig):
     def ready(self) -> None:
         from factory.models import Cluster, Pool
 
+        from . import notifications, signals
         from .submission import forget_pool_caches
+
+        signals.job_state_changed.connect(notifications.on_job_state_changed, dispatch_uid="jobs.notify")
 
         for model in (Pool, Cluster):
             post_save.connect(forget_pool_caches, sender=model, dispatch_uid=f"jobs.forget.{model.__name__}")

@@ -76,3 +76,33 @@ MAX_SECRET_VALUE_BYTES = 32 * 1024
 MAX_CPUS = 1024
 MAX_MEMORY_GB = 4096
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
+
+
+class NotifyEvent(models.TextChoices):
+    JOB_STARTED = "job_started", "Job started"
+    JOB_SUCCEEDED = "job_succeeded", "Job succeeded"
+    JOB_FAILED = "job_failed", "Job failed"
+    JOB_TIMED_OUT = "job_timed_out", "Job timed out"
+    BUDGET = "budget", "Budget threshold passed (tenant admins)"
+
+
+# The job states a job's owner may be told about, as events.
+JOB_STATE_EVENTS = {
+    JobState.RUNNING: NotifyEvent.JOB_STARTED,
+    JobState.SUCCEEDED: NotifyEvent.JOB_SUCCEEDED,
+    JobState.FAILED: NotifyEvent.JOB_FAILED,
+    JobState.TIMED_OUT: NotifyEvent.JOB_TIMED_OUT,
+}
+# What a user who never chose is told, by e-mail: what goes wrong.
+DEFAULT_NOTIFY_EVENTS = (NotifyEvent.JOB_FAILED, NotifyEvent.JOB_TIMED_OUT, NotifyEvent.BUDGET)
+
+
+class NotifyChannel(models.TextChoices):
+    EMAIL = "email", "E-mail"
+    WEBHOOK = "webhook", "Webhook"
+
+
+class DeliveryState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"

@@ -5,8 +5,8 @@ from django.core.exceptions import ValidationError
 
 from factory.models import GpuType, Tenant
 
-from .choices import MAX_TIME_LIMIT_MINUTES, MIN_TIME_LIMIT_MINUTES
-from .models import Job
+from .choices import MAX_TIME_LIMIT_MINUTES, MIN_TIME_LIMIT_MINUTES, NotifyEvent
+from .models import Job, NotificationSettings
 from .submission import check_gpu_request, check_image, check_owner_identity
 from .validators import validate_secrets
 
@@ -119,3 +119,27 @@ class JobForm(forms.ModelForm):
         data = self.cleaned_data
         spec = {name: data[name] for name in self.Meta.fields if name != "tenant"}
         return {**spec, "secrets": data.get("secrets") or {}}
+
+
+class NotificationSettingsForm(forms.ModelForm):
+    """What a user wants to hear of, and how."""
+
+    events = forms.MultipleChoiceField(
+        choices=NotifyEvent.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Tell me when",
+    )
+    webhook_url = forms.URLField(
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        label="Webhook URL",
+        help_text="An https address (Slack, Mattermost, or your own receiver); requests are signed.",
+    )
+
+    class Meta:
+        model = NotificationSettings
+        fields = ["events", "email", "webhook_url"]
+        labels = {"email": "By e-mail"}
+        help_texts = {"email": "To the address of your account."}

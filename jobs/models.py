@@ -18,6 +18,7 @@ from . import signals
 from .choices import (
     AT_BACKEND_STATES,
     HOLDING_STATES,
+    JOB_STATE_EVENTS,
     MAX_CPUS,
     MAX_MEMORY_GB,
     MAX_PRIORITY,
@@ -26,11 +27,20 @@ from .choices import (
     MIN_TIME_LIMIT_MINUTES,
     TERMINAL_STATES,
     TRANSITIONS,
+    DeliveryState,
     EventKind,
     JobState,
+    NotifyChannel,
+    NotifyEvent,
 )
 from .querysets import JobQuerySet
-from .validators import validate_command, validate_env, validate_image, validate_name
+from .validators import (
+    validate_command,
+    validate_env,
+    validate_image,
+    validate_name,
+    validate_webhook_url,
+)
 
 
 class Job(models.Model):
@@ -217,7 +227,17 @@ class Job(models.Model):
             computed = [name for name, value in fields.items() if hasattr(value, "resolve_expression")]
             if computed:
                 self.refresh_from_db(fields=computed)
-            self.record(EventKind.STATE, message or f"{JobState(previous).label} → {JobState(to).label}")
+            event = self.record(
+                EventKind.STATE, message or f"{JobState(previous).label} → {JobState(to).label}"
+            )
+            if to in JOB_STATE_EVENTS:
+                changed_state = {
+                    "job_id": self.pk,
+                    "owner_id": self.owner_id,
+                    "state": to,
+                    "event_id": event.pk,
+                }
+                transaction.on_commit(lambda: signals.job_state_changed.send_robust(Job, **changed_state))
             if previous in HOLDING_STATES and to not in HOLDING_STATES:
                 released = {
                     "job_id": self.pk,
@@ -437,3 +457,94 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id}#{self.pk} {self.kind}: {self.message}"
+
+
+# --- notifications ------------------------------------------------------------------------------
+
+
+def _default_events() -> list[str]:
+    from .choices import DEFAULT_NOTIFY_EVENTS
+
+    return [str(event) for event in DEFAULT_NOTIFY_EVENTS]
+
+
+class NotificationSettings(models.Model):
+    """What a user wants to be told, and how. Without a row, the defaults: e-mail on failures,
+    time-outs and (tenant admins) budget thresholds."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_settings"
+    )
+    events = models.JSONField(default=_default_events)
+    email = models.BooleanField(default=True)
+    webhook_url = models.URLField(max_length=500, blank=True, validators=[validate_webhook_url])
+    # The key webhook requests are signed with (HMAC-SHA256), sealed at rest like job secrets; shown
+    # to the user once, when it is made.
+    webhook_key_sealed = models.TextField(blank=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "notification settings"
+
+    def __str__(self) -> str:
+        return f"notifications of {self.user}"
+
+    def webhook_key(self) -> str:
+        return sealing.unseal(self.webhook_key_sealed).get("key", "")
+
+    def set_webhook_key(self, key: str) -> None:
+        self.webhook_key_sealed = sealing.seal({"key": key}) if key else ""
+
+
+class Notification(models.Model):
+    """One thing one user is told, once: a job's state change (its JobEvent) or a budget
+    threshold (its alert). The unique source makes a repeated trigger a no-op."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    event = models.CharField(max_length=32, choices=NotifyEvent.choices)
+    job = models.ForeignKey(
+        Job, on_delete=models.CASCADE, null=True, blank=True, related_name="notifications"
+    )
+    source = models.CharField(max_length=64)  # "job-event:<id>", "budget-alert:<id>"
+    subject = models.CharField(max_length=200)
+    text = models.TextField()
+    url = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["user", "source"], name="one_notification_per_source")]
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.subject}"
+
+
+class Delivery(models.Model):
+    """A notification on one channel. Sent by whoever claims it (a conditional update moves
+    `next_attempt_at` past the send's timeout); never sent again once sent."""
+
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)  # X-Factory-Delivery
+    notification = models.ForeignKey(Notification, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=16, choices=NotifyChannel.choices)
+    target = models.CharField(max_length=500)  # the address or URL, as it was when notified
+    state = models.CharField(max_length=16, choices=DeliveryState.choices, default=DeliveryState.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.CharField(max_length=500, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["notification", "channel"], name="one_delivery_per_channel")
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(state="pending"),
+                name="delivery_pending_due",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.notification} by {self.channel}: {self.state}"

@@ -10,3 +10,6 @@ job_submitted = Signal()
 # attempt, cluster_id, started_at and ended_at of the attempt that released, and requeued (back to
 # pending).
 job_released = Signal()
+# A job reached a state its owner may be told about (jobs.choices.JOB_STATE_EVENTS). Sent on
+# commit with job_id, owner_id, state and event_id (the JobEvent that recorded it).
+job_state_changed = Signal()

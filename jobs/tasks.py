@@ -104,3 +104,28 @@ def cancel_backend_job(job_id: int, cluster_id: int, dispatch_key: str, external
     cluster = Cluster.objects.filter(pk=cluster_id).first()
     if job is not None and cluster is not None:
         cluster.adapter().cancel(dispatch.Attempt(job, dispatch_key, external_id))
+
+
+# --- notifications (on the notifications queue) -------------------------------------------------------
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def notify_job_event(event_id: int) -> None:
+    from . import notifications
+
+    notifications.notify_job_event(event_id)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def deliver_notification(delivery_id: int) -> None:
+    """Send one delivery; a failed send schedules its own retry (notifications.deliver)."""
+    from . import notifications
+
+    notifications.deliver(delivery_id)
+
+
+@shared_task(ignore_result=True)
+def sweep_notifications() -> None:
+    from . import notifications
+
+    notifications.sweep()

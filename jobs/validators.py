@@ -90,3 +90,15 @@ def _validate_variables(value, what: str, most: int, value_bytes: int) -> None:
                 f"The value of {name} must be under {value_bytes} bytes without NUL characters.",
                 code="env_value",
             )
+
+
+def validate_webhook_url(value: str) -> None:
+    """An https address of a public host. A webhook is sent from inside the platform's network:
+    an address of a private, loopback or link-local host (the cloud's metadata service, the
+    database) would let a user reach what they must not. FACTORY_WEBHOOK_ALLOW_PRIVATE and
+    FACTORY_WEBHOOK_ALLOW_HTTP lift the rules (for tests and closed sites)."""
+    from .notifications import webhook_refusal
+
+    refusal = webhook_refusal(value)
+    if refusal:
+        raise ValidationError(refusal, code="webhook_url")

@@ -18,14 +18,15 @@ from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpRespons
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.utils.cache import patch_vary_headers
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from factory.adapters import BackendError
 
-from . import lifecycle, live, submission
+from . import lifecycle, live, notifications, submission
 from .filtersets import JobFilterSet
-from .forms import JobForm
-from .models import Job, JobEvent
+from .forms import JobForm, NotificationSettingsForm
+from .models import Job, JobEvent, Notification, NotificationSettings
 
 LIST_PAGE_SIZE = 20
 # A live list stops polling with this status (htmx treats 286 as "stop polling").
@@ -296,3 +297,34 @@ async def follow_job(request: HttpRequest, pk: int, last_event: int, log_offset:
                 if loop.time() - quiet_since >= KEEP_ALIVE_SECONDS:
                     yield ": keep-alive\n\n"
                     quiet_since = loop.time()
+
+
+@never_cache  # a new webhook key is on the page
+@login_required
+def notification_settings(request: HttpRequest) -> HttpResponse:
+    """Your notification choices, and what you were sent lately with how its delivery went. A
+    webhook's signing key is made with its first address (or on request) and shown once."""
+    prefs = NotificationSettings.objects.filter(user=request.user).first() or NotificationSettings(
+        user=request.user
+    )
+    form = NotificationSettingsForm(request.POST or None, instance=prefs)
+    new_key = ""
+    if request.method == "POST" and form.is_valid():
+        prefs = form.save(commit=False)
+        if prefs.webhook_url and (not prefs.webhook_key_sealed or "rotate_key" in request.POST):
+            new_key = notifications.new_webhook_key()
+            prefs.set_webhook_key(new_key)
+        elif not prefs.webhook_url:
+            prefs.set_webhook_key("")
+        prefs.save()
+        if not new_key:
+            messages.success(request, "Notification settings saved.")
+            return redirect("notifications")
+    sent = Notification.objects.filter(user=request.user).prefetch_related("deliveries")[:50]
+    context = {
+        "form": form,
+        "new_key": new_key,
+        "notifications": sent,
+        "has_key": bool(prefs.webhook_key_sealed),
+    }
+    return render(request, "jobs/notifications.html", context, status=400 if form.errors else 200)
