@@ -40,3 +40,17 @@ def prices_per_gpu_hour(day: date | None = None) -> dict[int, tuple[Decimal, str
         gpu_type_id: (price, currency)
         for gpu_type_id, price, currency in cards.values_list("gpu_type_id", "price_per_gpu_hour", "currency")
     }
+
+
+def price_job(
+    gpu_type_id: int, cluster_id: int | None, *, gpus: int, cpus: int, memory_gb: int, hours: Decimal
+) -> tuple[Decimal, str, Decimal] | None:
+    """(amount, currency, price per GPU-hour) of holding these resources for `hours` today, by the
+    rate card the ledger would use (the cluster's own, else the GPU type's); None without one."""
+    from .metering import rate_for
+
+    card = rate_for(gpu_type_id, cluster_id, timezone.now().date())
+    if card is None:
+        return None
+    amount = card.charge(gpus=gpus, cpus=cpus, memory_gb=memory_gb, hours=hours)
+    return amount, card.currency, card.price_per_gpu_hour

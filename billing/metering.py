@@ -33,7 +33,6 @@ from .models import (
     RateCard,
     UsageKind,
     UsageRecord,
-    to_cents,
 )
 
 log = logging.getLogger(__name__)
@@ -100,11 +99,7 @@ def line_for(
     card = pricing.rate(job.gpu_type_id, job.cluster_id, start.date())
     amount = ZERO
     if card is not None and kind in (UsageKind.USAGE, UsageKind.ADJUSTMENT):
-        amount = to_cents(
-            job.gpu_count * hours * card.price_per_gpu_hour
-            + job.cpus * hours * card.price_per_cpu_core_hour
-            + job.memory_gb * hours * card.price_per_memory_gb_hour
-        )
+        amount = card.charge(gpus=job.gpu_count, cpus=job.cpus, memory_gb=job.memory_gb, hours=hours)
     kwh = Decimal(job.gpu_count) * Decimal(gpu_type.board_power_watts) / 1000 * hours * cluster.pue
     return UsageRecord(
         job=job,

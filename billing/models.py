@@ -88,6 +88,15 @@ class RateCard(models.Model):
         price = f"{self.price_per_gpu_hour} {self.currency}/GPU-h"
         return f"{self.gpu_type}{where}: {price} from {self.effective_from}"
 
+    def charge(self, *, gpus: int, cpus: int, memory_gb: int, hours: Decimal) -> Decimal:
+        """What this card charges for these resources held for `hours`, to the cent: the one
+        pricing rule, for ledger lines and estimates alike."""
+        return to_cents(
+            gpus * hours * self.price_per_gpu_hour
+            + cpus * hours * self.price_per_cpu_core_hour
+            + memory_gb * hours * self.price_per_memory_gb_hour
+        )
+
     def clean(self) -> None:
         if not self.currency:
             raise ValidationError({"currency": "A price needs a currency."})

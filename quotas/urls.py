@@ -10,4 +10,5 @@ urlpatterns = [
     path("quotas/<int:pk>/", views.quota_row, name="row"),
     path("dashboard/", views.my_dashboard, name="my-dashboard"),
     path("tenants/<slug:slug>/", views.tenant_dashboard, name="dashboard"),
+    path("jobs/estimate/", views.job_estimate, name="job-estimate"),
 ]

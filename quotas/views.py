@@ -9,7 +9,9 @@ from django.utils.cache import patch_vary_headers
 
 from factory.models import Tenant
 from factory.months import days_in, month_of
+from jobs.forms import JobForm
 
+from . import estimate
 from .editing import save_audited
 from .forms import BudgetForm, QuotaForm, QuotaLimitsForm
 from .models import Budget, Quota, QuotaChange
@@ -124,3 +126,21 @@ def burn_chart(burn, width: int = 600, height: int = 160) -> dict:
         "top": top,
         "days": days_in_month,
     }
+
+
+@login_required
+def job_estimate(request: HttpRequest) -> HttpResponse:
+    """The new-job form's live estimate (htmx): the form's fields in, a panel out. Nothing is
+    created; a form that is not complete yet says what is missing instead."""
+    form = JobForm(request.POST or None, user=request.user)
+    result, problem = None, ""
+    if request.method == "POST" and form.is_valid():
+        try:
+            result = estimate.estimate(form.cleaned_data["tenant"], request.user, form.cleaned_data)
+        except ValidationError as exc:
+            problem = " ".join(exc.messages)
+    elif form.errors:
+        problem = "Complete the form to see an estimate."
+    response = render(request, "quotas/_estimate.html", {"estimate": result, "problem": problem})
+    patch_vary_headers(response, ["HX-Request"])
+    return response

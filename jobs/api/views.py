@@ -35,6 +35,7 @@ class JobViewSet(
     queryset = Job.objects.select_related("tenant", "owner", "gpu_type", "cluster").with_queue_position()
     serializer_class = JobSerializer
     filterset_class = JobFilterSet
+    lookup_value_regex = "[0-9]+"  # so that jobs/estimate/ (quotas) is not taken for a job
 
     def get_serializer_class(self):
         return JobCreateSerializer if self.action == "create" else JobSerializer

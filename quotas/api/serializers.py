@@ -70,3 +70,29 @@ class BudgetSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
     def get_used_gpu_hours_this_month(self, budget) -> str:
         return str(budget_burn(budget.tenant).used.quantize(Decimal("0.01")))
+
+
+class BudgetEffectSerializer(serializers.Serializer):
+    unit = serializers.CharField(help_text="The budget's currency, or GPU-hours.")
+    left = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+    left_after = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+    hard = serializers.BooleanField()
+    holds_job = serializers.BooleanField(help_text="Whether the hard budget would hold the job.")
+    note = serializers.CharField()
+
+
+class EstimateSerializer(serializers.Serializer):
+    """What a job would cost and how long it would wait; see quotas/estimate.py for how."""
+
+    gpu_hours = serializers.DecimalField(max_digits=14, decimal_places=4)
+    price_per_gpu_hour = serializers.DecimalField(max_digits=14, decimal_places=4)
+    currency = serializers.CharField()
+    cost = serializers.DecimalField(max_digits=14, decimal_places=2, help_text="At the time limit: the most.")
+    budget = BudgetEffectSerializer(allow_null=True)
+    admits_now = serializers.BooleanField()
+    admission = serializers.CharField()
+    queued_ahead = serializers.IntegerField()
+    wait_seconds_median = serializers.IntegerField(allow_null=True)
+    wait_seconds_p90 = serializers.IntegerField(allow_null=True)
+    wait_samples = serializers.IntegerField()
+    wait_basis = serializers.CharField()

@@ -1,17 +1,25 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from factory.api.permissions import IsStaffOrReadOnly
 from factory.api.views import SLUG_PATTERN
 from factory.api.viewsets import ScopedModelViewSet
+from factory.models import Tenant
+from jobs import submission
+from jobs.api.serializers import JobCreateSerializer
 
+from .. import estimate
 from ..editing import delete_audited, save_audited
 from ..filtersets import QuotaFilterSet
 from ..models import Budget, Quota
 from ..usage import usage_for
-from .serializers import BudgetSerializer, QuotaSerializer
+from .serializers import BudgetSerializer, EstimateSerializer, QuotaSerializer
 
 
 class AuditedSaveMixin:
@@ -63,3 +71,22 @@ class BudgetViewSet(AuditedSaveMixin, ScopedModelViewSet):
     lookup_value_regex = SLUG_PATTERN
     cursor_ordering = "id"
     http_method_names = ["get", "post", "patch", "head", "options"]
+
+
+class EstimateView(APIView):
+    """POST a job spec (as for `jobs/`): its cost at the time limit, what it does to the tenant's
+    budget, whether admission would place it now, and how long similar jobs waited lately. Nothing
+    is created. A spec the submission would refuse gets the same field errors."""
+
+    @extend_schema(request=JobCreateSerializer, responses={200: EstimateSerializer})
+    def post(self, request):
+        serializer = JobCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        spec = dict(serializer.validated_data)
+        tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=spec.pop("tenant"))
+        try:
+            submission.check_owner_identity(request.user, tenant, spec["gpu_type"], spec["gpu_count"])
+            result = estimate.estimate(tenant, request.user, spec)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
+        return Response(EstimateSerializer(result.as_dict()).data)
