@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from .models import Delivery, Job, JobEvent, NotificationSettings
+from .models import Delivery, Job, JobEvent, JobTemplate, NotificationSettings
 
 
 class JobEventInline(admin.TabularInline):
@@ -69,3 +69,11 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(JobTemplate)
+class JobTemplateAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner", "tenant", "shared", "updated_at"]
+    list_filter = ["shared"]
+    search_fields = ["name", "owner__username", "tenant__slug"]
+    raw_id_fields = ["owner", "tenant"]

@@ -6,9 +6,9 @@ from django.core.exceptions import ValidationError
 from factory.models import GpuType, Tenant
 
 from .choices import MAX_TIME_LIMIT_MINUTES, MIN_TIME_LIMIT_MINUTES, NotifyEvent
-from .models import Job, NotificationSettings
+from .models import Job, JobTemplate, NotificationSettings
 from .submission import check_gpu_request, check_image, check_owner_identity
-from .validators import validate_secrets
+from .validators import validate_name, validate_secrets
 
 
 class EnvField(forms.CharField):
@@ -119,6 +119,42 @@ class JobForm(forms.ModelForm):
         data = self.cleaned_data
         spec = {name: data[name] for name in self.Meta.fields if name != "tenant"}
         return {**spec, "secrets": data.get("secrets") or {}}
+
+    # Fields a template or a rerun copies: all but the tenant (chosen apart) and the secrets
+    # (never kept, never shown back).
+    @classmethod
+    def copied_fields(cls) -> list[str]:
+        return [name for name in cls.Meta.fields if name != "tenant"]
+
+    def template_spec(self) -> dict:
+        """The cleaned spec as JSON for a template: related objects by slug."""
+        spec = {name: self.cleaned_data[name] for name in self.copied_fields()}
+        spec["gpu_type"] = spec["gpu_type"].slug
+        return spec
+
+    @classmethod
+    def initial_from_job(cls, job: Job) -> dict:
+        initial = {name: getattr(job, name) for name in cls.copied_fields()}
+        return {**initial, "gpu_type": job.gpu_type_id, "tenant": job.tenant_id}
+
+    @classmethod
+    def initial_from_template(cls, template: JobTemplate) -> dict:
+        initial = {name: value for name, value in template.spec.items() if name in cls.copied_fields()}
+        gpu_type = GpuType.objects.filter(slug=initial.pop("gpu_type", "")).first()
+        return {**initial, "gpu_type": gpu_type.pk if gpu_type else None, "tenant": template.tenant_id}
+
+
+class TemplateForm(forms.Form):
+    """Saving the new-job form's spec as a template (a second button on that form)."""
+
+    name = forms.CharField(max_length=64, required=False, label="Template", validators=[validate_name])
+    shared = forms.BooleanField(required=False, label="Share with the tenant's members")
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if not name:
+            raise ValidationError("Name the template.")
+        return name
 
 
 class NotificationSettingsForm(forms.ModelForm):

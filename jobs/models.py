@@ -33,7 +33,7 @@ from .choices import (
     NotifyChannel,
     NotifyEvent,
 )
-from .querysets import JobQuerySet
+from .querysets import JobQuerySet, JobTemplateQuerySet
 from .validators import (
     validate_command,
     validate_env,
@@ -548,3 +548,30 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.notification} by {self.channel}: {self.state}"
+
+
+# --- templates -------------------------------------------------------------------------------------
+
+
+class JobTemplate(models.Model):
+    """A job spec kept to start new jobs from: its owner's, or shared with the tenant's members.
+    It holds the form's fields but the tenant and never a secret."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="job_templates"
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="job_templates")
+    name = models.CharField(max_length=64, validators=[validate_name])
+    shared = models.BooleanField(default=False, help_text="The tenant's members may start from it.")
+    spec = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = JobTemplateQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="one_template_name_per_owner")]
+
+    def __str__(self) -> str:
+        return self.name

@@ -118,3 +118,12 @@ class JobQuerySet(TenantOwnedQuerySet):
                 for pk in moved
             )
         return moved
+
+
+class JobTemplateQuerySet(models.QuerySet):
+    def usable_by(self, user) -> JobTemplateQuerySet:
+        """One's own templates, and those shared in a tenant one belongs to (still a member)."""
+        if not user.is_authenticated:
+            return self.none()
+        shared = models.Q(shared=True, tenant__memberships__user=user)
+        return self.filter(models.Q(owner=user, tenant__memberships__user=user) | shared).distinct()

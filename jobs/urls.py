@@ -8,6 +8,7 @@ app_name = "jobs"
 urlpatterns = [
     path("", views.job_list, name="list"),
     path("new/", views.job_create, name="create"),
+    path("templates/<int:pk>/delete/", views.template_delete, name="template-delete"),
     path("<int:pk>/", views.job_detail, name="detail"),
     path("<int:pk>/cancel/", views.job_cancel, name="cancel"),
     path("<int:pk>/log/", views.job_log, name="log"),

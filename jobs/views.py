@@ -17,6 +17,7 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
@@ -25,8 +26,8 @@ from factory.adapters import BackendError
 
 from . import lifecycle, live, notifications, submission
 from .filtersets import JobFilterSet
-from .forms import JobForm, NotificationSettingsForm
-from .models import Job, JobEvent, Notification, NotificationSettings
+from .forms import JobForm, NotificationSettingsForm, TemplateForm
+from .models import Job, JobEvent, JobTemplate, Notification, NotificationSettings
 
 LIST_PAGE_SIZE = 20
 # A live list stops polling with this status (htmx treats 286 as "stop polling").
@@ -65,12 +66,76 @@ def job_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def job_create(request: HttpRequest) -> HttpResponse:
-    form = JobForm(request.POST or None, user=request.user)
+    """The new-job form: empty, started from a template (?template=ID) or from an earlier job
+    (?rerun=ID, "Run again"); submitted, or saved as a template (the second button)."""
+    saving = request.method == "POST" and "save_template" in request.POST
+    form = JobForm(request.POST or None, user=request.user, initial=form_initial(request))
+    template_form = TemplateForm(request.POST if saving else None, prefix="template")
     if request.method == "POST" and form.is_valid():
-        job, _ = submission.submit(tenant=form.cleaned_data["tenant"], owner=request.user, spec=form.spec())
-        messages.success(request, f"Job {job.name} submitted.")
-        return redirect(job)
-    return render(request, "jobs/job_form.html", {"form": form}, status=400 if form.errors else 200)
+        if not saving:
+            job, _ = submission.submit(
+                tenant=form.cleaned_data["tenant"], owner=request.user, spec=form.spec()
+            )
+            messages.success(request, f"Job {job.name} submitted.")
+            return redirect(job)
+        if template_form.is_valid():
+            template = save_template(request.user, form, template_form.cleaned_data)
+            messages.success(request, f"Template {template.name} saved; start new jobs from it below.")
+            return redirect(f"{reverse('jobs:create')}?template={template.pk}")
+    context = {
+        "form": form,
+        "template_form": template_form,
+        "templates": JobTemplate.objects.usable_by(request.user).select_related("owner", "tenant"),
+    }
+    failed = form.errors or template_form.errors
+    return render(request, "jobs/job_form.html", context, status=400 if failed else 200)
+
+
+def form_initial(request: HttpRequest) -> dict:
+    """The form's first values: from a template one may use, or a job one may see (never its
+    secrets); another tenant's is a 404."""
+    if request.method != "GET":
+        return {}
+    if "rerun" in request.GET:
+        job = visible_job(request, _id(request.GET["rerun"]))
+        if job.secrets_sealed:
+            names = ", ".join(job.secret_names)
+            messages.info(request, f"Secrets are never copied: enter {names} again if the job needs them.")
+        return JobForm.initial_from_job(job)
+    if "template" in request.GET:
+        usable = JobTemplate.objects.usable_by(request.user)
+        return JobForm.initial_from_template(get_object_or_404(usable, pk=_id(request.GET["template"])))
+    return {}
+
+
+def _id(value: str) -> int:
+    if not value.isdigit():
+        raise Http404("no such object")
+    return int(value)
+
+
+def save_template(user, form: JobForm, data: dict) -> JobTemplate:
+    """Create the user's template of that name, or replace its spec."""
+    template, _ = JobTemplate.objects.update_or_create(
+        owner=user,
+        name=data["name"],
+        defaults={
+            "tenant": form.cleaned_data["tenant"],
+            "shared": data["shared"],
+            "spec": form.template_spec(),
+        },
+    )
+    return template
+
+
+@require_POST
+@login_required
+def template_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """Delete one of your templates; anyone else's is a 404."""
+    template = get_object_or_404(JobTemplate, pk=pk, owner=request.user)
+    template.delete()
+    messages.success(request, f"Template {template.name} deleted.")
+    return redirect("jobs:create")
 
 
 @login_required
