@@ -76,6 +76,13 @@ MAX_SECRET_VALUE_BYTES = 32 * 1024
 MAX_CPUS = 1024
 MAX_MEMORY_GB = 4096
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
+MAX_DEPENDENCIES = 100
+
+
+class DependencyKind(models.TextChoices):
+    # Slurm's --dependency=afterok / afterany.
+    AFTER_OK = "after_ok", "after it succeeds"
+    AFTER_ANY = "after_any", "after it ends"
 
 
 class NotifyEvent(models.TextChoices):

@@ -5,6 +5,7 @@ from django.core.exceptions import ValidationError
 
 from factory.models import GpuType, Tenant
 
+from . import dependencies
 from .choices import MAX_TIME_LIMIT_MINUTES, MIN_TIME_LIMIT_MINUTES, NotifyEvent
 from .models import Job, JobTemplate, NotificationSettings
 from .submission import check_gpu_request, check_image, check_owner_identity
@@ -45,10 +46,32 @@ class SecretsField(EnvField):
         return ""
 
 
+class JobIdsField(forms.CharField):
+    """Job numbers, separated by commas or spaces ("12, 13" or "#12 #13")."""
+
+    def to_python(self, value) -> list[int]:
+        ids = []
+        for word in (value or "").replace(",", " ").split():
+            number = word.removeprefix("#")
+            if not number.isdigit() or int(number) < 1:
+                raise ValidationError(f"{word[:20]} is not a job number.")
+            ids.append(int(number))
+        return ids
+
+    def prepare_value(self, value) -> str:
+        return ", ".join(map(str, value)) if isinstance(value, list) else value or ""
+
+
 class JobForm(forms.ModelForm):
     tenant = forms.ModelChoiceField(queryset=Tenant.objects.none(), empty_label=None)
     gpu_type = forms.ModelChoiceField(queryset=GpuType.objects.all(), empty_label=None, label="GPU type")
     env = EnvField(required=False, label="Environment variables")
+    after_ok = JobIdsField(
+        required=False,
+        label="Run after these succeed",
+        help_text="Job numbers of the same tenant; if one fails, this job is cancelled.",
+    )
+    after_any = JobIdsField(required=False, label="Run after these end", help_text="However they end.")
     secrets = SecretsField(
         required=False,
         label="Secrets",
@@ -113,12 +136,22 @@ class JobForm(forms.ModelForm):
                     check_owner_identity(self.user, data["tenant"], data["gpu_type"], data["gpu_count"])
             except ValidationError as exc:
                 self.add_error(None, exc)
+        if data.get("tenant") and "after_ok" in data and "after_any" in data:
+            try:
+                dependencies.check(data["tenant"], data["after_ok"], data["after_any"])
+            except ValidationError as exc:
+                self.add_error(None, exc)
         return data
 
     def spec(self) -> dict:
         data = self.cleaned_data
         spec = {name: data[name] for name in self.Meta.fields if name != "tenant"}
-        return {**spec, "secrets": data.get("secrets") or {}}
+        return {
+            **spec,
+            "secrets": data.get("secrets") or {},
+            "after_ok": data.get("after_ok") or [],
+            "after_any": data.get("after_any") or [],
+        }
 
     # Fields a template or a rerun copies: all but the tenant (chosen apart) and the secrets
     # (never kept, never shown back).

@@ -28,6 +28,7 @@ from .choices import (
     TERMINAL_STATES,
     TRANSITIONS,
     DeliveryState,
+    DependencyKind,
     EventKind,
     JobState,
     NotifyChannel,
@@ -440,6 +441,23 @@ class Job(models.Model):
         if exit_code is not None and state != JobState.SUCCEEDED:
             message += f" with exit code {exit_code}"
         return f"{message}: {reason}" if reason else message
+
+
+class JobDependency(models.Model):
+    """`job` waits in admission until `on` succeeded (after_ok) or ended (after_any); an after_ok
+    dependency that ended otherwise cancels it (jobs/dependencies.py). Only existing jobs of the
+    same tenant can be named, so no cycle can form."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="dependencies")
+    on = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="dependents")
+    kind = models.CharField(max_length=16, choices=DependencyKind.choices)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["job", "on"], name="one_dependency_per_pair")]
+
+    def __str__(self) -> str:
+        return f"#{self.job_id} {self.get_kind_display()} #{self.on_id}"
 
 
 class JobEvent(models.Model):

@@ -15,7 +15,7 @@ from factory.adapters.base import normalise_image
 from factory.choices import POSIX_USER_KINDS, ClusterKind
 from factory.models import GpuType, Identity, Pool, Tenant
 
-from . import signals
+from . import dependencies, signals
 from .choices import EventKind
 from .models import Job
 
@@ -130,11 +130,15 @@ def submit(*, tenant: Tenant, owner, spec: dict, idempotency_key: str = "") -> t
     """
     spec = dict(spec)
     secrets = spec.pop("secrets", None) or {}
+    # Checked by the callers (dependencies.check), with the form's and the API's other rules.
+    after_ok, after_any = list(spec.pop("after_ok", None) or []), list(spec.pop("after_any", None) or [])
     # Secrets count in telling two requests apart, by a keyed digest: the stored fingerprint must
     # not let anyone check guesses of a secret against it.
     asked = {
         **spec,
         **({"secrets": {k: sealing.keyed_digest(v) for k, v in secrets.items()}} if secrets else {}),
+        **({"after_ok": after_ok} if after_ok else {}),
+        **({"after_any": after_any} if after_any else {}),
     }
     digest = fingerprint({"tenant": tenant.slug, **asked}) if idempotency_key else ""
     # No look-up first: a first request (the common case) just inserts; a repeat trips the unique
@@ -151,6 +155,8 @@ def submit(*, tenant: Tenant, owner, spec: dict, idempotency_key: str = "") -> t
             job.seal_secrets(secrets)
             job.save(force_insert=True)
             job.record(EventKind.STATE, f"Submitted by {owner}")
+            if after_ok or after_any:
+                dependencies.record(job, after_ok, after_any)
             transaction.on_commit(lambda: signals.job_submitted.send_robust(Job, job_id=job.pk))
     except IntegrityError:
         if not idempotency_key:

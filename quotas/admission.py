@@ -16,6 +16,8 @@ Rules (see Quota and Budget):
 - order across tenants: fair share (use ÷ nominal, lowest first), then submit time; within a
   tenant, priority (capped by the ceiling the platform sets for it) first; a job that does not fit
   is skipped, so smaller jobs behind it can go;
+- dependencies: a job that runs after others waits, outside the order, until they ended as it
+  asked (jobs/dependencies.py);
 - reclaim: a job within its tenant's nominal quota that finds no room preempts the newest jobs
   running on borrowed GPUs (never to serve a borrower).
 """
@@ -41,7 +43,7 @@ from factory.adapters import ImageRule
 from factory.choices import POSIX_USER_KINDS
 from factory.models import Identity, Pool, Tenant
 from factory.months import month_of
-from jobs import lifecycle
+from jobs import dependencies, lifecycle
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
 
@@ -482,10 +484,16 @@ def admit_pending() -> PassResult:
     with transaction.atomic():
         admission_lock()
         settle_released()
+        held_back = dependencies.resolve()  # jobs waiting for others to end, as they said
         snapshot = Snapshot()
-        waiting: dict[int, str] = {}
+        pending = pending_jobs()
+        waiting: dict[int, str] = {
+            job.id: held_back[job.id]
+            for job in pending
+            if job.id in held_back and job.reason != held_back[job.id]
+        }
         borrowers = []
-        for job in admission_order(snapshot, pending_jobs()):
+        for job in admission_order(snapshot, [job for job in pending if job.id not in held_back]):
             if not decide_and_admit(snapshot, job, result, waiting, may_borrow=False):
                 borrowers.append(job)
         for job in borrowers:

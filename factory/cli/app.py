@@ -26,7 +26,14 @@ from rich.console import Console
 from rich.table import Table
 
 from .client import TERMINAL, Client, CliError, Config, load_config, save_config
-from .spec import SpecFile, parse_assignments, parse_memory, parse_time, secrets_from_environment
+from .spec import (
+    SpecFile,
+    parse_assignments,
+    parse_dependency,
+    parse_memory,
+    parse_time,
+    secrets_from_environment,
+)
 
 app = typer.Typer(
     help="Submit and follow GPU jobs on the AI factory portal.",
@@ -139,6 +146,9 @@ def submit(
         typer.Option("--secret", help="NAME: send the environment variable NAME as a secret. Repeatable."),
     ] = None,
     wrap: Annotated[str | None, typer.Option("--wrap", help="The command, instead of a script.")] = None,
+    dependency: Annotated[
+        str | None, typer.Option("--dependency", "-d", help="afterok:ID[:ID…],afterany:ID[:ID…]")
+    ] = None,
     wait_for_it: Annotated[bool, typer.Option("--wait", help="Then wait for the job to end.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -170,6 +180,9 @@ def submit(
     spec.update({k: v for k, v in flags.items() if v is not None})
     if export:
         spec["env"] = {**(spec.get("env") or {}), **parse_assignments(export, "--export")}
+    if dependency:
+        for kind, ids in parse_dependency(dependency).items():
+            spec[kind] = [*(spec.get(kind) or []), *ids]
     if secret:
         spec["secrets"] = {
             **(spec.get("secrets") or {}),

@@ -98,3 +98,19 @@ def secrets_from_environment(names: list[str], environ: dict[str, str]) -> dict[
             raise CliError(f"--secret {name}: no environment variable {name} to take its value from", code=2)
         secrets[name] = environ[name]
     return secrets
+
+
+def parse_dependency(text: str) -> dict[str, list[int]]:
+    """sbatch's --dependency, for the kinds the portal keeps: `afterok:12:13,afterany:14`."""
+    kinds = {"afterok": "after_ok", "afterany": "after_any"}
+    found: dict[str, list[int]] = {}
+    for part in text.split(","):
+        kind, _, ids = part.strip().partition(":")
+        if kind not in kinds or not ids:
+            raise CliError(f"--dependency {part!r}: use afterok:ID[:ID…] or afterany:ID[:ID…]", code=2)
+        try:
+            numbers = [int(i) for i in ids.split(":")]
+        except ValueError:
+            raise CliError(f"--dependency {part!r}: job ids are numbers", code=2) from None
+        found.setdefault(kinds[kind], []).extend(numbers)
+    return found

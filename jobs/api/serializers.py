@@ -6,7 +6,7 @@ from rest_framework import serializers
 from factory.api.serializers import ReusedFieldsMixin, SlugRelatedField, StrictFieldsMixin
 from factory.models import GpuType
 
-from ..choices import JobState
+from ..choices import MAX_DEPENDENCIES, DependencyKind, JobState
 from ..models import Job, JobEvent
 from ..submission import check_gpu_request, check_image
 from ..validators import validate_command, validate_env, validate_image, validate_name, validate_secrets
@@ -50,8 +50,17 @@ class JobSerializer(ReusedFieldsMixin, serializers.Serializer):
     attempt = serializers.IntegerField(read_only=True)
     preempted_seconds = serializers.IntegerField(read_only=True)
 
+    after_ok = serializers.SerializerMethodField()
+    after_any = serializers.SerializerMethodField()
+
     def get_cancel_requested(self, job: Job) -> bool:
         return job.cancel_requested_at is not None
+
+    def get_after_ok(self, job: Job) -> list[int]:
+        return [d.on_id for d in job.dependencies.all() if d.kind == DependencyKind.AFTER_OK]
+
+    def get_after_any(self, job: Job) -> list[int]:
+        return [d.on_id for d in job.dependencies.all() if d.kind == DependencyKind.AFTER_ANY]
 
 
 def _field_validators(name: str) -> list:
@@ -80,6 +89,21 @@ class JobCreateSerializer(StrictFieldsMixin, ReusedFieldsMixin, serializers.Seri
     time_limit_minutes = serializers.IntegerField(validators=_field_validators("time_limit_minutes"))
     priority = serializers.IntegerField(required=False, default=0, validators=_field_validators("priority"))
     env = serializers.JSONField(required=False, default=dict, validators=[validate_env])
+    after_ok = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        required=False,
+        default=list,
+        max_length=MAX_DEPENDENCIES,
+        help_text="Ids of jobs of the same tenant that must succeed first (Slurm's afterok); if one "
+        "ends otherwise, this job is cancelled.",
+    )
+    after_any = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        required=False,
+        default=list,
+        max_length=MAX_DEPENDENCIES,
+        help_text="Ids of jobs of the same tenant that must end first, however (Slurm's afterany).",
+    )
     secrets = serializers.JSONField(
         required=False,
         default=dict,

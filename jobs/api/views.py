@@ -12,7 +12,7 @@ from factory.api.schema import ErrorDetail
 from factory.api.viewsets import ScopedViewSetMixin
 from factory.models import Tenant
 
-from .. import lifecycle, submission
+from .. import dependencies, lifecycle, submission
 from ..filtersets import JobFilterSet
 from ..models import Job
 from ..views import read_log
@@ -32,7 +32,11 @@ class JobViewSet(
     """GPU jobs of the tenants you belong to. Submitting and cancelling answer 202: the work
     happens in the background; follow it with `events/` or by polling the job."""
 
-    queryset = Job.objects.select_related("tenant", "owner", "gpu_type", "cluster").with_queue_position()
+    queryset = (
+        Job.objects.select_related("tenant", "owner", "gpu_type", "cluster")
+        .prefetch_related("dependencies")
+        .with_queue_position()
+    )
     serializer_class = JobSerializer
     filterset_class = JobFilterSet
     lookup_value_regex = "[0-9]+"  # so that jobs/estimate/ (quotas) is not taken for a job
@@ -59,6 +63,7 @@ class JobViewSet(
         tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=spec.pop("tenant"))
         try:
             submission.check_owner_identity(request.user, tenant, spec["gpu_type"], spec["gpu_count"])
+            dependencies.check(tenant, spec["after_ok"], spec["after_any"])
         except DjangoValidationError as exc:
             raise ValidationError(exc.message_dict) from None
         key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
