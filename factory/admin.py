@@ -2,13 +2,15 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from .models import ApiToken, Cluster, GpuType, Identity, Membership, Pool, Tenant
+from .models import ApiToken, Cluster, GpuType, Identity, Membership, Pool, SsoAccount, SsoGroupRule, Tenant
 
 
 class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
+    fields = ["user", "role", "source", "created_at"]
+    readonly_fields = ["created_at"]
 
 
 @admin.register(Tenant)
@@ -86,3 +88,25 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(SsoGroupRule)
+class SsoGroupRuleAdmin(admin.ModelAdmin):
+    """The rules single sign-on applies at every sign-in: group at the provider → role in a
+    tenant."""
+
+    list_display = ["group", "is_pattern", "tenant", "role", "created_at"]
+    list_filter = ["is_pattern", "role"]
+    search_fields = ["group", "tenant__slug"]
+    autocomplete_fields = ["tenant"]
+
+
+@admin.register(SsoAccount)
+class SsoAccountAdmin(admin.ModelAdmin):
+    """Which portal user each person at the identity provider is. An admin links an existing
+    account (a local one being moved to single sign-on) by adding a row with its subject."""
+
+    list_display = ["user", "subject", "issuer", "last_login_at"]
+    search_fields = ["user__username", "subject"]
+    autocomplete_fields = ["user"]
+    readonly_fields = ["groups", "created_at", "last_login_at"]

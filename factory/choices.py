@@ -8,6 +8,18 @@ class Role(models.TextChoices):
     ADMIN = "admin", "Tenant admin"
 
 
+# Where several group rules give one user roles in one tenant, the most powerful wins.
+ROLE_POWER = {Role.MEMBER: 0, Role.ADMIN: 1}
+
+
+class MembershipSource(models.TextChoices):
+    """Who made a membership: a person (the admin, the API), or the single sign-on group rules,
+    which also take away what they made when the user's groups no longer grant it."""
+
+    MANUAL = "manual", "Added by hand"
+    SSO = "sso", "Single sign-on group rule"
+
+
 class ClusterKind(models.TextChoices):
     LOCAL = "local", "Local processes"
     SLURM = "slurm", "Slurm"

@@ -4,6 +4,7 @@ capacity pools; API tokens."""
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from datetime import timedelta
 from decimal import Decimal
@@ -15,8 +16,14 @@ from django.db import models
 from django.utils import timezone
 
 from .adapters.base import POSIX_USERNAME_PATTERN
-from .choices import ClusterKind, Role
-from .querysets import ApiTokenQuerySet, IdentityQuerySet, TenantOwnedQuerySet, TenantQuerySet
+from .choices import ClusterKind, MembershipSource, Role
+from .querysets import (
+    ApiTokenQuerySet,
+    IdentityQuerySet,
+    SsoGroupRuleQuerySet,
+    TenantOwnedQuerySet,
+    TenantQuerySet,
+)
 
 slug_validator = RegexValidator(
     r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
@@ -66,6 +73,12 @@ class Membership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    source = models.CharField(
+        max_length=8,
+        choices=MembershipSource.choices,
+        default=MembershipSource.MANUAL,
+        help_text="Memberships from single sign-on rules are updated and removed at each sign-in.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = TenantOwnedQuerySet.as_manager()
@@ -80,8 +93,8 @@ class Membership(models.Model):
 
 class Identity(models.Model):
     """Who a portal user is outside the portal: the POSIX account their jobs run as on clusters
-    that run each job as its owner (Slurm). Platform admins set it (later, single sign-on will);
-    a user without one cannot use those clusters."""
+    that run each job as its owner (Slurm). Platform admins set it, or single sign-on from a claim
+    at each sign-in; a user without one cannot use those clusters."""
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity")
     posix_username = models.CharField(
@@ -235,3 +248,91 @@ class ApiToken(models.Model):
     @property
     def expired(self) -> bool:
         return self.expires_at <= timezone.now()
+
+
+class SsoAccount(models.Model):
+    """A portal user's account at the site's OpenID provider. A sign-in finds its user by the
+    provider's subject and issuer only: an e-mail address or a user name may be reassigned or
+    chosen by someone else, a subject never."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sso_accounts")
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    groups = models.JSONField(
+        default=list,
+        blank=True,
+        editable=False,
+        help_text="The groups the provider gave at the last sign-in.",
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_login_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["issuer", "subject"], name="one_user_per_sso_subject")]
+        ordering = ["user__username"]
+        verbose_name = "single sign-on account"
+
+    def __str__(self) -> str:
+        return f"{self.user} = {self.subject} at {self.issuer}"
+
+
+class SsoGroupRule(models.Model):
+    """A group at the identity provider that makes its members members (or admins) of a tenant,
+    applied at every single sign-on: leaving the group takes the membership away at the next one.
+    A pattern may name the tenant itself, e.g. `gpu-(?P<tenant>[a-z0-9-]+)-admins`."""
+
+    group = models.CharField(
+        max_length=200,
+        help_text="The group's name as the provider sends it; with “pattern”, a regular expression "
+        "the whole name must match.",
+    )
+    is_pattern = models.BooleanField("pattern", default=False)
+    tenant = models.ForeignKey(
+        Tenant,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="sso_group_rules",
+        help_text="Leave empty for a pattern with a (?P<tenant>…) group: the tenant whose slug it captures.",
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = SsoGroupRuleQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["group", "tenant__slug"]
+        verbose_name = "single sign-on group rule"
+
+    def __str__(self) -> str:
+        return f"{self.group} → {self.get_role_display()} of {self.tenant or '(captured tenant)'}"
+
+    def clean(self) -> None:
+        if not self.is_pattern:
+            if self.tenant_id is None:
+                raise ValidationError({"tenant": "Name the tenant this group's members join."})
+            return
+        try:
+            pattern = re.compile(self.group)
+        except re.error as exc:
+            raise ValidationError({"group": f"Not a regular expression: {exc}."}) from None
+        captures_tenant = "tenant" in pattern.groupindex
+        if self.tenant_id is None and not captures_tenant:
+            raise ValidationError(
+                {"tenant": "Name a tenant, or capture its slug in the pattern with (?P<tenant>…)."}
+            )
+        if self.tenant_id is not None and captures_tenant:
+            raise ValidationError({"tenant": "The pattern captures the tenant: leave this empty."})
+
+    def tenant_slug_for(self, group: str) -> str | None:
+        """The slug of the tenant `group` joins by this rule ("" for the rule's own tenant), or
+        None when the rule does not apply to it."""
+        if not self.is_pattern:
+            return "" if group == self.group else None
+        try:
+            match = re.fullmatch(self.group, group)
+        except re.error:
+            return None
+        if match is None:
+            return None
+        return "" if self.tenant_id is not None else match.group("tenant")

@@ -39,3 +39,30 @@ class IdentityQuerySet(models.QuerySet):
 class ApiTokenQuerySet(models.QuerySet):
     def expired(self) -> ApiTokenQuerySet:
         return self.filter(expires_at__lte=timezone.now())
+
+
+class SsoGroupRuleQuerySet(models.QuerySet):
+    def grants(self, groups: list[str]) -> dict[int, str]:
+        """The tenants (by id) whose membership the rules give to someone in `groups`, each with
+        the most powerful role any rule gives there. A tenant a pattern names but that does not
+        exist is no grant."""
+        from .choices import ROLE_POWER
+        from .models import Tenant
+
+        by_slug: dict[str, str] = {}
+        by_id: dict[int, str] = {}
+
+        def keep(found: dict, key, role: str) -> None:
+            if key not in found or ROLE_POWER[role] > ROLE_POWER[found[key]]:
+                found[key] = role
+
+        for rule in self.select_related("tenant"):
+            for group in groups:
+                slug = rule.tenant_slug_for(group)
+                if slug == "":
+                    keep(by_id, rule.tenant_id, rule.role)
+                elif slug is not None:
+                    keep(by_slug, slug, rule.role)
+        for tenant_id, slug in Tenant.objects.filter(slug__in=by_slug).values_list("id", "slug"):
+            keep(by_id, tenant_id, by_slug[slug])
+        return by_id

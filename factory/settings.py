@@ -11,11 +11,13 @@ import os
 import tempfile
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -243,6 +245,32 @@ if not 1 <= FACTORY_TOKEN_DAYS <= FACTORY_TOKEN_MAX_DAYS:
     raise ImproperlyConfigured("FACTORY_TOKEN_DAYS must be between 1 and FACTORY_TOKEN_MAX_DAYS")
 # Seconds an API token's user is remembered per web process (factory/api/authentication.py).
 FACTORY_TOKEN_CACHE_SECONDS = env_float("FACTORY_TOKEN_CACHE_SECONDS", 10.0)
+
+# --- Single sign-on (OpenID Connect) ---------------------------------------------------------
+# With an issuer, the login page offers sign-in through the site's identity provider (authorization
+# code flow with PKCE; factory/sso.py); without one it has the local form only. Local accounts
+# always sign in with their password: break-glass admins, and `make run`'s demo.
+FACTORY_OIDC_ISSUER = (env("FACTORY_OIDC_ISSUER") or "").rstrip("/")
+FACTORY_OIDC_CLIENT_ID = env("FACTORY_OIDC_CLIENT_ID", "")
+FACTORY_OIDC_CLIENT_SECRET = env("FACTORY_OIDC_CLIENT_SECRET", "")
+FACTORY_OIDC_SCOPES = env_list("FACTORY_OIDC_SCOPES", "openid,profile,email")
+# Which claims name the user here (at creation), give their POSIX account (empty: none does) and
+# their groups (for the mapping rules).
+FACTORY_OIDC_USERNAME_CLAIM = env("FACTORY_OIDC_USERNAME_CLAIM", "preferred_username")
+FACTORY_OIDC_POSIX_CLAIM = env("FACTORY_OIDC_POSIX_CLAIM", "")
+FACTORY_OIDC_GROUPS_CLAIM = env("FACTORY_OIDC_GROUPS_CLAIM", "groups")
+FACTORY_OIDC_LABEL = env("FACTORY_OIDC_LABEL", "Sign in with your institution")
+# Seconds the portal waits for the provider (discovery, keys, tokens) before saying it is down.
+FACTORY_OIDC_TIMEOUT = env_float("FACTORY_OIDC_TIMEOUT", 5.0)
+if FACTORY_OIDC_ISSUER:
+    if not FACTORY_OIDC_CLIENT_ID:
+        raise ImproperlyConfigured("FACTORY_OIDC_CLIENT_ID must be set with FACTORY_OIDC_ISSUER")
+    if "openid" not in FACTORY_OIDC_SCOPES:
+        raise ImproperlyConfigured("FACTORY_OIDC_SCOPES must include openid")
+    _issuer = urlsplit(FACTORY_OIDC_ISSUER)
+    # Plain HTTP only to this machine (a provider for development and the tests).
+    if not (_issuer.scheme == "https" or (_issuer.scheme == "http" and _issuer.hostname in LOOPBACK)):
+        raise ImproperlyConfigured("FACTORY_OIDC_ISSUER must be an https:// URL")
 
 # --- Request bodies -----------------------------------------------------------------------------
 # A request that is not signed in (no session, no valid API token) may send a small body: enough

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
@@ -13,8 +12,10 @@ handler404 = views.page_not_found
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="jobs:list", permanent=False)),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/", views.LoginView.as_view(), name="login"),
+    path("logout/", views.log_out, name="logout"),
+    path("oidc/login/", views.oidc_login, name="oidc-login"),
+    path("oidc/callback/", views.oidc_callback, name="oidc-callback"),
     path("jobs/", include("jobs.urls")),
     path("clusters/", views.cluster_list, name="clusters"),
     path("account/tokens/", views.token_list, name="tokens"),

@@ -1,17 +1,30 @@
 from __future__ import annotations
 
+import logging
+
 from axes.helpers import get_cool_off, get_lockout_message
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import login, logout
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.cache import patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views import defaults
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
+from . import sso
 from .forms import ApiTokenForm
 from .models import ApiToken, Cluster
+
+log = logging.getLogger(__name__)
+
+# Where to go after a single sign-on, kept in the session across the trip to the provider.
+SESSION_SSO_NEXT = "sso_next"
 
 
 @login_required
@@ -67,3 +80,81 @@ def locked_out(request: HttpRequest, response=None, credentials=None) -> HttpRes
     if cool_off:
         page["Retry-After"] = str(int(cool_off.total_seconds()))
     return page
+
+
+class LoginView(auth_views.LoginView):
+    """The local form (break-glass admins, the demo's users), and with single sign-on set up, the
+    way to the site's identity provider above it."""
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["sso_label"] = settings.FACTORY_OIDC_LABEL if sso.enabled() else ""
+        return context
+
+
+def _safe_next(request: HttpRequest, candidate: str | None) -> str:
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return reverse(settings.LOGIN_REDIRECT_URL)
+
+
+def _sso_problem(request: HttpRequest, message: str, status: int) -> HttpResponse:
+    return render(request, "registration/sso_failed.html", {"message": message}, status=status)
+
+
+def _provider_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    log.error("single sign-on: identity provider unavailable: %s", exc)
+    return _sso_problem(
+        request,
+        "The identity provider cannot be reached just now, so single sign-on is not available. "
+        "Try again in a few minutes; accounts with a local password can still log in on the login page.",
+        503,
+    )
+
+
+@never_cache
+@require_GET
+def oidc_login(request: HttpRequest) -> HttpResponse:
+    """Off to the identity provider to sign in."""
+    if not sso.enabled():
+        raise Http404("Single sign-on is not set up.")
+    request.session[SESSION_SSO_NEXT] = _safe_next(request, request.GET.get("next"))
+    try:
+        return sso.authorize_redirect(request, request.build_absolute_uri(reverse("oidc-callback")))
+    except sso.ProviderUnavailable as exc:
+        return _provider_unavailable(request, exc)
+
+
+@never_cache
+@require_GET
+def oidc_callback(request: HttpRequest) -> HttpResponse:
+    """Back from the identity provider: check what it says, find or make the user, sign them in."""
+    if not sso.enabled():
+        raise Http404("Single sign-on is not set up.")
+    try:
+        claims, id_token = sso.verified_claims(request)
+        user = sso.user_for(claims)
+    except sso.ProviderUnavailable as exc:
+        return _provider_unavailable(request, exc)
+    except sso.SignInRefused as exc:
+        return _sso_problem(request, str(exc), 403)
+    next_url = request.session.pop(SESSION_SSO_NEXT, None) or reverse(settings.LOGIN_REDIRECT_URL)
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    request.session[sso.SESSION_ID_TOKEN] = id_token
+    return redirect(next_url)
+
+
+@require_POST
+def log_out(request: HttpRequest) -> HttpResponse:
+    """End the portal session and, for a single sign-on, the identity provider's too (it sends
+    the browser back to the login page)."""
+    id_token = request.session.get(sso.SESSION_ID_TOKEN)
+    logout(request)
+    login_page = reverse(settings.LOGOUT_REDIRECT_URL)
+    if id_token and sso.enabled():
+        url = sso.logout_url(id_token, request.build_absolute_uri(login_page))
+        if url:
+            return redirect(url)
+    return redirect(login_page)

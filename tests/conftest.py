@@ -11,6 +11,7 @@ from django.contrib.auth.models import Group
 
 from factory.choices import FINANCE_GROUP, ClusterKind, Role
 from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
+from tests.oidc.server import OidcProvider, TokenProxy
 
 # Playwright's sync API keeps an event loop in the main thread; Django must still allow ORM calls.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -178,3 +179,60 @@ def quotas(tenant, h100, a100):
         Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=4),
         Quota.objects.create(tenant=tenant, gpu_type=a100, nominal=4),
     ]
+
+
+def use_provider(settings, provider: OidcProvider) -> None:
+    for name, value in provider.settings().items():
+        setattr(settings, name, value)
+
+
+@pytest.fixture(scope="session")
+def oidc_provider_process(tmp_path_factory):
+    provider = OidcProvider(tmp_path_factory.mktemp("oidc"), portal_url="http://testserver")
+    provider.start()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture
+def oidc_provider(oidc_provider_process, settings):
+    """The site's identity provider (node's oidc-provider, tests/oidc/), with the portal as
+    Django's test client sees it (http://testserver) for its client, and the portal set up to
+    sign in through it. One process for the session; its accounts are reset for each test."""
+    oidc_provider_process.reset_accounts()
+    use_provider(settings, oidc_provider_process)
+    return oidc_provider_process
+
+
+@pytest.fixture
+def own_oidc_provider(tmp_path, settings):
+    """A provider of the test's own, which it may kill."""
+    provider = OidcProvider(tmp_path, portal_url="http://testserver")
+    provider.start()
+    use_provider(settings, provider)
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="session")
+def oidc_proxy_process(tmp_path_factory):
+    proxy = TokenProxy()
+    provider = OidcProvider(
+        tmp_path_factory.mktemp("oidc-proxied"), portal_url="http://testserver", issuer=proxy.url
+    )
+    provider.start()
+    proxy.start(provider.port)
+    yield provider, proxy
+    proxy.stop()
+    provider.stop()
+
+
+@pytest.fixture
+def oidc_proxy(oidc_proxy_process, settings):
+    """The provider behind a proxy that is its issuer, so that a test can replace the ID token it
+    issues (`proxy.replace_id_token`) while the rest of the flow stays real."""
+    provider, proxy = oidc_proxy_process
+    provider.reset_accounts()
+    use_provider(settings, provider)
+    yield provider, proxy
+    proxy.replace_id_token = None
