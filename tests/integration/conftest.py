@@ -153,3 +153,16 @@ def wait_until(predicate, timeout: float, message: str = "condition", interval: 
     if callable(message):
         message = message()
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture
+def browser_oidc_provider(asgi_server, tmp_path, settings):
+    """The site's identity provider, with the portal under uvicorn as its client."""
+    from tests.conftest import use_provider
+    from tests.oidc.server import OidcProvider
+
+    provider = OidcProvider(tmp_path, portal_url=asgi_server)
+    provider.start()
+    use_provider(settings, provider)
+    yield provider
+    provider.stop()
