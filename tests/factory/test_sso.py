@@ -95,6 +95,11 @@ def test_first_sign_in_makes_the_user_from_the_claims(oidc_provider, client):
     assert client.get("/account/tokens/").status_code == 200
 
 
+def test_a_next_page_elsewhere_is_not_followed(oidc_provider, client):
+    response = sso_sign_in(client, ALICE, next_url="https://evil.example.org/")
+    assert response.status_code == 302 and response["Location"] == "/jobs/"
+
+
 def test_the_login_page_offers_single_sign_on_and_keeps_the_local_form(oidc_provider, client):
     page = client.get("/login/?next=/clusters/").content.decode()
     assert 'href="/oidc/login/?next=/clusters/"' in page and settings.FACTORY_OIDC_LABEL in page
