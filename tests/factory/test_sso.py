@@ -440,3 +440,22 @@ def test_logout_of_a_local_user_goes_to_the_login_page(oidc_provider, client, pl
     assert response.status_code == 302 and response["Location"] == "/login/"
     assert signed_in_as(client) is None
     assert client.get("/logout/").status_code == 405
+
+
+def test_without_an_end_session_endpoint_logout_ends_the_portal_session_only(tmp_path, settings):
+    from tests.conftest import use_provider
+    from tests.oidc.server import OidcProvider
+
+    provider = OidcProvider(tmp_path, portal_url=PORTAL, rp_initiated_logout=False)
+    provider.start()
+    try:
+        use_provider(settings, provider)
+        discovery = requests.get(f"{provider.issuer}/.well-known/openid-configuration", timeout=10).json()
+        assert "end_session_endpoint" not in discovery
+        client = Client()
+        assert sso_sign_in(client, ALICE).status_code == 302
+        response = client.post("/logout/")
+        assert response.status_code == 302 and response["Location"] == "/login/"
+        assert signed_in_as(client) is None
+    finally:
+        provider.stop()

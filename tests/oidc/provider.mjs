@@ -4,7 +4,7 @@
 //   node provider.mjs config.json
 //
 // config.json: {"issuer": "http://127.0.0.1:PORT", "port": PORT, "keys": [<private JWK>],
-//   "clients": [<client metadata>], "accounts": {"<sub>": {<claims>}}}
+//   "clients": [<client metadata>], "accounts": {"<sub>": {<claims>}}, "rpInitiatedLogout": true}
 // (accounts are read again at every sign-in). The development login form takes the subject.
 //
 // The issuer may be another address than the port it listens on (a proxy in front of it). It
@@ -38,7 +38,7 @@ const provider = new Provider(config.issuer, {
   pkce: { required: () => true },
   features: {
     devInteractions: { enabled: true },
-    rpInitiatedLogout: { enabled: true },
+    rpInitiatedLogout: { enabled: config.rpInitiatedLogout !== false },
   },
   // Only the accounts in the configuration exist.
   async findAccount(ctx, sub) {

@@ -73,8 +73,11 @@ class OidcProvider:
     """tests/oidc/provider.mjs in a process of its own, on a free port, with a new RS256 key, the
     portal as a confidential client (PKCE required) and ACCOUNTS."""
 
-    def __init__(self, workdir: Path, *, portal_url: str, issuer: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, portal_url: str, issuer: str | None = None, rp_initiated_logout: bool = True
+    ) -> None:
         self.workdir = workdir
+        self.rp_initiated_logout = rp_initiated_logout
         self.port = free_port()
         self.issuer = issuer or f"http://127.0.0.1:{self.port}"
         self.key = signing_key()
@@ -105,6 +108,7 @@ class OidcProvider:
                 }
             ],
             "accounts": self.accounts,
+            "rpInitiatedLogout": self.rp_initiated_logout,
         }
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(config))
