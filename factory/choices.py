@@ -31,3 +31,9 @@ class ClusterKind(models.TextChoices):
 POSIX_USER_KINDS = frozenset({ClusterKind.SLURM})
 
 FINANCE_GROUP = "finance"
+
+
+class JoinState(models.TextChoices):
+    PENDING = "pending", "Waiting for an admin"
+    APPROVED = "approved", "Approved"
+    DECLINED = "declined", "Declined"

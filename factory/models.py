@@ -16,7 +16,7 @@ from django.db import models
 from django.utils import timezone
 
 from .adapters.base import POSIX_USERNAME_PATTERN
-from .choices import ClusterKind, MembershipSource, Role
+from .choices import ClusterKind, JoinState, MembershipSource, Role
 from .querysets import (
     ApiTokenQuerySet,
     IdentityQuerySet,
@@ -89,6 +89,33 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant} ({self.role})"
+
+
+class JoinRequest(models.Model):
+    """A user asks to join a tenant; one of its admins (or a platform admin) approves or declines."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="join_requests")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="join_requests")
+    message = models.CharField(max_length=500, blank=True)
+    state = models.CharField(max_length=16, choices=JoinState.choices, default=JoinState.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "tenant"],
+                condition=models.Q(state="pending"),
+                name="one_pending_join_request",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} → {self.tenant} ({self.state})"
 
 
 class Identity(models.Model):

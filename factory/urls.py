@@ -21,6 +21,8 @@ urlpatterns = [
     path("account/tokens/", views.token_list, name="tokens"),
     path("account/tokens/<int:pk>/revoke/", views.token_revoke, name="token-revoke"),
     path("account/notifications/", job_views.notification_settings, name="notifications"),
+    path("account/join/", views.join_tenant, name="join-tenant"),
+    path("tenants/<slug:slug>/members/", views.tenant_members, name="tenant-members"),
     path("", include("quotas.urls")),
     path("billing/", include("billing.urls")),
     path("api/v1/", include("factory.api.urls")),

@@ -8,6 +8,7 @@ from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -17,9 +18,10 @@ from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from . import sso
-from .forms import ApiTokenForm
-from .models import ApiToken, Cluster
+from . import members, sso
+from .choices import JoinState, Role
+from .forms import AddMemberForm, ApiTokenForm, JoinRequestForm
+from .models import ApiToken, Cluster, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +160,90 @@ def log_out(request: HttpRequest) -> HttpResponse:
         if url:
             return redirect(url)
     return redirect(login_page)
+
+
+@login_required
+def tenant_members(request: HttpRequest, slug: str) -> HttpResponse:
+    """A tenant's members, and its requests to join: every member sees them; its admins (and
+    platform admins) add members, change roles, remove members and decide requests."""
+    tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=slug)
+    manages = members.may_manage(request.user, tenant)
+    add_form = AddMemberForm(request.POST if request.POST.get("action") == "add" else None)
+    if request.method == "POST":
+        if not manages:
+            raise PermissionDenied("Only the tenant's admins change its members.")
+        try:
+            done = _member_action(request, tenant, add_form)
+        except ValidationError as exc:
+            for message in exc.messages:
+                messages.error(request, message)
+        else:
+            if done:
+                messages.success(request, done)
+                return redirect("tenant-members", slug=tenant.slug)
+    context = {
+        "tenant": tenant,
+        "manages": manages,
+        "add_form": add_form,
+        "roles": Role.choices,
+        "memberships": tenant.memberships.select_related("user__identity").order_by("user__username"),
+        "requests": tenant.join_requests.filter(state=JoinState.PENDING).select_related("user")
+        if manages
+        else [],
+    }
+    # After a POST, only a refused change gets here (a done one redirects).
+    return render(request, "factory/members.html", context, status=400 if request.method == "POST" else 200)
+
+
+def _member_action(request: HttpRequest, tenant: Tenant, add_form: AddMemberForm) -> str:
+    """Do what the posted form asks; the message to show, or "" when the form had errors."""
+    action = request.POST.get("action")
+    if action == "add":
+        if not add_form.is_valid():
+            return ""
+        membership = members.add_member(
+            tenant, add_form.cleaned_data["username"], add_form.cleaned_data["role"], request.user
+        )
+        return f"{membership.user} added as {membership.get_role_display().lower()}."
+    if action in ("role", "remove"):
+        membership = get_object_or_404(
+            tenant.memberships.select_related("user"), pk=request.POST.get("membership")
+        )
+        if action == "remove":
+            members.remove_member(membership, request.user)
+            return f"{membership.user} removed."
+        role = request.POST.get("role")
+        if role not in Role.values:
+            raise ValidationError("Choose a role.")
+        members.change_role(membership, role, request.user)
+        return f"{membership.user} is now {Role(role).label.lower()}."
+    if action in ("approve", "decline"):
+        join = get_object_or_404(tenant.join_requests.select_related("user"), pk=request.POST.get("request"))
+        if not members.decide(join, approve=action == "approve", by=request.user):
+            raise ValidationError(f"{join.user}'s request was decided meanwhile.")
+        return f"{join.user} {'added' if action == 'approve' else 'declined'}."
+    raise ValidationError("Unknown action.")
+
+
+@login_required
+def join_tenant(request: HttpRequest) -> HttpResponse:
+    """Ask to join a tenant; see what became of one's requests."""
+    form = JoinRequestForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        tenant = Tenant.objects.filter(slug=form.cleaned_data["tenant"]).first()
+        if tenant is None:
+            form.add_error("tenant", "No tenant with that name.")
+        else:
+            try:
+                members.request_to_join(request.user, tenant, form.cleaned_data["message"])
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    for error in errors:
+                        form.add_error(field, error)
+            else:
+                messages.success(request, f"Asked to join {tenant}; its admins decide.")
+                return redirect("join-tenant")
+    mine = request.user.join_requests.select_related("tenant")[:50]
+    return render(
+        request, "factory/join.html", {"form": form, "requests": mine}, status=400 if form.errors else 200
+    )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from axes.helpers import get_cool_off, get_lockout_message
 from django.contrib.auth import authenticate, user_logged_in
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, status
@@ -10,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from factory import members
 from factory.choices import Role
 from factory.models import ApiToken, Cluster, GpuType, Membership, Tenant
 
@@ -113,6 +115,22 @@ class MembershipViewSet(ScopedModelViewSet):
 
     def perform_create(self, serializer):
         serializer.save(tenant=self.tenant)
+
+    def perform_update(self, serializer):
+        role = serializer.validated_data.get("role")
+        if role is not None and role != serializer.instance.role:
+            self._check(serializer.instance, new_role=role)
+        serializer.save()
+
+    def perform_destroy(self, instance):
+        self._check(instance, removing=True)
+        instance.delete()
+
+    def _check(self, membership, **change) -> None:
+        try:
+            members.check_change(membership, self.request.user, **change)
+        except DjangoValidationError as exc:
+            raise ValidationError({"detail": exc.messages}) from None
 
 
 class GpuTypeViewSet(ScopedModelViewSet):
