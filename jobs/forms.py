@@ -91,6 +91,7 @@ class JobForm(forms.ModelForm):
             "cpus",
             "memory_gb",
             "time_limit_minutes",
+            "priority",
             "env",
         ]
         labels = {
@@ -114,6 +115,8 @@ class JobForm(forms.ModelForm):
             "image": "Needed on Kubernetes clusters, from a registry they allow, e.g. "
             "nvcr.io/nvidia/pytorch:24.05-py3.",
             "time_limit_minutes": "From 1 minute to 14 days (20160). The job is stopped when it runs out.",
+            "priority": "Orders your tenant's own jobs (−100 to 100; higher first), up to the ceiling the "
+            "platform sets for the tenant. Across tenants, fair share decides.",
         }
 
     def __init__(self, *args, user, **kwargs) -> None:
@@ -121,6 +124,12 @@ class JobForm(forms.ModelForm):
         self.user = user
         self.fields["tenant"].queryset = Tenant.objects.visible_to(user)
         self.fields["gpu_count"].initial = 1
+        self.fields["priority"].required = False  # left empty: 0, the tenant's usual order
+        self.fields["priority"].initial = 0
+
+    def clean_priority(self) -> int:
+        priority = self.cleaned_data.get("priority")
+        return 0 if priority is None else priority
 
     def clean(self):
         data = super().clean()

@@ -51,6 +51,7 @@ def test_a_spec_saved_as_a_template_prefills_the_form_without_its_secrets(client
         "cpus": 8,
         "memory_gb": 32,
         "time_limit_minutes": 120,
+        "priority": 0,
         "env": {"LR": "0.001", "EPOCHS": "3"},
     }
     assert not Job.objects.exists()  # saved, not submitted
@@ -118,3 +119,13 @@ def test_a_template_needs_a_valid_name_and_a_valid_spec(client, owner, form, clu
     response = save(client, {**form, "gpu_count": 99}, name="big")
     assert response.status_code == 400 and "At most 4 h100 GPUs" in response.content.decode()
     assert not JobTemplate.objects.exists() and not Job.objects.exists()
+
+
+def test_the_form_sets_a_priority_within_its_bounds(client, owner, form, cluster):
+    client.force_login(owner)
+    data = {k: v for k, v in form.items() if k != "secrets"}
+    assert client.post("/jobs/new/", {**data, "priority": "50"}).status_code == 302
+    assert Job.objects.get().priority == 50
+    refused = client.post("/jobs/new/", {**data, "name": "too-high", "priority": "101"})
+    assert refused.status_code == 400 and "less than or equal to 100" in refused.content.decode()
+    assert Job.objects.count() == 1
