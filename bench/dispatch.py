@@ -648,6 +648,8 @@ def measure_slurm_dispatch(
 
 
 def start_worker(env: dict[str, str], concurrency: int, log_path: Path) -> subprocess.Popen:
+    from django.conf import settings
+
     command = [
         sys.executable,
         "-m",
@@ -655,6 +657,8 @@ def start_worker(env: dict[str, str], concurrency: int, log_path: Path) -> subpr
         "-A",
         "factory",
         "worker",
+        "-Q",
+        ",".join(settings.FACTORY_QUEUES),
         f"--concurrency={concurrency}",
         "--without-gossip",
         "--without-mingle",

@@ -9,6 +9,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from factory.choices import Role
 from factory.models import Tenant
@@ -56,6 +57,10 @@ def check_budget_alerts(tenant_ids: list[int] | None = None) -> int:
 
 
 def alert_once(tenant: Tenant, month, threshold: int, words: str) -> int:
+    """Record the threshold as crossed (once per month) and have its mail sent, on the
+    notifications queue once this commits: a slow mail server holds up no metering."""
+    from .tasks import send_budget_alert
+
     admins = list(
         tenant.memberships.filter(role=Role.ADMIN, user__is_active=True)
         .exclude(user__email="")
@@ -63,20 +68,35 @@ def alert_once(tenant: Tenant, month, threshold: int, words: str) -> int:
     )
     try:
         with transaction.atomic():
-            BudgetAlert.objects.create(
+            alert = BudgetAlert.objects.create(
                 tenant=tenant, month=month, threshold=threshold, recipients=", ".join(admins)
             )
     except IntegrityError:
         return 0  # already sent this month
     if admins:
+        transaction.on_commit(lambda: send_budget_alert.delay(alert.pk, words), robust=True)
+    log.info("budget alert %s%% for %s to %d admin(s)", threshold, tenant, len(admins))
+    return 1
+
+
+def mail_alert(alert_id: int, words: str) -> bool:
+    """Mail an alert to the admins it names, at most once (claimed before it is sent; given back
+    if sending fails, for the retry). Returns whether this call sent it."""
+    if not BudgetAlert.objects.filter(pk=alert_id, mailed_at__isnull=True).update(mailed_at=timezone.now()):
+        return False
+    alert = BudgetAlert.objects.select_related("tenant").get(pk=alert_id)
+    tenant = alert.tenant
+    try:
         send_mail(
-            subject=f"[{settings.SITE_NAME}] {tenant.name}: {threshold}% of this month's budget used",
+            subject=f"[{settings.SITE_NAME}] {tenant.name}: {alert.threshold}% of this month's budget used",
             message=(
-                f"{tenant.name} ({tenant.slug}) has used {words} this month ({month:%B %Y}), "
-                f"passing {threshold}% of its budget.\n"
+                f"{tenant.name} ({tenant.slug}) has used {words} this month ({alert.month:%B %Y}), "
+                f"passing {alert.threshold}% of its budget.\n"
             ),
             from_email=settings.DEFAULT_FROM_EMAIL,
-            recipient_list=admins,
+            recipient_list=[address.strip() for address in alert.recipients.split(",") if address.strip()],
         )
-    log.info("budget alert %s%% for %s sent to %d admin(s)", threshold, tenant, len(admins))
-    return 1
+    except Exception:
+        BudgetAlert.objects.filter(pk=alert_id).update(mailed_at=None)
+        raise
+    return True

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from factory.queues import BACKEND_QUEUES, QUEUES
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -345,6 +347,31 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # connection per task); factory.celery returns connections to the pool after each task instead.
 CELERY_DB_REUSE_MAX = 1_000_000
 
+# Queues per purpose, each served by workers of its own (scripts/run starts one per queue): the
+# tasks that act on one cluster go to its kind's queue (factory.routing), so a backend that hangs
+# holds up its own kind's workers only, never another kind's dispatch, admission or metering.
+FACTORY_BACKEND_QUEUES = BACKEND_QUEUES
+FACTORY_QUEUES = QUEUES
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = [
+    "factory.routing.by_cluster_kind",
+    {
+        "quotas.tasks.admit_pending": {"queue": "admission"},
+        "billing.tasks.meter": {"queue": "metering"},
+        "billing.tasks.send_budget_alert": {"queue": "notifications"},
+    },
+]
+# Every task has a soft time limit (it is told, and stops cleanly) and a hard one (its process is
+# killed) FACTORY_TASK_KILL_GRACE seconds later. Tasks that call a backend get
+# FACTORY_BACKEND_TASK_TIME_LIMIT, which must end before a dispatcher's lease
+# (FACTORY_DISPATCH_LEASE) does, so that no two dispatchers ever hold the same job; the others
+# FACTORY_TASK_TIME_LIMIT.
+FACTORY_TASK_TIME_LIMIT = env_float("FACTORY_TASK_TIME_LIMIT", 120.0)
+FACTORY_BACKEND_TASK_TIME_LIMIT = env_float("FACTORY_BACKEND_TASK_TIME_LIMIT", 240.0)
+FACTORY_TASK_KILL_GRACE = env_float("FACTORY_TASK_KILL_GRACE", 30.0)
+CELERY_TASK_SOFT_TIME_LIMIT = FACTORY_TASK_TIME_LIMIT
+CELERY_TASK_TIME_LIMIT = FACTORY_TASK_TIME_LIMIT + FACTORY_TASK_KILL_GRACE
+
 # --- Cache ------------------------------------------------------------------------------------
 # Shared by every web process: throttle counters (the token endpoint's) and short-lived state. In
 # Redis when there is one: CACHE_URL, or REDIS_URL's database under KEY_PREFIX; clearing the cache
@@ -379,6 +406,10 @@ FACTORY_DISPATCH_STALE_AFTER = env_float("FACTORY_DISPATCH_STALE_AFTER", 30.0)
 # How long a dispatcher's claim on the jobs it submits lasts (longer than a batch's backend calls
 # take, each bounded by its adapter's timeout); another dispatcher takes over only after it.
 FACTORY_DISPATCH_LEASE = env_float("FACTORY_DISPATCH_LEASE", 300.0)
+if FACTORY_BACKEND_TASK_TIME_LIMIT + FACTORY_TASK_KILL_GRACE >= FACTORY_DISPATCH_LEASE:
+    raise ImproperlyConfigured(
+        "FACTORY_BACKEND_TASK_TIME_LIMIT + FACTORY_TASK_KILL_GRACE must be under FACTORY_DISPATCH_LEASE"
+    )
 # Unexpected dispatch errors of one attempt before the job fails (as a platform fault, unbilled).
 FACTORY_DISPATCH_MAX_FAILURES = env_int("FACTORY_DISPATCH_MAX_FAILURES", 5)
 # Admitted jobs go to the workers in dispatch tasks of up to this many jobs each; a smaller burst

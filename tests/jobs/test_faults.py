@@ -178,7 +178,7 @@ def test_the_sweep_does_not_redispatch_a_job_another_dispatcher_is_submitting(ma
 
     with mock.patch.object(LocalAdapter, "submit", sweep_meanwhile):
         dispatch_jobs([job.pk])
-    assert seen == [mock.call([])]
+    assert seen == [mock.call({})]
 
 
 def test_an_unexpected_dispatch_error_is_retried_with_backoff_then_fails_the_job_unbilled(
