@@ -337,12 +337,28 @@ else:
     # acks_late tasks are redelivered after this long if a worker died holding them.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600)}
 CELERY_TASK_IGNORE_RESULT = True
+# No result backend, so no results to clean up (and no daily cleanup task in the schedule).
+CELERY_RESULT_EXPIRES = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# One scheduler at a time on Redis (celery-redbeat): the beat that holds the lock in Redis sends the
+# periodic tasks and renews the lock every tick; a standby beat waits for the lock and takes over
+# within FACTORY_BEAT_LOCK_TIMEOUT + CELERY_BEAT_MAX_LOOP_INTERVAL seconds of the active one dying.
+# The schedule's state lives in Redis too, so the standby carries on where the other left off.
+# Without Redis (`make run`), beat keeps its schedule in a file and there is no standby.
+CELERY_BEAT_MAX_LOOP_INTERVAL = env_float("FACTORY_BEAT_TICK", 5.0)
+if not CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BEAT_SCHEDULER = "redbeat.RedBeatScheduler"
+    CELERY_REDBEAT_REDIS_URL = env("CELERY_REDBEAT_REDIS_URL") or CELERY_BROKER_URL
+    CELERY_REDBEAT_REDIS_OPTIONS = {"socket_connect_timeout": 5, "socket_timeout": 5}
+    CELERY_REDBEAT_KEY_PREFIX = env("CELERY_REDBEAT_KEY_PREFIX", "factory:beat:")
+    CELERY_REDBEAT_LOCK_TIMEOUT = env_int("FACTORY_BEAT_LOCK_TIMEOUT", 30)
+    if CELERY_REDBEAT_LOCK_TIMEOUT <= 2 * CELERY_BEAT_MAX_LOOP_INTERVAL:
+        raise ImproperlyConfigured("FACTORY_BEAT_LOCK_TIMEOUT must be over twice FACTORY_BEAT_TICK")
 # Celery's Django fix-up would close the whole connection pool after every task (a new PostgreSQL
 # connection per task); factory.celery returns connections to the pool after each task instead.
 CELERY_DB_REUSE_MAX = 1_000_000
