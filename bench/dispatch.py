@@ -604,7 +604,7 @@ def measure_slurm_dispatch(
         cpu = cpu_snapshot(worker.pid)
         enqueued_at = timezone.now()
         started = time.perf_counter()
-        enqueue_dispatch(ids)
+        enqueue_dispatch({job.pk: job.cluster_id for job in jobs})
         enqueue_s = time.perf_counter() - started
         deadline = time.monotonic() + 600
         while True:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from decimal import Decimal
+from smtplib import SMTPServerDisconnected
 from unittest import mock
 
 import pytest
@@ -110,3 +111,19 @@ def alerts_mailed(check) -> int:
     for call in enqueue.call_args_list:
         assert send_budget_alert(*call.args) is True
     return found
+
+
+def test_a_budget_alert_mail_that_fails_is_sent_by_the_retry(tenant, tenant_admin, prices, ran):
+    tenant_admin.email = "lab-admin@example.org"
+    tenant_admin.save()
+    Budget.objects.create(tenant=tenant, amount_per_month=Decimal("20"), currency="EUR")
+    run_now(ran, 7, gpu_count=1)
+    with (
+        mock.patch("billing.alerts.send_mail", side_effect=SMTPServerDisconnected("gone")),
+        pytest.raises(SMTPServerDisconnected),
+    ):
+        alerts_mailed(check_budget_alerts)
+    alert = BudgetAlert.objects.get()
+    assert alert.mailed_at is None and mail.outbox == []
+    assert send_budget_alert(alert.pk, "17.50 of 20.00 EUR") is True  # the task's retry
+    assert len(mail.outbox) == 1
