@@ -6,14 +6,12 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
-from django.conf import settings
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from factory.choices import Role
 from factory.models import Tenant
 from factory.months import month_of
+from jobs import notifications
 from quotas.models import Budget, Reservation
 
 from .budgeting import money_spent
@@ -57,10 +55,9 @@ def check_budget_alerts(tenant_ids: list[int] | None = None) -> int:
 
 
 def alert_once(tenant: Tenant, month, threshold: int, words: str) -> int:
-    """Record the threshold as crossed (once per month) and have its mail sent, on the
-    notifications queue once this commits: a slow mail server holds up no metering."""
-    from .tasks import send_budget_alert
-
+    """Record the threshold as crossed, once per month, and notify the tenant's admins: their
+    deliveries go out on the notifications queue once this commits, so a slow mail server or
+    webhook holds up no metering."""
     admins = list(
         tenant.memberships.filter(role=Role.ADMIN, user__is_active=True)
         .exclude(user__email="")
@@ -71,32 +68,8 @@ def alert_once(tenant: Tenant, month, threshold: int, words: str) -> int:
             alert = BudgetAlert.objects.create(
                 tenant=tenant, month=month, threshold=threshold, recipients=", ".join(admins)
             )
+            notifications.notify_budget_threshold(alert, words)
     except IntegrityError:
         return 0  # already sent this month
-    if admins:
-        transaction.on_commit(lambda: send_budget_alert.delay(alert.pk, words), robust=True)
-    log.info("budget alert %s%% for %s to %d admin(s)", threshold, tenant, len(admins))
+    log.info("budget alert %s%% for %s", threshold, tenant)
     return 1
-
-
-def mail_alert(alert_id: int, words: str) -> bool:
-    """Mail an alert to the admins it names, at most once (claimed before it is sent; given back
-    if sending fails, for the retry). Returns whether this call sent it."""
-    if not BudgetAlert.objects.filter(pk=alert_id, mailed_at__isnull=True).update(mailed_at=timezone.now()):
-        return False
-    alert = BudgetAlert.objects.select_related("tenant").get(pk=alert_id)
-    tenant = alert.tenant
-    try:
-        send_mail(
-            subject=f"[{settings.SITE_NAME}] {tenant.name}: {alert.threshold}% of this month's budget used",
-            message=(
-                f"{tenant.name} ({tenant.slug}) has used {words} this month ({alert.month:%B %Y}), "
-                f"passing {alert.threshold}% of its budget.\n"
-            ),
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            recipient_list=[address.strip() for address in alert.recipients.split(",") if address.strip()],
-        )
-    except Exception:
-        BudgetAlert.objects.filter(pk=alert_id).update(mailed_at=None)
-        raise
-    return True

@@ -264,7 +264,6 @@ class BudgetAlert(models.Model):
     threshold = models.PositiveSmallIntegerField()
     sent_at = models.DateTimeField(default=timezone.now)
     recipients = models.TextField(blank=True)
-    mailed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

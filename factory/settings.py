@@ -374,7 +374,9 @@ CELERY_TASK_ROUTES = [
     {
         "quotas.tasks.admit_pending": {"queue": "admission"},
         "billing.tasks.meter": {"queue": "metering"},
-        "billing.tasks.send_budget_alert": {"queue": "notifications"},
+        "jobs.tasks.notify_job_event": {"queue": "notifications"},
+        "jobs.tasks.deliver_notification": {"queue": "notifications"},
+        "jobs.tasks.sweep_notifications": {"queue": "notifications"},
     },
 ]
 # Every task has a soft time limit (it is told, and stops cleanly) and a hard one (its process is

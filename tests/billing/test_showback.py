@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 from decimal import Decimal
-from smtplib import SMTPServerDisconnected
 from unittest import mock
 
 import pytest
@@ -11,7 +10,7 @@ from django.test import TestCase
 
 from billing.alerts import check_budget_alerts
 from billing.models import BudgetAlert, RateCard
-from billing.tasks import send_budget_alert
+from jobs import notifications
 from quotas.models import Budget
 
 from .conftest import at, run_now
@@ -95,35 +94,17 @@ def test_budget_alerts_go_to_tenant_admins_once_per_threshold(tenant, tenant_adm
     assert alerts_mailed(check_budget_alerts) == 1
     assert [a.threshold for a in BudgetAlert.objects.order_by("threshold")] == [80, 100]
     assert "100%" in mail.outbox[1].subject and len(mail.outbox) == 2
-    # A redelivered mail task sends nothing twice.
-    assert send_budget_alert(BudgetAlert.objects.get(threshold=100).pk, "again") is False
-    assert len(mail.outbox) == 2
 
 
 def alerts_mailed(check) -> int:
-    """Run `check`, whose mails go on the notifications queue once it commits; run those tasks
-    here. Returns what `check` returned."""
+    """Run `check`; its notifications' deliveries, which go to the notifications queue once it
+    commits, are sent here as a worker would. Returns what `check` returned."""
+    sent: list[int] = []
     with (
-        mock.patch.object(send_budget_alert, "delay") as enqueue,
+        mock.patch.object(notifications, "_enqueue", side_effect=lambda ids, countdown=0: sent.extend(ids)),
         TestCase.captureOnCommitCallbacks(execute=True),
     ):
         found = check()
-    for call in enqueue.call_args_list:
-        assert send_budget_alert(*call.args) is True
+    for delivery_id in sent:
+        notifications.deliver(delivery_id)
     return found
-
-
-def test_a_budget_alert_mail_that_fails_is_sent_by_the_retry(tenant, tenant_admin, prices, ran):
-    tenant_admin.email = "lab-admin@example.org"
-    tenant_admin.save()
-    Budget.objects.create(tenant=tenant, amount_per_month=Decimal("20"), currency="EUR")
-    run_now(ran, 7, gpu_count=1)
-    with (
-        mock.patch("billing.alerts.send_mail", side_effect=SMTPServerDisconnected("gone")),
-        pytest.raises(SMTPServerDisconnected),
-    ):
-        alerts_mailed(check_budget_alerts)
-    alert = BudgetAlert.objects.get()
-    assert alert.mailed_at is None and mail.outbox == []
-    assert send_budget_alert(alert.pk, "17.50 of 20.00 EUR") is True  # the task's retry
-    assert len(mail.outbox) == 1

@@ -65,7 +65,9 @@ def test_tasks_about_one_cluster_go_to_its_kinds_queue(kind):
 def test_other_tasks_go_to_their_purposes_queue():
     assert queue_of("quotas.tasks.admit_pending") == "admission"
     assert queue_of("billing.tasks.meter") == "metering"
-    assert queue_of("billing.tasks.send_budget_alert", (1, "words")) == "notifications"
+    for name in ("jobs.tasks.notify_job_event", "jobs.tasks.deliver_notification"):
+        assert queue_of(name, (1,)) == "notifications"
+    assert queue_of("jobs.tasks.sweep_notifications") == "notifications"
     for name in ("jobs.tasks.sweep", "factory.tasks.check_cluster_health", "quotas.tasks.mirror_limits"):
         assert queue_of(name) == "default"
     # A cluster gone before its task was published: the default queue, where it ends quietly.
