@@ -128,6 +128,12 @@ STACK_SETTINGS = {
     # A dispatcher killed mid-batch holds its jobs until its lease ends (default 300 s): scaled down
     # like the staleness above, and still longer than a batch's backend calls take here.
     "FACTORY_DISPATCH_LEASE": "30",
+    # Backend tasks end (soft, then hard limit) before their lease does; a beat started again after
+    # a kill waits out the dead one's lock in Redis.
+    "FACTORY_BACKEND_TASK_TIME_LIMIT": "20",
+    "FACTORY_TASK_KILL_GRACE": "5",
+    "FACTORY_BEAT_TICK": "1",
+    "FACTORY_BEAT_LOCK_TIMEOUT": "6",
     # Each Celery pool process runs one task at a time; the machine's PostgreSQL serves others too.
     "DB_POOL_MAX_SIZE": "2",
 }

@@ -604,7 +604,7 @@ def measure_slurm_dispatch(
         cpu = cpu_snapshot(worker.pid)
         enqueued_at = timezone.now()
         started = time.perf_counter()
-        enqueue_dispatch(ids)
+        enqueue_dispatch({job.pk: job.cluster_id for job in jobs})
         enqueue_s = time.perf_counter() - started
         deadline = time.monotonic() + 600
         while True:
@@ -648,6 +648,8 @@ def measure_slurm_dispatch(
 
 
 def start_worker(env: dict[str, str], concurrency: int, log_path: Path) -> subprocess.Popen:
+    from django.conf import settings
+
     command = [
         sys.executable,
         "-m",
@@ -655,6 +657,8 @@ def start_worker(env: dict[str, str], concurrency: int, log_path: Path) -> subpr
         "-A",
         "factory",
         "worker",
+        "-Q",
+        ",".join(settings.FACTORY_QUEUES),
         f"--concurrency={concurrency}",
         "--without-gossip",
         "--without-mingle",

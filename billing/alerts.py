@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
-from django.conf import settings
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 
 from factory.choices import Role
 from factory.models import Tenant
 from factory.months import month_of
+from jobs import notifications
 from quotas.models import Budget, Reservation
 
 from .budgeting import money_spent
@@ -56,6 +55,9 @@ def check_budget_alerts(tenant_ids: list[int] | None = None) -> int:
 
 
 def alert_once(tenant: Tenant, month, threshold: int, words: str) -> int:
+    """Record the threshold as crossed, once per month, and notify the tenant's admins: their
+    deliveries go out on the notifications queue once this commits, so a slow mail server or
+    webhook holds up no metering."""
     admins = list(
         tenant.memberships.filter(role=Role.ADMIN, user__is_active=True)
         .exclude(user__email="")
@@ -63,20 +65,11 @@ def alert_once(tenant: Tenant, month, threshold: int, words: str) -> int:
     )
     try:
         with transaction.atomic():
-            BudgetAlert.objects.create(
+            alert = BudgetAlert.objects.create(
                 tenant=tenant, month=month, threshold=threshold, recipients=", ".join(admins)
             )
+            notifications.notify_budget_threshold(alert, words)
     except IntegrityError:
         return 0  # already sent this month
-    if admins:
-        send_mail(
-            subject=f"[{settings.SITE_NAME}] {tenant.name}: {threshold}% of this month's budget used",
-            message=(
-                f"{tenant.name} ({tenant.slug}) has used {words} this month ({month:%B %Y}), "
-                f"passing {threshold}% of its budget.\n"
-            ),
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            recipient_list=admins,
-        )
-    log.info("budget alert %s%% for %s sent to %d admin(s)", threshold, tenant, len(admins))
+    log.info("budget alert %s%% for %s", threshold, tenant)
     return 1

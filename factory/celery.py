@@ -18,6 +18,11 @@ app.autodiscover_tasks()
 def _prepare(sender: Celery, **kwargs) -> None:
     from django.conf import settings
 
+    # celery-redbeat looks for its Redis settings under their own names only (it reads the
+    # CELERY_-prefixed ones, then warns that they are missing): give them those names too.
+    for name in ("redbeat_redis_url", "redbeat_redis_options"):
+        if hasattr(settings, f"CELERY_{name.upper()}"):
+            sender.conf[name] = getattr(settings, f"CELERY_{name.upper()}")
     if settings.CELERY_BROKER_URL.startswith("filesystem://"):
         # The filesystem transport dies on folders that do not exist yet.
         for key in ("data_folder_in", "control_folder", "processed_folder"):

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from factory.queues import BACKEND_QUEUES, QUEUES
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -335,15 +337,58 @@ else:
     # acks_late tasks are redelivered after this long if a worker died holding them.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600)}
 CELERY_TASK_IGNORE_RESULT = True
+# No result backend, so no results to clean up (and no daily cleanup task in the schedule).
+CELERY_RESULT_EXPIRES = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# One scheduler at a time on Redis (celery-redbeat): the beat that holds the lock in Redis sends the
+# periodic tasks and renews the lock every tick; a standby beat waits for the lock and takes over
+# within FACTORY_BEAT_LOCK_TIMEOUT + CELERY_BEAT_MAX_LOOP_INTERVAL seconds of the active one dying.
+# The schedule's state lives in Redis too, so the standby carries on where the other left off.
+# Without Redis (`make run`), beat keeps its schedule in a file and there is no standby.
+CELERY_BEAT_MAX_LOOP_INTERVAL = env_float("FACTORY_BEAT_TICK", 5.0)
+if not CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BEAT_SCHEDULER = "redbeat.RedBeatScheduler"
+    CELERY_REDBEAT_REDIS_URL = env("CELERY_REDBEAT_REDIS_URL") or CELERY_BROKER_URL
+    CELERY_REDBEAT_REDIS_OPTIONS = {"socket_connect_timeout": 5, "socket_timeout": 5}
+    CELERY_REDBEAT_KEY_PREFIX = env("CELERY_REDBEAT_KEY_PREFIX", "factory:beat:")
+    CELERY_REDBEAT_LOCK_TIMEOUT = env_int("FACTORY_BEAT_LOCK_TIMEOUT", 30)
+    if CELERY_REDBEAT_LOCK_TIMEOUT <= 2 * CELERY_BEAT_MAX_LOOP_INTERVAL:
+        raise ImproperlyConfigured("FACTORY_BEAT_LOCK_TIMEOUT must be over twice FACTORY_BEAT_TICK")
 # Celery's Django fix-up would close the whole connection pool after every task (a new PostgreSQL
 # connection per task); factory.celery returns connections to the pool after each task instead.
 CELERY_DB_REUSE_MAX = 1_000_000
+
+# Queues per purpose, each served by workers of its own (scripts/run starts one per queue): the
+# tasks that act on one cluster go to its kind's queue (factory.routing), so a backend that hangs
+# holds up its own kind's workers only, never another kind's dispatch, admission or metering.
+FACTORY_BACKEND_QUEUES = BACKEND_QUEUES
+FACTORY_QUEUES = QUEUES
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = [
+    "factory.routing.by_cluster_kind",
+    {
+        "quotas.tasks.admit_pending": {"queue": "admission"},
+        "billing.tasks.meter": {"queue": "metering"},
+        "jobs.tasks.notify_job_event": {"queue": "notifications"},
+        "jobs.tasks.deliver_notification": {"queue": "notifications"},
+        "jobs.tasks.sweep_notifications": {"queue": "notifications"},
+    },
+]
+# Every task has a soft time limit (it is told, and stops cleanly) and a hard one (its process is
+# killed) FACTORY_TASK_KILL_GRACE seconds later. Tasks that call a backend get
+# FACTORY_BACKEND_TASK_TIME_LIMIT, which must end before a dispatcher's lease
+# (FACTORY_DISPATCH_LEASE) does, so that no two dispatchers ever hold the same job; the others
+# FACTORY_TASK_TIME_LIMIT.
+FACTORY_TASK_TIME_LIMIT = env_float("FACTORY_TASK_TIME_LIMIT", 120.0)
+FACTORY_BACKEND_TASK_TIME_LIMIT = env_float("FACTORY_BACKEND_TASK_TIME_LIMIT", 240.0)
+FACTORY_TASK_KILL_GRACE = env_float("FACTORY_TASK_KILL_GRACE", 30.0)
+CELERY_TASK_SOFT_TIME_LIMIT = FACTORY_TASK_TIME_LIMIT
+CELERY_TASK_TIME_LIMIT = FACTORY_TASK_TIME_LIMIT + FACTORY_TASK_KILL_GRACE
 
 # --- Cache ------------------------------------------------------------------------------------
 # Shared by every web process: throttle counters (the token endpoint's) and short-lived state. In
@@ -379,6 +424,10 @@ FACTORY_DISPATCH_STALE_AFTER = env_float("FACTORY_DISPATCH_STALE_AFTER", 30.0)
 # How long a dispatcher's claim on the jobs it submits lasts (longer than a batch's backend calls
 # take, each bounded by its adapter's timeout); another dispatcher takes over only after it.
 FACTORY_DISPATCH_LEASE = env_float("FACTORY_DISPATCH_LEASE", 300.0)
+if FACTORY_BACKEND_TASK_TIME_LIMIT + FACTORY_TASK_KILL_GRACE >= FACTORY_DISPATCH_LEASE:
+    raise ImproperlyConfigured(
+        "FACTORY_BACKEND_TASK_TIME_LIMIT + FACTORY_TASK_KILL_GRACE must be under FACTORY_DISPATCH_LEASE"
+    )
 # Unexpected dispatch errors of one attempt before the job fails (as a platform fault, unbilled).
 FACTORY_DISPATCH_MAX_FAILURES = env_int("FACTORY_DISPATCH_MAX_FAILURES", 5)
 # Admitted jobs go to the workers in dispatch tasks of up to this many jobs each; a smaller burst

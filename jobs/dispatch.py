@@ -8,6 +8,7 @@ import logging
 import uuid
 from datetime import timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -106,6 +107,13 @@ def _dispatch_to_cluster(jobs: list[Job]) -> None:
             except BackendUnavailable as exc:
                 for waiting in jobs[index:]:
                     waiting.explain_wait(f"cluster {cluster} is unreachable; retrying ({exc})")
+                _release(jobs[index:])
+                raise
+            except SoftTimeLimitExceeded:
+                # The task's time is up (a backend slow rather than down): the rest are left for
+                # the sweep, as for an unreachable one; the job in hand may have reached it.
+                for waiting in jobs[index:]:
+                    waiting.explain_wait(f"cluster {cluster} is slow to answer; retrying")
                 _release(jobs[index:])
                 raise
             except Exception as exc:
@@ -209,8 +217,8 @@ class StalledWork:
     admitted jobs whose dispatch never reported back, and cancel requests not yet honoured."""
 
     cluster_ids: list[int]
-    stalled: list[int]
-    unhonoured: list[int]
+    stalled: dict[int, int]  # {job id: cluster id}
+    unhonoured: dict[int, int]
 
     def counts(self) -> dict[str, int]:
         return {
@@ -249,9 +257,9 @@ def stalled_work() -> StalledWork:
     return StalledWork(cluster_ids, stalled, unhonoured)
 
 
-def _stamp(jobs, field: str, now) -> list[int]:
-    """Ids of these jobs, marked as having a task enqueued now."""
-    ids = list(jobs.values_list("pk", flat=True))
-    if ids:
-        Job.objects.filter(pk__in=ids).update(**{field: now})
-    return ids
+def _stamp(jobs, field: str, now) -> dict[int, int]:
+    """{job id: cluster id} of these jobs, marked as having a task enqueued now."""
+    found = dict(jobs.values_list("pk", "cluster_id"))
+    if found:
+        Job.objects.filter(pk__in=list(found)).update(**{field: now})
+    return found

@@ -22,7 +22,8 @@ def admit_many(placements: dict[int, tuple[int, str]]) -> list[int]:
     with transaction.atomic(savepoint=False):
         admitted = Job.objects.admit_many(placements)
         if admitted:
-            transaction.on_commit(lambda: tasks.enqueue_dispatch(admitted), robust=True)
+            clusters = {pk: placements[pk][0] for pk in admitted}
+            transaction.on_commit(lambda: tasks.enqueue_dispatch(clusters), robust=True)
     return admitted
 
 
@@ -38,7 +39,7 @@ def cancel(job: Job, user=None) -> bool:
         return True
     if not job.request_backend_cancel(user):
         return False
-    transaction.on_commit(lambda: tasks.cancel_job.delay(job.pk), robust=True)
+    transaction.on_commit(lambda: tasks.cancel_job.delay(job.pk, cluster_id=job.cluster_id), robust=True)
     return True
 
 

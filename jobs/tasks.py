@@ -9,6 +9,7 @@ from django.conf import settings
 
 from factory.adapters import BackendError, BackendUnavailable
 from factory.models import Cluster
+from factory.tasks import BACKEND_TASK
 
 from . import dispatch
 from .models import Job
@@ -17,8 +18,10 @@ log = logging.getLogger(__name__)
 
 # A task about a job expires, and is done retrying (2 + 4 + 8 s), within
 # FACTORY_DISPATCH_STALE_AFTER; only then may the sweep enqueue it again, so at most one task per
-# job and purpose is ever outstanding. An unreachable backend never fails a job.
+# job and purpose is ever outstanding. An unreachable backend never fails a job. These tasks name
+# their cluster (cluster_id), which puts them on its kind's queue (factory.routing).
 RETRYING = {
+    **BACKEND_TASK,
     "acks_late": True,
     "autoretry_for": (BackendUnavailable,),
     "retry_backoff": 2,
@@ -41,21 +44,27 @@ def _jobs(job_ids: list[int]) -> list[Job]:
 
 
 @shared_task(**RETRYING)
-def dispatch_jobs(job_ids: list[int]) -> None:
-    """Dispatch a batch of jobs (retried whole: the ones already submitted are skipped)."""
+def dispatch_jobs(job_ids: list[int], cluster_id: int | None = None) -> None:
+    """Dispatch a batch of jobs admitted to one cluster (retried whole: the ones already submitted
+    are skipped). The cluster routes the task; the jobs' own clusters are used."""
     dispatch.dispatch_many(_jobs(job_ids))
 
 
-def enqueue_dispatch(job_ids: list[int]) -> None:
-    """Dispatch tasks for these jobs, in order. A batch costs one task and one load however many
-    jobs it holds, so a large burst goes out in batches of FACTORY_DISPATCH_BATCH; a small one is
-    still split over FACTORY_DISPATCH_SPREAD tasks, so that several worker processes take part.
-    Published over one broker connection."""
-    if not job_ids:
+def enqueue_dispatch(jobs: dict[int, int]) -> None:
+    """Dispatch tasks for these jobs ({job id: cluster id}, in order), per cluster, on its kind's
+    queue. A batch costs one task and one load however many jobs it holds, so a large burst goes
+    out in batches of FACTORY_DISPATCH_BATCH; a small one is still split over
+    FACTORY_DISPATCH_SPREAD tasks, so that several worker processes take part. Published over
+    one broker connection."""
+    if not jobs:
         return
+    by_cluster: dict[int, list[int]] = {}
+    for job_id, cluster_id in jobs.items():
+        by_cluster.setdefault(cluster_id, []).append(job_id)
     with dispatch_jobs.app.producer_or_acquire() as producer:
-        for batch in dispatch_batches(job_ids):
-            dispatch_jobs.apply_async((batch,), producer=producer)
+        for cluster_id, job_ids in by_cluster.items():
+            for batch in dispatch_batches(job_ids):
+                dispatch_jobs.apply_async((batch,), {"cluster_id": cluster_id}, producer=producer)
 
 
 def dispatch_batches(job_ids: list[int]) -> list[list[int]]:
@@ -65,13 +74,13 @@ def dispatch_batches(job_ids: list[int]) -> list[list[int]]:
 
 
 @shared_task(**RETRYING)
-def cancel_job(job_id: int) -> None:
+def cancel_job(job_id: int, cluster_id: int | None = None) -> None:
     job = _job(job_id)
     if job is not None:
         dispatch.cancel_at_backend(job)
 
 
-@shared_task(acks_late=True, expires=settings.FACTORY_SYNC_INTERVAL)
+@shared_task(**BACKEND_TASK, expires=settings.FACTORY_SYNC_INTERVAL)
 def sync_cluster_task(cluster_id: int) -> None:
     cluster = Cluster.objects.filter(pk=cluster_id, enabled=True).first()
     if cluster is None:
@@ -91,8 +100,8 @@ def sweep() -> dict[str, int]:
     for cluster_id in work.cluster_ids:
         sync_cluster_task.delay(cluster_id)
     enqueue_dispatch(work.stalled)
-    for job_id in work.unhonoured:
-        cancel_job.delay(job_id)
+    for job_id, cluster_id in work.unhonoured.items():
+        cancel_job.delay(job_id, cluster_id=cluster_id)
     return work.counts()
 
 

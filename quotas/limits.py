@@ -44,20 +44,29 @@ def mirror(tenant_ids: list[int] | None = None) -> dict[str, list[str]]:
     """Apply the tenants' ceilings (all tenants by default) to every enabled cluster that keeps
     limits of its own. Returns {cluster slug: tenants whose limits changed}. A cluster that cannot
     be reached is skipped: the periodic pass tries again."""
-    tenants = list(
-        Tenant.objects.filter(pk__in=tenant_ids) if tenant_ids is not None else Tenant.objects.all()
-    )
     changed: dict[str, list[str]] = {}
-    for cluster in Cluster.objects.filter(enabled=True).prefetch_related("pools__gpu_type"):
-        adapter = cluster.adapter()
-        if not adapter.keeps_tenant_limits:
-            continue
-        gpu_types = [pool.gpu_type for pool in cluster.pools.all()]
-        try:
-            tenants_changed = adapter.apply_tenant_limits(limits_for(tenants, gpu_types))
-        except BackendError as exc:
-            log.warning("GPU limits of %s not mirrored: %s", cluster, exc)
-            continue
+    for cluster in keeping_limits():
+        tenants_changed = mirror_cluster(cluster, tenant_ids)
         if tenants_changed:
             changed[cluster.slug] = tenants_changed
     return changed
+
+
+def keeping_limits() -> list[Cluster]:
+    """The enabled clusters that keep tenant limits of their own."""
+    clusters = Cluster.objects.filter(enabled=True).prefetch_related("pools__gpu_type")
+    return [cluster for cluster in clusters if cluster.adapter().keeps_tenant_limits]
+
+
+def mirror_cluster(cluster: Cluster, tenant_ids: list[int] | None = None) -> list[str]:
+    """Apply the tenants' ceilings to one cluster; the slugs of the tenants whose limits changed
+    (none when it cannot be reached)."""
+    tenants = list(
+        Tenant.objects.filter(pk__in=tenant_ids) if tenant_ids is not None else Tenant.objects.all()
+    )
+    gpu_types = [pool.gpu_type for pool in cluster.pools.all()]
+    try:
+        return cluster.adapter().apply_tenant_limits(limits_for(tenants, gpu_types))
+    except BackendError as exc:
+        log.warning("GPU limits of %s not mirrored: %s", cluster, exc)
+        return []

@@ -102,9 +102,18 @@ def web_server(env: dict[str, str], port: int, workers: int, log_path: Path) -> 
 
 
 def celery_worker(
-    name: str, env: dict[str, str], log_path: Path, concurrency: int, loglevel: str = "WARNING"
+    name: str,
+    env: dict[str, str],
+    log_path: Path,
+    concurrency: int,
+    loglevel: str = "WARNING",
+    queues: list[str] | None = None,
 ) -> Service:
+    """A worker of the given queues (default: every queue of the portal)."""
+    from factory.queues import QUEUES
+
     command = [sys.executable, "-m", "celery", "-A", "factory", "worker", "-n", f"{name}@%h"]
+    command += ["-Q", ",".join(queues or QUEUES)]
     command += [f"--concurrency={concurrency}", "--without-gossip", "--without-mingle"]
     return Service(f"worker {name}", [*command, f"--loglevel={loglevel}"], env, log_path)
 

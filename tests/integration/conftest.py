@@ -41,12 +41,27 @@ def free_port() -> int:
 
 
 class WorkerProcess:
-    """`celery worker -B` in its own process group, so a test can kill it like a crash would."""
+    """`celery worker` (with its scheduler, `-B`, unless told otherwise) in its own process group,
+    so a test can kill it like a crash would. It serves every queue unless given some."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        name: str = "worker",
+        *,
+        queues: list[str] | None = None,
+        beat: bool = True,
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.tmp_path = tmp_path
+        self.name = name
+        self.queues = queues or settings.FACTORY_QUEUES
+        self.beat = beat
+        self.concurrency = concurrency
+        self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
-        self.log_path = tmp_path / "worker.log"
+        self.log_path = tmp_path / f"{name}.log"
 
     def env(self) -> dict[str, str]:
         db = settings.DATABASES["default"]
@@ -61,26 +76,23 @@ class WorkerProcess:
             "FACTORY_SLURM_JOB_ROOT": str(settings.FACTORY_SLURM_JOB_ROOT),
             "FACTORY_SYNC_INTERVAL": "0.5",
             "FACTORY_DISPATCH_STALE_AFTER": "2",
+            # A scheduler started again after a kill waits this long for the dead one's lock.
+            "FACTORY_BEAT_TICK": "1",
+            "FACTORY_BEAT_LOCK_TIMEOUT": "3",
+            **self.extra_env,
         }
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "celery", "-A", "factory", "worker", "-n", f"{self.name}@%h"]
+        command += ["-Q", ",".join(self.queues), f"--concurrency={self.concurrency}"]
+        if self.beat:
+            command += ["-B", "-s", str(self.tmp_path / "beat-schedule")]
+        return [*command, "--without-gossip", "--without-mingle", "--loglevel=INFO"]
 
     def start(self) -> None:
         log = open(self.log_path, "a")  # noqa: SIM115 - kept open for the process's lifetime
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "factory",
-                "worker",
-                "-B",
-                "-s",
-                str(self.tmp_path / "beat-schedule"),
-                "--concurrency=2",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel=INFO",
-            ],
+            self.command(),
             cwd=PROJECT_DIR,
             env=self.env(),
             stdout=log,

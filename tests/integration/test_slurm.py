@@ -845,7 +845,7 @@ def test_a_quota_change_mirrors_its_tenant(
 
     from quotas.editing import save_audited
     from quotas.models import Quota
-    from quotas.tasks import mirror_limits
+    from quotas.tasks import mirror_cluster_limits, mirror_limits
 
     with (
         mock.patch.object(mirror_limits, "delay") as mirror,
@@ -856,5 +856,7 @@ def test_a_quota_change_mirrors_its_tenant(
             Quota(tenant=limited_tenant, gpu_type=h100), {"nominal": 4, "borrowing_limit": 0}, platform_admin
         )
     mirror.assert_called_once_with([limited_tenant.pk])
-    assert mirror_limits([limited_tenant.pk]) == {"slurm-local": [limited_tenant.slug]}
+    slurm = Cluster.objects.get(slug="slurm-local")
+    assert mirror_limits([limited_tenant.pk]) == 1  # one task per cluster keeping limits
+    assert mirror_cluster_limits(slurm.pk, [limited_tenant.pk]) == [limited_tenant.slug]
     assert account_limits(limited_tenant.slug) == ("gres/gpu:h100=4", "")

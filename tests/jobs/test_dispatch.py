@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from unittest import mock
 
 import pytest
+import redis
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -148,7 +150,7 @@ def test_sweep_redispatches_stalled_admissions_and_syncs_busy_clusters(
     ):
         result = sweep()
     assert result == {"clusters": 1, "redispatched": 1, "recancelled": 0}
-    redispatch.assert_called_once_with([stalled.pk])
+    redispatch.assert_called_once_with({stalled.pk: stalled.cluster_id})
     sync.assert_called_once_with(cluster.pk)
 
 
@@ -262,11 +264,29 @@ def test_an_unreachable_cluster_holds_back_only_its_own_jobs_until_the_retry(mak
     assert JobEvent.objects.filter(job_id__in=batch, state=JobState.SUBMITTED).count() == 4
 
 
-def test_enqueued_jobs_go_out_in_batches_in_admission_order(settings):
+def test_enqueued_jobs_go_out_in_batches_in_admission_order_on_their_kinds_queue(settings, cluster):
+    """Published to the real broker: each cluster's jobs in batches, in order, on the queue of the
+    cluster's kind, so that a hung Slurm holds up no Kubernetes dispatch."""
     settings.FACTORY_DISPATCH_BATCH, settings.FACTORY_DISPATCH_SPREAD = 2, 1
-    with mock.patch.object(dispatch_jobs, "apply_async") as publish:
-        enqueue_dispatch([5, 3, 9, 1, 7])
-    assert [call.args[0] for call in publish.call_args_list] == [([5, 3],), ([9, 1],), ([7],)]
+    slurm = Cluster.objects.create(slug="hpc", name="HPC", kind="slurm")
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete("dispatch-local", "dispatch-slurm", "default")
+    enqueue_dispatch({5: cluster.pk, 3: slurm.pk, 9: cluster.pk, 1: cluster.pk, 7: slurm.pk, 8: cluster.pk})
+
+    def batches(queue: str) -> list[tuple[str, str]]:
+        messages = [json.loads(raw) for raw in reversed(broker.lrange(queue, 0, -1))]  # oldest first
+        return [
+            (m["headers"]["task"], m["headers"]["argsrepr"], m["headers"]["kwargsrepr"]) for m in messages
+        ]
+
+    task = "jobs.tasks.dispatch_jobs"
+    assert batches("dispatch-local") == [
+        (task, "([5, 9],)", f"{{'cluster_id': {cluster.pk}}}"),
+        (task, "([1, 8],)", f"{{'cluster_id': {cluster.pk}}}"),
+    ]
+    assert batches("dispatch-slurm") == [(task, "([3, 7],)", f"{{'cluster_id': {slurm.pk}}}")]
+    assert broker.llen("default") == 0
+    broker.delete("dispatch-local", "dispatch-slurm")
 
 
 def test_a_small_burst_is_spread_over_several_tasks_and_a_large_one_batched(settings):

@@ -12,6 +12,7 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -178,7 +179,24 @@ def test_the_sweep_does_not_redispatch_a_job_another_dispatcher_is_submitting(ma
 
     with mock.patch.object(LocalAdapter, "submit", sweep_meanwhile):
         dispatch_jobs([job.pk])
-    assert seen == [mock.call([])]
+    assert seen == [mock.call({})]
+
+
+def test_a_dispatch_out_of_time_leaves_its_jobs_admitted_for_the_sweep(make_job, cluster):
+    """The task's soft time limit strikes during a backend call: the jobs not submitted stay
+    admitted, their lease given back (the sweep dispatches them again), with no failure counted."""
+    first, second = make_job(command="true"), make_job(command="true")
+    admit(first, cluster)
+    admit(second, cluster)
+    with (
+        mock.patch.object(LocalAdapter, "submit", autospec=True, side_effect=SoftTimeLimitExceeded()),
+        pytest.raises(SoftTimeLimitExceeded),
+    ):
+        dispatch_jobs([first.pk, second.pk], cluster_id=cluster.pk)
+    for job in Job.objects.filter(pk__in=[first.pk, second.pk]):
+        assert job.state == JobState.ADMITTED
+        assert job.dispatch_lease_until is None and job.dispatch_failures == 0
+        assert "slow to answer" in job.reason
 
 
 def test_an_unexpected_dispatch_error_is_retried_with_backoff_then_fails_the_job_unbilled(
