@@ -227,6 +227,28 @@ class Pool(models.Model):
         return f"{self.cluster}/{self.gpu_type} ({self.capacity})"
 
 
+class ChangeSet(models.Model):
+    """Changes made together, as one, by one author: an applied platform file. Its `changes` are
+    the plan it applied (field by field, secrets never shown); the audit logs of the apps above
+    (quota changes) point at it."""
+
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    source = models.CharField(max_length=300, blank=True, help_text="The file or directory applied.")
+    digest = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the declaration applied.")
+    summary = models.JSONField(default=dict, help_text="How many objects were created, changed, deleted.")
+    changes = models.JSONField(default=list)
+    applied_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-applied_at", "-id"]
+
+    def __str__(self) -> str:
+        counts = ", ".join(f"{n} {action}" for action, n in self.summary.items())
+        return f"change set {self.pk} by {self.author or 'nobody'}: {counts or 'no changes'}"
+
+
 def token_digest(key: str) -> str:
     """What is stored of an API token. A token is 256 random bits, so a plain SHA-256 cannot be
     reversed or guessed; a slow password hash would cost every API request its time."""

@@ -110,6 +110,7 @@ INSTALLED_APPS = [
     "jobs",
     "quotas",
     "billing",
+    "platform_config",
 ]
 
 MIDDLEWARE = [

@@ -29,5 +29,6 @@ urlpatterns = [
     path("api/v1/", include("jobs.api.urls")),
     path("api/v1/", include("quotas.api.urls")),
     path("api/v1/", include("billing.api.urls")),
+    path("api/v1/", include("platform_config.api.urls")),
     path("admin/", admin.site.urls),
 ]

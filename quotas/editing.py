@@ -57,6 +57,16 @@ def delete_audited(quota: Quota, user) -> QuotaChange:
     return entry
 
 
+def after_quota_changes(tenant_ids: list[int]) -> None:
+    """Quotas or budgets changed outside save_audited (in bulk, already logged): run admission and
+    bring the tenants' limits on the clusters in line. Call it once the change has committed."""
+    _readmit()
+    if tenant_ids:
+        from .tasks import mirror_limits
+
+        mirror_limits.delay(tenant_ids)
+
+
 def _readmit() -> None:
     from .tasks import admit_pending
 

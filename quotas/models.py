@@ -151,6 +151,9 @@ class QuotaChange(models.Model):
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
     changed_at = models.DateTimeField(default=timezone.now)
+    change_set = models.ForeignKey(
+        "factory.ChangeSet", null=True, blank=True, on_delete=models.SET_NULL, related_name="quota_changes"
+    )
 
     class Meta:
         ordering = ["-changed_at", "-id"]

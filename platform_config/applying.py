@@ -1,0 +1,206 @@
+"""Applying a declaration: its plan, made and carried out in one transaction under a lock, so that
+two applies at once run one after the other and the second plans against the first's result.
+
+Everything is written in bulk (a query per kind and action, not per object) and recorded as one
+change set with its author; quota and budget changes also go to the quotas' audit log, pointing at
+the change set, and admission runs once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from django.db import connection, transaction
+
+from factory.models import ChangeSet, Identity, Tenant
+from quotas.editing import after_quota_changes
+from quotas.models import QuotaChange
+
+from . import state as st
+from .loading import Declaration, Invalid, Problem
+from .planning import MODELS, Change, Plan, make_plan
+
+# pg_advisory_xact_lock's key: "platform" in ASCII, the one lock every apply takes.
+LOCK_KEY = 0x706C6174666F726D
+
+
+def apply(declaration: Declaration, author=None, source: str = "") -> tuple[Plan, ChangeSet | None]:
+    """Plan and apply the declaration; Invalid (nothing written) if it is wrong or a deletion is
+    blocked. Applying what the portal already holds writes nothing and records no change set."""
+    with transaction.atomic():
+        _lock()
+        plan = make_plan(declaration)
+        if plan.blocked:
+            raise Invalid(
+                [
+                    Problem(
+                        f"{c.kind} {st.key_text(c.key)}", f"Cannot be deleted: {', '.join(c.blocked_by)}."
+                    )
+                    for c in plan.blocked
+                ]
+            )
+        if not plan.has_changes:
+            return plan, None
+        change_set = ChangeSet.objects.create(
+            author=author,
+            source=(source or declaration.source)[:300],
+            digest=declaration.digest,
+            summary=plan.summary(),
+            changes=[c.as_json() for c in plan.changes],
+        )
+        Writer(plan, change_set).write()
+    return plan, change_set
+
+
+def _lock() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
+    # SQLite (development) serialises writing transactions by itself.
+
+
+class Writer:
+    def __init__(self, plan: Plan, change_set: ChangeSet) -> None:
+        self.plan = plan
+        self.change_set = change_set
+        self.ids = {kind: dict(ids) for kind, ids in plan.current.ids.items()}
+        self.by_action: dict[tuple[str, str], list[Change]] = defaultdict(list)
+        for change in plan.changes:
+            self.by_action[change.kind, change.action].append(change)
+        self.audit: list[QuotaChange] = []
+        # What goes with a deleted tenant or GPU type goes from the audit log too.
+        self.gone = {(c.kind, c.key[0]) for c in plan.changes if c.action == "delete"}
+
+    def changed(self, kind: str, action: str) -> list[Change]:
+        return self.by_action.get((kind, action), [])
+
+    def id(self, kind: str, *key: str) -> int | None:
+        return self.ids[kind].get(tuple(key))
+
+    def write(self) -> None:
+        for kind in reversed(st.KINDS):
+            self.delete(kind)
+        for kind in st.KINDS:
+            self.create(kind)
+            self.update(kind)
+        self.audit_quotas()
+        QuotaChange.objects.bulk_create(self.audit)
+        tenants = {self.id("tenant", c.key[0]) for c in self.plan.changes if c.kind == "quota"}
+        if tenants or self.changed("budget", "change") or self.changed("budget", "create"):
+            transaction.on_commit(lambda: after_quota_changes(sorted(t for t in tenants if t)), robust=True)
+        if any(c.kind in ("cluster", "pool") for c in self.plan.changes):
+            from jobs.submission import forget_pool_caches
+
+            transaction.on_commit(forget_pool_caches, robust=True)
+
+    # --- one kind at a time ------------------------------------------------------------------
+
+    def row(self, kind: str, key: st.Key, fields: dict):
+        """A model instance of the desired object (its database id when it exists)."""
+        values = dict(fields)
+        if kind == "gpu_type" or kind == "cluster":
+            values["slug"] = key[0]
+        elif kind == "pool":
+            values.update(cluster_id=self.id("cluster", key[0]), gpu_type_id=self.id("gpu_type", key[1]))
+        elif kind == "tenant":
+            values["slug"] = key[0]
+            values["parent_id"] = None  # set once every tenant exists: see update()
+            values.pop("parent")
+        elif kind == "membership":
+            values.update(tenant_id=self.id("tenant", key[0]), user_id=self.plan.users[key[1]])
+        elif kind == "identity":
+            values["user_id"] = self.plan.users[key[0]]
+        elif kind in ("quota", "budget"):
+            values["tenant_id"] = self.id("tenant", key[0])
+            if kind == "quota":
+                values["gpu_type_id"] = self.id("gpu_type", key[1])
+        elif kind == "rate_card":
+            values.update(
+                gpu_type_id=self.id("gpu_type", key[0]),
+                cluster_id=self.id("cluster", key[1]) if key[1] else None,
+                effective_from=key[2],
+            )
+        elif kind == "grid_intensity":
+            values["region"] = key[0]
+        instance = MODELS[kind](**values)
+        instance.pk = self.id(kind, *key)
+        return instance
+
+    def create(self, kind: str) -> None:
+        changes = self.changed(kind, "create")
+        if not changes:
+            return
+        rows = [self.row(kind, c.key, self.plan.desired[kind][c.key]) for c in changes]
+        if kind == "identity":
+            # A user may have an identity row without a POSIX account: give it one.
+            Identity.objects.filter(user_id__in=[r.user_id for r in rows]).delete()
+        created = MODELS[kind].objects.bulk_create(rows)
+        for change, instance in zip(changes, created, strict=True):
+            self.ids[kind][change.key] = instance.pk
+        if kind == "tenant":
+            self.set_parents([c.key for c in changes])
+
+    def update(self, kind: str) -> None:
+        changes = self.changed(kind, "change")
+        if not changes:
+            return
+        names = sorted({name.split(".")[0] for c in changes for name, _, _ in c.fields} - {"parent"})
+        if names:
+            rows = [self.row(kind, c.key, self.plan.desired[kind][c.key]) for c in changes]
+            MODELS[kind].objects.bulk_update(rows, names, batch_size=500)
+        if kind == "tenant":
+            self.set_parents([c.key for c in changes if any(n == "parent" for n, _, _ in c.fields)])
+
+    def set_parents(self, keys: list[st.Key]) -> None:
+        desired = self.plan.desired["tenant"]
+        rows = []
+        for key in keys:
+            parent = desired[key]["parent"]
+            rows.append(Tenant(pk=self.id("tenant", *key), parent_id=parent and self.id("tenant", parent)))
+        if rows:
+            Tenant.objects.bulk_update(rows, ["parent"], batch_size=500)
+
+    def delete(self, kind: str) -> None:
+        changes = self.changed(kind, "delete")
+        if not changes:
+            return
+        ids = [self.ids[kind].pop(c.key) for c in changes]
+        if kind in ("quota", "budget"):
+            for change in changes:
+                self.audit_entry(
+                    change.key, kind, str(self.plan.current[kind][change.key][_first(kind)]), "deleted"
+                )
+        if kind == "tenant":
+            Tenant.objects.filter(pk__in=ids).update(parent=None)  # deleted children before parents
+        MODELS[kind].objects.filter(pk__in=ids).delete()
+
+    # --- the quotas' audit log ----------------------------------------------------------------
+
+    def audit_quotas(self) -> None:
+        for kind in ("quota", "budget"):
+            for change in self.changed(kind, "create") + self.changed(kind, "change"):
+                for name, old, new in change.fields:
+                    self.audit_entry(change.key, name, _text(old), _text(new))
+
+    def audit_entry(self, key: st.Key, field: str, old: str, new: str) -> None:
+        if ("tenant", key[0]) in self.gone or (len(key) > 1 and ("gpu_type", key[1]) in self.gone):
+            return
+        self.audit.append(
+            QuotaChange(
+                tenant_id=self.id("tenant", key[0]),
+                gpu_type_id=self.id("gpu_type", key[1]) if len(key) > 1 else None,
+                field=field,
+                old_value=old[:64],
+                new_value=new[:64],
+                changed_by=self.change_set.author,
+                change_set=self.change_set,
+            )
+        )
+
+
+def _first(kind: str) -> str:
+    return {"quota": "nominal", "budget": "gpu_hours_per_month"}[kind]
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)

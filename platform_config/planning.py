@@ -1,0 +1,510 @@
+"""A plan: what applying a declaration would create, change and delete, field by field, and what
+blocks a deletion. Planning changes nothing.
+
+The desired state is the file's objects, plus, without `prune: true`, whatever the portal has that
+the file does not mention (left as it is). It is checked as a whole before anything is compared:
+references that lead nowhere, a child tenant's quota above its parent's, rate cards overlapping in
+time, the models' own rules, secrets written inline. Every problem is listed with its path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db.models import Count
+
+from billing.models import GridIntensity, RateCard, UsageRecord
+from factory.adapters import adapter_class
+from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
+from jobs.choices import HOLDING_STATES
+from jobs.models import Job
+from quotas.models import Budget, Quota, Reservation
+
+from . import state as st
+from .loading import Declaration, Invalid, Problem
+from .schema import SecretRef
+from .state import NO_CLUSTER, Key, State
+
+SECRET_SHOWN = "(secret)"
+
+
+@dataclass
+class Change:
+    action: str  # create | change | delete
+    kind: str
+    key: Key
+    fields: list[tuple[str, Any, Any]] = field(default_factory=list)  # (name, old, new); secrets masked
+    blocked_by: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {
+            "action": self.action,
+            "kind": self.kind,
+            "key": st.key_text(self.key),
+            "fields": [{"field": n, "old": _json(old), "new": _json(new)} for n, old, new in self.fields],
+            "blocked_by": self.blocked_by,
+        }
+
+
+@dataclass
+class Plan:
+    changes: list[Change]
+    desired: State
+    current: State
+    prune: bool
+    users: dict[str, int]
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+    @property
+    def blocked(self) -> list[Change]:
+        return [c for c in self.changes if c.blocked_by]
+
+    def summary(self) -> dict[str, int]:
+        counts = {"create": 0, "change": 0, "delete": 0}
+        for change in self.changes:
+            counts[change.action] += 1
+        return counts
+
+    def as_json(self) -> dict:
+        return {
+            "has_changes": self.has_changes,
+            "summary": self.summary(),
+            "changes": [c.as_json() for c in self.changes],
+        }
+
+    def render(self) -> str:
+        lines = []
+        marks = {"create": "+", "change": "~", "delete": "-"}
+        for change in self.changes:
+            lines.append(f"{marks[change.action]} {change.kind} {st.key_text(change.key)}")
+            for name, old, new in change.fields:
+                if change.action == "create":
+                    lines.append(f"    {name}: {_shown(new)}")
+                elif change.action == "change":
+                    lines.append(f"    {name}: {_shown(old)} → {_shown(new)}")
+            for reason in change.blocked_by:
+                lines.append(f"    blocked: {reason}")
+        counts = self.summary()
+        if not self.changes:
+            lines.append("No changes: the portal matches the file.")
+        else:
+            lines.append(
+                f"Plan: {counts['create']} to create, {counts['change']} to change, "
+                f"{counts['delete']} to delete."
+            )
+        if self.blocked:
+            lines.append(f"{len(self.blocked)} deletion(s) blocked: apply would refuse this plan.")
+        return "\n".join(lines)
+
+
+def _json(value):
+    if value is None or isinstance(value, bool | int | str | list | dict):
+        return value
+    return str(value)
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value != SECRET_SHOWN:
+        return repr(value)
+    return str(_json(value))
+
+
+def make_plan(declaration: Declaration) -> Plan:
+    """The plan of a declaration against what the portal holds now, or Invalid."""
+    current = st.current()
+    declared, origins, problems = declared_state(declaration, current)
+    usernames = {key[1] for key in declared["membership"]} | {key[0] for key in declared["identity"]}
+    users = st.user_ids(usernames)
+    desired = _desired(declared, current, declaration.prune)
+    problems += check(desired, declared, origins, users)
+    if problems:
+        raise Invalid(problems)
+    changes = diff(current, desired)
+    _add_blockers(changes, current)
+    return Plan(changes=changes, desired=desired, current=current, prune=declaration.prune, users=users)
+
+
+def _desired(declared: State, current: State, prune: bool) -> State:
+    if prune:
+        return declared
+    desired = State()
+    for kind in st.KINDS:
+        desired.objects[kind] = {**current[kind], **declared[kind]}
+    return desired
+
+
+# --- the file as a state --------------------------------------------------------------------------
+
+
+def declared_state(declaration: Declaration, current: State):
+    """The declared objects by kind and key, where each came from, and the problems found on the
+    way (duplicates, secrets)."""
+    declared = State()
+    origins: dict[tuple[str, Key], str] = {}
+    problems: list[Problem] = []
+
+    def put(kind: str, key: Key, fields: dict, path: str) -> None:
+        if (kind, key) in origins:
+            problems.append(
+                Problem(
+                    path,
+                    f"{kind.replace('_', ' ')} {st.key_text(key)} is already declared at "
+                    f"{origins[kind, key]}.",
+                )
+            )
+            return
+        declared[kind][key] = fields
+        origins[kind, key] = path
+
+    items = declaration.items
+    for path, spec in items["gpu_types"]:
+        put("gpu_type", (spec.slug,), spec.model_dump(exclude={"slug"}), path)
+    for path, spec in items["clusters"]:
+        fields = spec.model_dump(exclude={"slug", "pools"})
+        fields["connection"] = _resolve_connection(spec, current, f"{path}.connection", problems)
+        put("cluster", (spec.slug,), fields, path)
+        for index, pool in enumerate(spec.pools):
+            put(
+                "pool",
+                (spec.slug, pool.gpu_type),
+                pool.model_dump(exclude={"gpu_type"}),
+                f"{path}.pools[{index}]",
+            )
+    for path, spec in items["tenants"]:
+        put("tenant", (spec.slug,), spec.model_dump(include=set(st.FIELDS["tenant"])), path)
+        for index, member in enumerate(spec.members):
+            put("membership", (spec.slug, member.user), {"role": member.role}, f"{path}.members[{index}]")
+        for gpu_type, quota in spec.quotas.items():
+            put("quota", (spec.slug, gpu_type), quota.model_dump(), f"{path}.quotas.{gpu_type}")
+        if spec.budget is not None:
+            put("budget", (spec.slug,), spec.budget.model_dump(), f"{path}.budget")
+    for path, spec in items["identities"]:
+        put("identity", (spec.user,), {"posix_username": spec.posix_username}, path)
+    for path, spec in items["rate_cards"]:
+        key = (spec.gpu_type, spec.cluster or NO_CLUSTER, spec.effective_from.isoformat())
+        put("rate_card", key, spec.model_dump(include=set(st.FIELDS["rate_card"])), path)
+    for path, spec in items["grid_intensities"]:
+        put("grid_intensity", (spec.region,), spec.model_dump(exclude={"region"}), path)
+    return declared, origins, problems
+
+
+def secret_settings(kind: str) -> set[str]:
+    """A cluster kind's connection settings that are secrets: those its schema never shows."""
+    try:
+        fields = adapter_class(kind).connection_class.model_fields
+    except ValueError:
+        return set()
+    return {name for name, info in fields.items() if info.repr is False}
+
+
+def _resolve_connection(spec, current: State, path: str, problems: list[Problem]) -> dict:
+    connection = dict(spec.connection)
+    stored = (current["cluster"].get((spec.slug,)) or {}).get("connection") or {}
+    for name in sorted(secret_settings(spec.kind) & set(connection)):
+        value = connection[name]
+        where = f"{path}.{name}"
+        if not isinstance(value, dict):
+            problems.append(
+                Problem(
+                    where,
+                    "A secret is never written inline: reference it with {env: NAME}, "
+                    "{file: PATH} or {keep: true}.",
+                )
+            )
+            continue
+        try:
+            ref = SecretRef.model_validate(value)
+        except pydantic.ValidationError as exc:
+            problems.append(Problem(where, exc.errors()[0]["msg"].removeprefix("Value error, ") + "."))
+            continue
+        resolved = _read_secret(ref, name, stored, where, problems)
+        if resolved is not None:
+            connection[name] = resolved
+    return connection
+
+
+def _read_secret(ref: SecretRef, name: str, stored: dict, where: str, problems: list[Problem]):
+    if ref.keep:
+        if name not in stored:
+            problems.append(Problem(where, "The portal holds no value to keep; use {env: …} or {file: …}."))
+            return None
+        return stored[name]
+    if ref.env is not None:
+        text = os.environ.get(ref.env)
+        if text is None:
+            problems.append(Problem(where, f"The environment variable {ref.env} is not set."))
+            return None
+    else:
+        try:
+            text = Path(ref.file).read_text().removesuffix("\n")
+        except OSError as exc:
+            problems.append(Problem(where, f"Cannot read {ref.file}: {exc.strerror}."))
+            return None
+    if name == "headers":  # a mapping, given as YAML or JSON text
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            problems.append(Problem(where, "The secret must be a YAML or JSON mapping."))
+            return None
+    return text
+
+
+# --- checks on the desired state -----------------------------------------------------------------
+
+
+def check(desired: State, declared: State, origins: dict, users: dict[str, int]) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def where(kind: str, key: Key, attribute: str = "") -> str:
+        path = origins.get((kind, key), f"({kind.replace('_', ' ')} {st.key_text(key)} in the portal)")
+        return f"{path}.{attribute}" if attribute else path
+
+    def refer(kind: str, key: Key, attribute: str, target_kind: str, target: str, what: str) -> None:
+        if (kind, key) in origins and (target,) not in desired[target_kind]:
+            problems.append(
+                Problem(where(kind, key, attribute), f"No {what} {target!r} is declared or exists.")
+            )
+
+    gpu_types, tenants = desired["gpu_type"], desired["tenant"]
+    for key in declared["pool"]:
+        refer("pool", key, "gpu_type", "gpu_type", key[1], "GPU type")
+    for key, fields in declared["tenant"].items():
+        if fields["parent"] is not None:
+            refer("tenant", key, "parent", "tenant", fields["parent"], "tenant")
+    for key in declared["quota"]:
+        if (key[1],) not in gpu_types:
+            problems.append(Problem(where("quota", key), f"No GPU type {key[1]!r} is declared or exists."))
+    for key in declared["rate_card"]:
+        refer("rate_card", key, "gpu_type", "gpu_type", key[0], "GPU type")
+        if key[1] != NO_CLUSTER:
+            refer("rate_card", key, "cluster", "cluster", key[1], "cluster")
+    for kind, attribute in (("membership", "user"), ("identity", "user")):
+        for key in declared[kind]:
+            if key[-1] not in users:
+                problems.append(Problem(where(kind, key, attribute), f"No user {key[-1]!r} exists."))
+    problems += _parent_cycles(tenants, where)
+    problems += _quotas_within_parents(desired, where)
+    problems += _rate_card_overlaps(desired["rate_card"], where)
+    problems += _posix_accounts(desired["identity"], where)
+    problems += _model_rules(declared, where)
+    return problems
+
+
+def _parent_cycles(tenants: dict, where) -> list[Problem]:
+    problems = []
+    for key in tenants:
+        seen, parent = {key[0]}, tenants[key]["parent"]
+        while parent is not None and (parent,) in tenants:
+            if parent in seen:
+                problems.append(Problem(where("tenant", key, "parent"), "Tenants' parents form a cycle."))
+                break
+            seen.add(parent)
+            parent = tenants[(parent,)]["parent"]
+    return problems
+
+
+def _quotas_within_parents(desired: State, where) -> list[Problem]:
+    problems = []
+    quotas = desired["quota"]
+    for (tenant, gpu_type), fields in quotas.items():
+        parent = (desired["tenant"].get((tenant,)) or {}).get("parent")
+        above = quotas.get((parent, gpu_type)) if parent else None
+        if above is not None and fields["nominal"] > above["nominal"]:
+            problems.append(
+                Problem(
+                    where("quota", (tenant, gpu_type), "nominal"),
+                    f"{fields['nominal']} {gpu_type} GPUs is above the parent tenant {parent}'s quota "
+                    f"({above['nominal']}).",
+                )
+            )
+    return problems
+
+
+def _rate_card_overlaps(cards: dict, where) -> list[Problem]:
+    problems = []
+    by_price = defaultdict(list)
+    for key, fields in cards.items():
+        by_price[key[:2]].append((str(key[2]), key, fields["effective_until"]))
+    for entries in by_price.values():
+        entries.sort()
+        for (_, before, until), (start, key, _) in itertools.pairwise(entries):
+            if until is None or str(until) > start:
+                problems.append(
+                    Problem(
+                        where("rate_card", key, "effective_from"),
+                        f"Overlaps the rate card from {before[2]} for the same GPU type and cluster.",
+                    )
+                )
+    return problems
+
+
+def _posix_accounts(identities: dict, where) -> list[Problem]:
+    problems, owners = [], {}
+    for key, fields in sorted(identities.items()):
+        account = fields["posix_username"]
+        if account in owners:
+            problems.append(
+                Problem(
+                    where("identity", key, "posix_username"), f"{account} is already {owners[account]}'s."
+                )
+            )
+        owners[account] = key[0]
+    return problems
+
+
+MODELS = {
+    "gpu_type": GpuType,
+    "cluster": Cluster,
+    "pool": Pool,
+    "tenant": Tenant,
+    "membership": Membership,
+    "identity": Identity,
+    "quota": Quota,
+    "budget": Budget,
+    "rate_card": RateCard,
+    "grid_intensity": GridIntensity,
+}
+# What identifies each kind, as model fields (for the model's own checks of the key's values).
+KEY_FIELDS = {"gpu_type": ("slug",), "cluster": ("slug",), "tenant": ("slug",), "grid_intensity": ("region",)}
+
+
+def _model_rules(declared: State, where) -> list[Problem]:
+    """The models' own field rules and clean() for every declared object, without the database."""
+    problems = []
+    for kind, objects in declared.objects.items():
+        model = MODELS[kind]
+        relations = {f.name for f in model._meta.concrete_fields if f.is_relation}
+        for key, fields in objects.items():
+            values = {n: v for n, v in fields.items() if n not in relations and n != "connection"}
+            values.update(zip(KEY_FIELDS.get(kind, ()), key, strict=False))
+            if kind == "rate_card":
+                values["effective_from"] = key[2]
+            instance = model(**values)
+            if kind == "cluster":
+                instance.connection = fields["connection"]
+            try:
+                instance.clean_fields(
+                    exclude=relations | {"effective_from"} if kind == "rate_card" else relations
+                )
+                if kind != "rate_card":  # its clean() asks the database about overlaps: see above
+                    instance.clean()
+                elif fields["effective_until"] and str(fields["effective_until"]) <= str(key[2]):
+                    raise ValidationError({"effective_until": "The end must come after the start."})
+            except ValidationError as exc:
+                for name, messages in exc.message_dict.items():
+                    attribute = "" if name == NON_FIELD_ERRORS else name
+                    problems += [Problem(where(kind, key, attribute), m) for m in messages]
+    return problems
+
+
+# --- the difference ------------------------------------------------------------------------------
+
+
+def diff(current: State, desired: State) -> list[Change]:
+    changes = []
+    for kind in st.KINDS:
+        have, want = current[kind], desired[kind]
+        for key in sorted(want.keys() - have.keys()):
+            changes.append(Change("create", kind, key, _fields(kind, None, want[key])))
+        for key in sorted(want.keys() & have.keys()):
+            fields = _fields(kind, have[key], want[key])
+            if fields:
+                changes.append(Change("change", kind, key, fields))
+    for kind in reversed(st.KINDS):
+        for key in sorted(current[kind].keys() - desired[kind].keys()):
+            changes.append(Change("delete", kind, key))
+    return changes
+
+
+def _fields(kind: str, old: dict | None, new: dict) -> list[tuple[str, Any, Any]]:
+    fields = []
+    for name in st.FIELDS[kind]:
+        before = None if old is None else old[name]
+        after = new[name]
+        if name == "connection":
+            fields += _connection_fields(new["kind"], before, after, created=old is None)
+        elif old is None or before != after:
+            fields.append((name, before, after))
+    return fields
+
+
+def _connection_fields(kind: str, old: dict | None, new: dict, created: bool) -> list:
+    secrets = secret_settings(kind)
+    old = old or {}
+    fields = []
+    for name in sorted(old.keys() | new.keys()):
+        if not created and old.get(name) == new.get(name):
+            continue
+        mask = (lambda v: None if v is None else SECRET_SHOWN) if name in secrets else (lambda v: v)
+        fields.append((f"connection.{name}", mask(old.get(name)), mask(new.get(name))))
+    return fields
+
+
+# --- what blocks a deletion ----------------------------------------------------------------------
+
+
+def _add_blockers(changes: list[Change], current: State) -> None:
+    deleted: dict[str, dict[int, Change]] = defaultdict(dict)
+    for change in changes:
+        if change.action == "delete":
+            deleted[change.kind][current.ids[change.kind][change.key]] = change
+    if not deleted:
+        return
+    holding = Job.objects.filter(state__in=HOLDING_STATES)
+    open_reservations = Reservation.objects.open()
+    for kind, label, rows, column in (
+        ("tenant", "jobs", Job.objects, "tenant_id"),
+        ("tenant", "ledger lines", UsageRecord.objects, "tenant_id"),
+        ("tenant", "running reservations", open_reservations, "tenant_id"),
+        ("gpu_type", "jobs", Job.objects, "gpu_type_id"),
+        ("gpu_type", "ledger lines", UsageRecord.objects, "gpu_type_id"),
+        ("gpu_type", "running reservations", open_reservations, "gpu_type_id"),
+        ("cluster", "jobs", Job.objects, "cluster_id"),
+        ("cluster", "ledger lines", UsageRecord.objects, "cluster_id"),
+        ("rate_card", "ledger lines", UsageRecord.objects, "rate_card_id"),
+    ):
+        if kind in deleted:
+            _count_into(deleted[kind], rows, column, label)
+    if "pool" in deleted:
+        pools = _by_ids(deleted["pool"].values(), current, ("cluster", "gpu_type"))
+        rows = holding.values("cluster_id", "gpu_type_id").annotate(n=Count("id"))
+        for row in rows:
+            change = pools.get((row["cluster_id"], row["gpu_type_id"]))
+            if change:
+                change.blocked_by.append(f"{row['n']} jobs holding its GPUs")
+    if "quota" in deleted:
+        quotas = _by_ids(deleted["quota"].values(), current, ("tenant", "gpu_type"))
+        rows = open_reservations.values("tenant_id", "gpu_type_id").annotate(n=Count("id"))
+        for row in rows:
+            change = quotas.get((row["tenant_id"], row["gpu_type_id"]))
+            if change:
+                change.blocked_by.append(f"{row['n']} running reservations")
+
+
+def _by_ids(changes, current: State, kinds: tuple[str, str]) -> dict[tuple[int, int], Change]:
+    """Deleted pools or quotas by the database ids of the two objects their key names."""
+    return {
+        tuple(current.ids[kind][(part,)] for kind, part in zip(kinds, change.key, strict=True)): change
+        for change in changes
+    }
+
+
+def _count_into(deleted: dict[int, Change], rows, column: str, label: str) -> None:
+    counted = rows.filter(**{f"{column}__in": list(deleted)}).values(column).annotate(n=Count("id"))
+    for row in counted:
+        deleted[row[column]].blocked_by.append(f"{row['n']} {label}")
