@@ -8,13 +8,21 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         from factory import panels as page_panels
-        from factory.signals import demo_seeded
+        from factory.models import Cluster, GpuType, Tenant
+        from factory.signals import deletion_blockers, demo_seeded
         from jobs.signals import job_released
 
         from . import panels, receivers
+        from .models import RateCard
 
         page_panels.register("job-facts", panels.job_cost)
         page_panels.register("tenant-dashboard", panels.tenant_spend)
 
         job_released.connect(receivers.meter_released, dispatch_uid="billing.meter")
         demo_seeded.connect(receivers.seed_demo, dispatch_uid="billing.seed_demo")
+        for model in (Tenant, GpuType, Cluster, RateCard):
+            deletion_blockers.connect(
+                receivers.ledger_lines_in_the_way,
+                sender=model,
+                dispatch_uid=f"billing.blocks.{model.__name__}",
+            )

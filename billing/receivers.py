@@ -18,6 +18,19 @@ def meter_released(sender, job_id, attempt, cluster_id, started_at, ended_at, re
         log.exception("metering job %s failed; the periodic metering will retry", job_id)
 
 
+def ledger_lines_in_the_way(sender, ids, **kwargs) -> dict[int, list[str]]:
+    """The ledger is immutable: nothing its lines name is ever deleted."""
+    from factory.models import Cluster, GpuType, Tenant
+    from factory.signals import counted
+
+    from .models import RateCard, UsageRecord
+
+    column = {Tenant: "tenant_id", GpuType: "gpu_type_id", Cluster: "cluster_id", RateCard: "rate_card_id"}[
+        sender
+    ]
+    return counted(UsageRecord.objects, column, ids, "ledger lines")
+
+
 def seed_demo(sender, tenant, **kwargs) -> None:
     """Demo prices, grid intensity and a money budget."""
     from datetime import date

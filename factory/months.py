@@ -10,6 +10,19 @@ from datetime import UTC, date, datetime
 from django.utils import timezone
 
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+# The month's first day, as the usage API once took it: still accepted, for one release.
+DEPRECATED_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])-01$")
+MONTH_HELP = (
+    "A month, YYYY-MM (e.g. 2026-11). Deprecated: YYYY-MM-01, the month's first day, is still "
+    "accepted in this release and refused in the next."
+)
+# The OpenAPI schema of a month parameter: both forms, the old one marked deprecated.
+MONTH_SCHEMA = {
+    "type": "string",
+    "pattern": r"^\d{4}-(0[1-9]|1[0-2])(-01)?$",
+    "example": "2026-11",
+    "x-deprecated-forms": ["YYYY-MM-01"],
+}
 
 
 def month_of(moment: datetime | date | None = None) -> date:
@@ -31,10 +44,11 @@ def days_in(month: date) -> int:
 
 
 def parse_month(value: str | None) -> date:
-    """'YYYY-MM' → the first of that month (empty: this month); ValueError with a message otherwise."""
+    """'YYYY-MM' → the first of that month (empty: this month); ValueError with a message otherwise.
+    The deprecated 'YYYY-MM-01' means the same month."""
     if not value:
         return month_of()
-    match = MONTH.match(value)
+    match = MONTH.match(value) or DEPRECATED_MONTH.match(value)
     if not match:
         raise ValueError("Give the month as YYYY-MM, e.g. 2026-11.")
     return date(int(match[1]), int(match[2]), 1)

@@ -19,14 +19,12 @@ from typing import Any
 import pydantic
 import yaml
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
-from django.db.models import Count
 
-from billing.models import GridIntensity, RateCard, UsageRecord
+from billing.models import GridIntensity, RateCard
 from factory.adapters import adapter_class
 from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
-from jobs.choices import HOLDING_STATES
-from jobs.models import Job
-from quotas.models import Budget, Quota, Reservation
+from factory.signals import blockers
+from quotas.models import Budget, Quota
 
 from . import state as st
 from .loading import Declaration, Invalid, Problem
@@ -459,52 +457,12 @@ def _connection_fields(kind: str, old: dict | None, new: dict, created: bool) ->
 
 
 def _add_blockers(changes: list[Change], current: State) -> None:
+    """What the apps say still needs each object to be deleted (factory.signals.deletion_blockers):
+    one question per kind of object deleted."""
     deleted: dict[str, dict[int, Change]] = defaultdict(dict)
     for change in changes:
         if change.action == "delete":
             deleted[change.kind][current.ids[change.kind][change.key]] = change
-    if not deleted:
-        return
-    holding = Job.objects.filter(state__in=HOLDING_STATES)
-    open_reservations = Reservation.objects.open()
-    for kind, label, rows, column in (
-        ("tenant", "jobs", Job.objects, "tenant_id"),
-        ("tenant", "ledger lines", UsageRecord.objects, "tenant_id"),
-        ("tenant", "running reservations", open_reservations, "tenant_id"),
-        ("gpu_type", "jobs", Job.objects, "gpu_type_id"),
-        ("gpu_type", "ledger lines", UsageRecord.objects, "gpu_type_id"),
-        ("gpu_type", "running reservations", open_reservations, "gpu_type_id"),
-        ("cluster", "jobs", Job.objects, "cluster_id"),
-        ("cluster", "ledger lines", UsageRecord.objects, "cluster_id"),
-        ("rate_card", "ledger lines", UsageRecord.objects, "rate_card_id"),
-    ):
-        if kind in deleted:
-            _count_into(deleted[kind], rows, column, label)
-    if "pool" in deleted:
-        pools = _by_ids(deleted["pool"].values(), current, ("cluster", "gpu_type"))
-        rows = holding.values("cluster_id", "gpu_type_id").annotate(n=Count("id"))
-        for row in rows:
-            change = pools.get((row["cluster_id"], row["gpu_type_id"]))
-            if change:
-                change.blocked_by.append(f"{row['n']} jobs holding its GPUs")
-    if "quota" in deleted:
-        quotas = _by_ids(deleted["quota"].values(), current, ("tenant", "gpu_type"))
-        rows = open_reservations.values("tenant_id", "gpu_type_id").annotate(n=Count("id"))
-        for row in rows:
-            change = quotas.get((row["tenant_id"], row["gpu_type_id"]))
-            if change:
-                change.blocked_by.append(f"{row['n']} running reservations")
-
-
-def _by_ids(changes, current: State, kinds: tuple[str, str]) -> dict[tuple[int, int], Change]:
-    """Deleted pools or quotas by the database ids of the two objects their key names."""
-    return {
-        tuple(current.ids[kind][(part,)] for kind, part in zip(kinds, change.key, strict=True)): change
-        for change in changes
-    }
-
-
-def _count_into(deleted: dict[int, Change], rows, column: str, label: str) -> None:
-    counted = rows.filter(**{f"{column}__in": list(deleted)}).values(column).annotate(n=Count("id"))
-    for row in counted:
-        deleted[row[column]].blocked_by.append(f"{row['n']} {label}")
+    for kind, by_id in deleted.items():
+        for pk, reasons in blockers(MODELS[kind], by_id).items():
+            by_id[pk].blocked_by += reasons

@@ -7,10 +7,19 @@ class QuotasConfig(AppConfig):
     name = "quotas"
 
     def ready(self) -> None:
-        from factory.signals import demo_seeded
+        from factory.models import GpuType, Tenant
+        from factory.signals import deletion_blockers, demo_seeded
         from jobs import signals
 
         from . import receivers
+        from .models import Quota
+
+        for model in (Tenant, GpuType, Quota):
+            deletion_blockers.connect(
+                receivers.reservations_in_the_way,
+                sender=model,
+                dispatch_uid=f"quotas.blocks.{model.__name__}",
+            )
 
         signals.job_submitted.connect(receivers.readmit, dispatch_uid="quotas.readmit.submitted")
         signals.job_released.connect(receivers.settle, dispatch_uid="quotas.settle.released")

@@ -22,6 +22,35 @@ def settle(sender, **kwargs) -> None:
     settle_released()
 
 
+def reservations_in_the_way(sender, ids, **kwargs) -> dict[int, list[str]]:
+    """GPUs set aside for a running job keep their tenant, GPU type and quota until settled."""
+    from django.db.models import Count
+
+    from factory.models import GpuType, Tenant
+    from factory.signals import counted
+
+    from .models import Quota, Reservation
+
+    running = Reservation.objects.open()
+    if sender is Quota:
+        quotas = {
+            (t, g): pk
+            for pk, t, g in Quota.objects.filter(pk__in=ids).values_list("pk", "tenant_id", "gpu_type_id")
+        }
+        rows = (
+            running.filter(tenant_id__in={t for t, _ in quotas})
+            .values("tenant_id", "gpu_type_id")
+            .annotate(n=Count("pk"))
+        )
+        return {
+            quotas[row["tenant_id"], row["gpu_type_id"]]: [f"{row['n']} running reservations"]
+            for row in rows
+            if (row["tenant_id"], row["gpu_type_id"]) in quotas
+        }
+    column = {Tenant: "tenant_id", GpuType: "gpu_type_id"}[sender]
+    return counted(running, column, ids, "running reservations")
+
+
 def seed_demo(sender, tenant, **kwargs) -> None:
     """The demo tenant gets the local cluster's GPUs as its quota and a hard monthly budget."""
     from decimal import Decimal

@@ -8,9 +8,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from factory.api.viewsets import GLOBAL, ScopedModelViewSet, ScopedReadOnlyViewSet
-from factory.months import parse_month
+from factory.months import MONTH_HELP, MONTH_SCHEMA, parse_month
 
 from .. import reports
+from ..filtersets import UsageRecordFilterSet
 from ..models import RateCard, UsageRecord
 from ..permissions import IsFinance
 from ..views import EXPORT_FORMATS, XLSX_CONTENT_TYPE, export_response
@@ -31,7 +32,7 @@ class ChargebackView(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("month", str, description="YYYY-MM (default: this month)"),
+            OpenApiParameter("month", MONTH_SCHEMA, description=f"{MONTH_HELP} Default: this month."),
             OpenApiParameter("format", str, enum=["json", *EXPORT_FORMATS]),
         ],
         responses={
@@ -71,5 +72,5 @@ class UsageViewSet(ScopedReadOnlyViewSet):
     queryset = UsageRecord.objects.select_related("tenant", "cluster", "gpu_type")
     serializer_class = UsageRecordSerializer
     permission_classes = [IsAuthenticated]
-    filterset_fields = ["month", "kind"]
+    filterset_class = UsageRecordFilterSet
     cursor_ordering = "id"

@@ -149,18 +149,42 @@ class GpuTypeSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         fields = ["slug", "name", "memory_gb", "board_power_watts"]
 
 
-class PoolSerializer(serializers.ModelSerializer):
-    gpu_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+class PoolSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    """A cluster's GPUs of one type (the cluster is the URL's). The GPU type is set when the pool
+    is made; a pool of another type is another pool."""
+
+    gpu_type = SlugRelatedField(
+        slug_field="slug",
+        queryset=GpuType.objects.all(),
+        error_messages={"does_not_exist": "Unknown GPU type {value}."},
+    )
 
     class Meta:
         model = Pool
         fields = ["gpu_type", "capacity", "partition", "node_selector"]
+        validators = []  # one pool per GPU type: checked below, as a field message
+
+    def validate_node_selector(self, value):
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise serializers.ValidationError("Give a mapping of node label names to values.")
+        return value
+
+    def validate(self, attrs):
+        cluster = self.context["cluster"]
+        gpu_type = attrs.get("gpu_type")
+        if self.instance is not None and gpu_type is not None and gpu_type != self.instance.gpu_type:
+            raise serializers.ValidationError({"gpu_type": ["A pool's GPU type cannot change."]})
+        if self.instance is None and Pool.objects.filter(cluster=cluster, gpu_type=gpu_type).exists():
+            raise serializers.ValidationError({"gpu_type": [f"{cluster} already has a {gpu_type} pool."]})
+        return attrs
 
 
 class ClusterSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     # Connection settings may hold credentials: accepted on write, never shown back.
     connection = serializers.JSONField(write_only=True, required=False)
-    pools = PoolSerializer(many=True, read_only=True)
+    pools = PoolSerializer(many=True, read_only=True)  # changed at clusters/{slug}/pools/
 
     class Meta:
         model = Cluster

@@ -13,6 +13,7 @@ router.register(
 )
 router.register("gpu-types", views.GpuTypeViewSet)
 router.register("clusters", views.ClusterViewSet)
+router.register(r"clusters/(?P<cluster_slug>[a-z0-9-]+)/pools", views.PoolViewSet, basename="pool")
 
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="api-token"),

@@ -13,14 +13,18 @@ from rest_framework.views import APIView
 
 from factory import members
 from factory.choices import Role
-from factory.models import ApiToken, Cluster, GpuType, Membership, Tenant
+from factory.models import ApiToken, Cluster, GpuType, Membership, Pool, Tenant
+from factory.signals import blockers
 
+from .exceptions import Conflict
 from .permissions import IsStaffOrReadOnly
+from .schema import ErrorDetail
 from .serializers import (
     ClusterSerializer,
     GpuTypeSerializer,
     IssuedTokenSerializer,
     MembershipSerializer,
+    PoolSerializer,
     TenantSerializer,
     TokenCredentialsSerializer,
 )
@@ -151,3 +155,48 @@ class ClusterViewSet(ScopedModelViewSet):
     lookup_field = "slug"
     lookup_value_regex = SLUG_PATTERN
     cursor_ordering = "slug"
+
+
+class PoolViewSet(ScopedModelViewSet):
+    """A cluster's pools, by GPU type: every signed-in user reads them (as the cluster), platform
+    admins create, change and delete them. A pool whose GPUs jobs hold is not deleted (409)."""
+
+    scoping = GLOBAL
+    queryset = Pool.objects.select_related("gpu_type")  # and narrowed to the URL's cluster
+    serializer_class = PoolSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    lookup_field = "gpu_type__slug"
+    lookup_url_kwarg = "gpu_type"
+    lookup_value_regex = SLUG_PATTERN
+    cursor_ordering = "id"
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    @property
+    def cluster(self) -> Cluster:
+        if not hasattr(self, "_cluster"):
+            self._cluster = get_object_or_404(Cluster, slug=self.kwargs["cluster_slug"])
+        return self._cluster
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no cluster
+            return self.queryset.none()
+        return super().get_queryset().filter(cluster=self.cluster)
+
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        if not getattr(self, "swagger_fake_view", False):
+            context["cluster"] = self.cluster
+        return context
+
+    def perform_create(self, serializer):
+        serializer.save(cluster=self.cluster)
+
+    @extend_schema(responses={204: None, 409: ErrorDetail})
+    def destroy(self, request, *args, **kwargs):
+        return super().destroy(request, *args, **kwargs)
+
+    def perform_destroy(self, instance):
+        reasons = blockers(Pool, [instance.pk]).get(instance.pk)
+        if reasons:
+            raise Conflict(f"Still in use by {', '.join(reasons)}; it cannot be deleted.")
+        instance.delete()

@@ -31,3 +31,10 @@ def test_a_month_is_given_as_year_dash_month_or_defaults_to_this_one():
     for wrong in ("2026-13", "2026-1", "nov"):
         with pytest.raises(ValueError, match="YYYY-MM"):
             parse_month(wrong)
+
+
+def test_the_first_day_of_a_month_is_the_deprecated_way_to_name_it():
+    assert parse_month("2026-11-01") == date(2026, 11, 1)
+    for wrong in ("2026-11-02", "2026-11-1", "2026-13-01"):
+        with pytest.raises(ValueError, match="YYYY-MM"):
+            parse_month(wrong)
