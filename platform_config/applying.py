@@ -178,7 +178,11 @@ class Writer:
 
     def audit_quotas(self) -> None:
         for kind in ("quota", "budget"):
-            for change in self.changed(kind, "create") + self.changed(kind, "change"):
+            for change in self.changed(kind, "create"):
+                for name, _, new in change.fields:
+                    if new is not None:  # an empty limit of a new quota is no news
+                        self.audit_entry(change.key, name, "", _text(new))
+            for change in self.changed(kind, "change"):
                 for name, old, new in change.fields:
                     self.audit_entry(change.key, name, _text(old), _text(new))
 

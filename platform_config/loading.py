@@ -46,7 +46,11 @@ class Declaration:
         return iter(self.items.items())
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser where PyYAML was built with it (its wheels are): ten times the pure-Python one.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):
     """Safe YAML that refuses a key given twice in one mapping (YAML's own rule, which PyYAML lets
     pass by keeping the last): a repeated quota must not silently win."""
 
@@ -65,8 +69,26 @@ def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dic
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+_resolved: dict[tuple, str] = {}
+
+
+def _resolve(self, kind, value, implicit):
+    """A plain scalar's tag (int, bool, str, …) depends on its text alone (no path resolvers are
+    registered): remembered, since a platform file repeats the same few thousand texts."""
+    if kind is not yaml.ScalarNode:
+        return _SafeLoader.resolve(self, kind, value, implicit)
+    key = (value, implicit)
+    tag = _resolved.get(key)
+    if tag is None:
+        tag = _SafeLoader.resolve(self, kind, value, implicit)
+        if len(_resolved) < 100_000:
+            _resolved[key] = tag
+    return tag
+
+
+_Loader.resolve = _resolve
 # Dates stay text here: the schema reads them, and says where one is wrong (2026-13-01).
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _SafeLoader.construct_scalar)
 
 
 def parse_yaml(text: str, label: str = "") -> Any:

@@ -129,7 +129,7 @@ def make_plan(declaration: Declaration) -> Plan:
     usernames = {key[1] for key in declared["membership"]} | {key[0] for key in declared["identity"]}
     users = st.user_ids(usernames)
     desired = _desired(declared, current, declaration.prune)
-    problems += check(desired, declared, origins, users)
+    problems += check(desired, declared, origins, users, current)
     if problems:
         raise Invalid(problems)
     changes = diff(current, desired)
@@ -265,7 +265,9 @@ def _read_secret(ref: SecretRef, name: str, stored: dict, where: str, problems: 
 # --- checks on the desired state -----------------------------------------------------------------
 
 
-def check(desired: State, declared: State, origins: dict, users: dict[str, int]) -> list[Problem]:
+def check(
+    desired: State, declared: State, origins: dict, users: dict[str, int], current: State
+) -> list[Problem]:
     problems: list[Problem] = []
 
     def where(kind: str, key: Key, attribute: str = "") -> str:
@@ -299,7 +301,7 @@ def check(desired: State, declared: State, origins: dict, users: dict[str, int])
     problems += _quotas_within_parents(desired, where)
     problems += _rate_card_overlaps(desired["rate_card"], where)
     problems += _posix_accounts(desired["identity"], where)
-    problems += _model_rules(declared, where)
+    problems += _model_rules(declared, current, where)
     return problems
 
 
@@ -381,13 +383,16 @@ MODELS = {
 KEY_FIELDS = {"gpu_type": ("slug",), "cluster": ("slug",), "tenant": ("slug",), "grid_intensity": ("region",)}
 
 
-def _model_rules(declared: State, where) -> list[Problem]:
-    """The models' own field rules and clean() for every declared object, without the database."""
+def _model_rules(declared: State, current: State, where) -> list[Problem]:
+    """The models' own field rules and clean() for every declared object that is new or changed,
+    without the database (what the portal already holds as declared passed them when saved)."""
     problems = []
     for kind, objects in declared.objects.items():
         model = MODELS[kind]
         relations = {f.name for f in model._meta.concrete_fields if f.is_relation}
         for key, fields in objects.items():
+            if current[kind].get(key) == fields:
+                continue
             values = {n: v for n, v in fields.items() if n not in relations and n != "connection"}
             values.update(zip(KEY_FIELDS.get(kind, ()), key, strict=False))
             if kind == "rate_card":
