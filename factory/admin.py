@@ -2,7 +2,18 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from .models import ApiToken, Cluster, GpuType, Identity, Membership, Pool, SsoAccount, SsoGroupRule, Tenant
+from .models import (
+    ApiToken,
+    ChangeSet,
+    Cluster,
+    GpuType,
+    Identity,
+    Membership,
+    Pool,
+    SsoAccount,
+    SsoGroupRule,
+    Tenant,
+)
 
 
 class MembershipInline(admin.TabularInline):
@@ -110,3 +121,21 @@ class SsoAccountAdmin(admin.ModelAdmin):
     search_fields = ["user__username", "subject"]
     autocomplete_fields = ["user"]
     readonly_fields = ["groups", "created_at", "last_login_at"]
+
+
+@admin.register(ChangeSet)
+class ChangeSetAdmin(admin.ModelAdmin):
+    """Applied platform files: an audit record, read only."""
+
+    list_display = ["applied_at", "author", "summary", "source"]
+    list_filter = ["author"]
+    readonly_fields = ["author", "source", "digest", "summary", "changes", "applied_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -24,12 +24,25 @@ from .planning import MODELS, Change, Plan, make_plan
 LOCK_KEY = 0x706C6174666F726D
 
 
-def apply(declaration: Declaration, author=None, source: str = "") -> tuple[Plan, ChangeSet | None]:
-    """Plan and apply the declaration; Invalid (nothing written) if it is wrong or a deletion is
-    blocked. Applying what the portal already holds writes nothing and records no change set."""
+def apply(
+    declaration: Declaration, author=None, source: str = "", expect: str | None = None
+) -> tuple[Plan, ChangeSet | None]:
+    """Plan and apply the declaration; Invalid (nothing written) if it is wrong, a deletion is
+    blocked, or the plan is not the one `expect`ed (its digest: the plan someone reviewed, which
+    the portal's changes since may have made another). Applying what the portal already holds
+    writes nothing and records no change set."""
     with transaction.atomic():
         _lock()
         plan = make_plan(declaration)
+        if expect is not None and plan.digest != expect:
+            raise Invalid(
+                [
+                    Problem(
+                        "",
+                        f"The plan is now {plan.digest}, not {expect}: the portal changed since. Plan again.",
+                    )
+                ]
+            )
         if plan.blocked:
             raise Invalid(
                 [

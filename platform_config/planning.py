@@ -9,7 +9,9 @@ time, the models' own rules, secrets written inline. Every problem is listed wit
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -74,9 +76,16 @@ class Plan:
             counts[change.action] += 1
         return counts
 
+    @property
+    def digest(self) -> str:
+        """What the plan would do, in 12 hex digits: `apply --expect-plan` refuses any other plan."""
+        text = json.dumps([c.as_json() for c in self.changes], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
     def as_json(self) -> dict:
         return {
             "has_changes": self.has_changes,
+            "digest": self.digest,
             "summary": self.summary(),
             "changes": [c.as_json() for c in self.changes],
         }
@@ -99,7 +108,7 @@ class Plan:
         else:
             lines.append(
                 f"Plan: {counts['create']} to create, {counts['change']} to change, "
-                f"{counts['delete']} to delete."
+                f"{counts['delete']} to delete (plan {self.digest})."
             )
         if self.blocked:
             lines.append(f"{len(self.blocked)} deletion(s) blocked: apply would refuse this plan.")

@@ -89,7 +89,7 @@ def test_plan_of_a_fresh_file_creates_everything_field_by_field_and_changes_noth
     assert "+ pool eu-slurm/a100\n    capacity: 8\n    partition: 'gpu-old'" in out
     assert "connection.token: (secret)" in out
     assert "s3cret-token" not in out
-    assert "Plan: 20 to create, 0 to change, 0 to delete." in out
+    assert "Plan: 20 to create, 0 to change, 0 to delete (plan" in out
     assert not Tenant.objects.exists() and not Cluster.objects.exists()
 
 
@@ -147,7 +147,7 @@ def test_a_change_is_planned_and_applied_field_by_field(users, platform_file, ru
     assert "~ quota research/h100\n    nominal: 8 → 10\n    borrowing_limit: 4 → null" in out
     assert "~ pool eu-slurm/h100\n    capacity: 16 → 32" in out
     assert "~ tenant vision\n    name: 'Vision' → 'Vision Lab'\n    parent: 'research' → null" in out
-    assert "Plan: 0 to create, 3 to change, 0 to delete." in out
+    assert "Plan: 0 to create, 3 to change, 0 to delete (plan" in out
     run_platform("apply", platform_file(changed))
     quota = Quota.objects.get(tenant__slug="research", gpu_type__slug="h100")
     assert (quota.nominal, quota.borrowing_limit) == (10, None)
@@ -204,7 +204,7 @@ def test_without_prune_what_the_file_leaves_out_stays(users, platform_file, run_
     run_platform("apply", platform_file(PLATFORM))
     status, out, _ = run_platform("plan", platform_file("tenants:\n- {slug: extra, name: Extra}\n"))
     assert status == 2
-    assert "Plan: 1 to create, 0 to change, 0 to delete." in out
+    assert "Plan: 1 to create, 0 to change, 0 to delete (plan" in out
 
 
 def test_prune_deletes_what_the_file_leaves_out(users, platform_file, run_platform):
@@ -240,3 +240,32 @@ def test_a_refused_apply_says_every_problem_and_writes_nothing(users, platform_f
     assert "tenants[1].nmae: Unknown key." in str(refused.value)
     assert "tenants[1].name: Required." in str(refused.value)
     assert not Tenant.objects.exists() and not ChangeSet.objects.exists()
+
+
+def test_apply_refuses_a_plan_other_than_the_one_reviewed(users, platform_file, run_platform):
+    path = platform_file(PLATFORM)
+    reviewed = planning.make_plan(loading.load(path)).digest
+    Tenant.objects.create(slug="research", name="Made meanwhile")
+    with pytest.raises(CommandError, match=f"not {reviewed}: the portal changed since"):
+        from django.core.management import call_command
+
+        call_command("platform", "apply", str(path), "--expect-plan", reviewed)
+    assert not ChangeSet.objects.exists() and not Cluster.objects.exists()
+    now = planning.make_plan(loading.load(path)).digest
+    status, out, _ = run_platform("apply", path, "--expect-plan", now)
+    assert status == 0 and f"(plan {now})" in out
+    assert ChangeSet.objects.get().summary == {"create": 19, "change": 1, "delete": 0}
+
+
+def test_the_readme_example_plans_cleanly(django_user_model, platform_file, run_platform, monkeypatch):
+    from pathlib import Path
+
+    from tests.conftest import make_user
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = readme.split("## The platform as code")[1].split("```yaml\n")[1].split("```")[0]
+    for name in ("alice", "bob"):
+        make_user(django_user_model, name)
+    monkeypatch.setenv("EU_RAY_TOKEN", "t")
+    status, out, _ = run_platform("plan", platform_file(example))
+    assert status == 2 and "Plan: 16 to create, 0 to change, 0 to delete" in out

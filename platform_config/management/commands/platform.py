@@ -27,6 +27,9 @@ class Command(BaseCommand):
         apply = verbs.add_parser("apply", help="Apply FILE in one transaction, as one change set.")
         apply.add_argument("file")
         apply.add_argument("--author", help="The portal user recorded as the change set's author.")
+        apply.add_argument(
+            "--expect-plan", metavar="DIGEST", help="Apply only if the plan is still this one (from `plan`)."
+        )
         export = verbs.add_parser("export", help="Write today's state as a platform file.")
         export.add_argument("--output", "-o", help="Write to this file instead of standard output.")
         verbs.add_parser("schema", help="Print the platform file's JSON Schema.")
@@ -60,7 +63,9 @@ class Command(BaseCommand):
         except loading.Invalid as exc:
             raise self.invalid(exc) from None
 
-    def do_apply(self, file: str, author: str | None = None, **options) -> None:
+    def do_apply(
+        self, file: str, author: str | None = None, expect_plan: str | None = None, **options
+    ) -> None:
         user = None
         if author:
             user = get_user_model().objects.filter(username=author).first()
@@ -69,7 +74,7 @@ class Command(BaseCommand):
         declaration = self.load(file)
         source = f"{declaration.source} (applied by {author or getpass.getuser()} from the shell)"
         try:
-            plan, change_set = applying.apply(declaration, author=user, source=source)
+            plan, change_set = applying.apply(declaration, author=user, source=source, expect=expect_plan)
         except loading.Invalid as exc:
             raise self.invalid(exc) from None
         self.stdout.write(plan.render())
