@@ -131,10 +131,13 @@ def _shown(value) -> str:
     return str(_json(value))
 
 
-def make_plan(declaration: Declaration) -> Plan:
-    """The plan of a declaration against what the portal holds now, or Invalid."""
+def make_plan(declaration: Declaration, read_secrets: bool = True) -> Plan:
+    """The plan of a declaration against what the portal holds now, or Invalid. Without
+    `read_secrets` (a plan asked for over HTTP: the web server's environment and files are not the
+    caller's to read), secrets referenced by {env} or {file} count as unchanged where the portal
+    holds one, and as set where it does not."""
     current = st.current()
-    declared, origins, problems = declared_state(declaration, current)
+    declared, origins, problems = declared_state(declaration, current, read_secrets)
     usernames = {key[1] for key in declared["membership"]} | {key[0] for key in declared["identity"]}
     users = st.user_ids(usernames)
     desired = _desired(declared, current, declaration.prune)
@@ -158,7 +161,7 @@ def _desired(declared: State, current: State, prune: bool) -> State:
 # --- the file as a state --------------------------------------------------------------------------
 
 
-def declared_state(declaration: Declaration, current: State):
+def declared_state(declaration: Declaration, current: State, read_secrets: bool = True):
     """The declared objects by kind and key, where each came from, and the problems found on the
     way (duplicates, secrets)."""
     declared = State()
@@ -183,7 +186,8 @@ def declared_state(declaration: Declaration, current: State):
         put("gpu_type", (spec.slug,), spec.model_dump(exclude={"slug"}), path)
     for path, spec in items["clusters"]:
         fields = spec.model_dump(exclude={"slug", "pools"})
-        fields["connection"] = _resolve_connection(spec, current, f"{path}.connection", problems)
+        where = f"{path}.connection"
+        fields["connection"] = _resolve_connection(spec, current, where, problems, read_secrets)
         put("cluster", (spec.slug,), fields, path)
         for index, pool in enumerate(spec.pools):
             put(
@@ -219,13 +223,13 @@ def secret_settings(kind: str) -> set[str]:
     return {name for name, info in fields.items() if info.repr is False}
 
 
-def _resolve_connection(spec, current: State, path: str, problems: list[Problem]) -> dict:
+def _resolve_connection(spec, current: State, path: str, problems: list[Problem], read: bool) -> dict:
     connection = dict(spec.connection)
     stored = (current["cluster"].get((spec.slug,)) or {}).get("connection") or {}
     for name in sorted(secret_settings(spec.kind) & set(connection)):
         value = connection[name]
         where = f"{path}.{name}"
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) or not set(value) <= set(SecretRef.model_fields):
             problems.append(
                 Problem(
                     where,
@@ -239,7 +243,10 @@ def _resolve_connection(spec, current: State, path: str, problems: list[Problem]
         except pydantic.ValidationError as exc:
             problems.append(Problem(where, exc.errors()[0]["msg"].removeprefix("Value error, ") + "."))
             continue
-        resolved = _read_secret(ref, name, stored, where, problems)
+        if not read and not ref.keep:
+            resolved = stored.get(name, {} if name == "headers" else f"(from {ref.env or ref.file})")
+        else:
+            resolved = _read_secret(ref, name, stored, where, problems)
         if resolved is not None:
             connection[name] = resolved
     return connection

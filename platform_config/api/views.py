@@ -82,7 +82,9 @@ class PlanView(APIView):
     portal as it is now; nothing is changed (apply with `manage.py platform apply`). The body is
     the file, in YAML (`Content-Type: application/yaml`) or JSON; its format is the JSON Schema at
     /api/v1/platform/schema/. A file with problems is refused with each one under its path in the
-    file (`tenants[3].quotas.h100.nominal`)."""
+    file (`tenants[3].quotas.h100.nominal`). Secrets referenced by `{env}` or `{file}` are not read
+    here (the web server's environment and files are its own): they count as unchanged where the
+    portal holds one; `manage.py platform plan` reads them."""
 
     permission_classes = [permissions.IsAdminUser]
     parser_classes = [parsers.JSONParser, YAMLParser]
@@ -95,7 +97,7 @@ class PlanView(APIView):
     )
     def post(self, request):
         try:
-            plan = planning.make_plan(loading.from_data(request.data))
+            plan = planning.make_plan(loading.from_data(request.data), read_secrets=False)
         except loading.Invalid as exc:
             raise problems_response(exc) from None
         return Response(plan.as_json())

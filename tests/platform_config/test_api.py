@@ -91,3 +91,37 @@ def test_the_schema_validates_an_exported_file_and_refuses_a_typo(cluster, tenan
     document["tenants"][0]["quotas"]["h100"]["nominall"] = 3
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(document, json.loads(schema))
+
+
+def test_a_plan_over_http_reads_no_server_environment_or_file(platform_admin, monkeypatch):
+    """A secret reference is the applying shell's to read: over HTTP the portal's own environment
+    (its SECRET_KEY, say) and files stay unread."""
+    monkeypatch.setenv("SERVER_ONLY", "line one\nline two")  # Ray would refuse it if it were read
+    file = (
+        "clusters:\n- slug: ray\n  name: Ray\n  kind: ray\n  connection:\n"
+        "    address: http://ray:8265\n    token: {env: SERVER_ONLY}\n"
+        "    headers: {file: /etc/shadow}\n"
+    )
+    response = client_for(platform_admin).post(
+        "/api/v1/platform/plan/", file, content_type="application/yaml"
+    )
+    assert response.status_code == 200, response.content
+    (cluster,) = response.json()["changes"]
+    secrets = {
+        f["field"]: f["new"]
+        for f in cluster["fields"]
+        if f["field"] in ("connection.token", "connection.headers")
+    }
+    assert secrets == {"connection.token": "(secret)", "connection.headers": "(secret)"}
+
+
+def test_an_inline_secret_mapping_is_refused(platform_admin):
+    file = (
+        "clusters:\n- slug: ray\n  name: Ray\n  kind: ray\n  connection:\n"
+        "    address: http://ray:8265\n    headers: {Authorization: Bearer abc}\n"
+    )
+    response = client_for(platform_admin).post(
+        "/api/v1/platform/plan/", file, content_type="application/yaml"
+    )
+    assert response.status_code == 400
+    assert response.json()["clusters[0].connection.headers"][0].startswith("A secret is never written inline")
