@@ -14,20 +14,40 @@ Needs a local PostgreSQL (trust auth); creates and drops its own database. Last 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-# This file's name is the standard library's `platform`, which Celery imports: its folder leaves
-# the import path (the support package is found from the project root instead).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
-sys.path.insert(0, str(ROOT))
 
-from bench.support import benchdb  # noqa: E402
+
+def _hand_over_to_the_standard_library() -> None:
+    """This file's name is the standard library's `platform`, and bench/ heads the import path of
+    every script in it: when one of them imports `platform` (uuid and Celery do), it gets the real
+    module, not this file."""
+    spec = importlib.util.spec_from_file_location(
+        "platform", Path(sysconfig.get_path("stdlib")) / "platform.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["platform"] = module
+    spec.loader.exec_module(module)
+
+
+if __name__ == "platform":
+    _hand_over_to_the_standard_library()
+
+
+def use_project_imports() -> None:
+    """Run as a script: bench/ leaves the import path (this file would shadow the standard
+    library's `platform` for everything the benchmark imports) and the project root joins it."""
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+    sys.path.insert(0, str(ROOT))
+
 
 DB_NAME = "factory_bench_platform"
 GPU_TYPES = ("h100", "h200", "a100", "l40s")
@@ -35,6 +55,8 @@ USERS = 200
 
 
 def setup_django() -> None:
+    from bench.support import benchdb
+
     os.environ.update(
         DJANGO_SETTINGS_MODULE="factory.settings",
         DATABASE_URL=benchdb.url(DB_NAME),
@@ -96,6 +118,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=1000)
     args = parser.parse_args()
+    use_project_imports()
+    from bench.support import benchdb
+
     benchdb.recreate(DB_NAME)
     try:
         setup_django()

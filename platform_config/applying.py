@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from factory.models import ChangeSet, Identity, Tenant
 from quotas.editing import after_quota_changes
@@ -160,6 +161,11 @@ class Writer:
         names = sorted({name.split(".")[0] for c in changes for name, _, _ in c.fields} - {"parent"})
         if names:
             rows = [self.row(kind, c.key, self.plan.desired[kind][c.key]) for c in changes]
+            if any(f.name == "updated_at" for f in MODELS[kind]._meta.concrete_fields):
+                now = timezone.now()  # bulk_update leaves auto_now fields as they were
+                for row in rows:
+                    row.updated_at = now
+                names.append("updated_at")
             MODELS[kind].objects.bulk_update(rows, names, batch_size=500)
         if kind == "tenant":
             self.set_parents([c.key for c in changes if any(n == "parent" for n, _, _ in c.fields)])

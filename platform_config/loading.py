@@ -139,8 +139,8 @@ def _problem(error: dict, label: str) -> Problem:
 
 
 def _is_union_tag(part) -> bool:
-    # pydantic names the branch of an Optional/Union it tried ("int", "function-before[…]").
-    return isinstance(part, str) and (part in {"int", "str", "bool", "none"} or "[" in part)
+    # pydantic names the branch of a union it tried ("function-before[…]"): not part of the file.
+    return isinstance(part, str) and "[" in part
 
 
 def load(path: str | Path) -> Declaration:

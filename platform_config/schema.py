@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from functools import cache
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -28,24 +29,28 @@ SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 VERSION = 1
 
 
-def _decimal(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value  # refused by the strict Decimal below: true is not a price
-    if isinstance(value, int | float | str):
+def _decimal(value: Any) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int | float | str) and not isinstance(value, bool):  # true is not a price
         try:
-            return Decimal(str(value).strip())
+            number = Decimal(str(value).strip())
         except InvalidOperation:
-            raise ValueError("Give a decimal number, e.g. 2.50.") from None
-    return value
+            number = None
+        if number is not None and number.is_finite():
+            return number
+    raise ValueError("Give a decimal number, e.g. 2.50.")
 
 
-def _date(value: Any) -> Any:
+def _date(value: Any) -> date:
+    if isinstance(value, date):
+        return value
     if isinstance(value, str):
         try:
             return date.fromisoformat(value)
         except ValueError:
-            raise ValueError("Give a date as YYYY-MM-DD.") from None
-    return value
+            pass
+    raise ValueError("Give a date as YYYY-MM-DD.")
 
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=63)]
@@ -178,8 +183,30 @@ class PlatformFile(Spec):
     grid_intensities: list[GridIntensitySpec] = Field(default_factory=list)
 
 
+@cache
 def json_schema() -> dict:
+    """The file's JSON Schema (draft 2020-12), each cluster kind's connection settings included,
+    its secret settings as references."""
     schema = PlatformFile.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$defs"]["SecretRef"] = SecretRef.model_json_schema()
+    schema["$defs"]["ClusterSpec"]["allOf"] = [
+        {
+            "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+            "then": {"properties": {"connection": _connection_schema(kind, schema["$defs"])}},
+        }
+        for kind in ClusterKind.values
+    ]
+    return schema
+
+
+def _connection_schema(kind: str, defs: dict) -> dict:
+    from factory.adapters import adapter_class
+
+    connection = adapter_class(kind).connection_class
+    schema = connection.model_json_schema(ref_template="#/$defs/{model}")
+    defs.update(schema.pop("$defs", {}))
+    for name, info in connection.model_fields.items():
+        if info.repr is False:  # a secret: referenced, never written
+            schema["properties"][name] = {"$ref": "#/$defs/SecretRef"}
     return schema

@@ -125,3 +125,18 @@ def test_an_inline_secret_mapping_is_refused(platform_admin):
     )
     assert response.status_code == 400
     assert response.json()["clusters[0].connection.headers"][0].startswith("A secret is never written inline")
+
+
+def test_the_schema_knows_each_cluster_kinds_connection_settings_and_its_secrets(client):
+    validator = jsonschema.Draft202012Validator(client.get("/api/v1/platform/schema/").json())
+    document = loading.parse_yaml(
+        "clusters:\n"
+        "- {slug: r, name: R, kind: ray, connection: {address: 'http://x', token: abc}}\n"
+        "- {slug: s, name: S, kind: slurm, connection: {partition: gpu}}\n"
+        "- {slug: k, name: K, kind: kubernetes, connection: {kubeconfig: {env: KC}, namespace_prefix: x-}}\n"
+    )
+    errors = {tuple(e.absolute_path): e.message for e in validator.iter_errors(document)}
+    assert errors == {
+        ("clusters", 0, "connection", "token"): "'abc' is not of type 'object'",
+        ("clusters", 1, "connection"): "Additional properties are not allowed ('partition' was unexpected)",
+    }

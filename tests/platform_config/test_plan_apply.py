@@ -155,6 +155,7 @@ def test_a_change_is_planned_and_applied_field_by_field(users, platform_file, ru
     latest = ChangeSet.objects.first()
     assert latest.summary == {"create": 0, "change": 3, "delete": 0}
     assert QuotaChange.objects.filter(change_set=latest, field="borrowing_limit", old_value="4").exists()
+    assert quota.updated_at >= latest.applied_at
 
 
 def test_a_changed_secret_is_planned_without_showing_it(users, platform_file, run_platform, monkeypatch):
