@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from factory.models import Cluster, GpuType
 from factory.months import month_begins, month_of, next_month
+from fleet import energy
 from jobs.choices import JobState
 from jobs.models import Job
 
@@ -66,6 +67,21 @@ class Pricing:
     clusters: dict[int, Cluster] = dataclasses.field(default_factory=dict)
     gpu_types: dict[int, GpuType] = dataclasses.field(default_factory=dict)
     intensity: dict[str, Decimal] | None = None
+    measured: dict[tuple[int, int], energy.JobUse] = dataclasses.field(default_factory=dict)
+    measured_asked: set[tuple[int, int]] = dataclasses.field(default_factory=set)
+
+    def load_measured(self, pairs) -> None:
+        """Measured energy of many job attempts at once (a batch of metering)."""
+        pairs = [p for p in pairs if p not in self.measured_asked]
+        self.measured.update(energy.measured(pairs))
+        self.measured_asked.update(pairs)
+
+    def measured_kwh(self, job_id: int, attempt: int) -> Decimal | None:
+        """kWh the attempt's GPUs measured themselves, or None where telemetry did not see it."""
+        if (job_id, attempt) not in self.measured_asked:
+            self.load_measured([(job_id, attempt)])
+        use = self.measured.get((job_id, attempt))
+        return use.kwh if use else None
 
     def rate(self, gpu_type_id: int, cluster_id: int, day: date) -> RateCard | None:
         key = (gpu_type_id, cluster_id, day)
@@ -90,8 +106,17 @@ class Pricing:
 
 
 def line_for(
-    job: Job, attempt: int, start: datetime, end: datetime, kind: str, pricing: Pricing
+    job: Job,
+    attempt: int,
+    start: datetime,
+    end: datetime,
+    kind: str,
+    pricing: Pricing,
+    measured_kwh: Decimal | None = None,
 ) -> UsageRecord:
+    """One ledger line. Its energy is what the GPUs measured (their share for this part of the
+    run, × the data centre's PUE) where telemetry saw the attempt, else board power × time × PUE;
+    the line says which, and its CO2e follows the figure used."""
     seconds = int((end - start).total_seconds())
     hours = Decimal(seconds) / HOUR
     cluster = pricing.cluster(job.cluster_id)
@@ -100,7 +125,10 @@ def line_for(
     amount = ZERO
     if card is not None and kind in (UsageKind.USAGE, UsageKind.ADJUSTMENT):
         amount = card.charge(gpus=job.gpu_count, cpus=job.cpus, memory_gb=job.memory_gb, hours=hours)
-    kwh = Decimal(job.gpu_count) * Decimal(gpu_type.board_power_watts) / 1000 * hours * cluster.pue
+    if measured_kwh is not None:
+        kwh = measured_kwh * cluster.pue
+    else:
+        kwh = Decimal(job.gpu_count) * Decimal(gpu_type.board_power_watts) / 1000 * hours * cluster.pue
     return UsageRecord(
         job=job,
         attempt=attempt,
@@ -120,6 +148,7 @@ def line_for(
         currency=card.currency if card else "",
         amount=amount,
         energy_kwh=kwh.quantize(Decimal("0.0001")),
+        energy_measured=measured_kwh is not None,
         co2e_kg=(kwh * pricing.grams_per_kwh(cluster.region) / 1000).quantize(Decimal("0.0001")),
     )
 
@@ -271,9 +300,13 @@ def lines_for_attempt(
 ) -> list[UsageRecord]:
     if started_at is None or ended_at is None or ended_at <= started_at:
         return []
-    return [
-        line_for(job, attempt, start, end, kind, pricing) for start, end in month_parts(started_at, ended_at)
-    ]
+    measured = pricing.measured_kwh(job.pk, attempt)
+    total = Decimal((ended_at - started_at).total_seconds())
+    lines = []
+    for start, end in month_parts(started_at, ended_at):
+        share = None if measured is None else measured * Decimal((end - start).total_seconds()) / total
+        lines.append(line_for(job, attempt, start, end, kind, pricing, share))
+    return lines
 
 
 def final_kind(job: Job, requeued: bool) -> str:
@@ -285,15 +318,24 @@ def final_kind(job: Job, requeued: bool) -> str:
 
 
 def meter_release(
-    job_id: int, attempt: int, cluster_id: int | None, started_at, ended_at, requeued: bool
+    job_id: int,
+    attempt: int,
+    cluster_id: int | None,
+    started_at,
+    ended_at,
+    requeued: bool,
+    *,
+    platform_fault: bool = False,
 ) -> list[UsageRecord]:
-    """Meter a job attempt that stopped holding GPUs. Idempotent."""
+    """Meter a job attempt that stopped holding GPUs (or, with `platform_fault`, one found
+    afterwards to have failed on faulty hardware: its charges are credited). Idempotent."""
     job = Job.objects.select_related("tenant").filter(pk=job_id).first()
     if job is None or cluster_id is None:
         return []
     job.cluster_id = cluster_id  # a requeued job has already lost it
     pricing = Pricing()
-    return record(lines_for_release(job, attempt, started_at, ended_at, final_kind(job, requeued), pricing))
+    kind = UsageKind.PLATFORM_FAULT if platform_fault else final_kind(job, requeued)
+    return record(lines_for_release(job, attempt, started_at, ended_at, kind, pricing))
 
 
 def lines_for_release(
@@ -389,6 +431,8 @@ def meter_finished(limit: int = 5000) -> int:
         .select_related("tenant")[:limit]
     )
     lines: list[UsageRecord] = []
+    missing = list(missing)
+    pricing.load_measured((job.pk, job.attempt) for job in missing)
     for job in missing:
         lines += lines_for_release(
             job, job.attempt, job.started_at, job.ended_at, final_kind(job, False), pricing

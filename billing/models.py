@@ -164,6 +164,10 @@ class UsageRecord(models.Model):
     currency = models.CharField(max_length=3, blank=True)
     amount = models.DecimalField(max_digits=14, decimal_places=2, default=ZERO)
     energy_kwh = models.DecimalField(max_digits=14, decimal_places=4, default=ZERO)
+    energy_measured = models.BooleanField(
+        default=False,
+        help_text="The kWh come from the GPUs' own energy counters (× PUE), not board power × time.",
+    )
     co2e_kg = models.DecimalField(max_digits=14, decimal_places=4, default=ZERO)
     note = models.CharField(max_length=300, blank=True)
     corrects = models.ForeignKey(

@@ -5,13 +5,17 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def meter_released(sender, job_id, attempt, cluster_id, started_at, ended_at, requeued, **kwargs) -> None:
+def meter_released(
+    sender, job_id, attempt, cluster_id, started_at, ended_at, requeued, platform_fault=False, **kwargs
+) -> None:
     """A job attempt stopped holding GPUs (after commit): put it in the ledger. A failure here is
     caught up by the periodic metering, never lost, never billed twice."""
     from . import alerts, metering
 
     try:
-        lines = metering.meter_release(job_id, attempt, cluster_id, started_at, ended_at, requeued)
+        lines = metering.meter_release(
+            job_id, attempt, cluster_id, started_at, ended_at, requeued, platform_fault=platform_fault
+        )
         if lines:
             alerts.check_budget_alerts([lines[0].tenant_id])
     except Exception:

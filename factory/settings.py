@@ -111,6 +111,7 @@ INSTALLED_APPS = [
     "quotas",
     "billing",
     "platform_config",
+    "fleet",
 ]
 
 MIDDLEWARE = [
@@ -465,6 +466,23 @@ FACTORY_STREAM_THREADS = env_int("FACTORY_STREAM_THREADS", 2)
 FACTORY_BILLING_HOOKS = env("FACTORY_BILLING_HOOKS", "billing.budgeting")
 
 
+# GPU telemetry (fleet/): each node's GPU exporter is scraped every FACTORY_TELEMETRY_INTERVAL
+# seconds unless its cluster says otherwise, at most FACTORY_TELEMETRY_CONCURRENCY at once, each
+# within FACTORY_TELEMETRY_TIMEOUT seconds; minute rollups are kept FACTORY_TELEMETRY_RETENTION_DAYS.
+# FACTORY_GPU_HEALTH_RULES is a JSON object overriding fleet.rules.DEFAULT_RULES key by key.
+FACTORY_TELEMETRY_INTERVAL = env_float("FACTORY_TELEMETRY_INTERVAL", 10.0)
+FACTORY_TELEMETRY_TICK = env_float("FACTORY_TELEMETRY_TICK", 5.0)
+FACTORY_TELEMETRY_CONCURRENCY = env_int("FACTORY_TELEMETRY_CONCURRENCY", 32)
+FACTORY_TELEMETRY_TIMEOUT = env_float("FACTORY_TELEMETRY_TIMEOUT", 3.0)
+FACTORY_TELEMETRY_RETENTION_DAYS = env_int("FACTORY_TELEMETRY_RETENTION_DAYS", 14)
+FACTORY_GPU_HEALTH_RULES = env("FACTORY_GPU_HEALTH_RULES", "") or ""
+# The portal's own metrics at /metrics: readable with `Authorization: Bearer <FACTORY_METRICS_TOKEN>`
+# or from an address in FACTORY_METRICS_ALLOWED_NETWORKS (CIDRs); nobody else.
+FACTORY_METRICS_TOKEN = env("FACTORY_METRICS_TOKEN", "") or ""
+FACTORY_METRICS_ALLOWED_NETWORKS = env_list("FACTORY_METRICS_ALLOWED_NETWORKS", "127.0.0.1/32,::1/128")
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", "") or ""
+
+
 def _periodic(task: str, every: float) -> dict:
     """A beat entry whose message expires when the next is due: a scheduler that ran on while the
     workers were down leaves one pass to do, not a backlog."""
@@ -477,6 +495,8 @@ CELERY_BEAT_SCHEDULE = {
     "admission": _periodic("quotas.tasks.admit_pending", FACTORY_SYNC_INTERVAL),
     "cluster-health": _periodic("factory.tasks.check_cluster_health", FACTORY_HEALTH_INTERVAL),
     "metering": _periodic("billing.tasks.meter", env_float("FACTORY_METERING_INTERVAL", 60.0)),
+    "telemetry": _periodic("fleet.tasks.scrape_due", FACTORY_TELEMETRY_TICK),
+    "telemetry-prune": _periodic("fleet.tasks.prune", 3600.0),
     "quota-limits": _periodic("quotas.tasks.mirror_limits", env_float("FACTORY_LIMITS_INTERVAL", 300.0)),
     "notifications": _periodic("jobs.tasks.sweep_notifications", 60.0),
 }

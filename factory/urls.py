@@ -7,6 +7,7 @@ from django.views.generic import RedirectView
 from jobs import views as job_views
 
 from . import views
+from .metrics import metrics_view
 
 handler404 = views.page_not_found
 
@@ -18,6 +19,7 @@ urlpatterns = [
     path("oidc/callback/", views.oidc_callback, name="oidc-callback"),
     path("jobs/", include("jobs.urls")),
     path("clusters/", views.cluster_list, name="clusters"),
+    path("clusters/", include("fleet.urls")),
     path("account/tokens/", views.token_list, name="tokens"),
     path("account/tokens/<int:pk>/revoke/", views.token_revoke, name="token-revoke"),
     path("account/notifications/", job_views.notification_settings, name="notifications"),
@@ -30,5 +32,6 @@ urlpatterns = [
     path("api/v1/", include("quotas.api.urls")),
     path("api/v1/", include("billing.api.urls")),
     path("api/v1/", include("platform_config.api.urls")),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]

@@ -91,6 +91,7 @@ class NotifyEvent(models.TextChoices):
     JOB_FAILED = "job_failed", "Job failed"
     JOB_TIMED_OUT = "job_timed_out", "Job timed out"
     BUDGET = "budget", "Budget threshold passed (tenant admins)"
+    FLEET = "fleet", "GPU or node drained or resumed (platform admins)"
 
 
 # The job states a job's owner may be told about, as events.
@@ -101,7 +102,12 @@ JOB_STATE_EVENTS = {
     JobState.TIMED_OUT: NotifyEvent.JOB_TIMED_OUT,
 }
 # What a user who never chose is told, by e-mail: what goes wrong.
-DEFAULT_NOTIFY_EVENTS = (NotifyEvent.JOB_FAILED, NotifyEvent.JOB_TIMED_OUT, NotifyEvent.BUDGET)
+DEFAULT_NOTIFY_EVENTS = (
+    NotifyEvent.JOB_FAILED,
+    NotifyEvent.JOB_TIMED_OUT,
+    NotifyEvent.BUDGET,
+    NotifyEvent.FLEET,
+)
 
 
 class NotifyChannel(models.TextChoices):

@@ -16,6 +16,7 @@ from django.utils import timezone
 from factory.adapters import BackendUnavailable, JobRejected
 from factory.models import Cluster
 
+from . import metrics
 from .choices import JobState
 from .models import Job
 
@@ -171,6 +172,7 @@ def _record_submitted(adapter, submitted: list[tuple[Job, str]]) -> None:
             }
         )
     )
+    metrics.observe_dispatch(job for job, _ in submitted if job.pk in moved)
     stop = set(
         Job.objects.filter(pk__in=moved, cancel_requested_at__isnull=False).values_list("pk", flat=True)
     )

@@ -56,3 +56,26 @@ def preempt(job: Job, reason: str) -> bool:
         lambda: tasks.cancel_backend_job.delay(job.pk, cluster_id, key, external_id), robust=True
     )
     return True
+
+
+def requeue_after_hardware_fault(job: Job, reason: str) -> bool:
+    """The hardware under a job failed and the portal drained it. A job still at its backend goes
+    back to pending (its lost time recorded, not billed) and its backend attempt is stopped; one
+    that already failed is the platform's fault (not billed) and runs again. Either happens once
+    per job: after that, it is only not billed. Returns whether this call changed the job."""
+    from .choices import AT_BACKEND_STATES, JobState
+
+    why = f"the hardware it ran on failed ({reason})"
+    if job.fault_requeues == 0 and job.state in AT_BACKEND_STATES:
+        cluster_id, key, external_id = job.cluster_id, job.dispatch_key, job.external_id
+        if not job.requeue(why, preempted=True, hardware_fault=True):
+            return False
+        transaction.on_commit(
+            lambda: tasks.cancel_backend_job.delay(job.pk, cluster_id, key, external_id), robust=True
+        )
+        return True
+    if job.state != JobState.FAILED:
+        return False
+    with transaction.atomic():
+        blamed = job.blame_platform(why)
+        return job.requeue_failed(why) or blamed

@@ -84,6 +84,9 @@ class Job(models.Model):
     platform_fault = models.BooleanField(
         default=False, help_text="Ended by the platform (node failure, outage), not by the job: not billed."
     )
+    fault_requeues = models.PositiveSmallIntegerField(
+        default=0, help_text="Times the job was requeued because the hardware under it failed."
+    )
     preempted_seconds = models.PositiveIntegerField(
         default=0, help_text="Run time lost to preemption: recorded, not billed."
     )
@@ -332,12 +335,13 @@ class Job(models.Model):
             self.record(EventKind.INFO, f"Cancel requested{f' by {user}' if user else ''}")
         return True
 
-    def requeue(self, reason: str, *, preempted: bool = False) -> bool:
-        """Back to pending (preempted or refused by a backend); quota is released, the job is
-        admitted again later as a new backend submission (its next attempt)."""
+    def requeue(self, reason: str, *, preempted: bool = False, hardware_fault: bool = False) -> bool:
+        """Back to pending (preempted, refused by a backend, or on hardware that failed); quota is
+        released, the job is admitted again later as a new backend submission (its next attempt)."""
         lost = 0
         if preempted and self.started_at:
             lost = int((timezone.now() - self.started_at).total_seconds())
+        extra = {"fault_requeues": models.F("fault_requeues") + 1} if hardware_fault else {}
         return self.transition(
             JobState.PENDING,
             reason=reason[:500],
@@ -354,7 +358,72 @@ class Job(models.Model):
             attempt=models.F("attempt") + 1,
             preempted_seconds=models.F("preempted_seconds") + lost,
             message=f"Back to pending: {reason}",
+            **extra,
         )
+
+    def blame_platform(self, reason: str) -> bool:
+        """A job that failed on hardware the portal then found failed: the platform's fault, so
+        the attempt is not billed (metering credits what it charged). Returns whether this call
+        made it so."""
+        if self.state != JobState.FAILED or self.platform_fault:
+            return False
+        with transaction.atomic(savepoint=False):
+            changed = Job.objects.filter(
+                pk=self.pk, state=JobState.FAILED, attempt=self.attempt, platform_fault=False
+            ).update(platform_fault=True, updated_at=timezone.now())
+            if not changed:
+                return False
+            self.platform_fault = True
+            self.record(
+                EventKind.INFO, f"Failed on faulty hardware: {reason}; the platform's fault, not billed"
+            )
+            released = {
+                "job_id": self.pk,
+                "attempt": self.attempt,
+                "started_at": self.started_at,
+                "ended_at": self.ended_at,
+                "requeued": False,
+                "cluster_id": self.cluster_id,
+                "platform_fault": True,
+            }
+            transaction.on_commit(lambda: signals.job_released.send_robust(Job, **released))
+        return True
+
+    def requeue_failed(self, reason: str) -> bool:
+        """Run a job that failed on faulty hardware again, once (as Slurm requeues a job whose
+        node failed): back to pending as its next attempt. Not a lifecycle edge anyone else may
+        take: only the fleet's health, which knows the hardware failed, calls it."""
+        if self.state != JobState.FAILED or self.fault_requeues:
+            return False
+        with transaction.atomic(savepoint=False):
+            changed = Job.objects.filter(
+                pk=self.pk, state=JobState.FAILED, attempt=self.attempt, fault_requeues=0
+            ).update(
+                state=JobState.PENDING,
+                reason=f"requeued: {reason}"[:500],
+                cluster=None,
+                external_id="",
+                exit_code=None,
+                admitted_at=None,
+                submitted_at=None,
+                started_at=None,
+                ended_at=None,
+                platform_fault=False,
+                cancel_requested_at=None,
+                cancel_enqueued_at=None,
+                dispatch_claim="",
+                dispatch_lease_until=None,
+                dispatch_failures=0,
+                attempt=models.F("attempt") + 1,
+                fault_requeues=models.F("fault_requeues") + 1,
+                updated_at=timezone.now(),
+            )
+            if not changed:
+                self.refresh_from_db()
+                return False
+            self.refresh_from_db()
+            self.record(EventKind.STATE, f"Back to pending: requeued once after a hardware fault ({reason})")
+        return True
 
     def reject(self, reason: str) -> bool:
         return self.finish(JobState.REJECTED, reason=reason)

@@ -165,6 +165,17 @@ def notify_budget_threshold(alert, words: str) -> list[int]:
     return sent
 
 
+def notify_platform_admins(source: str, subject: str, text: str, *, url: str = "") -> list[int]:
+    """Hardware the portal drained or resumed (fleet health): every active platform admin who
+    wants to hear of it, once per `source`."""
+    from django.contrib.auth import get_user_model
+
+    sent = []
+    for user in get_user_model().objects.filter(is_staff=True, is_active=True):
+        sent += notify(user, NotifyEvent.FLEET, source, f"[{settings.SITE_NAME}] {subject}", text, url=url)
+    return sent
+
+
 # --- sending ----------------------------------------------------------------------------------------
 
 

@@ -43,10 +43,12 @@ from factory.adapters import ImageRule
 from factory.choices import POSIX_USER_KINDS
 from factory.models import Identity, Pool, Tenant
 from factory.months import month_of
+from fleet.capacity import drained_gpus
 from jobs import dependencies, lifecycle
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
 
+from . import metrics
 from .models import Budget, Quota, Reservation
 from .settlement import gpu_hours_between, round_gpu_hours, settle_released
 
@@ -121,6 +123,7 @@ class Snapshot:
         self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.select_related("gpu_type")}
         self.pools: dict[int, list[PoolState]] = defaultdict(list)
         image_rules: dict[int, ImageRule | None] = {}
+        drained = drained_gpus()  # failed hardware the portal took out: not capacity
         for pool in Pool.objects.filter(cluster__enabled=True).select_related("cluster").order_by("pk"):
             cluster = pool.cluster
             if cluster.pk not in image_rules:
@@ -132,7 +135,7 @@ class Snapshot:
                     cluster.slug,
                     cluster.region,
                     not cluster.draining,
-                    pool.capacity,
+                    max(0, pool.capacity - drained[pool.cluster_id, pool.gpu_type_id]),
                     kind=cluster.kind,
                     images=image_rules[cluster.pk],
                 )
@@ -158,6 +161,7 @@ class Snapshot:
         self.max_priority = {tenant: b.max_priority for tenant, b in budgets.items()}
         self._borrowed_jobs: dict[int, dict[int, list[tuple[int, int, int, int]]]] = {}
         self.placements: dict[int, tuple[int, str]] = {}
+        self.admitted_jobs: dict[int, PendingJob] = {}
         self.reservations: dict[int, Reservation] = {}
         self.budget_left = {
             tenant: b.gpu_hours_per_month - spent.get(tenant, Decimal(0))
@@ -527,6 +531,7 @@ def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:
     written with the others' at the end of the pass (a fixed number of statements)."""
     preempted = preempt(decision.preempt) if decision.preempt else []
     snapshot.placements[job.id] = (decision.pool.cluster_id, f"Admitted: {decision.reason}")
+    snapshot.admitted_jobs[job.id] = job
     snapshot.reservations[job.id] = Reservation(
         job_id=job.id,
         attempt=job.attempt,
@@ -544,6 +549,7 @@ def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:
 def write_admissions(snapshot: Snapshot) -> int:
     admitted = lifecycle.admit_many(snapshot.placements)
     Reservation.objects.bulk_create(snapshot.reservations[job_id] for job_id in admitted)
+    metrics.observe_admissions(snapshot.admitted_jobs[job_id] for job_id in admitted)
     return len(admitted)
 
 

@@ -7,11 +7,12 @@ class QuotasConfig(AppConfig):
     name = "quotas"
 
     def ready(self) -> None:
+        from factory import metrics as portal_metrics
         from factory.models import GpuType, Tenant
         from factory.signals import deletion_blockers, demo_seeded
         from jobs import signals
 
-        from . import receivers
+        from . import metrics, receivers
         from .models import Quota
 
         for model in (Tenant, GpuType, Quota):
@@ -21,6 +22,7 @@ class QuotasConfig(AppConfig):
                 dispatch_uid=f"quotas.blocks.{model.__name__}",
             )
 
+        portal_metrics.register(metrics.collect)
         signals.job_submitted.connect(receivers.readmit, dispatch_uid="quotas.readmit.submitted")
         signals.job_released.connect(receivers.settle, dispatch_uid="quotas.settle.released")
         signals.job_released.connect(receivers.readmit, dispatch_uid="quotas.readmit.released")

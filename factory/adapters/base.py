@@ -283,6 +283,21 @@ class Health:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class DrainTarget:
+    """Hardware the portal takes out of service: a node as its backend names it, and the indexes
+    of its GPUs of one type that failed (a backend that drains whole nodes drains the node)."""
+
+    node: str
+    gpu_type: str
+    gpus: tuple[int, ...] = ()
+
+
+# The reason a drain made by the portal starts with. Like LBNL NHC's "NHC:", it marks what the
+# portal may resume: a drain with any other reason is an operator's, and is never undone here.
+DRAIN_REASON_PREFIX = "factory:"
+
+
 class Adapter:
     """One cluster's backend. Subclasses set `kind` and `connection_class` and implement the verbs."""
 
@@ -347,6 +362,23 @@ class Adapter:
     # Whether submit() delivers the job's secrets (job_secrets) to it; a job with secrets is never
     # run without them on a backend that cannot.
     delivers_secrets: ClassVar[bool] = False
+
+    # Whether drain() takes the whole node out (Slurm, Kubernetes) or just the GPUs named (local).
+    drains_whole_node: ClassVar[bool] = True
+
+    def drain(self, target: DrainTarget, reason: str) -> None:
+        """Stop the backend placing jobs on the target; `reason` starts with DRAIN_REASON_PREFIX."""
+        raise NotImplementedError
+
+    def resume(self, target: DrainTarget) -> bool:
+        """Undo a drain the portal made; leave alone one whose reason is not the portal's.
+        Returns whether the target is in service again."""
+        raise NotImplementedError
+
+    def gpu_jobs(self) -> dict[tuple[str, int], str]:
+        """{(node, GPU index): the external id of the job on it} as the backend itself knows it,
+        for samples that do not say (no `hpc_job` or `pod` label); {} where it cannot tell."""
+        return {}
 
     def apply_tenant_limits(self, limits: dict[str, dict[str, GpuLimit]]) -> list[str]:
         """Make the backend itself hold each tenant to its GPU ceilings, {tenant slug: {GPU type

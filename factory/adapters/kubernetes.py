@@ -50,11 +50,13 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from .base import (
+    DRAIN_REASON_PREFIX,
     LOG_CHUNK_BYTES,
     Adapter,
     BackendError,
     BackendState,
     BackendUnavailable,
+    DrainTarget,
     GpuLimit,
     Health,
     ImageRule,
@@ -115,6 +117,9 @@ PRIVATE_IPV6 = ("fc00::/7", "fe80::/10")
 MAX_ID = 2**31 - 1
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# Where a cordon the portal made keeps its reason; resume() uncordons only nodes that carry one.
+DRAIN_ANNOTATION = "factory.aifactory.dev/drain-reason"
 NAMESPACE_PREFIX = re.compile(r"^([a-z0-9][-a-z0-9]{0,29})?$")
 RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 # What the create calls judge themselves: the request's fault, so the job is refused.
@@ -467,6 +472,34 @@ class KubernetesAdapter(Adapter):
         if self.image_rule.allowed == ():
             message += "; runs no container images until 'allowed_images' or 'allow_any_image' is set"
         return Health(ok=True, message=message, pools=pools)
+
+    # --- node health ----------------------------------------------------------------------------
+
+    def drain(self, target: DrainTarget, reason: str) -> None:
+        """Cordon the node (spec.unschedulable, as `kubectl cordon` does), with the portal's reason
+        in an annotation. Running pods stay; nothing new is scheduled there."""
+        body = {"spec": {"unschedulable": True}, "metadata": {"annotations": {DRAIN_ANNOTATION: reason}}}
+        self._request("cordon nodes", self.core.patch_node, self._node_name(target.node), body)
+
+    def resume(self, target: DrainTarget) -> bool:
+        """Uncordon the node if the portal cordoned it; an operator's cordon is left alone."""
+        name = self._node_name(target.node)
+        node = self._request("read nodes", self.core.read_node, name)
+        annotations = (node.metadata.annotations if node.metadata else None) or {}
+        unschedulable = bool(node.spec and node.spec.unschedulable)
+        if not unschedulable:
+            return True
+        if not annotations.get(DRAIN_ANNOTATION, "").startswith(DRAIN_REASON_PREFIX):
+            return False
+        body = {"spec": {"unschedulable": None}, "metadata": {"annotations": {DRAIN_ANNOTATION: None}}}
+        self._request("uncordon nodes", self.core.patch_node, name, body)
+        return True
+
+    @staticmethod
+    def _node_name(name: str) -> str:
+        if not DNS_SUBDOMAIN.fullmatch(name):
+            raise BackendError(f"{name!r} is not a Kubernetes node name")
+        return name
 
     @property
     def image_rule(self) -> ImageRule:

@@ -22,9 +22,11 @@ from django.conf import settings
 from . import local_guard, local_runner
 from .base import (
     DISPATCH_KEY,
+    DRAIN_REASON_PREFIX,
     Adapter,
     BackendError,
     BackendState,
+    DrainTarget,
     Health,
     JobRejected,
     LogChunk,
@@ -46,6 +48,7 @@ class LocalAdapter(Adapter):
     kind = "local"
     connection_class = LocalConnection
     delivers_secrets = True
+    drains_whole_node = False
 
     @property
     def root(self) -> Path:
@@ -123,6 +126,61 @@ class LocalAdapter(Adapter):
             for pool in self.cluster.pools.select_related("gpu_type")
         )
         return Health(ok=True, message=f"{len(pools)} pool(s) on this host", pools=pools)
+
+    # --- simulated GPUs -----------------------------------------------------------------------
+    # Each pool is a node of simulated GPUs, one per slot, named "<cluster>-<GPU type>"; the GPU
+    # exporter simulator (fleet.simulator) serves their telemetry from the slot tables.
+
+    def node_name(self, gpu_type: str) -> str:
+        return f"{self.cluster.slug}-{gpu_type}"
+
+    def slot_table(self, gpu_type: str) -> local_runner.SlotTable:
+        pool = next(
+            (p for p in self.cluster.pools.select_related("gpu_type") if p.gpu_type.slug == gpu_type), None
+        )
+        if pool is None:
+            raise BackendError(f"cluster {self.cluster.slug} has no {gpu_type} GPUs")
+        return local_runner.SlotTable(self.slots_dir, gpu_type, pool.capacity)
+
+    def simulated_nodes(self) -> list[tuple[str, str, int, Path]]:
+        """(node name, GPU type, GPUs, slot table file) of each pool."""
+        return [
+            (
+                self.node_name(p.gpu_type.slug),
+                p.gpu_type.slug,
+                p.capacity,
+                self.slots_dir / f"{p.gpu_type.slug}.json",
+            )
+            for p in self.cluster.pools.select_related("gpu_type")
+        ]
+
+    def drain(self, target: DrainTarget, reason: str) -> None:
+        self._refuse_unless_allowed()
+        table = self.slot_table(target.gpu_type)
+        for slot in target.gpus:
+            table.set_drained(slot, reason)
+
+    def resume(self, target: DrainTarget) -> bool:
+        self._refuse_unless_allowed()
+        table = self.slot_table(target.gpu_type)
+        drained = table.drained()
+        resumed = True
+        for slot in target.gpus:
+            if slot not in drained:
+                continue
+            if not drained[slot].startswith(DRAIN_REASON_PREFIX):
+                resumed = False  # taken out by someone else: theirs to put back
+                continue
+            table.set_drained(slot, None)
+        return resumed
+
+    def gpu_jobs(self) -> dict[tuple[str, int], str]:
+        jobs = {}
+        for node, gpu_type, capacity, _ in self.simulated_nodes():
+            table = local_runner.SlotTable(self.slots_dir, gpu_type, capacity)
+            for slot, key in table.holders().items():
+                jobs[node, slot] = key
+        return jobs
 
     # --- helpers --------------------------------------------------------------------------------
 

@@ -105,6 +105,8 @@ class SlotTable:
     def __init__(self, slots_dir: Path, gpu_type: str, capacity: int) -> None:
         self.path = slots_dir / f"{gpu_type}.json"
         self.lock_path = slots_dir / f"{gpu_type}.lock"
+        # {slot index: reason}: slots the portal took out of service (a failed simulated GPU).
+        self.drained_path = slots_dir / f"{gpu_type}.drained.json"
         self.capacity = capacity
         slots_dir.mkdir(parents=True, exist_ok=True)
 
@@ -127,7 +129,8 @@ class SlotTable:
             mine = sorted(s for s, h in table.items() if h == uid)
             if len(mine) >= count:
                 return mine[:count]
-            free = [s for s in range(self.capacity) if s not in table]
+            out = self.drained()
+            free = [s for s in range(self.capacity) if s not in table and s not in out]
             if len(free) < count - len(mine):
                 return None
             for slot in free[: count - len(mine)]:
@@ -141,6 +144,22 @@ class SlotTable:
 
     def in_use(self) -> int:
         return len(read_json(self.path))
+
+    def holders(self) -> dict[int, str]:
+        return {int(k): v for k, v in read_json(self.path).items()}
+
+    def drained(self) -> dict[int, str]:
+        return {int(k): v for k, v in read_json(self.drained_path).items()}
+
+    def set_drained(self, slot: int, reason: str | None) -> None:
+        """Take a slot out of service (a reason) or put it back (None); a job holding it keeps it."""
+        with self.locked():
+            out = {str(k): v for k, v in self.drained().items()}
+            if reason is None:
+                out.pop(str(slot), None)
+            else:
+                out[str(slot)] = reason
+            write_json_atomic(self.drained_path, out)
 
 
 class Runner:

@@ -1495,6 +1495,11 @@ class FakeKubernetes:
             case "GET", ["api", "v1", "nodes"]:
                 self._check("list", "nodes", "")
                 return 200, self._list("NodeList", "v1", self.nodes.values(), selector), {}
+            case "GET", ["api", "v1", "nodes", name]:
+                self._check("get", "nodes", "")
+                return 200, self._existing_node(name), {}
+            case "PATCH", ["api", "v1", "nodes", name]:
+                return self._patch_node(name, r)
         raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
 
     def _check(self, verb: str, resource: str, namespace: str, group: str | None = None) -> None:
@@ -1578,6 +1583,39 @@ class FakeKubernetes:
         if (body.get("metadata") or {}).get("name") != name:
             raise bad_request("metadata.name: Invalid value: field is immutable")
         return self._update_namespace(current, body["metadata"], warnings)
+
+    def _existing_node(self, name: str) -> dict:
+        if name not in self.nodes:
+            raise not_found("nodes", name)
+        return {"kind": "Node", "apiVersion": "v1", **self.nodes[name]}
+
+    def _patch_node(self, name: str, r: Request) -> tuple[int, Any, dict[str, str]]:
+        """A merge patch of a node, as `kubectl cordon` sends ({"spec": {"unschedulable": true}}).
+        Only metadata labels/annotations and spec.unschedulable may change here; a real server
+        would take more, which the adapter never sends."""
+        self._check("patch", "nodes", "")
+        current = self._existing_node(name)
+        content_type = r.headers.get("content-type", "").partition(";")[0].strip()
+        if content_type not in MERGE_PATCHES:
+            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format")
+        if not isinstance(r.body, dict):
+            raise bad_request("the body of the patch is not a JSON object")
+        unknown = set(r.body) - {"metadata", "spec"} or set(r.body.get("spec") or {}) - {"unschedulable"}
+        if unknown:
+            raise bad_request(f"the fake API server does not patch {sorted(unknown)} of nodes")
+        merged = merge_patch(current, r.body)
+        unschedulable = (merged.get("spec") or {}).get("unschedulable")
+        if unschedulable is not None and not isinstance(unschedulable, bool):
+            raise invalid(
+                "Node", "", name, [invalid_value("spec.unschedulable", unschedulable, "must be a bool")]
+            )
+        if (merged.get("metadata") or {}).get("name") != name:
+            raise bad_request("metadata.name: Invalid value: field is immutable")
+        merged["metadata"]["resourceVersion"] = self._next_version()
+        merged.pop("kind", None)
+        merged.pop("apiVersion", None)
+        self.nodes[name] = merged
+        return 200, {"kind": "Node", "apiVersion": "v1", **merged}, {}
 
     def _existing_namespace(self, name: str) -> dict:
         if name not in self.namespaces:

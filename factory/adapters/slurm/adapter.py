@@ -39,10 +39,12 @@ from django.conf import settings
 from factory.models import Identity
 
 from ..base import (
+    DRAIN_REASON_PREFIX,
     POSIX_USERNAME,
     Adapter,
     BackendError,
     BackendState,
+    DrainTarget,
     GpuLimit,
     Health,
     JobRejected,
@@ -59,9 +61,11 @@ from .cli import (
     SlurmCLI,
     epoch,
     gpu_capacity,
+    job_gpu_indexes,
     job_state,
     local_time,
     node_down,
+    node_info,
     sacct_exit_code,
     wait_status,
 )
@@ -347,6 +351,36 @@ class SlurmAdapter(Adapter):
 
     def apply_tenant_limits(self, limits: dict[str, dict[str, GpuLimit]]) -> list[str]:
         return self.accounts.apply_limits(limits)
+
+    # --- node health ----------------------------------------------------------------------------
+
+    def drain(self, target: DrainTarget, reason: str) -> None:
+        """`scontrol update NodeName=<node> State=DRAIN Reason="factory: …"` (as LBNL NHC does with
+        its "NHC:" prefix): running jobs finish, nothing new starts there."""
+        node = self._node_name(target.node)
+        self.cli.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"])
+
+    def resume(self, target: DrainTarget) -> bool:
+        """Resume the node only if the portal drained it (its reason starts with "factory:")."""
+        node = self._node_name(target.node)
+        info = node_info(self.cli.run(["scontrol", "show", "node", node, "--oneliner"]))
+        state, reason = info.get("State", "").upper(), info.get("Reason", "")
+        if "DRAIN" not in state:
+            return True
+        if not reason.startswith(DRAIN_REASON_PREFIX):
+            return False
+        self.cli.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"])
+        return True
+
+    def gpu_jobs(self) -> dict[tuple[str, int], str]:
+        """From `scontrol show job -d`: each running job's GPU indexes on each node."""
+        return job_gpu_indexes(self.cli.run(["scontrol", "show", "job", "-d", "--oneliner"], check=False))
+
+    @staticmethod
+    def _node_name(name: str) -> str:
+        if not SAFE_TOKEN.fullmatch(name):
+            raise BackendError(f"{name!r} is not a Slurm node name")
+        return name
 
     # --- building the submission ----------------------------------------------------------------
 

@@ -266,3 +266,61 @@ def node_down(line: str) -> bool:
     """Whether a node of that sinfo output is down, drained or failing."""
     state = line.rsplit("|", 1)[-1].strip().lower()
     return any(word in state for word in ("down", "drain", "fail", "not_responding"))
+
+
+def node_info(text: str) -> dict[str, str]:
+    """State and Reason of `scontrol show node <node> --oneliner`. The reason is free text (it may
+    hold spaces and '='), written last, before the "[user@time]" Slurm adds."""
+    info = {}
+    state = re.search(r"(?:^|\s)State=(\S+)", text)
+    if state:
+        info["State"] = state[1]
+    reason = re.search(r"(?:^|\s)Reason=(.*?)(?:\s+\[[^\]]*\])?\s*$", text.strip(), re.S)
+    if reason:
+        info["Reason"] = reason[1]
+    return info
+
+
+_JOB_ID = re.compile(r"(?:^|\s)JobId=(\d+)")
+_JOB_STATE = re.compile(r"(?:^|\s)JobState=(\S+)")
+_NODE_GRES = re.compile(r"(?:^|\s)Nodes=(\S+) CPU_IDs=\S+ Mem=\S+ GRES=(\S*)")
+
+
+def job_gpu_indexes(text: str) -> dict[tuple[str, int], str]:
+    """{(node, GPU index): job id} of running jobs, from `scontrol show job -d --oneliner`, whose
+    detail lines say `Nodes=gpu1 CPU_IDs=0-3 Mem=0 GRES=gpu:h100:2(IDX:0-1)`."""
+    found: dict[tuple[str, int], str] = {}
+    for line in text.splitlines():
+        job, state = _JOB_ID.search(line), _JOB_STATE.search(line)
+        if not job or not state or state[1] != "RUNNING":
+            continue
+        for nodes, gres in _NODE_GRES.findall(line):
+            for index in _gres_indexes(gres):
+                for node in expand_hostlist(nodes):
+                    found[node, index] = job[1]
+    return found
+
+
+def _gres_indexes(gres: str) -> list[int]:
+    indexes: list[int] = []
+    for match in re.finditer(r"IDX:([0-9,\-]+)", gres):
+        for part in match[1].split(","):
+            first, _, last = part.partition("-")
+            if first.isdigit():
+                indexes += range(int(first), int(last or first) + 1)
+    return indexes
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """'gpu[1-3,5],cpu1' → ['gpu1', 'gpu2', 'gpu3', 'gpu5', 'cpu1'] (zero padding kept)."""
+    names = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", text):
+        if plain:
+            names.append(plain)
+            continue
+        for part in ranges.split(","):
+            first, _, last = part.partition("-")
+            width = len(first)
+            for number in range(int(first), int(last or first) + 1):
+                names.append(f"{prefix}{number:0{width}d}")
+    return names

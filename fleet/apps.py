@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class FleetConfig(AppConfig):
+    name = "fleet"
+    verbose_name = "GPU fleet"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from factory import metrics as portal_metrics
+        from factory import panels as page_panels
+
+        from . import metrics, panels
+
+        portal_metrics.register(metrics.collect)
+        page_panels.register("job-facts", panels.job_gpu_use)
+        page_panels.register("cluster-card", panels.cluster_card)

@@ -1,0 +1,151 @@
+"""The GPU fleet: nodes and their GPUs as the portal sees them through each node's GPU exporter.
+
+What is kept is bounded: the latest sample on each GPU row, one rollup row per GPU per minute
+(pruned after FACTORY_TELEMETRY_RETENTION_DAYS), and one energy row per job attempt per GPU.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from factory.models import Cluster, GpuType
+from jobs.models import Job
+
+from .choices import Health
+
+
+class ClusterTelemetry(models.Model):
+    """How often a cluster's exporters are scraped, and when they last were."""
+
+    cluster = models.OneToOneField(Cluster, on_delete=models.CASCADE, related_name="telemetry")
+    enabled = models.BooleanField(default=True)
+    interval_seconds = models.FloatField(
+        null=True, blank=True, help_text="Seconds between scrapes; empty: FACTORY_TELEMETRY_INTERVAL."
+    )
+    scraped_at = models.DateTimeField(null=True, blank=True, editable=False)
+    cycle_seconds = models.FloatField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name_plural = "cluster telemetry"
+
+    def __str__(self) -> str:
+        return f"telemetry of {self.cluster}"
+
+
+class Node(models.Model):
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="nodes")
+    name = models.CharField(max_length=128, help_text="The node's name in its backend (Slurm, Kubernetes).")
+    gpu_type = models.ForeignKey(GpuType, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    exporter_url = models.URLField(
+        max_length=300, help_text="The node's GPU exporter, e.g. http://node:9400/metrics"
+    )
+    health = models.CharField(max_length=8, choices=Health.choices, default=Health.HEALTHY)
+    health_reason = models.CharField(max_length=300, blank=True)
+    health_since = models.DateTimeField(default=timezone.now)
+    drained_by_portal = models.BooleanField(default=False)
+    drain_reason = models.CharField(max_length=300, blank=True)
+    drained_at = models.DateTimeField(null=True, blank=True)
+    clean_since = models.DateTimeField(null=True, blank=True, help_text="Failed, but fine again since.")
+    created_at = models.DateTimeField(default=timezone.now)
+    scraped_at = models.DateTimeField(null=True, blank=True, help_text="Last answer from its exporter.")
+    scrape_error = models.CharField(max_length=300, blank=True)
+    scrape_errors = models.PositiveIntegerField(
+        default=0, help_text="Failed scrapes since the last good one."
+    )
+
+    class Meta:
+        ordering = ["cluster__slug", "name"]
+        constraints = [models.UniqueConstraint(fields=["cluster", "name"], name="one_node_per_name")]
+
+    def __str__(self) -> str:
+        return f"{self.cluster}/{self.name}"
+
+
+class Gpu(models.Model):
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gpus")
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")  # for filters
+    gpu_type = models.ForeignKey(GpuType, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    index = models.PositiveSmallIntegerField(help_text="The exporter's `gpu` label; the backend's slot.")
+    uuid = models.CharField("UUID", max_length=64, unique=True)
+    model_name = models.CharField(max_length=100, blank=True)
+
+    health = models.CharField(max_length=8, choices=Health.choices, default=Health.HEALTHY)
+    health_reason = models.CharField(max_length=300, blank=True)
+    health_since = models.DateTimeField(default=timezone.now)
+    clean_since = models.DateTimeField(null=True, blank=True, help_text="Failed, but fine again since.")
+    hot_samples = models.PositiveSmallIntegerField(default=0, help_text="Consecutive samples over the limit.")
+    last_xid = models.PositiveIntegerField(default=0)
+    drained_by_portal = models.BooleanField(default=False)
+    drain_reason = models.CharField(max_length=300, blank=True)
+    drained_at = models.DateTimeField(null=True, blank=True)
+
+    # The latest sample.
+    sampled_at = models.DateTimeField(null=True, blank=True)
+    temperature_c = models.FloatField(null=True, blank=True)
+    power_w = models.FloatField(null=True, blank=True)
+    utilisation_pct = models.FloatField(null=True, blank=True)
+    memory_used_mib = models.FloatField(null=True, blank=True)
+    energy_mj = models.BigIntegerField(
+        null=True, blank=True, help_text="The exporter's counter, mJ since boot."
+    )
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["node__name", "index"]
+        constraints = [models.UniqueConstraint(fields=["node", "index"], name="one_gpu_per_index")]
+        indexes = [models.Index(fields=["cluster", "health"], name="gpu_cluster_health")]
+        verbose_name = "GPU"
+
+    def __str__(self) -> str:
+        return f"{self.node} GPU {self.index}"
+
+
+class GpuMinute(models.Model):
+    """One GPU's samples in one minute, summed (averages are sum / samples)."""
+
+    gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="minutes")
+    minute = models.DateTimeField()
+    samples = models.PositiveIntegerField(default=0)
+    temperature_sum = models.FloatField(default=0)
+    power_sum = models.FloatField(default=0)
+    utilisation_sum = models.FloatField(default=0)
+    memory_sum = models.FloatField(default=0)
+    energy_mj = models.BigIntegerField(default=0, help_text="Energy used in this minute, mJ.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["gpu", "minute"], name="one_rollup_per_minute")]
+        indexes = [models.Index(fields=["minute"], name="gpuminute_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.gpu_id} at {self.minute:%Y-%m-%d %H:%M}"
+
+
+class JobGpuEnergy(models.Model):
+    """One job attempt on one GPU: the energy counter when it was first and last seen there, and
+    the energy measured in between (summed scrape by scrape, so a counter reset loses nothing but
+    the interval it happened in); utilisation and memory sums for averages."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="gpu_energy")
+    attempt = models.PositiveIntegerField()
+    gpu = models.ForeignKey(Gpu, null=True, on_delete=models.SET_NULL, related_name="+")
+    gpu_uuid = models.CharField(max_length=64)
+    start_mj = models.BigIntegerField()
+    end_mj = models.BigIntegerField()
+    measured_mj = models.BigIntegerField(default=0)
+    resets = models.PositiveIntegerField(default=0)
+    samples = models.PositiveIntegerField(default=0)
+    utilisation_sum = models.FloatField(default=0)
+    memory_sum = models.FloatField(default=0)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    busy_at = models.DateTimeField(help_text="Last sample with utilisation at or over the idle limit.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt", "gpu_uuid"], name="one_energy_row_per_gpu")
+        ]
+        verbose_name_plural = "job GPU energy"
+
+    def __str__(self) -> str:
+        return f"job {self.job_id}.{self.attempt} on {self.gpu_uuid}"

@@ -1,0 +1,520 @@
+"""One telemetry cycle of a cluster: fetch every node's exporter (bounded concurrency, timeouts),
+parse, store the latest sample per GPU, the minute rollups and the energy of the jobs on them,
+then judge health (fleet.health acts on the verdicts).
+
+A node whose exporter hangs, answers 500 or answers garbage is logged and counted, and changes
+nothing but its own error count: the other nodes' samples are stored as usual. A value that is
+NaN, infinite or negative is left out. An energy counter that goes backwards is a reset when what
+it shows could have been used since the last sample (it is then counted from zero), and a glitch
+otherwise (nothing is added, and counting resumes from the new value); so is a jump forward that
+no GPU could draw. Neither ever adds energy that was not measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+import requests
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from factory.adapters import BackendError
+from factory.models import Cluster
+from jobs.choices import AT_BACKEND_STATES
+from jobs.models import Job
+
+from . import metrics
+from .choices import Health
+from .exposition import Exposition, ExpositionError, GpuSample, parse
+from .models import ClusterTelemetry, Gpu, JobGpuEnergy, Node
+from .rules import Rules, judge, site_rules
+
+log = logging.getLogger(__name__)
+
+# No GPU draws more than this: a counter step that would need more is not energy.
+MAX_GPU_WATTS = 2500.0
+MAX_BODY_BYTES = 8 * 1024 * 1024
+_session = requests.Session()
+
+
+@dataclasses.dataclass
+class NodeResult:
+    node: Node
+    exposition: Exposition | None = None
+    error: str = ""
+    fetch_seconds: float = 0.0
+    parse_seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class CycleReport:
+    cluster: str
+    nodes: int = 0
+    failed_nodes: int = 0
+    gpus: int = 0
+    series: int = 0
+    problems: int = 0
+    fetch_seconds: float = 0.0  # wall clock of fetch and parse, all nodes
+    store_seconds: float = 0.0
+    health_seconds: float = 0.0
+    changed: list[int] = dataclasses.field(default_factory=list)  # GPU ids whose health moved
+
+    @property
+    def seconds(self) -> float:
+        return self.fetch_seconds + self.store_seconds + self.health_seconds
+
+
+def fetch_text(url: str, timeout: float) -> str:
+    """One exporter's answer; raises on anything but a 200 with text."""
+    with _session.get(url, timeout=(timeout, timeout), stream=True) as response:
+        if response.status_code != 200:
+            raise OSError(f"HTTP {response.status_code}")
+        deadline = time.monotonic() + timeout
+        chunks, size = [], 0
+        for chunk in response.iter_content(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise OSError(f"answer larger than {MAX_BODY_BYTES} bytes")
+            if time.monotonic() > deadline:  # an exporter that trickles is as good as one that hangs
+                raise OSError(f"no complete answer within {timeout:g} s")
+        return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def scrape_node(node: Node, timeout: float, fetch: Callable[[str, float], str] = fetch_text) -> NodeResult:
+    result = NodeResult(node)
+    started = time.perf_counter()
+    try:
+        text = fetch(node.exporter_url, timeout)
+    except (OSError, requests.RequestException) as exc:
+        result.error = _short(exc)
+        result.fetch_seconds = time.perf_counter() - started
+        return result
+    parsed = time.perf_counter()
+    result.fetch_seconds = parsed - started
+    try:
+        result.exposition = parse(text)
+    except ExpositionError as exc:
+        result.error = str(exc)[:300]
+    result.parse_seconds = time.perf_counter() - parsed
+    return result
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "no answer within the timeout"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed or closed without an answer"
+    return str(exc)[:300] or type(exc).__name__
+
+
+def fetch_all(
+    nodes: list[Node], *, timeout: float | None = None, concurrency: int | None = None, fetch=fetch_text
+):
+    timeout = timeout or settings.FACTORY_TELEMETRY_TIMEOUT
+    workers = max(1, min(concurrency or settings.FACTORY_TELEMETRY_CONCURRENCY, len(nodes) or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scrape") as pool:
+        return list(pool.map(lambda node: scrape_node(node, timeout, fetch), nodes))
+
+
+# --- energy -------------------------------------------------------------------------------------
+
+
+def energy_step(previous: int | None, current: int, seconds: float) -> tuple[int, bool, bool]:
+    """(mJ used since the previous reading, whether the counter was reset, whether the step was
+    refused as impossible). The notes' rule: a counter that drops was reset, and shows what was
+    used since; checked here against what a GPU could draw in the time."""
+    if previous is None:
+        return 0, False, False
+    ceiling = MAX_GPU_WATTS * max(seconds, 1.0) * 1000
+    if current >= previous:
+        step = current - previous
+        return (0, False, True) if step > ceiling else (step, False, False)
+    if current <= ceiling:
+        return current, True, False
+    return 0, False, True
+
+
+# --- job ↔ GPU ----------------------------------------------------------------------------------
+
+
+class JobMap:
+    """Which job runs on a GPU: the sample's own labels (`hpc_job` from Slurm's job-mapping files,
+    `pod`/`namespace` on Kubernetes), else the backend's own account (the local backend's slots,
+    `scontrol show job -d`)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.jobs: dict[str, tuple[int, int]] = {}
+        for pk, external_id, uid, attempt in Job.objects.filter(
+            cluster=cluster, state__in=AT_BACKEND_STATES
+        ).values_list("pk", "external_id", "uid", "attempt"):
+            if external_id:
+                self.jobs[external_id] = (pk, attempt)
+            key = str(uid) if attempt == 0 else f"{uid}-r{attempt}"
+            self.jobs.setdefault(key, (pk, attempt))
+        self._backend: dict[tuple[str, int], str] | None = None
+
+    def backend(self) -> dict[tuple[str, int], str]:
+        if self._backend is None:
+            self._backend = {}
+            if self.jobs:
+                try:
+                    self._backend = self.cluster.adapter().gpu_jobs()
+                except (BackendError, ValueError) as exc:
+                    log.warning("cannot tell which jobs run on the GPUs of %s: %s", self.cluster, exc)
+        return self._backend
+
+    def job_for(self, node: Node, sample: GpuSample) -> tuple[int, int] | None:
+        if not self.jobs:
+            return None
+        for external_id in sorted(sample.hpc_jobs):
+            if external_id in self.jobs:
+                return self.jobs[external_id]
+        if sample.pod and sample.namespace:
+            job_name = sample.pod.rsplit("-", 1)[0]
+            found = self.jobs.get(f"{sample.namespace}/{job_name}")
+            if found:
+                return found
+        external_id = self.backend().get((node.name, sample.index))
+        return self.jobs.get(external_id) if external_id else None
+
+
+# --- the cycle ----------------------------------------------------------------------------------
+
+
+def scrape_cluster(cluster: Cluster, *, now: datetime | None = None, fetch=fetch_text) -> CycleReport:
+    report = CycleReport(cluster.slug)
+    nodes = list(Node.objects.filter(cluster=cluster).select_related("gpu_type"))
+    started = time.perf_counter()
+    results = fetch_all(nodes, fetch=fetch)
+    report.fetch_seconds = time.perf_counter() - started
+    now = now or timezone.now()
+    started = time.perf_counter()
+    ingest(cluster, results, now, report)
+    report.store_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    from . import health
+
+    health.act(cluster, now)
+    report.health_seconds = time.perf_counter() - started
+    ClusterTelemetry.objects.update_or_create(
+        cluster=cluster, defaults={"scraped_at": now, "cycle_seconds": report.seconds}
+    )
+    metrics.observe_cycle(report)
+    return report
+
+
+def ingest(cluster: Cluster, results: list[NodeResult], now: datetime, report: CycleReport) -> None:
+    rules = site_rules()
+    report.nodes = len(results)
+    ok_nodes, failed = [], []
+    for result in results:
+        if result.exposition is None:
+            failed.append(result)
+            log.warning("GPU exporter of %s: %s", result.node, result.error)
+            metrics.scrape_error(cluster.slug, result.error)
+        else:
+            ok_nodes.append(result)
+            report.series += result.exposition.series
+            for problem in result.exposition.problems:
+                report.problems += 1
+                log.warning("GPU exporter of %s: %s", result.node, problem)
+                metrics.scrape_error(cluster.slug, "bad series")
+    report.failed_nodes = len(failed)
+    gpus = {g.uuid: g for g in Gpu.objects.filter(cluster=cluster)}
+    _add_new_gpus(cluster, ok_nodes, gpus)
+    job_map = JobMap(cluster)
+    energy = _energy_rows(cluster, gpus)
+    gpu_rows: list[Gpu] = []
+    rollups: list[tuple] = []
+    energy_new: list[JobGpuEnergy] = []
+    energy_changed: list[JobGpuEnergy] = []
+    minute = now.replace(second=0, microsecond=0)
+    seen: set[str] = set()
+    for result in ok_nodes:
+        node = result.node
+        for sample in result.exposition.gpus.values():
+            gpu = gpus.get(sample.uuid)
+            if gpu is None or sample.uuid in seen:
+                continue  # the same UUID on two nodes: the first one's
+            seen.add(sample.uuid)
+            report.gpus += 1
+            seconds = (now - gpu.sampled_at).total_seconds() if gpu.sampled_at else 0.0
+            step = 0
+            if sample.energy_mj is not None:
+                step, reset, refused = energy_step(gpu.energy_mj, sample.energy_mj, seconds)
+                if refused:
+                    log.warning(
+                        "%s: energy counter jumped from %s to %s mJ: ignored",
+                        gpu,
+                        gpu.energy_mj,
+                        sample.energy_mj,
+                    )
+                    metrics.scrape_error(cluster.slug, "energy counter jump")
+                elif reset:
+                    log.info("%s: energy counter reset", gpu)
+            job = job_map.job_for(node, sample)
+            _apply_sample(gpu, sample, now, job, rules, report)
+            gpu_rows.append(gpu)
+            if sample.temperature_c is not None or sample.power_w is not None:
+                rollups.append(
+                    (
+                        gpu.pk,
+                        minute,
+                        sample.temperature_c or 0.0,
+                        sample.power_w or 0.0,
+                        sample.utilisation_pct or 0.0,
+                        sample.memory_used_mib or 0.0,
+                        step,
+                    )
+                )
+            if job is not None and sample.energy_mj is not None:
+                _account_job_energy(energy, energy_new, energy_changed, job, gpu, sample, now, rules)
+    with transaction.atomic():
+        _save_gpus(gpu_rows)
+        _save_rollups(rollups)
+        JobGpuEnergy.objects.bulk_create(energy_new, ignore_conflicts=True)
+        JobGpuEnergy.objects.bulk_update(
+            energy_changed,
+            [
+                "end_mj",
+                "measured_mj",
+                "resets",
+                "samples",
+                "utilisation_sum",
+                "memory_sum",
+                "last_at",
+                "busy_at",
+            ],
+            batch_size=500,
+        )
+        _save_nodes(ok_nodes, failed, now, rules)
+        Gpu.objects.filter(cluster=cluster, job__isnull=False).exclude(uuid__in=seen).update(job=None)
+
+
+def _add_new_gpus(cluster: Cluster, results: list[NodeResult], gpus: dict[str, Gpu]) -> None:
+    new = []
+    for result in results:
+        for sample in result.exposition.gpus.values():
+            if sample.uuid not in gpus:
+                new.append(
+                    Gpu(
+                        node=result.node,
+                        cluster=cluster,
+                        gpu_type=result.node.gpu_type,
+                        index=sample.index,
+                        uuid=sample.uuid,
+                        model_name=sample.model_name[:100],
+                    )
+                )
+                gpus[sample.uuid] = new[-1]
+    if new:
+        Gpu.objects.bulk_create(new, ignore_conflicts=True)
+        for gpu in Gpu.objects.filter(uuid__in=[g.uuid for g in new]):
+            gpus[gpu.uuid] = gpu
+
+
+def _apply_sample(gpu: Gpu, sample: GpuSample, now: datetime, job, rules: Rules, report: CycleReport) -> None:
+    verdict = judge(sample, hot_samples=gpu.hot_samples, last_xid=gpu.last_xid, rules=rules)
+    before = gpu.health
+    next_health(gpu, verdict.health, verdict.reason, now, rules)
+    if gpu.health != before:
+        report.changed.append(gpu.pk)
+    gpu.hot_samples = min(verdict.hot_samples, 1000)
+    gpu.last_xid = sample.xid_last
+    gpu.sampled_at = now
+    gpu.temperature_c = sample.temperature_c
+    gpu.power_w = sample.power_w
+    gpu.utilisation_pct = sample.utilisation_pct
+    gpu.memory_used_mib = sample.memory_used_mib
+    if sample.energy_mj is not None:
+        gpu.energy_mj = sample.energy_mj
+    gpu.job_id = job[0] if job else None
+
+
+def next_health(thing, health: str, reason: str, now: datetime, rules: Rules) -> None:
+    """Move a GPU or node to what its latest verdict says. A failure is sticky: it ends only
+    after the verdicts have been fine for `resume_after_seconds`."""
+    if health == Health.FAILED or (health == Health.WARNING and thing.health == Health.FAILED):
+        if thing.health != Health.FAILED:
+            thing.health_since = now
+        if health == Health.FAILED:
+            thing.health_reason = reason[:300]
+        thing.health = Health.FAILED
+        thing.clean_since = None
+        return
+    if thing.health == Health.FAILED:
+        thing.clean_since = thing.clean_since or now
+        if (now - thing.clean_since).total_seconds() < rules.resume_after_seconds:
+            return
+    if thing.health != health:
+        thing.health_since = now
+    thing.health, thing.health_reason, thing.clean_since = health, reason[:300], None
+
+
+def _energy_rows(cluster: Cluster, gpus: dict[str, Gpu]) -> dict[tuple[int, int, str], JobGpuEnergy]:
+    job_ids = {g.job_id for g in gpus.values() if g.job_id}
+    active = Job.objects.filter(cluster=cluster, state__in=AT_BACKEND_STATES).values_list("pk", flat=True)
+    rows = JobGpuEnergy.objects.filter(job_id__in=job_ids | set(active))
+    return {(r.job_id, r.attempt, r.gpu_uuid): r for r in rows}
+
+
+def _account_job_energy(rows, new, changed, job, gpu: Gpu, sample: GpuSample, now, rules: Rules) -> None:
+    job_id, attempt = job
+    util = sample.utilisation_pct or 0.0
+    row = rows.get((job_id, attempt, gpu.uuid))
+    if row is None:
+        row = JobGpuEnergy(
+            job_id=job_id,
+            attempt=attempt,
+            gpu=gpu,
+            gpu_uuid=gpu.uuid,
+            start_mj=sample.energy_mj,
+            end_mj=sample.energy_mj,
+            samples=1,
+            utilisation_sum=util,
+            memory_sum=sample.memory_used_mib or 0.0,
+            first_at=now,
+            last_at=now,
+            busy_at=now,
+        )
+        rows[job_id, attempt, gpu.uuid] = row
+        new.append(row)
+        return
+    step, reset, _ = energy_step(row.end_mj, sample.energy_mj, (now - row.last_at).total_seconds())
+    row.measured_mj += step
+    row.resets += int(reset)
+    row.end_mj = sample.energy_mj
+    row.samples += 1
+    row.utilisation_sum += util
+    row.memory_sum += sample.memory_used_mib or 0.0
+    row.last_at = now
+    if util >= rules.idle_utilisation_pct:
+        row.busy_at = now
+    if row.pk:
+        changed.append(row)
+
+
+GPU_SAMPLE_FIELDS = [
+    "health",
+    "health_reason",
+    "health_since",
+    "clean_since",
+    "hot_samples",
+    "last_xid",
+    "sampled_at",
+    "temperature_c",
+    "power_w",
+    "utilisation_pct",
+    "memory_used_mib",
+    "energy_mj",
+    "job_id",
+]
+_PG_TYPES = {
+    "health": "varchar",
+    "health_reason": "varchar",
+    "health_since": "timestamptz",
+    "clean_since": "timestamptz",
+    "hot_samples": "smallint",
+    "last_xid": "integer",
+    "sampled_at": "timestamptz",
+    "temperature_c": "double precision",
+    "power_w": "double precision",
+    "utilisation_pct": "double precision",
+    "memory_used_mib": "double precision",
+    "energy_mj": "bigint",
+    "job_id": "bigint",
+}
+CHUNK = 1000
+
+
+def _save_gpus(rows: list[Gpu]) -> None:
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        Gpu.objects.bulk_update(
+            rows, [f.removesuffix("_id") if f == "job_id" else f for f in GPU_SAMPLE_FIELDS], batch_size=200
+        )
+        return
+    # One UPDATE … FROM (VALUES …) per chunk: Django's bulk_update writes a CASE per column per
+    # row, which costs seconds for a thousand nodes' GPUs.
+    columns = ", ".join(f"{name} = v.{name}::{_PG_TYPES[name]}" for name in GPU_SAMPLE_FIELDS)
+    names = ", ".join(["id", *GPU_SAMPLE_FIELDS])
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start : start + CHUNK]
+            placeholders = ", ".join(
+                ["(" + ", ".join(["%s"] * (len(GPU_SAMPLE_FIELDS) + 1)) + ")"] * len(chunk)
+            )
+            params = []
+            for gpu in chunk:
+                params.append(gpu.pk)
+                params.extend(getattr(gpu, name) for name in GPU_SAMPLE_FIELDS)
+            cursor.execute(
+                f"UPDATE fleet_gpu SET {columns} FROM (VALUES {placeholders}) AS v({names}) "
+                "WHERE fleet_gpu.id = v.id::bigint",
+                params,
+            )
+
+
+def _save_rollups(rollups: list[tuple]) -> None:
+    if not rollups:
+        return
+    with connection.cursor() as cursor:
+        for start in range(0, len(rollups), CHUNK):
+            chunk = rollups[start : start + CHUNK]
+            placeholders = ", ".join(["(%s, %s, 1, %s, %s, %s, %s, %s)"] * len(chunk))
+            cursor.execute(
+                "INSERT INTO fleet_gpuminute (gpu_id, minute, samples, temperature_sum, power_sum, "
+                f"utilisation_sum, memory_sum, energy_mj) VALUES {placeholders} "
+                "ON CONFLICT (gpu_id, minute) DO UPDATE SET "
+                "samples = fleet_gpuminute.samples + 1, "
+                "temperature_sum = fleet_gpuminute.temperature_sum + excluded.temperature_sum, "
+                "power_sum = fleet_gpuminute.power_sum + excluded.power_sum, "
+                "utilisation_sum = fleet_gpuminute.utilisation_sum + excluded.utilisation_sum, "
+                "memory_sum = fleet_gpuminute.memory_sum + excluded.memory_sum, "
+                "energy_mj = fleet_gpuminute.energy_mj + excluded.energy_mj",
+                [value for row in chunk for value in row],
+            )
+
+
+def _save_nodes(ok: list[NodeResult], failed: list[NodeResult], now: datetime, rules: Rules) -> None:
+    silent_after = timedelta(seconds=rules.exporter_silent_seconds)
+    changed = []
+    for result in ok:
+        node = result.node
+        node.scraped_at, node.scrape_error, node.scrape_errors = now, "", 0
+        next_health(node, Health.HEALTHY, "", now, rules)
+        changed.append(node)
+    for result in failed:
+        node = result.node
+        node.scrape_error, node.scrape_errors = result.error[:300], node.scrape_errors + 1
+        silent_since = node.scraped_at or node.created_at
+        if now - silent_since >= silent_after:
+            seconds = int((now - silent_since).total_seconds())
+            next_health(
+                node, Health.FAILED, f"GPU exporter silent for {seconds} s: {result.error}", now, rules
+            )
+        elif node.health == Health.HEALTHY:
+            next_health(node, Health.WARNING, f"GPU exporter: {result.error}", now, rules)
+        changed.append(node)
+    Node.objects.bulk_update(
+        changed,
+        [
+            "scraped_at",
+            "scrape_error",
+            "scrape_errors",
+            "health",
+            "health_reason",
+            "health_since",
+            "clean_since",
+        ],
+        batch_size=500,
+    )
