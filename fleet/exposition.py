@@ -58,37 +58,40 @@ class Exposition:
     series: int
 
 
-def wanted_lines(text: str) -> str:
+def wanted_lines(text: str) -> tuple[str, int]:
     """Only the families read here, with their HELP/TYPE lines: the parser's time grows with the
     lines it reads, and the default counter set is two thirds series nobody here reads. A line is
     kept or dropped whole, by its metric name; the parser still reads every kept line."""
     kept = []
+    series = 0
     for line in text.splitlines():
         if line.startswith("#"):
             parts = line.split(None, 3)
             name = parts[2] if len(parts) > 2 else ""
+        elif line.strip():
+            series += 1
+            name = line.split("{", 1)[0].split(None, 1)[0]
         else:
-            name = line.split("{", 1)[0].split(None, 1)[0] if line.strip() else ""
+            continue
         if name in WANTED:
             kept.append(line)
-    return "\n".join(kept) + "\n"
+    return "\n".join(kept) + "\n", series
 
 
 def parse(text: str) -> Exposition:
     """The GPUs in one exporter's answer. A malformed answer raises ExpositionError; bad values
     (NaN, negative, a series without UUID) are left out and named in `problems`."""
+    wanted, series = wanted_lines(text)
     try:
-        families = list(text_string_to_metric_families(wanted_lines(text)))
+        families = list(text_string_to_metric_families(wanted))
     except (ValueError, IndexError, TypeError) as exc:
         raise ExpositionError(f"unreadable exposition: {exc}") from None
     gpus: dict[str, GpuSample] = {}
     problems: list[str] = []
-    series = 0
     missing_uuid = bad_values = 0
     xids: dict[str, set[int]] = {}
     jobs: dict[str, set[str]] = {}
     for family in families:
-        series += len(family.samples)
         if family.name not in WANTED:
             continue
         for sample in family.samples:

@@ -19,7 +19,7 @@ Faults, for tests and demos (`POST /faults` with JSON `{"node": ..., "gpu": 3, "
 - `row_remap_failure`, `ecc_dbe`: a failed row remap, an uncorrectable ECC error;
 - `counter_reset`: its energy counter starts again from 0 (a driver reload);
 - node faults: `stop` (the connection is closed unanswered), `hang` (no answer for 60 s),
-  `error` (HTTP 500), `malformed` (broken exposition text), `no_uuid` (series without `UUID`),
+  `error` (HTTP 500), `malformed` (a line cut off inside its label set), `no_uuid` (series without `UUID`),
   `nan` (NaN and negative values), `old_labels` (`Hostname` instead of `hostname`), `mig` (each
   GPU printed once per MIG instance with the same device-level counters).
 """
@@ -269,7 +269,9 @@ def render_node(node: SimNode) -> str:
                 lines.append(f"{name}{labels} {_number(value)}")
     text = "\n".join(lines) + "\n"
     if "malformed" in node.faults:
-        text = text.replace('"} ', '" ', 7)  # a label set left open: the whole answer is unreadable
+        # Cut off inside a label set, as a crashed exporter or a broken proxy leaves it.
+        cut = text.index("DCGM_FI_DEV_POWER_USAGE{") + 40
+        text = text[:cut] + "\n" + text[cut:].split("\n", 1)[1]
     return text
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from .base import (
+    DRAIN_REASON_PREFIX,
     Adapter,
     BackendError,
     BackendState,
@@ -41,6 +42,7 @@ def adapter_for(cluster) -> Adapter:
 
 __all__ = [
     "ADAPTERS",
+    "DRAIN_REASON_PREFIX",
     "Adapter",
     "BackendError",
     "BackendState",

@@ -478,8 +478,13 @@ class KubernetesAdapter(Adapter):
     def drain(self, target: DrainTarget, reason: str) -> None:
         """Cordon the node (spec.unschedulable, as `kubectl cordon` does), with the portal's reason
         in an annotation. Running pods stay; nothing new is scheduled there."""
+        name = self._node_name(target.node)
+        node = self._request("read nodes", self.core.read_node, name)
+        annotations = (node.metadata.annotations if node.metadata else None) or {}
+        if node.spec and node.spec.unschedulable and DRAIN_ANNOTATION not in annotations:
+            return  # cordoned by an operator already: left to them
         body = {"spec": {"unschedulable": True}, "metadata": {"annotations": {DRAIN_ANNOTATION: reason}}}
-        self._request("cordon nodes", self.core.patch_node, self._node_name(target.node), body)
+        self._request("cordon nodes", self.core.patch_node, name, body)
 
     def resume(self, target: DrainTarget) -> bool:
         """Uncordon the node if the portal cordoned it; an operator's cordon is left alone."""

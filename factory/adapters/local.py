@@ -157,8 +157,10 @@ class LocalAdapter(Adapter):
     def drain(self, target: DrainTarget, reason: str) -> None:
         self._refuse_unless_allowed()
         table = self.slot_table(target.gpu_type)
+        drained = table.drained()
         for slot in target.gpus:
-            table.set_drained(slot, reason)
+            if slot not in drained:  # someone else's reason stays, as the drain it names does
+                table.set_drained(slot, reason)
 
     def resume(self, target: DrainTarget) -> bool:
         self._refuse_unless_allowed()

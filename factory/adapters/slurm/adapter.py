@@ -358,6 +358,11 @@ class SlurmAdapter(Adapter):
         """`scontrol update NodeName=<node> State=DRAIN Reason="factory: …"` (as LBNL NHC does with
         its "NHC:" prefix): running jobs finish, nothing new starts there."""
         node = self._node_name(target.node)
+        info = node_info(self.cli.run(["scontrol", "show", "node", node, "--oneliner"]))
+        if "DRAIN" in info.get("State", "").upper() and not info.get("Reason", "").startswith(
+            DRAIN_REASON_PREFIX
+        ):
+            return  # drained by an operator already: their reason stays
         self.cli.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"])
 
     def resume(self, target: DrainTarget) -> bool:
