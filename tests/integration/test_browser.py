@@ -86,3 +86,35 @@ def test_job_list_badges_update_live(
     gate.touch()
     expect(row).to_contain_text("Succeeded", timeout=20_000)
     assert page.evaluate("window.__same_document") is True
+
+
+def test_platform_admin_sees_a_failed_gpu_turn_red_without_reload(
+    page: Page, asgi_server, platform_admin, cluster
+):
+    """The GPUs are the exporter simulator's (no GPU exists here), scraped over HTTP."""
+    import threading
+
+    from fleet.inventory import local_simulated_nodes
+    from fleet.scrape import scrape_cluster
+    from fleet.simulator import Simulator, gpu_uuid, serve
+
+    server = serve(Simulator([]), "127.0.0.1", 0)
+    simulator = Simulator(local_simulated_nodes(f"http://127.0.0.1:{server.server_address[1]}"))
+    server.RequestHandlerClass.simulator = simulator
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        scrape_cluster(cluster)
+        log_in(page, asgi_server, "platform", "pw-platform")
+        page.goto(f"{asgi_server}/clusters/local/fleet/")
+        row = page.locator(f"#gpu-{gpu_uuid('local-h100', 3)}")
+        expect(row).to_have_attribute("data-health", "healthy")
+        page.evaluate("window.__same_document = true")
+        simulator.inject("local-h100", "xid79", 3)
+        scrape_cluster(cluster)
+        expect(row).to_have_attribute("data-health", "failed", timeout=10_000)
+        expect(row).to_contain_text("XID 79 (GPU has fallen off the bus) on GPU 3")
+        expect(row.locator(".badge")).to_have_css("color", "rgb(198, 40, 40)")
+        assert page.evaluate("window.__same_document") is True
+    finally:
+        server.shutdown()
+        server.server_close()
