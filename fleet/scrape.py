@@ -281,22 +281,10 @@ def ingest(cluster: Cluster, results: list[NodeResult], now: datetime, report: C
         _save_gpus(gpu_rows)
         _save_rollups(rollups)
         JobGpuEnergy.objects.bulk_create(energy_new, ignore_conflicts=True)
-        JobGpuEnergy.objects.bulk_update(
-            energy_changed,
-            [
-                "end_mj",
-                "measured_mj",
-                "resets",
-                "samples",
-                "utilisation_sum",
-                "memory_sum",
-                "last_at",
-                "busy_at",
-            ],
-            batch_size=500,
-        )
+        update_rows(JobGpuEnergy, energy_changed, ENERGY_FIELDS)
         _save_nodes(ok_nodes, failed, now, rules)
-        Gpu.objects.filter(cluster=cluster, job__isnull=False).exclude(uuid__in=seen).update(job=None)
+        # A GPU no sample was read for this cycle runs no job the portal can tell.
+        Gpu.objects.filter(cluster=cluster, job__isnull=False).exclude(sampled_at=now).update(job=None)
 
 
 def _add_new_gpus(cluster: Cluster, results: list[NodeResult], gpus: dict[str, Gpu]) -> None:
@@ -415,72 +403,84 @@ GPU_SAMPLE_FIELDS = [
     "utilisation_pct",
     "memory_used_mib",
     "energy_mj",
-    "job_id",
+    "job",
 ]
-_PG_TYPES = {
-    "health": "varchar",
-    "health_reason": "varchar",
-    "health_since": "timestamptz",
-    "clean_since": "timestamptz",
-    "hot_samples": "smallint",
-    "last_xid": "integer",
-    "sampled_at": "timestamptz",
-    "temperature_c": "double precision",
-    "power_w": "double precision",
-    "utilisation_pct": "double precision",
-    "memory_used_mib": "double precision",
-    "energy_mj": "bigint",
-    "job_id": "bigint",
-}
+ENERGY_FIELDS = [
+    "end_mj",
+    "measured_mj",
+    "resets",
+    "samples",
+    "utilisation_sum",
+    "memory_sum",
+    "last_at",
+    "busy_at",
+]
+NODE_FIELDS = [
+    "scraped_at",
+    "scrape_error",
+    "scrape_errors",
+    "health",
+    "health_reason",
+    "health_since",
+    "clean_since",
+]
 CHUNK = 1000
 
 
 def _save_gpus(rows: list[Gpu]) -> None:
+    update_rows(Gpu, rows, GPU_SAMPLE_FIELDS)
+
+
+def update_rows(model, rows: list, fields: list[str]) -> None:
+    """Write `fields` of many rows. On PostgreSQL, one UPDATE … FROM unnest(<one array per
+    column>): Django's bulk_update writes a CASE per column per row, and a VALUES list of
+    thousands of placeholders costs more to build than to run."""
     if not rows:
         return
     if connection.vendor != "postgresql":
-        Gpu.objects.bulk_update(
-            rows, [f.removesuffix("_id") if f == "job_id" else f for f in GPU_SAMPLE_FIELDS], batch_size=200
-        )
+        model.objects.bulk_update(rows, fields, batch_size=200)
         return
-    # One UPDATE … FROM (VALUES …) per chunk: Django's bulk_update writes a CASE per column per
-    # row, which costs seconds for a thousand nodes' GPUs.
-    columns = ", ".join(f"{name} = v.{name}::{_PG_TYPES[name]}" for name in GPU_SAMPLE_FIELDS)
-    names = ", ".join(["id", *GPU_SAMPLE_FIELDS])
+    columns = [model._meta.get_field(name) for name in fields]
+    table = model._meta.db_table
+    arrays = ", ".join(["%s::bigint[]", *(f"%s::{c.db_type(connection)}[]" for c in columns)])
+    names = ", ".join(["id", *(c.column for c in columns)])
+    sets = ", ".join(f"{c.column} = v.{c.column}" for c in columns)
+    params = [[row.pk for row in rows]]
+    params += [[c.get_db_prep_save(getattr(row, c.attname), connection) for row in rows] for c in columns]
     with connection.cursor() as cursor:
-        for start in range(0, len(rows), CHUNK):
-            chunk = rows[start : start + CHUNK]
-            placeholders = ", ".join(
-                ["(" + ", ".join(["%s"] * (len(GPU_SAMPLE_FIELDS) + 1)) + ")"] * len(chunk)
-            )
-            params = []
-            for gpu in chunk:
-                params.append(gpu.pk)
-                params.extend(getattr(gpu, name) for name in GPU_SAMPLE_FIELDS)
-            cursor.execute(
-                f"UPDATE fleet_gpu SET {columns} FROM (VALUES {placeholders}) AS v({names}) "
-                "WHERE fleet_gpu.id = v.id::bigint",
-                params,
-            )
+        cursor.execute(
+            f"UPDATE {table} SET {sets} FROM unnest({arrays}) AS v({names}) WHERE {table}.id = v.id", params
+        )
 
 
 def _save_rollups(rollups: list[tuple]) -> None:
     if not rollups:
         return
+    upsert = (
+        "ON CONFLICT (gpu_id, minute) DO UPDATE SET "
+        "samples = fleet_gpuminute.samples + 1, "
+        "temperature_sum = fleet_gpuminute.temperature_sum + excluded.temperature_sum, "
+        "power_sum = fleet_gpuminute.power_sum + excluded.power_sum, "
+        "utilisation_sum = fleet_gpuminute.utilisation_sum + excluded.utilisation_sum, "
+        "memory_sum = fleet_gpuminute.memory_sum + excluded.memory_sum, "
+        "energy_mj = fleet_gpuminute.energy_mj + excluded.energy_mj"
+    )
+    columns = "gpu_id, minute, samples, temperature_sum, power_sum, utilisation_sum, memory_sum, energy_mj"
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            gpu, minute, temp, power, util, mem, energy = (list(c) for c in zip(*rollups, strict=True))
+            cursor.execute(
+                f"INSERT INTO fleet_gpuminute ({columns}) SELECT g, m, 1, t, p, u, mem, e FROM unnest("
+                "%s::bigint[], %s::timestamptz[], %s::float8[], %s::float8[], %s::float8[], %s::float8[], "
+                f"%s::bigint[]) AS v(g, m, t, p, u, mem, e) {upsert}",
+                [gpu, minute, temp, power, util, mem, energy],
+            )
+            return
         for start in range(0, len(rollups), CHUNK):
             chunk = rollups[start : start + CHUNK]
             placeholders = ", ".join(["(%s, %s, 1, %s, %s, %s, %s, %s)"] * len(chunk))
             cursor.execute(
-                "INSERT INTO fleet_gpuminute (gpu_id, minute, samples, temperature_sum, power_sum, "
-                f"utilisation_sum, memory_sum, energy_mj) VALUES {placeholders} "
-                "ON CONFLICT (gpu_id, minute) DO UPDATE SET "
-                "samples = fleet_gpuminute.samples + 1, "
-                "temperature_sum = fleet_gpuminute.temperature_sum + excluded.temperature_sum, "
-                "power_sum = fleet_gpuminute.power_sum + excluded.power_sum, "
-                "utilisation_sum = fleet_gpuminute.utilisation_sum + excluded.utilisation_sum, "
-                "memory_sum = fleet_gpuminute.memory_sum + excluded.memory_sum, "
-                "energy_mj = fleet_gpuminute.energy_mj + excluded.energy_mj",
+                f"INSERT INTO fleet_gpuminute ({columns}) VALUES {placeholders} {upsert}",
                 [value for row in chunk for value in row],
             )
 
@@ -505,16 +505,4 @@ def _save_nodes(ok: list[NodeResult], failed: list[NodeResult], now: datetime, r
         elif node.health == Health.HEALTHY:
             next_health(node, Health.WARNING, f"GPU exporter: {result.error}", now, rules)
         changed.append(node)
-    Node.objects.bulk_update(
-        changed,
-        [
-            "scraped_at",
-            "scrape_error",
-            "scrape_errors",
-            "health",
-            "health_reason",
-            "health_since",
-            "clean_since",
-        ],
-        batch_size=500,
-    )
+    update_rows(Node, changed, NODE_FIELDS)

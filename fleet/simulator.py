@@ -139,24 +139,47 @@ class SimNode:
 
 
 class Simulator:
-    def __init__(self, nodes: list[SimNode], *, seed: int = 0) -> None:
+    """`collect_seconds`: like dcgm-exporter (DCGM_EXPORTER_INTERVAL, 30 s by default), a node's
+    answer is collected at most this often and served as collected in between."""
+
+    def __init__(self, nodes: list[SimNode], *, seed: int = 0, collect_seconds: float = 0.0) -> None:
         self.nodes = {node.name: node for node in nodes}
         self.first = nodes[0].name if nodes else ""
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.clock = time.monotonic()
+        self.collect_seconds = collect_seconds
+        self.collected: dict[str, tuple[float, str]] = {}
+        self.clocks: dict[str, float] = {}
 
     @classmethod
-    def uniform(cls, count: int, gpus: int, gpu_type: str = "h100", prefix: str = "gpu-node") -> Simulator:
+    def uniform(
+        cls,
+        count: int,
+        gpus: int,
+        gpu_type: str = "h100",
+        prefix: str = "gpu-node",
+        *,
+        gpus_per_job: int = 0,
+        **kw,
+    ) -> Simulator:
+        """`count` nodes of `gpus` GPUs; with `gpus_per_job`, every GPU runs a Slurm job (the
+        `hpc_job` label), jobs numbered from 1 in node order."""
         width = len(str(count))
         names = [f"{prefix}-{i:0{width}d}" for i in range(1, count + 1)]
-        return cls([SimNode(n, [SimGpu(i, gpu_uuid(n, i), gpu_type) for i in range(gpus)]) for n in names])
+        nodes = [SimNode(n, [SimGpu(i, gpu_uuid(n, i), gpu_type) for i in range(gpus)]) for n in names]
+        if gpus_per_job:
+            for number, node in enumerate(nodes):
+                node.hpc_jobs = {i: str(1 + (number * gpus + i) // gpus_per_job) for i in range(gpus)}
+        return cls(nodes, **kw)
 
-    def advance(self) -> None:
+    def advance(self, name: str | None = None) -> None:
+        """Run the simulated GPUs (one node, or all) up to now."""
         now = time.monotonic()
         with self.lock:
-            seconds, self.clock = now - self.clock, now
-            for node in self.nodes.values():
+            for node in [self.nodes[name]] if name else self.nodes.values():
+                seconds = now - self.clocks.get(node.name, self.clock)
+                self.clocks[node.name] = now
                 busy = node.busy_slots()
                 for gpu in node.gpus:
                     gpu.advance(gpu.index in busy, seconds, self.rng)
@@ -191,8 +214,18 @@ class Simulator:
                     gpu.temperature = min(gpu.temperature, 40.0)
 
     def render(self, node_name: str) -> str:
-        with self.lock:
-            return render_node(self.nodes[node_name])
+        now = time.monotonic()
+        at, text = self.collected.get(node_name, (0.0, ""))
+        if not text or now - at >= self.collect_seconds or self.nodes[node_name].faults:
+            self.advance(node_name)
+            with self.lock:
+                text = render_node(self.nodes[node_name])
+            self.collected[node_name] = (now, text)
+        return text
+
+    def collect_all(self) -> None:
+        for name in self.nodes:
+            self.render(name)
 
 
 def _labels(node: SimNode, gpu: SimGpu, instance: int | None) -> str:
@@ -313,7 +346,6 @@ class Handler(BaseHTTPRequestHandler):
         if "error" in faults:
             self._send(500, "error collecting metrics\n")
             return
-        self.simulator.advance()
         self._send(200, self.simulator.render(name), "text/plain; version=0.0.4; charset=utf-8")
 
     def do_POST(self) -> None:
@@ -363,12 +395,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--node", action="append", default=[], help="NAME:TYPE:COUNT[:SLOTS_FILE]")
     parser.add_argument("--nodes", type=int, default=0, help="this many uniform nodes instead")
     parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--gpus-per-job", type=int, default=0, help="label every GPU with a Slurm job")
+    parser.add_argument("--collect-seconds", type=float, default=0.0, help="as DCGM_EXPORTER_INTERVAL")
     args = parser.parse_args(argv)
-    simulator = (
-        Simulator.uniform(args.nodes, args.gpus)
-        if args.nodes
-        else Simulator([parse_node(n) for n in args.node])
-    )
+    if args.nodes:
+        simulator = Simulator.uniform(
+            args.nodes, args.gpus, gpus_per_job=args.gpus_per_job, collect_seconds=args.collect_seconds
+        )
+    else:
+        simulator = Simulator([parse_node(n) for n in args.node], collect_seconds=args.collect_seconds)
+    if args.collect_seconds:
+        simulator.collect_all()
     server = serve(simulator, args.host, args.port)
     print(
         f"GPU exporter simulator: {len(simulator.nodes)} node(s) on http://{args.host}:{args.port}",

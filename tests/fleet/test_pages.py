@@ -43,8 +43,8 @@ def test_the_cluster_page_pages_a_thousand_nodes_and_filters_the_unhealthy(
     Gpu.objects.filter(uuid="GPU-n0777-3").update(health=Health.FAILED, health_reason="XID 79 on GPU 3")
     client.force_login(platform_admin)
     page = client.get("/clusters/local/fleet/").content.decode()
-    assert "Page 1 of 20 (1000 nodes)" in page and page.count('class="gpu-row') == 400
-    assert 'id="node-n0777"' not in page and 'id="node-n0049"' in page
+    assert "Page 1 of 40 (1000 nodes)" in page and page.count('class="gpu-row') == 200
+    assert 'id="node-n0777"' not in page and 'id="node-n0024"' in page
     unhealthy = client.get("/clusters/local/fleet/?health=not_healthy").content.decode()
     assert "(1 node)" in unhealthy and "XID 79 on GPU 3" in unhealthy and 'id="node-n0001"' not in unhealthy
     assert "8000: " in unhealthy and "1 failed" in unhealthy
