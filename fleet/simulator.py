@@ -128,10 +128,11 @@ class SimNode:
     slots_file: Path | None = None
     faults: set[str] = field(default_factory=set)
     hpc_jobs: dict[int, str] = field(default_factory=dict)  # GPU index → Slurm job id (hpc_job label)
+    pods: dict[int, tuple[str, str]] = field(default_factory=dict)  # GPU index → (namespace, pod)
 
     def busy_slots(self) -> set[int]:
         if self.slots_file is None:
-            return set(self.hpc_jobs)
+            return set(self.hpc_jobs) | set(self.pods)
         try:
             return {int(slot) for slot in json.loads(self.slots_file.read_text())}
         except (OSError, ValueError):
@@ -244,6 +245,9 @@ def _labels(node: SimNode, gpu: SimGpu, instance: int | None) -> str:
     parts.append(f'DCGM_FI_DRIVER_VERSION="{DRIVER_VERSION}"')
     if gpu.index in node.hpc_jobs:
         parts.append(f'hpc_job="{node.hpc_jobs[gpu.index]}"')
+    if gpu.index in node.pods:  # as with --kubernetes, from the kubelet's pod-resources socket
+        namespace, pod = node.pods[gpu.index]
+        parts += [f'pod="{pod}"', f'namespace="{namespace}"', 'container="job"']
     return "{" + ",".join(parts) + "}"
 
 
