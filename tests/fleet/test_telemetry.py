@@ -256,3 +256,19 @@ def test_rollups_older_than_the_retention_are_pruned(simulator, cluster, setting
     assert GpuMinute.objects.filter(minute__lt=timezone.now() - timedelta(days=14)).exists()
     assert prune() == 8
     assert not GpuMinute.objects.filter(minute__lt=timezone.now() - timedelta(days=14)).exists()
+
+
+def test_a_running_job_on_a_gpu_that_fails_goes_back_to_pending_once_its_time_not_billed(
+    simulator, cluster, make_job, job_scratch, django_capture_on_commit_callbacks
+):
+    gate = job_scratch / "gate"
+    job = run_job(make_job, cluster, command=f"while [ ! -e {gate} ]; do sleep 0.1; done")
+    cycle(cluster)
+    slot = Gpu.objects.get(job=job).index
+    inject(simulator, "local-h100", "xid48", slot)
+    with django_capture_on_commit_callbacks(execute=True):
+        cycle(cluster)
+    job.refresh_from_db()
+    assert (job.state, job.attempt, job.fault_requeues) == (JobState.PENDING, 1, 1)
+    assert "the hardware it ran on failed (XID 48 (double-bit ECC error) on GPU" in job.reason
+    gate.touch()
