@@ -11,7 +11,7 @@ from factory.celery import app
 from factory.models import Cluster
 from tests.integration.conftest import PROJECT_DIR
 
-PROJECT_APPS = ("factory.", "jobs.", "quotas.", "billing.")
+PROJECT_APPS = ("factory.", "jobs.", "quotas.", "billing.", "fleet.")
 
 
 def project_tasks() -> dict:
@@ -68,7 +68,13 @@ def test_other_tasks_go_to_their_purposes_queue():
     for name in ("jobs.tasks.notify_job_event", "jobs.tasks.deliver_notification"):
         assert queue_of(name, (1,)) == "notifications"
     assert queue_of("jobs.tasks.sweep_notifications") == "notifications"
-    for name in ("jobs.tasks.sweep", "factory.tasks.check_cluster_health", "quotas.tasks.mirror_limits"):
+    for name in (
+        "jobs.tasks.sweep",
+        "factory.tasks.check_cluster_health",
+        "quotas.tasks.mirror_limits",
+        "fleet.tasks.scrape_due",
+        "fleet.tasks.prune",
+    ):
         assert queue_of(name) == "default"
     # A cluster gone before its task was published: the default queue, where it ends quietly.
     assert queue_of("jobs.tasks.sync_cluster_task", (987654,)) == "default"
