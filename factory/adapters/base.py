@@ -268,9 +268,15 @@ def slice_log(log: bytes, offset: int, *, finished: bool) -> LogChunk:
 
 @dataclasses.dataclass(frozen=True)
 class PoolHealth:
-    gpu_type: str
+    gpu_type: str  # the key of the pool it describes (Adapter.health_key)
     capacity: int
     in_use: int
+    # Its node shape: how many nodes have these GPUs, and the largest one's GPUs, CPUs and
+    # memory (None: the backend does not say).
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    cpus_per_node: int | None = None
+    memory_mb_per_node: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +311,10 @@ class Adapter:
             self._pools = {pool.gpu_type_id: pool for pool in self.cluster.pools.all()}
         return self._pools.get(job.gpu_type.pk)
 
+    def health_key(self, pool) -> str:
+        """Which of health()'s pools describes this pool (PoolHealth.gpu_type)."""
+        return pool.gpu_type.slug
+
     def submit(self, job) -> str:
         """Start the job and return its external id. Must find, not duplicate, a job already
         submitted under the same uid (a retried dispatch)."""
@@ -322,15 +332,16 @@ class Adapter:
     def cancel(self, job) -> None:
         raise NotImplementedError
 
-    def logs(self, job, offset: int = 0) -> LogChunk:
+    def logs(self, job, offset: int = 0, rank: int = 0) -> LogChunk:
+        """The job's log from a byte offset; of a gang, the log of node `rank` (0 by default)."""
         raise NotImplementedError
 
-    def full_log(self, job) -> Iterator[str]:
+    def full_log(self, job, rank: int = 0) -> Iterator[str]:
         """The whole log, piece by piece, for a download. Backends that read a log from a byte
         offset cheaply go chunk by chunk; those that can only fetch all of it override this to
         fetch it once (not once per chunk)."""
         offset = 0
-        while (chunk := self.logs(job, offset)).text:
+        while (chunk := self.logs(job, offset, rank)).text:
             yield chunk.text
             offset = chunk.next_offset
 
@@ -342,6 +353,8 @@ class Adapter:
         """The container images this cluster runs jobs in; by default it runs no containers."""
         return ImageRule(self.cluster.slug)
 
+    # Whether the backend starts a job on several nodes at once (job.nodes > 1, a gang).
+    runs_gangs: ClassVar[bool] = False
     # Whether the backend can hold tenants to GPU limits of its own (apply_tenant_limits).
     keeps_tenant_limits: ClassVar[bool] = False
     # Whether submit() delivers the job's secrets (job_secrets) to it; a job with secrets is never

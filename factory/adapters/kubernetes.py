@@ -48,6 +48,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.utils import parse_quantity
 
 from .base import (
     LOG_CHUNK_BYTES,
@@ -267,6 +268,7 @@ class KubernetesConnection(Connection):
 
 
 class KubernetesAdapter(Adapter):
+    runs_gangs = True
     kind = "kubernetes"
     connection_class = KubernetesConnection
     keeps_tenant_limits = True
@@ -407,13 +409,13 @@ class KubernetesAdapter(Adapter):
                 expect={404},
             )
 
-    def logs(self, job, offset: int = 0) -> LogChunk:
+    def logs(self, job, offset: int = 0, rank: int = 0) -> LogChunk:
         offset = max(offset, 0)
         finished = bool(getattr(job, "is_terminal", False))
         data = self._log_bytes(job, limit=offset + LOG_CHUNK_BYTES)
         return log_chunk(data[offset:], offset, finished=finished)
 
-    def full_log(self, job) -> Iterator[str]:
+    def full_log(self, job, rank: int = 0) -> Iterator[str]:
         # The API serves a log from its start only: read once, not once per chunk.
         yield self._log_bytes(job).decode("utf-8", "replace")
 
@@ -457,6 +459,7 @@ class KubernetesAdapter(Adapter):
                 gpu_type=pool.gpu_type.slug,
                 capacity=sum(_allocatable_gpus(n) for n in usable if _matches(n, pool.node_selector)),
                 in_use=in_use.get(pool.gpu_type.slug, 0),
+                **_node_shape([n for n in usable if _matches(n, pool.node_selector)]),
             )
             for pool in self.cluster.pools.select_related("gpu_type")
         )
@@ -1038,6 +1041,30 @@ def _node_usable(node: k8s.V1Node) -> bool:
 def _allocatable_gpus(node: k8s.V1Node) -> int:
     allocatable = (node.status.allocatable if node.status else None) or {}
     return _quantity(allocatable.get(GPU_RESOURCE))
+
+
+def _node_shape(nodes: list[k8s.V1Node]) -> dict[str, int | None]:
+    """A pool's node shape from its nodes' allocatable resources: how many have GPUs, and the
+    largest one's GPUs, CPUs and memory (MB)."""
+    with_gpus = [n for n in nodes if _allocatable_gpus(n)]
+    if not with_gpus:
+        return {}
+
+    def most(resource: str, unit: int) -> int | None:
+        values = []
+        for node in with_gpus:
+            try:
+                values.append(int(parse_quantity((node.status.allocatable or {}).get(resource) or 0) / unit))
+            except ValueError:
+                continue
+        return max(values, default=0) or None
+
+    return {
+        "nodes": len(with_gpus),
+        "gpus_per_node": max(_allocatable_gpus(n) for n in with_gpus),
+        "cpus_per_node": most("cpu", 1),
+        "memory_mb_per_node": most("memory", 1024 * 1024),  # MiB, as Slurm counts MB
+    }
 
 
 def _matches(node: k8s.V1Node, selector: dict[str, str] | None) -> bool:

@@ -210,6 +210,7 @@ class RayDashboard:
 
 
 class RayAdapter(Adapter):
+    runs_gangs = True
     kind = "ray"
     connection_class = RayConnection
     delivers_secrets = True
@@ -280,12 +281,12 @@ class RayAdapter(Adapter):
             return  # it never reached Ray: nothing to stop
         _raise_for_status(reply, "stopping a job")
 
-    def logs(self, job, offset: int = 0) -> LogChunk:
+    def logs(self, job, offset: int = 0, rank: int = 0) -> LogChunk:
         offset = max(offset, 0)
         finished = bool(getattr(job, "is_terminal", False))
         return slice_log(self._log_text(job).encode("utf-8"), offset, finished=finished)
 
-    def full_log(self, job) -> Iterator[str]:
+    def full_log(self, job, rank: int = 0) -> Iterator[str]:
         yield self._log_text(job)  # Ray answers with the whole log: fetched once
 
     def _log_text(self, job) -> str:
@@ -406,6 +407,7 @@ class RayAdapter(Adapter):
         slugs = list(self.cluster.pools.values_list("gpu_type__slug", flat=True))
         untyped = slugs[0] if len(slugs) == 1 else "gpu"
         totals = {gpu_type: [0.0, 0.0] for gpu_type in (mapping or [untyped])}
+        shapes: dict[str, list[int]] = {}  # GPU type: [nodes, GPUs, CPUs, memory MB] (largest node)
         for resources in nodes.values():
             used, total = _used_total(resources, "GPU")
             if not total:
@@ -414,8 +416,18 @@ class RayAdapter(Adapter):
             entry = totals.setdefault(gpu_type, [0.0, 0.0])
             entry[0] += used
             entry[1] += total
+            shape = shapes.setdefault(gpu_type, [0, 0, 0, 0])
+            shape[0] += 1
+            shape[1] = max(shape[1], int(total))
+            shape[2] = max(shape[2], int(_used_total(resources, "CPU")[1]))
+            shape[3] = max(shape[3], int(_used_total(resources, "memory")[1] / 2**20))
         return tuple(
-            PoolHealth(gpu_type=gpu_type, capacity=int(total), in_use=math.ceil(used))
+            PoolHealth(
+                gpu_type=gpu_type,
+                capacity=int(total),
+                in_use=math.ceil(used),
+                **_shape_fields(shapes.get(gpu_type)),
+            )
             for gpu_type, (used, total) in sorted(totals.items())
         )
 
@@ -504,3 +516,15 @@ def _dashboard_name(resource: str) -> str:
 def _used_total(resources: dict, name: str) -> tuple[float, float]:
     value = resources.get(name) or [0, 0]
     return float(value[0]), float(value[1])
+
+
+def _shape_fields(shape: list[int] | None) -> dict[str, int | None]:
+    if not shape:
+        return {}
+    nodes, gpus, cpus, memory = shape
+    return {
+        "nodes": nodes,
+        "gpus_per_node": gpus,
+        "cpus_per_node": cpus or None,
+        "memory_mb_per_node": memory or None,
+    }

@@ -62,7 +62,7 @@ class JobViewSet(
         spec = dict(serializer.validated_data)
         tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=spec.pop("tenant"))
         try:
-            submission.check_owner_identity(request.user, tenant, spec["gpu_type"], spec["gpu_count"])
+            submission.check_for_tenant(request.user, tenant, spec)
             dependencies.check(tenant, spec["after_ok"], spec["after_any"])
         except DjangoValidationError as exc:
             raise ValidationError(exc.message_dict) from None

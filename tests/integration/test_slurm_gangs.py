@@ -10,9 +10,14 @@ from factory.tasks import refresh_health
 from jobs.models import Job
 from tests.jobs.test_api import URL, body, client_for
 
-from .test_slurm import as_the_portal_account, shared_dir, slurm_cluster  # noqa: F401 (fixtures)
+from . import test_slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.django_db]
+
+# The Slurm fixtures of test_slurm.py, used here as they are there.
+as_the_portal_account = test_slurm.as_the_portal_account
+shared_dir = test_slurm.shared_dir
+slurm_cluster = test_slurm.slurm_cluster
 
 
 def test_a_job_asking_more_memory_than_any_node_has_is_refused_at_submission(slurm_cluster, owner, h100):

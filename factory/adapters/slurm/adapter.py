@@ -55,6 +55,7 @@ from ..base import (
 )
 from .accounts import SlurmAccounts
 from .cli import (
+    NODE_FIELDS,
     SAFE_TOKEN,
     SlurmCLI,
     epoch,
@@ -144,6 +145,7 @@ PENDING_REASONS = {
 
 
 class SlurmAdapter(Adapter):
+    runs_gangs = True
     kind = "slurm"
     connection_class = SlurmConnection
     keeps_tenant_limits = True
@@ -326,7 +328,7 @@ class SlurmAdapter(Adapter):
             if "invalid job id" not in str(exc).lower():
                 raise  # a job Slurm no longer knows cannot be cancelled: nothing to do
 
-    def logs(self, job, offset: int = 0) -> LogChunk:
+    def logs(self, job, offset: int = 0, rank: int = 0) -> LogChunk:
         finished = bool(getattr(job, "is_terminal", False))
         return read_log_file(self.job_dir(job) / "output.log", offset, finished=finished)
 
@@ -335,15 +337,17 @@ class SlurmAdapter(Adapter):
             ping = self.cli.run(["scontrol", "ping"], check=False)
             if "UP" not in ping:
                 return Health(ok=False, message=f"slurmctld is not answering: {ping.strip()}")
-            nodes = self.cli.run(
-                ["sinfo", "-h", "-N", "-O", "NodeList:|,Partition:|,Gres:|,GresUsed:|,StateLong"]
-            )
+            nodes = self.cli.run(["sinfo", "-h", "-N", "-O", NODE_FIELDS])
         except BackendError as exc:
             return Health(ok=False, message=str(exc))
         pools = gpu_capacity(nodes)
         down = sorted({line.split("|")[0] for line in nodes.splitlines() if node_down(line)})
         message = "controller up" + (f"; nodes down or drained: {', '.join(down)}" if down else "")
         return Health(ok=True, message=message, pools=tuple(pools))
+
+    def health_key(self, pool) -> str:
+        partition = pool.partition or self.connection.default_partition or ""
+        return f"{partition}/{pool.gpu_type.slug}"
 
     def apply_tenant_limits(self, limits: dict[str, dict[str, GpuLimit]]) -> list[str]:
         return self.accounts.apply_limits(limits)
