@@ -416,6 +416,13 @@ class Job(models.Model):
             self.record(EventKind.INFO, f"Dispatch failed, retrying at {retry_at:%H:%M:%S} UTC: {error}")
         return bool(changed)
 
+    def record_nodes(self, nodes) -> None:
+        """Keep the nodes the backend says the job runs on (shown on its page, used for energy)."""
+        node_list = ",".join(nodes)[:2000]
+        if node_list and node_list != self.node_list:
+            Job.objects.filter(pk=self.pk).update(node_list=node_list)
+            self.node_list = node_list
+
     def explain_wait(self, reason: str) -> bool:
         """Record why a pending or queued job waits; an event only when the reason changes."""
         if reason == self.reason or self.is_terminal:
@@ -436,6 +443,7 @@ class Job(models.Model):
 
         if self.is_terminal or not self.is_at_backend:
             return False
+        self.record_nodes(report.nodes)
         if report.state == BackendState.QUEUED:
             if self.state == JobState.RUNNING and report.reason:
                 return self.transition(

@@ -79,6 +79,7 @@ class StatusReport:
     ended_at: datetime | None = None
     exit_code: int | None = None
     platform_fault: bool = False  # the platform, not the job, ended it (node failure): not billed
+    nodes: tuple[str, ...] = ()  # the nodes it runs or ran on, where the backend says
 
 
 @dataclasses.dataclass(frozen=True)

@@ -281,6 +281,30 @@ def _gres_counts(text: str) -> dict[str, int]:
     return counts
 
 
+def expand_hostlist(text: str) -> tuple[str, ...]:
+    """Slurm's compressed node lists, as squeue and sacct print them: "gpu[2-3],cpu1" → ("gpu2",
+    "gpu3", "cpu1"); "None assigned" and "(null)" → ()."""
+    names: list[str] = []
+    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", text or ""):
+        item = item.strip()
+        if not item or " " in item or item == "(null)":
+            continue
+        match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
+        if not match:
+            names.append(item)
+            continue
+        prefix, ranges, suffix = match.groups()
+        for part in ranges.split(","):
+            low, _, high = part.partition("-")
+            if not high:
+                names.append(f"{prefix}{low}{suffix}")
+                continue
+            if not (low.isdigit() and high.isdigit()) or int(high) - int(low) > 10000:
+                continue
+            names += [f"{prefix}{n:0{len(low)}d}{suffix}" for n in range(int(low), int(high) + 1)]
+    return tuple(names)
+
+
 def node_down(line: str) -> bool:
     """Whether a node of that sinfo output is down, drained or failing."""
     state = line.rsplit("|", 1)[-1].strip().lower()
