@@ -129,3 +129,17 @@ def test_a_new_shape_from_the_backend_is_used_at_once(owner, slurm_pool):
     slurm_pool.capacity = 24
     slurm_pool.save()
     assert api.post(URL, gang(nodes=3), format="json").status_code == 202
+
+
+def test_the_job_page_shows_the_nodes_it_ran_on_and_a_log_per_rank(client, owner, slurm_pool):
+    response = client_for(owner).post(URL, gang(), format="json")
+    job = Job.objects.get(pk=response.json()["id"])
+    job.record_nodes(("gpu2", "gpu3"))
+    client.force_login(owner)
+    page = client.get(f"/jobs/{job.pk}/?rank=1").content.decode()
+    assert '<dd id="job-nodes">gpu2, gpu3</dd>' in page
+    assert "Log of rank 1" in page and '<a href="?rank=0">0</a>' in page
+    assert client_for(owner).get(f"{URL}{job.pk}/").json()["ran_on"] == ["gpu2", "gpu3"]
+    api = client_for(owner)
+    assert api.get(f"{URL}{job.pk}/logs/?rank=2").json() == {"rank": ["Give a rank from 0 to 1."]}
+    assert api.get(f"{URL}{job.pk}/logs/?rank=1").status_code == 200
