@@ -11,9 +11,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from factory import sealing
-from factory.adapters import ImageRule, adapter_class
+from factory.adapters import ImageRule
 from factory.adapters.base import normalise_image
-from factory.choices import POSIX_USER_KINDS, ClusterKind
+from factory.choices import GANG_KINDS, POSIX_USER_KINDS, ClusterKind
 from factory.models import GpuType, Identity, Pool, Tenant
 from factory.shapes import NodeShape
 
@@ -35,7 +35,7 @@ class Placeable:
 
     @property
     def gangs(self) -> bool:
-        return adapter_class(self.kind).runs_gangs
+        return self.kind in GANG_KINDS
 
 
 def placeable_pools(gpu_type: GpuType) -> list[Placeable]:

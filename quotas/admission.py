@@ -39,8 +39,8 @@ from django.db import connection, models, transaction
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
-from factory.adapters import ImageRule, adapter_class
-from factory.choices import POSIX_USER_KINDS
+from factory.adapters import ImageRule
+from factory.choices import GANG_KINDS, POSIX_USER_KINDS
 from factory.models import Identity, Pool, Tenant
 from factory.months import month_of
 from factory.shapes import FreeNodes, NodeShape
@@ -174,7 +174,7 @@ class Snapshot:
                     kind=cluster.kind,
                     images=image_rules[cluster.pk],
                     shape=pool.shape(),
-                    gangs=runs_gangs(cluster.kind),
+                    gangs=cluster.kind in GANG_KINDS,
                 )
             )
         # Owners who have a POSIX account, the one their jobs run as where jobs run as their owners.
@@ -663,13 +663,6 @@ def explain_waits(reasons: dict[int, str], batch: int = 5000) -> None:
             Job.objects.filter(pk__in=[i for i, _ in chunk], state=JobState.PENDING).update(
                 reason=Case(*(When(pk=i, then=Value(r)) for i, r in chunk)), updated_at=now
             )
-
-
-def runs_gangs(kind: str) -> bool:
-    try:
-        return adapter_class(kind).runs_gangs
-    except ValueError:
-        return False
 
 
 def _shape(job: PendingJob, gpu: str) -> str:

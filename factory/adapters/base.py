@@ -354,8 +354,6 @@ class Adapter:
         """The container images this cluster runs jobs in; by default it runs no containers."""
         return ImageRule(self.cluster.slug)
 
-    # Whether the backend starts a job on several nodes at once (job.nodes > 1, a gang).
-    runs_gangs: ClassVar[bool] = False
     # Whether the backend can hold tenants to GPU limits of its own (apply_tenant_limits).
     keeps_tenant_limits: ClassVar[bool] = False
     # Whether submit() delivers the job's secrets (job_secrets) to it; a job with secrets is never

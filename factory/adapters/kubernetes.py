@@ -271,7 +271,6 @@ class KubernetesConnection(Connection):
 
 
 class KubernetesAdapter(Adapter):
-    runs_gangs = True
     kind = "kubernetes"
     connection_class = KubernetesConnection
     keeps_tenant_limits = True

@@ -210,7 +210,6 @@ class RayDashboard:
 
 
 class RayAdapter(Adapter):
-    runs_gangs = True
     kind = "ray"
     connection_class = RayConnection
     delivers_secrets = True

@@ -146,7 +146,6 @@ PENDING_REASONS = {
 
 
 class SlurmAdapter(Adapter):
-    runs_gangs = True
     kind = "slurm"
     connection_class = SlurmConnection
     keeps_tenant_limits = True
