@@ -318,11 +318,12 @@ class RayAdapter(Adapter):
     # --- building the submission ----------------------------------------------------------------
 
     def submission(self, job) -> dict[str, Any]:
-        env = job_env(job)
+        env = {**job_env(job), **gang_env(job)}
         body: dict[str, Any] = {
             "submission_id": self.submission_id(job),
             "entrypoint": entrypoint(job.command, env),
-            "entrypoint_num_gpus": int(job.gpu_count),
+            # A gang's driver holds no GPU: its code asks Ray for its workers' (see gang_env).
+            "entrypoint_num_gpus": 0 if getattr(job, "nodes", 1) > 1 else int(job.gpu_count),
             "entrypoint_num_cpus": int(job.cpus),
             "entrypoint_memory": int(job.memory_gb) * GIB,
             # Secrets only in the runtime env, never in the entrypoint (Ray shows and logs it).
@@ -429,6 +430,22 @@ class RayAdapter(Adapter):
             )
             for gpu_type, (used, total) in sorted(totals.items())
         )
+
+
+def gang_env(job) -> dict[str, str]:
+    """What a job on several nodes is told of its shape. On Ray the portal starts the job's driver
+    only; its own code (Ray Train's ScalingConfig(num_workers=WORLD_SIZE, use_gpu=True,
+    resources_per_worker={"GPU": FACTORY_GPUS_PER_NODE}, placement_strategy="STRICT_SPREAD"), or
+    a placement group of its own) asks Ray for the workers' GPUs, which Ray gives all at once."""
+    nodes = int(getattr(job, "nodes", 1) or 1)
+    if nodes == 1:
+        return {}
+    return {
+        "WORLD_SIZE": str(nodes),
+        "FACTORY_NODES": str(nodes),
+        "FACTORY_GPUS_PER_NODE": str(int(job.gpus_per_node)),
+        "FACTORY_CPUS_PER_NODE": str(int(job.cpus)),
+    }
 
 
 def entrypoint(command: str, env: dict[str, str]) -> str:
