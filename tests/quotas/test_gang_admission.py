@@ -114,3 +114,21 @@ def test_a_gang_never_goes_to_a_backend_that_runs_one_node_jobs_only(make_job, c
     Cluster.objects.filter(pk=slurm.pk).update(draining=True)
     admit_pending()
     assert state(job) == (JobState.PENDING, "no cluster accepting jobs has 2 nodes × 2 h100 nodes")
+
+
+def test_the_estimate_says_whether_a_gang_is_placed_now(make_job, tenant, owner, h100, gang_pool, quota):
+    from datetime import date
+
+    from billing.models import RateCard
+    from quotas.estimate import estimate
+
+    RateCard.objects.create(
+        gpu_type=h100, currency="EUR", price_per_gpu_hour=Decimal("2.50"), effective_from=date(2026, 1, 1)
+    )
+    spec = {"gpu_type": h100, "gpu_count": 12, "nodes": 2, "gpus_per_node": 6, "time_limit_minutes": 60}
+    make_job(name="small", gpu_count=4, memory_gb=8)
+    admit_pending()  # 4 of one node's 8 GPUs in use: 12 GPUs free, but not 6 on each of 2 nodes
+    result = estimate(tenant, owner, spec)
+    assert result.cost == Decimal("30.00")  # 12 GPU-h
+    assert not result.admits_now
+    assert "2 node(s) with 6 free h100 each" in result.admission
