@@ -81,7 +81,7 @@ class NodeShape:
                 )
             else:
                 refused["gpu_count"] = (
-                    f"at most {most} {gpu} GPUs fit on {cluster}; you asked for {gpus_per_node}"
+                    f"at most {most} {gpu} GPUs fit on one cluster ({cluster}); you asked for {gpus_per_node}"
                 )
         if cpus is not None and self.node_cpus is not None and cpus > self.node_cpus:
             refused["cpus"] = f"needs {cpus} CPUs per node; {gpu} nodes of {cluster} have {self.node_cpus}"
