@@ -80,7 +80,8 @@ def gang_cluster(db, h100, settings, shared_dir):
         name="Slurm gangs",
         kind="slurm",
         region="local",
-        connection={"job_group": test_slurm.PORTAL_GROUP},
+        # The dev cluster's topology.conf puts gpu2 and gpu3 under one switch.
+        connection={"job_group": test_slurm.PORTAL_GROUP, "gang_switch_wait_minutes": 5},
     )
     pool = Pool.objects.create(cluster=cluster, gpu_type=h100, capacity=8, partition="gang")
     health = refresh_health(cluster)
@@ -134,6 +135,7 @@ def test_a_two_node_gang_meets_by_rendezvous_and_finishes_together(gang_job, own
     job.refresh_from_db()
     args = test_slurm.scontrol_job(job.external_id)
     assert args["NumNodes"] in ("2", "2-2") and "gres:gpu:h100:2" in args["TresPerNode"], args
+    assert args["Switches"] == "1@00:05:00"  # all its nodes under one switch, if within 5 min
     job = test_slurm.run_to(job, lambda j: j.is_terminal, timeout=90)
     assert (job.state, job.exit_code) == ("succeeded", 0), (job.reason, rank_log(job, 0), rank_log(job, 1))
     assert job.ran_on == ["gpu2", "gpu3"]

@@ -385,19 +385,23 @@ class SlurmAdapter(Adapter):
             args.append(f"--account={self.accounts.name(job.tenant.slug)}")
         return args
 
-    @staticmethod
-    def placement_args(job) -> list[str]:
+    def placement_args(self, job) -> list[str]:
         """One node: its GPUs as gres, one task. A gang: one allocation of `nodes` nodes with
-        `gpus_per_node` GPUs each (memory and CPUs are per node too), one task per node."""
+        `gpus_per_node` GPUs each (memory and CPUs are per node too), one task per node, under
+        one switch where the site asks for it."""
         gpu_type = job.gpu_type.slug
         nodes = int(getattr(job, "nodes", 1) or 1)
         if nodes == 1:
             return [f"--gres=gpu:{gpu_type}:{int(job.gpu_count)}", "--ntasks=1"]
-        return [
+        args = [
             f"--nodes={nodes}",
             "--ntasks-per-node=1",
             f"--gpus-per-node={gpu_type}:{int(job.gpus_per_node)}",
         ]
+        wait = self.connection.gang_switch_wait_minutes
+        if wait is not None:
+            args.append(f"--switches=1@{int(wait)}")
+        return args
 
     @staticmethod
     def batch_script(job, secrets_dir: Path | None = None) -> str:
