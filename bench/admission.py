@@ -202,7 +202,7 @@ def seed_gangs(rng: random.Random) -> None:
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
-    from factory.models import Cluster, GpuType, Membership, Pool, Tenant
+    from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
     from jobs.models import Job
     from quotas.models import Quota
 
@@ -226,6 +226,8 @@ def seed_gangs(rng: random.Random) -> None:
         get_user_model()(username=f"g{i:02d}") for i in range(GANG_TENANTS)
     )
     Membership.objects.bulk_create(Membership(user=u, tenant=t) for u, t in zip(users, tenants, strict=True))
+    # Slurm runs each job as its owner's POSIX account: every owner has one.
+    Identity.objects.bulk_create(Identity(user=u, posix_username=f"r{i:02d}") for i, u in enumerate(users))
     Quota.objects.bulk_create(
         Quota(tenant=t, gpu_type=h100, nominal=capacity // GANG_TENANTS, borrowing_limit=None)
         for t in tenants
