@@ -14,7 +14,7 @@ def one_node_each(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("factory", "0009_gang_jobs"),
+        ("factory", "0010_gang_jobs"),
         ("jobs", "0010_job_dependencies"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("factory", "0008_join_requests"),
+        ("factory", "0009_change_set"),
     ]
 
     operations = [
