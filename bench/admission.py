@@ -4,7 +4,14 @@ Measures one full admission pass (quotas/admission.admit_pending), the latency o
 decision within it (the in-memory decision plus, for admitted jobs, their writes), and the SQL
 queries per admitted job, at two queue sizes to show that it does not grow with the queue.
 
-Usage: .venv/bin/python bench/admission.py [--jobs 10000] [--tenants 100]
+With --gangs, also: 1,000 nodes of 8 GPUs across 3 Slurm clusters, 5,000 pending jobs mixing
+one-GPU jobs and gangs of 2-64 whole nodes, quotas that do not bind. It adds the time of that
+pass, the gangs admitted without room for all their nodes (checked by packing the admitted jobs
+onto the nodes again, independently of the pass), the GPUs allocated once the pass settles as a
+share of capacity, and the same share for a plain first-in-first-out placement of the same jobs
+(in submission order, stopping at the first that does not fit).
+
+Usage: .venv/bin/python bench/admission.py [--jobs 10000] [--tenants 100] [--gangs]
 Needs a local PostgreSQL (trust auth); creates and drops its own database. Last line: JSON.
 """
 
@@ -15,6 +22,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -91,6 +99,7 @@ def pending_jobs(tenant_rows, owners, gpu_types, jobs: int, rng: random.Random) 
     from jobs.models import Job
 
     now = timezone.now()
+    sizes = [rng.choice([1, 1, 2, 4, 8]) for _ in range(jobs)]
     Job.objects.bulk_create(
         Job(
             tenant=tenant_rows[i % len(tenant_rows)],
@@ -98,7 +107,8 @@ def pending_jobs(tenant_rows, owners, gpu_types, jobs: int, rng: random.Random) 
             name=f"job-{i}",
             command="true",
             gpu_type=rng.choice(gpu_types),
-            gpu_count=rng.choice([1, 1, 2, 4, 8]),
+            gpu_count=sizes[i],
+            gpus_per_node=sizes[i],
             time_limit_minutes=rng.choice([30, 60, 240]),
             priority=rng.choice([0, 0, 0, 5]),
             created_at=now - timedelta(seconds=jobs - i),
@@ -180,12 +190,152 @@ def seed_more(tenants: int, jobs: int, rng: random.Random) -> None:
     pending_jobs(tenant_rows, owners, gpu_types, jobs, rng)
 
 
+# --- gangs ---------------------------------------------------------------------------------------
+
+GANG_NODES, GANG_CLUSTERS, GPUS_PER_NODE, GANG_JOBS, GANG_TENANTS = 1000, 3, 8, 5000, 20
+
+
+def seed_gangs(rng: random.Random) -> None:
+    """1,000 nodes of 8 h100 over 3 Slurm clusters (their shape as a health check records it),
+    20 tenants whose quotas do not bind, 5,000 pending jobs: 70% one-GPU jobs, 30% gangs of 2-64
+    whole nodes, in submission order."""
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
+    from jobs.models import Job
+    from quotas.models import Quota
+
+    h100 = GpuType.objects.create(slug="h100", name="H100")
+    for i in range(GANG_CLUSTERS):
+        nodes = GANG_NODES // GANG_CLUSTERS + (1 if i < GANG_NODES % GANG_CLUSTERS else 0)
+        cluster = Cluster.objects.create(slug=f"g{i}", name=f"Gang cluster {i}", kind="slurm", region="eu")
+        Pool.objects.create(
+            cluster=cluster,
+            gpu_type=h100,
+            capacity=nodes * GPUS_PER_NODE,
+            partition="gpu",
+            node_count=nodes,
+            node_gpus=GPUS_PER_NODE,
+            node_cpus=64,
+            node_memory_mb=1_000_000,
+        )
+    capacity = GANG_NODES * GPUS_PER_NODE
+    tenants = Tenant.objects.bulk_create(Tenant(slug=f"g{i:02d}", name=f"T{i}") for i in range(GANG_TENANTS))
+    users = get_user_model().objects.bulk_create(
+        get_user_model()(username=f"g{i:02d}") for i in range(GANG_TENANTS)
+    )
+    Membership.objects.bulk_create(Membership(user=u, tenant=t) for u, t in zip(users, tenants, strict=True))
+    # Slurm runs each job as its owner's POSIX account: every owner has one.
+    Identity.objects.bulk_create(Identity(user=u, posix_username=f"r{i:02d}") for i, u in enumerate(users))
+    Quota.objects.bulk_create(
+        Quota(tenant=t, gpu_type=h100, nominal=capacity // GANG_TENANTS, borrowing_limit=None)
+        for t in tenants
+    )
+    now = timezone.now()
+    shapes = [(1, 1) if rng.random() < 0.7 else (rng.randint(2, 64), GPUS_PER_NODE) for _ in range(GANG_JOBS)]
+    Job.objects.bulk_create(
+        Job(
+            tenant=tenants[i % GANG_TENANTS],
+            owner=users[i % GANG_TENANTS],
+            name=f"job-{i}",
+            command="true",
+            gpu_type=h100,
+            nodes=nodes,
+            gpus_per_node=per_node,
+            gpu_count=nodes * per_node,
+            cpus=4,
+            memory_gb=16,
+            time_limit_minutes=60,
+            created_at=now - timedelta(seconds=GANG_JOBS - i),
+        )
+        for i, (nodes, per_node) in enumerate(shapes)
+    )
+
+
+def pool_nodes() -> dict[int, object]:
+    """Every pool's nodes, all free (factory.shapes.FreeNodes), by cluster id."""
+    from factory.models import Pool
+    from factory.shapes import FreeNodes
+
+    return {pool.cluster_id: FreeNodes.empty(pool.shape()) for pool in Pool.objects.all()}
+
+
+def partial_gangs() -> tuple[int, int, int]:
+    """(gangs admitted without room for all their nodes, GPUs allocated, capacity), by packing the
+    admitted jobs onto each cluster's nodes again, largest per node first, apart from the pass."""
+    from factory.models import Pool
+    from jobs.choices import HOLDING_STATES
+    from jobs.models import Job
+
+    nodes = pool_nodes()
+    partial = allocated = 0
+    held = Job.objects.filter(state__in=HOLDING_STATES).order_by("-gpus_per_node", "-nodes", "pk")
+    for cluster_id, count, per_node in held.values_list("cluster_id", "nodes", "gpus_per_node"):
+        allocated += count * per_node
+        if nodes[cluster_id].take(count, per_node) and count > 1:
+            partial += 1
+    capacity = sum(Pool.objects.values_list("capacity", flat=True))
+    return partial, allocated, capacity
+
+
+def greedy_fifo() -> int:
+    """GPUs a plain first-in-first-out placement allocates: jobs in submission order, each on the
+    first cluster with room for all its nodes, until one does not fit anywhere."""
+    from jobs.models import Job
+
+    nodes = pool_nodes()
+    allocated = 0
+    for count, per_node in Job.objects.order_by("created_at", "pk").values_list("nodes", "gpus_per_node"):
+        where = next((free for free in nodes.values() if free.fits(count, per_node)), None)
+        if where is None:
+            break
+        where.take(count, per_node)
+        allocated += count * per_node
+    return allocated
+
+
+def run_gangs(seed_value: int) -> dict:
+    benchdb.recreate(DB_NAME)
+    try:
+        setup_django()
+        seed_gangs(random.Random(seed_value))
+        figures = measure_pass()
+        partial, allocated, capacity = partial_gangs()
+        return {
+            "pass": figures,
+            "partial": partial,
+            "utilisation": allocated / capacity,
+            "fifo": greedy_fifo() / capacity,
+        }
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        benchdb.drop(DB_NAME)
+        import redis
+
+        redis.Redis.from_url(BROKER).flushdb()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--gangs", action="store_true", help="also the gang scenario (see above)")
+    parser.add_argument("--only-gangs", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only_gangs:
+        print(json.dumps(run_gangs(args.seed)))
+        return
+    gangs = None
+    if args.gangs:
+        # In a process of its own: Django's database settings (and connection pool) are made once
+        # per process, and each scenario makes and drops its database.
+        child = [sys.executable, __file__, "--only-gangs", "--seed", str(args.seed)]
+        out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+        gangs = json.loads(out.strip().splitlines()[-1])
     figures = run(args.tenants, args.jobs, args.seed)
     small, full, second = figures["small"], figures["full"], figures["second"]
     print(
@@ -202,9 +352,24 @@ def main() -> None:
         f"steady-state pass (nothing fits, reasons unchanged): {second['seconds']:.3f} s, "
         f"{second['queries']} queries"
     )
+    extra = {}
+    if gangs is not None:
+        print(
+            f"gangs: {GANG_JOBS} pending on {GANG_NODES} nodes of {GPUS_PER_NODE} GPUs: pass "
+            f"{gangs['pass']['seconds']:.3f} s, {gangs['pass']['admitted']} admitted, "
+            f"{gangs['partial']} partial gangs, GPUs allocated {gangs['utilisation']:.1%} "
+            f"(plain FIFO: {gangs['fifo']:.1%})"
+        )
+        extra = {
+            "full_pass_s_gangs": round(gangs["pass"]["seconds"], 3),
+            "partial_gangs": gangs["partial"],
+            "gpu_utilisation_after_pass": round(gangs["utilisation"], 4),
+            "gpu_utilisation_greedy_fifo": round(gangs["fifo"], 4),
+        }
     print(
         json.dumps(
             {
+                **extra,
                 "decision_p99_ms": round(full["decision_p99_ms"], 3),
                 "full_pass_s": round(full["seconds"], 3),
                 "queries_per_admitted_job": round(full["queries_per_admitted_job"], 2),

@@ -179,6 +179,7 @@ def time_metering(jobs: int) -> float:
             command="true",
             gpu_type=gpu_types[i % 4],
             gpu_count=1 + i % 4,
+            gpus_per_node=1 + i % 4,
             time_limit_minutes=600,
             cluster=cluster,
             state=JobState.SUCCEEDED,

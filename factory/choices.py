@@ -29,6 +29,8 @@ class ClusterKind(models.TextChoices):
 
 # Kinds that run each job as its owner's own POSIX account: a user without one set cannot use them.
 POSIX_USER_KINDS = frozenset({ClusterKind.SLURM})
+# Kinds whose backend starts a job on several nodes at once (a gang); the others run one-node jobs.
+GANG_KINDS = frozenset({ClusterKind.SLURM, ClusterKind.KUBERNETES, ClusterKind.RAY})
 
 FINANCE_GROUP = "finance"
 

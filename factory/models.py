@@ -24,6 +24,7 @@ from .querysets import (
     TenantOwnedQuerySet,
     TenantQuerySet,
 )
+from .shapes import NodeShape
 
 slug_validator = RegexValidator(
     r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
@@ -209,6 +210,21 @@ class Cluster(models.Model):
 
         return adapter_for(self)
 
+    def record_health(self, health, adapter=None) -> None:
+        """Keep what a health check found: its report, and each pool's node shape as the backend
+        describes it (a pool the backend says nothing of keeps the shape it had)."""
+        now = timezone.now()
+        Cluster.objects.filter(pk=self.pk).update(health=health.as_dict(), health_checked_at=now)
+        self.health, self.health_checked_at = health.as_dict(), now
+        if not health.ok or adapter is None:
+            return
+        reported = {p.gpu_type: p for p in health.pools}
+        for pool in self.pools.select_related("gpu_type"):
+            found = reported.get(adapter.health_key(pool))
+            if found is None or not found.nodes or not found.gpus_per_node:
+                continue
+            pool.record_shape(found)
+
 
 class Pool(models.Model):
     """The GPUs of one type on one cluster, and where the backend finds them."""
@@ -218,6 +234,15 @@ class Pool(models.Model):
     capacity = models.PositiveIntegerField(validators=[MinValueValidator(1)])
     partition = models.CharField(max_length=64, blank=True, help_text="Slurm partition.")
     node_selector = models.JSONField(default=dict, blank=True, help_text="Kubernetes node selector.")
+    # The pool's node shape, as its backend last reported it with the cluster's health (its
+    # largest node, and how many nodes have these GPUs); empty until then. Admission places a job
+    # only where each of its nodes fits on one of these; submission refuses what never could.
+    node_count = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    node_gpus = models.PositiveIntegerField("GPUs per node", null=True, blank=True, editable=False)
+    node_cpus = models.PositiveIntegerField("CPUs per node", null=True, blank=True, editable=False)
+    node_memory_mb = models.PositiveIntegerField(
+        "memory per node (MB)", null=True, blank=True, editable=False
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["cluster", "gpu_type"], name="one_pool_per_gpu_type")]
@@ -225,6 +250,32 @@ class Pool(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster}/{self.gpu_type} ({self.capacity})"
+
+    SHAPE_FIELDS = ("node_count", "node_gpus", "node_cpus", "node_memory_mb")
+
+    def record_shape(self, health) -> bool:
+        """Take the node shape a backend reported (a PoolHealth); saved only when it changed."""
+        shape = {
+            "node_count": health.nodes,
+            "node_gpus": health.gpus_per_node,
+            "node_cpus": health.cpus_per_node,
+            "node_memory_mb": health.memory_mb_per_node,
+        }
+        if all(getattr(self, name) == value for name, value in shape.items()):
+            return False
+        for name, value in shape.items():
+            setattr(self, name, value)
+        self.save(update_fields=list(self.SHAPE_FIELDS))
+        return True
+
+    def shape(self) -> NodeShape:
+        return NodeShape(
+            capacity=self.capacity,
+            node_count=self.node_count,
+            node_gpus=self.node_gpus,
+            node_cpus=self.node_cpus,
+            node_memory_mb=self.node_memory_mb,
+        )
 
 
 class ChangeSet(models.Model):

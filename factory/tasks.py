@@ -4,7 +4,6 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
-from django.utils import timezone
 
 from .adapters import BackendError, Health
 from .models import Cluster
@@ -21,11 +20,14 @@ BACKEND_TASK = {
 
 
 def refresh_health(cluster: Cluster) -> Health:
+    """Ask the cluster's backend how it is, and keep the answer with its pools' node shapes."""
+    adapter = None
     try:
-        health = cluster.adapter().health()
+        adapter = cluster.adapter()
+        health = adapter.health()
     except (BackendError, ValueError) as exc:
         health = Health(ok=False, message=str(exc))
-    Cluster.objects.filter(pk=cluster.pk).update(health=health.as_dict(), health_checked_at=timezone.now())
+    cluster.record_health(health, adapter)
     return health
 
 

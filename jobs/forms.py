@@ -8,7 +8,7 @@ from factory.models import GpuType, Tenant
 from . import dependencies
 from .choices import MAX_TIME_LIMIT_MINUTES, MIN_TIME_LIMIT_MINUTES, NotifyEvent
 from .models import Job, JobTemplate, NotificationSettings
-from .submission import check_gpu_request, check_image, check_owner_identity
+from .submission import check_gpu_request, check_image, check_owner_identity, gang_shape
 from .validators import validate_name, validate_secrets
 
 
@@ -88,6 +88,8 @@ class JobForm(forms.ModelForm):
             "image",
             "gpu_type",
             "gpu_count",
+            "nodes",
+            "gpus_per_node",
             "cpus",
             "memory_gb",
             "time_limit_minutes",
@@ -97,8 +99,9 @@ class JobForm(forms.ModelForm):
         labels = {
             "image": "Container image",
             "gpu_count": "GPU count",
-            "cpus": "CPUs",
-            "memory_gb": "Memory (GB)",
+            "gpus_per_node": "GPUs per node",
+            "cpus": "CPUs (per node)",
+            "memory_gb": "Memory (GB per node)",
             "time_limit_minutes": "Time limit (minutes)",
         }
         widgets = {
@@ -106,6 +109,8 @@ class JobForm(forms.ModelForm):
                 attrs={"rows": 6, "spellcheck": "false", "placeholder": "python train.py --epochs 3"}
             ),
             "gpu_count": forms.NumberInput(attrs={"min": 1}),
+            "nodes": forms.NumberInput(attrs={"min": 1}),
+            "gpus_per_node": forms.NumberInput(attrs={"min": 1}),
             "time_limit_minutes": forms.NumberInput(
                 attrs={"min": MIN_TIME_LIMIT_MINUTES, "max": MAX_TIME_LIMIT_MINUTES}
             ),
@@ -117,6 +122,10 @@ class JobForm(forms.ModelForm):
             "time_limit_minutes": "From 1 minute to 14 days (20160). The job is stopped when it runs out.",
             "priority": "Orders your tenant's own jobs (−100 to 100; higher first), up to the ceiling the "
             "platform sets for the tenant. Across tenants, fair share decides.",
+            "gpu_count": "GPUs of a job on one node.",
+            "nodes": "More than one: the job starts on all its nodes at once, one rank per node, "
+            "with MASTER_ADDR, MASTER_PORT, WORLD_SIZE and NODE_RANK set.",
+            "gpus_per_node": "For a job on several nodes: GPUs on each.",
         }
 
     def __init__(self, *args, user, **kwargs) -> None:
@@ -124,6 +133,10 @@ class JobForm(forms.ModelForm):
         self.user = user
         self.fields["tenant"].queryset = Tenant.objects.visible_to(user)
         self.fields["gpu_count"].initial = 1
+        self.fields["gpu_count"].required = False
+        self.fields["nodes"].initial = 1
+        self.fields["nodes"].required = False
+        self.fields["gpus_per_node"].required = False
         self.fields["priority"].required = False  # left empty: 0, the tenant's usual order
         self.fields["priority"].initial = 0
 
@@ -136,21 +149,33 @@ class JobForm(forms.ModelForm):
         both = sorted(set(data.get("env") or {}) & set(data.get("secrets") or {}))
         if both:
             self.add_error("secrets", f"{', '.join(both)} is also among the environment variables.")
-        if data.get("gpu_type") and data.get("gpu_count"):
-            try:
-                check_gpu_request(data["gpu_type"], data["gpu_count"])
-                if "image" in data:  # absent when the field itself refused it (too long, NUL)
-                    check_image(data["gpu_type"], data["gpu_count"], data["image"])
-                if data.get("tenant"):
-                    check_owner_identity(self.user, data["tenant"], data["gpu_type"], data["gpu_count"])
-            except ValidationError as exc:
-                self.add_error(None, exc)
+        self.check_shape(data)
         if data.get("tenant") and "after_ok" in data and "after_any" in data:
             try:
                 dependencies.check(data["tenant"], data["after_ok"], data["after_any"])
             except ValidationError as exc:
                 self.add_error(None, exc)
         return data
+
+    def check_shape(self, data: dict) -> None:
+        """The job's nodes, GPUs, CPUs and memory against the clusters that could run it."""
+        shape_fields = ("gpu_count", "nodes", "gpus_per_node", "cpus", "memory_gb")
+        if not data.get("gpu_type") or any(name in self.errors for name in shape_fields):
+            return
+        try:
+            # The page shows both counts: GPU count speaks for a one-node job, GPUs per node for
+            # a job on several.
+            if (data.get("nodes") or 1) > 1:
+                data["gpu_count"] = None
+            else:
+                data["gpus_per_node"] = None
+            data.update(gang_shape(data))
+            fitting = check_gpu_request(data["gpu_type"], data, data.get("tenant"))
+            if "image" in data:  # absent when the field itself refused it (too long, NUL)
+                check_image(data["gpu_type"], fitting, data["image"])
+            check_owner_identity(self.user, fitting)
+        except ValidationError as exc:
+            self.add_error(None, exc)
 
     def spec(self) -> dict:
         data = self.cleaned_data

@@ -21,6 +21,7 @@ from .choices import (
     JOB_STATE_EVENTS,
     MAX_CPUS,
     MAX_MEMORY_GB,
+    MAX_NODES,
     MAX_PRIORITY,
     MAX_TIME_LIMIT_MINUTES,
     MIN_PRIORITY,
@@ -52,13 +53,29 @@ class Job(models.Model):
     command = models.TextField(validators=[validate_command])
     image = models.CharField(max_length=512, blank=True, validators=[validate_image])
     gpu_type = models.ForeignKey(GpuType, on_delete=models.PROTECT, related_name="jobs")
+    # A job runs on `nodes` nodes (a gang: started all at once, one rank per node) with
+    # `gpus_per_node` GPUs and `cpus` CPUs and `memory_gb` GiB of memory on each. `gpu_count` is all
+    # its GPUs (nodes × gpus_per_node), which quotas, budgets and bills count; for a one-node job
+    # it is simply its GPUs.
     gpu_count = models.PositiveIntegerField(validators=[MinValueValidator(1, "Ask for at least one GPU.")])
+    nodes = models.PositiveIntegerField(
+        default=1,
+        validators=[
+            MinValueValidator(1, "Ask for at least one node."),
+            MaxValueValidator(MAX_NODES, f"At most {MAX_NODES} nodes."),
+        ],
+    )
+    gpus_per_node = models.PositiveIntegerField(
+        default=1, validators=[MinValueValidator(1, "Ask for at least one GPU per node.")]
+    )
     cpus = models.PositiveIntegerField(
         default=4, validators=[MinValueValidator(1), MaxValueValidator(MAX_CPUS)]
     )
     memory_gb = models.PositiveIntegerField(
         default=16, validators=[MinValueValidator(1), MaxValueValidator(MAX_MEMORY_GB)]
     )
+    # The nodes the backend ran it on, as it reported them (e.g. "gpu2,gpu3").
+    node_list = models.CharField(max_length=2000, blank=True)
     time_limit_minutes = models.PositiveIntegerField(
         default=60,
         validators=[
@@ -125,6 +142,12 @@ class Job(models.Model):
             ),
             models.CheckConstraint(condition=models.Q(gpu_count__gte=1), name="job_gpu_count_positive"),
             models.CheckConstraint(
+                condition=models.Q(nodes__gte=1)
+                & models.Q(gpus_per_node__gte=1)
+                & models.Q(gpu_count=models.F("nodes") * models.F("gpus_per_node")),
+                name="job_gang_shape",
+            ),
+            models.CheckConstraint(
                 condition=models.Q(time_limit_minutes__gte=MIN_TIME_LIMIT_MINUTES)
                 & models.Q(time_limit_minutes__lte=MAX_TIME_LIMIT_MINUTES),
                 name="job_time_limit_in_range",
@@ -188,6 +211,14 @@ class Job(models.Model):
     @property
     def can_cancel(self) -> bool:
         return not self.is_terminal
+
+    @property
+    def is_gang(self) -> bool:
+        return self.nodes > 1
+
+    @property
+    def ran_on(self) -> list[str]:
+        return [name for name in self.node_list.split(",") if name]
 
     @property
     def runtime(self) -> timedelta | None:
@@ -454,6 +485,13 @@ class Job(models.Model):
             self.record(EventKind.INFO, f"Dispatch failed, retrying at {retry_at:%H:%M:%S} UTC: {error}")
         return bool(changed)
 
+    def record_nodes(self, nodes) -> None:
+        """Keep the nodes the backend says the job runs on (shown on its page, used for energy)."""
+        node_list = ",".join(nodes)[:2000]
+        if node_list and node_list != self.node_list:
+            Job.objects.filter(pk=self.pk).update(node_list=node_list)
+            self.node_list = node_list
+
     def explain_wait(self, reason: str) -> bool:
         """Record why a pending or queued job waits; an event only when the reason changes."""
         if reason == self.reason or self.is_terminal:
@@ -474,6 +512,7 @@ class Job(models.Model):
 
         if self.is_terminal or not self.is_at_backend:
             return False
+        self.record_nodes(report.nodes)
         if report.state == BackendState.QUEUED:
             if self.state == JobState.RUNNING and report.reason:
                 return self.transition(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -12,8 +13,9 @@ from django.db import IntegrityError, transaction
 from factory import sealing
 from factory.adapters import ImageRule
 from factory.adapters.base import normalise_image
-from factory.choices import POSIX_USER_KINDS, ClusterKind
+from factory.choices import GANG_KINDS, POSIX_USER_KINDS, ClusterKind
 from factory.models import GpuType, Identity, Pool, Tenant
+from factory.shapes import NodeShape
 
 from . import dependencies, signals
 from .choices import EventKind
@@ -22,38 +24,50 @@ from .models import Job
 POOL_CACHE_SECONDS = 10
 
 
-def placeable_pools(gpu_type: GpuType) -> list[tuple[str, str, int]]:
-    """(cluster kind, region, capacity) of each pool of this type on a cluster that accepts jobs
-    (cached briefly: read on every submission, changed when an admin edits a cluster)."""
+@dataclasses.dataclass(frozen=True)
+class Placeable:
+    """A pool of some GPU type on a cluster that accepts jobs, as submission checks see it."""
+
+    cluster: str
+    kind: str
+    region: str
+    shape: NodeShape
+
+    @property
+    def gangs(self) -> bool:
+        return self.kind in GANG_KINDS
+
+
+def placeable_pools(gpu_type: GpuType) -> list[Placeable]:
+    """Each pool of this type on a cluster that accepts jobs, with its node shape (cached
+    briefly: read on every submission, changed when an admin edits a cluster or its backend
+    reports a new shape)."""
     key = f"jobs:placeable-pools:{gpu_type.pk}"
     pools = cache.get(key)
     if pools is None:
-        pools = list(
-            Pool.objects.filter(
-                gpu_type=gpu_type, cluster__enabled=True, cluster__draining=False
-            ).values_list("cluster__kind", "cluster__region", "capacity")
-        )
+        rows = Pool.objects.filter(
+            gpu_type=gpu_type, cluster__enabled=True, cluster__draining=False
+        ).select_related("cluster")
+        pools = [
+            Placeable(pool.cluster.slug, pool.cluster.kind, pool.cluster.region, pool.shape())
+            for pool in rows.order_by("cluster__slug")
+        ]
         cache.set(key, pools, POOL_CACHE_SECONDS)
     return pools
 
 
-def largest_pool(gpu_type: GpuType) -> int:
-    """The most GPUs of this type any single cluster that accepts jobs can give one job."""
-    return max((capacity for _, _, capacity in placeable_pools(gpu_type)), default=0)
-
-
-def image_rules(gpu_type: GpuType) -> list[tuple[int, ImageRule]]:
-    """(capacity, which images it runs) of each pool of this GPU type on a cluster that accepts
+def image_rules(gpu_type: GpuType) -> dict[str, ImageRule]:
+    """{cluster: which images it runs} for each pool of this GPU type on a cluster that accepts
     jobs (cached briefly, like the placeable pools). A cluster whose connection settings no longer
     parse runs nothing and is left out."""
     key = f"jobs:image-rules:{gpu_type.pk}"
     rules = cache.get(key)
     if rules is None:
-        rules = []
+        rules = {}
         pools = Pool.objects.filter(gpu_type=gpu_type, cluster__enabled=True, cluster__draining=False)
         for pool in pools.select_related("cluster").order_by("cluster__slug"):
             try:
-                rules.append((pool.capacity, pool.cluster.adapter().image_rule))
+                rules[pool.cluster.slug] = pool.cluster.adapter().image_rule
             except ValueError:
                 continue
         cache.set(key, rules, POOL_CACHE_SECONDS)
@@ -66,42 +80,101 @@ def forget_pool_caches(sender=None, **kwargs) -> None:
     cache.delete_many([f"jobs:{what}:{pk}" for pk in pks for what in ("placeable-pools", "image-rules")])
 
 
-def check_gpu_request(gpu_type: GpuType, gpu_count: int) -> None:
-    """Raise ValidationError({"gpu_count": ...}) for a request no cluster could ever run."""
-    if gpu_count is None or gpu_count < 1:
-        raise ValidationError({"gpu_count": "Ask for at least one GPU."})
-    most = largest_pool(gpu_type)
-    if most == 0:
-        raise ValidationError({"gpu_type": f"No cluster accepting jobs has {gpu_type} GPUs."})
-    if gpu_count > most:
+def gang_shape(data: dict) -> dict[str, int]:
+    """`nodes`, `gpus_per_node` and `gpu_count` (all the job's GPUs) from what a request gave:
+    `gpu_count` alone is a one-node job, as it always was; a job on several nodes gives
+    `nodes` and `gpus_per_node` (and `gpu_count` only if it is their product).
+    Raises ValidationError({field: ...}) for a request that does not say it unambiguously."""
+    nodes = data.get("nodes") or 1
+    per_node, total = data.get("gpus_per_node"), data.get("gpu_count")
+    if nodes < 1:
+        raise ValidationError({"nodes": "Ask for at least one node."})
+    if per_node is None:
+        if total is None:
+            raise ValidationError({"gpu_count": "Say how many GPUs the job needs."})
+        if nodes > 1:
+            raise ValidationError(
+                {"gpus_per_node": "A job on several nodes needs gpus_per_node (gpu_count is for one node)."}
+            )
+        per_node = total
+    elif total is not None and total != nodes * per_node:
         raise ValidationError(
-            {"gpu_count": f"At most {most} {gpu_type} GPUs fit on one cluster; you asked for {gpu_count}."}
+            {
+                "gpu_count": f"{nodes} node(s) × {per_node} GPUs per node is {nodes * per_node} GPUs, "
+                f"not {total}; leave gpu_count out of a job on several nodes."
+            }
         )
+    if per_node < 1:
+        raise ValidationError({"gpus_per_node" if nodes > 1 else "gpu_count": "Ask for at least one GPU."})
+    return {"nodes": nodes, "gpus_per_node": per_node, "gpu_count": nodes * per_node}
 
 
-def check_image(gpu_type: GpuType, gpu_count: int, image: str) -> None:
+def fitting_pools(gpu_type: GpuType, spec: dict, tenant: Tenant | None = None) -> list[Placeable]:
+    """The pools that could ever run a job of this shape (within the tenant's regions, when it is
+    known). Raises ValidationError with a message per field when there is none, saying what
+    every pool lacks ("needs 16 GB per node; h100 nodes of slurm-a have 15.6 GB")."""
+    pools = placeable_pools(gpu_type)
+    if not pools:
+        raise ValidationError({"gpu_type": f"No cluster accepting jobs has {gpu_type} GPUs."})
+    if tenant is not None and tenant.regions:
+        pools = [p for p in pools if p.region in tenant.regions]
+        if not pools:
+            regions = ", ".join(tenant.regions)
+            message = f"No cluster accepting jobs in {tenant}'s regions ({regions}) has {gpu_type} GPUs."
+            raise ValidationError({"gpu_type": message})
+    refused: dict[str, list[str]] = {}
+    fitting = []
+    for pool in pools:
+        why = pool.shape.refusals(
+            nodes=spec["nodes"],
+            gpus_per_node=spec["gpus_per_node"],
+            cpus=spec.get("cpus"),
+            memory_gb=spec.get("memory_gb"),
+            gangs=pool.gangs,
+            gpu=str(gpu_type),
+            cluster=pool.cluster,
+        )
+        if not why:
+            fitting.append(pool)
+        for field, message in why.items():
+            refused.setdefault(field, []).append(message)
+    if not fitting:
+        raise ValidationError(
+            {field: _sentence("; ".join(dict.fromkeys(messages))) for field, messages in refused.items()}
+        )
+    return fitting
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def check_gpu_request(gpu_type: GpuType, spec: dict, tenant: Tenant | None = None) -> list[Placeable]:
+    """Normalise the spec's shape (gang_shape, in place) and raise ValidationError({field: ...})
+    for a request no cluster could ever run. Returns the pools that could."""
+    spec.update(gang_shape(spec))
+    return fitting_pools(gpu_type, spec, tenant)
+
+
+def check_image(gpu_type: GpuType, fitting: list[Placeable], image: str) -> None:
     """Raise ValidationError({"image": ...}) when no cluster that could run the job runs its
     image (a Kubernetes cluster runs only images from its allow-list; backends that run no
     containers ignore the image). The clusters' reasons say what would be accepted."""
     if image and normalise_image(image) is None:
         return  # not an image reference at all: the field's own validator says so
-    rules = [rule for capacity, rule in image_rules(gpu_type) if capacity >= gpu_count]
-    refusals = [rule.refusal(image or "") for rule in rules]
+    rules = image_rules(gpu_type)
+    refusals = [rules[p.cluster].refusal(image or "") for p in fitting if p.cluster in rules]
     if refusals and all(refusals):
         reasons = "; ".join(dict.fromkeys(refusals))
         raise ValidationError({"image": f"No cluster that could run this job runs this image: {reasons}."})
 
 
-def check_owner_identity(owner, tenant: Tenant, gpu_type: GpuType, gpu_count: int) -> None:
+def check_owner_identity(owner, fitting: list[Placeable]) -> None:
     """Raise ValidationError({"gpu_type": ...}) when every cluster that could run the job runs jobs
     as their owner's POSIX account (Slurm) and the owner has none. Admission picks the cluster
     later, so a job that some other cluster could run is accepted; should admission still place
     it on such a cluster, its dispatch rejects it with the same reason."""
-    kinds = {
-        kind
-        for kind, region, capacity in placeable_pools(gpu_type)
-        if capacity >= gpu_count and (not tenant.regions or region in tenant.regions)
-    }
+    kinds = {pool.kind for pool in fitting}
     if not kinds or not kinds <= POSIX_USER_KINDS or Identity.objects.posix_username(owner.pk):
         return
     names = " and ".join(sorted(ClusterKind(kind).label for kind in kinds))
@@ -111,6 +184,12 @@ def check_owner_identity(owner, tenant: Tenant, gpu_type: GpuType, gpu_count: in
             "own POSIX account; none is set for you yet. Ask a platform admin to set yours."
         }
     )
+
+
+def check_for_tenant(owner, tenant: Tenant, spec: dict) -> None:
+    """What can be checked only once the tenant is known: that a cluster in its regions could run
+    the job, and that the owner can run jobs there."""
+    check_owner_identity(owner, fitting_pools(spec["gpu_type"], spec, tenant))
 
 
 def fingerprint(spec: dict) -> str:
@@ -129,6 +208,7 @@ def submit(*, tenant: Tenant, owner, spec: dict, idempotency_key: str = "") -> t
     constraint settles a race between two identical requests.
     """
     spec = dict(spec)
+    spec.update(gang_shape(spec))
     secrets = spec.pop("secrets", None) or {}
     # Checked by the callers (dependencies.check), with the form's and the API's other rules.
     after_ok, after_any = list(spec.pop("after_ok", None) or []), list(spec.pop("after_any", None) or [])

@@ -142,10 +142,13 @@ def template_delete(request: HttpRequest, pk: int) -> HttpResponse:
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = visible_job(request, pk, with_queue_position=True)
     events = list(job.events.all())
-    log = read_log(job, 0)
+    rank = requested_rank(request, job)
+    log = read_log(job, 0, rank)
     context = {
         "job": job,
         "events": events,
+        "rank": rank,
+        "ranks": range(job.nodes) if job.is_gang else (),
         "log_text": log.text if log else "",
         "log_offset": log.next_offset if log else 0,
         "last_event_id": events[-1].pk if events else 0,
@@ -178,22 +181,32 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 def job_log(request: HttpRequest, pk: int) -> HttpResponse:
     """The whole log as plain text, for download."""
     job = visible_job(request, pk)
+    rank = requested_rank(request, job)
     parts: list[str] = []
     if job.cluster is not None and job.external_id:
         # One adapter, and one fetch where the backend only serves whole logs; an unreachable
         # backend gives what was read so far.
         with contextlib.suppress(BackendError):
-            parts.extend(job.cluster.adapter().full_log(job))
+            parts.extend(job.cluster.adapter().full_log(job, rank))
     response = HttpResponse("".join(parts), content_type="text/plain; charset=utf-8")
-    response["Content-Disposition"] = f'inline; filename="{job.name}-{job.pk}.log"'
+    suffix = f"-rank{rank}" if job.is_gang else ""
+    response["Content-Disposition"] = f'inline; filename="{job.name}-{job.pk}{suffix}.log"'
     return response
 
 
-def read_log(job: Job, offset: int):
+def requested_rank(request: HttpRequest, job: Job | None = None) -> int:
+    """Which rank's log a page asks for (?rank=N): 0, the first node's, unless the job has N."""
+    query = getattr(request, "GET", None) or {}  # a stream may be looked at without a query
+    value = str(query.get("rank", "0"))
+    rank = int(value) if value.isdigit() and len(value) < 6 else 0
+    return rank if job is None or rank < job.nodes else 0
+
+
+def read_log(job: Job, offset: int, rank: int = 0):
     if job.cluster is None or not job.external_id:
         return None
     try:
-        return job.cluster.adapter().logs(job, offset)
+        return job.cluster.adapter().logs(job, offset, rank)
     except BackendError:
         return None
 
@@ -253,6 +266,7 @@ class JobStream:
         self.may_cancel: bool | None = None
         self.more_events = False  # the last look stopped at EVENTS_PER_LOOK
         self.log_open = False  # the job's log may still grow
+        self.rank = requested_rank(request)  # of a gang, whose log the page follows
 
     @property
     def cursor(self) -> str:
@@ -288,7 +302,7 @@ class JobStream:
 
     def follow_log(self) -> list[str]:
         """New text of the job's log, read from its backend (not from the database)."""
-        chunk = read_log(self.job, self.log_offset)
+        chunk = read_log(self.job, self.log_offset, self.rank if self.rank < self.job.nodes else 0)
         self.log_open = chunk is not None and not chunk.complete
         if not chunk or not chunk.text:
             return []

@@ -40,9 +40,10 @@ from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from factory.adapters import ImageRule
-from factory.choices import POSIX_USER_KINDS
+from factory.choices import GANG_KINDS, POSIX_USER_KINDS
 from factory.models import Identity, Pool, Tenant
 from factory.months import month_of
+from factory.shapes import FreeNodes, NodeShape
 from fleet.capacity import drained_gpus
 from jobs import dependencies, lifecycle
 from jobs.choices import HOLDING_STATES, JobState
@@ -55,6 +56,8 @@ from .settlement import gpu_hours_between, round_gpu_hours, settle_released
 log = logging.getLogger(__name__)
 
 ADMISSION_LOCK_ID = 0x41494641  # any constant shared by every worker: "AIFA"
+# A job that may be preempted: (job id, GPUs, tenant id, owner id, nodes, GPUs per node).
+Victim = tuple[int, int, int, int, int, int]
 PREEMPTED_REASON = "preempted to return borrowed GPUs"
 
 
@@ -69,10 +72,37 @@ class PoolState:
     used: int = 0
     kind: str = ""
     images: ImageRule | None = None  # which images the cluster runs; None: runs none at all
+    shape: NodeShape | None = None
+    gangs: bool = False  # its backend starts a job on several nodes at once
+    nodes: FreeNodes = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.shape is None:
+            self.shape = NodeShape(self.capacity)
+        self.nodes = FreeNodes.empty(self.shape)
 
     @property
     def free(self) -> int:
         return self.capacity - self.used
+
+    def could_run(self, job: PendingJob, gpu: str) -> bool:
+        """Whether a job of this shape could ever run here (when all of it is free). A one-node
+        job's GPU count is left to `fits`, which says how many GPUs are free."""
+        return not set(
+            self.shape.refusals(
+                nodes=job.nodes,
+                gpus_per_node=job.gpus_per_node,
+                cpus=job.cpus,
+                memory_gb=job.memory_gb,
+                gangs=self.gangs,
+                gpu=gpu,
+                cluster=self.cluster,
+            )
+        ) - {"gpu_count"}
+
+    def fits(self, job: PendingJob) -> bool:
+        """Whether all the job's nodes are free at once: no gang is admitted in part."""
+        return self.free >= job.gpu_count and self.nodes.fits(job.nodes, job.gpus_per_node)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +118,14 @@ class PendingJob:
     reason: str
     attempt: int
     image: str = ""
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus: int | None = None
+    memory_gb: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.gpus_per_node:  # a one-node job described by its GPU count alone
+            object.__setattr__(self, "gpus_per_node", self.gpu_count // max(self.nodes, 1))
 
     @property
     def gpu_hours(self) -> Decimal:
@@ -138,6 +176,8 @@ class Snapshot:
                     max(0, pool.capacity - drained[pool.cluster_id, pool.gpu_type_id]),
                     kind=cluster.kind,
                     images=image_rules[cluster.pk],
+                    shape=pool.shape(),
+                    gangs=cluster.kind in GANG_KINDS,
                 )
             )
         # Owners who have a POSIX account, the one their jobs run as where jobs run as their owners.
@@ -156,10 +196,11 @@ class Snapshot:
             pool = pool_index.get((row["cluster_id"], gpu_type))
             if pool is not None:
                 pool.used += gpus
+        self._occupy_nodes(pool_index)
         budgets = {b.tenant_id: b for b in Budget.objects.all()}
         spent = Reservation.objects.gpu_hours_by_tenant(self.month)
         self.max_priority = {tenant: b.max_priority for tenant, b in budgets.items()}
-        self._borrowed_jobs: dict[int, dict[int, list[tuple[int, int, int, int]]]] = {}
+        self._borrowed_jobs: dict[int, dict[int, list[Victim]]] = {}
         self.placements: dict[int, tuple[int, str]] = {}
         self.admitted_jobs: dict[int, PendingJob] = {}
         self.reservations: dict[int, Reservation] = {}
@@ -172,6 +213,21 @@ class Snapshot:
             {t: b for t, b in budgets.items() if b.hard and b.amount_per_month is not None}, self.month
         )
         self._tally_lending()
+
+    @staticmethod
+    def _occupy_nodes(pool_index: dict[tuple[int, int], PoolState]) -> None:
+        """Count the nodes the jobs holding GPUs take, largest per node first (one query)."""
+        shapes = (
+            Job.objects.filter(state__in=HOLDING_STATES)
+            .values_list("cluster_id", "gpu_type_id", "nodes", "gpus_per_node")
+            .annotate(jobs=models.Count("id"))
+            .order_by("-gpus_per_node", "-nodes")
+        )
+        for cluster_id, gpu_type_id, nodes, gpus_per_node, jobs in shapes:
+            pool = pool_index.get((cluster_id, gpu_type_id))
+            if pool is not None:
+                for _ in range(jobs):
+                    pool.nodes.take(nodes, gpus_per_node)
 
     # --- the rules ------------------------------------------------------------------------------
 
@@ -286,29 +342,36 @@ class Snapshot:
 
     def place(self, job: PendingJob, borrowed: int) -> Decision:
         gpu = self.gpu_types.get(job.gpu_type_id, "GPU")
+        regions = self.tenants[job.tenant_id].regions
         pools = self.allowed_pools(job)
         if not pools:
             resident = self.resident_pools(job)
             if resident:
                 reasons = dict.fromkeys(self.refusal(p, job) for p in resident)
                 return Decision(None, f"no cluster with {gpu} GPUs would run it: {'; '.join(reasons)}")
-            regions = self.tenants[job.tenant_id].regions
             where = f" in region {', '.join(regions)}" if regions else ""
             return Decision(None, f"no cluster{where} accepting jobs has {gpu} GPUs")
-        fitting = [p for p in pools if p.free >= job.gpu_count]
+        pools = [p for p in pools if p.could_run(job, gpu)]
+        if not pools:
+            return Decision(None, f"no cluster accepting jobs has {_shape(job, gpu)} nodes")
+        fitting = [p for p in pools if p.fits(job)]
         if fitting:
             pool = min(fitting, key=lambda p: (p.used / p.capacity, p.pool_id))
-            return Decision(
-                pool, f"{job.gpu_count} {gpu} on {pool.cluster} (least loaded)", borrowed=borrowed
-            )
+            return Decision(pool, f"{_shape(job, gpu)} on {pool.cluster} (least loaded)", borrowed=borrowed)
         if borrowed == 0:
             reclaim = self.reclaim(job, pools)
             if reclaim is not None:
                 return reclaim
-        regions = self.tenants[job.tenant_id].regions
         where = f"allowed cluster in region {', '.join(regions)}" if regions else "cluster"
-        best = max(pools, key=lambda p: p.free)
+        best = max(pools, key=lambda p: (p.nodes.nodes_with(job.gpus_per_node), p.free))
         usage = f"{best.used} of {best.capacity} in use on {best.cluster}"
+        if job.nodes > 1 or best.free >= job.gpu_count:
+            free_nodes = best.nodes.nodes_with(job.gpus_per_node)
+            return Decision(
+                None,
+                f"no {where} has {job.nodes} node(s) with {job.gpus_per_node} free {gpu} each: "
+                f"{free_nodes} on {best.cluster} ({usage})",
+            )
         return Decision(None, f"no {where} has {job.gpu_count} free {gpu}: {usage}")
 
     def reclaim(self, job: PendingJob, pools: list[PoolState]) -> Decision | None:
@@ -317,22 +380,23 @@ class Snapshot:
             return None  # nobody borrows this GPU type: nothing to take back
         candidates = self.borrowed_jobs(job.gpu_type_id)
         for pool in sorted(pools, key=lambda p: -p.free):
-            freed, victims = pool.free, []
+            freed, victims, nodes = pool.free, [], pool.nodes.copy()
             mine = [v for v in candidates.get(pool.cluster_id, []) if v[2] != job.tenant_id]
             for victim in mine:
-                if freed >= job.gpu_count:
+                if freed >= job.gpu_count and nodes.fits(job.nodes, job.gpus_per_node):
                     break
                 victims.append(victim)
                 freed += victim[1]
-            if freed >= job.gpu_count:
+                nodes.give_back(victim[4], victim[5])
+            if freed >= job.gpu_count and nodes.fits(job.nodes, job.gpus_per_node):
                 gpu = self.gpu_types.get(job.gpu_type_id, "GPU")
                 reason = (
-                    f"{job.gpu_count} {gpu} on {pool.cluster}, reclaimed from {len(victims)} borrowing job(s)"
+                    f"{_shape(job, gpu)} on {pool.cluster}, reclaimed from {len(victims)} borrowing job(s)"
                 )
                 return Decision(pool, reason, preempt=[v[0] for v in victims])
         return None
 
-    def borrowed_jobs(self, gpu_type_id: int) -> dict[int, list[tuple[int, int, int, int]]]:
+    def borrowed_jobs(self, gpu_type_id: int) -> dict[int, list[Victim]]:
         """Loaded once per GPU type and pass (and kept current), not once per decision."""
         if gpu_type_id not in self._borrowed_jobs:
             self._borrowed_jobs[gpu_type_id] = borrowed_jobs(gpu_type_id)
@@ -342,15 +406,15 @@ class Snapshot:
         for victims in self._borrowed_jobs.get(gpu_type_id, {}).values():
             victims[:] = [v for v in victims if v[0] != job_id]
 
-    def record(
-        self, job: PendingJob, decision: Decision, preempted: Iterable[tuple[int, int, int, int]]
-    ) -> None:
-        for job_id, gpus, tenant_id, owner_id in preempted:
+    def record(self, job: PendingJob, decision: Decision, preempted: Iterable[Victim]) -> None:
+        for job_id, gpus, tenant_id, owner_id, nodes, gpus_per_node in preempted:
             self._use(tenant_id, job.gpu_type_id, owner_id, -gpus)
             decision.pool.used -= gpus
+            decision.pool.nodes.give_back(nodes, gpus_per_node)
             self.forget_borrowed(job.gpu_type_id, job_id)
         self._use(job.tenant_id, job.gpu_type_id, job.owner_id, job.gpu_count)
         decision.pool.used += job.gpu_count
+        decision.pool.nodes.take(job.nodes, job.gpus_per_node)
         if job.tenant_id in self.budget_left:
             self.budget_left[job.tenant_id] -= job.gpu_hours
         self.money.spend(job)
@@ -414,17 +478,25 @@ class MoneyBudgets:
             self.left[job.tenant_id] -= self.cost(job.tenant_id, job.gpu_type_id, job.gpu_hours) or 0
 
 
-def borrowed_jobs(gpu_type_id: int) -> dict[int, list[tuple[int, int, int, int]]]:
-    """Jobs holding borrowed GPUs, per cluster, newest first: (job id, gpus, tenant id, owner id)."""
+def borrowed_jobs(gpu_type_id: int) -> dict[int, list[Victim]]:
+    """Jobs holding borrowed GPUs, per cluster, newest first (Victim tuples)."""
     rows = (
         Reservation.objects.open()
         .filter(gpu_type_id=gpu_type_id, borrowed__gt=0, job__state__in=HOLDING_STATES)
         .order_by("-job__admitted_at", "-job_id")
-        .values_list("job_id", "job__gpu_count", "tenant_id", "job__owner_id", "job__cluster_id")
+        .values_list(
+            "job_id",
+            "job__gpu_count",
+            "tenant_id",
+            "job__owner_id",
+            "job__nodes",
+            "job__gpus_per_node",
+            "job__cluster_id",
+        )
     )
-    by_cluster: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
-    for job_id, gpus, tenant_id, owner_id, cluster_id in rows:
-        by_cluster[cluster_id].append((job_id, gpus, tenant_id, owner_id))
+    by_cluster: dict[int, list[Victim]] = defaultdict(list)
+    for *victim, cluster_id in rows:
+        by_cluster[cluster_id].append(tuple(victim))
     return by_cluster
 
 
@@ -553,7 +625,7 @@ def write_admissions(snapshot: Snapshot) -> int:
     return len(admitted)
 
 
-def preempt(job_ids: list[int]) -> list[tuple[int, int, int, int]]:
+def preempt(job_ids: list[int]) -> list[Victim]:
     """Send borrowing jobs back to pending, settle their reservations (the time they ran is
     recorded as preempted, not counted) and stop their backend jobs."""
     done = []
@@ -565,7 +637,16 @@ def preempt(job_ids: list[int]) -> list[tuple[int, int, int, int]]:
         Reservation.objects.open().filter(job=victim, attempt=attempt).update(
             used_gpu_hours=Decimal(0), preempted_gpu_hours=lost, settled_at=timezone.now()
         )
-        done.append((victim.pk, victim.gpu_count, victim.tenant_id, victim.owner_id))
+        done.append(
+            (
+                victim.pk,
+                victim.gpu_count,
+                victim.tenant_id,
+                victim.owner_id,
+                victim.nodes,
+                victim.gpus_per_node,
+            )
+        )
     return done
 
 
@@ -588,6 +669,13 @@ def explain_waits(reasons: dict[int, str], batch: int = 5000) -> None:
             Job.objects.filter(pk__in=[i for i, _ in chunk], state=JobState.PENDING).update(
                 reason=Case(*(When(pk=i, then=Value(r)) for i, r in chunk)), updated_at=now
             )
+
+
+def _shape(job: PendingJob, gpu: str) -> str:
+    """ "4 h100" for a one-node job, "2 nodes × 4 h100" for a gang."""
+    if job.nodes > 1:
+        return f"{job.nodes} nodes × {job.gpus_per_node} {gpu}"
+    return f"{job.gpu_count} {gpu}"
 
 
 def _hours(value: Decimal) -> str:

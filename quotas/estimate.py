@@ -78,6 +78,10 @@ def estimate(tenant: Tenant, owner, spec: dict) -> Estimate:
         reason="",
         attempt=0,
         image=spec.get("image") or "",
+        nodes=int(spec.get("nodes") or 1),  # a gang: gpu_count is all its nodes' GPUs
+        gpus_per_node=int(spec.get("gpus_per_node") or 0),
+        cpus=spec.get("cpus"),
+        memory_gb=spec.get("memory_gb"),
     )
     decision = snapshot.decide(pending)
     # Priced as the ledger would price it: on the cluster admission would pick, else by GPU type.

@@ -79,6 +79,7 @@ class StatusReport:
     ended_at: datetime | None = None
     exit_code: int | None = None
     platform_fault: bool = False  # the platform, not the job, ended it (node failure): not billed
+    nodes: tuple[str, ...] = ()  # the nodes it runs or ran on, where the backend says
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,9 +269,15 @@ def slice_log(log: bytes, offset: int, *, finished: bool) -> LogChunk:
 
 @dataclasses.dataclass(frozen=True)
 class PoolHealth:
-    gpu_type: str
+    gpu_type: str  # the key of the pool it describes (Adapter.health_key)
     capacity: int
     in_use: int
+    # Its node shape: how many nodes have these GPUs, and the largest one's GPUs, CPUs and
+    # memory (None: the backend does not say).
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    cpus_per_node: int | None = None
+    memory_mb_per_node: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +327,10 @@ class Adapter:
             self._pools = {pool.gpu_type_id: pool for pool in self.cluster.pools.all()}
         return self._pools.get(job.gpu_type.pk)
 
+    def health_key(self, pool) -> str:
+        """Which of health()'s pools describes this pool (PoolHealth.gpu_type)."""
+        return pool.gpu_type.slug
+
     def submit(self, job) -> str:
         """Start the job and return its external id. Must find, not duplicate, a job already
         submitted under the same uid (a retried dispatch)."""
@@ -337,15 +348,16 @@ class Adapter:
     def cancel(self, job) -> None:
         raise NotImplementedError
 
-    def logs(self, job, offset: int = 0) -> LogChunk:
+    def logs(self, job, offset: int = 0, rank: int = 0) -> LogChunk:
+        """The job's log from a byte offset; of a gang, the log of node `rank` (0 by default)."""
         raise NotImplementedError
 
-    def full_log(self, job) -> Iterator[str]:
+    def full_log(self, job, rank: int = 0) -> Iterator[str]:
         """The whole log, piece by piece, for a download. Backends that read a log from a byte
         offset cheaply go chunk by chunk; those that can only fetch all of it override this to
         fetch it once (not once per chunk)."""
         offset = 0
-        while (chunk := self.logs(job, offset)).text:
+        while (chunk := self.logs(job, offset, rank)).text:
             yield chunk.text
             offset = chunk.next_offset
 

@@ -48,6 +48,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.utils import parse_quantity
 
 from .base import (
     DRAIN_REASON_PREFIX,
@@ -85,6 +86,9 @@ LABEL_KEY = "aifactory.io/dispatch-key"  # the attempt: a requeued job's pods ar
 LABEL_TENANT = "aifactory.io/tenant"
 LABEL_GPU_TYPE = "aifactory.io/gpu-type"
 ANNOTATION_NAME = "aifactory.io/job-name"  # portal names may be longer than a label value allows
+# A gang's pods: the Job controller sets the index on each pod (annotation and label).
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+GANG_PORT = 29500  # torchrun's default rendezvous port
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_QUOTA = f"requests.{GPU_RESOURCE}"  # quotas on extended resources count requests only
@@ -347,6 +351,8 @@ class KubernetesAdapter(Adapter):
             job_uid = self._create_job(namespace, body)
         if secrets:
             self._create_secret(self.secret_body(body, job_uid, secrets))
+        if getattr(job, "nodes", 1) > 1:
+            self._create_gang_service(namespace, body, job_uid)
         return f"{namespace}/{body['metadata']['name']}"
 
     def find(self, job) -> str | None:
@@ -412,23 +418,23 @@ class KubernetesAdapter(Adapter):
                 expect={404},
             )
 
-    def logs(self, job, offset: int = 0) -> LogChunk:
+    def logs(self, job, offset: int = 0, rank: int = 0) -> LogChunk:
         offset = max(offset, 0)
         finished = bool(getattr(job, "is_terminal", False))
-        data = self._log_bytes(job, limit=offset + LOG_CHUNK_BYTES)
+        data = self._log_bytes(job, limit=offset + LOG_CHUNK_BYTES, rank=rank)
         return log_chunk(data[offset:], offset, finished=finished)
 
-    def full_log(self, job) -> Iterator[str]:
+    def full_log(self, job, rank: int = 0) -> Iterator[str]:
         # The API serves a log from its start only: read once, not once per chunk.
-        yield self._log_bytes(job).decode("utf-8", "replace")
+        yield self._log_bytes(job, rank=rank).decode("utf-8", "replace")
 
-    def _log_bytes(self, job, limit: int | None = None) -> bytes:
+    def _log_bytes(self, job, limit: int | None = None, rank: int = 0) -> bytes:
         """The job's latest pod's log from its start (up to `limit` bytes); empty before its
         container started or once the pod is gone."""
         if not job.external_id:
             return b""
         namespace, _name = _split(job.external_id)
-        pod = self._latest_pod(namespace, dispatch_key(job))
+        pod = self._latest_pod(namespace, dispatch_key(job), rank if getattr(job, "nodes", 1) > 1 else None)
         if pod is None:
             return b""
         limits = {"limit_bytes": limit} if limit else {}
@@ -462,6 +468,7 @@ class KubernetesAdapter(Adapter):
                 gpu_type=pool.gpu_type.slug,
                 capacity=sum(_allocatable_gpus(n) for n in usable if _matches(n, pool.node_selector)),
                 in_use=in_use.get(pool.gpu_type.slug, 0),
+                **_node_shape([n for n in usable if _matches(n, pool.node_selector)]),
             )
             for pool in self.cluster.pools.select_related("gpu_type")
         )
@@ -564,8 +571,9 @@ class KubernetesAdapter(Adapter):
             LABEL_TENANT: job.tenant.slug,
             LABEL_GPU_TYPE: job.gpu_type.slug,
         }
-        resources = {
-            GPU_RESOURCE: str(int(job.gpu_count)),
+        nodes = int(getattr(job, "nodes", 1) or 1)
+        resources = {  # per pod: a gang has one pod per node
+            GPU_RESOURCE: str(int(getattr(job, "gpus_per_node", 0) or job.gpu_count)),
             "cpu": str(int(job.cpus)),
             "memory": f"{int(job.memory_gb)}Gi",
         }
@@ -586,7 +594,8 @@ class KubernetesAdapter(Adapter):
                     "image": normalise_image(image),
                     # The command is a shell script by definition: one argument, never spliced.
                     "command": ["/bin/sh", "-c", job.command],
-                    "env": [{"name": name, "value": value} for name, value in job_env(job).items()],
+                    "env": [{"name": name, "value": value} for name, value in job_env(job).items()]
+                    + (self.gang_env(job, nodes) if nodes > 1 else []),
                     **(
                         {"envFrom": [{"secretRef": {"name": self.job_name(job), "optional": False}}]}
                         if with_secrets
@@ -608,9 +617,11 @@ class KubernetesAdapter(Adapter):
             "ttlSecondsAfterFinished": self.connection.ttl_seconds_after_finished,
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
         }
+        if nodes > 1:
+            self.make_gang(spec, job, nodes)
         if self.connection.kueue_queue:
             labels[KUEUE_QUEUE_LABEL] = self.connection.kueue_queue
-            spec["suspend"] = True  # Kueue resumes it once the queue admits it
+            spec["suspend"] = True  # Kueue resumes it once the queue admits it (all pods at once)
         return {
             "apiVersion": "batch/v1",
             "kind": "Job",
@@ -643,6 +654,84 @@ class KubernetesAdapter(Adapter):
             "immutable": True,
             "data": {name: base64.b64encode(value.encode()).decode() for name, value in secrets.items()},
         }
+
+    def make_gang(self, spec: dict[str, Any], job, nodes: int) -> None:
+        """An Indexed Job of one pod per node, all running at once; the pods' hostnames resolve
+        through a headless Service of the Job's name (its subdomain). A rank that fails fails the
+        Job at once (no partial training): the failure policy ends it on any non-zero exit, which
+        makes the controller stop the other ranks."""
+        spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+        spec["podFailurePolicy"] = {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]},
+                }
+            ]
+        }
+        spec["template"]["spec"]["subdomain"] = self.job_name(job)
+
+    def gang_env(self, job, nodes: int) -> list[dict[str, Any]]:
+        """What each rank needs to find the others: torchrun's variables, the completion index
+        as NODE_RANK."""
+        name = self.job_name(job)
+        hosts = [f"{name}-{index}.{name}" for index in range(nodes)]
+        return [
+            {"name": "MASTER_ADDR", "value": hosts[0]},
+            {"name": "MASTER_PORT", "value": str(GANG_PORT)},
+            {"name": "WORLD_SIZE", "value": str(nodes)},
+            {"name": "FACTORY_NODE_LIST", "value": ",".join(hosts)},
+            {
+                "name": "NODE_RANK",
+                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}},
+            },
+        ]
+
+    @staticmethod
+    def gang_service(namespace: str, job_body: dict[str, Any], job_uid: str) -> dict[str, Any]:
+        """The headless Service that gives a gang's pods their DNS names; the Job owns it, so it
+        goes when the Job goes (cancel, TTL)."""
+        name = job_body["metadata"]["name"]
+        key = job_body["metadata"]["labels"][LABEL_KEY]
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {MANAGED_BY: MANAGER, LABEL_KEY: key},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": name,
+                        "uid": job_uid,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {
+                "clusterIP": "None",
+                "selector": {LABEL_KEY: key},
+                # Ranks look each other up before they are ready.
+                "publishNotReadyAddresses": True,
+            },
+        }
+
+    def _create_gang_service(self, namespace: str, job_body: dict[str, Any], job_uid: str) -> None:
+        body = self.gang_service(namespace, job_body, job_uid)
+        try:
+            self._request(
+                "create Services",
+                self.core.create_namespaced_service,
+                namespace,
+                k8s.V1Service.model_validate(body),
+                field_validation="Strict",
+                expect=CLIENT_ERRORS,
+            )
+        except ApiException as exc:
+            if exc.status != 409:  # 409: made by an earlier attempt of this dispatch
+                raise JobRejected(_status_message(exc)) from None
 
     def node_selector(self, job) -> dict[str, str]:
         pool = self.pool_for(job)
@@ -686,7 +775,7 @@ class KubernetesAdapter(Adapter):
             if outcome is None:
                 continue
             previous = found.get(key)
-            if previous is None or _timestamp(outcome[0]) >= _timestamp(previous[0]):
+            if previous is None or _decides(outcome, previous):
                 found[key] = outcome
         return {key: (code, why, platform) for key, (_at, code, why, platform) in found.items()}
 
@@ -892,8 +981,10 @@ class KubernetesAdapter(Adapter):
             refusal = f"{exc.status} {_status_reason(exc)}"
             raise JobRejected(f"the cluster refused the job's Secret ({refusal})") from None
 
-    def _latest_pod(self, namespace: str, key: str) -> k8s.V1Pod | None:
+    def _latest_pod(self, namespace: str, key: str, rank: int | None = None) -> k8s.V1Pod | None:
         selector = f"{SELECTOR},{LABEL_KEY}={key}"
+        if rank is not None:  # a gang's rank: the pod of that completion index
+            selector += f",{COMPLETION_INDEX}={int(rank)}"
         pods = self._request(
             "list pods", self.core.list_namespaced_pod, namespace, label_selector=selector
         ).items
@@ -1017,6 +1108,18 @@ def _terminal_condition(status: k8s.V1JobStatus | None) -> k8s.V1JobCondition | 
     return None
 
 
+def _decides(outcome: tuple, other: tuple) -> bool:
+    """Whether one pod's outcome, rather than another's of the same attempt, says how the job
+    ended: a failure over a success (a gang's failing rank, not those stopped after it), then
+    the first failure, else the latest pod."""
+    failed, other_failed = bool(outcome[1]), bool(other[1])
+    if failed != other_failed:
+        return failed
+    if failed:
+        return _timestamp(outcome[0]) < _timestamp(other[0])
+    return _timestamp(outcome[0]) >= _timestamp(other[0])
+
+
 def _pod_outcome(pod: k8s.V1Pod) -> tuple[datetime | None, int | None, str, bool] | None:
     """(finished at, exit code, why, platform fault) of the job's container in a pod that ended,
     else None. An evicted pod, one on a lost node, or one Kubernetes marked as disrupted ended
@@ -1076,6 +1179,30 @@ def _node_usable(node: k8s.V1Node) -> bool:
 def _allocatable_gpus(node: k8s.V1Node) -> int:
     allocatable = (node.status.allocatable if node.status else None) or {}
     return _quantity(allocatable.get(GPU_RESOURCE))
+
+
+def _node_shape(nodes: list[k8s.V1Node]) -> dict[str, int | None]:
+    """A pool's node shape from its nodes' allocatable resources: how many have GPUs, and the
+    largest one's GPUs, CPUs and memory (MB)."""
+    with_gpus = [n for n in nodes if _allocatable_gpus(n)]
+    if not with_gpus:
+        return {}
+
+    def most(resource: str, unit: int) -> int | None:
+        values = []
+        for node in with_gpus:
+            try:
+                values.append(int(parse_quantity((node.status.allocatable or {}).get(resource) or 0) / unit))
+            except ValueError:
+                continue
+        return max(values, default=0) or None
+
+    return {
+        "nodes": len(with_gpus),
+        "gpus_per_node": max(_allocatable_gpus(n) for n in with_gpus),
+        "cpus_per_node": most("cpu", 1),
+        "memory_mb_per_node": most("memory", 1024 * 1024),  # MiB, as Slurm counts MB
+    }
 
 
 def _matches(node: k8s.V1Node, selector: dict[str, str] | None) -> bool:

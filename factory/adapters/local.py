@@ -108,7 +108,7 @@ class LocalAdapter(Adapter):
         (job_dir / "cancel").touch()
         self._ensure_runner(job_dir)
 
-    def logs(self, job, offset: int = 0) -> LogChunk:
+    def logs(self, job, offset: int = 0, rank: int = 0) -> LogChunk:
         self._refuse_unless_allowed()
         job_dir = self.job_dir(job)
         state = local_runner.read_json(job_dir / "state.json").get("state")

@@ -280,12 +280,12 @@ class RayAdapter(Adapter):
             return  # it never reached Ray: nothing to stop
         _raise_for_status(reply, "stopping a job")
 
-    def logs(self, job, offset: int = 0) -> LogChunk:
+    def logs(self, job, offset: int = 0, rank: int = 0) -> LogChunk:
         offset = max(offset, 0)
         finished = bool(getattr(job, "is_terminal", False))
         return slice_log(self._log_text(job).encode("utf-8"), offset, finished=finished)
 
-    def full_log(self, job) -> Iterator[str]:
+    def full_log(self, job, rank: int = 0) -> Iterator[str]:
         yield self._log_text(job)  # Ray answers with the whole log: fetched once
 
     def _log_text(self, job) -> str:
@@ -318,11 +318,12 @@ class RayAdapter(Adapter):
     # --- building the submission ----------------------------------------------------------------
 
     def submission(self, job) -> dict[str, Any]:
-        env = job_env(job)
+        env = {**job_env(job), **gang_env(job)}
         body: dict[str, Any] = {
             "submission_id": self.submission_id(job),
             "entrypoint": entrypoint(job.command, env),
-            "entrypoint_num_gpus": int(job.gpu_count),
+            # A gang's driver holds no GPU: its code asks Ray for its workers' (see gang_env).
+            "entrypoint_num_gpus": 0 if getattr(job, "nodes", 1) > 1 else int(job.gpu_count),
             "entrypoint_num_cpus": int(job.cpus),
             "entrypoint_memory": int(job.memory_gb) * GIB,
             # Secrets only in the runtime env, never in the entrypoint (Ray shows and logs it).
@@ -406,6 +407,7 @@ class RayAdapter(Adapter):
         slugs = list(self.cluster.pools.values_list("gpu_type__slug", flat=True))
         untyped = slugs[0] if len(slugs) == 1 else "gpu"
         totals = {gpu_type: [0.0, 0.0] for gpu_type in (mapping or [untyped])}
+        shapes: dict[str, list[int]] = {}  # GPU type: [nodes, GPUs, CPUs, memory MB] (largest node)
         for resources in nodes.values():
             used, total = _used_total(resources, "GPU")
             if not total:
@@ -414,10 +416,36 @@ class RayAdapter(Adapter):
             entry = totals.setdefault(gpu_type, [0.0, 0.0])
             entry[0] += used
             entry[1] += total
+            shape = shapes.setdefault(gpu_type, [0, 0, 0, 0])
+            shape[0] += 1
+            shape[1] = max(shape[1], int(total))
+            shape[2] = max(shape[2], int(_used_total(resources, "CPU")[1]))
+            shape[3] = max(shape[3], int(_used_total(resources, "memory")[1] / 2**20))
         return tuple(
-            PoolHealth(gpu_type=gpu_type, capacity=int(total), in_use=math.ceil(used))
+            PoolHealth(
+                gpu_type=gpu_type,
+                capacity=int(total),
+                in_use=math.ceil(used),
+                **_shape_fields(shapes.get(gpu_type)),
+            )
             for gpu_type, (used, total) in sorted(totals.items())
         )
+
+
+def gang_env(job) -> dict[str, str]:
+    """What a job on several nodes is told of its shape. On Ray the portal starts the job's driver
+    only; its own code (Ray Train's ScalingConfig(num_workers=WORLD_SIZE, use_gpu=True,
+    resources_per_worker={"GPU": FACTORY_GPUS_PER_NODE}, placement_strategy="STRICT_SPREAD"), or
+    a placement group of its own) asks Ray for the workers' GPUs, which Ray gives all at once."""
+    nodes = int(getattr(job, "nodes", 1) or 1)
+    if nodes == 1:
+        return {}
+    return {
+        "WORLD_SIZE": str(nodes),
+        "FACTORY_NODES": str(nodes),
+        "FACTORY_GPUS_PER_NODE": str(int(job.gpus_per_node)),
+        "FACTORY_CPUS_PER_NODE": str(int(job.cpus)),
+    }
 
 
 def entrypoint(command: str, env: dict[str, str]) -> str:
@@ -504,3 +532,15 @@ def _dashboard_name(resource: str) -> str:
 def _used_total(resources: dict, name: str) -> tuple[float, float]:
     value = resources.get(name) or [0, 0]
     return float(value[0]), float(value[1])
+
+
+def _shape_fields(shape: list[int] | None) -> dict[str, int | None]:
+    if not shape:
+        return {}
+    nodes, gpus, cpus, memory = shape
+    return {
+        "nodes": nodes,
+        "gpus_per_node": gpus,
+        "cpus_per_node": cpus or None,
+        "memory_mb_per_node": memory or None,
+    }

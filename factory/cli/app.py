@@ -132,6 +132,10 @@ def submit(
     job_name: Annotated[str | None, typer.Option("--job-name", "-J")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", "-A", help="Default: your only tenant.")] = None,
     gpus: Annotated[int | None, typer.Option("--gpus", "-G", help="GPUs on one node.")] = None,
+    nodes: Annotated[int | None, typer.Option("--nodes", "-N", help="Nodes, started at once.")] = None,
+    gpus_per_node: Annotated[
+        int | None, typer.Option("--gpus-per-node", help="GPUs on each node of a job on several nodes.")
+    ] = None,
     gpu_type: Annotated[str | None, typer.Option("--gpu-type")] = None,
     time_limit: Annotated[str | None, typer.Option("--time", "-t", help="Minutes, H:M:S or D-H:M:S.")] = None,
     cpus: Annotated[int | None, typer.Option("--cpus-per-task", "-c")] = None,
@@ -170,6 +174,8 @@ def submit(
         "name": job_name,
         "tenant": tenant,
         "gpu_count": gpus,
+        "nodes": nodes,
+        "gpus_per_node": gpus_per_node,
         "gpu_type": gpu_type,
         "time_limit_minutes": parse_time(time_limit) if time_limit else None,
         "cpus": cpus,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
@@ -24,9 +26,13 @@ class JobSerializer(ReusedFieldsMixin, serializers.Serializer):
     command = serializers.CharField(read_only=True)
     image = serializers.CharField(read_only=True)
     gpu_type = serializers.CharField(source="gpu_type.slug", read_only=True)
-    gpu_count = serializers.IntegerField(read_only=True)
-    cpus = serializers.IntegerField(read_only=True)
-    memory_gb = serializers.IntegerField(read_only=True)
+    gpu_count = serializers.IntegerField(
+        read_only=True, help_text="All the job's GPUs: nodes × gpus_per_node."
+    )
+    nodes = serializers.IntegerField(read_only=True)
+    gpus_per_node = serializers.IntegerField(read_only=True)
+    cpus = serializers.IntegerField(read_only=True, help_text="CPUs per node.")
+    memory_gb = serializers.IntegerField(read_only=True, help_text="Memory per node, GiB.")
     time_limit_minutes = serializers.IntegerField(read_only=True)
     priority = serializers.IntegerField(read_only=True)
     env = serializers.DictField(child=serializers.CharField(), read_only=True)
@@ -39,6 +45,9 @@ class JobSerializer(ReusedFieldsMixin, serializers.Serializer):
     reason = serializers.CharField(read_only=True)
     cluster = serializers.CharField(source="cluster.slug", read_only=True, allow_null=True, default=None)
     external_id = serializers.CharField(read_only=True)
+    ran_on = serializers.ListField(
+        child=serializers.CharField(), read_only=True, help_text="The nodes the job ran on."
+    )
     exit_code = serializers.IntegerField(read_only=True, allow_null=True)
     created_at = serializers.DateTimeField(read_only=True)
     admitted_at = serializers.DateTimeField(read_only=True, allow_null=True)
@@ -81,10 +90,30 @@ class JobCreateSerializer(StrictFieldsMixin, ReusedFieldsMixin, serializers.Seri
         queryset=GpuType.objects.all(),
         error_messages={"does_not_exist": "Unknown GPU type {value}."},
     )
-    gpu_count = serializers.IntegerField(validators=_field_validators("gpu_count"))
-    cpus = serializers.IntegerField(required=False, default=4, validators=_field_validators("cpus"))
+    gpu_count = serializers.IntegerField(
+        required=False,
+        validators=_field_validators("gpu_count"),
+        help_text="GPUs of a one-node job. A job on several nodes gives nodes and gpus_per_node instead.",
+    )
+    nodes = serializers.IntegerField(
+        required=False,
+        default=1,
+        validators=_field_validators("nodes"),
+        help_text="Nodes the job runs on at once, one rank per node (a gang). Default 1.",
+    )
+    gpus_per_node = serializers.IntegerField(
+        required=False,
+        validators=_field_validators("gpus_per_node"),
+        help_text="GPUs on each node of a job on several nodes.",
+    )
+    cpus = serializers.IntegerField(
+        required=False, default=4, validators=_field_validators("cpus"), help_text="CPUs per node."
+    )
     memory_gb = serializers.IntegerField(
-        required=False, default=16, validators=_field_validators("memory_gb")
+        required=False,
+        default=16,
+        validators=_field_validators("memory_gb"),
+        help_text="Memory per node, GiB.",
     )
     time_limit_minutes = serializers.IntegerField(validators=_field_validators("time_limit_minutes"))
     priority = serializers.IntegerField(required=False, default=0, validators=_field_validators("priority"))
@@ -112,13 +141,28 @@ class JobCreateSerializer(StrictFieldsMixin, ReusedFieldsMixin, serializers.Seri
         help_text="Name → value, delivered to the job as environment variables; never shown back.",
     )
 
+    def to_internal_value(self, data):
+        # A one-node job needs gpu_count, a gang gpus_per_node: named with the other missing
+        # fields, not after them.
+        missing = {}
+        if isinstance(data, Mapping) and "gpu_count" not in data and "gpus_per_node" not in data:
+            field = "gpu_count" if str(data.get("nodes", 1)) == "1" else "gpus_per_node"
+            missing = {field: [self.fields[field].error_messages["required"]]}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({**missing, **exc.detail}) from None
+        if missing:
+            raise serializers.ValidationError(missing)
+        return value
+
     def validate(self, attrs):
         both = sorted(set(attrs.get("env") or {}) & set(attrs.get("secrets") or {}))
         if both:
             raise serializers.ValidationError({"secrets": [f"{', '.join(both)} is also in env."]})
         try:
-            check_gpu_request(attrs["gpu_type"], attrs["gpu_count"])
-            check_image(attrs["gpu_type"], attrs["gpu_count"], attrs.get("image", ""))
+            fitting = check_gpu_request(attrs["gpu_type"], attrs)
+            check_image(attrs["gpu_type"], fitting, attrs.get("image", ""))
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from None
         return attrs

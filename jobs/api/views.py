@@ -62,7 +62,7 @@ class JobViewSet(
         spec = dict(serializer.validated_data)
         tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=spec.pop("tenant"))
         try:
-            submission.check_owner_identity(request.user, tenant, spec["gpu_type"], spec["gpu_count"])
+            submission.check_for_tenant(request.user, tenant, spec)
             dependencies.check(tenant, spec["after_ok"], spec["after_any"])
         except DjangoValidationError as exc:
             raise ValidationError(exc.message_dict) from None
@@ -99,7 +99,12 @@ class JobViewSet(
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        parameters=[OpenApiParameter("offset", int, description="Byte offset to read from (default 0).")],
+        parameters=[
+            OpenApiParameter("offset", int, description="Byte offset to read from (default 0)."),
+            OpenApiParameter(
+                "rank", int, description="Of a job on several nodes: whose log (default 0, the first node's)."
+            ),
+        ],
         responses=LogChunkSerializer,
     )
     @action(detail=True, methods=["get"])
@@ -111,7 +116,10 @@ class JobViewSet(
             raise ValidationError({"offset": ["Give a whole number of bytes."]}) from None
         if offset < 0:
             raise ValidationError({"offset": ["The offset cannot be negative."]})
-        chunk = read_log(job, offset)
+        rank = request.query_params.get("rank", "0")
+        if not rank.isdigit() or int(rank) >= job.nodes:
+            raise ValidationError({"rank": [f"Give a rank from 0 to {job.nodes - 1}."]})
+        chunk = read_log(job, offset, int(rank))
         data = {
             "offset": offset,
             "next_offset": chunk.next_offset if chunk else offset,

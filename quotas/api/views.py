@@ -85,7 +85,7 @@ class EstimateView(APIView):
         spec = dict(serializer.validated_data)
         tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=spec.pop("tenant"))
         try:
-            submission.check_owner_identity(request.user, tenant, spec["gpu_type"], spec["gpu_count"])
+            submission.check_for_tenant(request.user, tenant, spec)
             result = estimate.estimate(tenant, request.user, spec)
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from None

@@ -59,7 +59,7 @@ def test_scontrol_show_job_detail_gives_each_running_jobs_gpu_indexes():
         "Nodes=gpu3 CPU_IDs=0 Mem=0 GRES=gpu:h100:1(IDX:0)\n"
     )
     assert job_gpu_indexes(text) == {(node, index): "17" for node in ("gpu1", "gpu2") for index in (0, 1, 5)}
-    assert expand_hostlist("gpu[01-02,10],cpu1") == ["gpu01", "gpu02", "gpu10", "cpu1"]
+    assert expand_hostlist("gpu[01-02,10],cpu1") == ("gpu01", "gpu02", "gpu10", "cpu1")
 
 
 def test_a_drain_reason_with_spaces_is_read_whole():

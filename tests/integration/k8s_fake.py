@@ -50,7 +50,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -62,6 +62,7 @@ GPU_QUOTA = f"requests.{GPU}"
 NAME_LABEL = "kubernetes.io/metadata.name"
 POD_SECURITY = "pod-security.kubernetes.io/"
 TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 ORPHAN_WARNING = (
     '299 - "child pods are preserved by default when jobs are deleted; set '
     "propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress "
@@ -259,7 +260,9 @@ CONTAINER = {
     "command": List(STR),
     "args": List(STR),
     "workingDir": STR,
-    "env": List({"name": STR, "value": STR}),
+    "env": List(
+        {"name": STR, "value": STR, "valueFrom": {"fieldRef": {"apiVersion": STR, "fieldPath": STR}}}
+    ),
     "envFrom": List(
         {
             "prefix": STR,
@@ -284,6 +287,8 @@ POD_SPEC = {
     "hostNetwork": BOOL,
     "hostPID": BOOL,
     "hostIPC": BOOL,
+    "hostname": STR,
+    "subdomain": STR,
 }
 JOB = {
     "apiVersion": STR,
@@ -298,9 +303,33 @@ JOB = {
         "completions": INT,
         "parallelism": INT,
         "completionMode": STR,
+        "backoffLimitPerIndex": INT,
+        "maxFailedIndexes": INT,
+        "podFailurePolicy": {
+            "rules": List(
+                {
+                    "action": STR,
+                    "onExitCodes": {"containerName": STR, "operator": STR, "values": List(INT)},
+                    "onPodConditions": List({"type": STR, "status": STR}),
+                }
+            )
+        },
         "manualSelector": BOOL,
         "podReplacementPolicy": STR,
         "selector": {"matchLabels": Map(STR)},
+    },
+    "status": ANY,
+}
+SERVICE = {
+    "apiVersion": STR,
+    "kind": STR,
+    "metadata": OBJECT_META,
+    "spec": {
+        "clusterIP": STR,
+        "type": STR,
+        "selector": Map(STR),
+        "publishNotReadyAddresses": BOOL,
+        "ports": List({"name": STR, "protocol": STR, "port": INT, "targetPort": INT_OR_STR}),
     },
     "status": ANY,
 }
@@ -358,6 +387,11 @@ GO_STRUCTS = {
     "spec.template.spec.containers.resources": "ResourceRequirements",
     "spec.template.spec.tolerations": "Toleration",
     "spec.template.spec.securityContext": "PodSecurityContext",
+    "spec.podFailurePolicy": "PodFailurePolicy",
+    "spec.podFailurePolicy.rules": "PodFailurePolicyRule",
+    "spec.podFailurePolicy.rules.onExitCodes": "PodFailurePolicyOnExitCodesRequirement",
+    "spec.template.spec.containers.env.valueFrom": "EnvVarSource",
+    "spec.template.spec.containers.env.valueFrom.fieldRef": "ObjectFieldSelector",
     "spec.template.spec.containers.securityContext": "SecurityContext",
     "spec.template.spec.containers.securityContext.capabilities": "Capabilities",
     "spec.hard": "ResourceQuotaSpec",
@@ -850,6 +884,50 @@ POLICIES = Resource(
     False,
     True,
 )
+SERVICES = Resource(
+    "Service", "services", "", "v1", SERVICE, lambda service: validate_service(service), True, False
+)
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def validate_service(service: dict) -> list[FieldError]:
+    """ValidateService's rules the adapter can run into: a DNS-1035 name, ports unless headless,
+    valid selector values, a known type."""
+    errors = []
+    name = (service.get("metadata") or {}).get("name", "")
+    if name and (not DNS_1035.fullmatch(name) or len(name) > 63):
+        errors.append(
+            invalid_value(
+                "metadata.name",
+                name,
+                "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start "
+                "with an alphabetic character, and end with an alphanumeric character",
+            )
+        )
+    spec = service.get("spec") or {}
+    if spec.get("clusterIP") != "None" and not spec.get("ports"):
+        errors.append(required("spec.ports"))
+    if spec.get("type", "ClusterIP") not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+        errors.append(
+            not_supported(
+                "spec.type", spec["type"], ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]
+            )
+        )
+    errors += label_errors("spec.selector", spec.get("selector") or {})
+    return errors
+
+
+def default_service(service: dict) -> None:
+    spec = service["spec"]
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    if spec.get("clusterIP") == "None":
+        spec["clusterIPs"] = ["None"]
+    else:
+        spec["clusterIP"] = "10.96.0.42"
+        spec["clusterIPs"] = ["10.96.0.42"]
+    spec.update(ipFamilies=["IPv4"], ipFamilyPolicy="SingleStack", internalTrafficPolicy="Cluster")
+    service["status"] = {"loadBalancer": {}}
 
 
 @dataclass
@@ -879,6 +957,7 @@ class FakeKubernetes:
             QUOTAS.resource: {},
             POLICIES.resource: {},
             SECRETS.resource: {},
+            SERVICES.resource: {},
         }
         self.warnings: list[str] = []  # every Warning header sent, for tests to read
         self.forbidden: set[tuple[str, str]] = set()
@@ -972,6 +1051,10 @@ class FakeKubernetes:
     def secrets(self) -> dict[tuple[str, str], dict]:
         return self.objects[SECRETS.resource]
 
+    @property
+    def services(self) -> dict[tuple[str, str], dict]:
+        return self.objects[SERVICES.resource]
+
     def quota(self, namespace: str, name: str) -> dict:
         """A ResourceQuota as a read answers it (its status as the quota controller writes it)."""
         with self.lock:
@@ -1031,12 +1114,57 @@ class FakeKubernetes:
         with self.lock:
             job = self.jobs[_key(external_id)]
             assert not job["spec"].get("suspend"), "a suspended Job does not start"
-            pod = self._create_pod(job, running=ready)
+            # An Indexed Job gets one pod per index, all at once (its parallelism is its completions).
+            indexes = range(job["spec"]["parallelism"]) if _indexed(job) else [None]
+            pods = [self._create_pod(job, running=ready, index=index) for index in indexes]
             status = job["status"]
             status.setdefault("startTime", now())
-            status.update(active=1, ready=1 if ready else 0, terminating=0, uncountedTerminatedPods={})
+            count = len(pods)
+            status.update(
+                active=count, ready=count if ready else 0, terminating=0, uncountedTerminatedPods={}
+            )
             self._write_status(job)
-            self.logs.setdefault((job["metadata"]["namespace"], pod["metadata"]["name"]), b"")
+            for pod in pods:
+                self.logs.setdefault((job["metadata"]["namespace"], pod["metadata"]["name"]), b"")
+
+    def write_rank_log(self, external_id: str, index: int, text: str) -> None:
+        """Output of one index's pod (a gang's rank)."""
+        with self.lock:
+            for pod in self.pods_of(external_id):
+                if pod["metadata"]["annotations"].get(COMPLETION_INDEX) == str(index):
+                    self.logs[(pod["metadata"]["namespace"], pod["metadata"]["name"])] += text.encode()
+
+    def fail_index(self, external_id: str, index: int, *, exit_code: int) -> None:
+        """One index's container exits non-zero. Under a FailJob rule of the Job's pod failure
+        policy that matches, the Job fails at once with reason PodFailurePolicy; else the backoff
+        limit (0 here) fails it. Either way the controller deletes the other pods, which end
+        terminated (exit code 143)."""
+        with self.lock:
+            job = self.jobs[_key(external_id)]
+            pods = self._job_pods(job)
+            failing = next(
+                p for p in pods if p["metadata"]["annotations"].get(COMPLETION_INDEX) == str(index)
+            )
+            self._end_pod(failing, exit_code)
+            # Stopped after it: SIGTERM, a grace period later.
+            later = (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for pod in pods:
+                if pod is not failing:
+                    self._end_pod(pod, 143, finished_at=later)
+            status = job["status"]
+            status.pop("active", None)
+            status.update(ready=0, failed=len(pods), terminating=0, uncountedTerminatedPods={})
+            rule = _fail_job_rule(job, failing["spec"]["containers"][0]["name"], exit_code)
+            if rule is not None:
+                pod_name = f"{failing['metadata']['namespace']}/{failing['metadata']['name']}"
+                outcome = (
+                    "PodFailurePolicy",
+                    f"Container {failing['spec']['containers'][0]['name']} for pod {pod_name} failed "
+                    f"with exit code {exit_code} matching FailJob rule at index {rule}",
+                )
+            else:
+                outcome = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            self._decide(job, "FailureTarget", "Failed", outcome, True)
 
     def write_log(self, external_id: str, text: str | bytes) -> None:
         data = text.encode() if isinstance(text, str) else text
@@ -1054,7 +1182,10 @@ class FakeKubernetes:
             self._end_pods(job, exit_code=0)
             status = job["status"]
             status.pop("active", None)
-            status.update(ready=0, succeeded=1, terminating=0, uncountedTerminatedPods={})
+            succeeded = len(self._job_pods(job)) or 1
+            status.update(ready=0, succeeded=succeeded, terminating=0, uncountedTerminatedPods={})
+            if _indexed(job):
+                status["completedIndexes"] = "0" if succeeded == 1 else f"0-{succeeded - 1}"
             outcome = ("CompletionsReached", "Reached expected number of succeeded pods")
             self._decide(job, "SuccessCriteriaMet", "Complete", outcome, finished)
 
@@ -1198,10 +1329,13 @@ class FakeKubernetes:
         assert not problems, f"the API server would refuse this status: {problems}"
         job["metadata"]["resourceVersion"] = self._next_version()
 
-    def _create_pod(self, job: dict, *, running: bool) -> dict:
+    def _create_pod(self, job: dict, *, running: bool, index: int | None = None) -> dict:
         meta = job["metadata"]
-        name = f"{meta['name']}-{secrets.token_hex(3)[:5]}"
+        indexed = f"-{index}" if index is not None else ""
+        name = f"{meta['name']}{indexed}-{secrets.token_hex(3)[:5]}"
         spec = copy.deepcopy(job["spec"]["template"]["spec"])
+        if index is not None:
+            spec["hostname"] = f"{meta['name']}-{index}"  # with the subdomain: its DNS name
         self._admit_pod(meta["namespace"], name, spec)
         spec["nodeName"] = self._node_for(spec.get("nodeSelector") or {})
         container = spec["containers"][0]
@@ -1227,7 +1361,11 @@ class FakeKubernetes:
                 "uid": str(uuid.uuid4()),
                 "resourceVersion": self._next_version(),
                 "creationTimestamp": started,
-                "labels": dict(job["spec"]["template"]["metadata"]["labels"]),
+                "labels": {
+                    **job["spec"]["template"]["metadata"]["labels"],
+                    **({COMPLETION_INDEX: str(index)} if index is not None else {}),
+                },
+                "annotations": {COMPLETION_INDEX: str(index)} if index is not None else {},
                 "ownerReferences": [
                     {
                         "apiVersion": "batch/v1",
@@ -1350,21 +1488,24 @@ class FakeKubernetes:
 
     def _end_pods(self, job: dict, *, exit_code: int) -> None:
         for pod in self._job_pods(job):
-            status = pod["status"]
-            container = status["containerStatuses"][0]
-            started = container["state"].get("running", {}).get("startedAt", now())
-            container["state"] = {
-                "terminated": {
-                    "exitCode": exit_code,
-                    "reason": "Completed" if exit_code == 0 else "Error",
-                    "startedAt": started,
-                    "finishedAt": now(),
-                    "containerID": container.get("containerID", "containerd://0"),
-                }
+            self._end_pod(pod, exit_code)
+
+    def _end_pod(self, pod: dict, exit_code: int, *, finished_at: str | None = None) -> None:
+        status = pod["status"]
+        container = status["containerStatuses"][0]
+        started = container["state"].get("running", {}).get("startedAt", now())
+        container["state"] = {
+            "terminated": {
+                "exitCode": exit_code,
+                "reason": "Completed" if exit_code == 0 else "Error",
+                "startedAt": started,
+                "finishedAt": finished_at or now(),
+                "containerID": container.get("containerID", "containerd://0"),
             }
-            container.update(ready=False, started=False)
-            status["phase"] = "Succeeded" if exit_code == 0 else "Failed"
-            pod["metadata"]["finalizers"] = []  # the controller has counted it
+        }
+        container.update(ready=False, started=False)
+        status["phase"] = "Succeeded" if exit_code == 0 else "Failed"
+        pod["metadata"]["finalizers"] = []  # the controller has counted it
 
     def _delete_pods_of(self, job: dict) -> None:
         for pod in self._job_pods(job):
@@ -1439,6 +1580,14 @@ class FakeKubernetes:
                 return self._object(SECRETS, method, ns, name, r)
             case "GET", ["api", "v1", "resourcequotas"]:
                 return self._list_objects(QUOTAS, None, selector)
+            case "GET", ["api", "v1", "services"]:
+                return self._list_objects(SERVICES, None, selector)
+            case ("GET" | "POST") as method, ["api", "v1", "namespaces", ns, "services"]:
+                if method == "GET":
+                    return self._list_objects(SERVICES, ns, selector)
+                return self._create_object(SERVICES, ns, r)
+            case ("GET" | "DELETE") as method, ["api", "v1", "namespaces", ns, "services", name]:
+                return self._object(SERVICES, method, ns, name, r)
             case "GET", ["apis", "networking.k8s.io", "v1", "networkpolicies"]:
                 return self._list_objects(POLICIES, None, selector)
             case ("GET" | "POST") as method, ["api", "v1", "namespaces", ns, "resourcequotas"]:
@@ -1666,6 +1815,8 @@ class FakeKubernetes:
             default_policy(created)
         if res is QUOTAS:
             created["status"] = {}  # the quota controller fills it in on its next sync
+        if res is SERVICES:
+            default_service(created)
         store[(namespace, name)] = created
         return 201, copy.deepcopy(created), self._warn(warnings)
 
@@ -1901,6 +2052,22 @@ def default_job(body: dict, namespace: str, version: str) -> dict:
     return job
 
 
+def _indexed(job: dict) -> bool:
+    return job["spec"].get("completionMode") == "Indexed"
+
+
+def _fail_job_rule(job: dict, container: str, exit_code: int) -> int | None:
+    """The index of the first pod failure policy rule that fails the Job for this exit code."""
+    for index, rule in enumerate((job["spec"].get("podFailurePolicy") or {}).get("rules") or []):
+        codes = rule.get("onExitCodes")
+        if not codes or codes.get("containerName", container) != container:
+            continue
+        within = exit_code in codes.get("values", [])
+        if within == (codes.get("operator") == "In"):
+            return index if rule.get("action") == "FailJob" else None
+    return None
+
+
 def _pull_policy(image: str) -> str:
     if "@" in image:
         return "IfNotPresent"
@@ -1948,9 +2115,23 @@ def validate_job(job: dict) -> list[FieldError]:
                 "spec.activeDeadlineSeconds", spec["activeDeadlineSeconds"], "must be greater than 0"
             )
         )
+    mode = spec.get("completionMode", "NonIndexed")
+    if mode not in ("NonIndexed", "Indexed"):
+        errors.append(not_supported("spec.completionMode", mode, ["NonIndexed", "Indexed"]))
+    if mode == "Indexed" and spec.get("completions") is None:
+        errors.append(required("spec.completions", "when completion mode is Indexed"))
+    for key in ("completions", "parallelism"):
+        if spec.get(key) is not None and spec[key] < 0:
+            errors.append(invalid_value(f"spec.{key}", spec[key], "must be greater than or equal to 0"))
+    errors += _failure_policy_errors(spec)
     pod = (spec.get("template") or {}).get("spec")
     if pod is None:
         return [*errors, required("spec.template.spec")]
+    subdomain = pod.get("subdomain")
+    if subdomain and (not DNS_LABEL.fullmatch(subdomain) or len(subdomain) > 63):
+        errors.append(
+            invalid_value("spec.template.spec.subdomain", subdomain, "must be a valid DNS-1123 label")
+        )
     for key, value in (pod.get("nodeSelector") or {}).items():
         if len(value) > 63 or not LABEL_VALUE.fullmatch(value):
             errors.append(
@@ -1976,6 +2157,53 @@ def validate_job(job: dict) -> list[FieldError]:
         if not container.get("image"):
             errors.append(required(f"{path}.image"))
         errors += _gpu_errors(path, container.get("resources") or {})
+    return errors
+
+
+def _failure_policy_errors(spec: dict) -> list[FieldError]:
+    """validatePodFailurePolicy: restartPolicy Never, known actions and operators, exit codes
+    sorted and unique, no 0 under In."""
+    policy = spec.get("podFailurePolicy")
+    if policy is None:
+        return []
+    errors = []
+    restart = ((spec.get("template") or {}).get("spec") or {}).get("restartPolicy")
+    if restart != "Never":
+        errors.append(
+            invalid_value(
+                "spec.template.spec.restartPolicy",
+                restart,
+                'only "Never" is supported when podFailurePolicy is specified',
+            )
+        )
+    for i, rule in enumerate(policy.get("rules") or []):
+        path = f"spec.podFailurePolicy.rules[{i}]"
+        action = rule.get("action")
+        if action not in ("FailJob", "FailIndex", "Ignore", "Count"):
+            errors.append(
+                not_supported(f"{path}.action", action, ["Count", "FailIndex", "FailJob", "Ignore"])
+            )
+        codes, conditions = rule.get("onExitCodes"), rule.get("onPodConditions")
+        if (codes is None) == (conditions is None):
+            errors.append(
+                invalid_value(path, "", "specifying one of onExitCodes and onPodConditions is required")
+            )
+        if codes is not None:
+            operator, values = codes.get("operator"), codes.get("values") or []
+            if operator not in ("In", "NotIn"):
+                errors.append(not_supported(f"{path}.onExitCodes.operator", operator, ["In", "NotIn"]))
+            if not values:
+                errors.append(
+                    invalid_value(f"{path}.onExitCodes.values", values, "at least one value is required")
+                )
+            if values != sorted(set(values)):
+                errors.append(
+                    invalid_value(f"{path}.onExitCodes.values", values, "must be ordered and unique")
+                )
+            if operator == "In" and 0 in values:
+                errors.append(
+                    invalid_value(f"{path}.onExitCodes.values", 0, "must not be 0 for the In operator")
+                )
     return errors
 
 

@@ -155,6 +155,9 @@ def test_bad_input_gets_a_clear_message_and_submits_nothing(
 
     result = cli("submit", "-J", "x", "-G", "99", "--gpu-type", "h100", "-t", "5", "--wrap", "true")
     assert result.returncode == 2 and "gpu_count: At most 4 h100 GPUs fit on one cluster" in result.stderr
+    gang = ("-N", "2", "--gpus-per-node", "2", "--gpu-type", "h100", "-t", "5", "--wrap", "true")
+    result = cli("submit", "-J", "x", *gang)
+    assert result.returncode == 2 and "nodes: Local runs one-node jobs only." in result.stderr
     assert cli("submit", "-t", "abc", "--wrap", "true").returncode == 2
     secretless = cli("submit", "--secret", "HF_TOKEN", "--wrap", "true")
     assert secretless.returncode == 2 and "no environment variable HF_TOKEN" in secretless.stderr

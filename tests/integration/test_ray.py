@@ -390,3 +390,68 @@ def test_job_submitted_through_the_portal_runs_on_ray_and_its_log_is_served(ray_
     from tests.integration.test_kubernetes import assert_metered
 
     assert_metered(job)
+
+
+# --- jobs on several nodes -------------------------------------------------------------------------
+
+# The job's own code spreads its ranks over the GPUs, as Ray Train does: one placement group
+# bundle per node (SPREAD here: the test head is one node), one task per bundle.
+RAY_GANG = """\
+import os
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+ray.init()
+world, per_node = int(os.environ["WORLD_SIZE"]), int(os.environ["FACTORY_GPUS_PER_NODE"])
+group = placement_group([{"GPU": per_node, "CPU": 1}] * world, strategy="SPREAD")
+ray.get(group.ready(), timeout=60)
+
+
+@ray.remote
+def rank(index):
+    return index, os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+ranks = [
+    rank.options(
+        num_gpus=per_node,
+        num_cpus=1,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
+    ).remote(i)
+    for i in range(world)
+]
+for index, gpus in sorted(ray.get(ranks)):
+    print(f"rank {index} of {world}: {len(gpus.split(','))} GPUs")
+"""
+
+
+def test_a_gang_s_driver_holds_no_gpu_and_its_code_spreads_all_of_them(ray_job, ray_head):
+    import shlex
+    import sys
+
+    job = ray_job(
+        name="ray-gang",
+        command=f"{sys.executable} -c {shlex.quote(RAY_GANG)}",
+        nodes=2,
+        gpus_per_node=2,
+        gpu_count=None,
+    )
+    dispatch_jobs([job.pk])
+    job = run_to(job, lambda j: j.is_terminal, timeout=120)
+    assert job.state == JobState.SUCCEEDED, (job.reason, log_of(job))
+    # All 4 GPUs of the head went to the ranks: a driver holding any would leave the group waiting.
+    assert "rank 0 of 2: 2 GPUs\nrank 1 of 2: 2 GPUs\n" in output_of(ray_head, job)
+
+
+def test_the_ray_cluster_s_node_shape_refuses_a_gang_it_cannot_hold(ray_cluster, owner):
+    from factory.tasks import refresh_health
+    from tests.jobs.test_api import URL, body, client_for
+
+    assert refresh_health(ray_cluster).ok
+    pool = ray_cluster.pools.get()
+    assert (pool.node_count, pool.node_gpus, pool.node_cpus) == (1, 4, 8)
+    gang = {**body(nodes=2, gpus_per_node=2, memory_gb=1, cpus=1), "gpu_count": 4}
+    response = client_for(owner).post(URL, gang, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"nodes": ["Needs 2 nodes; ray-local has 1 h100 node(s)."]}

@@ -48,6 +48,8 @@ def test_a_spec_saved_as_a_template_prefills_the_form_without_its_secrets(client
         "image": "",
         "gpu_type": "h100",
         "gpu_count": 2,
+        "nodes": 1,
+        "gpus_per_node": 2,
         "cpus": 8,
         "memory_gb": 32,
         "time_limit_minutes": 120,

@@ -57,9 +57,11 @@ from ..base import (
 )
 from .accounts import SlurmAccounts
 from .cli import (
+    NODE_FIELDS,
     SAFE_TOKEN,
     SlurmCLI,
     epoch,
+    expand_hostlist,
     gpu_capacity,
     job_gpu_indexes,
     job_state,
@@ -330,24 +332,28 @@ class SlurmAdapter(Adapter):
             if "invalid job id" not in str(exc).lower():
                 raise  # a job Slurm no longer knows cannot be cancelled: nothing to do
 
-    def logs(self, job, offset: int = 0) -> LogChunk:
+    def logs(self, job, offset: int = 0, rank: int = 0) -> LogChunk:
+        """The job's output; of a gang, rank `rank`'s (its node's task), as srun wrote it."""
         finished = bool(getattr(job, "is_terminal", False))
-        return read_log_file(self.job_dir(job) / "output.log", offset, finished=finished)
+        name = f"rank-{int(rank)}.log" if getattr(job, "nodes", 1) > 1 else "output.log"
+        return read_log_file(self.job_dir(job) / name, offset, finished=finished)
 
     def health(self) -> Health:
         try:
             ping = self.cli.run(["scontrol", "ping"], check=False)
             if "UP" not in ping:
                 return Health(ok=False, message=f"slurmctld is not answering: {ping.strip()}")
-            nodes = self.cli.run(
-                ["sinfo", "-h", "-N", "-O", "NodeList:|,Partition:|,Gres:|,GresUsed:|,StateLong"]
-            )
+            nodes = self.cli.run(["sinfo", "-h", "-N", "-O", NODE_FIELDS])
         except BackendError as exc:
             return Health(ok=False, message=str(exc))
         pools = gpu_capacity(nodes)
         down = sorted({line.split("|")[0] for line in nodes.splitlines() if node_down(line)})
         message = "controller up" + (f"; nodes down or drained: {', '.join(down)}" if down else "")
         return Health(ok=True, message=message, pools=tuple(pools))
+
+    def health_key(self, pool) -> str:
+        partition = pool.partition or self.connection.default_partition or ""
+        return f"{partition}/{pool.gpu_type.slug}"
 
     def apply_tenant_limits(self, limits: dict[str, dict[str, GpuLimit]]) -> list[str]:
         return self.accounts.apply_limits(limits)
@@ -400,8 +406,7 @@ class SlurmAdapter(Adapter):
             "--parsable",
             f"--job-name={job.name}",
             f"--time={job.time_limit_minutes}",
-            f"--gres=gpu:{gpu_type}:{int(job.gpu_count)}",
-            "--ntasks=1",
+            *self.placement_args(job),
             f"--cpus-per-task={int(job.cpus)}",
             f"--mem={int(job.memory_gb)}G",
             f"--output={output}",
@@ -419,6 +424,24 @@ class SlurmAdapter(Adapter):
             args.append(f"--account={self.accounts.name(job.tenant.slug)}")
         return args
 
+    def placement_args(self, job) -> list[str]:
+        """One node: its GPUs as gres, one task. A gang: one allocation of `nodes` nodes with
+        `gpus_per_node` GPUs each (memory and CPUs are per node too), one task per node, under
+        one switch where the site asks for it."""
+        gpu_type = job.gpu_type.slug
+        nodes = int(getattr(job, "nodes", 1) or 1)
+        if nodes == 1:
+            return [f"--gres=gpu:{gpu_type}:{int(job.gpu_count)}", "--ntasks=1"]
+        args = [
+            f"--nodes={nodes}",
+            "--ntasks-per-node=1",
+            f"--gpus-per-node={gpu_type}:{int(job.gpus_per_node)}",
+        ]
+        wait = self.connection.gang_switch_wait_minutes
+        if wait is not None:
+            args.append(f"--switches=1@{int(wait)}")
+        return args
+
     @staticmethod
     def batch_script(job, secrets_dir: Path | None = None) -> str:
         """The script sbatch reads on stdin. Its first lines are commands, so sbatch stops looking
@@ -433,7 +456,7 @@ class SlurmAdapter(Adapter):
                 f"set -a; . {path} || {{ echo 'factory: the job cannot read its secrets' >&2; exit 1; }}",
                 "set +a",
             ]
-        lines += ["", job.command, ""]
+        lines += ["", gang_launch(job.command) if getattr(job, "nodes", 1) > 1 else job.command, ""]
         return "\n".join(lines)
 
     # --- reading state --------------------------------------------------------------------------
@@ -462,17 +485,20 @@ class SlurmAdapter(Adapter):
             ended_at=epoch(entry.get("end_time")) if state.is_terminal else None,
             exit_code=wait_status(entry.get("exit_code")) if state.is_terminal else None,
             platform_fault=state_name in PLATFORM_FAULTS,
+            nodes=expand_hostlist(entry.get("nodes") or "") if state != BackendState.QUEUED else (),
         )
 
     def sacct_reports(self, external_ids: list[str], live: dict[str, dict]) -> dict[str, StatusReport]:
         reports: dict[str, StatusReport] = {}
         if self.cli.accounting_enabled():
-            out = self.sacct("-j", ",".join(sorted(external_ids)), "-o", "JobID,State,ExitCode,Start,End")
+            out = self.sacct(
+                "-j", ",".join(sorted(external_ids)), "-o", "JobID,State,ExitCode,Start,End,NodeList"
+            )
             for line in out.splitlines():
                 parts = line.split("|")
-                if len(parts) != 5:
+                if len(parts) != 6:
                     continue
-                job_id, state_text, exit_text, start, end = parts
+                job_id, state_text, exit_text, start, end, node_list = parts
                 state_name = state_text.split()[0] if state_text else ""  # "CANCELLED by 0"
                 state = STATES.get(state_name, BackendState.QUEUED)
                 if not state.is_terminal and job_id in live:
@@ -485,6 +511,7 @@ class SlurmAdapter(Adapter):
                     ended_at=local_time(end, self.connection.timezone) if state.is_terminal else None,
                     exit_code=sacct_exit_code(exit_text) if state.is_terminal else None,
                     platform_fault=state_name in PLATFORM_FAULTS,
+                    nodes=expand_hostlist(node_list),
                 )
         for external_id in external_ids:
             if external_id in reports:
@@ -496,6 +523,41 @@ class SlurmAdapter(Adapter):
                     external_id, BackendState.LOST, "Slurm no longer knows this job"
                 )
         return reports
+
+
+# A gang's ranks: one task per node, started by srun inside the allocation. Each rank gets the
+# variables torchrun and most launchers read, derived from Slurm's own: MASTER_ADDR (the first
+# node's address, as slurmctld knows it), MASTER_PORT (from the job id, so that two gangs sharing
+# a node differ), WORLD_SIZE (nodes), NODE_RANK (the task's node index) and FACTORY_NODE_LIST.
+# A rank that fails ends the others (--kill-on-bad-exit); the job's exit code is the worst code a
+# rank exited with by itself, not that of the ranks stopped because of it. srun writes each rank's
+# output to rank-<N>.log in the job's directory (the umask keeps it from other users).
+GANG_LAUNCH = """\
+FACTORY_JOB_DIR=$PWD
+FACTORY_NODE_LIST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | paste -sd, -)
+MASTER_ADDR=$(scontrol -o show node "${FACTORY_NODE_LIST%%,*}" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
+export FACTORY_NODE_LIST MASTER_ADDR=${MASTER_ADDR:-${FACTORY_NODE_LIST%%,*}}
+export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000)) WORLD_SIZE=$SLURM_JOB_NUM_NODES
+umask 0027
+srun --export=ALL --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \\
+  --output="$FACTORY_JOB_DIR/rank-%t.log" /bin/bash -c \\
+  'export NODE_RANK=$SLURM_NODEID; /bin/bash -c "$1"; code=$?
+   echo $code >"$2/rank-$NODE_RANK.exit"; exit $code' \\
+  rank {command} "$FACTORY_JOB_DIR"
+launched=$?
+worst=0
+for file in "$FACTORY_JOB_DIR"/rank-*.exit; do
+  [ -f "$file" ] && code=$(cat "$file") && [ "$code" -gt "$worst" ] && worst=$code
+done
+[ "$worst" -ne 0 ] || worst=$launched
+exit "$worst"
+"""
+
+
+def gang_launch(command: str) -> str:
+    """The batch script's body for a job on several nodes: the user's command is one quoted
+    argument of srun's, never part of a shell string."""
+    return GANG_LAUNCH.replace("{command}", shlex.quote(command))
 
 
 def _worker_user() -> str:

@@ -234,21 +234,40 @@ def gpu_tres(text: str) -> dict[str, int]:
     return counts
 
 
+# What health() asks sinfo for, one line per node and partition.
+NODE_FIELDS = "NodeList:|,Partition:|,Gres:|,GresUsed:|,CPUs:|,Memory:|,StateLong"
+
+
 def gpu_capacity(nodes_text: str) -> list[PoolHealth]:
-    """Sum GPUs per (partition, type) from `sinfo -N -O NodeList,Partition,Gres,GresUsed,StateLong`."""
-    totals: dict[str, list[int]] = {}
+    """GPUs per (partition, type), and the node shape of each, from `sinfo -N -O NODE_FIELDS`:
+    how many nodes have such GPUs, and the largest one's GPUs, CPUs and memory (MB)."""
+    totals: dict[str, dict[str, int]] = {}
     for line in nodes_text.splitlines():
         parts = [p.strip() for p in line.split("|")]
         if len(parts) < 4:
             continue
         _node, partition, gres, used = parts[:4]
+        cpus, memory = (parts[4], parts[5]) if len(parts) >= 7 else ("", "")
         for gpu_type, count in _gres_counts(gres).items():
             key = f"{partition.rstrip('*')}/{gpu_type}"
-            entry = totals.setdefault(key, [0, 0])
-            entry[0] += count
-            entry[1] += _gres_counts(used).get(gpu_type, 0)
+            entry = totals.setdefault(key, dict.fromkeys(("cap", "used", "nodes", "gpus", "cpus", "mem"), 0))
+            entry["cap"] += count
+            entry["used"] += _gres_counts(used).get(gpu_type, 0)
+            entry["nodes"] += 1
+            entry["gpus"] = max(entry["gpus"], count)
+            entry["cpus"] = max(entry["cpus"], int(cpus) if cpus.isdigit() else 0)
+            entry["mem"] = max(entry["mem"], int(memory) if memory.isdigit() else 0)
     return [
-        PoolHealth(gpu_type=key, capacity=cap, in_use=used) for key, (cap, used) in sorted(totals.items())
+        PoolHealth(
+            gpu_type=key,
+            capacity=entry["cap"],
+            in_use=entry["used"],
+            nodes=entry["nodes"],
+            gpus_per_node=entry["gpus"],
+            cpus_per_node=entry["cpus"] or None,
+            memory_mb_per_node=entry["mem"] or None,
+        )
+        for key, entry in sorted(totals.items())
     ]
 
 
@@ -260,6 +279,30 @@ def _gres_counts(text: str) -> dict[str, int]:
         if match:
             counts[match[1]] = counts.get(match[1], 0) + int(match[2])
     return counts
+
+
+def expand_hostlist(text: str) -> tuple[str, ...]:
+    """Slurm's compressed node lists, as squeue and sacct print them: "gpu[2-3],cpu1" → ("gpu2",
+    "gpu3", "cpu1"); "None assigned" and "(null)" → ()."""
+    names: list[str] = []
+    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", text or ""):
+        item = item.strip()
+        if not item or " " in item or item == "(null)":
+            continue
+        match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
+        if not match:
+            names.append(item)
+            continue
+        prefix, ranges, suffix = match.groups()
+        for part in ranges.split(","):
+            low, _, high = part.partition("-")
+            if not high:
+                names.append(f"{prefix}{low}{suffix}")
+                continue
+            if not (low.isdigit() and high.isdigit()) or int(high) - int(low) > 10000:
+                continue
+            names += [f"{prefix}{n:0{len(low)}d}{suffix}" for n in range(int(low), int(high) + 1)]
+    return tuple(names)
 
 
 def node_down(line: str) -> bool:
@@ -309,18 +352,3 @@ def _gres_indexes(gres: str) -> list[int]:
             if first.isdigit():
                 indexes += range(int(first), int(last or first) + 1)
     return indexes
-
-
-def expand_hostlist(text: str) -> list[str]:
-    """'gpu[1-3,5],cpu1' → ['gpu1', 'gpu2', 'gpu3', 'gpu5', 'cpu1'] (zero padding kept)."""
-    names = []
-    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", text):
-        if plain:
-            names.append(plain)
-            continue
-        for part in ranges.split(","):
-            first, _, last = part.partition("-")
-            width = len(first)
-            for number in range(int(first), int(last or first) + 1):
-                names.append(f"{prefix}{number:0{width}d}")
-    return names
