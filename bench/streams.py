@@ -320,7 +320,7 @@ def run(args: argparse.Namespace, var_dir: Path, loop_name: str) -> dict:
         portal.purge_redis(REDIS_URL)
         log(f"Starting nginx → gunicorn + uvicorn, 1 process each (open files {limit}, {loop_name} client)")
         tier.start()
-        events_pid = tier.services[1].process.pid
+        events_pid = tier.events.process.pid
         result = asyncio.run(drive(tier.port, seeded, args, tier.pids(), events_pid))
         tier.stop()
         errors = 0

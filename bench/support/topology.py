@@ -91,16 +91,23 @@ def nginx(directory: Path, log_path: Path) -> Service:
 
 @dataclass
 class WebTier:
-    """nginx → gunicorn (pages, API) and uvicorn (streams). `url` is the proxy's."""
+    """nginx → gunicorn (pages, API) and uvicorn (streams). `url` is the proxy's.
+
+    The web servers are `workers` gunicorn instances of one worker process each, on ports of their
+    own, which the proxy balances (least_conn), as it balances web containers or pods on a site.
+    Worker processes sharing one listening socket race for the proxy's connections instead, and
+    its few keep-alive connections may all land in one process, on one core."""
 
     env: dict[str, str]
     log_dir: Path
     workers: int = 2
     max_body: str = "1m"
     port: int = field(default_factory=free_port)
-    web_port: int = field(default_factory=free_port)
     events_port: int = field(default_factory=free_port)
     services: list[Service] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.web_ports = [free_port() for _ in range(self.workers)]
 
     @property
     def url(self) -> str:
@@ -108,22 +115,21 @@ class WebTier:
 
     def start(self, timeout: float = 60.0) -> WebTier:
         self.nginx_dir = Path(tempfile.mkdtemp(prefix="factory-nginx-"))
-        (self.nginx_dir / "factory.conf").write_text(
-            render_proxy_conf(
-                f"{HOST}:{self.port}",
-                [f"{HOST}:{self.web_port}"],
-                [f"{HOST}:{self.events_port}"],
-                self.max_body,
-            )
-        )
+        web = [f"{HOST}:{port}" for port in self.web_ports]
+        conf = render_proxy_conf(f"{HOST}:{self.port}", web, [f"{HOST}:{self.events_port}"], self.max_body)
+        (self.nginx_dir / "factory.conf").write_text(conf)
         (self.nginx_dir / "nginx.conf").write_text(nginx_main_conf(self.nginx_dir))
-        web = gunicorn(self.env, self.web_port, self.workers, self.log_dir / "gunicorn.log").start()
-        events = uvicorn(self.env, self.events_port, self.log_dir / "uvicorn.log").start()
-        proxy = nginx(self.nginx_dir, self.log_dir / "nginx.log").start()
-        self.services = [web, events, proxy]
-        web.wait_for_port(self.web_port, timeout)
-        events.wait_for_port(self.events_port, timeout)
-        proxy.wait_for_port(self.port, timeout)
+        self.events = uvicorn(self.env, self.events_port, self.log_dir / "uvicorn.log").start()
+        self.web = [
+            gunicorn(self.env, port, 1, self.log_dir / f"gunicorn-{i}.log").start()
+            for i, port in enumerate(self.web_ports)
+        ]
+        self.proxy = nginx(self.nginx_dir, self.log_dir / "nginx.log").start()
+        self.services = [self.events, *self.web, self.proxy]
+        for service, port in zip(self.web, self.web_ports, strict=True):
+            service.wait_for_port(port, timeout)
+        self.events.wait_for_port(self.events_port, timeout)
+        self.proxy.wait_for_port(self.port, timeout)
         return self
 
     def stop(self) -> None:
