@@ -30,7 +30,6 @@ def render_proxy_conf(
         "FACTORY_WEB_SERVERS": " ".join(f"server {address};" for address in web),
         "FACTORY_EVENTS_SERVERS": " ".join(f"server {address};" for address in events),
         "FACTORY_MAX_BODY": max_body,
-        "FACTORY_RESOLVER": resolver,
     }
     return string.Template(TEMPLATE.read_text()).safe_substitute(values)
 
