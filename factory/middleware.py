@@ -59,8 +59,17 @@ class RequestBodyLimitMiddleware:
         if length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
             return too_large(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
         if length > settings.FACTORY_ANONYMOUS_MAX_BODY_BYTES and not signed_in(request):
+            discard_body(request)
             return too_large(settings.FACTORY_ANONYMOUS_MAX_BODY_BYTES, " before signing in")
         return self.get_response(request)
+
+
+def discard_body(request: HttpRequest) -> None:
+    """Read a refused body to its end, keeping none of it. The proxy has it whole already (no
+    larger than its limit) and is still handing it over: a server that answered and closed
+    before taking it all would cut the proxy off mid-request, and the client would get a 502."""
+    while request.read(64 * 1024):
+        pass
 
 
 @lru_cache(maxsize=1)

@@ -232,7 +232,7 @@ def test_nginx_accepts_the_rendered_template(tmp_path):
     from bench.support.topology import NGINX, nginx_main_conf, render_proxy_conf
 
     conf = render_proxy_conf("127.0.0.1:1", ["127.0.0.1:2", "127.0.0.1:3"], ["127.0.0.1:4"], "1m")
-    assert "${" not in conf and "$host" in conf and "$remote_addr" in conf
+    assert "${" not in conf and "$http_host" in conf and "$remote_addr" in conf
     (tmp_path / "factory.conf").write_text(conf)
     (tmp_path / "nginx.conf").write_text(nginx_main_conf(tmp_path))
     result = subprocess.run(
