@@ -210,7 +210,7 @@ def custom_server_tree() -> Iterator[Path]:
 
 @contextlib.contextmanager
 def standard_tier(env: dict[str, str], workers: int, var_dir: Path) -> Iterator[tuple[int, list[int]]]:
-    log(f"Starting nginx → gunicorn ({workers} gthread workers) + uvicorn")
+    log(f"Starting nginx → {workers} gunicorn servers (1 gthread worker each) + uvicorn")
     tier = WebTier(env, var_dir, workers=workers)
     try:
         tier.start()
