@@ -5,8 +5,9 @@
 gthread workers: WEB_CONCURRENCY processes (default one per core), each with
 FACTORY_SYNC_THREADS threads (default 2; a process runs Python on one core at a time, so more
 threads only overlap database waits). The proxy hands a worker whole requests and takes whole
-answers, so a thread is held only while Django works; a request still running after
-GUNICORN_TIMEOUT seconds gets its worker restarted. Every worker is replaced after about
+answers, so a thread is held only while Django works, and stops waiting for an answer after 60 s
+(the client gets a 504). A worker process that stops answering its master (blocked, wedged) for
+GUNICORN_TIMEOUT seconds is killed and replaced. Every worker is replaced after about
 GUNICORN_MAX_REQUESTS requests (jittered so that they do not all restart at once).
 """
 

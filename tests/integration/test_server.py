@@ -182,3 +182,39 @@ def test_the_client_address_behind_the_proxy_is_the_one_the_proxy_saw(web_server
     status, _ = exchange(web_server, head + f"Content-Length: {len(body)}\r\n", body)
     assert status == 400
     assert list(AccessAttempt.objects.values_list("ip_address", flat=True)) == ["127.0.0.1"]
+
+
+def test_slow_clients_hold_no_server_thread(web_tier, owner):
+    """More clients trickling a request than the web server has threads (one process of two
+    threads here): the proxy holds them all, and the server still answers everyone else."""
+    token = ApiToken.issue(owner)[1]
+    slow = []
+    try:
+        for _ in range(6):
+            sock = socket.create_connection(("127.0.0.1", web_tier.port), timeout=10)
+            sock.sendall(
+                b"POST /api/v1/jobs/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Authorization: Token " + token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{"
+            )  # 1 byte of 1,000, and then nothing
+            slow.append(sock)
+        for _ in range(3):
+            status, _, body = call(f"{web_tier.url}/api/v1/tenants/", token)
+            assert status == 200, body
+        # The same requests sent straight to gunicorn take its two threads, and the next waits.
+        direct = [
+            socket.create_connection(("127.0.0.1", web_tier.web_ports[0]), timeout=10) for _ in range(2)
+        ]
+        slow += direct
+        for sock in direct:
+            sock.sendall(
+                b"POST /api/v1/jobs/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Authorization: Token " + token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{"
+            )
+        waiting = socket.create_connection(("127.0.0.1", web_tier.web_ports[0]), timeout=3)
+        slow.append(waiting)
+        waiting.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        with pytest.raises(TimeoutError):
+            waiting.recv(100)
+    finally:
+        for sock in slow:
+            sock.close()
