@@ -7,7 +7,10 @@ import os
 from celery import Celery
 from celery.signals import task_postrun
 
+from factory.preflight import settings_loaded_or_exit
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+settings_loaded_or_exit()  # a worker or beat with a bad setting stops with one line
 
 app = Celery("factory")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -4,7 +4,8 @@ A process that cannot work (no or a weak SECRET_KEY, DEBUG on for a public host,
 cannot be reached) stops at once with one line saying why and exit status 2, not a traceback and
 not a server that answers every request with an error. The web servers call `start_or_exit`
 before they serve (deploy/gunicorn.conf.py in the master, before any worker is forked;
-factory.asgi as it is loaded), `manage.py` calls `settings_or_exit`.
+factory.asgi as it is loaded), `manage.py` calls `settings_or_exit`, and the Celery app's module
+(workers, beat) `settings_loaded_or_exit`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ def settings_or_exit() -> None:
 
     try:
         django.setup(set_prefix=False)
+    except ImproperlyConfigured as exc:
+        fail(str(exc))
+
+
+def settings_loaded_or_exit() -> None:
+    """Import the settings module (not the apps: this runs while they load, from the Celery app's
+    module); a bad value stops the process with its one line."""
+    from django.conf import settings
+
+    try:
+        settings.SECRET_KEY  # noqa: B018 - the first access imports the module
     except ImproperlyConfigured as exc:
         fail(str(exc))
 

@@ -115,6 +115,7 @@ def test_manage_py_says_what_is_wrong_in_one_line(tmp_path):
     assert_one_line(result, "SECRET_KEY is too weak")
 
 
+@pytest.mark.django_db  # the test database exists
 def test_a_good_configuration_starts_and_serves(tmp_path):
     """The control: the same command with nothing wrong serves /healthz."""
     import time
@@ -137,3 +138,12 @@ def test_a_good_configuration_starts_and_serves(tmp_path):
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("command", ["worker", "beat"])
+def test_a_celery_process_with_a_bad_setting_stops_with_one_line(command, tmp_path):
+    celery = [sys.executable, "-m", "celery", "-A", "factory", command]
+    result = start(celery, production_env(tmp_path, SECRET_KEY=None))
+    assert_one_line(result, "SECRET_KEY must be set when DEBUG is off")
+    env = production_env(tmp_path, DEBUG="1", ALLOWED_HOSTS="factory.example.org")
+    assert_one_line(start(celery, env), "DEBUG is on while ALLOWED_HOSTS names public hosts")
