@@ -40,7 +40,7 @@ def setup_django() -> None:
     os.environ.update(
         DJANGO_SETTINGS_MODULE="factory.settings",
         DATABASE_URL=benchdb.url(DB_NAME),
-        SECRET_KEY="bench-only",
+        SECRET_KEY="bench-only-not-a-secret-" + "x" * 40,
         CELERY_TASK_ALWAYS_EAGER="0",
         REDIS_URL=BROKER,  # dispatch is enqueued on commit, as in production
         LOG_LEVEL="WARNING",

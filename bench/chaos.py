@@ -4,7 +4,7 @@
 
 The real stack, run as production runs it: PostgreSQL (a throwaway database,
 `factory_bench_chaos`), a private Redis without persistence on a free port, the web server
-(`python -m factory.serve`), two Celery workers and beat (`celery -A factory worker|beat`, with
+(gunicorn, deploy/gunicorn.conf.py), two Celery workers and beat (`celery -A factory worker|beat`, with
 FACTORY_SYNC_INTERVAL=1 s, FACTORY_DISPATCH_STALE_AFTER=5 s and FACTORY_METERING_INTERVAL=2 s, so
 that recovery and metering are quick), and two clusters: the local backend (4 h100 and 4 a100
 simulated GPUs) and the real Slurm of scripts/slurm-dev-cluster (8 fake h100 in partition `gpu`).

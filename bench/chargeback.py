@@ -33,7 +33,7 @@ def env() -> dict[str, str]:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "factory.settings",
         "DATABASE_URL": benchdb.url(DB_NAME),
-        "SECRET_KEY": "bench-only",
+        "SECRET_KEY": "bench-only-not-a-secret-" + "x" * 40,
         "REDIS_URL": "redis://127.0.0.1:6379/13",
         "LOG_LEVEL": "WARNING",
     }

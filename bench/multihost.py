@@ -7,8 +7,8 @@ bridge made for the run (10.231.0.0/24, removed afterwards) and its own var/ dir
 - db (.2): a PostgreSQL of its own (initdb in the run's directory) and a Redis;
 - proxy (.3): nginx, balancing pages and the API over web1 and web2, and sending job streams
   to the events host (no buffering, long read timeouts);
-- web1, web2 (.11, .12) and events (.13): the web server the portal runs today
-  (`python -m factory.serve`);
+- web1, web2 (.11, .12): gunicorn (deploy/gunicorn.conf.py), pages and the API; events (.13):
+  uvicorn (factory.asgi), the job streams;
 - worker1, worker2 (.21, .22): a Celery worker per queue the deployment uses;
 - beat1, beat2 (.31, .32): a scheduler each; one acts, the other stands by (celery-redbeat).
 The jobs go to the real Slurm of scripts/slurm-dev-cluster, reached over the bridge at the root
@@ -300,9 +300,13 @@ class Deployment:
                 env=env,
                 check=True,
             )
-        serve = [sys.executable, "-m", "factory.serve", "--host", "0.0.0.0", "--port", str(WEB_PORT)]
-        for host in ("web1", "web2", "events"):
-            self.add(host, "web", [*serve, "--workers", "1", "--log-level", "warning"])
+        gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
+        for host in ("web1", "web2"):
+            self.add(host, "web", [*gunicorn, f"--bind=0.0.0.0:{WEB_PORT}", "--workers=1"])
+        uvicorn = [sys.executable, "-m", "uvicorn", "factory.asgi:application", "--host", "0.0.0.0"]
+        uvicorn += ["--port", str(WEB_PORT), "--lifespan=off", "--no-access-log", "--log-level=warning"]
+        uvicorn += ["--proxy-headers", "--timeout-graceful-shutdown=2"]  # FORWARDED_ALLOW_IPS: the proxy
+        self.add("events", "web", uvicorn)
         conf = self.run_dir / "nginx.conf"
         temp = self.run_dir / "nginx-temp"
         temp.mkdir()

@@ -6,8 +6,9 @@ an event reach its page, and what do the open pages cost the API?
 
 Self-contained, like bench/submit.py: a fresh PostgreSQL database (`factory_bench_streams`),
 migrated and seeded (a tenant, a local cluster, a member with an API token and a logged-in
-session, and one pending job per stream), and the web server started as production starts it
-(`python -m factory.serve`), with ONE worker process.
+session, and one pending job per stream), and the web tier started as production starts it
+(bench/support/topology.py: nginx in front, gunicorn for the API, uvicorn for the streams), with
+ONE process of each server.
 
 Throughout, events are committed for `--busy-jobs` of the watched jobs, `--event-rate` per second in
 all (an INSERT into the event table from this process, as a worker's Job.record does): the work the
@@ -45,8 +46,9 @@ import time
 from pathlib import Path
 
 import psycopg
-from support import benchdb, portal, procstat
+from support import benchdb, portal
 from support.portal import HOST, Window, log
+from support.topology import WebTier
 
 DB_NAME = "factory_bench_streams"
 DATABASE_URL = benchdb.url(DB_NAME)
@@ -166,11 +168,12 @@ async def commit_events(
 # --- the run --------------------------------------------------------------------------------------
 
 
-def worker_status(server_pid: int) -> dict[str, int]:
-    """Threads and resident memory of the server's worker process (from /proc)."""
-    worker = next(p.pid for p in procstat.processes() if p.ppid == server_pid)
+def worker_status(events_pid: int) -> dict[str, int]:
+    """Threads and resident memory of the events server, which holds the open pages (from /proc)."""
     status = dict(
-        line.split(":", 1) for line in Path(f"/proc/{worker}/status").read_text().splitlines() if ":" in line
+        line.split(":", 1)
+        for line in Path(f"/proc/{events_pid}/status").read_text().splitlines()
+        if ":" in line
     )
     return {"threads": int(status["Threads"]), "rss_mb": int(status["VmRSS"].split()[0]) // 1024}
 
@@ -192,19 +195,18 @@ def describe(label: str, window: Window) -> str:
 
 
 async def with_pages(
-    pages: list[Page], load: tuple, session: str, arrivals: dict, sent: dict, timeout: float
+    pages: list[Page], load: tuple, session: str, arrivals: dict, sent: dict, timeout: float, events_pid: int
 ) -> tuple[Window, list[int], dict]:
     """Open the pages, submit while they are open, count those still open, close them. Returns the
     window, the events committed while it ran, and what the pages held."""
-    server_pid = load[6]
-    idle = worker_status(server_pid)
+    idle = worker_status(events_pid)
     for page in pages:
         page.reset()
     seconds = await open_pages(pages, load[0], session, arrivals, timeout)
     showing = sum(page.showing for page in pages)
-    held = worker_status(server_pid)
+    held = worker_status(events_pid)
     log(
-        f"Opened {len(pages)} pages in {seconds:.1f} s, {showing} show their job; the server worker went "
+        f"Opened {len(pages)} pages in {seconds:.1f} s, {showing} show their job; the events server went "
         f"from {idle['threads']} to {held['threads']} threads, {idle['rss_mb']} to {held['rss_mb']} MB"
     )
     opened = time.perf_counter()
@@ -225,7 +227,9 @@ async def with_pages(
     return window, [n for n, at in sent.items() if opened <= at <= closing], held
 
 
-async def drive(port: int, seeded: dict[str, str], args: argparse.Namespace, server_pid: int) -> dict:
+async def drive(
+    port: int, seeded: dict[str, str], args: argparse.Namespace, server_pids: list[int], events_pid: int
+) -> dict:
     """Rounds of: submit without pages, then with them. The machine may be shared: each round's
     "with" is compared with the "without" on either side of it, and the median round is kept."""
     token, session = seeded["TOKEN"], seeded["SESSION"]
@@ -239,12 +243,14 @@ async def drive(port: int, seeded: dict[str, str], args: argparse.Namespace, ser
     busy = rng.sample(jobs, min(args.busy_jobs, len(jobs)))
     writer = asyncio.create_task(commit_events(busy, args.event_rate, stop, sent, rng))
     try:
-        load = (port, token, TENANT, args.clients, args.warmup, args.duration, server_pid, watch)
+        load = (port, token, TENANT, args.clients, args.warmup, args.duration, server_pids, watch)
         without = [await portal.measure(*load)]
         log(describe("Without open pages", without[-1]))
         rounds, watched = [], []
         for _ in range(args.rounds):
-            window, events, held = await with_pages(pages, load, session, arrivals, sent, args.open_timeout)
+            window, events, held = await with_pages(
+                pages, load, session, arrivals, sent, args.open_timeout, events_pid
+            )
             watched += events
             without.append(await portal.measure(*load))
             log(describe("Without open pages", without[-1]))
@@ -305,27 +311,27 @@ def parse_args() -> argparse.Namespace:
 
 def run(args: argparse.Namespace, var_dir: Path, loop_name: str) -> dict:
     limit = raise_file_limit(2 * args.streams + 512)
-    env = portal.server_env(DATABASE_URL, REDIS_URL, var_dir)
-    server_log = var_dir / "server.log"
+    env = portal.server_env(DATABASE_URL, REDIS_URL, var_dir, FORWARDED_ALLOW_IPS=HOST)
     log(f"Creating database {DB_NAME}, migrating and seeding {args.streams} jobs to watch ...")
     benchdb.recreate(DB_NAME)
-    server = None
+    tier = WebTier(env, var_dir, workers=1)
     try:
         seeded = portal.migrate_and_seed(env, TENANT, WATCHED.replace("COUNT", str(args.streams)))
         portal.purge_redis(REDIS_URL)
-        port = portal.free_port()
-        log(f"Starting factory.serve, 1 worker, on {HOST}:{port} (open files {limit}, {loop_name} client)")
-        server = portal.start_server(env, port, 1, server_log)
-        portal.wait_for_port(port, server)
-        result = asyncio.run(drive(port, seeded, args, server.pid))
-        portal.stop_server(server)
-        errors, first = portal.server_log_summary(server_log)
-        if errors:
-            log(f"Server logged {errors} errors; the first: {first}")
+        log(f"Starting nginx → gunicorn + uvicorn, 1 process each (open files {limit}, {loop_name} client)")
+        tier.start()
+        events_pid = tier.events.process.pid
+        result = asyncio.run(drive(tier.port, seeded, args, tier.pids(), events_pid))
+        tier.stop()
+        errors = 0
+        for server_log in var_dir.glob("*.log"):
+            count, first = portal.server_log_summary(server_log)
+            if count:
+                log(f"{server_log.name} logged {count} errors; the first: {first}")
+            errors += count
         return {**result, "server_log_errors": errors, "celery_messages": portal.purge_redis(REDIS_URL)}
     finally:
-        if server is not None:
-            portal.stop_server(server)
+        tier.stop()
         benchdb.drop(DB_NAME)
         portal.purge_redis(REDIS_URL)
 

@@ -1,34 +1,49 @@
-"""How many jobs per second the public API accepts, on PostgreSQL, behind the real ASGI server.
+"""How many jobs per second the public API accepts, on PostgreSQL, through the production web tier,
+and, in the same run, through the portal's former server for comparison.
 
-    .venv/bin/python bench/submit.py [--workers N] [--duration S] [--warmup S] [--conn-max-age S]
+    .venv/bin/python bench/submit.py [--workers N] [--duration S] [--warmup S] [--only standard|custom]
 
 Self-contained: it creates a fresh PostgreSQL database (`factory_bench`), migrates and seeds it
-(tenant, GPU types, a local cluster with pools, a member user and an API token), starts the web
-server (`python -m factory.serve`: uvicorn workers serving `factory.asgi:application`) as a
-subprocess and drives `POST /api/v1/jobs/` with 1, 8 and 32
-concurrent keep-alive clients (each request with its own Idempotency-Key). Every answer must be a
-202; anything else counts as an error. Celery tasks enqueued on commit go to Redis DB 14, which is
-purged before and after; no worker runs, since this measures acceptance only. At the end it stops
-the server, drops the database, and prints one JSON object as its last line.
+(tenant, GPU types, a local cluster with pools, a member user and an API token), starts both web
+tiers side by side and drives `POST /api/v1/jobs/` on each with 1, 8 and 32 concurrent keep-alive
+clients (each request with its own Idempotency-Key), `--rounds` times per level, the tiers taking
+turns so that a machine busy with something else for a while weighs on both; each figure is the
+median round. Every answer must be a 202; anything else
+counts as an error. The tiers:
+
+* standard: the production topology (bench/support/topology.py): nginx in front, gunicorn gthread
+  workers for the API (deploy/gunicorn.conf.py), uvicorn for the event streams. Its figures are
+  the unsuffixed ones (`jobs_per_s_8`, ...) and `jobs_per_s_8_standard`.
+* custom: `python -m factory.serve`, the uvicorn-based server the portal ran before (its parent
+  handing connections to the workers round-robin, Django's WSGI handler in a thread pool), taken
+  from the last commit that had it, with no proxy: `jobs_per_s_8_custom`.
+
+Celery tasks enqueued on commit go to Redis DB 14, which is purged before and after; no worker
+runs, since this measures acceptance only. At the end it stops the servers, drops the database,
+and prints one JSON object as its last line.
 
 The load generator is a small HTTP/1.1 keep-alive client over asyncio streams (on uvloop when
 available) that sends pre-built request bytes. Its own CPU time per request is printed so it can
-be seen that it is not the bottleneck (it shares the machine with the server and PostgreSQL).
+be seen that it is not the bottleneck (it shares the machine with the servers and PostgreSQL).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 from support import benchdb
 from support.portal import (
     HOST,
+    ROOT,
     DbWatch,
     Window,
     free_port,
@@ -43,6 +58,7 @@ from support.portal import (
     stop_server,
     wait_for_port,
 )
+from support.topology import WebTier
 
 DB_NAME = "factory_bench"
 DATABASE_URL = benchdb.url(DB_NAME)
@@ -50,12 +66,13 @@ REDIS_URL = "redis://127.0.0.1:6379/14"
 TENANT = "bench-lab"
 CONCURRENCY_LEVELS = (1, 8, 32)
 
-# Workers: 2, one per core (server, PostgreSQL and the load generator share the two cores). A
-# uvicorn process runs Python on one core at a time (the GIL), so a second process is what lets the
-# server use the second core. Each process serves the API from FACTORY_SYNC_THREADS threads (default
-# 2; more threads only contend for the GIL: one process alone measured 175, 162 and 153 jobs/s at
-# 8 clients with 2, 4 and 8 threads).
+# Workers: 2, one per core (servers, PostgreSQL and the load generator share the two cores). A
+# process runs Python on one core at a time (the GIL), so a second process is what lets the server
+# use the second core. Each serves the API from FACTORY_SYNC_THREADS threads (default 2; more
+# threads only contend for the GIL: the former server alone measured 175, 162 and 153 jobs/s at 8
+# clients with 2, 4 and 8 threads).
 DEFAULT_WORKERS = 2
+TIERS = ("standard", "custom")
 
 
 def count_rows() -> dict[str, int]:
@@ -77,18 +94,30 @@ def describe(window: Window) -> str:
     )
 
 
-async def run_levels(port: int, token: str, args: argparse.Namespace, server_pid: int) -> list[Window]:
-    windows = []
+async def run_levels(
+    tiers: dict[str, tuple[int, list[int]]], token: str, args: argparse.Namespace
+) -> dict[str, list[Window]]:
+    """Every level on every tier, `--rounds` times, the tiers taking turns (first one, then the
+    other, level by level) so that a machine busier for a while weighs on both; each tier keeps
+    the round with its median rate."""
+    windows: dict[str, list[Window]] = {tier: [] for tier in tiers}
     watch = await DbWatch.open(DB_NAME)
     try:
         for clients in CONCURRENCY_LEVELS:
-            window = await measure(
-                port, token, TENANT, clients, args.warmup, args.duration, server_pid, watch
-            )
-            log(describe(window))
-            if window.errors:
-                log(f"   non-202 answers: {window.statuses}")
-            windows.append(window)
+            tried: dict[str, list[Window]] = {tier: [] for tier in tiers}
+            for round_ in range(args.rounds):
+                order = list(tiers) if round_ % 2 == 0 else list(reversed(tiers))
+                for tier in order:
+                    port, pids = tiers[tier]
+                    window = await measure(
+                        port, token, TENANT, clients, args.warmup, args.duration, pids, watch
+                    )
+                    log(f"[{tier}] {describe(window)}")
+                    if window.errors:
+                        log(f"   non-202 answers: {window.statuses}")
+                    tried[tier].append(window)
+            for tier, rounds in tried.items():
+                windows[tier].append(sorted(rounds, key=lambda w: w.per_second)[len(rounds) // 2])
     finally:
         await watch.close()
     return windows
@@ -97,21 +126,44 @@ async def run_levels(port: int, token: str, args: argparse.Namespace, server_pid
 # --- the run --------------------------------------------------------------------------------------
 
 
-def summary(windows: list[Window], args: argparse.Namespace, extra: dict) -> dict:
+def level_figures(windows: list[Window], suffix: str = "") -> dict:
     by_clients = {w.clients: w for w in windows}
-    result = {f"jobs_per_s_{n}": round(by_clients[n].per_second, 1) for n in CONCURRENCY_LEVELS}
+    result = {f"jobs_per_s_{n}{suffix}": round(by_clients[n].per_second, 1) for n in CONCURRENCY_LEVELS}
     for n in CONCURRENCY_LEVELS:
-        result[f"p50_ms_{n}"] = round(by_clients[n].percentile_ms(0.50), 2)
-        result[f"p99_ms_{n}"] = round(by_clients[n].percentile_ms(0.99), 2)
+        result[f"p50_ms_{n}{suffix}"] = round(by_clients[n].percentile_ms(0.50), 2)
+        result[f"p99_ms_{n}{suffix}"] = round(by_clients[n].percentile_ms(0.99), 2)
+    return result
+
+
+def summary(runs: dict[str, tuple[list[Window], dict]], args: argparse.Namespace) -> dict:
+    """The standard tier's figures unsuffixed (as before), each tier's under its suffix, and how
+    the two compare at 8 clients."""
+    main = runs.get("standard") or runs["custom"]
+    windows, extra = main
+    by_clients = {w.clients: w for w in windows}
+    result = level_figures(windows)
+    for tier, (tier_windows, _) in runs.items():
+        result.update(level_figures(tier_windows, f"_{tier}"))
+    if len(runs) == 2:
+        result["standard_vs_custom_8"] = round(
+            result["jobs_per_s_8_standard"] / max(result["jobs_per_s_8_custom"], 1e-9), 3
+        )
     result.update(
+        tiers=list(runs),
         server_workers=args.workers,
         db_conn_max_age=args.conn_max_age,
         duration_s=args.duration,
-        errors=sum(w.errors for w in windows),
+        errors=sum(w.errors for tier_windows, _ in runs.values() for w in tier_windows),
         errors_by_clients={n: by_clients[n].errors for n in CONCURRENCY_LEVELS},
         db_connections_peak=max(w.db_connections_peak for w in windows),
         new_db_connections_per_job_8=round(by_clients[8].db_connections / max(by_clients[8].accepted, 1), 2),
         cpu_ms_per_job_8={key: round(by_clients[8].cpu_ms_per_job(key), 2) for key in by_clients[8].cpu},
+        cpu_ms_per_job_8_by_tier={
+            tier: {key: round(w.cpu_ms_per_job(key), 2) for key in w.cpu}
+            for tier, (tier_windows, _) in runs.items()
+            for w in tier_windows
+            if w.clients == 8
+        },
         machine_busy_percent_8=round(by_clients[8].busy_percent()),
         **extra,
     )
@@ -120,68 +172,116 @@ def summary(windows: list[Window], args: argparse.Namespace, extra: dict) -> dic
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="uvicorn worker processes")
-    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per level")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="web worker processes")
+    parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per level")
     parser.add_argument("--conn-max-age", type=int, default=60, help="DB_CONN_MAX_AGE for the server")
     parser.add_argument(
         "--pool-size", type=int, default=8, help="DB_POOL_MAX_SIZE per server process (0: no pool)"
     )
+    parser.add_argument("--only", choices=TIERS, help="measure one web tier only")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per level and tier (median kept)")
     return parser.parse_args()
 
 
-def run(args: argparse.Namespace, var_dir: Path, loop_name: str) -> tuple[list[Window], dict]:
+@contextlib.contextmanager
+def custom_server_tree() -> Iterator[Path]:
+    """A checkout with factory/serve.py: this one while it has it, else the tree of the commit
+    before the one that removed it (from this repository's history)."""
+    if (ROOT / "factory" / "serve.py").exists():
+        yield ROOT
+        return
+    removed = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-list", "-1", "HEAD", "--", "factory/serve.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not removed:
+        raise RuntimeError("factory/serve.py is in no commit of this repository's history")
+    with tempfile.TemporaryDirectory(prefix="factory-custom-server-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", f"{removed}^"], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        log(f"The former server from commit {removed[:10]}^")
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def standard_tier(env: dict[str, str], workers: int, var_dir: Path) -> Iterator[tuple[int, list[int]]]:
+    log(f"Starting nginx → {workers} gunicorn servers (1 gthread worker each) + uvicorn")
+    tier = WebTier(env, var_dir, workers=workers)
+    try:
+        tier.start()
+        yield tier.port, tier.pids()
+    finally:
+        tier.stop()
+
+
+@contextlib.contextmanager
+def custom_tier(env: dict[str, str], workers: int, var_dir: Path) -> Iterator[tuple[int, list[int]]]:
+    with custom_server_tree() as tree:
+        port = free_port()
+        log(f"Starting factory.serve, {workers} worker(s), on {HOST}:{port}")
+        server = start_server(env, port, workers, var_dir / "server.log", cwd=tree)
+        try:
+            wait_for_port(port, server)
+            yield port, [server.pid]
+        finally:
+            stop_server(server)
+
+
+def run(args: argparse.Namespace, var_dir: Path) -> dict[str, tuple[list[Window], dict]]:
     env = server_env(
         DATABASE_URL,
         REDIS_URL,
         var_dir,
-        # Under ASGI each request runs in a new thread and Django's connections are per thread, so
-        # persistent connections (DB_CONN_MAX_AGE) never persist: every request would open one and
-        # at 32 clients they reach max_connections. The settings therefore use psycopg's pool on
-        # PostgreSQL (DB_POOL_MAX_SIZE, default 8 per process), which overrides DB_CONN_MAX_AGE;
-        # `--pool-size 0` turns it off to compare.
+        # The settings use psycopg's pool on PostgreSQL (DB_POOL_MAX_SIZE, default 8 per process),
+        # which overrides DB_CONN_MAX_AGE; `--pool-size 0` turns it off to compare.
         DB_CONN_MAX_AGE=str(args.conn_max_age),
         DB_POOL_MAX_SIZE=str(args.pool_size),
+        FORWARDED_ALLOW_IPS=HOST,
     )
-    server_log = var_dir / "server.log"
     log(f"Creating database {DB_NAME}, migrating and seeding ...")
     benchdb.recreate(DB_NAME)
-    server = None
     try:
         token = migrate_and_seed(env, TENANT)["TOKEN"]
         purge_redis(REDIS_URL)
-        port = free_port()
-        log(f"Starting factory.serve, {args.workers} worker(s), on {HOST}:{port} (client loop: {loop_name})")
-        server = start_server(env, port, args.workers, server_log)
-        wait_for_port(port, server)
-        windows = asyncio.run(run_levels(port, token, args, server.pid))
-        stop_server(server)
+        with contextlib.ExitStack() as stack:
+            tiers = {}
+            for tier in [args.only] if args.only else TIERS:
+                start = standard_tier if tier == "standard" else custom_tier
+                tiers[tier] = stack.enter_context(start(env, args.workers, var_dir))
+            windows = asyncio.run(run_levels(tiers, token, args))
         rows = count_rows()
         log(f"Database holds {rows['jobs']} jobs and {rows['events']} events (warm-ups included)")
-        errors, first = server_log_summary(server_log)
-        if errors:
-            log(f"Server logged {errors} errors; the first: {first}")
-        return windows, {
+        errors = 0
+        for server_log in var_dir.glob("*.log"):
+            count, first = server_log_summary(server_log)
+            if count:
+                log(f"{server_log.name} logged {count} errors; the first: {first}")
+            errors += count
+        extra = {
             "jobs_in_db": rows["jobs"],
             "events_in_db": rows["events"],
             "celery_messages": purge_redis(REDIS_URL),
             "server_log_errors": errors,
         }
+        return {tier: (tier_windows, extra) for tier, tier_windows in windows.items()}
     finally:
-        if server is not None:
-            stop_server(server)
         benchdb.drop(DB_NAME)
         purge_redis(REDIS_URL)
 
 
 def main() -> int:
     args = parse_args()
-    loop_name = install_uvloop()
+    log(f"Client loop: {install_uvloop()}")
     with tempfile.TemporaryDirectory(prefix="factory-bench-") as tmp:
         var_dir = Path(tmp)
         (var_dir / "staticfiles").mkdir()
-        windows, extra = run(args, var_dir, loop_name)
-    log(json.dumps(summary(windows, args, extra)))
+        runs = run(args, var_dir)
+    log(json.dumps(summary(runs, args)))
     return 0
 
 

@@ -1,10 +1,9 @@
-"""ASGI entry point.
+"""ASGI entry point: the live event streams, served by uvicorn (`events` in the topology).
 
-Only the live event streams are asynchronous (long-lived and mostly idle). Every other request
-(pages, the REST API) is ordinary synchronous Django. Under Django's ASGI handler those run one at
-a time per process (sync code goes to a single thread) and hop between the event loop and that
-thread at every middleware; so they go to Django's WSGI handler instead, run whole in a thread pool
-where their database waits overlap, and only the stream paths take the ASGI handler.
+In production the proxy sends only the stream paths here (deploy/nginx/factory.conf.template);
+pages and the API go to gunicorn (factory.wsgi). Served alone (`make run`), this one process
+answers everything: the streams through StreamHandler, every other request through Django's own
+ASGI handler.
 
 A stream holds no thread while it is open: see StreamHandler, and jobs/live.py for its database
 reads.
@@ -12,20 +11,13 @@ reads.
 
 from __future__ import annotations
 
-import os
 import re
 
-import django
 from django.core.handlers.asgi import ASGIHandler
-from django.core.wsgi import get_wsgi_application
-from django.db import connections
 
-from factory.wsgi_bridge import WsgiBridge, read_ahead
-
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
+from factory.preflight import start_or_exit
 
 STREAM_PATHS = re.compile(r"^/jobs/\d+/stream/$")
-SYNC_THREADS = int(os.environ.get("FACTORY_SYNC_THREADS", "2"))
 
 
 class StreamHandler(ASGIHandler):
@@ -43,24 +35,13 @@ class StreamHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
 
-django.setup(set_prefix=False)
+start_or_exit()
 streams = StreamHandler()
-
-from factory.middleware import body_limit  # noqa: E402 - needs the apps loaded above
-
-# A request body is small without credentials, larger with them (checked by the middleware).
-pages_and_api = WsgiBridge(
-    get_wsgi_application(), threads=SYNC_THREADS, release=connections.close_all, body_limit=body_limit
-)
+pages_and_api = ASGIHandler()
 
 
 async def application(scope, receive, send):
-    if scope["type"] != "http":
+    if scope["type"] == "http" and STREAM_PATHS.match(scope["path"]):
         await streams(scope, receive, send)
-    elif not STREAM_PATHS.match(scope["path"]):
-        await pages_and_api(scope, receive, send)
     else:
-        # Django's ASGI handler would read any body whole, before any middleware.
-        receive = await read_ahead(scope, receive, send, body_limit(scope))
-        if receive is not None:
-            await streams(scope, receive, send)
+        await pages_and_api(scope, receive, send)

@@ -7,11 +7,20 @@ import os
 from celery import Celery
 from celery.signals import task_postrun
 
+from factory.preflight import settings_loaded_or_exit
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
 
 app = Celery("factory")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@app.on_configure.connect
+def _settings_or_exit(sender: Celery, **kwargs) -> None:
+    """When the app first reads its configuration (a worker or beat starting), before the settings
+    module is loaded for it: a bad setting stops the process with one line."""
+    settings_loaded_or_exit()
 
 
 @app.on_after_configure.connect

@@ -82,12 +82,37 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
+
+
+def weak_secret_key(key: str) -> str | None:
+    """Why `key` is too weak to sign sessions and derive the sealing key, or None (Django's own
+    measure, from `check --deploy`: 50 characters, 5 different ones, not a generated dev key)."""
+    if len(key) < 50:
+        return f"it has {len(key)} characters, at least 50 are needed"
+    if len(set(key)) < 5:
+        return "it repeats fewer than 5 different characters"
+    if key.startswith("django-insecure-"):
+        return "it is a development key (django-insecure-…)"
+    return None
+
+
+if not DEBUG and (weakness := weak_secret_key(SECRET_KEY)):
+    raise ImproperlyConfigured(
+        f"SECRET_KEY is too weak: {weakness} (make one with: python -c 'import secrets; "
+        "print(secrets.token_urlsafe(50))')"
+    )
 # Fernet keys that seal job secrets at rest, newest first: the first seals, all of them open (so a
 # key is rotated by putting a new one first, running `manage.py reseal_job_secrets`, then dropping
 # the old one). Without any, a key is derived from SECRET_KEY.
 FACTORY_SECRET_KEYS = env_list("FACTORY_SECRET_KEYS")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+# With DEBUG on, an error page shows settings and source: never to anyone but this machine.
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1", ".localhost", "testserver"}
+if DEBUG and (public := [host for host in ALLOWED_HOSTS if host not in LOCAL_HOSTS]):
+    raise ImproperlyConfigured(
+        f"DEBUG is on while ALLOWED_HOSTS names public hosts ({', '.join(public)}): turn DEBUG off"
+    )
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 SITE_NAME = env("SITE_NAME", "AI Factory")
 
@@ -115,6 +140,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz and /readyz: before host checks, the HTTPS redirect and sessions (factory.health).
+    "factory.health.HealthCheckMiddleware",
+    # The client's address behind the proxy, before anything counts by it.
+    "factory.middleware.ForwardedClientMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -196,7 +225,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "staticfiles"
+# collectstatic writes here (the image collects them at build, outside VAR_DIR).
+STATIC_ROOT = Path(env("STATIC_ROOT") or VAR_DIR / "staticfiles")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -225,9 +255,11 @@ SESSION_COOKIE_HTTPONLY = True
 # django-axes (in the database: the same on every machine, with or without Redis, and shown in the
 # admin) per username and client address together. A lockout hits the attacked account from that
 # address, not every user behind the same address (a lab's users often share one), and the same
-# account from elsewhere still signs in. The client address is REMOTE_ADDR: behind a proxy, uvicorn
-# puts the forwarded client there for the proxies in FORWARDED_ALLOW_IPS, and a client's own
-# X-Forwarded-For is never believed.
+# account from elsewhere still signs in. The client address is REMOTE_ADDR: behind the proxy,
+# factory.middleware puts the forwarded client there for the proxies in FORWARDED_ALLOW_IPS
+# (comma-separated addresses or networks, `*` for any), and a client's own X-Forwarded-For is never
+# believed.
+FORWARDED_ALLOW_IPS = env("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
@@ -280,8 +312,8 @@ if FACTORY_OIDC_ISSUER:
 # A request that is not signed in (no session, no valid API token) may send a small body: enough
 # for a sign-in form. A signed-in one up to DATA_UPLOAD_MAX_MEMORY_SIZE (a job spec carries a
 # command of up to 64 KiB, escaped in JSON). Larger bodies are refused with 413 before they are
-# read: by the web server from Content-Length and the credentials a request carries
-# (factory.asgi), and by factory.middleware once they are checked.
+# read: by the proxy past FACTORY_MAX_BODY_BYTES (client_max_body_size), and by factory.middleware
+# from Content-Length and the credentials a request carries.
 FACTORY_ANONYMOUS_MAX_BODY_BYTES = env_int("FACTORY_ANONYMOUS_MAX_BODY_BYTES", 16 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("FACTORY_MAX_BODY_BYTES", 1024 * 1024)
 # Django's form and file parsing hold no more than that in memory either.

@@ -1,9 +1,11 @@
+"""WSGI entry point: pages and the API, served by gunicorn (deploy/gunicorn.conf.py)."""
+
 from __future__ import annotations
 
-import os
+from django.core.handlers.wsgi import WSGIHandler
 
-from django.core.wsgi import get_wsgi_application
+from factory.preflight import settings_or_exit
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
-
-application = get_wsgi_application()
+# gunicorn's master has checked the database already (its on_starting hook); a worker only loads.
+settings_or_exit()
+application = WSGIHandler()

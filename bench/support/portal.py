@@ -1,6 +1,7 @@
-"""The portal as the benchmarks drive it: its web server started as production starts it
-(`python -m factory.serve`) on a throwaway database, and a small HTTP/1.1 keep-alive client that
-submits jobs through the API and measures what came back."""
+"""The portal as the benchmarks drive it: a throwaway database, the portal's own former server
+(`python -m factory.serve`, for comparison; the production web tier is in topology.py), and a
+small HTTP/1.1 keep-alive client that submits jobs through the API and measures what came
+back."""
 
 from __future__ import annotations
 
@@ -111,7 +112,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(env: dict[str, str], port: int, workers: int, log_path: Path) -> subprocess.Popen:
+def start_server(
+    env: dict[str, str], port: int, workers: int, log_path: Path, cwd: Path = ROOT
+) -> subprocess.Popen:
+    """`python -m factory.serve`, the portal's own server, from the checkout at `cwd`."""
     command = [
         sys.executable,
         "-m",
@@ -123,7 +127,7 @@ def start_server(env: dict[str, str], port: int, workers: int, log_path: Path) -
     ]
     with log_path.open("ab") as log_file:
         return subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -162,10 +166,11 @@ def server_log_summary(path: Path) -> tuple[int, str]:
 # --- CPU accounting (from /proc) ------------------------------------------------------------------
 
 
-def cpu_snapshot(server_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the server's process tree, PostgreSQL, Redis and this process."""
+def cpu_snapshot(server_pids: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by the servers' process trees, PostgreSQL, Redis and this
+    process."""
     table = procstat.processes()
-    tree = {server_pid}
+    tree = set(server_pids)
     for _ in range(3):
         tree |= {p.pid for p in table if p.ppid in tree}
     snapshot = {"server": 0.0, "postgres": 0.0, "redis": 0.0}
@@ -357,7 +362,7 @@ async def measure(
     clients: int,
     warmup: float,
     duration: float,
-    server_pid: int,
+    server_pids: list[int],
     watch: DbWatch,
 ) -> Window:
     """`clients` submitters post jobs for `warmup` + `duration` seconds; the window is the last
@@ -371,7 +376,7 @@ async def measure(
     loops = [asyncio.create_task(client_loop(s, window, measure_from, until)) for s in submitters]
     await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
     started = time.perf_counter()
-    before, sessions_before = cpu_snapshot(server_pid), await watch.sessions()
+    before, sessions_before = cpu_snapshot(server_pids), await watch.sessions()
     stop = asyncio.Event()
     sampler = asyncio.create_task(watch.peak_open(stop))
     _, stuck = await asyncio.wait(loops, timeout=duration + REQUEST_TIMEOUT)
@@ -381,7 +386,7 @@ async def measure(
         window.statuses[0] = window.statuses.get(0, 0) + 1
     stop.set()
     window.db_connections_peak = await sampler
-    after, sessions_after = cpu_snapshot(server_pid), await watch.sessions()
+    after, sessions_after = cpu_snapshot(server_pids), await watch.sessions()
     window.cpu_wall = time.perf_counter() - started  # in-flight requests finish after the window
     window.db_connections = sessions_after - sessions_before
     window.seconds = duration

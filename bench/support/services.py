@@ -95,9 +95,10 @@ class Service:
 
 
 def web_server(env: dict[str, str], port: int, workers: int, log_path: Path) -> Service:
-    """`python -m factory.serve`: uvicorn workers given connections round-robin by their parent."""
-    command = [sys.executable, "-m", "factory.serve", f"--host={HOST}", f"--port={port}"]
-    command += [f"--workers={workers}", "--log-level=warning"]
+    """gunicorn with deploy/gunicorn.conf.py: pages and the API (the whole web tier, with the proxy
+    and the event streams, is topology.WebTier)."""
+    command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
+    command += [f"--bind={HOST}:{port}", f"--workers={workers}"]
     return Service("web server", command, env, log_path)
 
 

@@ -1,5 +1,6 @@
 """Real moving parts for end-to-end tests: a Celery worker process (with its scheduler) on Redis
-and the test database, and the ASGI app under uvicorn in a thread of the test process."""
+and the test database, the production web tier (nginx, gunicorn, uvicorn) as processes, and the
+ASGI app under uvicorn in a thread of the test process."""
 
 from __future__ import annotations
 
@@ -128,7 +129,30 @@ def celery_worker_process(transactional_db, tmp_path):
 
 
 @pytest.fixture
+def web_tier(transactional_db, tmp_path):
+    """The production web tier as real processes on the test database: nginx in front
+    (deploy/nginx/), gunicorn for pages and the API, uvicorn for the event streams. Its URL is the
+    proxy's."""
+    from bench.support.topology import WebTier
+
+    env = {**WorkerProcess(tmp_path).env(), "ALLOWED_HOSTS": "127.0.0.1,localhost"}
+    tier = WebTier(env, tmp_path, workers=1)
+    try:
+        tier.start()
+        yield tier
+    finally:
+        tier.stop()
+
+
+@pytest.fixture
+def web_server(web_tier):
+    return web_tier.url
+
+
+@pytest.fixture
 def asgi_server(transactional_db):
+    """The ASGI application under uvicorn in a thread of the test process, for tests that look
+    inside the server (its threads, its connection pool)."""
     import uvicorn
 
     from factory.asgi import application

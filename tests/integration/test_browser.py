@@ -17,9 +17,9 @@ def log_in(page: Page, base_url: str, username: str, password: str) -> None:
 
 
 def test_researcher_submits_a_job_and_watches_it_succeed_without_reload(
-    page: Page, asgi_server, celery_worker_process, owner, cluster, quotas
+    page: Page, web_server, celery_worker_process, owner, cluster, quotas
 ):
-    log_in(page, asgi_server, "researcher", "pw-researcher")
+    log_in(page, web_server, "researcher", "pw-researcher")
     page.get_by_role("link", name="New job").first.click()
     page.get_by_label("Name").fill("hello-gpu")
     page.get_by_label("Command").fill(
@@ -51,9 +51,9 @@ def test_researcher_submits_a_job_and_watches_it_succeed_without_reload(
     expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
 
 
-def test_form_errors_are_shown_next_to_the_fields(page: Page, asgi_server, owner, cluster):
-    log_in(page, asgi_server, "researcher", "pw-researcher")
-    page.goto(f"{asgi_server}/jobs/new/")
+def test_form_errors_are_shown_next_to_the_fields(page: Page, web_server, owner, cluster):
+    log_in(page, web_server, "researcher", "pw-researcher")
+    page.goto(f"{web_server}/jobs/new/")
     page.get_by_label("Name").fill("bad name!")
     page.get_by_label("Command").fill("true")
     page.get_by_label("GPU count").fill("0")
@@ -63,7 +63,7 @@ def test_form_errors_are_shown_next_to_the_fields(page: Page, asgi_server, owner
 
 
 def test_job_list_badges_update_live(
-    page: Page, asgi_server, celery_worker_process, owner, cluster, quotas, job_scratch
+    page: Page, web_server, celery_worker_process, owner, cluster, quotas, job_scratch
 ):
     from factory.models import GpuType
     from jobs import submission
@@ -79,7 +79,7 @@ def test_job_list_badges_update_live(
             command=f"while [ ! -e {gate} ]; do sleep 0.2; done",
         ),
     )
-    log_in(page, asgi_server, "researcher", "pw-researcher")
+    log_in(page, web_server, "researcher", "pw-researcher")
     row = page.get_by_role("row", name="gated")
     expect(row).to_contain_text("Running", timeout=20_000)
     page.evaluate("window.__same_document = true")
