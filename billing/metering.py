@@ -185,7 +185,7 @@ def into_open_months(lines: list[UsageRecord]) -> None:
         natural = line.month
         while line.month in closed:
             line.month = next_month(line.month)
-        if line.month != natural and line.corrects_id is None:
+        if line.month != natural and line.corrects_id is None and line.job_id is not None:
             line.note = f"late usage of {natural:%Y-%m}, a closed month"
             if line.kind == UsageKind.USAGE:
                 line.kind = UsageKind.ADJUSTMENT
@@ -465,10 +465,3 @@ def live_cost(job: Job, now: datetime | None = None, pricing: Pricing | None = N
         energy_kwh=sum((line.energy_kwh for line in lines), ZERO),
         co2e_kg=sum((line.co2e_kg for line in lines), ZERO),
     )
-
-
-def close_month(month: date, user) -> MonthClose:
-    with transaction.atomic():
-        billing_lock(shared=False)  # waits for metering in flight; none starts until commit
-        closed, _ = MonthClose.objects.get_or_create(month=month, defaults={"closed_by": user})
-    return closed

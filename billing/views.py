@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -13,7 +13,7 @@ from factory.months import month_of, parse_month
 
 from . import reports
 from .forms import RateCardForm
-from .metering import close_month
+from .invoicing import close_month
 from .models import RateCard, UsageRecord
 from .permissions import is_finance
 
@@ -56,11 +56,13 @@ def chargeback_close(request: HttpRequest) -> HttpResponse:
         month = parse_month(request.POST.get("month"))
     except ValueError as exc:
         return HttpResponseBadRequest(str(exc))
-    if month >= month_of():
-        messages.error(request, "Only a past month can be closed.")
-    else:
+    try:
         close_month(month, request.user)
-        messages.success(request, f"{month:%B %Y} is closed: its report will not change again.")
+    except ValidationError as exc:
+        for message in exc.message_dict.get("month", exc.messages):
+            messages.error(request, message)
+    else:
+        messages.success(request, f"{month:%B %Y} is closed and its invoices are issued.")
     return redirect(f"{request.path.rsplit('close/', 1)[0]}?month={month:%Y-%m}")
 
 

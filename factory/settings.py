@@ -464,6 +464,10 @@ FACTORY_STREAM_THREADS = env_int("FACTORY_STREAM_THREADS", 2)
 # Where admission asks about prices and money spent, for hard money budgets (quotas never imports
 # the app above it).
 FACTORY_BILLING_HOOKS = env("FACTORY_BILLING_HOOKS", "billing.budgeting")
+# Who bills: the provider, publisher and invoice issuer named in FOCUS exports and on invoices.
+FACTORY_BILLING_ISSUER = env("FACTORY_BILLING_ISSUER", "AI Factory")
+# How long closing a month waits for metering in flight before it gives up, changing nothing.
+FACTORY_CLOSE_LOCK_TIMEOUT = env_float("FACTORY_CLOSE_LOCK_TIMEOUT", 30.0)
 
 
 # GPU telemetry (fleet/): each node's GPU exporter is scraped every FACTORY_TELEMETRY_INTERVAL
