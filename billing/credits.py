@@ -18,7 +18,7 @@ from django.db import models, transaction
 from factory.models import GpuType, Tenant
 from factory.months import month_begins, month_of, next_month
 
-from .metering import rate_for, record
+from .metering import Pricing, rate_for, record
 from .models import ZERO, MonthClose, UsageKind, UsageRecord, to_cents
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,6 @@ def billed_for_period(tenant: Tenant, month: date, currency: str) -> Decimal:
         .aggregate(total=models.Sum("amount"))["total"]
     )
     return to_cents(total or ZERO)
-
-
-def billed_currencies(tenant: Tenant, month: date) -> list[str]:
-    return sorted(
-        set(
-            UsageRecord.objects.filter(tenant=tenant, month=month)
-            .exclude(currency="")
-            .values_list("currency", flat=True)
-            .distinct()
-        )
-    )
 
 
 def grant_credit(
@@ -80,30 +69,27 @@ def grant_credit(
     card = None
     if amount is not None:
         amount = to_cents(amount)
+    account_id, account_currency = Pricing().account(tenant.pk)
     if gpu_hours is not None:
-        card = rate_for(gpu_type.pk, None, month)
+        card = rate_for(gpu_type.pk, None, month, account_id, account_currency)
         if card is None:
             raise ValidationError({"gpu_type": f"No price for {gpu_type.slug} in {month:%B %Y}."})
-        currency = currency or card.currency
         amount = to_cents(gpu_hours * card.price_per_gpu_hour)
     with transaction.atomic():
         Tenant.objects.select_for_update().get(pk=tenant.pk)  # one credit decision at a time
-        currencies = billed_currencies(tenant, month)
-        if not currency:
-            if len(currencies) > 1:
-                raise ValidationError(
-                    {"currency": f"{month:%B %Y} was billed in {', '.join(currencies)}: name one."}
-                )
-            currency = currencies[0] if currencies else ""
-        if card is not None and card.currency != currency:
+        currency = currency or account_currency
+        if currency != account_currency:
             raise ValidationError(
-                {"currency": f"{gpu_type.slug} is priced in {card.currency}, not {currency}."}
+                {
+                    "currency": f"{tenant.slug} is billed in {account_currency}: "
+                    f"a credit in {currency} is refused."
+                }
             )
-        billed = billed_for_period(tenant, month, currency) if currency else ZERO
+        billed = billed_for_period(tenant, month, currency)
         if amount > billed:
             raise ValidationError(
                 {
-                    "amount": f"A credit of {amount} {currency or ''} is more than the {billed} {currency} "
+                    "amount": f"A credit of {amount} {currency} is more than the {billed} {currency} "
                     f"billed to {tenant.slug} for {month:%B %Y} (credits already granted deducted)."
                 }
             )

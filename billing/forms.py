@@ -11,6 +11,7 @@ class RateCardForm(forms.ModelForm):
         fields = list(RateCard.EDITABLE)
         labels = {
             "gpu_type": "GPU type",
+            "billing_account": "Billing account",
             "price_per_gpu_hour": "Price per GPU-hour",
             "price_per_cpu_core_hour": "Price per CPU-core-hour",
             "price_per_memory_gb_hour": "Price per memory GB-hour",

@@ -29,6 +29,50 @@ def to_cents(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
 
 
+class BillingAccount(models.Model):
+    """A billing account's currency: a top-level tenant is billed in one currency, this one, or
+    FACTORY_BILLING_CURRENCY without a row. Only prices in it bill the account's usage."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.PROTECT, related_name="billing_account")
+    currency = models.CharField(max_length=3, validators=[currency_validator])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant__slug"]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} billed in {self.currency}"
+
+    def clean(self) -> None:
+        if self.tenant_id and self.tenant.parent_id:
+            raise ValidationError({"tenant": "A department or team is billed to the top of its tenant tree."})
+        if self.pk and self.currency:
+            billed = set(
+                UsageRecord.objects.filter(tenant__in=self.tenant_tree())
+                .exclude(currency="")
+                .exclude(currency=self.currency)
+                .values_list("currency", flat=True)[:1]
+            )
+            if billed:
+                raise ValidationError(
+                    {
+                        "currency": f"{self.tenant} has been billed in {billed.pop()}: "
+                        "its currency cannot change."
+                    }
+                )
+
+    def tenant_tree(self) -> list[int]:
+        from .invoicing import billing_accounts
+
+        return [pk for pk, root in billing_accounts().items() if root.pk == self.tenant_id]
+
+
+def currency_of(account: Tenant) -> str:
+    """The one currency a billing account is billed in."""
+    row = BillingAccount.objects.filter(tenant=account).values_list("currency", flat=True).first()
+    return row or settings.FACTORY_BILLING_CURRENCY
+
+
 class RateCard(models.Model):
     """Price of a GPU-hour of one type, optionally on one cluster (which beats the GPU-type price),
     plus optional CPU-core-hour and memory GB-hour prices, effective over [from, until)."""
@@ -41,6 +85,15 @@ class RateCard(models.Model):
         on_delete=models.PROTECT,
         related_name="rate_cards",
         help_text="Empty: the price of this GPU type on every cluster without its own.",
+    )
+    billing_account = models.ForeignKey(
+        Tenant,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Empty: the price for every billing account in its currency; set: one account's own price, "
+        "which beats the others.",
     )
     currency = models.CharField(max_length=3, validators=[currency_validator])
     price_per_gpu_hour = models.DecimalField(
@@ -62,6 +115,7 @@ class RateCard(models.Model):
     EDITABLE = (
         "gpu_type",
         "cluster",
+        "billing_account",
         "currency",
         "price_per_gpu_hour",
         "price_per_cpu_core_hour",
@@ -102,15 +156,32 @@ class RateCard(models.Model):
             raise ValidationError({"currency": "A price needs a currency."})
         if self.effective_until and self.effective_from and self.effective_until <= self.effective_from:
             raise ValidationError({"effective_until": "The end must come after the start."})
+        if self.billing_account_id:
+            account = self.billing_account
+            if account.parent_id:
+                raise ValidationError(
+                    {"billing_account": "Prices are set for a billing account: the top of a tenant tree."}
+                )
+            billed_in = currency_of(account)
+            if self.currency != billed_in:
+                raise ValidationError(
+                    {
+                        "currency": f"{account} is billed in {billed_in}: "
+                        f"a price for it in {self.currency} is refused."
+                    }
+                )
         if self.gpu_type_id and self.effective_from and self.overlapping().exists():
             raise ValidationError(
                 {"effective_from": "Another price for this GPU type and cluster covers part of this period."}
             )
 
     def overlapping(self):
-        cards = RateCard.objects.filter(gpu_type_id=self.gpu_type_id, cluster_id=self.cluster_id).exclude(
-            pk=self.pk
-        )
+        cards = RateCard.objects.filter(
+            gpu_type_id=self.gpu_type_id,
+            cluster_id=self.cluster_id,
+            billing_account_id=self.billing_account_id,
+            currency=self.currency,  # accounts billed in other currencies have their own prices
+        ).exclude(pk=self.pk)
         if self.effective_until:
             cards = cards.filter(effective_from__lt=self.effective_until)
         return cards.filter(

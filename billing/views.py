@@ -131,7 +131,7 @@ def rate_cards(request: HttpRequest) -> HttpResponse:
         form.save()
         messages.success(request, "Price saved. Charges already in the ledger keep their price.")
         return redirect("billing:rate-cards")
-    cards = RateCard.objects.select_related("gpu_type", "cluster")
+    cards = RateCard.objects.select_related("gpu_type", "cluster", "billing_account")
     return render(
         request, "billing/rate_cards.html", {"form": form, "cards": cards}, status=400 if form.errors else 200
     )

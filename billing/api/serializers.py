@@ -17,6 +17,9 @@ class RateCardSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     cluster = SlugRelatedField(
         slug_field="slug", queryset=Cluster.objects.all(), required=False, allow_null=True
     )
+    billing_account = SlugRelatedField(
+        slug_field="slug", queryset=Tenant.objects.all(), required=False, allow_null=True
+    )
 
     class Meta:
         model = RateCard
