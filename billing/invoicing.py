@@ -194,8 +194,6 @@ def invoice_for(account: Tenant, month: date) -> Invoice:
     return Invoice.objects.get(billing_account=account, month=month)
 
 
-def invoice_lines_query(invoice: Invoice):
-    """The ledger lines an invoice is made of: its account's tenants' lines of its month."""
-    accounts = billing_accounts()
-    tenants = [pk for pk, root in accounts.items() if root.pk == invoice.billing_account_id]
-    return UsageRecord.objects.filter(month=invoice.month, tenant_id__in=tenants)
+def account_tenants(invoice: Invoice) -> list[int]:
+    """The tenants whose lines of the invoice's month make up the invoice."""
+    return [pk for pk, root in billing_accounts().items() if root.pk == invoice.billing_account_id]

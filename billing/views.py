@@ -16,7 +16,7 @@ from . import focus, reports
 from .credits import correct_line, grant_credit
 from .forms import CorrectionForm, CreditForm, RateCardForm
 from .invoice_pdf import render as invoice_pdf_render
-from .invoicing import close_month, invoice_for, invoice_lines_query
+from .invoicing import account_tenants, close_month, invoice_for
 from .models import Invoice, MonthClose, RateCard, UsageKind, UsageRecord
 from .permissions import is_finance
 
@@ -257,7 +257,7 @@ def invoice_focus(request: HttpRequest, account: str, month: str) -> HttpRespons
     found, refusal = issued_invoice(request, account, month)
     if refusal:
         return refusal
-    rows = focus.csv_stream(found.month, lines=invoice_lines_query(found))
+    rows = focus.csv_stream(found.month, tenants=account_tenants(found))
     response = StreamingHttpResponse(rows, content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="{found.display_number}-focus.csv"'
     return response

@@ -198,3 +198,29 @@ def test_an_export_of_a_tenant_subset_only_has_their_rows(autumn):
     vision = autumn["vision"]
     body = "".join(focus.csv_stream(date(2026, 11, 1), tenants=[vision.pk]))
     assert {r["SubAccountId"] for r in rows(body)} == {"acme-vision"}
+
+
+def test_the_database_writes_exactly_the_rows_the_reference_definition_gives(autumn, ran, h100):
+    """On PostgreSQL the export is a COPY: it must say what row() says, cell for cell."""
+    from billing.models import RateCard
+
+    RateCard.objects.filter(gpu_type=h100).update(
+        price_per_cpu_core_hour=Decimal("0.0130"), price_per_memory_gb_hour=Decimal("0.0021")
+    )
+    shaped = ran(at(2026, 11, 9, 1), at(2026, 11, 9, 2, 17, 41), gpu_count=3, cpus=7, memory_gb=33)
+    metering.meter_release(shaped.pk, 0, shaped.cluster_id, shaped.started_at, shaped.ended_at, False)
+    writer = csv.writer(focus._Echo(), lineterminator="\n")
+    for month in (date(2026, 10, 1), date(2026, 11, 1)):
+        look = focus.Lookups.load()
+        start, end = (
+            focus._iso(focus.month_begins(month)),
+            focus._iso(focus.month_begins(focus.next_month(month))),
+        )
+        reference = "".join(
+            writer.writerow(focus.row(line, look, start, end))
+            for chunk in focus.chunks(month)
+            for line in chunk
+        )
+        copied = "".join(focus.copy_stream(month, look))
+        assert sorted(copied.splitlines()) == sorted(reference.splitlines())  # COPY does not sort
+    assert "rate-card-" in copied and "Platform failure (not charged)" in copied
