@@ -3,6 +3,10 @@
 - report_s: the month's chargeback report (billing.reports.chargeback), best of three.
 - csv_peak_rss_mb: peak RSS of a fresh process that streams the month's line-level FOCUS CSV export
   (all 10 million lines) through the same generator the API streams.
+- invoice_close_s: closing the month (billing.invoicing.close_month): one invoice per billing
+  account (each of the 1,000 tenants), built from all its lines, numbered, stored.
+- focus_export_rows_per_s: ledger lines per second through the streaming FOCUS export (target
+  50,000), whose peak RSS is csv_peak_rss_mb (target < 200 MB).
 - metering_10k_s: metering 10,000 job completions through the batch metering path.
 
 The ledger is generated inside PostgreSQL (INSERT ... SELECT generate_series) and its monthly
@@ -139,6 +143,20 @@ def time_report() -> tuple[float, float]:
     return min(timings), direct
 
 
+def time_close() -> tuple[float, int]:
+    from datetime import date
+
+    from billing.invoicing import close_month
+    from billing.models import Invoice
+
+    started = time.perf_counter()
+    close_month(date.fromisoformat(MONTH), None)
+    elapsed = time.perf_counter() - started
+    invoices = Invoice.objects.filter(month=MONTH).count()
+    print(f"closed the month: {invoices} invoices in {elapsed:.1f} s", flush=True)
+    return elapsed, invoices
+
+
 def export_in_child() -> tuple[float, float, int]:
     """Stream the FOCUS export in a fresh process; return (seconds, peak RSS MB, bytes)."""
     code = f"""
@@ -208,6 +226,7 @@ def main() -> None:
         setup_django()
         seed(args.tenants, args.lines)
         report_s, direct_s = time_report()
+        close_s, invoices = time_close()
         export_s, peak_mb, size = export_in_child()
         print(f"FOCUS export: {size / 1e6:.0f} MB in {export_s:.1f} s, peak RSS {peak_mb:.0f} MB", flush=True)
         metering_s = time_metering(args.jobs)
@@ -220,6 +239,9 @@ def main() -> None:
         json.dumps(
             {
                 "report_s": round(report_s, 4),
+                "invoice_close_s": round(close_s, 2),
+                "invoices": invoices,
+                "focus_export_rows_per_s": round(args.lines / export_s),
                 "csv_peak_rss_mb": round(peak_mb, 1),
                 "metering_10k_s": round(metering_s, 3),
                 "lines": args.lines,

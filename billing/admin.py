@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from .models import BudgetAlert, GridIntensity, MonthClose, RateCard, UsageRecord
+from .models import BillingAccount, BudgetAlert, GridIntensity, Invoice, MonthClose, RateCard, UsageRecord
 
 
 @admin.register(RateCard)
@@ -10,12 +10,18 @@ class RateCardAdmin(admin.ModelAdmin):
     list_display = [
         "gpu_type",
         "cluster",
+        "billing_account",
         "price_per_gpu_hour",
         "currency",
         "effective_from",
         "effective_until",
     ]
     list_filter = ["gpu_type", "cluster", "currency"]
+
+
+@admin.register(BillingAccount)
+class BillingAccountAdmin(admin.ModelAdmin):
+    list_display = ["tenant", "currency", "created_at"]
 
 
 @admin.register(GridIntensity)
@@ -50,3 +56,9 @@ class MonthCloseAdmin(ReadOnlyAdmin):
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(ReadOnlyAdmin):
     list_display = ["tenant", "month", "threshold", "sent_at", "recipients"]
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    list_display = ["number", "month", "account_slug", "totals", "issue_date"]
+    list_filter = ["month"]

@@ -43,13 +43,22 @@ def prices_per_gpu_hour(day: date | None = None) -> dict[int, tuple[Decimal, str
 
 
 def price_job(
-    gpu_type_id: int, cluster_id: int | None, *, gpus: int, cpus: int, memory_gb: int, hours: Decimal
+    gpu_type_id: int,
+    cluster_id: int | None,
+    *,
+    gpus: int,
+    cpus: int,
+    memory_gb: int,
+    hours: Decimal,
+    tenant_id: int | None = None,
 ) -> tuple[Decimal, str, Decimal] | None:
     """(amount, currency, price per GPU-hour) of holding these resources for `hours` today, by the
-    rate card the ledger would use (the cluster's own, else the GPU type's); None without one."""
-    from .metering import rate_for
+    rate card the ledger would use (for the tenant's billing account, in its one currency: the
+    account's own, the cluster's, else the GPU type's); None without one."""
+    from .metering import Pricing, rate_for
 
-    card = rate_for(gpu_type_id, cluster_id, timezone.now().date())
+    account_id, currency = Pricing().account(tenant_id) if tenant_id is not None else (None, None)
+    card = rate_for(gpu_type_id, cluster_id, timezone.now().date(), account_id, currency)
     if card is None:
         return None
     amount = card.charge(gpus=gpus, cpus=cpus, memory_gb=memory_gb, hours=hours)

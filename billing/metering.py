@@ -52,21 +52,39 @@ def month_parts(start: datetime, end: datetime) -> Iterator[tuple[datetime, date
         start = part_end
 
 
-def rate_for(gpu_type_id: int, cluster_id: int, day: date) -> RateCard | None:
+def rate_for(
+    gpu_type_id: int,
+    cluster_id: int | None,
+    day: date,
+    account_id: int | None = None,
+    currency: str | None = None,
+) -> RateCard | None:
+    """The price in force on `day`, in the account's currency only: the account's own price for
+    the cluster, its own price, the cluster's price, then the GPU type's price."""
     cards = RateCard.objects.filter(gpu_type_id=gpu_type_id, effective_from__lte=day).filter(
         models.Q(effective_until__isnull=True) | models.Q(effective_until__gt=day)
     )
-    return cards.filter(cluster_id=cluster_id).first() or cards.filter(cluster__isnull=True).first()
+    if currency is not None:
+        cards = cards.filter(currency=currency)
+    order = [(None, cluster_id), (None, None)]
+    if account_id is not None:
+        order = [(account_id, cluster_id), (account_id, None), *order]
+    for account, cluster in order:
+        found = cards.filter(billing_account_id=account, cluster_id=cluster).first()
+        if found is not None:
+            return found
+    return None
 
 
 @dataclasses.dataclass
 class Pricing:
     """Rates, power and grid intensity looked up once per batch, not once per line."""
 
-    rates: dict[tuple[int, int, date], RateCard | None] = dataclasses.field(default_factory=dict)
+    rates: dict[tuple, RateCard | None] = dataclasses.field(default_factory=dict)
     clusters: dict[int, Cluster] = dataclasses.field(default_factory=dict)
     gpu_types: dict[int, GpuType] = dataclasses.field(default_factory=dict)
     intensity: dict[str, Decimal] | None = None
+    accounts: dict[int, tuple[int, str]] | None = None  # tenant id: (billing account id, currency)
     measured: dict[tuple[int, int], energy.JobUse] = dataclasses.field(default_factory=dict)
     measured_asked: set[tuple[int, int]] = dataclasses.field(default_factory=set)
 
@@ -83,11 +101,26 @@ class Pricing:
         use = self.measured.get((job_id, attempt))
         return use.kwh if use else None
 
-    def rate(self, gpu_type_id: int, cluster_id: int, day: date) -> RateCard | None:
-        key = (gpu_type_id, cluster_id, day)
+    def rate(self, gpu_type_id: int, cluster_id: int, day: date, tenant_id: int) -> RateCard | None:
+        account_id, currency = self.account(tenant_id)
+        key = (gpu_type_id, cluster_id, day, account_id)
         if key not in self.rates:
-            self.rates[key] = rate_for(gpu_type_id, cluster_id, day)
+            self.rates[key] = rate_for(gpu_type_id, cluster_id, day, account_id, currency)
         return self.rates[key]
+
+    def account(self, tenant_id: int) -> tuple[int, str]:
+        if self.accounts is None or tenant_id not in self.accounts:
+            from django.conf import settings
+
+            from .invoicing import billing_accounts
+            from .models import BillingAccount
+
+            currencies = dict(BillingAccount.objects.values_list("tenant_id", "currency"))
+            self.accounts = {
+                pk: (root.pk, currencies.get(root.pk, settings.FACTORY_BILLING_CURRENCY))
+                for pk, root in billing_accounts().items()
+            }
+        return self.accounts[tenant_id]
 
     def cluster(self, cluster_id: int) -> Cluster:
         if cluster_id not in self.clusters:
@@ -121,7 +154,7 @@ def line_for(
     hours = Decimal(seconds) / HOUR
     cluster = pricing.cluster(job.cluster_id)
     gpu_type = pricing.gpu_type(job.gpu_type_id)
-    card = pricing.rate(job.gpu_type_id, job.cluster_id, start.date())
+    card = pricing.rate(job.gpu_type_id, job.cluster_id, start.date(), job.tenant_id)
     amount = ZERO
     if card is not None and kind in (UsageKind.USAGE, UsageKind.ADJUSTMENT):
         amount = card.charge(gpus=job.gpu_count, cpus=job.cpus, memory_gb=job.memory_gb, hours=hours)
@@ -185,7 +218,7 @@ def into_open_months(lines: list[UsageRecord]) -> None:
         natural = line.month
         while line.month in closed:
             line.month = next_month(line.month)
-        if line.month != natural and line.corrects_id is None:
+        if line.month != natural and line.corrects_id is None and line.job_id is not None:
             line.note = f"late usage of {natural:%Y-%m}, a closed month"
             if line.kind == UsageKind.USAGE:
                 line.kind = UsageKind.ADJUSTMENT
@@ -465,10 +498,3 @@ def live_cost(job: Job, now: datetime | None = None, pricing: Pricing | None = N
         energy_kwh=sum((line.energy_kwh for line in lines), ZERO),
         co2e_kg=sum((line.co2e_kg for line in lines), ZERO),
     )
-
-
-def close_month(month: date, user) -> MonthClose:
-    with transaction.atomic():
-        billing_lock(shared=False)  # waits for metering in flight; none starts until commit
-        closed, _ = MonthClose.objects.get_or_create(month=month, defaults={"closed_by": user})
-    return closed

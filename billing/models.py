@@ -29,6 +29,50 @@ def to_cents(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
 
 
+class BillingAccount(models.Model):
+    """A billing account's currency: a top-level tenant is billed in one currency, this one, or
+    FACTORY_BILLING_CURRENCY without a row. Only prices in it bill the account's usage."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.PROTECT, related_name="billing_account")
+    currency = models.CharField(max_length=3, validators=[currency_validator])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant__slug"]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} billed in {self.currency}"
+
+    def clean(self) -> None:
+        if self.tenant_id and self.tenant.parent_id:
+            raise ValidationError({"tenant": "A department or team is billed to the top of its tenant tree."})
+        if self.pk and self.currency:
+            billed = set(
+                UsageRecord.objects.filter(tenant__in=self.tenant_tree())
+                .exclude(currency="")
+                .exclude(currency=self.currency)
+                .values_list("currency", flat=True)[:1]
+            )
+            if billed:
+                raise ValidationError(
+                    {
+                        "currency": f"{self.tenant} has been billed in {billed.pop()}: "
+                        "its currency cannot change."
+                    }
+                )
+
+    def tenant_tree(self) -> list[int]:
+        from .invoicing import billing_accounts
+
+        return [pk for pk, root in billing_accounts().items() if root.pk == self.tenant_id]
+
+
+def currency_of(account: Tenant) -> str:
+    """The one currency a billing account is billed in."""
+    row = BillingAccount.objects.filter(tenant=account).values_list("currency", flat=True).first()
+    return row or settings.FACTORY_BILLING_CURRENCY
+
+
 class RateCard(models.Model):
     """Price of a GPU-hour of one type, optionally on one cluster (which beats the GPU-type price),
     plus optional CPU-core-hour and memory GB-hour prices, effective over [from, until)."""
@@ -41,6 +85,15 @@ class RateCard(models.Model):
         on_delete=models.PROTECT,
         related_name="rate_cards",
         help_text="Empty: the price of this GPU type on every cluster without its own.",
+    )
+    billing_account = models.ForeignKey(
+        Tenant,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Empty: the price for every billing account in its currency; set: one account's own price, "
+        "which beats the others.",
     )
     currency = models.CharField(max_length=3, validators=[currency_validator])
     price_per_gpu_hour = models.DecimalField(
@@ -62,6 +115,7 @@ class RateCard(models.Model):
     EDITABLE = (
         "gpu_type",
         "cluster",
+        "billing_account",
         "currency",
         "price_per_gpu_hour",
         "price_per_cpu_core_hour",
@@ -102,15 +156,32 @@ class RateCard(models.Model):
             raise ValidationError({"currency": "A price needs a currency."})
         if self.effective_until and self.effective_from and self.effective_until <= self.effective_from:
             raise ValidationError({"effective_until": "The end must come after the start."})
+        if self.billing_account_id:
+            account = self.billing_account
+            if account.parent_id:
+                raise ValidationError(
+                    {"billing_account": "Prices are set for a billing account: the top of a tenant tree."}
+                )
+            billed_in = currency_of(account)
+            if self.currency != billed_in:
+                raise ValidationError(
+                    {
+                        "currency": f"{account} is billed in {billed_in}: "
+                        f"a price for it in {self.currency} is refused."
+                    }
+                )
         if self.gpu_type_id and self.effective_from and self.overlapping().exists():
             raise ValidationError(
                 {"effective_from": "Another price for this GPU type and cluster covers part of this period."}
             )
 
     def overlapping(self):
-        cards = RateCard.objects.filter(gpu_type_id=self.gpu_type_id, cluster_id=self.cluster_id).exclude(
-            pk=self.pk
-        )
+        cards = RateCard.objects.filter(
+            gpu_type_id=self.gpu_type_id,
+            cluster_id=self.cluster_id,
+            billing_account_id=self.billing_account_id,
+            currency=self.currency,  # accounts billed in other currencies have their own prices
+        ).exclude(pk=self.pk)
         if self.effective_until:
             cards = cards.filter(effective_from__lt=self.effective_until)
         return cards.filter(
@@ -139,6 +210,12 @@ class UsageKind(models.TextChoices):
     ADJUSTMENT = "adjustment", "Adjustment"
     PREEMPTED = "preempted", "Preempted (not charged)"
     PLATFORM_FAULT = "platform_fault", "Platform failure (not charged)"
+    CREDIT = "credit", "Credit"
+    CORRECTION = "correction", "Correction"
+
+
+# Kinds whose amount is billed (the others record time that is not charged).
+CHARGED_KINDS = (UsageKind.USAGE, UsageKind.ADJUSTMENT, UsageKind.CREDIT, UsageKind.CORRECTION)
 
 
 class UsageRecord(models.Model):
@@ -154,8 +231,13 @@ class UsageRecord(models.Model):
     period_end = models.DateTimeField()
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
     cost_center = models.CharField(max_length=64, blank=True)
-    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="usage_records")
-    gpu_type = models.ForeignKey(GpuType, on_delete=models.PROTECT, related_name="usage_records")
+    # Empty only on a credit granted as an amount (no GPU type) or on no cluster.
+    cluster = models.ForeignKey(
+        Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="usage_records"
+    )
+    gpu_type = models.ForeignKey(
+        GpuType, null=True, blank=True, on_delete=models.PROTECT, related_name="usage_records"
+    )
     gpus = models.PositiveIntegerField()
     gpu_seconds = models.BigIntegerField()
     cpu_core_seconds = models.BigIntegerField(default=0)
@@ -176,8 +258,16 @@ class UsageRecord(models.Model):
         blank=True,
         on_delete=models.PROTECT,
         related_name="corrections",
-        help_text="The line of the same job attempt and period that this one corrects: a credit of its "
-        "charge, or its time recorded as not charged.",
+        help_text="The line that this one corrects: a credit of its charge, its time recorded as not "
+        "charged, or finance's correction of it.",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Who granted the credit or made the correction; empty for metered lines.",
     )
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -213,7 +303,20 @@ class UsageRecord(models.Model):
 
     @property
     def charged(self) -> bool:
-        return self.kind in (UsageKind.USAGE, UsageKind.ADJUSTMENT)
+        return self.kind in CHARGED_KINDS
+
+    @property
+    def billing_period_start(self):
+        from factory.months import month_begins
+
+        return month_begins(self.month)
+
+    @property
+    def is_correction(self) -> bool:
+        """A charge of an earlier billing period than the one it is billed in (late usage of a
+        closed month, a correction or credit-back of a line billed before): FOCUS's ChargeClass
+        "Correction". A credit granted for an earlier period is a new charge, not a correction."""
+        return self.kind != UsageKind.CREDIT and self.period_start < self.billing_period_start
 
 
 class MonthlySummary(models.Model):
@@ -223,7 +326,7 @@ class MonthlySummary(models.Model):
     month = models.DateField()
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
     cost_center = models.CharField(max_length=64, blank=True)
-    gpu_type = models.ForeignKey(GpuType, on_delete=models.PROTECT, related_name="+")
+    gpu_type = models.ForeignKey(GpuType, null=True, on_delete=models.PROTECT, related_name="+")
     currency = models.CharField(max_length=3, blank=True)
     gpu_seconds = models.BigIntegerField(default=0)
     charged_gpu_seconds = models.BigIntegerField(default=0)
@@ -236,7 +339,9 @@ class MonthlySummary(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["month", "tenant", "cost_center", "gpu_type", "currency"], name="one_summary_per_key"
+                fields=["month", "tenant", "cost_center", "gpu_type", "currency"],
+                name="one_summary_per_key",
+                nulls_distinct=False,  # credits without a GPU type add up in one row too
             )
         ]
 
@@ -276,3 +381,84 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant} {self.month:%Y-%m} {self.threshold}%"
+
+
+class InvoiceSection(models.TextChoices):
+    USAGE = "usage", "Usage"
+    CORRECTION = "correction", "Corrections of earlier months"
+    CREDIT = "credit", "Credits"
+
+
+class Invoice(models.Model):
+    """What one billing account (a top-level tenant, with its departments' and teams' usage) owes
+    for a closed month. Issued once, at the close, with a number from one sequence; never changed:
+    its lines and totals are copied out of the ledger, so later renames change nothing on it."""
+
+    number = models.PositiveIntegerField(unique=True)
+    billing_account = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="invoices")
+    account_slug = models.CharField(max_length=63)
+    account_name = models.CharField(max_length=200)
+    month = models.DateField()
+    issued_at = models.DateTimeField(default=timezone.now)
+    issue_date = models.DateField()
+    totals = models.JSONField(help_text="Amount due per currency, as strings: never added across currencies.")
+    energy_kwh = models.DecimalField(max_digits=16, decimal_places=4, default=ZERO)
+    co2e_kg = models.DecimalField(max_digits=16, decimal_places=4, default=ZERO)
+    ledger_lines = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-month", "number"]
+        constraints = [
+            # No line is billed twice: a line belongs to one account and one month, and each
+            # account gets one invoice per month.
+            models.UniqueConstraint(
+                fields=["billing_account", "month"], name="one_invoice_per_account_month"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.display_number
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            raise ValidationError("An issued invoice never changes.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValidationError("An issued invoice is never deleted.")
+
+    @property
+    def display_number(self) -> str:
+        return f"INV-{self.number:06d}"
+
+
+class InvoiceLine(models.Model):
+    """One line of an invoice: a section, GPU type and cluster, in one currency."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
+    section = models.CharField(max_length=16, choices=InvoiceSection.choices)
+    gpu_type = models.CharField(max_length=63, blank=True)
+    cluster = models.CharField(max_length=63, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    gpu_seconds = models.BigIntegerField(default=0)
+    amount = models.DecimalField(max_digits=16, decimal_places=2, default=ZERO)
+    energy_kwh = models.DecimalField(max_digits=16, decimal_places=4, default=ZERO)
+    co2e_kg = models.DecimalField(max_digits=16, decimal_places=4, default=ZERO)
+    ledger_lines = models.BigIntegerField(default=0)
+
+    SECTION_ORDER = {InvoiceSection.USAGE: 0, InvoiceSection.CORRECTION: 1, InvoiceSection.CREDIT: 2}
+
+    class Meta:
+        ordering = ["invoice", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.invoice} {self.section} {self.gpu_type}@{self.cluster}: {self.amount} {self.currency}"
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            raise ValidationError("An issued invoice never changes.")
+        super().save(*args, **kwargs)
+
+    @property
+    def gpu_hours(self) -> Decimal:
+        return (Decimal(self.gpu_seconds) / 3600).quantize(Decimal("0.0001"))

@@ -17,7 +17,7 @@ from quotas.models import Budget
 
 from .budgeting import money_spent
 from .metering import Pricing, live_cost
-from .models import ZERO, MonthlySummary, UsageRecord
+from .models import ZERO, MonthlySummary, UsageKind, UsageRecord
 
 CHART_COLORS = ["#2457c5", "#e08a00", "#1a7f37", "#8e44ad", "#c62828"]
 
@@ -61,8 +61,30 @@ def tenant_spend(request, tenant) -> str:
         if budget and budget.amount_per_month
         else None,
         "chart": daily_gpu_hours_chart(tenant, month),
+        **finance_news(request.user, tenant),
     }
     return render_to_string("billing/_spend.html", context, request=request)
+
+
+def finance_news(user, tenant) -> dict:
+    """For the tenant's admins (and finance): the credits and corrections finance made to the
+    tenant's bill, and the account's latest invoices."""
+    from factory.choices import Role
+    from factory.models import Membership
+
+    from .models import Invoice
+    from .permissions import is_finance
+
+    if not (
+        is_finance(user) or Membership.objects.filter(user=user, tenant=tenant, role=Role.ADMIN).exists()
+    ):
+        return {}
+    changes = (
+        UsageRecord.objects.filter(tenant=tenant, kind__in=[UsageKind.CREDIT, UsageKind.CORRECTION])
+        .select_related("created_by")
+        .order_by("-id")[:10]
+    )
+    return {"ledger_changes": changes, "invoices": Invoice.objects.filter(billing_account=tenant)[:3]}
 
 
 def billed_currency(tenant, month: date) -> str:
@@ -80,7 +102,8 @@ def billed_currency(tenant, month: date) -> str:
 def daily_gpu_hours_chart(tenant, month: date, width: int = 600, height: int = 160) -> dict:
     """Stacked bars of GPU-hours per day by GPU type (server-rendered SVG)."""
     rows = (
-        UsageRecord.objects.filter(tenant=tenant, month=month)
+        UsageRecord.objects.filter(tenant=tenant, month=month, gpu_type__isnull=False)
+        .exclude(kind=UsageKind.CREDIT)  # GPU-hours used, not given back
         .annotate(day=TruncDate("period_end"))
         .values("day", "gpu_type__slug")
         .annotate(seconds=models.Sum("gpu_seconds"))

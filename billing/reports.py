@@ -11,17 +11,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 from collections.abc import Iterable, Iterator
-from datetime import UTC, date
+from datetime import date
 from decimal import Decimal
 
 from django.db import models
 
-from factory.models import Tenant
-from factory.months import next_month
-
-from .models import CENT, ZERO, MonthClose, MonthlySummary, UsageKind, UsageRecord
+from .models import CENT, ZERO, MonthClose, MonthlySummary
 
 CHUNK = 20000
 REPORT_COLUMNS = [
@@ -36,32 +32,6 @@ REPORT_COLUMNS = [
     "energy_kwh",
     "co2e_kg",
     "jobs",
-]
-FOCUS_COLUMNS = [
-    "BillingPeriodStart",
-    "BillingPeriodEnd",
-    "ChargePeriodStart",
-    "ChargePeriodEnd",
-    "ChargeCategory",
-    "ChargeDescription",
-    "BilledCost",
-    "EffectiveCost",
-    "ListCost",
-    "BillingCurrency",
-    "ConsumedQuantity",
-    "ConsumedUnit",
-    "PricingQuantity",
-    "PricingUnit",
-    "ListUnitPrice",
-    "ResourceId",
-    "ResourceName",
-    "ResourceType",
-    "ServiceName",
-    "ServiceCategory",
-    "RegionId",
-    "SubAccountId",
-    "SubAccountName",
-    "Tags",
 ]
 
 
@@ -146,7 +116,7 @@ def chargeback(month: date, *, tenants: Iterable[int] | None = None) -> Report:
             tenant=g["tenant__slug"],
             tenant_name=g["tenant__name"],
             cost_center=g["cost_center"],
-            gpu_type=g["gpu_type__slug"],
+            gpu_type=g["gpu_type__slug"] or "",  # a credit granted as an amount
             currency=g["currency"],
             gpu_hours=hours(g["gpu_seconds"]),
             charged_gpu_hours=hours(g["charged_seconds"]),
@@ -251,93 +221,8 @@ def _cell(sheet, value, *, number_format: str | None = None, font=None):
     return cell
 
 
-def focus_row(line: tuple, names: ExportNames, month_start: str, month_end: str) -> list:
-    (_id, _month, start, end, kind, note, amount, currency, gpu_seconds, gpus, tenant_id, cost_center,
-     attempt, gpu_type_id, cluster_id, job_uid, job_name, rate_card_id) = line  # fmt: skip
-    slug, name = names.tenants.get(tenant_id, ("", ""))
-    gpu_type = names.gpu_types.get(gpu_type_id, "")
-    cluster, region = names.clusters.get(cluster_id, ("", ""))
-    category = CHARGE_CATEGORIES.get(kind, "Adjustment")
-    gpu_hours = hours(gpu_seconds)
-    tags = (
-        f'{{"attempt": {attempt}, "cluster": "{cluster}", "cost_center": {json.dumps(cost_center)}, '
-        f'"gpu_type": "{gpu_type}", "kind": "{kind}"}}'
-    )
-    return [
-        month_start, month_end, _iso(start), _iso(end), category, note or f"{gpus} x {gpu_type} GPU job",
-        amount, amount, amount, currency, gpu_hours, "GPU-Hours", gpu_hours, "GPU-Hour",
-        names.prices.get(rate_card_id, ""), str(job_uid or ""), job_name or "", "GPU job",
-        "AI Factory GPU jobs", "Compute", region, slug, name, tags,
-    ]  # fmt: skip
-
-
-CHARGE_CATEGORIES = {
-    UsageKind.USAGE: "Usage",
-    UsageKind.ADJUSTMENT: "Adjustment",
-    UsageKind.PREEMPTED: "Credit",
-    UsageKind.PLATFORM_FAULT: "Credit",
-}
-
-
-def _iso(moment) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclasses.dataclass
-class ExportNames:
-    """Names looked up once per export, so each of millions of lines costs no join."""
-
-    tenants: dict[int, tuple[str, str]]
-    gpu_types: dict[int, str]
-    clusters: dict[int, tuple[str, str]]
-    prices: dict[int, Decimal]
-
-    @classmethod
-    def load(cls) -> ExportNames:
-        from factory.models import Cluster, GpuType
-
-        from .models import RateCard
-
-        return cls(
-            tenants={t.pk: (t.slug, t.name) for t in Tenant.objects.only("slug", "name")},
-            gpu_types=dict(GpuType.objects.values_list("pk", "slug")),
-            clusters={c.pk: (c.slug, c.region) for c in Cluster.objects.only("slug", "region")},
-            prices=dict(RateCard.objects.values_list("pk", "price_per_gpu_hour")),
-        )
-
-
-FOCUS_FIELDS = [
-    "id", "month", "period_start", "period_end", "kind", "note", "amount", "currency", "gpu_seconds", "gpus",
-    "tenant_id", "cost_center", "attempt", "gpu_type_id", "cluster_id", "job__uid", "job__name",
-    "rate_card_id",
-]  # fmt: skip
-
-
-def ledger_chunks(month: date, tenants: Iterable[int] | None = None) -> Iterable[list[tuple]]:
-    """The month's lines, a chunk at a time by id (keyset paging: memory stays flat)."""
-    lines = UsageRecord.objects.filter(month=month).order_by("id")
-    if tenants is not None:
-        lines = lines.filter(tenant_id__in=list(tenants))
-    after = 0
-    while True:
-        chunk = list(lines.filter(id__gt=after).values_list(*FOCUS_FIELDS)[:CHUNK])
-        if not chunk:
-            return
-        yield chunk
-        after = chunk[-1][0]
-
-
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
 def focus_csv_stream(month: date, tenants: Iterable[int] | None = None) -> Iterator[str]:
-    """FOCUS cost-and-usage rows of the month as CSV, a chunk of lines at a time (the WSGI side of
-    the server sends each chunk as it is made: memory stays flat whatever the month holds)."""
-    writer = csv.writer(_Echo())
-    yield writer.writerow(FOCUS_COLUMNS)
-    names = ExportNames.load()
-    start, end = f"{month:%Y-%m-%d}T00:00:00Z", f"{next_month(month):%Y-%m-%d}T00:00:00Z"
-    for chunk in ledger_chunks(month, tenants):
-        yield "".join(writer.writerow(focus_row(line, names, start, end)) for line in chunk)
+    """FOCUS cost-and-usage rows of the month as CSV, streamed (see billing.focus)."""
+    from . import focus
+
+    return focus.csv_stream(month, tenants)

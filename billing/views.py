@@ -2,19 +2,22 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from factory.models import GpuType, Tenant
+from factory.choices import Role
+from factory.models import GpuType, Membership, Tenant
 from factory.months import month_of, parse_month
 
-from . import reports
-from .forms import RateCardForm
-from .metering import close_month
-from .models import RateCard, UsageRecord
+from . import focus, reports
+from .credits import correct_line, grant_credit
+from .forms import CorrectionForm, CreditForm, RateCardForm
+from .invoice_pdf import render as invoice_pdf_render
+from .invoicing import account_tenants, close_month, invoice_for
+from .models import Invoice, MonthClose, RateCard, UsageKind, UsageRecord
 from .permissions import is_finance
 
 EXPORT_FORMATS = ("csv", "xlsx", "focus")
@@ -56,11 +59,13 @@ def chargeback_close(request: HttpRequest) -> HttpResponse:
         month = parse_month(request.POST.get("month"))
     except ValueError as exc:
         return HttpResponseBadRequest(str(exc))
-    if month >= month_of():
-        messages.error(request, "Only a past month can be closed.")
-    else:
+    try:
         close_month(month, request.user)
-        messages.success(request, f"{month:%B %Y} is closed: its report will not change again.")
+    except ValidationError as exc:
+        for message in exc.message_dict.get("month", exc.messages):
+            messages.error(request, message)
+    else:
+        messages.success(request, f"{month:%B %Y} is closed and its invoices are issued.")
     return redirect(f"{request.path.rsplit('close/', 1)[0]}?month={month:%Y-%m}")
 
 
@@ -80,7 +85,15 @@ def chargeback_lines(request: HttpRequest, month: str, tenant: str, gpu_type: st
     )
     page = Paginator(lines, 100).get_page(request.GET.get("page"))
     return render(
-        request, "billing/lines.html", {"page": page, "month": first, "tenant": tenant_obj, "gpu_type": gpu}
+        request,
+        "billing/lines.html",
+        {
+            "page": page,
+            "month": first,
+            "tenant": tenant_obj,
+            "gpu_type": gpu,
+            "closed": MonthClose.objects.filter(month=first).exists(),
+        },
     )
 
 
@@ -118,7 +131,133 @@ def rate_cards(request: HttpRequest) -> HttpResponse:
         form.save()
         messages.success(request, "Price saved. Charges already in the ledger keep their price.")
         return redirect("billing:rate-cards")
-    cards = RateCard.objects.select_related("gpu_type", "cluster")
+    cards = RateCard.objects.select_related("gpu_type", "cluster", "billing_account")
     return render(
         request, "billing/rate_cards.html", {"form": form, "cards": cards}, status=400 if form.errors else 200
     )
+
+
+def apply_errors(form, exc: ValidationError) -> None:
+    """A refusal from the billing rules, shown beside the field it is about."""
+    for field, messages_ in exc.message_dict.items():
+        form.add_error(field if field in form.fields else None, messages_)
+
+
+@finance_only
+def credits(request: HttpRequest) -> HttpResponse:
+    """Grant a credit; see the credits and corrections already made."""
+    form = CreditForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            line = grant_credit(
+                data["tenant"],
+                data["month"],
+                data["reason"],
+                request.user,
+                amount=data["amount"],
+                gpu_hours=data["gpu_hours"],
+                gpu_type=data["gpu_type"],
+                currency=(data["currency"] or "").upper(),
+            )
+        except ValidationError as exc:
+            apply_errors(form, exc)
+        else:
+            messages.success(
+                request, f"Credit of {-line.amount} {line.currency} granted; billed in {line.month:%B %Y}."
+            )
+            return redirect("billing:credits")
+    recent = (
+        UsageRecord.objects.filter(kind__in=[UsageKind.CREDIT, UsageKind.CORRECTION])
+        .select_related("tenant", "gpu_type", "created_by", "corrects")
+        .order_by("-id")[:50]
+    )
+    status = 400 if form.errors else 200
+    return render(request, "billing/credits.html", {"form": form, "recent": recent}, status=status)
+
+
+@finance_only
+def correct(request: HttpRequest, pk: int) -> HttpResponse:
+    """Correct one ledger line of a closed month."""
+    line = get_object_or_404(UsageRecord.objects.select_related("tenant", "gpu_type", "cluster"), pk=pk)
+    form = CorrectionForm(request.POST or None, initial={"amount": line.amount})
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            fix = correct_line(
+                line, data["amount"], data["reason"], request.user, gpu_hours=data["gpu_hours"]
+            )
+        except ValidationError as exc:
+            apply_errors(form, exc)
+        else:
+            messages.success(
+                request, f"Corrected by {fix.amount} {fix.currency}, billed in {fix.month:%B %Y}."
+            )
+            return redirect("billing:credits")
+    status = 400 if form.errors else 200
+    return render(request, "billing/correct.html", {"form": form, "line": line}, status=status)
+
+
+@finance_only
+def invoices(request: HttpRequest) -> HttpResponse:
+    try:
+        month = parse_month(request.GET.get("month"))
+    except ValueError as exc:
+        return HttpResponseBadRequest(str(exc))
+    listed = Invoice.objects.filter(month=month).order_by("number")
+    closed = MonthClose.objects.filter(month=month).exists()
+    context = {"invoices": listed, "month": month, "month_value": f"{month:%Y-%m}", "closed": closed}
+    return render(request, "billing/invoices.html", context)
+
+
+def may_see_invoice(user, account: Tenant) -> bool:
+    """Finance, and the admins of the billing account."""
+    if is_finance(user):
+        return True
+    return Membership.objects.filter(user=user, tenant=account, role=Role.ADMIN).exists()
+
+
+def issued_invoice(request: HttpRequest, account: str, month: str):
+    """The invoice named in the URL, or the response that refuses it."""
+    try:
+        first = parse_month(month)
+    except ValueError as exc:
+        return None, HttpResponseBadRequest(str(exc))
+    tenant = Tenant.objects.filter(slug=account).first()
+    if tenant is None or not may_see_invoice(request.user, tenant):
+        raise Http404("No such invoice.")
+    try:
+        return invoice_for(tenant, first), None
+    except ValidationError as exc:
+        return None, HttpResponse(" ".join(exc.messages), status=409, content_type="text/plain")
+    except Invoice.DoesNotExist:
+        raise Http404(f"{tenant.slug} was billed nothing in {first:%B %Y}.") from None
+
+
+@login_required
+def invoice(request: HttpRequest, account: str, month: str) -> HttpResponse:
+    found, refusal = issued_invoice(request, account, month)
+    if refusal:
+        return refusal
+    return render(request, "billing/invoice.html", {"invoice": found, "lines": found.lines.all()})
+
+
+@login_required
+def invoice_pdf(request: HttpRequest, account: str, month: str) -> HttpResponse:
+    found, refusal = issued_invoice(request, account, month)
+    if refusal:
+        return refusal
+    response = HttpResponse(invoice_pdf_render(found), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{found.display_number}.pdf"'
+    return response
+
+
+@login_required
+def invoice_focus(request: HttpRequest, account: str, month: str) -> HttpResponse:
+    found, refusal = issued_invoice(request, account, month)
+    if refusal:
+        return refusal
+    rows = focus.csv_stream(found.month, tenants=account_tenants(found))
+    response = StreamingHttpResponse(rows, content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{found.display_number}-focus.csv"'
+    return response

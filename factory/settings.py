@@ -8,6 +8,7 @@ PostgreSQL and Redis. Secrets may also come from `<NAME>_FILE`. Bad values fail 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -496,6 +497,15 @@ FACTORY_STREAM_THREADS = env_int("FACTORY_STREAM_THREADS", 2)
 # Where admission asks about prices and money spent, for hard money budgets (quotas never imports
 # the app above it).
 FACTORY_BILLING_HOOKS = env("FACTORY_BILLING_HOOKS", "billing.budgeting")
+# Who bills: the provider, publisher and invoice issuer named in FOCUS exports and on invoices.
+FACTORY_BILLING_ISSUER = env("FACTORY_BILLING_ISSUER", "AI Factory")
+# The currency a billing account is billed in unless finance sets its own: only prices in an
+# account's currency bill its usage, so no bill or total ever mixes currencies.
+FACTORY_BILLING_CURRENCY = env("FACTORY_BILLING_CURRENCY", "EUR")
+if not re.fullmatch(r"[A-Z]{3}", FACTORY_BILLING_CURRENCY or ""):
+    raise ImproperlyConfigured("FACTORY_BILLING_CURRENCY is a three-letter ISO 4217 code, e.g. EUR")
+# How long closing a month waits for metering in flight before it gives up, changing nothing.
+FACTORY_CLOSE_LOCK_TIMEOUT = env_float("FACTORY_CLOSE_LOCK_TIMEOUT", 30.0)
 
 
 # GPU telemetry (fleet/): each node's GPU exporter is scraped every FACTORY_TELEMETRY_INTERVAL

@@ -94,6 +94,7 @@ def estimate(tenant: Tenant, owner, spec: dict) -> Estimate:
         cpus=int(spec.get("cpus") or 0),
         memory_gb=int(spec.get("memory_gb") or 0),
         hours=hours,
+        tenant_id=tenant.pk,
     )
     if priced is None:
         raise ValidationError({"gpu_type": f"{gpu_type} GPUs have no price yet, so there is no estimate."})

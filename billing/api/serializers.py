@@ -3,7 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from factory.api.serializers import SlugRelatedField, StrictFieldsMixin
-from factory.models import Cluster, GpuType
+from factory.models import Cluster, GpuType, Tenant
 
 from ..models import RateCard, UsageRecord
 
@@ -16,6 +16,9 @@ class RateCardSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     )
     cluster = SlugRelatedField(
         slug_field="slug", queryset=Cluster.objects.all(), required=False, allow_null=True
+    )
+    billing_account = SlugRelatedField(
+        slug_field="slug", queryset=Tenant.objects.all(), required=False, allow_null=True
     )
 
     class Meta:
@@ -48,6 +51,7 @@ class UsageRecordSerializer(serializers.ModelSerializer):
     tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     cluster = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     gpu_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
     class Meta:
         model = UsageRecord
@@ -71,5 +75,40 @@ class UsageRecordSerializer(serializers.ModelSerializer):
             "energy_kwh",
             "co2e_kg",
             "note",
+            "corrects",
+            "created_by",
         ]
         read_only_fields = fields
+
+
+class MonthField(serializers.CharField):
+    def to_internal_value(self, data):
+        from factory.months import parse_month
+
+        value = super().to_internal_value(data)
+        try:
+            return parse_month(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class CreditSerializer(StrictFieldsMixin, serializers.Serializer):
+    """A credit finance grants: an amount, or GPU-hours of a GPU type, for a tenant and a month."""
+
+    tenant = SlugRelatedField(slug_field="slug", queryset=Tenant.objects.all())
+    month = MonthField(help_text="The month credited, YYYY-MM.")
+    amount = serializers.DecimalField(max_digits=14, decimal_places=2, required=False, allow_null=True)
+    gpu_hours = serializers.DecimalField(max_digits=12, decimal_places=4, required=False, allow_null=True)
+    gpu_type = SlugRelatedField(
+        slug_field="slug", queryset=GpuType.objects.all(), required=False, allow_null=True
+    )
+    currency = serializers.CharField(max_length=3, required=False, allow_blank=True)
+    reason = serializers.CharField(max_length=300)
+
+
+class CorrectionSerializer(StrictFieldsMixin, serializers.Serializer):
+    amount = serializers.DecimalField(
+        max_digits=14, decimal_places=2, help_text="What the line should have been."
+    )
+    gpu_hours = serializers.DecimalField(max_digits=12, decimal_places=4, required=False, allow_null=True)
+    reason = serializers.CharField(max_length=300)

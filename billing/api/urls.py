@@ -3,10 +3,14 @@ from __future__ import annotations
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from .views import ChargebackView, RateCardViewSet, UsageViewSet
+from .views import ChargebackView, CreditView, RateCardViewSet, UsageViewSet
 
 router = SimpleRouter()
 router.register("rate-cards", RateCardViewSet)
 router.register("usage", UsageViewSet)
 
-urlpatterns = [path("reports/chargeback/", ChargebackView.as_view(), name="api-chargeback"), *router.urls]
+urlpatterns = [
+    path("reports/chargeback/", ChargebackView.as_view(), name="api-chargeback"),
+    path("credits/", CreditView.as_view(), name="api-credits"),
+    *router.urls,
+]

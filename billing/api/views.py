@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -11,11 +14,17 @@ from factory.api.viewsets import GLOBAL, ScopedModelViewSet, ScopedReadOnlyViewS
 from factory.months import MONTH_HELP, MONTH_SCHEMA, parse_month
 
 from .. import reports
+from ..credits import correct_line, grant_credit
 from ..filtersets import UsageRecordFilterSet
 from ..models import RateCard, UsageRecord
 from ..permissions import IsFinance
 from ..views import EXPORT_FORMATS, XLSX_CONTENT_TYPE, export_response
-from .serializers import RateCardSerializer, UsageRecordSerializer
+from .serializers import CorrectionSerializer, CreditSerializer, RateCardSerializer, UsageRecordSerializer
+
+
+def refused(exc: DjangoValidationError) -> ValidationError:
+    """A refusal of the billing rules, as the API's field errors."""
+    return ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages})
 
 
 def month_param(request):
@@ -74,3 +83,46 @@ class UsageViewSet(ScopedReadOnlyViewSet):
     permission_classes = [IsAuthenticated]
     filterset_class = UsageRecordFilterSet
     cursor_ordering = "id"
+
+    @extend_schema(request=CorrectionSerializer, responses={201: UsageRecordSerializer})
+    @action(detail=True, methods=["post"], permission_classes=[IsFinance])
+    def correct(self, request, pk=None):
+        """Correct a line of a closed month: a new line of the difference, naming it."""
+        line = self.get_object()
+        body = CorrectionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        try:
+            fix = correct_line(
+                line, data["amount"], data["reason"], request.user, gpu_hours=data.get("gpu_hours")
+            )
+        except DjangoValidationError as exc:
+            raise refused(exc) from None
+        return Response(UsageRecordSerializer(fix).data, status=status.HTTP_201_CREATED)
+
+
+class CreditView(APIView):
+    """Finance grants a tenant a credit for a month: a new ledger line, billed in the first open
+    month. Refused when it exceeds what the month billed."""
+
+    permission_classes = [IsFinance]
+
+    @extend_schema(request=CreditSerializer, responses={201: UsageRecordSerializer})
+    def post(self, request):
+        body = CreditSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        try:
+            line = grant_credit(
+                data["tenant"],
+                data["month"],
+                data["reason"],
+                request.user,
+                amount=data.get("amount"),
+                gpu_hours=data.get("gpu_hours"),
+                gpu_type=data.get("gpu_type"),
+                currency=(data.get("currency") or "").upper(),
+            )
+        except DjangoValidationError as exc:
+            raise refused(exc) from None
+        return Response(UsageRecordSerializer(line).data, status=status.HTTP_201_CREATED)

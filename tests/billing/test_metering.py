@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 
-from billing import metering
+from billing import invoicing, metering
 from billing.models import MonthClose, MonthlySummary, RateCard, UsageKind, UsageRecord, to_cents
 from jobs.choices import JobState
 
@@ -125,7 +125,7 @@ def test_preempted_and_platform_failed_time_is_recorded_not_charged(prices, ran,
 
 
 def test_a_closed_month_never_changes_late_usage_lands_in_the_next_open_month(prices, ran, finance_user):
-    metering.close_month(date(2026, 10, 1), finance_user)
+    invoicing.close_month(date(2026, 10, 1), finance_user)
     job = ran(at(2026, 10, 31, 22), at(2026, 11, 1, 2))
     meter(job)
     october = UsageRecord.objects.get(job=job, period_start=at(2026, 10, 31, 22))
@@ -140,7 +140,7 @@ def test_a_month_closed_while_its_usage_was_being_priced_still_never_changes(pri
     lines = metering.lines_for_release(
         job, 0, job.started_at, job.ended_at, UsageKind.USAGE, metering.Pricing()
     )
-    metering.close_month(date(2026, 10, 1), finance_user)  # between pricing and recording
+    invoicing.close_month(date(2026, 10, 1), finance_user)  # between pricing and recording
     metering.record(lines)
     assert not UsageRecord.objects.filter(month=date(2026, 10, 1)).exists()
     assert not MonthlySummary.objects.filter(month=date(2026, 10, 1)).exists()
@@ -164,7 +164,7 @@ def test_running_jobs_accrue_finished_months_and_end_without_double_billing(pric
 def test_closing_a_month_never_bills_its_accrued_usage_again(prices, running, finance_user):
     job = running(at(2026, 10, 30, 0))
     assert metering.meter_running(now=at(2026, 11, 1, 0, 1)) == 1  # October accrued while open
-    metering.close_month(date(2026, 10, 1), finance_user)
+    invoicing.close_month(date(2026, 10, 1), finance_user)
     assert metering.meter_running(now=at(2026, 11, 1, 9)) == 0  # the sweeps after the close
     job.finish(JobState.SUCCEEDED, exit_code=0, ended_at=at(2026, 11, 1, 12))
     meter(job)
@@ -180,7 +180,7 @@ def test_closing_a_month_never_bills_its_accrued_usage_again(prices, running, fi
 def test_a_platform_failure_credits_a_closed_months_accrued_charge_once(prices, running, finance_user):
     job = running(at(2026, 10, 31, 0))
     metering.meter_running(now=at(2026, 11, 1, 0, 1))  # 24 GPU-h of October: 60.00 EUR
-    metering.close_month(date(2026, 10, 1), finance_user)
+    invoicing.close_month(date(2026, 10, 1), finance_user)
     metering.meter_running(now=at(2026, 11, 1, 9))
     job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 12), platform_fault=True)
     meter(job)
@@ -199,7 +199,7 @@ def test_usage_accrued_after_its_month_closed_is_credited_when_the_platform_fail
     prices, running, finance_user
 ):
     job = running(at(2026, 10, 31, 0))
-    metering.close_month(date(2026, 10, 1), finance_user)  # before any sweep saw October end
+    invoicing.close_month(date(2026, 10, 1), finance_user)  # before any sweep saw October end
     metering.meter_running(now=at(2026, 11, 1, 9))  # October's 60.00 EUR, billed late in November
     job.finish(JobState.FAILED, ended_at=at(2026, 11, 1, 12), platform_fault=True)
     meter(job)

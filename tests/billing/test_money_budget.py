@@ -34,16 +34,18 @@ def test_a_hard_money_budget_holds_jobs_that_may_cost_more_than_is_left(
     assert jobs[2].reason == "budget: 0.00 EUR left, job may cost 7.50 EUR"
 
 
-def test_a_hard_money_budget_counts_only_what_was_billed_in_its_currency(
+def test_a_hard_money_budget_counts_what_its_account_was_billed_in_its_one_currency(
     make_job, tenant, quotas, a100, a100_in_dollars, ran
 ):
     Budget.objects.create(tenant=tenant, amount_per_month=Decimal("20"), currency="EUR", hard=True)
     run_now(ran, 2, gpu_count=1)  # 2 GPU-h × 2.50 = 5.00 EUR
-    run_now(ran, 2, gpu_count=4, gpu_type=a100)  # 8 GPU-h × 10.00 = 80.00 USD: not the budget's money
-    job = make_job(gpu_count=2, time_limit_minutes=90)  # may cost 7.50 EUR of the 15.00 left
+    # The cluster's a100 price is in USD, but the account is billed in EUR: the EUR a100 price bills it.
+    run_now(ran, 2, gpu_count=4, gpu_type=a100)  # 8 GPU-h × 1.00 = 8.00 EUR
+    job = make_job(gpu_count=2, time_limit_minutes=90)  # may cost 7.50 EUR of the 7.00 left
     admit_pending()
     job.refresh_from_db()
-    assert job.state == JobState.ADMITTED
+    assert job.state == JobState.PENDING
+    assert job.reason == "budget: 7.00 EUR left, job may cost 7.50 EUR"
 
 
 def test_a_hard_money_budget_holds_jobs_priced_only_in_another_currency(make_job, tenant, quotas, h100):

@@ -28,19 +28,19 @@ def test_dashboard_shows_spend_this_month_and_gpu_hours_per_day(client, owner, t
     assert "GPU-h h100</title>" in page  # a bar of the daily chart
 
 
-def test_spend_against_a_budget_counts_only_the_budgets_currency(
+def test_spend_is_in_the_accounts_one_currency_whatever_other_prices_exist(
     client, owner, tenant, tenant_admin, a100, a100_in_dollars, ran
 ):
     tenant_admin.email = "lab-admin@example.org"
     tenant_admin.save()
     Budget.objects.create(tenant=tenant, amount_per_month=Decimal("100"), currency="EUR")
     run_now(ran, 2, gpu_count=2)  # 4 GPU-h × 2.50 = 10.00 EUR
-    run_now(ran, 2, gpu_count=4, gpu_type=a100)  # 8 GPU-h × 10.00 = 80.00 USD: not the budget's money
+    run_now(ran, 2, gpu_count=4, gpu_type=a100)  # 8 GPU-h × 1.00 EUR: the USD price is another account's
     assert check_budget_alerts() == 0
     client.force_login(owner)
     page = client.get("/tenants/demo-lab/").content.decode()
-    assert '<strong id="spend-amount">10.00 EUR</strong>' in page
-    assert "of a 100.00 EUR budget (10.0%)" in page
+    assert '<strong id="spend-amount">18.00 EUR</strong>' in page
+    assert "of a 100.00 EUR budget (18.0%)" in page and "USD" not in page
 
 
 def test_job_page_shows_live_cost_while_running_and_the_bill_after(
@@ -55,18 +55,18 @@ def test_job_page_shows_live_cost_while_running_and_the_bill_after(
     assert '<span id="spend-accruing">5.00 EUR</span> accruing on 1 running job' in dashboard
 
 
-def test_dashboard_shows_what_running_jobs_accrue_in_each_currency_apart(
+def test_dashboard_shows_what_running_jobs_accrue_in_the_accounts_currency(
     client, owner, tenant, a100, a100_in_dollars, running, frozen_now
 ):
     Budget.objects.create(tenant=tenant, amount_per_month=Decimal("100"), currency="EUR")
-    for spec in ({"gpu_count": 2}, {"gpu_type": a100, "gpu_count": 1}):  # 5.00 EUR, 10.00 USD an hour
+    for spec in ({"gpu_count": 2}, {"gpu_type": a100, "gpu_count": 1}):  # 5.00 EUR, 1.00 EUR an hour
         running(frozen_now - timedelta(hours=1), **spec)
     client.force_login(owner)
     dashboard = client.get("/tenants/demo-lab/").content.decode()
-    assert '<span id="spend-accruing">5.00 EUR, 10.00 USD</span> accruing on 2 running jobs' in dashboard
+    assert '<span id="spend-accruing">6.00 EUR</span> accruing on 2 running jobs' in dashboard
 
 
-def test_job_page_shows_a_cost_in_two_currencies_apart(client, owner, prices, ran, cluster, h100):
+def test_a_price_in_another_currency_never_bills_the_account(client, owner, prices, ran, cluster, h100):
     RateCard.objects.create(
         gpu_type=h100,
         cluster=cluster,
@@ -74,10 +74,10 @@ def test_job_page_shows_a_cost_in_two_currencies_apart(client, owner, prices, ra
         price_per_gpu_hour=Decimal("3.00"),
         effective_from=date(2026, 11, 1),
     )
-    job = ran(at(2026, 10, 31, 22), at(2026, 11, 1, 2))  # 2 h at 2.50 EUR, then 2 h at 3.00 USD
+    job = ran(at(2026, 10, 31, 22), at(2026, 11, 1, 2))  # 4 h at 2.50 EUR: demo-lab is billed in EUR
     client.force_login(owner)
     page = client.get(f"/jobs/{job.pk}/").content.decode()
-    assert 'id="job-cost">5.00 EUR, 6.00 USD (being billed)' in page
+    assert 'id="job-cost">10.00 EUR (being billed)' in page
 
 
 def test_budget_alerts_go_to_tenant_admins_once_per_threshold(tenant, tenant_admin, owner, prices, ran):
