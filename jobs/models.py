@@ -487,6 +487,8 @@ class Job(models.Model):
 
     def record_nodes(self, nodes) -> None:
         """Keep the nodes the backend says the job runs on (shown on its page, used for energy)."""
+        if set(nodes) < set(self.ran_on):
+            return  # squeue lists a finishing job's nodes as each is released: keep the allocation
         node_list = ",".join(nodes)[:2000]
         if node_list and node_list != self.node_list:
             Job.objects.filter(pk=self.pk).update(node_list=node_list)

@@ -488,6 +488,17 @@ class SlurmAdapter(Adapter):
             nodes=expand_hostlist(entry.get("nodes") or "") if state != BackendState.QUEUED else (),
         )
 
+    @staticmethod
+    def allocated_nodes(sacct_nodes: str, squeue_entry: dict | None) -> tuple[str, ...]:
+        """The job's nodes: accounting's list just after the job ended may name only its batch
+        host, while squeue, which still lists the job for a while, names its whole allocation."""
+        nodes = expand_hostlist(sacct_nodes)
+        if squeue_entry is not None:
+            listed = expand_hostlist(squeue_entry.get("nodes") or "")
+            if len(listed) > len(nodes):
+                return listed
+        return nodes
+
     def sacct_reports(self, external_ids: list[str], live: dict[str, dict]) -> dict[str, StatusReport]:
         reports: dict[str, StatusReport] = {}
         if self.cli.accounting_enabled():
@@ -511,7 +522,7 @@ class SlurmAdapter(Adapter):
                     ended_at=local_time(end, self.connection.timezone) if state.is_terminal else None,
                     exit_code=sacct_exit_code(exit_text) if state.is_terminal else None,
                     platform_fault=state_name in PLATFORM_FAULTS,
-                    nodes=expand_hostlist(node_list),
+                    nodes=self.allocated_nodes(node_list, live.get(job_id)),
                 )
         for external_id in external_ids:
             if external_id in reports:
