@@ -60,7 +60,7 @@ def setup_django() -> None:
     os.environ.update(
         DJANGO_SETTINGS_MODULE="factory.settings",
         DATABASE_URL=benchdb.url(DB_NAME),
-        SECRET_KEY="bench-only",
+        SECRET_KEY="bench-only-not-a-secret-" + "x" * 40,
         CELERY_TASK_ALWAYS_EAGER="0",
         REDIS_URL="redis://127.0.0.1:6379/13",
         LOG_LEVEL="WARNING",
