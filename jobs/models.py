@@ -44,6 +44,19 @@ from .validators import (
     validate_webhook_url,
 )
 
+# What a job back in pending forgets of its last attempt: where it ran and how it was dispatched.
+NEXT_ATTEMPT = {
+    "cluster": None,
+    "external_id": "",
+    "admitted_at": None,
+    "submitted_at": None,
+    "cancel_requested_at": None,
+    "cancel_enqueued_at": None,
+    "dispatch_claim": "",
+    "dispatch_lease_until": None,
+    "dispatch_failures": 0,
+}
+
 
 class Job(models.Model):
     uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
@@ -376,16 +389,8 @@ class Job(models.Model):
         return self.transition(
             JobState.PENDING,
             reason=reason[:500],
-            cluster=None,
-            external_id="",
-            admitted_at=None,
-            submitted_at=None,
+            **NEXT_ATTEMPT,
             started_at=None,
-            cancel_requested_at=None,
-            cancel_enqueued_at=None,
-            dispatch_claim="",
-            dispatch_lease_until=None,
-            dispatch_failures=0,
             attempt=models.F("attempt") + 1,
             preempted_seconds=models.F("preempted_seconds") + lost,
             message=f"Back to pending: {reason}",
@@ -432,19 +437,11 @@ class Job(models.Model):
             ).update(
                 state=JobState.PENDING,
                 reason=f"requeued: {reason}"[:500],
-                cluster=None,
-                external_id="",
-                exit_code=None,
-                admitted_at=None,
-                submitted_at=None,
+                **NEXT_ATTEMPT,
                 started_at=None,
+                exit_code=None,
                 ended_at=None,
                 platform_fault=False,
-                cancel_requested_at=None,
-                cancel_enqueued_at=None,
-                dispatch_claim="",
-                dispatch_lease_until=None,
-                dispatch_failures=0,
                 attempt=models.F("attempt") + 1,
                 fault_requeues=models.F("fault_requeues") + 1,
                 updated_at=timezone.now(),

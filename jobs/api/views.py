@@ -57,15 +57,7 @@ class JobViewSet(
         ],
     )
     def create(self, request, *args, **kwargs):
-        serializer = JobCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        spec = dict(serializer.validated_data)
-        tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=spec.pop("tenant"))
-        try:
-            submission.check_for_tenant(request.user, tenant, spec)
-            dependencies.check(tenant, spec["after_ok"], spec["after_any"])
-        except DjangoValidationError as exc:
-            raise ValidationError(exc.message_dict) from None
+        tenant, spec = validated_spec(request)
         key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
         if len(key) > 255:
             raise ValidationError({IDEMPOTENCY_HEADER: ["At most 255 characters."]})
@@ -141,3 +133,18 @@ class JobViewSet(
             raise ValidationError({"after": ["Give an event id."]}) from None
         events = job.events.filter(pk__gt=after).order_by("pk")[:MAX_EVENTS]
         return Response(JobEventSerializer(events, many=True).data)
+
+
+def validated_spec(request) -> tuple[Tenant, dict]:
+    """The request's job spec, checked as a submission checks it (field errors as a 400), and its
+    tenant (another tenant's is a 404): for submitting and for estimating alike."""
+    serializer = JobCreateSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    spec = dict(serializer.validated_data)
+    tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=spec.pop("tenant"))
+    try:
+        submission.check_for_tenant(request.user, tenant, spec)
+        dependencies.check(tenant, spec["after_ok"], spec["after_any"])
+    except DjangoValidationError as exc:
+        raise ValidationError(exc.message_dict) from None
+    return tenant, spec

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -10,9 +9,8 @@ from rest_framework.views import APIView
 from factory.api.permissions import IsStaffOrReadOnly
 from factory.api.views import SLUG_PATTERN
 from factory.api.viewsets import ScopedModelViewSet
-from factory.models import Tenant
-from jobs import submission
 from jobs.api.serializers import JobCreateSerializer
+from jobs.api.views import validated_spec
 
 from .. import estimate
 from ..editing import delete_audited, save_audited
@@ -80,12 +78,8 @@ class EstimateView(APIView):
 
     @extend_schema(request=JobCreateSerializer, responses={200: EstimateSerializer})
     def post(self, request):
-        serializer = JobCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        spec = dict(serializer.validated_data)
-        tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=spec.pop("tenant"))
+        tenant, spec = validated_spec(request)
         try:
-            submission.check_for_tenant(request.user, tenant, spec)
             result = estimate.estimate(tenant, request.user, spec)
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from None
