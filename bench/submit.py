@@ -14,9 +14,10 @@ counts as an error. The tiers:
 * standard: the production topology (bench/support/topology.py): nginx in front, gunicorn gthread
   workers for the API (deploy/gunicorn.conf.py), uvicorn for the event streams. Its figures are
   the unsuffixed ones (`jobs_per_s_8`, ...) and `jobs_per_s_8_standard`.
-* custom: `python -m factory.serve`, the uvicorn-based server the portal ran before (its parent
-  handing connections to the workers round-robin, Django's WSGI handler in a thread pool), taken
-  from the last commit that had it, with no proxy: `jobs_per_s_8_custom`.
+* custom: `factory.serve`, the uvicorn-based server the portal ran before (its parent
+  handing connections to the workers round-robin, Django's WSGI handler in a thread pool), with no
+  proxy: `jobs_per_s_8_custom`. Its modules come from the last commit that had them and serve
+  today's portal, so the two tiers run the same application and differ only in the server.
 
 Celery tasks enqueued on commit go to Redis DB 14, which is purged before and after; no worker
 runs, since this measures acceptance only. At the end it stops the servers, drops the database,
@@ -33,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -184,27 +186,47 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+# The former server's modules, taken from history, and what each import of the portal's own
+# package becomes in the overlay: the former server runs today's portal (its settings, apps,
+# middleware and views), so the two tiers differ only in the server in front.
+FORMER_SERVER_MODULES = {
+    "factory/serve.py": "serve.py",
+    "factory/wsgi_bridge.py": "wsgi_bridge.py",
+    "factory/asgi.py": "asgi.py",
+    "factory/middleware.py": "body_limit.py",  # its `body_limit`, which today's middleware dropped
+}
+FORMER_SERVER_PACKAGE = "former_server"
+FORMER_SERVER_IMPORTS = {
+    '"factory.serve"': f'"{FORMER_SERVER_PACKAGE}.serve"',
+    '"factory.asgi:application"': f'"{FORMER_SERVER_PACKAGE}.asgi:application"',
+    "from factory.wsgi_bridge import": f"from {FORMER_SERVER_PACKAGE}.wsgi_bridge import",
+    "from factory.middleware import body_limit": f"from {FORMER_SERVER_PACKAGE}.body_limit import body_limit",
+}
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True).stdout
+
+
 @contextlib.contextmanager
-def custom_server_tree() -> Iterator[Path]:
-    """A checkout with factory/serve.py: this one while it has it, else the tree of the commit
-    before the one that removed it (from this repository's history)."""
-    if (ROOT / "factory" / "serve.py").exists():
-        yield ROOT
-        return
-    removed = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-list", "-1", "HEAD", "--", "factory/serve.py"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+def former_server_overlay() -> Iterator[Path]:
+    """A directory holding the package `former_server`: factory/serve.py, its WSGI bridge and the
+    ASGI entry point that used it, as of the commit before the one that removed them, with their
+    imports of one another pointed at the package. Put first on PYTHONPATH, it serves today's
+    portal."""
+    removed = git("rev-list", "-1", "HEAD", "--", "factory/serve.py").strip()
     if not removed:
         raise RuntimeError("factory/serve.py is in no commit of this repository's history")
-    with tempfile.TemporaryDirectory(prefix="factory-custom-server-") as tmp:
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", f"{removed}^"], capture_output=True, check=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        log(f"The former server from commit {removed[:10]}^")
+    with tempfile.TemporaryDirectory(prefix="factory-former-server-") as tmp:
+        package = Path(tmp) / FORMER_SERVER_PACKAGE
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        for source, name in FORMER_SERVER_MODULES.items():
+            text = git("show", f"{removed}^:{source}")
+            for old, new in FORMER_SERVER_IMPORTS.items():
+                text = text.replace(old, new)
+            (package / name).write_text(text)
+        log(f"The former server from commit {removed[:10]}^, serving today's portal")
         yield Path(tmp)
 
 
@@ -221,10 +243,16 @@ def standard_tier(env: dict[str, str], workers: int, var_dir: Path) -> Iterator[
 
 @contextlib.contextmanager
 def custom_tier(env: dict[str, str], workers: int, var_dir: Path) -> Iterator[tuple[int, list[int]]]:
-    with custom_server_tree() as tree:
+    with former_server_overlay() as overlay:
         port = free_port()
-        log(f"Starting factory.serve, {workers} worker(s), on {HOST}:{port}")
-        server = start_server(env, port, workers, var_dir / "server.log", cwd=tree)
+        log(f"Starting {FORMER_SERVER_PACKAGE}.serve, {workers} worker(s), on {HOST}:{port}")
+        env = {
+            **env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(overlay), str(ROOT), env.get("PYTHONPATH")])),
+        }
+        server = start_server(
+            env, port, workers, var_dir / "server.log", module=f"{FORMER_SERVER_PACKAGE}.serve"
+        )
         try:
             wait_for_port(port, server)
             yield port, [server.pid]
