@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -47,16 +47,22 @@ class JobQuerySet(TenantOwnedQuerySet):
             )
         )
 
-    def admit_many(self, placements: dict[int, tuple[int, str]]) -> list[int]:
-        """Admit many pending jobs at once: {job id: (cluster id, message)}. The same edge as
-        the admit edge (pending → admitted, an event each) in a fixed number of statements; what follows
-        (dispatch) is jobs.lifecycle's. Returns the ids actually admitted: a job cancelled
-        meanwhile is left alone."""
+    def admit_many(
+        self, placements: dict[int, tuple[int, str]], domains: dict[int, str] | None = None
+    ) -> list[int]:
+        """Admit many pending jobs at once: {job id: (cluster id, message)}, and for gangs placed
+        under one topology domain, {job id: domain}. The same edge as the admit edge (pending →
+        admitted, an event each) in a fixed number of statements; what follows (dispatch) is
+        jobs.lifecycle's. Returns the ids actually admitted: a job cancelled meanwhile is left alone."""
+        domains = domains or {}
         return self._move_many(
             JobState.PENDING,
             JobState.ADMITTED,
             {pk: message for pk, (_, message) in placements.items()},
-            per_job={"cluster_id": ({pk: c for pk, (c, _) in placements.items()}, models.BigIntegerField())},
+            per_job={
+                "cluster_id": {pk: c for pk, (c, _) in placements.items()},
+                "topology_domain": {pk: domains.get(pk, "") for pk in placements},
+            },
             reason="",
             admitted_at=timezone.now(),
             dispatch_enqueued_at=timezone.now(),
@@ -72,7 +78,7 @@ class JobQuerySet(TenantOwnedQuerySet):
             JobState.ADMITTED,
             JobState.SUBMITTED,
             {pk: message for pk, (_, _, message) in submissions.items()},
-            per_job={"external_id": ({pk: e for pk, (_, e, _) in submissions.items()}, models.CharField())},
+            per_job={"external_id": {pk: e for pk, (_, e, _) in submissions.items()}},
             attempts={pk: attempt for pk, (attempt, _, _) in submissions.items()},
             submitted_at=timezone.now(),
         )
@@ -83,13 +89,13 @@ class JobQuerySet(TenantOwnedQuerySet):
         target: str,
         messages: dict[int, str],
         *,
-        per_job: dict[str, tuple[dict[int, object], models.Field]],
+        per_job: dict[str, dict[int, object]],
         attempts: dict[int, int] | None = None,
         **fields,
     ) -> list[int]:
         """Move the jobs of `messages` that are still in `source` (and in the attempt `attempts`
-        gives, if any) to `target`, in their order: one locking read, one UPDATE (per_job: a value
-        per job for a field) and one INSERT of their events ({job id: message}). Returns the ids
+        gives, if any) to `target`, in their order: one locking read, one UPDATE (per_job: {field:
+        {job id: value}}) and one INSERT of their events ({job id: message}). Returns the ids
         moved."""
         if not messages:
             return []
@@ -105,19 +111,49 @@ class JobQuerySet(TenantOwnedQuerySet):
             moved = [pk for pk in messages if pk in still]
             if not moved:
                 return []
-            values = {
-                name: models.Case(
-                    *(models.When(pk=pk, then=models.Value(by_job[pk])) for pk in moved), output_field=field
-                )
-                for name, (by_job, field) in per_job.items()
-            }
-            self.model.objects.filter(pk__in=moved).update(state=target, updated_at=now, **values, **fields)
+            self._update_each(moved, per_job, state=target, updated_at=now, **fields)
             event = self.model._meta.get_field("events").related_model
             event.objects.bulk_create(
                 event(job_id=pk, kind=EventKind.STATE, state=target, message=messages[pk][:1000], at=now)
                 for pk in moved
             )
         return moved
+
+    def _update_each(self, pks: list[int], per_job: dict[str, dict[int, object]], **fields) -> None:
+        """One UPDATE of the rows `pks`: `fields` the same for each, `per_job` a value each. On
+        PostgreSQL the values go as arrays joined by id (UPDATE … FROM unnest(…)): a statement
+        whose building and planning cost no more for a thousand rows than for one; elsewhere as a
+        CASE per field."""
+        meta = self.model._meta
+        if connection.vendor != "postgresql":
+            cases = {
+                name: models.Case(
+                    *(models.When(pk=pk, then=models.Value(by_job[pk])) for pk in pks),
+                    output_field=meta.get_field(name),
+                )
+                for name, by_job in per_job.items()
+            }
+            self.model.objects.filter(pk__in=pks).update(**fields, **cases)
+            return
+        quote = connection.ops.quote_name
+        sets, params, arrays, types = [], [], [list(pks)], ["%s::bigint[]"]
+        for name, value in fields.items():
+            field = meta.get_field(name)
+            sets.append(f"{quote(field.column)} = %s")
+            params.append(field.get_db_prep_save(value, connection))
+        for index, (name, by_job) in enumerate(per_job.items()):
+            field = meta.get_field(name)
+            sets.append(f"{quote(field.column)} = u.v{index}")
+            types.append(f"%s::{field.db_type(connection).split('(')[0]}[]")
+            arrays.append([field.get_db_prep_save(by_job[pk], connection) for pk in pks])
+        columns = ", ".join(f"v{index}" for index in range(len(per_job)))
+        table, key = quote(meta.db_table), quote(meta.pk.column)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET {', '.join(sets)} FROM unnest({', '.join(types)}) AS u(id, {columns}) "
+                f"WHERE {table}.{key} = u.id",
+                [*params, *arrays],
+            )
 
 
 class JobTemplateQuerySet(models.QuerySet):
