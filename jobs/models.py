@@ -47,6 +47,7 @@ from .validators import (
 # What a job back in pending forgets of its last attempt: where it ran and how it was dispatched.
 NEXT_ATTEMPT = {
     "cluster": None,
+    "topology_domain": "",
     "external_id": "",
     "admitted_at": None,
     "submitted_at": None,

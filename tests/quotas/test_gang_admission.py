@@ -293,3 +293,14 @@ def test_held_jobs_are_counted_on_the_switch_of_the_nodes_they_run_on(make_job, 
     assert admit_pending().admitted == 1
     trio.refresh_from_db()
     assert trio.topology_domain == ""
+
+
+def test_a_gang_sent_back_to_pending_forgets_its_domain(make_job, switched_pool, big_quota):
+    from jobs import lifecycle
+
+    pair = gang(make_job, 2, 8, name="pair")
+    admit_pending()
+    pair.refresh_from_db()
+    assert pair.topology_domain == "leafA" and lifecycle.preempt(pair, "preempted")
+    pair.refresh_from_db()
+    assert (pair.state, pair.cluster, pair.topology_domain) == (JobState.PENDING, None, "")
