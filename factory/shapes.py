@@ -142,11 +142,13 @@ class FreeNodes:
     (size, free GPUs). Nodes are interchangeable within a pool, so a histogram is enough, and a
     decision costs a few dictionary steps however many nodes there are.
 
-    The portal does not know which node a backend put each running job on; counting them here
-    as packed onto the fullest nodes they fit keeps the total right and never admits a gang
-    whose nodes could not all be free at once."""
+    The portal does not know which node a backend put each running job on, at least not before it
+    runs; counting them here as packed onto the fullest nodes they fit keeps the total right and
+    never admits a gang whose nodes could not all be free at once."""
 
     counts: dict[tuple[int, int], int]
+    # Another FreeNodes that every change is made to as well: a pool's total over its domains.
+    mirror: FreeNodes | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def empty(cls, shape: NodeShape) -> FreeNodes:
@@ -201,6 +203,8 @@ class FreeNodes:
         if not self.counts[old]:
             del self.counts[old]
         self.counts[new] = self.counts.get(new, 0) + count
+        if self.mirror is not None:
+            self.mirror._move(old, new, count)
 
     @property
     def free(self) -> int:
@@ -226,6 +230,18 @@ class PoolNodes:
         # Where the site names domains, a gang may be kept within one of them.
         self.topology = bool(level) and any(name is not None for name in domains)
         self.where: dict[str, str] = {}  # node name → its domain, for jobs whose nodes are known
+        # The whole pool, kept in step with its domains: whether a job fits at all costs the same
+        # however many domains there are.
+        if len(domains) == 1:
+            self.total = next(iter(domains.values()))
+        else:
+            total: Counter[tuple[int, int]] = Counter()
+            for free in domains.values():
+                total.update(free.counts)
+                free.mirror = None
+            self.total = FreeNodes(dict(total))
+            for free in domains.values():
+                free.mirror = self.total
 
     @classmethod
     def empty(cls, shape: NodeShape, out: Mapping[str, int] | None = None) -> PoolNodes:
@@ -243,7 +259,7 @@ class PoolNodes:
         return copied
 
     def nodes_with(self, gpus: int) -> int:
-        return sum(free.nodes_with(gpus) for free in self.domains.values())
+        return self.total.nodes_with(gpus)
 
     def fits(self, nodes: int, gpus_per_node: int) -> bool:
         return self.nodes_with(gpus_per_node) >= nodes
@@ -332,8 +348,8 @@ class PoolNodes:
 
     @property
     def free(self) -> int:
-        return sum(free.free for free in self.domains.values())
+        return self.total.free
 
     @property
     def idle_nodes(self) -> int:
-        return sum(free.idle_nodes for free in self.domains.values())
+        return self.total.idle_nodes

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from django.db import connection, models, transaction
+from django.db import models, transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from factory import bulk
 from factory.choices import Role
 from factory.querysets import TenantOwnedQuerySet
 
@@ -111,49 +112,18 @@ class JobQuerySet(TenantOwnedQuerySet):
             moved = [pk for pk in messages if pk in still]
             if not moved:
                 return []
-            self._update_each(moved, per_job, state=target, updated_at=now, **fields)
-            event = self.model._meta.get_field("events").related_model
-            event.objects.bulk_create(
-                event(job_id=pk, kind=EventKind.STATE, state=target, message=messages[pk][:1000], at=now)
-                for pk in moved
+            bulk.update_many(
+                self.model,
+                moved,
+                {name: [by_job[pk] for pk in moved] for name, by_job in per_job.items()},
+                {"state": target, "updated_at": now, **fields},
+            )
+            bulk.insert_many(
+                self.model._meta.get_field("events").related_model,
+                {"job_id": moved, "message": [messages[pk][:1000] for pk in moved]},
+                {"kind": EventKind.STATE, "state": target, "at": now},
             )
         return moved
-
-    def _update_each(self, pks: list[int], per_job: dict[str, dict[int, object]], **fields) -> None:
-        """One UPDATE of the rows `pks`: `fields` the same for each, `per_job` a value each. On
-        PostgreSQL the values go as arrays joined by id (UPDATE … FROM unnest(…)): a statement
-        whose building and planning cost no more for a thousand rows than for one; elsewhere as a
-        CASE per field."""
-        meta = self.model._meta
-        if connection.vendor != "postgresql":
-            cases = {
-                name: models.Case(
-                    *(models.When(pk=pk, then=models.Value(by_job[pk])) for pk in pks),
-                    output_field=meta.get_field(name),
-                )
-                for name, by_job in per_job.items()
-            }
-            self.model.objects.filter(pk__in=pks).update(**fields, **cases)
-            return
-        quote = connection.ops.quote_name
-        sets, params, arrays, types = [], [], [list(pks)], ["%s::bigint[]"]
-        for name, value in fields.items():
-            field = meta.get_field(name)
-            sets.append(f"{quote(field.column)} = %s")
-            params.append(field.get_db_prep_save(value, connection))
-        for index, (name, by_job) in enumerate(per_job.items()):
-            field = meta.get_field(name)
-            sets.append(f"{quote(field.column)} = u.v{index}")
-            types.append(f"%s::{field.db_type(connection).split('(')[0]}[]")
-            arrays.append([field.get_db_prep_save(by_job[pk], connection) for pk in pks])
-        columns = ", ".join(f"v{index}" for index in range(len(per_job)))
-        table, key = quote(meta.db_table), quote(meta.pk.column)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {table} SET {', '.join(sets)} FROM unnest({', '.join(types)}) AS u(id, {columns}) "
-                f"WHERE {table}.{key} = u.id",
-                [*params, *arrays],
-            )
 
 
 class JobTemplateQuerySet(models.QuerySet):

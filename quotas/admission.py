@@ -40,9 +40,9 @@ from importlib import import_module
 
 from django.conf import settings
 from django.db import connection, models, transaction
-from django.db.models import Case, Value, When
 from django.utils import timezone
 
+from factory import bulk
 from factory.adapters import ImageRule
 from factory.choices import GANG_KINDS, POSIX_USER_KINDS
 from factory.models import Identity, Pool, Tenant
@@ -81,6 +81,9 @@ class PoolState:
     gangs: bool = False  # its backend starts a job on several nodes at once
     out: dict[str, int] = dataclasses.field(default_factory=dict)  # GPUs out of service, per node
     nodes: PoolNodes = dataclasses.field(init=False)
+    # Whether a job of a shape (nodes, GPUs per node, CPUs, memory) could ever run here: many
+    # pending jobs share a shape, and the pool's nodes do not change during a pass.
+    _runs: dict[tuple, bool] = dataclasses.field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.shape is None:
@@ -95,8 +98,9 @@ class PoolState:
     def could_run(self, job: PendingJob, gpu: str) -> bool:
         """Whether a job of this shape could ever run here (when all of it is free). A one-node
         job's GPU count is left to `fits`, which says how many GPUs are free."""
-        return not set(
-            self.shape.refusals(
+        shape = (job.nodes, job.gpus_per_node, job.cpus, job.memory_gb)
+        if shape not in self._runs:
+            refused = self.shape.refusals(
                 nodes=job.nodes,
                 gpus_per_node=job.gpus_per_node,
                 cpus=job.cpus,
@@ -105,15 +109,18 @@ class PoolState:
                 gpu=gpu,
                 cluster=self.cluster,
             )
-        ) - {"gpu_count"}
+            self._runs[shape] = not set(refused) - {"gpu_count"}
+        return self._runs[shape]
 
     def fits(self, job: PendingJob) -> bool:
         """Whether all the job's nodes are free at once: no gang is admitted in part."""
         return self.free >= job.gpu_count and self.nodes.fits(job.nodes, job.gpus_per_node)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class PendingJob:
+    """A pending job as admission reads it (one row of a single query; thousands per pass)."""
+
     id: int
     tenant_id: int
     owner_id: int
@@ -132,7 +139,7 @@ class PendingJob:
 
     def __post_init__(self) -> None:
         if not self.gpus_per_node:  # a one-node job described by its GPU count alone
-            object.__setattr__(self, "gpus_per_node", self.gpu_count // max(self.nodes, 1))
+            self.gpus_per_node = self.gpu_count // max(self.nodes, 1)
 
     @property
     def gpu_hours(self) -> Decimal:
@@ -213,7 +220,7 @@ class Snapshot:
         self.placements: dict[int, tuple[int, str]] = {}
         self.domains: dict[int, str] = {}  # gangs placed under one topology domain
         self.admitted_jobs: dict[int, PendingJob] = {}
-        self.reservations: dict[int, Reservation] = {}
+        self.borrowing: dict[int, int] = {}  # GPUs each admitted job borrows
         self.budget_left = {
             tenant: b.gpu_hours_per_month - spent.get(tenant, Decimal(0))
             for tenant, b in budgets.items()
@@ -637,24 +644,28 @@ def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:
     if decision.domain is not None:
         snapshot.domains[job.id] = decision.domain
     snapshot.admitted_jobs[job.id] = job
-    snapshot.reservations[job.id] = Reservation(
-        job_id=job.id,
-        attempt=job.attempt,
-        tenant_id=job.tenant_id,
-        gpu_type_id=job.gpu_type_id,
-        gpus=job.gpu_count,
-        borrowed=decision.borrowed,
-        month=snapshot.month,
-        reserved_gpu_hours=job.gpu_hours,
-    )
+    snapshot.borrowing[job.id] = decision.borrowed
     snapshot.record(job, decision, preempted)
     return True
 
 
 def write_admissions(snapshot: Snapshot) -> int:
     admitted = lifecycle.admit_many(snapshot.placements, snapshot.domains)
-    Reservation.objects.bulk_create(snapshot.reservations[job_id] for job_id in admitted)
-    metrics.observe_admissions(snapshot.admitted_jobs[job_id] for job_id in admitted)
+    jobs = [snapshot.admitted_jobs[job_id] for job_id in admitted]
+    bulk.insert_many(
+        Reservation,
+        {
+            "job_id": admitted,
+            "attempt": [job.attempt for job in jobs],
+            "tenant_id": [job.tenant_id for job in jobs],
+            "gpu_type_id": [job.gpu_type_id for job in jobs],
+            "gpus": [job.gpu_count for job in jobs],
+            "borrowed": [snapshot.borrowing[job.id] for job in jobs],
+            "reserved_gpu_hours": [job.gpu_hours for job in jobs],
+        },
+        {"month": snapshot.month},
+    )
+    metrics.observe_admissions(jobs)
     return len(admitted)
 
 
@@ -691,18 +702,13 @@ def explain_waits(reasons: dict[int, str], batch: int = 5000) -> None:
     now = timezone.now()
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {Job._meta.db_table} AS j SET reason = u.reason, updated_at = %s "
-                    "FROM unnest(%s::bigint[], %s::text[]) AS u(id, reason) "
-                    "WHERE j.id = u.id AND j.state = %s",
-                    [now, [i for i, _ in chunk], [r for _, r in chunk], JobState.PENDING],
-                )
-        else:
-            Job.objects.filter(pk__in=[i for i, _ in chunk], state=JobState.PENDING).update(
-                reason=Case(*(When(pk=i, then=Value(r)) for i, r in chunk)), updated_at=now
-            )
+        bulk.update_many(
+            Job,
+            [job_id for job_id, _ in chunk],
+            {"reason": [reason for _, reason in chunk]},
+            {"updated_at": now},
+            where={"state": JobState.PENDING},
+        )
 
 
 def _shape(job: PendingJob, gpu: str) -> str:
