@@ -290,17 +290,14 @@ class PoolNodes:
             self.domains[only].take(nodes, gpus_per_node)
             return [only] if only is not None else []
         if nodes == 1:
-            best = min(
-                (
-                    (tightest, name or "")
-                    for name, free in self.domains.items()
-                    if (tightest := free.tightest(gpus_per_node)) is not None
-                ),
-                default=None,
-            )
-            if best is None:
+            fullest = [
+                (tightest, name is None, name or "", name)
+                for name, free in self.domains.items()
+                if (tightest := free.tightest(gpus_per_node)) is not None
+            ]
+            if not fullest:
                 return []
-            name = best[1] or None
+            name = min(fullest)[3]
             self.domains[name].take(1, gpus_per_node)
             return [name] if name is not None else []
         return self._spread(nodes, gpus_per_node)
@@ -309,13 +306,15 @@ class PoolNodes:
         """A gang no one domain has room for: from the domains with the most room first."""
         left, used = nodes, []
         room = sorted(
-            ((free.nodes_with(gpus_per_node), name or "") for name, free in self.domains.items()),
+            (
+                (free.nodes_with(gpus_per_node), name is not None, name or "", name)
+                for name, free in self.domains.items()
+            ),
             reverse=True,
         )
-        for count, key in room:
+        for count, _, _, name in room:
             if not left or not count:
                 break
-            name = key or None
             moved = min(left, count)
             self.domains[name].take(moved, gpus_per_node)
             left -= moved

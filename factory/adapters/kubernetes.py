@@ -733,23 +733,22 @@ class KubernetesAdapter(Adapter):
         spec["template"]["spec"]["subdomain"] = self.job_name(job)
 
     def keep_within_domain(self, spec: dict[str, Any], job) -> None:
-        """Where the pool's topology is known, ask for all of a gang's pods within one domain of
-        its level: through Kueue's topology-aware scheduling (Kueue picks the domain at admission),
-        or, without Kueue, as a preference for the domain admission placed the gang in."""
-        pool = self.pool_for(job)
-        level = pool.topology_level if pool is not None and self.connection.topology_labels else ""
-        if not level:
+        """Where the site describes its topology, ask for all of a gang's pods within one domain
+        of its last level: through Kueue's topology-aware scheduling (Kueue picks the domain when
+        it admits the Job), or, without Kueue, as a preference for the domain admission placed
+        the gang in."""
+        labels = self.connection.topology_labels
+        if not labels:
             return
         template = spec["template"]
         if self.connection.kueue_queue:
             key = KUEUE_REQUIRED_TOPOLOGY if self.connection.topology_required else KUEUE_PREFERRED_TOPOLOGY
-            template["metadata"].setdefault("annotations", {})[key] = level
+            template["metadata"].setdefault("annotations", {})[key] = labels[-1]
             return
         domain = getattr(job, "topology_domain", "")
         if not domain:
             return
         # A domain is named by the values of each level's label, broadest first.
-        labels = self.connection.topology_labels
         values = domain.split("/")
         if len(values) != len(labels):
             return  # named under other topology settings: no preference rather than a wrong one
