@@ -243,6 +243,11 @@ class Pool(models.Model):
     node_memory_mb = models.PositiveIntegerField(
         "memory per node (MB)", null=True, blank=True, editable=False
     )
+    # Where the site describes its topology, the pool's nodes by the domain they share, as the
+    # backend reported it with the cluster's health: {"level": "switch" or a node label,
+    # "domains": {domain: [node names]}} (empty: not described). Admission keeps a gang within
+    # one domain where one has room for it, and the backend is told to as well.
+    topology = models.JSONField(default=dict, blank=True, editable=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["cluster", "gpu_type"], name="one_pool_per_gpu_type")]
@@ -251,15 +256,25 @@ class Pool(models.Model):
     def __str__(self) -> str:
         return f"{self.cluster}/{self.gpu_type} ({self.capacity})"
 
-    SHAPE_FIELDS = ("node_count", "node_gpus", "node_cpus", "node_memory_mb")
+    SHAPE_FIELDS = ("node_count", "node_gpus", "node_cpus", "node_memory_mb", "topology")
 
     def record_shape(self, health) -> bool:
-        """Take the node shape a backend reported (a PoolHealth); saved only when it changed."""
+        """Take the node shape a backend reported (a PoolHealth), with its topology; saved only
+        when it changed."""
+        topology = (
+            {
+                "level": health.topology_level,
+                "domains": {k: list(v) for k, v in sorted(health.domains.items())},
+            }
+            if health.topology_level and health.domains
+            else {}
+        )
         shape = {
             "node_count": health.nodes,
             "node_gpus": health.gpus_per_node,
             "node_cpus": health.cpus_per_node,
             "node_memory_mb": health.memory_mb_per_node,
+            "topology": topology,
         }
         if all(getattr(self, name) == value for name, value in shape.items()):
             return False
@@ -275,7 +290,16 @@ class Pool(models.Model):
             node_gpus=self.node_gpus,
             node_cpus=self.node_cpus,
             node_memory_mb=self.node_memory_mb,
+            domains={
+                domain: tuple(nodes) for domain, nodes in (self.topology or {}).get("domains", {}).items()
+            },
+            level=(self.topology or {}).get("level", ""),
         )
+
+    @property
+    def topology_level(self) -> str:
+        """What the pool's topology domains are ("switch", a node label); "" if not described."""
+        return (self.topology or {}).get("level", "")
 
 
 class ChangeSet(models.Model):

@@ -16,11 +16,12 @@ from . import tasks
 from .models import Job
 
 
-def admit_many(placements: dict[int, tuple[int, str]]) -> list[int]:
-    """Admit pending jobs ({job id: (cluster id, message)}), then dispatch them on commit.
-    Returns the ids admitted: a job cancelled meanwhile is left alone."""
+def admit_many(placements: dict[int, tuple[int, str]], domains: dict[int, str] | None = None) -> list[int]:
+    """Admit pending jobs ({job id: (cluster id, message)}; gangs kept under one topology domain:
+    {job id: domain}), then dispatch them on commit. Returns the ids admitted: a job cancelled
+    meanwhile is left alone."""
     with transaction.atomic(savepoint=False):
-        admitted = Job.objects.admit_many(placements)
+        admitted = Job.objects.admit_many(placements, domains)
         if admitted:
             clusters = {pk: placements[pk][0] for pk in admitted}
             transaction.on_commit(lambda: tasks.enqueue_dispatch(clusters), robust=True)

@@ -47,6 +47,7 @@ from .validators import (
 # What a job back in pending forgets of its last attempt: where it ran and how it was dispatched.
 NEXT_ATTEMPT = {
     "cluster": None,
+    "topology_domain": "",
     "external_id": "",
     "admitted_at": None,
     "submitted_at": None,
@@ -89,6 +90,9 @@ class Job(models.Model):
     )
     # The nodes the backend ran it on, as it reported them (e.g. "gpu2,gpu3").
     node_list = models.CharField(max_length=2000, blank=True)
+    # The topology domain (a switch, a block) admission placed all of a gang's nodes under, which
+    # its backend is asked to keep them within too; "" for none (one node, no topology, or spread).
+    topology_domain = models.CharField(max_length=253, blank=True, editable=False)
     time_limit_minutes = models.PositiveIntegerField(
         default=60,
         validators=[

@@ -4,6 +4,7 @@ from django.db import models, transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from factory import bulk
 from factory.choices import Role
 from factory.querysets import TenantOwnedQuerySet
 
@@ -47,16 +48,22 @@ class JobQuerySet(TenantOwnedQuerySet):
             )
         )
 
-    def admit_many(self, placements: dict[int, tuple[int, str]]) -> list[int]:
-        """Admit many pending jobs at once: {job id: (cluster id, message)}. The same edge as
-        the admit edge (pending → admitted, an event each) in a fixed number of statements; what follows
-        (dispatch) is jobs.lifecycle's. Returns the ids actually admitted: a job cancelled
-        meanwhile is left alone."""
+    def admit_many(
+        self, placements: dict[int, tuple[int, str]], domains: dict[int, str] | None = None
+    ) -> list[int]:
+        """Admit many pending jobs at once: {job id: (cluster id, message)}, and for gangs placed
+        under one topology domain, {job id: domain}. The same edge as the admit edge (pending →
+        admitted, an event each) in a fixed number of statements; what follows (dispatch) is
+        jobs.lifecycle's. Returns the ids actually admitted: a job cancelled meanwhile is left alone."""
+        domains = domains or {}
         return self._move_many(
             JobState.PENDING,
             JobState.ADMITTED,
             {pk: message for pk, (_, message) in placements.items()},
-            per_job={"cluster_id": ({pk: c for pk, (c, _) in placements.items()}, models.BigIntegerField())},
+            per_job={
+                "cluster_id": {pk: c for pk, (c, _) in placements.items()},
+                "topology_domain": {pk: domains.get(pk, "") for pk in placements},
+            },
             reason="",
             admitted_at=timezone.now(),
             dispatch_enqueued_at=timezone.now(),
@@ -72,7 +79,7 @@ class JobQuerySet(TenantOwnedQuerySet):
             JobState.ADMITTED,
             JobState.SUBMITTED,
             {pk: message for pk, (_, _, message) in submissions.items()},
-            per_job={"external_id": ({pk: e for pk, (_, e, _) in submissions.items()}, models.CharField())},
+            per_job={"external_id": {pk: e for pk, (_, e, _) in submissions.items()}},
             attempts={pk: attempt for pk, (attempt, _, _) in submissions.items()},
             submitted_at=timezone.now(),
         )
@@ -83,13 +90,13 @@ class JobQuerySet(TenantOwnedQuerySet):
         target: str,
         messages: dict[int, str],
         *,
-        per_job: dict[str, tuple[dict[int, object], models.Field]],
+        per_job: dict[str, dict[int, object]],
         attempts: dict[int, int] | None = None,
         **fields,
     ) -> list[int]:
         """Move the jobs of `messages` that are still in `source` (and in the attempt `attempts`
-        gives, if any) to `target`, in their order: one locking read, one UPDATE (per_job: a value
-        per job for a field) and one INSERT of their events ({job id: message}). Returns the ids
+        gives, if any) to `target`, in their order: one locking read, one UPDATE (per_job: {field:
+        {job id: value}}) and one INSERT of their events ({job id: message}). Returns the ids
         moved."""
         if not messages:
             return []
@@ -105,17 +112,16 @@ class JobQuerySet(TenantOwnedQuerySet):
             moved = [pk for pk in messages if pk in still]
             if not moved:
                 return []
-            values = {
-                name: models.Case(
-                    *(models.When(pk=pk, then=models.Value(by_job[pk])) for pk in moved), output_field=field
-                )
-                for name, (by_job, field) in per_job.items()
-            }
-            self.model.objects.filter(pk__in=moved).update(state=target, updated_at=now, **values, **fields)
-            event = self.model._meta.get_field("events").related_model
-            event.objects.bulk_create(
-                event(job_id=pk, kind=EventKind.STATE, state=target, message=messages[pk][:1000], at=now)
-                for pk in moved
+            bulk.update_many(
+                self.model,
+                moved,
+                {name: [by_job[pk] for pk in moved] for name, by_job in per_job.items()},
+                {"state": target, "updated_at": now, **fields},
+            )
+            bulk.insert_many(
+                self.model._meta.get_field("events").related_model,
+                {"job_id": moved, "message": [messages[pk][:1000] for pk in moved]},
+                {"kind": EventKind.STATE, "state": target, "at": now},
             )
         return moved
 

@@ -10,9 +10,13 @@ Rules (see Quota and Budget):
 - up to `nominal` GPUs are guaranteed; above it a tenant borrows, within its `borrowing_limit`, from
   what the others lend (their idle nominal, up to their `lending_limit`, plus unassigned capacity);
 - a hard budget holds jobs whose GPUs × time limit exceed what is left this month;
-- pools are never filled past their capacity; among the clusters the tenant's residency allows
-  and that would run the job (its owner has a POSIX account where jobs run as their owners, its
-  image is on the cluster's allow-list), the least loaded pool with room wins;
+- pools are never filled past their capacity, less the GPUs out of service (failed or drained:
+  a node missing one is not a whole node); among the clusters the tenant's residency allows and
+  that would run the job (its owner has a POSIX account where jobs run as their owners, its image
+  is on the cluster's allow-list), the least loaded pool with room wins;
+- a gang (a job on several nodes) is admitted only when all its nodes fit at once; where the
+  site describes its topology, it goes where all its nodes fit under one switch or block if any
+  pool has room for that (and its backend is told to keep them there), else over several;
 - order across tenants: fair share (use ÷ nominal, lowest first), then submit time; within a
   tenant, priority (capped by the ceiling the platform sets for it) first; a job that does not fit
   is skipped, so smaller jobs behind it can go;
@@ -36,15 +40,15 @@ from importlib import import_module
 
 from django.conf import settings
 from django.db import connection, models, transaction
-from django.db.models import Case, Value, When
 from django.utils import timezone
 
+from factory import bulk
 from factory.adapters import ImageRule
 from factory.choices import GANG_KINDS, POSIX_USER_KINDS
 from factory.models import Identity, Pool, Tenant
 from factory.months import month_of
-from factory.shapes import FreeNodes, NodeShape
-from fleet.capacity import drained_gpus
+from factory.shapes import NodeShape, PoolNodes
+from fleet.capacity import out_of_service
 from jobs import dependencies, lifecycle
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
@@ -56,8 +60,9 @@ from .settlement import gpu_hours_between, round_gpu_hours, settle_released
 log = logging.getLogger(__name__)
 
 ADMISSION_LOCK_ID = 0x41494641  # any constant shared by every worker: "AIFA"
-# A job that may be preempted: (job id, GPUs, tenant id, owner id, nodes, GPUs per node).
-Victim = tuple[int, int, int, int, int, int]
+# A job that may be preempted: (job id, GPUs, tenant id, owner id, nodes, GPUs per node, the
+# topology domain admission placed it in).
+Victim = tuple[int, int, int, int, int, int, str]
 PREEMPTED_REASON = "preempted to return borrowed GPUs"
 
 
@@ -74,12 +79,17 @@ class PoolState:
     images: ImageRule | None = None  # which images the cluster runs; None: runs none at all
     shape: NodeShape | None = None
     gangs: bool = False  # its backend starts a job on several nodes at once
-    nodes: FreeNodes = dataclasses.field(init=False)
+    out: dict[str, int] = dataclasses.field(default_factory=dict)  # GPUs out of service, per node
+    nodes: PoolNodes = dataclasses.field(init=False)
+    # Whether a job of a shape (nodes, GPUs per node, CPUs, memory) could ever run here: many
+    # pending jobs share a shape, and the pool's nodes do not change during a pass.
+    _runs: dict[tuple, bool] = dataclasses.field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.shape is None:
             self.shape = NodeShape(self.capacity)
-        self.nodes = FreeNodes.empty(self.shape)
+        self.nodes = PoolNodes.empty(self.shape, self.out)
+        self.capacity = self.nodes.free  # its GPUs in service, within the capacity set
 
     @property
     def free(self) -> int:
@@ -88,8 +98,9 @@ class PoolState:
     def could_run(self, job: PendingJob, gpu: str) -> bool:
         """Whether a job of this shape could ever run here (when all of it is free). A one-node
         job's GPU count is left to `fits`, which says how many GPUs are free."""
-        return not set(
-            self.shape.refusals(
+        shape = (job.nodes, job.gpus_per_node, job.cpus, job.memory_gb)
+        if shape not in self._runs:
+            refused = self.shape.refusals(
                 nodes=job.nodes,
                 gpus_per_node=job.gpus_per_node,
                 cpus=job.cpus,
@@ -98,15 +109,18 @@ class PoolState:
                 gpu=gpu,
                 cluster=self.cluster,
             )
-        ) - {"gpu_count"}
+            self._runs[shape] = not set(refused) - {"gpu_count"}
+        return self._runs[shape]
 
     def fits(self, job: PendingJob) -> bool:
         """Whether all the job's nodes are free at once: no gang is admitted in part."""
         return self.free >= job.gpu_count and self.nodes.fits(job.nodes, job.gpus_per_node)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class PendingJob:
+    """A pending job as admission reads it (one row of a single query; thousands per pass)."""
+
     id: int
     tenant_id: int
     owner_id: int
@@ -125,7 +139,7 @@ class PendingJob:
 
     def __post_init__(self) -> None:
         if not self.gpus_per_node:  # a one-node job described by its GPU count alone
-            object.__setattr__(self, "gpus_per_node", self.gpu_count // max(self.nodes, 1))
+            self.gpus_per_node = self.gpu_count // max(self.nodes, 1)
 
     @property
     def gpu_hours(self) -> Decimal:
@@ -139,6 +153,7 @@ class Decision:
     borrowed: int = 0
     preempt: list[int] = dataclasses.field(default_factory=list)
     needs_borrowing: bool = False
+    domain: str | None = None  # the topology domain all of a gang's nodes go under
 
 
 @dataclasses.dataclass
@@ -161,7 +176,7 @@ class Snapshot:
         self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.select_related("gpu_type")}
         self.pools: dict[int, list[PoolState]] = defaultdict(list)
         image_rules: dict[int, ImageRule | None] = {}
-        drained = drained_gpus()  # failed hardware the portal took out: not capacity
+        out = out_of_service()  # failed hardware, and what the portal took out: not capacity
         for pool in Pool.objects.filter(cluster__enabled=True).select_related("cluster").order_by("pk"):
             cluster = pool.cluster
             if cluster.pk not in image_rules:
@@ -173,11 +188,12 @@ class Snapshot:
                     cluster.slug,
                     cluster.region,
                     not cluster.draining,
-                    max(0, pool.capacity - drained[pool.cluster_id, pool.gpu_type_id]),
+                    pool.capacity,
                     kind=cluster.kind,
                     images=image_rules[cluster.pk],
                     shape=pool.shape(),
                     gangs=cluster.kind in GANG_KINDS,
+                    out=out.get((pool.cluster_id, pool.gpu_type_id), {}),
                 )
             )
         # Owners who have a POSIX account, the one their jobs run as where jobs run as their owners.
@@ -202,8 +218,9 @@ class Snapshot:
         self.max_priority = {tenant: b.max_priority for tenant, b in budgets.items()}
         self._borrowed_jobs: dict[int, dict[int, list[Victim]]] = {}
         self.placements: dict[int, tuple[int, str]] = {}
+        self.domains: dict[int, str] = {}  # gangs placed under one topology domain
         self.admitted_jobs: dict[int, PendingJob] = {}
-        self.reservations: dict[int, Reservation] = {}
+        self.borrowing: dict[int, int] = {}  # GPUs each admitted job borrows
         self.budget_left = {
             tenant: b.gpu_hours_per_month - spent.get(tenant, Decimal(0))
             for tenant, b in budgets.items()
@@ -216,18 +233,22 @@ class Snapshot:
 
     @staticmethod
     def _occupy_nodes(pool_index: dict[tuple[int, int], PoolState]) -> None:
-        """Count the nodes the jobs holding GPUs take, largest per node first (one query)."""
+        """Count the nodes the jobs holding GPUs take, largest per node first (one query): on
+        the nodes their backend says they run on, else where admission placed them."""
         shapes = (
             Job.objects.filter(state__in=HOLDING_STATES)
-            .values_list("cluster_id", "gpu_type_id", "nodes", "gpus_per_node")
+            .values_list(
+                "cluster_id", "gpu_type_id", "nodes", "gpus_per_node", "node_list", "topology_domain"
+            )
             .annotate(jobs=models.Count("id"))
             .order_by("-gpus_per_node", "-nodes")
         )
-        for cluster_id, gpu_type_id, nodes, gpus_per_node, jobs in shapes:
+        for cluster_id, gpu_type_id, nodes, gpus_per_node, node_list, domain, jobs in shapes:
             pool = pool_index.get((cluster_id, gpu_type_id))
             if pool is not None:
+                names = node_list.split(",") if node_list and pool.nodes.topology else []
                 for _ in range(jobs):
-                    pool.nodes.take(nodes, gpus_per_node)
+                    pool.nodes.occupy(nodes, gpus_per_node, names, domain)
 
     # --- the rules ------------------------------------------------------------------------------
 
@@ -356,8 +377,7 @@ class Snapshot:
             return Decision(None, f"no cluster accepting jobs has {_shape(job, gpu)} nodes")
         fitting = [p for p in pools if p.fits(job)]
         if fitting:
-            pool = min(fitting, key=lambda p: (p.used / p.capacity, p.pool_id))
-            return Decision(pool, f"{_shape(job, gpu)} on {pool.cluster} (least loaded)", borrowed=borrowed)
+            return self.choose(job, fitting, gpu, borrowed)
         if borrowed == 0:
             reclaim = self.reclaim(job, pools)
             if reclaim is not None:
@@ -374,6 +394,23 @@ class Snapshot:
             )
         return Decision(None, f"no {where} has {job.gpu_count} free {gpu}: {usage}")
 
+    @staticmethod
+    def choose(job: PendingJob, fitting: list[PoolState], gpu: str, borrowed: int) -> Decision:
+        """The least loaded of the pools with room; for a gang, of those with room for all its
+        nodes under one switch or block if there are any (as Kueue's topology-aware scheduling
+        prefers), saying so."""
+        domains = {p.pool_id: p.nodes.one_domain(job.nodes, job.gpus_per_node) for p in fitting}
+        within = [p for p in fitting if domains[p.pool_id] is not None]
+        pool = min(within or fitting, key=lambda p: (p.used / p.capacity, p.pool_id))
+        reason = f"{_shape(job, gpu)} on {pool.cluster} (least loaded)"
+        domain = domains[pool.pool_id]
+        if domain is not None:
+            reason += f", under one {pool.nodes.level}: {domain}"
+        elif job.nodes > 1 and pool.nodes.topology:
+            level = pool.nodes.level
+            reason += f", over several of its {level} domains: no one {level} has {job.nodes} free nodes"
+        return Decision(pool, reason, borrowed=borrowed, domain=domain)
+
     def reclaim(self, job: PendingJob, pools: list[PoolState]) -> Decision | None:
         """Within its nominal quota, a job takes back GPUs that other tenants borrowed."""
         if not self.borrowed[job.gpu_type_id]:
@@ -387,7 +424,7 @@ class Snapshot:
                     break
                 victims.append(victim)
                 freed += victim[1]
-                nodes.give_back(victim[4], victim[5])
+                nodes.give_back(victim[4], victim[5], victim[6] or None)
             if freed >= job.gpu_count and nodes.fits(job.nodes, job.gpus_per_node):
                 gpu = self.gpu_types.get(job.gpu_type_id, "GPU")
                 reason = (
@@ -407,14 +444,14 @@ class Snapshot:
             victims[:] = [v for v in victims if v[0] != job_id]
 
     def record(self, job: PendingJob, decision: Decision, preempted: Iterable[Victim]) -> None:
-        for job_id, gpus, tenant_id, owner_id, nodes, gpus_per_node in preempted:
+        for job_id, gpus, tenant_id, owner_id, nodes, gpus_per_node, domain in preempted:
             self._use(tenant_id, job.gpu_type_id, owner_id, -gpus)
             decision.pool.used -= gpus
-            decision.pool.nodes.give_back(nodes, gpus_per_node)
+            decision.pool.nodes.give_back(nodes, gpus_per_node, domain or None)
             self.forget_borrowed(job.gpu_type_id, job_id)
         self._use(job.tenant_id, job.gpu_type_id, job.owner_id, job.gpu_count)
         decision.pool.used += job.gpu_count
-        decision.pool.nodes.take(job.nodes, job.gpus_per_node)
+        decision.pool.nodes.take(job.nodes, job.gpus_per_node, decision.domain)
         if job.tenant_id in self.budget_left:
             self.budget_left[job.tenant_id] -= job.gpu_hours
         self.money.spend(job)
@@ -491,6 +528,7 @@ def borrowed_jobs(gpu_type_id: int) -> dict[int, list[Victim]]:
             "job__owner_id",
             "job__nodes",
             "job__gpus_per_node",
+            "job__topology_domain",
             "job__cluster_id",
         )
     )
@@ -603,25 +641,31 @@ def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:
     written with the others' at the end of the pass (a fixed number of statements)."""
     preempted = preempt(decision.preempt) if decision.preempt else []
     snapshot.placements[job.id] = (decision.pool.cluster_id, f"Admitted: {decision.reason}")
+    if decision.domain is not None:
+        snapshot.domains[job.id] = decision.domain
     snapshot.admitted_jobs[job.id] = job
-    snapshot.reservations[job.id] = Reservation(
-        job_id=job.id,
-        attempt=job.attempt,
-        tenant_id=job.tenant_id,
-        gpu_type_id=job.gpu_type_id,
-        gpus=job.gpu_count,
-        borrowed=decision.borrowed,
-        month=snapshot.month,
-        reserved_gpu_hours=job.gpu_hours,
-    )
+    snapshot.borrowing[job.id] = decision.borrowed
     snapshot.record(job, decision, preempted)
     return True
 
 
 def write_admissions(snapshot: Snapshot) -> int:
-    admitted = lifecycle.admit_many(snapshot.placements)
-    Reservation.objects.bulk_create(snapshot.reservations[job_id] for job_id in admitted)
-    metrics.observe_admissions(snapshot.admitted_jobs[job_id] for job_id in admitted)
+    admitted = lifecycle.admit_many(snapshot.placements, snapshot.domains)
+    jobs = [snapshot.admitted_jobs[job_id] for job_id in admitted]
+    bulk.insert_many(
+        Reservation,
+        {
+            "job_id": admitted,
+            "attempt": [job.attempt for job in jobs],
+            "tenant_id": [job.tenant_id for job in jobs],
+            "gpu_type_id": [job.gpu_type_id for job in jobs],
+            "gpus": [job.gpu_count for job in jobs],
+            "borrowed": [snapshot.borrowing[job.id] for job in jobs],
+            "reserved_gpu_hours": [job.gpu_hours for job in jobs],
+        },
+        {"month": snapshot.month},
+    )
+    metrics.observe_admissions(jobs)
     return len(admitted)
 
 
@@ -645,6 +689,7 @@ def preempt(job_ids: list[int]) -> list[Victim]:
                 victim.owner_id,
                 victim.nodes,
                 victim.gpus_per_node,
+                victim.topology_domain,
             )
         )
     return done
@@ -657,18 +702,13 @@ def explain_waits(reasons: dict[int, str], batch: int = 5000) -> None:
     now = timezone.now()
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {Job._meta.db_table} AS j SET reason = u.reason, updated_at = %s "
-                    "FROM unnest(%s::bigint[], %s::text[]) AS u(id, reason) "
-                    "WHERE j.id = u.id AND j.state = %s",
-                    [now, [i for i, _ in chunk], [r for _, r in chunk], JobState.PENDING],
-                )
-        else:
-            Job.objects.filter(pk__in=[i for i, _ in chunk], state=JobState.PENDING).update(
-                reason=Case(*(When(pk=i, then=Value(r)) for i, r in chunk)), updated_at=now
-            )
+        bulk.update_many(
+            Job,
+            [job_id for job_id, _ in chunk],
+            {"reason": [reason for _, reason in chunk]},
+            {"updated_at": now},
+            where={"state": JobState.PENDING},
+        )
 
 
 def _shape(job: PendingJob, gpu: str) -> str:

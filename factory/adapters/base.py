@@ -11,7 +11,7 @@ import codecs
 import dataclasses
 import enum
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -278,6 +278,10 @@ class PoolHealth:
     gpus_per_node: int | None = None
     cpus_per_node: int | None = None
     memory_mb_per_node: int | None = None
+    # Where the site describes its topology: what a domain is ("switch", "block", a node label)
+    # and the pool's nodes by the domain they share ({domain: node names}).
+    topology_level: str = ""
+    domains: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +291,11 @@ class Health:
     pools: tuple[PoolHealth, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """As kept on the cluster and shown: each pool's domains as how many nodes each has."""
+        data = dataclasses.asdict(self)
+        for pool in data["pools"]:
+            pool["domains"] = {name: len(nodes) for name, nodes in sorted(pool["domains"].items())}
+        return data
 
 
 @dataclasses.dataclass(frozen=True)

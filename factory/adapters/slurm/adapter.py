@@ -68,6 +68,7 @@ from .cli import (
     local_time,
     node_down,
     node_info,
+    node_switches,
     sacct_exit_code,
     wait_status,
 )
@@ -346,10 +347,18 @@ class SlurmAdapter(Adapter):
             nodes = self.cli.run(["sinfo", "-h", "-N", "-O", NODE_FIELDS])
         except BackendError as exc:
             return Health(ok=False, message=str(exc))
-        pools = gpu_capacity(nodes)
+        pools = gpu_capacity(nodes, self.topology())
         down = sorted({line.split("|")[0] for line in nodes.splitlines() if node_down(line)})
         message = "controller up" + (f"; nodes down or drained: {', '.join(down)}" if down else "")
         return Health(ok=True, message=message, pools=tuple(pools))
+
+    def topology(self) -> tuple[str, dict[str, str]]:
+        """The site's topology (topology.conf), as node_switches reads it; none if Slurm has no
+        topology plugin or does not answer (the cluster is no less healthy for it)."""
+        try:
+            return node_switches(self.cli.run(["scontrol", "show", "topology"], check=False))
+        except BackendError:
+            return "", {}
 
     def health_key(self, pool) -> str:
         partition = pool.partition or self.connection.default_partition or ""
@@ -426,8 +435,9 @@ class SlurmAdapter(Adapter):
 
     def placement_args(self, job) -> list[str]:
         """One node: its GPUs as gres, one task. A gang: one allocation of `nodes` nodes with
-        `gpus_per_node` GPUs each (memory and CPUs are per node too), one task per node, under
-        one switch where the site asks for it."""
+        `gpus_per_node` GPUs each (memory and CPUs are per node too), one task per node; under
+        one leaf switch if admission placed it under one (--switches=1, waiting for one at most
+        `gang_switch_wait_minutes`, else the cluster's max_switch_wait)."""
         gpu_type = job.gpu_type.slug
         nodes = int(getattr(job, "nodes", 1) or 1)
         if nodes == 1:
@@ -437,10 +447,15 @@ class SlurmAdapter(Adapter):
             "--ntasks-per-node=1",
             f"--gpus-per-node={gpu_type}:{int(job.gpus_per_node)}",
         ]
-        wait = self.connection.gang_switch_wait_minutes
-        if wait is not None:
-            args.append(f"--switches=1@{int(wait)}")
+        if getattr(job, "topology_domain", "") and self.under_switches(job):
+            wait = self.connection.gang_switch_wait_minutes
+            args.append("--switches=1" if wait is None else f"--switches=1@{int(wait)}")
         return args
+
+    def under_switches(self, job) -> bool:
+        """Whether the job's pool's domains are switches (topology/tree), which --switches counts."""
+        pool = self.pool_for(job)
+        return pool is not None and pool.topology_level == "switch"
 
     @staticmethod
     def batch_script(job, secrets_dir: Path | None = None) -> str:

@@ -238,19 +238,24 @@ def gpu_tres(text: str) -> dict[str, int]:
 NODE_FIELDS = "NodeList:|,Partition:|,Gres:|,GresUsed:|,CPUs:|,Memory:|,StateLong"
 
 
-def gpu_capacity(nodes_text: str) -> list[PoolHealth]:
+def gpu_capacity(nodes_text: str, topology: tuple[str, dict[str, str]] = ("", {})) -> list[PoolHealth]:
     """GPUs per (partition, type), and the node shape of each, from `sinfo -N -O NODE_FIELDS`:
-    how many nodes have such GPUs, and the largest one's GPUs, CPUs and memory (MB)."""
+    how many nodes have such GPUs, and the largest one's GPUs, CPUs and memory (MB); with the
+    site's `topology` (node_switches), its nodes by the switch or block they are under."""
+    level, switch_of = topology
     totals: dict[str, dict[str, int]] = {}
+    domains: dict[str, dict[str, list[str]]] = {}
     for line in nodes_text.splitlines():
         parts = [p.strip() for p in line.split("|")]
         if len(parts) < 4:
             continue
-        _node, partition, gres, used = parts[:4]
+        node, partition, gres, used = parts[:4]
         cpus, memory = (parts[4], parts[5]) if len(parts) >= 7 else ("", "")
         for gpu_type, count in _gres_counts(gres).items():
             key = f"{partition.rstrip('*')}/{gpu_type}"
             entry = totals.setdefault(key, dict.fromkeys(("cap", "used", "nodes", "gpus", "cpus", "mem"), 0))
+            if node in switch_of:
+                domains.setdefault(key, {}).setdefault(switch_of[node], []).append(node)
             entry["cap"] += count
             entry["used"] += _gres_counts(used).get(gpu_type, 0)
             entry["nodes"] += 1
@@ -266,9 +271,38 @@ def gpu_capacity(nodes_text: str) -> list[PoolHealth]:
             gpus_per_node=entry["gpus"],
             cpus_per_node=entry["cpus"] or None,
             memory_mb_per_node=entry["mem"] or None,
+            topology_level=level if key in domains else "",
+            domains={name: tuple(nodes) for name, nodes in sorted(domains.get(key, {}).items())},
         )
         for key, entry in sorted(totals.items())
     ]
+
+
+_TOPOLOGY_ENTRY = re.compile(r"^\s*(SwitchName|BlockName)=(\S+)")
+_TOPOLOGY_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+def node_switches(topology_text: str) -> tuple[str, dict[str, str]]:
+    """From `scontrol show topology`: what a domain is ("switch" with topology/tree, "block" with
+    topology/block) and, for each node, the lowest one it is under (its leaf switch, its block).
+    Lines are `SwitchName=leaf2 Level=0 LinkSpeed=1 Nodes=gpu[2-3]` (upper switches list their
+    leaves' nodes too, at a higher Level) or `BlockName=b1 BlockIndex=0 Nodes=n[01-04]`. No
+    topology plugin: ("", {})."""
+    entries = []
+    for line in topology_text.splitlines():
+        entry = _TOPOLOGY_ENTRY.match(line)
+        if not entry:
+            continue
+        fields = dict(_TOPOLOGY_FIELD.findall(line))
+        level = fields.get("Level", "0")
+        nodes = expand_hostlist(fields.get("Nodes", ""))
+        entries.append((int(level) if level.isdigit() else 0, entry[2], entry[1], nodes))
+    kind, switch_of = "", {}
+    for _level, name, what, nodes in sorted(entries, key=lambda e: e[0]):
+        kind = kind or ("switch" if what == "SwitchName" else "block")
+        for node in nodes:
+            switch_of.setdefault(node, name)
+    return kind, switch_of
 
 
 def _gres_counts(text: str) -> dict[str, int]:

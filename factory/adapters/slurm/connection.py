@@ -25,8 +25,9 @@ class SlurmConnection(Connection):
     # The group of job directories and logs: the portal's own (its web and worker processes are
     # members, researchers are not). Default: the worker's primary group.
     job_group: str | None = None
-    # Where the site describes its topology (topology.conf), a job on several nodes asks for all
-    # of them under one switch, waiting up to this many minutes before taking any (--switches).
+    # A gang admission placed under one leaf switch of the site's topology (topology.conf) asks
+    # Slurm for one switch too (--switches=1), waiting for one up to this many minutes before it
+    # takes nodes under several (None: the cluster's max_switch_wait, 300 s by default).
     gang_switch_wait_minutes: int | None = pydantic.Field(default=None, ge=0, le=1440)
     # scripts/slurm-job-dir as installed, root-owned; the sudo rule names the same path.
     job_dir_helper: str = JOB_DIR_HELPER
