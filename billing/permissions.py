@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework import permissions
 
-from factory.choices import FINANCE_GROUP
+from factory.choices import FINANCE_GROUP, Role
 
 
 def is_finance(user) -> bool:
@@ -15,6 +15,20 @@ def is_finance(user) -> bool:
     if cached is None:
         cached = user._is_finance = user.groups.filter(name=FINANCE_GROUP).exists()
     return cached
+
+
+def administered(user):
+    """The tenants whose bill (invoices, credits, corrections) the user sees as their admin."""
+    from factory.models import Membership
+
+    return Membership.objects.filter(user=user, role=Role.ADMIN).values("tenant")
+
+
+def sees_bill_of(user, tenant) -> bool:
+    """Finance sees every tenant's bill; a tenant's admins their own."""
+    if is_finance(user):
+        return True
+    return user.is_authenticated and administered(user).filter(tenant=tenant).exists()
 
 
 class IsFinance(permissions.BasePermission):

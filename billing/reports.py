@@ -221,7 +221,7 @@ def _cell(sheet, value, *, number_format: str | None = None, font=None):
     return cell
 
 
-def focus_csv_stream(month: date, tenants: Iterable[int] | None = None) -> Iterator[str]:
+def focus_csv_stream(month: date, tenants: Iterable[int] | None = None) -> Iterator[bytes]:
     """FOCUS cost-and-usage rows of the month as CSV, streamed (see billing.focus)."""
     from . import focus
 
