@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import uuid
 
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from factory import sealing
 from factory.adapters import ImageRule
@@ -18,8 +21,9 @@ from factory.models import GpuType, Identity, Pool, Tenant
 from factory.shapes import NodeShape
 
 from . import dependencies, signals
-from .choices import EventKind
-from .models import Job
+from .arrays import ArrayRequest
+from .choices import EventKind, JobState
+from .models import Job, JobArray, JobEvent
 
 POOL_CACHE_SECONDS = 10
 
@@ -111,17 +115,20 @@ def gang_shape(data: dict) -> dict[str, int]:
 
 def fitting_pools(gpu_type: GpuType, spec: dict, tenant: Tenant | None = None) -> list[Placeable]:
     """The pools that could ever run a job of this shape (within the tenant's regions, when it is
-    known). Raises ValidationError with a message per field when there is none, saying what
-    every pool lacks ("needs 16 GB per node; h100 nodes of slurm-a have 15.6 GB")."""
+    known, and where its owner asked it to run). Raises ValidationError with a message per field
+    when there is none, saying what every pool lacks ("needs 16 GB per node; h100 nodes of
+    slurm-a have 15.6 GB")."""
     pools = placeable_pools(gpu_type)
     if not pools:
         raise ValidationError({"gpu_type": f"No cluster accepting jobs has {gpu_type} GPUs."})
     if tenant is not None and tenant.regions:
+        check_residency(tenant, spec)
         pools = [p for p in pools if p.region in tenant.regions]
         if not pools:
             regions = ", ".join(tenant.regions)
             message = f"No cluster accepting jobs in {tenant}'s regions ({regions}) has {gpu_type} GPUs."
             raise ValidationError({"gpu_type": message})
+    pools = requested_pools(gpu_type, spec, pools)
     refused: dict[str, list[str]] = {}
     fitting = []
     for pool in pools:
@@ -143,6 +150,37 @@ def fitting_pools(gpu_type: GpuType, spec: dict, tenant: Tenant | None = None) -
             {field: _sentence("; ".join(dict.fromkeys(messages))) for field, messages in refused.items()}
         )
     return fitting
+
+
+def check_residency(tenant: Tenant, spec: dict) -> None:
+    """Raise ValidationError on `cluster` or `region` for a place outside the tenant's regions."""
+    regions = ", ".join(tenant.regions)
+    cluster, region = spec.get("requested_cluster"), spec.get("requested_region")
+    if region and region not in tenant.regions:
+        raise ValidationError({"region": f"{tenant} may run jobs only in {regions}, not in {region}."})
+    if cluster is not None and cluster.region not in tenant.regions:
+        raise ValidationError(
+            {"cluster": f"{cluster} is in region {cluster.region}; {tenant} may run jobs only in {regions}."}
+        )
+
+
+def requested_pools(gpu_type: GpuType, spec: dict, pools: list[Placeable]) -> list[Placeable]:
+    """The pools where the owner asked the job to run (a cluster, a region, or anywhere).
+    Raises ValidationError on that field when none of them accepts jobs of this GPU type."""
+    cluster, region = spec.get("requested_cluster"), spec.get("requested_region")
+    if cluster is not None:
+        if region and cluster.region != region:
+            raise ValidationError({"region": f"{cluster} is in region {cluster.region}, not in {region}."})
+        pools = [p for p in pools if p.cluster == cluster.slug]
+        if not pools:
+            raise ValidationError({"cluster": f"{cluster} has no {gpu_type} GPUs that accept jobs now."})
+    elif region:
+        pools = [p for p in pools if p.region == region]
+        if not pools:
+            raise ValidationError(
+                {"region": f"No cluster accepting jobs in region {region} has {gpu_type} GPUs."}
+            )
+    return pools
 
 
 def _sentence(text: str) -> str:
@@ -201,13 +239,20 @@ class IdempotencyConflict(Exception):
     """The key was used before for a different request."""
 
 
-def submit(*, tenant: Tenant, owner, spec: dict, idempotency_key: str = "") -> tuple[Job, bool]:
-    """Create a pending job and announce it on commit. Returns (job, created).
+@dataclasses.dataclass
+class Request:
+    """A checked job spec split into what makes the job row and what goes beside it."""
 
-    With an idempotency key, a repeat of the same request returns the first job; the unique
-    constraint settles a race between two identical requests.
-    """
+    spec: dict
+    secrets: dict[str, str]
+    after_ok: list[int]
+    after_any: list[int]
+    digest: str
+
+
+def prepare(tenant: Tenant, spec: dict, idempotency_key: str, extra: dict | None = None) -> Request:
     spec = dict(spec)
+    spec.pop("array", None)
     spec.update(gang_shape(spec))
     secrets = spec.pop("secrets", None) or {}
     # Checked by the callers (dependencies.check), with the form's and the API's other rules.
@@ -219,8 +264,26 @@ def submit(*, tenant: Tenant, owner, spec: dict, idempotency_key: str = "") -> t
         **({"secrets": {k: sealing.keyed_digest(v) for k, v in secrets.items()}} if secrets else {}),
         **({"after_ok": after_ok} if after_ok else {}),
         **({"after_any": after_any} if after_any else {}),
+        **(extra or {}),
     }
     digest = fingerprint({"tenant": tenant.slug, **asked}) if idempotency_key else ""
+    return Request(spec, secrets, after_ok, after_any, digest)
+
+
+def submit(*, tenant: Tenant, owner, spec: dict, idempotency_key: str = "") -> tuple[Job, bool]:
+    """Create a pending job and announce it on commit. Returns (job, created).
+
+    With an idempotency key, a repeat of the same request returns the first job; the unique
+    constraint settles a race between two identical requests.
+    """
+    request = prepare(tenant, spec, idempotency_key)
+    spec, secrets, after_ok, after_any, digest = (
+        request.spec,
+        request.secrets,
+        request.after_ok,
+        request.after_any,
+        request.digest,
+    )
     # No look-up first: a first request (the common case) just inserts; a repeat trips the unique
     # constraint and finds the job it made.
     try:
@@ -253,3 +316,84 @@ def _existing(owner, key: str, digest: str) -> Job | None:
     if job is not None and job.idempotency_fingerprint != digest:
         raise IdempotencyConflict(key)
     return job
+
+
+def submit_array(
+    *, tenant: Tenant, owner, spec: dict, tasks: ArrayRequest, idempotency_key: str = ""
+) -> tuple[JobArray, bool]:
+    """Create an array and its tasks, pending, in one transaction: a task per index (with a
+    sweep's parameters in its environment), each a job that admission counts like any other.
+    One announcement on commit starts one admission pass for them all. Returns (array, created);
+    `array.job_ids` lists its tasks in index order.
+
+    With an idempotency key, a repeat of the same request returns the first array: the key is
+    kept on its first task, so the one unique constraint on jobs settles races between arrays,
+    and between an array and a single job, alike."""
+    request = prepare(tenant, spec, idempotency_key, tasks.as_spec())
+    spec, base_env = request.spec, request.spec.pop("env", None) or {}
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            array = JobArray.objects.create(
+                tenant=tenant,
+                owner=owner,
+                name=spec["name"],
+                indexes=tasks.ranges,
+                size=tasks.size,
+                max_running=tasks.max_running,
+                sweep=list(tasks.sweep) if tasks.sweep is not None else None,
+                created_at=now,
+            )
+            made = array_tasks(array, tasks, spec, base_env, request, idempotency_key, now)
+            Job.objects.bulk_create(made, batch_size=TASKS_PER_INSERT)
+            JobEvent.objects.bulk_create(
+                (
+                    JobEvent(
+                        job_id=job.pk,
+                        kind=EventKind.STATE,
+                        state=JobState.PENDING,
+                        message=f"Submitted by {owner}: task {job.array_index} of array {array.pk}",
+                        at=now,
+                    )
+                    for job in made
+                ),
+                batch_size=TASKS_PER_INSERT,
+            )
+            if request.after_ok or request.after_any:
+                dependencies.record_many(made, request.after_ok, request.after_any)
+            first = made[0].pk
+            transaction.on_commit(lambda: signals.job_submitted.send_robust(Job, job_id=first))
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        existing = _existing(owner, idempotency_key, request.digest)
+        if existing is None:
+            raise
+        if existing.array_id is None:
+            raise IdempotencyConflict(idempotency_key) from None
+        return JobArray.objects.select_related("tenant", "owner").get(pk=existing.array_id), False
+    array.job_ids = [job.pk for job in made]
+    return array, True
+
+
+# Rows per INSERT of an array's tasks and events (all in one transaction).
+TASKS_PER_INSERT = 2000
+
+
+def array_tasks(
+    array: JobArray, tasks: ArrayRequest, spec: dict, base_env: dict, request: Request, key: str, now
+) -> list[Job]:
+    """The array's tasks, not yet saved. The first carries the idempotency key. Made by copying
+    one prototype: a model's constructor, run per task, would cost more than their INSERT."""
+    prototype = Job(tenant=array.tenant, owner=array.owner, array=array, created_at=now, env=base_env, **spec)
+    prototype.seal_secrets(request.secrets)
+    made = []
+    for position, index in enumerate(tasks.indexes):
+        job = copy.copy(prototype)  # a fresh _state (adding, no database) comes with it
+        job.uid = uuid.uuid4()
+        job.array_index = index
+        job.env = tasks.env_of(position, base_env)
+        if position == 0 and key:
+            job.idempotency_key, job.idempotency_fingerprint = key, request.digest
+        made.append(job)
+    return made

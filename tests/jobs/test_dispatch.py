@@ -149,7 +149,7 @@ def test_sweep_redispatches_stalled_admissions_and_syncs_busy_clusters(
         django_capture_on_commit_callbacks(execute=True),
     ):
         result = sweep()
-    assert result == {"clusters": 1, "redispatched": 1, "recancelled": 0}
+    assert result == {"clusters": 1, "redispatched": 1, "recancelled": 0, "arrays_closed": 0}
     redispatch.assert_called_once_with({stalled.pk: stalled.cluster_id})
     sync.assert_called_once_with(cluster.pk)
 
