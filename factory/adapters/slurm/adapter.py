@@ -343,7 +343,8 @@ class SlurmAdapter(Adapter):
             raise BackendUnavailable("another dispatcher is submitting this array")
         os.utime(marker)
 
-    def array_script(self, first, members, secrets_dir: Path | None = None) -> str:
+    @staticmethod
+    def array_script(first, members, secrets_dir: Path | None = None) -> str:
         """The array's batch script: what every task shares exported once, each task's own
         variables (its uid, index and sweep parameters) by $SLURM_ARRAY_TASK_ID."""
         envs = [job_env(member) for member in members]
@@ -362,7 +363,7 @@ class SlurmAdapter(Adapter):
             '*) echo "factory: task $SLURM_ARRAY_TASK_ID is not one of this array\'s" >&2; exit 1 ;;',
             "esac",
         ]
-        lines += self.secrets_lines(secrets_dir)
+        lines += SlurmAdapter.secrets_lines(secrets_dir)
         lines += ["", first.command, ""]
         return "\n".join(lines)
 
