@@ -40,12 +40,12 @@ def record(job: Job, after_ok: list[int], after_any: list[int]) -> None:
     )
 
 
-def record_many(jobs: list[Job], after_ok: list[int], after_any: list[int]) -> None:
+def record_many(job_ids: list[int], after_ok: list[int], after_any: list[int]) -> None:
     """The same dependencies for many jobs (an array's tasks), in one INSERT."""
     JobDependency.objects.bulk_create(
         [
-            JobDependency(job_id=job.pk, on_id=pk, kind=kind)
-            for job in jobs
+            JobDependency(job_id=job_id, on_id=pk, kind=kind)
+            for job_id in job_ids
             for kind, ids in ((DependencyKind.AFTER_OK, after_ok), (DependencyKind.AFTER_ANY, after_any))
             for pk in dict.fromkeys(ids)
         ],

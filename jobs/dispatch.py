@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from factory.adapters import BackendUnavailable, JobRejected
+from factory.adapters import BackendState, BackendUnavailable, JobRejected
 from factory.models import Cluster
 
 from . import metrics
@@ -307,15 +307,23 @@ def sync_cluster(cluster: Cluster) -> int:
 
 
 def sync_jobs(cluster: Cluster, jobs: list[Job]) -> int:
+    """Apply the backend's reports. Jobs still queued there whose only news is why they wait
+    (the bulk of a large array's first sync) are recorded together; the rest one by one."""
     if not jobs:
         return 0
     reports = cluster.adapter().statuses(jobs)
     changed = 0
+    waits: dict[int, str] = {}
     for job in jobs:
         report = reports.get(job.external_id)
-        if report is not None and job.apply_report(report):
+        if report is None:
+            continue
+        if job.state == JobState.SUBMITTED and report.state == BackendState.QUEUED and not report.nodes:
+            if report.reason and report.reason != job.reason:
+                waits[job.pk] = report.reason
+        elif job.apply_report(report):
             changed += 1
-    return changed
+    return changed + len(Job.objects.explain_waits(waits))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import uuid
 
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from factory import sealing
@@ -322,9 +322,9 @@ def submit_array(
     *, tenant: Tenant, owner, spec: dict, tasks: ArrayRequest, idempotency_key: str = ""
 ) -> tuple[JobArray, bool]:
     """Create an array and its tasks, pending, in one transaction: a task per index (with a
-    sweep's parameters in its environment), each a job that admission counts like any other.
-    One announcement on commit starts one admission pass for them all. Returns (array, created);
-    `array.job_ids` lists its tasks in index order.
+    sweep's parameters in its environment), each a job that admission counts like any other,
+    with its "submitted" event. One announcement on commit starts one admission pass for them
+    all. Returns (array, created); `array.job_ids` lists its tasks in index order.
 
     With an idempotency key, a repeat of the same request returns the first array: the key is
     kept on its first task, so the one unique constraint on jobs settles races between arrays,
@@ -344,25 +344,14 @@ def submit_array(
                 sweep=list(tasks.sweep) if tasks.sweep is not None else None,
                 created_at=now,
             )
-            made = array_tasks(array, tasks, spec, base_env, request, idempotency_key, now)
-            Job.objects.bulk_create(made, batch_size=TASKS_PER_INSERT)
-            JobEvent.objects.bulk_create(
-                (
-                    JobEvent(
-                        job_id=job.pk,
-                        kind=EventKind.STATE,
-                        state=JobState.PENDING,
-                        message=f"Submitted by {owner}: task {job.array_index} of array {array.pk}",
-                        at=now,
-                    )
-                    for job in made
-                ),
-                batch_size=TASKS_PER_INSERT,
-            )
+            prototype = Job(tenant=tenant, owner=owner, array=array, created_at=now, env=base_env, **spec)
+            prototype.seal_secrets(request.secrets)
+            prototype.idempotency_key, prototype.idempotency_fingerprint = idempotency_key, request.digest
+            message = f"Submitted by {owner}: task {{index}} of array {array.pk}"
+            job_ids = insert_tasks(prototype, tasks, message)
             if request.after_ok or request.after_any:
-                dependencies.record_many(made, request.after_ok, request.after_any)
-            first = made[0].pk
-            transaction.on_commit(lambda: signals.job_submitted.send_robust(Job, job_id=first))
+                dependencies.record_many(job_ids, request.after_ok, request.after_any)
+            transaction.on_commit(lambda: signals.job_submitted.send_robust(Job, job_id=job_ids[0]))
     except IntegrityError:
         if not idempotency_key:
             raise
@@ -372,28 +361,78 @@ def submit_array(
         if existing.array_id is None:
             raise IdempotencyConflict(idempotency_key) from None
         return JobArray.objects.select_related("tenant", "owner").get(pk=existing.array_id), False
-    array.job_ids = [job.pk for job in made]
+    array.job_ids = job_ids
     return array, True
 
 
-# Rows per INSERT of an array's tasks and events (all in one transaction).
-TASKS_PER_INSERT = 2000
+def insert_tasks(prototype: Job, tasks: ArrayRequest, message: str) -> list[int]:
+    """Insert a task per index of `tasks`: `prototype`'s row with its own uid, index and (of a
+    sweep) environment; only the first keeps the prototype's idempotency key, since (owner, key)
+    is unique among jobs. And an event each (`message`, with their {index}). Returns their ids in
+    index order.
+
+    On PostgreSQL in one statement: INSERT ... SELECT from unnest() of the indexes (and a sweep's
+    environments), the columns all tasks share bound once, each uid made by the database, and the
+    events inserted from what it returned. bulk_create converts every value of every row through
+    its field (some 0.8 ms per task); this costs one conversion per column."""
+    if connection.vendor != "postgresql":
+        return _bulk_create_tasks(prototype, tasks, message)
+    meta, quote = Job._meta, connection.ops.quote_name
+    varying = {"array_index": "integer[]", **({"env": "jsonb[]"} if tasks.sweep is not None else {})}
+    own = {"id", "uid", "idempotency_key", "idempotency_fingerprint", *varying}
+    shared = [f for f in meta.concrete_fields if f.name not in own]
+    listed = ", ".join(varying)
+    head, _, tail = message.partition("{index}")
+    sql = (
+        f"WITH made AS (INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in shared)}, "
+        f"uid, idempotency_key, idempotency_fingerprint, {listed}) "
+        f"SELECT {', '.join(f'CAST(%s AS {f.db_type(connection)})' for f in shared)}, gen_random_uuid(), "
+        "CASE WHEN t.n = 1 THEN %s ELSE '' END, CASE WHEN t.n = 1 THEN %s ELSE '' END, "
+        f"{', '.join(f't.{name}' for name in varying)} "
+        f"FROM unnest({', '.join(f'%s::{kind}' for kind in varying.values())}) WITH ORDINALITY "
+        f"AS t({listed}, n) RETURNING id, array_index), "
+        f"events AS (INSERT INTO {quote(JobEvent._meta.db_table)} (job_id, kind, state, message, at) "
+        "SELECT id, %s, %s, %s || array_index || %s, %s FROM made) "
+        "SELECT id FROM made ORDER BY array_index"
+    )
+    params = [f.get_db_prep_save(f.pre_save(prototype, add=True), connection) for f in shared]
+    params += [prototype.idempotency_key, prototype.idempotency_fingerprint, list(tasks.indexes)]
+    if tasks.sweep is not None:
+        env = meta.get_field("env")
+        params.append(
+            [env.get_db_prep_save(tasks.env_of(i, prototype.env), connection) for i in range(tasks.size)]
+        )
+    params += [EventKind.STATE, JobState.PENDING, head, tail, prototype.created_at]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
 
 
-def array_tasks(
-    array: JobArray, tasks: ArrayRequest, spec: dict, base_env: dict, request: Request, key: str, now
-) -> list[Job]:
-    """The array's tasks, not yet saved. The first carries the idempotency key. Made by copying
-    one prototype: a model's constructor, run per task, would cost more than their INSERT."""
-    prototype = Job(tenant=array.tenant, owner=array.owner, array=array, created_at=now, env=base_env, **spec)
-    prototype.seal_secrets(request.secrets)
+def _bulk_create_tasks(prototype: Job, tasks: ArrayRequest, message: str) -> list[int]:
+    """The same through the ORM, for other databases (SQLite, the embedded default)."""
     made = []
     for position, index in enumerate(tasks.indexes):
         job = copy.copy(prototype)  # a fresh _state (adding, no database) comes with it
-        job.uid = uuid.uuid4()
-        job.array_index = index
-        job.env = tasks.env_of(position, base_env)
-        if position == 0 and key:
-            job.idempotency_key, job.idempotency_fingerprint = key, request.digest
+        job.uid, job.array_index, job.env = uuid.uuid4(), index, tasks.env_of(position, prototype.env)
+        if position:
+            job.idempotency_key = job.idempotency_fingerprint = ""
         made.append(job)
-    return made
+    Job.objects.bulk_create(made, batch_size=TASKS_PER_INSERT)
+    JobEvent.objects.bulk_create(
+        (
+            JobEvent(
+                job_id=job.pk,
+                kind=EventKind.STATE,
+                state=JobState.PENDING,
+                message=message.format(index=job.array_index),
+                at=prototype.created_at,
+            )
+            for job in made
+        ),
+        batch_size=TASKS_PER_INSERT,
+    )
+    return [job.pk for job in made]
+
+
+# Rows per INSERT of an array's tasks and events on databases other than PostgreSQL.
+TASKS_PER_INSERT = 2000

@@ -38,8 +38,17 @@ def _job(job_id: int) -> Job | None:
 
 
 def _jobs(job_ids: list[int]) -> list[Job]:
-    """The jobs still there, in the order of `job_ids`."""
-    found = Job.objects.select_related("cluster", "gpu_type", "tenant", "array").in_bulk(job_ids)
+    """The jobs still there, in the order of `job_ids`, with their cluster, GPU type, tenant and
+    array. A batch's jobs share few of those: each is read once and shared (select_related would
+    make one of each per job)."""
+    found = Job.objects.in_bulk(job_ids)
+    for field in ("cluster", "gpu_type", "tenant", "array"):
+        related = Job._meta.get_field(field).related_model
+        ids = {getattr(job, f"{field}_id") for job in found.values()} - {None}
+        shared = related.objects.in_bulk(ids) if ids else {}
+        for job in found.values():
+            if getattr(job, f"{field}_id") in shared:
+                setattr(job, field, shared[getattr(job, f"{field}_id")])
     return [found[pk] for pk in job_ids if pk in found]
 
 

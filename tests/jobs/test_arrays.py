@@ -456,3 +456,43 @@ def test_a_template_keeps_the_array(browser, tenant, h100):
     assert response.status_code == 302
     page = browser.get(response["Location"]).content.decode()
     assert 'value="0-9%2"' in page
+
+
+def test_other_databases_get_the_same_tasks_through_the_orm(tenant, owner, h100, cluster):
+    from django.db import connection
+
+    fields = ["array_index", "env", "state", "gpu_count", "name", "idempotency_key", "created_at"]
+
+    def made(key: str) -> list[tuple]:
+        spec = job_spec(gpu_type=h100, env={"A": "1"})
+        tasks = arrays.parse("", [{"LR": "0.1"}, {"LR": "0.2"}, {}], spec["env"])
+        array, _ = submission.submit_array(
+            tenant=tenant, owner=owner, spec=spec, tasks=tasks, idempotency_key=key
+        )
+        assert array.job_ids == list(array.tasks.order_by("array_index").values_list("pk", flat=True))
+        events = JobEvent.objects.filter(job__array=array).order_by("job__array_index")
+        rows = list(array.tasks.order_by("array_index").values_list(*fields[:-1]))
+        return [
+            (*row, e.message.replace(f"array {array.pk}", "array N"))
+            for row, e in zip(rows, events, strict=True)
+        ]
+
+    one_statement = made("k1")
+    with mock.patch.object(connection, "vendor", "sqlite"):
+        orm = made("k2")
+    assert [row[:5] for row in one_statement] == [row[:5] for row in orm]
+    assert [row[5] for row in one_statement] == ["k1", "", ""] and [row[5] for row in orm] == ["k2", "", ""]
+    assert [row[-1] for row in orm] == [f"Submitted by researcher: task {i} of array N" for i in range(3)]
+    assert [row[-1] for row in one_statement] == [row[-1] for row in orm]
+    assert len(set(Job.objects.values_list("uid", flat=True))) == 6
+
+
+def test_an_array_runs_after_its_dependencies_like_a_job(api, tenant, owner, h100, quotas, make_job):
+    first = make_job(name="prepare")
+    response = api.post(URL, body(array="0-2", after_ok=[first.pk]), format="json")
+    assert response.status_code == 202, response.content
+    array = JobArray.objects.get()
+    assert array.tasks.filter(dependencies__on=first).count() == 3
+    admit_pending()
+    assert set(states(array)) == {"pending"}
+    assert set(array.tasks.values_list("reason", flat=True)) == {f"waiting for job #{first.pk} to succeed"}

@@ -304,11 +304,11 @@ class SlurmAdapter(Adapter):
         held = any(member.pk not in wanted for member in members)
         self.prepare_job_root()
         marker = self.array_marker(array)
-        self.claim_marker(marker)
-        found = self._find_by_comment(self.array_key(array), array.name)  # a dead claimant's
-        if found:
-            marker.write_text(found)
-            return found, False
+        if self.claim_marker(marker):  # a dead dispatcher's: it may have got as far as sbatch
+            found = self._find_by_comment(self.array_key(array), array.name)
+            if found:
+                marker.write_text(found)
+                return found, False
         array_dir = self.array_dir(array)
         indexes = [int(member.array_index) for member in members]
         args = self.sbatch_args(tasks[0], array_dir, output="task-%a.log", key=self.array_key(array))
@@ -330,18 +330,20 @@ class SlurmAdapter(Adapter):
         marker.write_text(external_id)
         return external_id, not held
 
-    def claim_marker(self, marker: Path) -> None:
-        """Make the marker, or take it over from a dispatcher that died holding it. One that is
-        younger than a dispatcher's longest submission is another's, at work now: retry later."""
+    def claim_marker(self, marker: Path) -> bool:
+        """Make the marker, or take it over from a dispatcher that died holding it (returns
+        whether it did). One younger than a dispatcher's longest submission is another's, at work
+        now: retry later."""
         try:
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            return
+            return False
         except FileExistsError:
             pass
         age = time.time() - marker.stat().st_mtime
         if age < 2 * self.connection.command_timeout + 5:
             raise BackendUnavailable("another dispatcher is submitting this array")
         os.utime(marker)
+        return True
 
     @staticmethod
     def array_script(first, members, secrets_dir: Path | None = None) -> str:
