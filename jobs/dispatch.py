@@ -94,7 +94,13 @@ def _dispatch_to_cluster(jobs: list[Job]) -> None:
     cluster = jobs[0].cluster
     adapter = cluster.adapter()
     submitted: list[tuple[Job, str]] = []
-    units = _units(adapter, jobs)
+    try:
+        units = _units(adapter, jobs)  # asks Slurm which arrays it can hold
+    except BackendUnavailable as exc:
+        for job in jobs:
+            job.explain_wait(f"cluster {cluster} is unreachable; retrying ({exc})")
+        _release(jobs)
+        raise
     try:
         for number, (tasks_of, unit) in enumerate(units):
             try:

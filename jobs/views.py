@@ -13,8 +13,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, F, Min, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -51,11 +50,10 @@ def visible_job(request: HttpRequest, pk: int, *, with_queue_position: bool = Fa
 
 def fold_arrays(jobs: QuerySet[Job]) -> QuerySet[Job]:
     """One row per array among these jobs (its first task that matches stands for it), and every
-    other job. One query for the page, whatever the filters."""
-    heads = (
-        jobs.order_by().values(group=Coalesce("array_id", -F("id"))).annotate(head=Min("id")).values("head")
-    )
-    return jobs.filter(pk__in=Subquery(heads))
+    other job, whatever the filters. A task is kept when no earlier task of its array matches:
+    a look-up by the array's index per task on the page, not a grouping of every job."""
+    earlier = jobs.filter(array_id=OuterRef("array_id"), pk__lt=OuterRef("pk"))
+    return jobs.filter(Q(array__isnull=True) | ~Exists(earlier))
 
 
 def array_counts(array_ids) -> dict[int, dict[str, int]]:

@@ -496,3 +496,26 @@ def test_an_array_runs_after_its_dependencies_like_a_job(api, tenant, owner, h10
     admit_pending()
     assert set(states(array)) == {"pending"}
     assert set(array.tasks.values_list("reason", flat=True)) == {f"waiting for job #{first.pk} to succeed"}
+
+
+def test_an_arrays_tasks_wait_admitted_while_slurm_cannot_be_asked(tenant, owner, h100):
+    from factory.adapters import BackendUnavailable
+    from factory.adapters.slurm.cli import SlurmCLI
+    from jobs import lifecycle
+    from jobs.tasks import _jobs
+
+    slurm = Cluster.objects.create(slug="slurm-down", name="Down", kind=ClusterKind.SLURM, region="local")
+    array = make_array(tenant, owner, h100, "0-2")
+    ids = list(array.tasks.order_by("array_index").values_list("pk", flat=True))
+    lifecycle.admit_many({pk: (slurm.pk, "Admitted") for pk in ids})
+    down = BackendUnavailable("Unable to contact slurm controller")
+    with (
+        mock.patch.object(SlurmCLI, "execute", autospec=True, side_effect=down) as execute,
+        pytest.raises(BackendUnavailable),
+    ):
+        dispatch.dispatch_many(_jobs(ids))
+    assert execute.call_args.args[1][:3] == ["scontrol", "show", "config"]  # which arrays Slurm holds
+    assert states(array) == ["admitted"] * 3
+    assert all(
+        "unreachable; retrying" in t.reason and t.dispatch_lease_until is None for t in array.tasks.all()
+    )
