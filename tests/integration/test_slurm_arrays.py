@@ -140,6 +140,15 @@ def test_an_array_is_one_sbatch_each_task_sees_its_index_and_only_the_failing_ta
     ).stdout
     assert "ArrayTaskThrottle=2" in shown  # the limit, %2, is Slurm's too
 
+    from billing import metering
+    from billing.models import UsageRecord
+
+    metering.meter_finished()  # what each task's release meters (its signal runs on commit)
+    lines = {line.job_id: line for line in UsageRecord.objects.filter(job__array=array)}
+    assert sorted(lines) == [t.pk for t in tasks]
+    for task in tasks:
+        assert lines[task.pk].gpu_seconds == int((task.ended_at - task.started_at).total_seconds())
+
 
 def test_a_retried_dispatch_finds_the_array_instead_of_submitting_it_again(make_array, slurm_cluster, tools):
     array = make_array("0-1", "sleep 1")
