@@ -106,14 +106,8 @@ class JobQuerySet(TenantOwnedQuerySet):
                 .values_list("pk", flat=True)
             )
             self.model.objects.filter(pk__in=ids).update(cancel_requested_at=now, cancel_enqueued_at=now)
-            event = self.model._meta.get_field("events").related_model
             states = dict(self.model.objects.filter(pk__in=ids).values_list("pk", "state"))
-            event.objects.bulk_create(
-                event(
-                    job_id=pk, kind=EventKind.INFO, state=states[pk], message=f"Cancel requested{who}", at=now
-                )
-                for pk in ids
-            )
+            self._add_events(ids, EventKind.INFO, states, dict.fromkeys(ids, f"Cancel requested{who}"), now)
         return ids
 
     def explain_waits(self, reasons: dict[int, str]) -> list[int]:
@@ -136,18 +130,9 @@ class JobQuerySet(TenantOwnedQuerySet):
                 [now, ids, texts, list(AT_BACKEND_STATES)],
             )
             changed = dict(cursor.fetchall())
-            event = self.model._meta.get_field("events").related_model
-            event.objects.bulk_create(
-                event(
-                    job_id=pk,
-                    kind=EventKind.REASON,
-                    state=changed[pk],
-                    message=f"Waiting: {reasons[pk]}"[:1000],
-                    at=now,
-                )
-                for pk in ids
-                if pk in changed
-            )
+            waited = [pk for pk in ids if pk in changed]
+            messages = {pk: f"Waiting: {reasons[pk]}" for pk in waited}
+            self._add_events(waited, EventKind.REASON, changed, messages, now)
         return [pk for pk in ids if pk in changed]
 
     def _move_many(
@@ -161,51 +146,89 @@ class JobQuerySet(TenantOwnedQuerySet):
         **fields,
     ) -> list[int]:
         """Move the jobs of `messages` that are still in `source` (and in the attempt `attempts`
-        gives, if any) to `target`, in their order: one locking read, one UPDATE (per_job: a value
-        per job for a field) and one INSERT of their events ({job id: message}). Returns the ids
-        moved."""
+        gives, if any) to `target`, in their order: one conditional UPDATE (per_job: a value per
+        job for a field; on PostgreSQL from unnest() of the ids and those values) and one INSERT
+        of their events ({job id: message}). Returns the ids moved."""
         if not messages:
             return []
         now = timezone.now()
         with transaction.atomic(savepoint=False):
-            still = {
-                pk
-                for pk, attempt in self.model.objects.filter(pk__in=list(messages), state=source)
-                .select_for_update()
-                .values_list("pk", "attempt")
-                if attempts is None or attempts[pk] == attempt
-            }
+            if connection.vendor == "postgresql":
+                still = self._update_each(list(messages), source, target, now, per_job, attempts, fields)
+            else:
+                still = {
+                    pk
+                    for pk, attempt in self.model.objects.filter(pk__in=list(messages), state=source)
+                    .select_for_update()
+                    .values_list("pk", "attempt")
+                    if attempts is None or attempts[pk] == attempt
+                }
+                if still:
+                    self.model.objects.filter(pk__in=still).update(state=target, updated_at=now, **fields)
+                    for name, (by_job, field) in per_job.items():
+                        case = models.Case(
+                            *(models.When(pk=pk, then=models.Value(by_job[pk])) for pk in still),
+                            output_field=field,
+                        )
+                        self.model.objects.filter(pk__in=still).update(**{name: case})
             moved = [pk for pk in messages if pk in still]
-            if not moved:
-                return []
-            self.model.objects.filter(pk__in=moved).update(state=target, updated_at=now, **fields)
-            for name, (by_job, field) in per_job.items():
-                self._set_each(moved, name, by_job, field)
-            event = self.model._meta.get_field("events").related_model
-            event.objects.bulk_create(
-                event(job_id=pk, kind=EventKind.STATE, state=target, message=messages[pk][:1000], at=now)
-                for pk in moved
-            )
+            self._add_events(moved, EventKind.STATE, dict.fromkeys(moved, target), messages, now)
         return moved
 
-    def _set_each(self, ids: list[int], name: str, by_job: dict[int, object], field: models.Field) -> None:
-        """Set a field to a value of each job's own: on PostgreSQL one UPDATE from unnest() of
-        the ids and values (a CASE of a branch per job costs more than the rest of a large batch),
-        elsewhere with that CASE."""
-        if connection.vendor != "postgresql":
-            case = models.Case(
-                *(models.When(pk=pk, then=models.Value(by_job[pk])) for pk in ids), output_field=field
-            )
-            self.model.objects.filter(pk__in=ids).update(**{name: case})
-            return
-        column = self.model._meta.get_field(name)
-        quote = connection.ops.quote_name
+    def _update_each(self, ids, source, target, now, per_job, attempts, fields) -> set[int]:
+        """_move_many's UPDATE on PostgreSQL: every job's new row in one statement, its own values
+        from unnest() (a CASE with a branch per job, evaluated for each row, costs more than the
+        rest of a large batch), the condition (still in `source`, in the attempt) in its WHERE.
+        Returns the ids it moved."""
+        meta, quote = self.model._meta, connection.ops.quote_name
+        shared = {"state": target, "updated_at": now, **fields}
+        sets = [
+            f"{quote(meta.get_field(name).column)} = CAST(%s AS {meta.get_field(name).db_type(connection)})"
+            for name in shared
+        ]
+        params: list = [
+            meta.get_field(name).get_db_prep_save(value, connection) for name, value in shared.items()
+        ]
+        columns, arrays = ["id", "attempt"], ["%s::bigint[]", "%s::integer[]"]
+        values: list = [ids, [attempts[pk] for pk in ids] if attempts is not None else [None] * len(ids)]
+        for number, name in enumerate(per_job):
+            by_job, field = per_job[name][0], meta.get_field(name)
+            sets.append(f"{quote(field.column)} = u.v{number}")
+            columns.append(f"v{number}")
+            arrays.append(f"%s::{field.db_type(connection)}[]")
+            values.append([by_job[pk] for pk in ids])
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {quote(self.model._meta.db_table)} AS j SET {quote(column.column)} = u.value "
-                f"FROM unnest(%s::bigint[], %s::{column.db_type(connection)}[]) AS u(id, value) "
-                "WHERE j.id = u.id",
-                [ids, [by_job[pk] for pk in ids]],
+                f"UPDATE {quote(meta.db_table)} AS j SET {', '.join(sets)} "
+                f"FROM unnest({', '.join(arrays)}) AS u({', '.join(columns)}) "
+                "WHERE j.id = u.id AND j.state = %s AND (u.attempt IS NULL OR j.attempt = u.attempt) "
+                "RETURNING j.id",
+                [*params, *values, source],
+            )
+            return {row[0] for row in cursor.fetchall()}
+
+    def _add_events(
+        self, ids: list[int], kind: str, states: dict[int, str], messages: dict[int, str], at
+    ) -> None:
+        """An event for each of these jobs (in their order), in one INSERT: from unnest() of the
+        values on PostgreSQL, through bulk_create elsewhere."""
+        if not ids:
+            return
+        event = self.model._meta.get_field("events").related_model
+        if connection.vendor != "postgresql":
+            event.objects.bulk_create(
+                event(job_id=pk, kind=kind, state=states[pk], message=messages[pk][:1000], at=at)
+                for pk in ids
+            )
+            return
+        table = connection.ops.quote_name(event._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (job_id, kind, state, message, at) "
+                "SELECT u.job_id, %s, u.state, u.message, %s "
+                "FROM unnest(%s::bigint[], %s::text[], %s::text[]) WITH ORDINALITY "
+                "AS u(job_id, state, message, n) ORDER BY u.n",
+                [kind, at, ids, [states[pk] for pk in ids], [messages[pk][:1000] for pk in ids]],
             )
 
 
