@@ -469,6 +469,10 @@ FACTORY_DISPATCH_MAX_FAILURES = env_int("FACTORY_DISPATCH_MAX_FAILURES", 5)
 # is still split over this many tasks, so that several worker processes take part.
 FACTORY_DISPATCH_BATCH = env_int("FACTORY_DISPATCH_BATCH", 16)
 FACTORY_DISPATCH_SPREAD = env_int("FACTORY_DISPATCH_SPREAD", 4)
+# The most tasks one submission of an array or a sweep may make.
+FACTORY_MAX_ARRAY_TASKS = env_int("FACTORY_MAX_ARRAY_TASKS", 10_000)
+if FACTORY_MAX_ARRAY_TASKS < 1:
+    raise ImproperlyConfigured("FACTORY_MAX_ARRAY_TASKS must be at least 1")
 # The local backend runs jobs on the portal's own host, next to its database and secrets: it runs
 # only with DEBUG on, or with this set on a host given over to it.
 FACTORY_ALLOW_LOCAL_BACKEND = env_bool("FACTORY_ALLOW_LOCAL_BACKEND", False)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -84,6 +84,64 @@ class JobQuerySet(TenantOwnedQuerySet):
             submitted_at=timezone.now(),
         )
 
+    def cancel_waiting(self, reason: str) -> list[int]:
+        """End the pending jobs among these as cancelled, in a fixed number of statements (the
+        edge Job.cancel_before_backend takes one by one). A pending job holds nothing, so nothing
+        is released. Returns the ids cancelled."""
+        ids = list(self.filter(state=JobState.PENDING).values_list("pk", flat=True))
+        message = f"{JobState.PENDING.label} → {JobState.CANCELLED.label}: {reason}"
+        return self._move_many(
+            JobState.PENDING,
+            JobState.CANCELLED,
+            dict.fromkeys(ids, message),
+            per_job={},
+            reason=reason[:500],
+            ended_at=timezone.now(),
+        )
+
+    def request_backend_cancel(self, who: str = "") -> list[int]:
+        """Record, once each, that the backend must stop these jobs (those at their backend, or
+        claimed by a dispatcher): Job.request_backend_cancel for many, in a fixed number of
+        statements. Returns the ids newly asked."""
+        maybe_there = models.Q(state=JobState.ADMITTED) & ~models.Q(dispatch_claim="")
+        now = timezone.now()
+        with transaction.atomic(savepoint=False):
+            ids = list(
+                self.filter(cancel_requested_at__isnull=True)
+                .filter(models.Q(state__in=AT_BACKEND_STATES) | maybe_there)
+                .select_for_update()
+                .values_list("pk", flat=True)
+            )
+            self.model.objects.filter(pk__in=ids).update(cancel_requested_at=now, cancel_enqueued_at=now)
+            states = dict(self.model.objects.filter(pk__in=ids).values_list("pk", "state"))
+            self._add_events(ids, EventKind.INFO, states, dict.fromkeys(ids, f"Cancel requested{who}"), now)
+        return ids
+
+    def explain_waits(self, reasons: dict[int, str]) -> list[int]:
+        """Job.explain_wait for many jobs queued at their backend ({job id: why it waits}): the
+        reason of each whose reason changed, and a REASON event each, in two statements on
+        PostgreSQL. Returns the ids changed."""
+        if not reasons:
+            return []
+        if connection.vendor != "postgresql":
+            jobs = self.model.objects.filter(pk__in=list(reasons))
+            return [job.pk for job in jobs if job.explain_wait(reasons[job.pk])]
+        now = timezone.now()
+        quote = connection.ops.quote_name
+        ids, texts = list(reasons), [reasons[pk][:500] for pk in reasons]
+        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {quote(self.model._meta.db_table)} AS j SET reason = u.reason, updated_at = %s "
+                "FROM unnest(%s::bigint[], %s::text[]) AS u(id, reason) "
+                "WHERE j.id = u.id AND j.state = ANY(%s) AND j.reason <> u.reason RETURNING j.id, j.state",
+                [now, ids, texts, list(AT_BACKEND_STATES)],
+            )
+            changed = dict(cursor.fetchall())
+            waited = [pk for pk in ids if pk in changed]
+            messages = {pk: f"Waiting: {reasons[pk]}" for pk in waited}
+            self._add_events(waited, EventKind.REASON, changed, messages, now)
+        return [pk for pk in ids if pk in changed]
+
     def _move_many(
         self,
         source: str,
@@ -124,6 +182,40 @@ class JobQuerySet(TenantOwnedQuerySet):
                 {"kind": EventKind.STATE, "state": target, "at": now},
             )
         return moved
+
+    def _add_events(
+        self, ids: list[int], kind: str, states: dict[int, str], messages: dict[int, str], at
+    ) -> None:
+        """An event for each of these jobs (in their order), in one INSERT."""
+        bulk.insert_many(
+            self.model._meta.get_field("events").related_model,
+            {
+                "job_id": ids,
+                "state": [states[pk] for pk in ids],
+                "message": [messages[pk][:1000] for pk in ids],
+            },
+            {"kind": kind, "at": at},
+        )
+
+
+class JobArrayQuerySet(TenantOwnedQuerySet):
+    def cancellable_by(self, user) -> JobArrayQuerySet:
+        """As for jobs: the owner, the tenant's admins, platform admins."""
+        if user.is_staff:
+            return self
+        return self.filter(
+            models.Q(owner=user)
+            | models.Q(tenant__memberships__user=user, tenant__memberships__role=Role.ADMIN)
+        )
+
+    def with_counts(self) -> JobArrayQuerySet:
+        """Annotate each array with its tasks in each state (`n_<state>`), in one query."""
+        return self.annotate(
+            **{
+                f"n_{state}": models.Count("tasks", filter=models.Q(tasks__state=state))
+                for state in JobState.values
+            }
+        )
 
 
 class JobTemplateQuerySet(models.QuerySet):

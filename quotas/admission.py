@@ -22,6 +22,11 @@ Rules (see Quota and Budget):
   is skipped, so smaller jobs behind it can go;
 - dependencies: a job that runs after others waits, outside the order, until they ended as it
   asked (jobs/dependencies.py);
+- placement asked for: a job asked to run on one cluster or in one region goes only there;
+- arrays: each task is a job like any other (quotas, budgets and fair share count each), but at
+  most the array's `max_running` hold GPUs at once, and all go to the cluster its first admitted
+  task went to while that cluster accepts jobs (where Slurm holds them as one job array). Tasks of
+  one array ask for the same: once one waits in a round, the rest wait for the same reason;
 - reclaim: a job within its tenant's nominal quota that finds no room preempts the newest jobs
   running on borrowed GPUs (never to serve a borrower).
 """
@@ -51,7 +56,7 @@ from factory.shapes import NodeShape, PoolNodes
 from fleet.capacity import out_of_service
 from jobs import dependencies, lifecycle
 from jobs.choices import HOLDING_STATES, JobState
-from jobs.models import Job
+from jobs.models import Job, JobArray
 
 from . import metrics
 from .models import Budget, Quota, Reservation
@@ -136,6 +141,9 @@ class PendingJob:
     gpus_per_node: int = 0
     cpus: int | None = None
     memory_gb: int | None = None
+    array_id: int | None = None
+    requested_cluster_id: int | None = None
+    requested_region: str = ""
 
     def __post_init__(self) -> None:
         if not self.gpus_per_node:  # a one-node job described by its GPU count alone
@@ -230,6 +238,24 @@ class Snapshot:
             {t: b for t, b in budgets.items() if b.hard and b.amount_per_month is not None}, self.month
         )
         self._tally_lending()
+        # Arrays with tasks in this pass: their limit, their cluster, their tasks holding GPUs.
+        self.array_limits: dict[int, int | None] = {}
+        self.array_clusters: dict[int, int | None] = {}
+        self.array_holding: Counter[int] = Counter()
+        self.pinned: dict[int, int] = {}  # arrays this pass placed first: {array id: cluster id}
+        self._array_waits: dict[tuple[int, bool], str] = {}
+
+    def load_arrays(self, jobs: Iterable[PendingJob]) -> None:
+        """What the pass needs of the arrays these jobs are tasks of (two queries, none without)."""
+        ids = {job.array_id for job in jobs if job.array_id is not None}
+        if not ids:
+            return
+        for pk, limit, cluster_id in JobArray.objects.filter(pk__in=ids).values_list(
+            "pk", "max_running", "cluster_id"
+        ):
+            self.array_limits[pk], self.array_clusters[pk] = limit, cluster_id
+        holding = Job.objects.filter(array_id__in=ids, state__in=HOLDING_STATES).values_list("array_id")
+        self.array_holding.update(dict(holding.annotate(n=models.Count("id")).values_list("array_id", "n")))
 
     @staticmethod
     def _occupy_nodes(pool_index: dict[tuple[int, int], PoolState]) -> None:
@@ -296,6 +322,9 @@ class Snapshot:
     def decide(self, job: PendingJob, *, may_borrow: bool = True) -> Decision:
         gpu = self.gpu_types.get(job.gpu_type_id, "this GPU type")
         tenant = self.tenants[job.tenant_id]
+        limit = self.array_limits.get(job.array_id) if job.array_id is not None else None
+        if limit is not None and self.array_holding[job.array_id] >= limit:
+            return Decision(None, f"array limit: {limit} of its tasks at once")
         quota = self.quotas.get((job.tenant_id, job.gpu_type_id))
         if quota is None:
             return Decision(None, f"tenant {tenant.slug} has no {gpu} quota")
@@ -342,13 +371,39 @@ class Snapshot:
         return [p for p in self.resident_pools(job) if not self.refusal(p, job)]
 
     def resident_pools(self, job: PendingJob) -> list[PoolState]:
-        """Pools of the job's GPU type accepting jobs in the regions its tenant may use."""
+        """Pools of the job's GPU type accepting jobs in the regions its tenant may use, and where
+        its owner asked it to run; a task of an array, on its array's cluster while that one
+        accepts jobs."""
         regions = self.tenants[job.tenant_id].regions
-        return [
+        pools = [
             p
             for p in self.pools.get(job.gpu_type_id, ())
-            if p.accepts_jobs and (not regions or p.region in regions)
+            if p.accepts_jobs
+            and (not regions or p.region in regions)
+            and job.requested_cluster_id in (None, p.cluster_id)
+            and job.requested_region in ("", p.region)
         ]
+        if job.array_id is not None:
+            home = self.array_clusters.get(job.array_id) or self.pinned.get(job.array_id)
+            if home is not None and any(p.cluster_id == home for p in pools):
+                return [p for p in pools if p.cluster_id == home]
+        return pools
+
+    def where(self, job: PendingJob) -> str:
+        """Where the job may run, in words: " in region eu-west", " named slurm-a", ""."""
+        if job.requested_cluster_id is not None:
+            slug = next(
+                (
+                    p.cluster
+                    for ps in self.pools.values()
+                    for p in ps
+                    if p.cluster_id == job.requested_cluster_id
+                ),
+                f"#{job.requested_cluster_id}",
+            )
+            return f" {slug} (asked for)"
+        regions = [job.requested_region] if job.requested_region else self.tenants[job.tenant_id].regions
+        return f" in region {', '.join(regions)}" if regions else ""
 
     def refusal(self, pool: PoolState, job: PendingJob) -> str:
         """Why the pool's cluster would not run this job at all; "" if it would."""
@@ -363,15 +418,13 @@ class Snapshot:
 
     def place(self, job: PendingJob, borrowed: int) -> Decision:
         gpu = self.gpu_types.get(job.gpu_type_id, "GPU")
-        regions = self.tenants[job.tenant_id].regions
         pools = self.allowed_pools(job)
         if not pools:
             resident = self.resident_pools(job)
             if resident:
                 reasons = dict.fromkeys(self.refusal(p, job) for p in resident)
                 return Decision(None, f"no cluster with {gpu} GPUs would run it: {'; '.join(reasons)}")
-            where = f" in region {', '.join(regions)}" if regions else ""
-            return Decision(None, f"no cluster{where} accepting jobs has {gpu} GPUs")
+            return Decision(None, f"no cluster{self.where(job)} accepting jobs has {gpu} GPUs")
         pools = [p for p in pools if p.could_run(job, gpu)]
         if not pools:
             return Decision(None, f"no cluster accepting jobs has {_shape(job, gpu)} nodes")
@@ -382,7 +435,7 @@ class Snapshot:
             reclaim = self.reclaim(job, pools)
             if reclaim is not None:
                 return reclaim
-        where = f"allowed cluster in region {', '.join(regions)}" if regions else "cluster"
+        where = f"allowed cluster{self.where(job)}" if self.where(job) else "cluster"
         best = max(pools, key=lambda p: (p.nodes.nodes_with(job.gpus_per_node), p.free))
         usage = f"{best.used} of {best.capacity} in use on {best.cluster}"
         if job.nodes > 1 or best.free >= job.gpu_count:
@@ -452,6 +505,10 @@ class Snapshot:
         self._use(job.tenant_id, job.gpu_type_id, job.owner_id, job.gpu_count)
         decision.pool.used += job.gpu_count
         decision.pool.nodes.take(job.nodes, job.gpus_per_node, decision.domain)
+        if job.array_id is not None:
+            self.array_holding[job.array_id] += 1
+            if self.array_clusters.get(job.array_id) is None:
+                self.pinned.setdefault(job.array_id, decision.pool.cluster_id)
         if job.tenant_id in self.budget_left:
             self.budget_left[job.tenant_id] -= job.gpu_hours
         self.money.spend(job)
@@ -601,6 +658,7 @@ def admit_pending() -> PassResult:
         held_back = dependencies.resolve()  # jobs waiting for others to end, as they said
         snapshot = Snapshot()
         pending = pending_jobs()
+        snapshot.load_arrays(pending)
         waiting: dict[int, str] = {
             job.id: held_back[job.id]
             for job in pending
@@ -620,11 +678,18 @@ def admit_pending() -> PassResult:
 def decide_and_admit(
     snapshot: Snapshot, job: PendingJob, result: PassResult, waiting: dict[int, str], *, may_borrow: bool
 ) -> bool:
-    """Decide one job and act on it; False when it must wait for the borrowing round."""
+    """Decide one job and act on it; False when it must wait for the borrowing round. The tasks of
+    an array ask for the same, so once one must wait in a round, the rest wait for its reason."""
     started = time.perf_counter()
-    decision = snapshot.decide(job, may_borrow=may_borrow)
+    same = (job.array_id, may_borrow) if job.array_id is not None else None
+    if same in snapshot._array_waits:
+        decision = Decision(None, snapshot._array_waits[same])
+    else:
+        decision = snapshot.decide(job, may_borrow=may_borrow)
     if decision.needs_borrowing:
         return False
+    if decision.pool is None and same is not None:
+        snapshot._array_waits[same] = decision.reason
     if decision.pool is None:
         if decision.reason != job.reason:
             waiting[job.id] = decision.reason
@@ -666,6 +731,8 @@ def write_admissions(snapshot: Snapshot) -> int:
         {"month": snapshot.month},
     )
     metrics.observe_admissions(jobs)
+    for array_id, cluster_id in snapshot.pinned.items():
+        JobArray.objects.filter(pk=array_id, cluster__isnull=True).update(cluster_id=cluster_id)
     return len(admitted)
 
 

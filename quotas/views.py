@@ -136,7 +136,7 @@ def job_estimate(request: HttpRequest) -> HttpResponse:
     result, problem = None, ""
     if request.method == "POST" and form.is_valid():
         try:
-            result = estimate.estimate(form.cleaned_data["tenant"], request.user, form.cleaned_data)
+            result = estimate.estimate(form.cleaned_data["tenant"], request.user, form.spec())
         except ValidationError as exc:
             problem = " ".join(exc.messages)
     elif form.errors:

@@ -84,6 +84,7 @@ class BudgetEffectSerializer(serializers.Serializer):
 class EstimateSerializer(serializers.Serializer):
     """What a job would cost and how long it would wait; see quotas/estimate.py for how."""
 
+    tasks = serializers.IntegerField(help_text="Jobs the submission makes: 1, or an array's tasks.")
     gpu_hours = serializers.DecimalField(max_digits=14, decimal_places=4)
     price_per_gpu_hour = serializers.DecimalField(max_digits=14, decimal_places=4)
     currency = serializers.CharField()

@@ -20,13 +20,22 @@ import time
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from ..base import POSIX_USERNAME, BackendError, BackendUnavailable, JobRejected, PoolHealth
+from ..base import (
+    POSIX_USERNAME,
+    BackendError,
+    BackendUnavailable,
+    BadIndexes,
+    JobRejected,
+    PoolHealth,
+    expand_indexes,
+)
 
 log = logging.getLogger(__name__)
 
 # A name that can be an option value of the tools (partition, account, GPU type, cluster).
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CONFIG_CACHE_SECONDS = 300
+DEFAULT_MAX_ARRAY_SIZE = 1001
 _CONFIG: dict[str, tuple[dict[str, str], float]] = {}
 # What the CLI tools themselves may see of the worker's environment (never its secrets).
 CLI_ENV_KEYS = ("PATH", "SLURM_CONF", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME")
@@ -137,6 +146,11 @@ class SlurmCLI:
         """Whether slurmdbd keeps accounting (sacct works)."""
         return self.controller_config()["AccountingStorageType"] != "accounting_storage/none"
 
+    def max_array_size(self) -> int:
+        """Array indexes must be below this (MaxArraySize, 1001 unless the site sets it)."""
+        value = self.controller_config().get("MaxArraySize", "")
+        return int(value) if value.isdigit() else DEFAULT_MAX_ARRAY_SIZE
+
     def controller_config(self) -> dict[str, str]:
         """What the portal needs of the controller's config, read with `scontrol show config` and
         remembered per cluster for a while, since an adapter lives for one task or sync."""
@@ -146,7 +160,7 @@ class SlurmCLI:
         out = self.run(["scontrol", "show", "config"])  # unreachable controller: unknown, not "no"
         config = {
             key: match[1]
-            for key in ("AccountingStorageType", "ClusterName")
+            for key in ("AccountingStorageType", "ClusterName", "MaxArraySize")
             if (match := re.search(rf"^{key}\s*=\s*(\S+)", out, re.MULTILINE))
         }
         if "AccountingStorageType" not in config:
@@ -184,6 +198,30 @@ def job_state(entry: dict) -> str:
     if isinstance(state, list):  # newer Slurm gives a list of flags
         state = state[0] if state else ""
     return str(state).upper()
+
+
+def number(value) -> int | None:
+    """A number of squeue --json, plain or (newer Slurm) {"set": true, "number": ...}."""
+    if isinstance(value, dict):
+        value = value.get("number") if value.get("set", True) else None
+    return None if value is None else int(value)
+
+
+def job_keys(entry: dict) -> list[str]:
+    """The ids the portal knows an entry of squeue --json by: a job's id, an array task's
+    "<array job id>_<index>", or for the record of an array's tasks not started yet, each of
+    theirs ("array_task_string" says which: "2-999%50")."""
+    array_job = number(entry.get("array_job_id"))
+    if not array_job:
+        return [str(entry["job_id"])]
+    task = number(entry.get("array_task_id"))
+    if task is not None:
+        return [f"{array_job}_{task}"]
+    waiting = str(entry.get("array_task_string") or "").partition("%")[0]
+    try:
+        return [f"{array_job}_{index}" for index in expand_indexes(waiting)] if waiting else []
+    except BadIndexes:
+        return []
 
 
 def epoch(value) -> datetime | None:
@@ -359,22 +397,26 @@ def node_info(text: str) -> dict[str, str]:
 
 
 _JOB_ID = re.compile(r"(?:^|\s)JobId=(\d+)")
+_ARRAY_TASK = re.compile(r"(?:^|\s)ArrayJobId=(\d+) ArrayTaskId=(\d+)")
 _JOB_STATE = re.compile(r"(?:^|\s)JobState=(\S+)")
 _NODE_GRES = re.compile(r"(?:^|\s)Nodes=(\S+) CPU_IDs=\S+ Mem=\S+ GRES=(\S*)")
 
 
 def job_gpu_indexes(text: str) -> dict[tuple[str, int], str]:
     """{(node, GPU index): job id} of running jobs, from `scontrol show job -d --oneliner`, whose
-    detail lines say `Nodes=gpu1 CPU_IDs=0-3 Mem=0 GRES=gpu:h100:2(IDX:0-1)`."""
+    detail lines say `Nodes=gpu1 CPU_IDs=0-3 Mem=0 GRES=gpu:h100:2(IDX:0-1)`. A task of an array
+    is named as the portal knows it: "<array job id>_<index>"."""
     found: dict[tuple[str, int], str] = {}
     for line in text.splitlines():
         job, state = _JOB_ID.search(line), _JOB_STATE.search(line)
         if not job or not state or state[1] != "RUNNING":
             continue
+        task = _ARRAY_TASK.search(line)
+        name = f"{task[1]}_{task[2]}" if task else job[1]
         for nodes, gres in _NODE_GRES.findall(line):
             for index in _gres_indexes(gres):
                 for node in expand_hostlist(nodes):
-                    found[node, index] = job[1]
+                    found[node, index] = name
     return found
 
 
