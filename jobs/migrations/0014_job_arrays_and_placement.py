@@ -13,7 +13,7 @@ import jobs.validators
 class Migration(migrations.Migration):
     dependencies = [
         ("factory", "0010_gang_jobs"),
-        ("jobs", "0012_gang_jobs"),
+        ("jobs", "0013_job_topology_domain"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
