@@ -248,7 +248,10 @@ def ingest(cluster: Cluster, results: list[NodeResult], now: datetime, report: C
                 log.warning("GPU exporter of %s: %s", result.node, problem)
                 metrics.scrape_error(cluster.slug, "bad series")
     report.failed_nodes = len(failed)
-    gpus = {g.uuid: g for g in Gpu.objects.filter(cluster=cluster, node_id__in=node_ids)}
+    loaded = Gpu.objects.filter(cluster=cluster, node_id__in=node_ids).only(
+        "node", "uuid", "index", *GPU_SAMPLE_FIELDS
+    )
+    gpus = {g.uuid: g for g in loaded}
     _add_new_gpus(cluster, ok_nodes, gpus)
     job_map = JobMap(cluster)
     energy = _energy_rows(cluster, gpus, node_ids)
@@ -377,6 +380,7 @@ def _energy_rows(
     job_ids = {g.job_id for g in gpus.values() if g.job_id}
     active = Job.objects.filter(cluster=cluster, state__in=AT_BACKEND_STATES).values_list("pk", flat=True)
     rows = JobGpuEnergy.objects.filter(job_id__in=job_ids | set(active), gpu__node_id__in=node_ids)
+    rows = rows.only("job", "attempt", "gpu_uuid", *ENERGY_FIELDS)
     return {(r.job_id, r.attempt, r.gpu_uuid): r for r in rows}
 
 
