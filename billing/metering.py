@@ -478,6 +478,7 @@ class JobCost:
     amounts: dict[str, Decimal]  # per currency, priced parts only: other currencies are other money
     energy_kwh: Decimal
     co2e_kg: Decimal
+    energy_measured: bool = False  # by the GPUs' own counters, not board power × time
 
 
 def live_cost(job: Job, now: datetime | None = None, pricing: Pricing | None = None) -> JobCost:
@@ -497,4 +498,5 @@ def live_cost(job: Job, now: datetime | None = None, pricing: Pricing | None = N
         amounts=amounts,
         energy_kwh=sum((line.energy_kwh for line in lines), ZERO),
         co2e_kg=sum((line.co2e_kg for line in lines), ZERO),
+        energy_measured=bool(lines) and all(line.energy_measured for line in lines),
     )

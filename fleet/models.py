@@ -16,15 +16,24 @@ from .choices import Health
 
 
 class ClusterTelemetry(models.Model):
-    """How often a cluster's exporters are scraped, and when they last were."""
+    """How often a cluster's exporters are scraped, and when they last were. A big cluster's cycle
+    runs as several tasks, a shard of its nodes each (fleet.tasks): `shards_pending` counts those
+    not done yet, and the last one done says how long the whole cycle took."""
 
     cluster = models.OneToOneField(Cluster, on_delete=models.CASCADE, related_name="telemetry")
     enabled = models.BooleanField(default=True)
     interval_seconds = models.FloatField(
         null=True, blank=True, help_text="Seconds between scrapes; empty: FACTORY_TELEMETRY_INTERVAL."
     )
-    scraped_at = models.DateTimeField(null=True, blank=True, editable=False)
+    scraped_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Its last cycle's start."
+    )
     cycle_seconds = models.FloatField(null=True, blank=True, editable=False)
+    shards_pending = models.PositiveIntegerField(default=0, editable=False)
+    # The cluster's GPU energy on one UTC day, summed cycle by cycle: the fleet page's "energy
+    # today" without summing a day of minute rollups (8,000 GPUs × 1,440 minutes).
+    energy_day = models.DateField(null=True, blank=True, editable=False)
+    energy_day_mj = models.BigIntegerField(default=0, editable=False)
 
     class Meta:
         verbose_name_plural = "cluster telemetry"

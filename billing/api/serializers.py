@@ -74,6 +74,7 @@ class UsageRecordSerializer(serializers.ModelSerializer):
             "currency",
             "amount",
             "energy_kwh",
+            "energy_measured",
             "co2e_kg",
             "note",
             "corrects",

@@ -34,6 +34,7 @@ Files, under `<job root>/<cluster slug>/` (0711: owners pass through it to their
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import pwd
 import re
@@ -69,8 +70,10 @@ from ..base import (
 from .accounts import SlurmAccounts
 from .cli import (
     NODE_FIELDS,
+    NODE_NOT_OURS,
     SAFE_TOKEN,
     SlurmCLI,
+    classify_error,
     epoch,
     expand_hostlist,
     gpu_capacity,
@@ -83,9 +86,12 @@ from .cli import (
     node_switches,
     number,
     sacct_exit_code,
+    slurm_reason,
     wait_status,
 )
 from .connection import SlurmConnection
+
+log = logging.getLogger(__name__)
 
 JOB_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 COMMENT_PREFIX = "aif:"
@@ -547,7 +553,7 @@ class SlurmAdapter(Adapter):
             DRAIN_REASON_PREFIX
         ):
             return  # drained by an operator already: their reason stays
-        self.cli.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"])
+        self._update_node(node, "drain", slurm_reason(reason))
 
     def resume(self, target: DrainTarget) -> bool:
         """Resume the node only if the portal drained it (its reason starts with "factory:")."""
@@ -558,7 +564,25 @@ class SlurmAdapter(Adapter):
             return True
         if not reason.startswith(DRAIN_REASON_PREFIX):
             return False
-        self.cli.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"])
+        return self._update_node(node, "resume")
+
+    def _update_node(self, node: str, action: str, reason: str = "") -> bool:
+        """Drain or resume through the site's node-state helper, run as a Slurm administrator (the
+        worker is none; the sudo rule lets it run that one program so); without a helper, with
+        scontrol as the worker itself. False: an operator drained the node meanwhile (the helper
+        checks again, and leaves such a node alone)."""
+        helper = self.connection.node_state_helper
+        if not helper:
+            state = ["State=DRAIN", f"Reason={reason}"] if action == "drain" else ["State=RESUME"]
+            self.cli.run(["scontrol", "update", f"NodeName={node}", *state])
+            return True
+        argv = [helper, action, node, *([reason] if action == "drain" else [])]
+        result = self.cli.run_as_admin(argv, self.connection.node_state_user)
+        if result.returncode == NODE_NOT_OURS:
+            log.info("%s on %s: %s", action, node, result.stderr.strip())
+            return False
+        if result.returncode != 0:
+            raise classify_error("scontrol", result.stderr or result.stdout)
         return True
 
     def gpu_jobs(self) -> dict[tuple[str, int], str]:

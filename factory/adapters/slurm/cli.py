@@ -4,8 +4,10 @@ The portal's workers act as a Slurm submit host (munge-authenticated CLI). Every
 argument list, never a shell string, run with only the harmless part of the worker's environment;
 a failure is either the request's fault (JobRejected) or an outage to retry (BackendUnavailable).
 What acts for a job's owner (sbatch, scancel, the job directory helper) runs as that owner through
-`sudo -n -u <owner>`, which the site's sudo rule allows for exactly those programs; the rest
-(squeue, sacct, scontrol, sinfo, sacctmgr) runs as the worker itself.
+`sudo -n -u <owner>`, which the site's sudo rule allows for exactly those programs; draining and
+resuming nodes runs the node-state helper through `sudo -n -u <SlurmUser or root>`, which the rule
+allows for that one program; the rest (squeue, sacct, scontrol, sinfo, sacctmgr) runs as the
+worker itself.
 """
 
 from __future__ import annotations
@@ -85,17 +87,37 @@ class SlurmCLI:
             raise classify_error(argv[0], result.stderr or result.stdout)
         return result.stdout
 
+    def run_as_admin(self, argv: list[str], user: str) -> subprocess.CompletedProcess:
+        """Run the site's node-state helper as a Slurm administrator (`user`: SlurmUser or root)
+        through the sudo rule that allows exactly it. Answers how it ended when the helper ran;
+        raises when sudo would not run it."""
+        result = self.execute(argv, sudo_as=user)
+        refusal = sudo_refusal(result.stderr) if result.returncode != 0 else ""
+        if refusal:
+            raise BackendError(f"sudo may not run {argv[0]} as {user}: {refusal}")
+        return result
+
     def execute(
-        self, argv: list[str], *, stdin: str | None = None, as_user: str | None = None
+        self,
+        argv: list[str],
+        *,
+        stdin: str | None = None,
+        as_user: str | None = None,
+        sudo_as: str | None = None,
     ) -> subprocess.CompletedProcess:
-        """Run one tool, as the worker or (through sudo) as the POSIX user `as_user`, and answer
-        with how it ended, whatever that was: the one I/O seam."""
+        """Run one tool, as the worker or (through sudo) as the POSIX user `as_user` (a job's
+        owner) or `sudo_as` (an administrator, for the node-state helper), and answer with how it
+        ended, whatever that was: the one I/O seam."""
         command = [self.program(argv[0]), *argv[1:]]
         if as_user is not None:
             if not POSIX_USERNAME.fullmatch(as_user) or as_user == "root":
                 raise JobRejected(f"{as_user!r} is not a POSIX user jobs may run as")
+            sudo_as = as_user
+        if sudo_as is not None:
+            if not POSIX_USERNAME.fullmatch(sudo_as):
+                raise BackendError(f"{sudo_as!r} is not a POSIX user name")
             # -n: fail rather than wait for a password when the rule does not allow it.
-            command = ["sudo", "-n", "-u", as_user, "--", *command]
+            command = ["sudo", "-n", "-u", sudo_as, "--", *command]
         env = {k: os.environ[k] for k in CLI_ENV_KEYS if k in os.environ}
         try:
             return subprocess.run(
@@ -381,6 +403,16 @@ def node_down(line: str) -> bool:
     """Whether a node of that sinfo output is down, drained or failing."""
     state = line.rsplit("|", 1)[-1].strip().lower()
     return any(word in state for word in ("down", "drain", "fail", "not_responding"))
+
+
+# scripts/slurm-node-state's exit status for a node drained for a reason not the portal's.
+NODE_NOT_OURS = 3
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def slurm_reason(reason: str) -> str:
+    """A drain reason as Slurm keeps it: one line of at most 300 characters."""
+    return _CONTROL.sub(" ", reason).strip()[:300]
 
 
 def node_info(text: str) -> dict[str, str]:
