@@ -7,7 +7,9 @@
   account (each of the 1,000 tenants), built from all its lines, numbered, stored.
 - focus_export_rows_per_s: ledger lines per second through the streaming FOCUS export (target
   50,000), whose peak RSS is csv_peak_rss_mb (target < 200 MB).
-- metering_10k_s: metering 10,000 job completions through the batch metering path.
+- metering_10k_s: metering 10,000 job completions through the batch metering path (the safety
+  net, billing.metering.meter_finished, which also looks at every finished job already metered:
+  here the ledger's million, where runs before this ledger had jobs timed it with none).
 
 The ledger is that of finished jobs (a tenth as many as lines: each has several attempts), priced
 by GPU-, CPU- and memory-hour. Jobs and lines are generated inside PostgreSQL, one INSERT ...
