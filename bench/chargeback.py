@@ -7,7 +7,9 @@
   account (each of the 1,000 tenants), built from all its lines, numbered, stored.
 - focus_export_rows_per_s: ledger lines per second through the streaming FOCUS export (target
   50,000), whose peak RSS is csv_peak_rss_mb (target < 200 MB).
-- metering_10k_s: metering 10,000 job completions through the batch metering path.
+- metering_10k_s: metering 10,000 job completions through the batch metering path (the safety
+  net, billing.metering.meter_finished, which also looks at every finished job already metered:
+  here the ledger's million, where runs before this ledger had jobs timed it with none).
 
 The ledger is that of finished jobs (a tenth as many as lines: each has several attempts), priced
 by GPU-, CPU- and memory-hour. Jobs and lines are generated inside PostgreSQL, one INSERT ...
@@ -320,8 +322,15 @@ def main() -> None:
         seed(args.tenants, args.lines, -(-args.lines // args.lines_per_job))
         report_s, direct_s = time_report()
         close_s, invoices = time_close()
+        load_before = os.getloadavg()[0]
         export_s, peak_mb, size = export_in_child()
-        print(f"FOCUS export: {size / 1e6:.0f} MB in {export_s:.1f} s, peak RSS {peak_mb:.0f} MB", flush=True)
+        # The machine is shared: how busy it was says how far the rate is the export's own.
+        load = (round(load_before, 1), round(os.getloadavg()[0], 1))
+        print(
+            f"FOCUS export: {size / 1e6:.0f} MB in {export_s:.1f} s, peak RSS {peak_mb:.0f} MB, "
+            f"load average {load[0]} -> {load[1]} on {os.cpu_count()} CPUs",
+            flush=True,
+        )
         metering_s = time_metering(args.jobs)
     finally:
         from django.db import connections
@@ -342,6 +351,8 @@ def main() -> None:
                 "report_from_lines_s": round(direct_s, 2),
                 "csv_export_s": round(export_s, 1),
                 "csv_bytes": size,
+                "export_load_avg_1m": load,
+                "cpus": os.cpu_count(),
                 "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
         )
