@@ -69,15 +69,12 @@ def tenant_spend(request, tenant) -> str:
 def finance_news(user, tenant) -> dict:
     """For the tenant's admins (and finance): the credits and corrections finance made to the
     tenant's bill, and the account's latest invoices."""
-    from factory.choices import Role
-    from factory.models import Membership
+    from factory.querysets import administers
 
     from .models import Invoice
     from .permissions import is_finance
 
-    if not (
-        is_finance(user) or Membership.objects.filter(user=user, tenant=tenant, role=Role.ADMIN).exists()
-    ):
+    if not (is_finance(user) or administers(user, tenant)):
         return {}
     changes = (
         UsageRecord.objects.filter(tenant=tenant, kind__in=[UsageKind.CREDIT, UsageKind.CORRECTION])

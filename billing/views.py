@@ -8,9 +8,9 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadReque
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from factory.choices import Role
-from factory.models import GpuType, Membership, Tenant
+from factory.models import GpuType, Tenant
 from factory.months import month_of, parse_month
+from factory.querysets import administers
 
 from . import focus, reports
 from .credits import correct_line, grant_credit
@@ -214,7 +214,7 @@ def may_see_invoice(user, account: Tenant) -> bool:
     """Finance, and the admins of the billing account."""
     if is_finance(user):
         return True
-    return Membership.objects.filter(user=user, tenant=account, role=Role.ADMIN).exists()
+    return administers(user, account)
 
 
 def issued_invoice(request: HttpRequest, account: str, month: str):

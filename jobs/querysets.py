@@ -4,8 +4,7 @@ from django.db import models, transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from factory.choices import Role
-from factory.querysets import TenantOwnedQuerySet
+from factory.querysets import TenantOwnedQuerySet, administered_ids
 
 from .choices import AT_BACKEND_STATES, EventKind, JobState
 
@@ -14,10 +13,7 @@ class JobQuerySet(TenantOwnedQuerySet):
     def cancellable_by(self, user) -> JobQuerySet:
         if user.is_staff:
             return self
-        return self.filter(
-            models.Q(owner=user)
-            | models.Q(tenant__memberships__user=user, tenant__memberships__role=Role.ADMIN)
-        )
+        return self.filter(models.Q(owner=user) | models.Q(tenant_id__in=administered_ids(user)))
 
     def at_backend(self) -> JobQuerySet:
         return self.filter(state__in=AT_BACKEND_STATES)
