@@ -10,6 +10,7 @@ from decimal import Decimal
 from django.db import models
 from django.db.models.functions import Coalesce, TruncDate
 
+from factory.hierarchy import TenantTree
 from factory.months import month_of
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
@@ -86,8 +87,9 @@ class BudgetBurn:
 def budget_burn(tenant, today: date | None = None) -> BudgetBurn:
     month = month_of(today)
     budget = Budget.objects.filter(tenant=tenant).first()
-    reservations = Reservation.objects.filter(tenant=tenant, month=month)
-    used = reservations.gpu_hours_by_tenant(month).get(tenant.pk, Decimal(0))
+    # The tenant's budget caps every tenant below it too: theirs count.
+    reservations = Reservation.objects.filter(tenant_id__in=TenantTree.load().subtree(tenant.pk), month=month)
+    used = sum(reservations.gpu_hours_by_tenant(month).values(), Decimal(0))
     per_day = dict(
         reservations.annotate(day=TruncDate("created_at"))
         .values("day")
