@@ -103,6 +103,7 @@ COLUMNS = [
     Column("x_LedgerLineId", "custom"),
     Column("x_CorrectsLedgerLineId", "custom"),
     Column("x_CreatedBy", "custom", "who granted a credit or made a correction"),
+    Column("x_Department", "custom", "the department: the tenant's ancestor just below its organisation"),
 ]
 NAMES = [column.name for column in COLUMNS]
 
@@ -130,17 +131,21 @@ class Lookups:
     cards: dict[int, tuple[Decimal, Decimal, Decimal]]  # GPU-hour, CPU-core-hour, memory GB-hour
     invoices: dict[tuple[int, date], str]  # (billing account, month): number
     issuer: str
+    departments: dict[int, str] = dataclasses.field(default_factory=dict)  # tenant id: department slug
 
     @classmethod
     def load(cls) -> Lookups:
+        from factory.hierarchy import TenantTree
         from factory.models import Cluster, GpuType
 
         from .invoicing import billing_accounts
         from .models import Invoice, RateCard
 
         accounts = billing_accounts()
+        tenants = _tenants()
+        tree = TenantTree({pk: t.parent_id for pk, t in tenants.items()})
         return cls(
-            tenants={pk: (t.slug, t.name, accounts[pk].pk) for pk, t in _tenants().items()},
+            tenants={pk: (t.slug, t.name, accounts[pk].pk) for pk, t in tenants.items()},
             gpu_types=dict(GpuType.objects.values_list("pk", "slug")),
             clusters={c.pk: (c.slug, c.region) for c in Cluster.objects.only("slug", "region")},
             cards={
@@ -156,6 +161,7 @@ class Lookups:
                 )
             },
             issuer=settings.FACTORY_BILLING_ISSUER,
+            departments={pk: tenants[tree.department(pk)].slug for pk in tenants},
         )
 
 
@@ -279,6 +285,7 @@ def row(line: tuple, look: Lookups, billing_start: str, billing_end: str) -> lis
         pk,
         corrects_id,
         created_by,
+        look.departments.get(tenant_id),
     ]
 
 
@@ -410,6 +417,7 @@ def copy_sql(month: date, look: Lookups, tenants: Iterable[int] | None = None) -
         "u.id",
         "u.corrects_id",
         "who.username",
+        "NULLIF(sub.department, '')",
     ]
     assert len(columns) == len(NAMES)
     # The twin of row()'s arithmetic: quantity and unit price to six places, a waived line's list
@@ -441,6 +449,7 @@ def copy_sql(month: date, look: Lookups, tenants: Iterable[int] | None = None) -
         "slugs": [names[pk][0] for pk in ids],
         "names": [names[pk][1] for pk in ids],
         "accounts": accounts,
+        "departments": [look.departments.get(pk, "") for pk in ids],
         "invoice_accounts": [key[0] for key, _ in invoices],
         "invoice_months": [key[1] for key, _ in invoices],
         "invoice_numbers": [number for _, number in invoices],
@@ -455,8 +464,9 @@ def copy_sql(month: date, look: Lookups, tenants: Iterable[int] | None = None) -
         COPY (
         WITH names AS (
             SELECT * FROM unnest(
-                %(ids)s::bigint[], %(slugs)s::text[], %(names)s::text[], %(accounts)s::bigint[]
-            ) AS t(id, slug, name, account_id)),
+                %(ids)s::bigint[], %(slugs)s::text[], %(names)s::text[], %(accounts)s::bigint[],
+                %(departments)s::text[]
+            ) AS t(id, slug, name, account_id, department)),
         invoices AS (
             SELECT * FROM unnest(
                 %(invoice_accounts)s::bigint[], %(invoice_months)s::date[], %(invoice_numbers)s::text[]
