@@ -30,6 +30,7 @@ Rules (see Quota and Budget):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import logging
 import time
@@ -134,7 +135,7 @@ class PendingJob:
         if not self.gpus_per_node:  # a one-node job described by its GPU count alone
             object.__setattr__(self, "gpus_per_node", self.gpu_count // max(self.nodes, 1))
 
-    @property
+    @functools.cached_property  # asked of every budget above the job's tenant, in every round
     def gpu_hours(self) -> Decimal:
         return round_gpu_hours(Decimal(self.gpu_count) * Decimal(self.time_limit_minutes) / 60)
 
@@ -146,6 +147,7 @@ class Decision:
     borrowed: int = 0
     preempt: list[int] = dataclasses.field(default_factory=list)
     needs_borrowing: bool = False
+    borrow_level: int = 0  # needing to borrow: the first borrowing round that may admit it
 
 
 @dataclasses.dataclass
@@ -319,12 +321,19 @@ class Snapshot:
         borrowed = max(0, used + job.gpu_count - own)
         if borrowed:
             if not may_borrow:
-                return Decision(None, "", needs_borrowing=True)
+                return Decision(
+                    None,
+                    "",
+                    needs_borrowing=True,
+                    borrow_level=cohort.borrow_level(job.tenant_id, job.gpu_count),
+                )
             refused = cohort.refusal(job.tenant_id, job.gpu_count)
             if refused is not None:
                 return Decision(None, self._borrowing_refusal(job, gpu, used, own, *refused))
-            if level is not None and cohort.raises_borrowing(job.tenant_id, job.gpu_count, level):
-                return Decision(None, "", needs_borrowing=True)  # closer lenders first
+            if level is not None:
+                needed = cohort.borrow_level(job.tenant_id, job.gpu_count)
+                if needed > level:  # closer lenders first
+                    return Decision(None, "", needs_borrowing=True, borrow_level=needed)
         return self.place(job, borrowed)
 
     def budget_shortfall(self, job: PendingJob, holder: int, gpu: str) -> str:
@@ -616,19 +625,24 @@ def admit_pending() -> PassResult:
             for job in pending
             if job.id in held_back and job.reason != held_back[job.id]
         }
-        borrowers = [
-            job
-            for job in admission_order(snapshot, [job for job in pending if job.id not in held_back])
-            if not decide_and_admit(snapshot, job, result, waiting, may_borrow=False)
-        ]
+        borrowers = []
+        for job in admission_order(snapshot, [job for job in pending if job.id not in held_back]):
+            level = decide_and_admit(snapshot, job, result, waiting, may_borrow=False)
+            if level is not None:
+                borrowers.append((job, level))
         # Borrowers in rounds along the tenant tree: first what the tenants' own subtrees lend,
-        # then their departments', and so on up; the last round is the whole platform's.
+        # then their departments', and so on up; the last round is the whole platform's. A job is
+        # looked at again only in the round it said it may be admitted in.
         level = 0
         while borrowers:
-            borrowers = [
-                job for job in borrowers if not decide_and_admit(snapshot, job, result, waiting, level=level)
-            ]
-            level += 1
+            later = []
+            for job, after in borrowers:
+                needed = (
+                    decide_and_admit(snapshot, job, result, waiting, level=level) if after <= level else after
+                )
+                if needed is not None:
+                    later.append((job, needed))
+            borrowers, level = later, level + 1
         result.admitted = write_admissions(snapshot)  # a job cancelled meanwhile is not admitted
         explain_waits(waiting)
     return result
@@ -642,12 +656,13 @@ def decide_and_admit(
     *,
     may_borrow: bool = True,
     level: int | None = None,
-) -> bool:
-    """Decide one job and act on it; False when it must wait for a later borrowing round."""
+) -> int | None:
+    """Decide one job and act on it; when it must wait for a later borrowing round, the first
+    round that may admit it."""
     started = time.perf_counter()
     decision = snapshot.decide(job, may_borrow=may_borrow, level=level)
     if decision.needs_borrowing:
-        return False
+        return decision.borrow_level
     if decision.pool is None:
         if decision.reason != job.reason:
             waiting[job.id] = decision.reason
@@ -656,7 +671,7 @@ def decide_and_admit(
         result.admitted += 1
         result.preempted += len(decision.preempt)
     result.decision_seconds.append(time.perf_counter() - started)
-    return True
+    return None
 
 
 def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:

@@ -125,17 +125,17 @@ class CohortTree:
                 return node, "limit"
         return None
 
-    def raises_borrowing(self, tenant: int, gpus: int, level: int) -> bool:
-        """Whether the tenant's `gpus` more would make the node `level` steps above it (0: its own)
-        borrow more from above: borrowing that should wait until closer lenders had their turn."""
+    def borrow_level(self, tenant: int, gpus: int) -> int:
+        """How many steps above the tenant (0: its own node) the `gpus` more of its own jobs would
+        be lent from: the first node on its path whose borrowing from above they would not raise
+        (the root's index when every node's would rise). Within a pass, usage only grows, so the
+        level of a job only rises: a job need not be looked at again before it."""
         path = self.path(tenant)
-        if level >= len(path) - 1:
-            return False  # the root: nothing above it to borrow from
-        node = path[level]
-        for changed, after in self._after(tenant, gpus):
-            if changed == node:
-                return max(0, after - self.sq[node]) > self.borrowing(node)
-        return False
+        after = dict(self._after(tenant, gpus))
+        for level, node in enumerate(path[:-1]):
+            if node not in after or max(0, after[node] - self.sq[node]) <= self.borrowing(node):
+                return level
+        return len(path) - 1
 
     def use(self, tenant: int, gpus: int) -> None:
         """The tenant's own jobs hold `gpus` more (fewer, when negative)."""
