@@ -144,3 +144,13 @@ def test_a_departments_money_spent_counts_its_projects(uni):
     optics = UsageRecord.objects.filter(tenant=uni["optics"])
     assert spent[uni["optics"].pk] == sum(line.amount for line in optics)
     assert uni["uni"].pk not in spent  # billed in EUR, budgeted in USD: never added in
+
+
+def test_a_billing_account_is_not_placed_below_another_tenant(uni, platform_admin):
+    from billing.models import BillingAccount
+
+    other = Tenant.objects.create(slug="acme", name="Acme")
+    BillingAccount.objects.create(tenant=other, currency="USD")
+    refused = client_for(platform_admin).patch("/api/v1/tenants/acme/", {"parent": "uni"}, format="json")
+    assert refused.status_code == 400 and "acme is a billing account" in refused.json()["parent"][0]
+    assert Tenant.objects.get(slug="acme").parent is None
