@@ -44,18 +44,25 @@ class QuotaUsage:
 
 
 def usage_for(quotas: list[Quota]) -> dict[int, QuotaUsage]:
-    """Usage of each quota (by quota id) from two aggregate queries, however many quotas."""
-    tenants = {q.tenant_id for q in quotas}
-    totals: dict[tuple[str, int, int], int] = defaultdict(int)
+    """Usage of each quota (by quota id) from three queries, however many quotas: the GPUs held
+    and asked for by the jobs of its tenant and of every tenant below it (a department's quota
+    covers its projects')."""
+    tree = TenantTree.load()
+    tenants = {t for q in quotas for t in tree.subtree(q.tenant_id)} if quotas else set()
     rows = (
         Job.objects.filter(tenant_id__in=tenants)
         .filter(models.Q(state__in=HOLDING_STATES) | models.Q(state=JobState.PENDING))
         .values("tenant_id", "gpu_type_id", "state")
         .annotate(gpus=models.Sum("gpu_count"))
     )
+    own: dict[tuple[str, int, int], int] = defaultdict(int)
     for row in rows:
         kind = "pending" if row["state"] == JobState.PENDING else "in_use"
-        totals[kind, row["tenant_id"], row["gpu_type_id"]] += row["gpus"]
+        own[kind, row["tenant_id"], row["gpu_type_id"]] += row["gpus"]
+    totals: dict[tuple[str, int, int], int] = defaultdict(int)
+    for (kind, tenant, gpu_type), gpus in own.items():
+        for above in tree.path(tenant):
+            totals[kind, above, gpu_type] += gpus
     return {
         q.pk: QuotaUsage(
             in_use=totals["in_use", q.tenant_id, q.gpu_type_id],

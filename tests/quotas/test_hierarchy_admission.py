@@ -195,3 +195,15 @@ def test_a_pass_costs_the_same_queries_whatever_the_size_of_the_tree_and_queue(
     large = counted_pass()
     assert small[0] == large[0] == 4
     assert small[1] == large[1], (small, large)
+
+
+def test_a_departments_quota_shows_its_projects_use(make_job, uni, platform_admin):
+    from tests.jobs.test_api import client_for
+
+    submit(make_job, uni["a"], "a-own", 2)
+    submit(make_job, uni["b"], "b-all", 4)
+    submit(make_job, uni["b"], "b-waits", 8)
+    admit_pending()
+    rows = client_for(platform_admin).get("/api/v1/quotas/", {"page_size": 50}).json()["results"]
+    usage = {r["tenant"]: (r["in_use"], r["borrowed"], r["pending_demand"]) for r in rows}
+    assert usage["x"] == (6, 2, 8) and usage["b"] == (4, 2, 8) and usage["y"] == (0, 0, 0)
