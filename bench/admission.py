@@ -358,7 +358,7 @@ def seed_hierarchy(jobs: int, rng: random.Random) -> None:
     quotas, org_nominal = [], dict.fromkeys(gpu_types, 0)
     for d, dept in enumerate(departments):
         for gpu_type in gpu_types:
-            mine = [rng.choice([0, 0, 0, 0, 1]) for _ in range(PROJECTS)]
+            mine = [int(rng.random() < 0.15) for _ in range(PROJECTS)]
             quotas += [
                 Quota(
                     tenant=project,
