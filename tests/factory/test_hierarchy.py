@@ -260,3 +260,14 @@ def test_hierarchy_delete_and_move_helpers_keep_their_rules(org):
         hierarchy.delete(org["physics"])
     hierarchy.move(org["optics"], None)
     assert Tenant.objects.get(slug="optics").parent is None
+
+
+def test_deleting_a_billing_account_tenant_is_refused_with_a_message(client, platform_admin):
+    from billing.models import BillingAccount
+
+    acme = Tenant.objects.create(slug="acme", name="Acme")
+    BillingAccount.objects.create(tenant=acme, currency="USD")
+    client.force_login(platform_admin)
+    page = client.post("/tenants/", {"action": "delete", "tenant": "acme"})
+    assert page.status_code == 400 and "acme still has a billing account" in page.content.decode()
+    assert Tenant.objects.filter(slug="acme").exists()
