@@ -168,7 +168,7 @@ class Snapshot:
         self.tenants = {t.pk: t for t in Tenant.objects.only("slug", "regions", "parent_id")}
         self.tree = TenantTree({pk: t.parent_id for pk, t in self.tenants.items()})
         self.gpu_types = dict(Pool.objects.values_list("gpu_type_id", "gpu_type__slug").distinct())
-        self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.select_related("gpu_type")}
+        self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.all()}
         self.pools: dict[int, list[PoolState]] = defaultdict(list)
         image_rules: dict[int, ImageRule | None] = {}
         drained = drained_gpus()  # failed hardware the portal took out: not capacity
