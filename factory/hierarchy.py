@@ -140,7 +140,12 @@ def parent_problems(tenant, parent) -> list[str]:
     if tenant.pk is None or getattr(parent, "pk", None) == _stored_parent(tenant):
         return []
     if parent is not None and TenantTree.load().would_cycle(tenant.pk, parent.pk):
-        return [f"{parent} is {tenant} or one of the tenants below it: a tenant cannot be its own ancestor."]
+        if parent.pk == tenant.pk:
+            return ["A tenant cannot be its own parent: a tenant cannot be its own ancestor."]
+        return [
+            f"{parent} is below {tenant}, so {tenant} cannot go below it: "
+            "a tenant cannot be its own ancestor."
+        ]
     problems = []
     for _receiver, answer in tenant_moving.send(sender=type(tenant), tenant=tenant, parent=parent):
         problems += answer or []
