@@ -171,3 +171,13 @@ def test_two_projects_raised_at_once_cannot_together_outgrow_their_department(h1
         thread.join(10)
     assert outcome == {"lattice": "saved", "optics": "refused"}
     assert sum(Quota.objects.filter(tenant__parent=physics).values_list("nominal", flat=True)) == 6
+
+
+def test_the_quotas_page_lists_a_department_before_its_projects(client, platform_admin, physics, h100):
+    Tenant.objects.create(slug="aardvark", name="A")  # first by name, last in no tree
+    Quota.objects.create(tenant=Tenant.objects.get(slug="aardvark"), gpu_type=h100, nominal=1)
+    client.force_login(platform_admin)
+    page = client.get("/quotas/").content.decode()
+    order = [page.index(f">{slug}</a>") for slug in ("aardvark", "physics", "lattice", "optics")]
+    assert order == sorted(order)
+    assert "lattice</a> <small>in physics</small>" in page
