@@ -14,7 +14,14 @@ capacity, the same share for a plain first-in-first-out placement of the same jo
 submission order, stopping at the first that does not fit), and the share of admitted gangs
 placed under one switch.
 
-Usage: .venv/bin/python bench/admission.py [--jobs 10000] [--tenants 100] [--gangs]
+With --hierarchy, also: an organisation of 50 departments × 20 projects (1,000 project tenants),
+4 GPU types, quotas nested along the tree (each department's nominal covers its projects' and a
+little of its own; some departments and projects with borrowing limits, some department budgets
+that cap their projects together), 10,000 pending jobs over the projects. It adds the time of a
+full pass, the p99 of its decisions, and the queries per admitted job at a fifth of the queue and
+at the whole of it (constant: a pass writes in batches).
+
+Usage: .venv/bin/python bench/admission.py [--jobs 10000] [--tenants 100] [--gangs] [--hierarchy]
 Needs a local PostgreSQL (trust auth); creates and drops its own database. Last line: JSON.
 """
 
@@ -38,11 +45,11 @@ DB_NAME = "factory_bench_admission"
 BROKER = "redis://127.0.0.1:6379/13"
 
 
-def setup_django() -> None:
+def setup_django(db_name: str = DB_NAME) -> None:
     sys.path.insert(0, str(ROOT))
     os.environ.update(
         DJANGO_SETTINGS_MODULE="factory.settings",
-        DATABASE_URL=benchdb.url(DB_NAME),
+        DATABASE_URL=benchdb.url(db_name),
         SECRET_KEY="bench-only-not-a-secret-" + "x" * 40,
         CELERY_TASK_ALWAYS_EAGER="0",
         REDIS_URL=BROKER,  # dispatch is enqueued on commit, as in production
@@ -367,6 +374,103 @@ def run_gangs(seed_value: int) -> dict:
         redis.Redis.from_url(BROKER).flushdb()
 
 
+# --- hierarchy -----------------------------------------------------------------------------------
+
+HIERARCHY_DB = "factory_bench_admission_hierarchy"
+DEPARTMENTS, PROJECTS = 50, 20
+
+
+def seed_hierarchy(jobs: int, rng: random.Random) -> None:
+    """uni → 50 departments → 20 projects each; 4 GPU types on 3 clusters whose capacity is the
+    organisation's nominal (about as many GPUs as the plain scenario: most projects borrow), and
+    `jobs` pending jobs over the projects."""
+    from django.contrib.auth import get_user_model
+
+    from factory.models import Cluster, GpuType, Membership, Pool, Tenant
+    from quotas.models import Budget, Quota
+
+    gpu_types = [GpuType.objects.create(slug=s, name=s) for s in ("h100", "h200", "a100", "l40s")]
+    org = Tenant.objects.create(slug="uni", name="University")
+    departments = Tenant.objects.bulk_create(
+        Tenant(slug=f"d{d:02d}", name=f"Department {d}", parent=org, cost_center=f"CC-{d:02d}")
+        for d in range(DEPARTMENTS)
+    )
+    projects = Tenant.objects.bulk_create(
+        Tenant(slug=f"d{d:02d}-p{p:02d}", name=f"Project {d}.{p}", parent=dept)
+        for d, dept in enumerate(departments)
+        for p in range(PROJECTS)
+    )
+    users = get_user_model().objects.bulk_create(
+        get_user_model()(username=f"u{i:04d}") for i in range(len(projects))
+    )
+    Membership.objects.bulk_create(Membership(user=u, tenant=t) for u, t in zip(users, projects, strict=True))
+    quotas, org_nominal = [], dict.fromkeys(gpu_types, 0)
+    for d, dept in enumerate(departments):
+        for gpu_type in gpu_types:
+            mine = [int(rng.random() < 0.15) for _ in range(PROJECTS)]
+            quotas += [
+                Quota(
+                    tenant=project,
+                    gpu_type=gpu_type,
+                    nominal=nominal,
+                    borrowing_limit=rng.choice([None, 4, 8]),
+                    max_gpus_per_job=8,
+                )
+                for project, nominal in zip(projects[d * PROJECTS : (d + 1) * PROJECTS], mine, strict=True)
+            ]
+            nominal = sum(mine) + rng.choice([0, 1, 2])
+            quotas.append(
+                Quota(tenant=dept, gpu_type=gpu_type, nominal=nominal, borrowing_limit=rng.choice([None, 16]))
+            )
+            org_nominal[gpu_type] += nominal
+    quotas += [Quota(tenant=org, gpu_type=g, nominal=n) for g, n in org_nominal.items()]
+    Quota.objects.bulk_create(quotas)
+    for i, region in enumerate(("eu", "us", "asia")):
+        cluster = Cluster.objects.create(slug=f"c{i}", name=f"Cluster {i}", kind="local", region=region)
+        for gpu_type in gpu_types:
+            Pool.objects.create(cluster=cluster, gpu_type=gpu_type, capacity=-(-org_nominal[gpu_type] // 3))
+    Budget.objects.bulk_create(
+        Budget(tenant=t, gpu_hours_per_month=rng.choice([2000, 10000]), hard=True, max_priority=5)
+        for t in departments[::4]
+    )
+    Budget.objects.bulk_create(
+        Budget(tenant=t, gpu_hours_per_month=rng.choice([100, 500]), hard=True, max_priority=5)
+        for t in projects[::7]
+    )
+    pending_jobs(projects, users, gpu_types, jobs, rng)
+
+
+def run_hierarchy(jobs: int, seed_value: int) -> dict:
+    benchdb.recreate(HIERARCHY_DB)  # its own database: the plain scenario may run beside it
+    try:
+        setup_django(HIERARCHY_DB)
+        from jobs.models import Job
+        from quotas.models import Reservation
+
+        small_jobs = max(jobs // 5, 1)
+        seed_hierarchy(small_jobs, random.Random(seed_value))
+        small = measure_pass()
+        Reservation.objects.all().delete()
+        Job.objects.all().delete()
+        from django.contrib.auth import get_user_model
+
+        from factory.models import GpuType, Tenant
+
+        projects = list(Tenant.objects.filter(parent__parent__isnull=False).order_by("slug"))
+        owners = list(get_user_model().objects.filter(username__startswith="u").order_by("username"))
+        pending_jobs(projects, owners, list(GpuType.objects.all()), jobs, random.Random(seed_value + 1))
+        full = measure_pass()
+        return {"small": small, "full": full, "small_jobs": small_jobs}
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        benchdb.drop(HIERARCHY_DB)
+        import redis
+
+        redis.Redis.from_url(BROKER).flushdb()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
@@ -374,10 +478,28 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--gangs", action="store_true", help="also the gang scenario (see above)")
     parser.add_argument("--only-gangs", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hierarchy", action="store_true", help="also the tenant tree scenario (see above)")
+    parser.add_argument("--only-hierarchy", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only_gangs:
         print(json.dumps(run_gangs(args.seed)))
         return
+    if args.only_hierarchy:
+        print(json.dumps(run_hierarchy(args.jobs, args.seed)))
+        return
+    hierarchy = None
+    if args.hierarchy:
+        child = [
+            sys.executable,
+            __file__,
+            "--only-hierarchy",
+            "--seed",
+            str(args.seed),
+            "--jobs",
+            str(args.jobs),
+        ]
+        out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+        hierarchy = json.loads(out.strip().splitlines()[-1])
     gangs = None
     if args.gangs:
         # In a process of its own: Django's database settings (and connection pool) are made once
@@ -416,6 +538,26 @@ def main() -> None:
             "gpu_utilisation_greedy_fifo": round(gangs["fifo"], 4),
             "gangs_under_one_switch": round(gangs["under_one_switch"], 4),
             "pass_queries_gangs": gangs["pass"]["queries"],
+        }
+    if hierarchy is not None:
+        tree, small_tree = hierarchy["full"], hierarchy["small"]
+        print(
+            f"hierarchy: {DEPARTMENTS} departments × {PROJECTS} projects, {args.jobs} pending: pass "
+            f"{tree['seconds']:.3f} s, {tree['admitted']} admitted, {tree['waiting']} waiting, "
+            f"{tree['queries']} queries, {tree['queries_per_admitted_job']:.2f} per admitted job "
+            f"({small_tree['queries_per_admitted_job']:.2f} with {hierarchy['small_jobs']} pending); "
+            f"decisions p50 {tree['decision_p50_ms']:.3f} ms, p99 {tree['decision_p99_ms']:.3f} ms"
+        )
+        extra |= {
+            "full_pass_s_hierarchy": round(tree["seconds"], 3),
+            "decision_p99_ms_hierarchy": round(tree["decision_p99_ms"], 3),
+            "queries_per_admitted_job_hierarchy": round(tree["queries_per_admitted_job"], 2),
+            "queries_per_admitted_job_hierarchy_small_queue": round(
+                small_tree["queries_per_admitted_job"], 2
+            ),
+            "pass_queries_hierarchy": tree["queries"],
+            "pass_queries_hierarchy_small_queue": small_tree["queries"],
+            "admitted_hierarchy": tree["admitted"],
         }
     print(
         json.dumps(

@@ -103,6 +103,7 @@ COLUMNS = [
     Column("x_LedgerLineId", "custom"),
     Column("x_CorrectsLedgerLineId", "custom"),
     Column("x_CreatedBy", "custom", "who granted a credit or made a correction"),
+    Column("x_Department", "custom", "the department: the tenant's ancestor just below its organisation"),
 ]
 NAMES = [column.name for column in COLUMNS]
 
@@ -130,17 +131,21 @@ class Lookups:
     cards: dict[int, tuple[Decimal, Decimal, Decimal]]  # GPU-hour, CPU-core-hour, memory GB-hour
     invoices: dict[tuple[int, date], str]  # (billing account, month): number
     issuer: str
+    departments: dict[int, str] = dataclasses.field(default_factory=dict)  # tenant id: department slug
 
     @classmethod
     def load(cls) -> Lookups:
+        from factory.hierarchy import TenantTree
         from factory.models import Cluster, GpuType
 
         from .invoicing import billing_accounts
         from .models import Invoice, RateCard
 
         accounts = billing_accounts()
+        tenants = _tenants()
+        tree = TenantTree({pk: t.parent_id for pk, t in tenants.items()})
         return cls(
-            tenants={pk: (t.slug, t.name, accounts[pk].pk) for pk, t in _tenants().items()},
+            tenants={pk: (t.slug, t.name, accounts[pk].pk) for pk, t in tenants.items()},
             gpu_types=dict(GpuType.objects.values_list("pk", "slug")),
             clusters={c.pk: (c.slug, c.region) for c in Cluster.objects.only("slug", "region")},
             cards={
@@ -156,6 +161,7 @@ class Lookups:
                 )
             },
             issuer=settings.FACTORY_BILLING_ISSUER,
+            departments={pk: tenants[tree.department(pk)].slug for pk in tenants},
         )
 
     def sku(self, gpu_type_id: int | None, cluster_id: int | None) -> tuple[str | None, str | None, str]:
@@ -293,6 +299,7 @@ def row(line: tuple, look: Lookups, billing_start: str, billing_end: str) -> lis
         pk,
         corrects_id,
         created_by,
+        look.departments.get(tenant_id),
     ]
 
 
@@ -409,13 +416,14 @@ def copy_sql(month: date, look: Lookups, tenants: Iterable[int] | None = None) -
             s.sku, s.region,
             CASE WHEN u.kind <> 'credit' THEN r.details END AS sku_price_details,
             CASE WHEN u.kind <> 'credit' THEN r.price_id END AS sku_price_id,
-            t.slug, t.name, t.account_slug, t.account_name, t.invoice,
+            t.slug, t.name, t.account_slug, t.account_name, t.invoice, t.department,
             j.uid::text AS uid, NULLIF(j.name, '') AS job_name,
             who.username
         FROM billing_usagerecord u
         JOIN unnest(%(tenant_ids)s::bigint[], %(slugs)s::text[], %(names)s::text[],
-                %(account_slugs)s::text[], %(account_names)s::text[], %(invoices)s::text[])
-            AS t(id, slug, name, account_slug, account_name, invoice) ON t.id = u.tenant_id
+                %(account_slugs)s::text[], %(account_names)s::text[], %(invoices)s::text[],
+                %(departments)s::text[])
+            AS t(id, slug, name, account_slug, account_name, invoice, department) ON t.id = u.tenant_id
         LEFT JOIN unnest(%(sku_gpu_types)s::bigint[], %(sku_clusters)s::bigint[], %(skus)s::text[],
                 %(regions)s::text[], %(described)s::text[])
             AS s(gpu_type_id, cluster_id, sku, region, described)
@@ -486,6 +494,7 @@ def copy_sql(month: date, look: Lookups, tenants: Iterable[int] | None = None) -
         "x.id",
         "x.corrects_id",
         "x.username",
+        "x.department",
     ]
     assert len(columns) == len(NAMES)
     sql = f"COPY (SELECT {', '.join(columns)} FROM ({line}) AS x) TO STDOUT WITH (FORMAT csv)"
@@ -510,6 +519,7 @@ def copy_params(month: date, look: Lookups, tenants: Iterable[int] | None) -> di
         "account_slugs": [look.tenants[account][0] for account in accounts],
         "account_names": [look.tenants[account][1] for account in accounts],
         "invoices": [look.invoices.get((account, month)) for account in accounts],
+        "departments": [look.departments.get(pk) for pk in ids],
         "sku_gpu_types": [sku[0] for sku in skus],
         "sku_clusters": [sku[1] for sku in skus],
         "skus": [sku[2] for sku in skus],

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from rest_framework import permissions
 
-from factory.choices import FINANCE_GROUP, Role
+from factory.choices import FINANCE_GROUP
+from factory.querysets import administered_ids, administers
 
 
 def is_finance(user) -> bool:
@@ -17,18 +18,15 @@ def is_finance(user) -> bool:
     return cached
 
 
-def administered(user):
-    """The tenants whose bill (invoices, credits, corrections) the user sees as their admin."""
-    from factory.models import Membership
-
-    return Membership.objects.filter(user=user, role=Role.ADMIN).values("tenant")
+def administered(user) -> list[int]:
+    """The tenants whose bill (invoices, credits, corrections) the user sees as their admin: those
+    they administer, and every tenant below them."""
+    return administered_ids(user)
 
 
 def sees_bill_of(user, tenant) -> bool:
-    """Finance sees every tenant's bill; a tenant's admins their own."""
-    if is_finance(user):
-        return True
-    return user.is_authenticated and administered(user).filter(tenant=tenant).exists()
+    """Finance sees every tenant's bill; the admins of a tenant, or of one above it, its own."""
+    return is_finance(user) or administers(user, tenant)
 
 
 class IsFinance(permissions.BasePermission):

@@ -61,13 +61,25 @@ class Tenant(models.Model):
 
     class Meta:
         ordering = ["slug"]
+        constraints = [
+            # Longer loops are refused by a trigger (PostgreSQL) and by clean(): factory.hierarchy.
+            models.CheckConstraint(
+                condition=models.Q(parent__isnull=True) | ~models.Q(parent=models.F("pk")),
+                name="tenant_not_its_own_parent",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.slug
 
     def clean(self) -> None:
+        from .hierarchy import check_parent
+
         if not isinstance(self.regions, list) or not all(isinstance(r, str) and r for r in self.regions):
             raise ValidationError({"regions": "Give a list of region names."})
+        if self.parent_id is not None and self.parent_id == self.pk:
+            raise ValidationError({"parent": "A tenant cannot be its own parent."})
+        check_parent(self, self.parent)
 
 
 class Membership(models.Model):

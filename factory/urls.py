@@ -24,6 +24,7 @@ urlpatterns = [
     path("account/tokens/<int:pk>/revoke/", views.token_revoke, name="token-revoke"),
     path("account/notifications/", job_views.notification_settings, name="notifications"),
     path("account/join/", views.join_tenant, name="join-tenant"),
+    path("tenants/", views.tenant_tree, name="tenants"),
     path("tenants/<slug:slug>/members/", views.tenant_members, name="tenant-members"),
     path("", include("quotas.urls")),
     path("billing/", include("billing.urls")),

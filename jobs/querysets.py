@@ -5,8 +5,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from factory import bulk
-from factory.choices import Role
-from factory.querysets import TenantOwnedQuerySet
+from factory.querysets import TenantOwnedQuerySet, administered_ids
 
 from .choices import AT_BACKEND_STATES, EventKind, JobState
 
@@ -15,10 +14,7 @@ class JobQuerySet(TenantOwnedQuerySet):
     def cancellable_by(self, user) -> JobQuerySet:
         if user.is_staff:
             return self
-        return self.filter(
-            models.Q(owner=user)
-            | models.Q(tenant__memberships__user=user, tenant__memberships__role=Role.ADMIN)
-        )
+        return self.filter(models.Q(owner=user) | models.Q(tenant_id__in=administered_ids(user)))
 
     def at_backend(self) -> JobQuerySet:
         return self.filter(state__in=AT_BACKEND_STATES)
@@ -200,13 +196,10 @@ class JobQuerySet(TenantOwnedQuerySet):
 
 class JobArrayQuerySet(TenantOwnedQuerySet):
     def cancellable_by(self, user) -> JobArrayQuerySet:
-        """As for jobs: the owner, the tenant's admins, platform admins."""
+        """As for jobs: the owner, the admins of its tenant or of a tenant above, platform admins."""
         if user.is_staff:
             return self
-        return self.filter(
-            models.Q(owner=user)
-            | models.Q(tenant__memberships__user=user, tenant__memberships__role=Role.ADMIN)
-        )
+        return self.filter(models.Q(owner=user) | models.Q(tenant_id__in=administered_ids(user)))
 
     def with_counts(self) -> JobArrayQuerySet:
         """Annotate each array with its tasks in each state (`n_<state>`), in one query."""

@@ -7,9 +7,13 @@ released GPU is counted once, by whichever pass comes next.
 
 Rules (see Quota and Budget):
 - a tenant without a quota row for a GPU type cannot use it; per-job and per-user caps apply;
-- up to `nominal` GPUs are guaranteed; above it a tenant borrows, within its `borrowing_limit`, from
-  what the others lend (their idle nominal, up to their `lending_limit`, plus unassigned capacity);
-- a hard budget holds jobs whose GPUs × time limit exceed what is left this month;
+- up to `nominal` GPUs are guaranteed (a department's own jobs: its nominal less its projects');
+  above it a tenant borrows, within its `borrowing_limit`, from what the others lend (their idle
+  nominal, up to their `lending_limit`, plus unassigned capacity); quotas nest along the tenant
+  tree as Kueue's hierarchical cohorts (quotas.cohorts): idle GPUs go to borrowers within the
+  same department first, then within the organisation, then across organisations;
+- a hard budget holds jobs whose GPUs × time limit exceed what is left this month, of the
+  tenant's budget and of every budget above it (a department's budget caps its projects together);
 - pools are never filled past their capacity, less the GPUs out of service (failed or drained:
   a node missing one is not a whole node); among the clusters the tenant's residency allows and
   that would run the job (its owner has a POSIX account where jobs run as their owners, its image
@@ -28,12 +32,14 @@ Rules (see Quota and Budget):
   task went to while that cluster accepts jobs (where Slurm holds them as one job array). Tasks of
   one array ask for the same: once one waits in a round, the rest wait for the same reason;
 - reclaim: a job within its tenant's nominal quota that finds no room preempts the newest jobs
-  running on borrowed GPUs (never to serve a borrower).
+  running on borrowed GPUs (never to serve a borrower), nearest in the tenant tree first, and only
+  jobs of subtrees that borrow from above where they meet the tenant's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import logging
 import time
@@ -50,6 +56,7 @@ from django.utils import timezone
 from factory import bulk
 from factory.adapters import ImageRule
 from factory.choices import GANG_KINDS, POSIX_USER_KINDS
+from factory.hierarchy import TenantTree
 from factory.models import Identity, Pool, Tenant
 from factory.months import month_of
 from factory.shapes import NodeShape, PoolNodes
@@ -59,6 +66,7 @@ from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job, JobArray
 
 from . import metrics
+from .cohorts import CohortTree
 from .models import Budget, Quota, Reservation
 from .settlement import gpu_hours_between, round_gpu_hours, settle_released
 
@@ -149,7 +157,7 @@ class PendingJob:
         if not self.gpus_per_node:  # a one-node job described by its GPU count alone
             self.gpus_per_node = self.gpu_count // max(self.nodes, 1)
 
-    @property
+    @functools.cached_property  # asked of every budget above the job's tenant, in every round
     def gpu_hours(self) -> Decimal:
         return round_gpu_hours(Decimal(self.gpu_count) * Decimal(self.time_limit_minutes) / 60)
 
@@ -162,6 +170,7 @@ class Decision:
     preempt: list[int] = dataclasses.field(default_factory=list)
     needs_borrowing: bool = False
     domain: str | None = None  # the topology domain all of a gang's nodes go under
+    borrow_level: int = 0  # needing to borrow: the first borrowing round that may admit it
 
 
 @dataclasses.dataclass
@@ -179,9 +188,10 @@ class Snapshot:
     def __init__(self, now: datetime | None = None) -> None:
         self.now = now or timezone.now()
         self.month = month_of(self.now)
-        self.tenants = {t.pk: t for t in Tenant.objects.only("slug", "regions")}
+        self.tenants = {t.pk: t for t in Tenant.objects.only("slug", "regions", "parent_id")}
+        self.tree = TenantTree({pk: t.parent_id for pk, t in self.tenants.items()})
         self.gpu_types = dict(Pool.objects.values_list("gpu_type_id", "gpu_type__slug").distinct())
-        self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.select_related("gpu_type")}
+        self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.all()}
         self.pools: dict[int, list[PoolState]] = defaultdict(list)
         image_rules: dict[int, ImageRule | None] = {}
         out = out_of_service()  # failed hardware, and what the portal took out: not capacity
@@ -222,7 +232,9 @@ class Snapshot:
                 pool.used += gpus
         self._occupy_nodes(pool_index)
         budgets = {b.tenant_id: b for b in Budget.objects.all()}
-        spent = Reservation.objects.gpu_hours_by_tenant(self.month)
+        # What a budget's tenant and every tenant below it spent: a department's budget caps its
+        # projects together.
+        spent = self.tree.roll_up(Reservation.objects.gpu_hours_by_tenant(self.month))
         self.max_priority = {tenant: b.max_priority for tenant, b in budgets.items()}
         self._borrowed_jobs: dict[int, dict[int, list[Victim]]] = {}
         self.placements: dict[int, tuple[int, str]] = {}
@@ -235,15 +247,18 @@ class Snapshot:
             if b.hard and b.gpu_hours_per_month is not None
         }
         self.money = MoneyBudgets(
-            {t: b for t, b in budgets.items() if b.hard and b.amount_per_month is not None}, self.month
+            {t: b for t, b in budgets.items() if b.hard and b.amount_per_month is not None},
+            self.month,
+            self.tree,
         )
-        self._tally_lending()
+        self._budget_chains: dict[int, tuple[int, ...]] = {}
+        self._build_cohorts()
         # Arrays with tasks in this pass: their limit, their cluster, their tasks holding GPUs.
         self.array_limits: dict[int, int | None] = {}
         self.array_clusters: dict[int, int | None] = {}
         self.array_holding: Counter[int] = Counter()
         self.pinned: dict[int, int] = {}  # arrays this pass placed first: {array id: cluster id}
-        self._array_waits: dict[tuple[int, bool], str] = {}
+        self._array_waits: dict[tuple[int, bool, int | None], str] = {}
 
     def load_arrays(self, jobs: Iterable[PendingJob]) -> None:
         """What the pass needs of the arrays these jobs are tasks of (two queries, none without)."""
@@ -282,44 +297,50 @@ class Snapshot:
         return min(job.priority, self.max_priority.get(job.tenant_id, 0))
 
     def share(self, tenant_id: int, gpu_type_id: int) -> float:
-        quota = self.quotas.get((tenant_id, gpu_type_id))
-        if quota is None or quota.nominal == 0:
+        own = self.cohorts[gpu_type_id].own_nominal.get(tenant_id, 0) if gpu_type_id in self.cohorts else 0
+        if (tenant_id, gpu_type_id) not in self.quotas or own == 0:
             return float("inf")
-        return self.use[tenant_id, gpu_type_id] / quota.nominal
+        return self.use[tenant_id, gpu_type_id] / own
 
-    def _lend_and_borrow(self, tenant_id: int, gpu_type_id: int) -> tuple[int, int]:
-        """This tenant's share of the GPU type's lendable idle GPUs, and of its borrowed ones."""
-        quota = self.quotas.get((tenant_id, gpu_type_id))
-        if quota is None:
-            return 0, 0
-        used = self.use[tenant_id, gpu_type_id]
-        idle = max(0, quota.nominal - used)
-        lend = idle if quota.lending_limit is None else min(idle, quota.lending_limit)
-        return lend, max(0, used - quota.nominal)
-
-    def _tally_lending(self) -> None:
-        """Per GPU type: GPUs others may borrow (idle nominal within lending limits, plus capacity
-        no quota claims) and GPUs borrowed now. Kept current by `_use` as jobs are admitted."""
-        self.lendable: Counter[int] = Counter()
-        self.borrowed: Counter[int] = Counter()
-        nominal_total: Counter[int] = Counter()
+    def _build_cohorts(self) -> None:
+        """Per GPU type, its quotas as nested cohorts over the tenant tree, holding the capacity of
+        its pools; kept current by `_use` as jobs are admitted and preempted."""
+        by_type: dict[int, dict[int, Quota]] = defaultdict(dict)
         for (tenant, gpu_type), quota in self.quotas.items():
-            nominal_total[gpu_type] += quota.nominal
-            lend, borrow = self._lend_and_borrow(tenant, gpu_type)
-            self.lendable[gpu_type] += lend
-            self.borrowed[gpu_type] += borrow
-        for gpu_type, pools in self.pools.items():
-            self.lendable[gpu_type] += max(0, sum(p.capacity for p in pools) - nominal_total[gpu_type])
+            by_type[gpu_type][tenant] = quota
+        use: dict[int, Counter[int]] = defaultdict(Counter)
+        for (tenant, gpu_type), gpus in self.use.items():
+            use[gpu_type][tenant] += gpus
+        self.cohorts: dict[int, CohortTree] = {
+            gpu_type: CohortTree(
+                self.tree,
+                by_type.get(gpu_type, {}),
+                sum(p.capacity for p in self.pools.get(gpu_type, ())),
+                use[gpu_type],
+            )
+            for gpu_type in set(by_type) | set(self.pools)
+        }
 
     def _use(self, tenant_id: int, gpu_type_id: int, owner_id: int, gpus: int) -> None:
-        lend, borrow = self._lend_and_borrow(tenant_id, gpu_type_id)
         self.use[tenant_id, gpu_type_id] += gpus
         self.user_use[tenant_id, gpu_type_id, owner_id] += gpus
-        new_lend, new_borrow = self._lend_and_borrow(tenant_id, gpu_type_id)
-        self.lendable[gpu_type_id] += new_lend - lend
-        self.borrowed[gpu_type_id] += new_borrow - borrow
+        cohort = self.cohorts.get(gpu_type_id)
+        if cohort is not None and tenant_id in cohort.parent:
+            cohort.use(tenant_id, gpus)
 
-    def decide(self, job: PendingJob, *, may_borrow: bool = True) -> Decision:
+    def budget_chain(self, tenant_id: int) -> tuple[int, ...]:
+        """The tenant and the tenants above it that have a hard budget, nearest first."""
+        chain = self._budget_chains.get(tenant_id)
+        if chain is None:
+            chain = self._budget_chains[tenant_id] = tuple(
+                t for t in self.tree.path(tenant_id) if t in self.budget_left or t in self.money.left
+            )
+        return chain
+
+    def decide(self, job: PendingJob, *, may_borrow: bool = True, level: int | None = None) -> Decision:
+        """Admit the job where, or why it waits. Without `may_borrow`, a job that would borrow is
+        left for later (needs_borrowing); with a `level`, so is one that would make the tenant
+        that many steps above the job's (0: its own) borrow more from above."""
         gpu = self.gpu_types.get(job.gpu_type_id, "this GPU type")
         tenant = self.tenants[job.tenant_id]
         limit = self.array_limits.get(job.array_id) if job.array_id is not None else None
@@ -339,33 +360,51 @@ class Snapshot:
                 return Decision(
                     None, f"per-user limit {gpu}: {mine} of {quota.max_gpus_per_user} in use by the owner"
                 )
-        left = self.budget_left.get(job.tenant_id)
-        if left is not None and job.gpu_hours > left:
-            return Decision(None, f"budget: {_hours(left)} GPU-h left, job needs {_hours(job.gpu_hours)}")
-        short = self.money.shortfall(job, gpu)
-        if short:
-            return Decision(None, short)
+        for holder in self.budget_chain(job.tenant_id):
+            short = self.budget_shortfall(job, holder, gpu)
+            if short:
+                return Decision(None, short)
 
+        cohort = self.cohorts[job.gpu_type_id]
         used = self.use[job.tenant_id, job.gpu_type_id]
-        after = used + job.gpu_count
-        borrowed = max(0, after - quota.nominal)
+        own = cohort.own_nominal[job.tenant_id]
+        borrowed = max(0, used + job.gpu_count - own)
         if borrowed:
             if not may_borrow:
-                return Decision(None, "", needs_borrowing=True)
-            usage = f"tenant quota {gpu}: {used} of {quota.nominal} in use"
-            if quota.borrowing_limit is not None and borrowed > quota.borrowing_limit:
-                return Decision(None, f"{usage}, borrowing limit reached")
-            if not self.may_borrow(job, quota, after):
-                return Decision(None, f"{usage}, no idle GPUs to borrow")
+                return Decision(
+                    None,
+                    "",
+                    needs_borrowing=True,
+                    borrow_level=cohort.borrow_level(job.tenant_id, job.gpu_count),
+                )
+            refused = cohort.refusal(job.tenant_id, job.gpu_count)
+            if refused is not None:
+                return Decision(None, self._borrowing_refusal(job, gpu, used, own, *refused))
+            if level is not None:
+                needed = cohort.borrow_level(job.tenant_id, job.gpu_count)
+                if needed > level:  # closer lenders first
+                    return Decision(None, "", needs_borrowing=True, borrow_level=needed)
         return self.place(job, borrowed)
 
-    def may_borrow(self, job: PendingJob, quota: Quota, after: int) -> bool:
-        """Would the GPU type's borrowed GPUs still be covered by what others lend?"""
-        lend, borrow = self._lend_and_borrow(job.tenant_id, job.gpu_type_id)
-        idle_after = max(0, quota.nominal - after)
-        lend_after = idle_after if quota.lending_limit is None else min(idle_after, quota.lending_limit)
-        borrowed = self.borrowed[job.gpu_type_id] - borrow + max(0, after - quota.nominal)
-        return borrowed <= self.lendable[job.gpu_type_id] - lend + lend_after
+    def budget_shortfall(self, job: PendingJob, holder: int, gpu: str) -> str:
+        """Why the budget of `holder` (the job's tenant or a tenant above it) holds the job."""
+        of = "" if holder == job.tenant_id else f" of {self.tenants[holder].slug}"
+        left = self.budget_left.get(holder)
+        if left is not None and job.gpu_hours > left:
+            return f"budget{of}: {_hours(left)} GPU-h left, job needs {_hours(job.gpu_hours)}"
+        short = self.money.shortfall(job, gpu, holder)
+        return short.replace("budget:", f"budget{of}:", 1) if short else ""
+
+    def _borrowing_refusal(self, job: PendingJob, gpu: str, used: int, own: int, node: int, why: str) -> str:
+        cohort = self.cohorts[job.gpu_type_id]
+        usage = f"tenant quota {gpu}: {used} of {own} in use"
+        if cohort.nominal[job.tenant_id] != own:
+            usage += f" (its own share of {cohort.nominal[job.tenant_id]})"
+        if why == "idle":
+            return f"{usage}, no idle GPUs to borrow"
+        if node == job.tenant_id:
+            return f"{usage}, borrowing limit reached"
+        return f"{usage}; {self.tenants[node].slug} above it has reached its borrowing limit"
 
     def allowed_pools(self, job: PendingJob) -> list[PoolState]:
         return [p for p in self.resident_pools(job) if not self.refusal(p, job)]
@@ -465,16 +504,24 @@ class Snapshot:
         return Decision(pool, reason, borrowed=borrowed, domain=domain)
 
     def reclaim(self, job: PendingJob, pools: list[PoolState]) -> Decision | None:
-        """Within its nominal quota, a job takes back GPUs that other tenants borrowed."""
-        if not self.borrowed[job.gpu_type_id]:
+        """Within its nominal quota, a job takes back GPUs that other tenants borrowed, walking
+        the tenant tree from its own department outwards (quotas.cohorts.reclaim_order)."""
+        cohort = self.cohorts[job.gpu_type_id]
+        if not cohort.borrowed:
             return None  # nobody borrows this GPU type: nothing to take back
         candidates = self.borrowed_jobs(job.gpu_type_id)
         for pool in sorted(pools, key=lambda p: -p.free):
             freed, victims, nodes = pool.free, [], pool.nodes.copy()
-            mine = [v for v in candidates.get(pool.cluster_id, []) if v[2] != job.tenant_id]
-            for victim in mine:
+            still_borrows: dict[tuple, int] = {}
+            for side, borrows, victim in cohort.reclaim_order(
+                job.tenant_id, candidates.get(pool.cluster_id, [])
+            ):
                 if freed >= job.gpu_count and nodes.fits(job.nodes, job.gpus_per_node):
                     break
+                left = still_borrows.setdefault(side, borrows)
+                if left <= 0:
+                    continue  # what this side borrowed is already taken back
+                still_borrows[side] = left - victim[1]
                 victims.append(victim)
                 freed += victim[1]
                 nodes.give_back(victim[4], victim[5], victim[6] or None)
@@ -509,33 +556,39 @@ class Snapshot:
             self.array_holding[job.array_id] += 1
             if self.array_clusters.get(job.array_id) is None:
                 self.pinned.setdefault(job.array_id, decision.pool.cluster_id)
-        if job.tenant_id in self.budget_left:
-            self.budget_left[job.tenant_id] -= job.gpu_hours
-        self.money.spend(job)
+        for holder in self.budget_chain(job.tenant_id):
+            if holder in self.budget_left:
+                self.budget_left[holder] -= job.gpu_hours
+            self.money.spend(job, holder)
 
 
 class MoneyBudgets:
     """Hard money budgets: what is left this month after what the ledger billed and what the jobs
-    now holding GPUs may still cost (their reserved GPU-hours at the GPU type's price). Prices and
-    spend come from the billing app, named in settings (FACTORY_BILLING_HOOKS): quotas does not
-    import the app above it. Money is counted only in the budget's currency: with no exchange
-    rate, a job priced in another currency has no cost to weigh against what is left, so it waits."""
+    now holding GPUs may still cost (their reserved GPU-hours at the GPU type's price), counting
+    the budget's tenant and every tenant below it. Prices and spend come from the billing app,
+    named in settings (FACTORY_BILLING_HOOKS): quotas does not import the app above it. Money is
+    counted only in the budget's currency: with no exchange rate, a job priced in another
+    currency has no cost to weigh against what is left, so it waits."""
 
-    def __init__(self, budgets: dict[int, Budget], month) -> None:
+    def __init__(self, budgets: dict[int, Budget], month, tree: TenantTree | None = None) -> None:
         self.left: dict[int, Decimal] = {}
         self.currency: dict[int, str] = {}
         self.hooks = import_module(settings.FACTORY_BILLING_HOOKS) if budgets else None
         if not budgets:
             return
+        tree = tree or TenantTree.load()
         self.currency = {tenant_id: budget.currency for tenant_id, budget in budgets.items()}
         spent = self.hooks.money_spent(self.currency, month)
         held: dict[int, Decimal] = defaultdict(Decimal)
-        open_rows = Reservation.objects.open().filter(tenant_id__in=list(budgets), month=month)
+        below = {t for holder in budgets for t in tree.subtree(holder)}
+        open_rows = Reservation.objects.open().filter(tenant_id__in=list(below), month=month)
         for tenant_id, gpu_type_id, gpu_hours in open_rows.values_list(
             "tenant_id", "gpu_type_id", "reserved_gpu_hours"
         ):
-            # Held in another currency: billed in it, so never counted in this budget's spend either.
-            held[tenant_id] += self.cost(tenant_id, gpu_type_id, gpu_hours) or 0
+            for holder in tree.path(tenant_id):
+                if holder in budgets:
+                    # Held in another currency: billed in it, so never counted in this budget's spend either.
+                    held[holder] += self.cost(holder, gpu_type_id, gpu_hours) or 0
         for tenant_id, budget in budgets.items():
             self.left[tenant_id] = (
                 budget.amount_per_month - spent.get(tenant_id, Decimal(0)) - held[tenant_id]
@@ -546,20 +599,22 @@ class MoneyBudgets:
             self._prices = self.hooks.prices_per_gpu_hour() if self.hooks else {}
         return self._prices.get(gpu_type_id)
 
-    def cost(self, tenant_id: int, gpu_type_id: int, gpu_hours: Decimal) -> Decimal | None:
-        """In the tenant's budget currency; None when priced in another one (unpriced: nothing)."""
+    def cost(self, holder: int, gpu_type_id: int, gpu_hours: Decimal) -> Decimal | None:
+        """In the currency of `holder`'s budget; None when priced in another one (unpriced: nothing)."""
         price = self.price(gpu_type_id)
         if price is None:
             return Decimal(0)
         amount, currency = price
-        return gpu_hours * amount if currency == self.currency[tenant_id] else None
+        return gpu_hours * amount if currency == self.currency[holder] else None
 
-    def shortfall(self, job: PendingJob, gpu: str) -> str:
-        left = self.left.get(job.tenant_id)
+    def shortfall(self, job: PendingJob, gpu: str, holder: int | None = None) -> str:
+        """Why the money budget of `holder` (default: the job's tenant) holds the job; "" if not."""
+        holder = job.tenant_id if holder is None else holder
+        left = self.left.get(holder)
         if left is None:
             return ""
-        currency = self.currency[job.tenant_id]
-        need = self.cost(job.tenant_id, job.gpu_type_id, job.gpu_hours)
+        currency = self.currency[holder]
+        need = self.cost(holder, job.gpu_type_id, job.gpu_hours)
         if need is None:
             priced_in = self.price(job.gpu_type_id)[1]
             return f"budget: {gpu} is priced in {priced_in}, not in the budget's {currency}"
@@ -567,9 +622,10 @@ class MoneyBudgets:
             return ""
         return f"budget: {max(left, Decimal(0)):.2f} {currency} left, job may cost {need:.2f} {currency}"
 
-    def spend(self, job: PendingJob) -> None:
-        if job.tenant_id in self.left:
-            self.left[job.tenant_id] -= self.cost(job.tenant_id, job.gpu_type_id, job.gpu_hours) or 0
+    def spend(self, job: PendingJob, holder: int | None = None) -> None:
+        holder = job.tenant_id if holder is None else holder
+        if holder in self.left:
+            self.left[holder] -= self.cost(holder, job.gpu_type_id, job.gpu_hours) or 0
 
 
 def borrowed_jobs(gpu_type_id: int) -> dict[int, list[Victim]]:
@@ -649,8 +705,9 @@ def waited_since(queue: list[PendingJob]) -> list[tuple]:
 
 def admit_pending() -> PassResult:
     """One full admission pass: first every job that fits within its tenant's nominal quota, in
-    admission order; then, in the same order, the jobs that must borrow. Borrowers never take GPUs
-    that a tenant within its guarantee would claim back moments later."""
+    admission order; then, in the same order, the jobs that must borrow, those that borrow closest
+    in the tenant tree first. Borrowers never take GPUs that a tenant within its guarantee would
+    claim back moments later."""
     result = PassResult()
     with transaction.atomic():
         admission_lock()
@@ -666,28 +723,47 @@ def admit_pending() -> PassResult:
         }
         borrowers = []
         for job in admission_order(snapshot, [job for job in pending if job.id not in held_back]):
-            if not decide_and_admit(snapshot, job, result, waiting, may_borrow=False):
-                borrowers.append(job)
-        for job in borrowers:
-            decide_and_admit(snapshot, job, result, waiting, may_borrow=True)
+            level = decide_and_admit(snapshot, job, result, waiting, may_borrow=False)
+            if level is not None:
+                borrowers.append((job, level))
+        # Borrowers in rounds along the tenant tree: first what the tenants' own subtrees lend,
+        # then their departments', and so on up; the last round is the whole platform's. A job is
+        # looked at again only in the round it said it may be admitted in.
+        level = 0
+        while borrowers:
+            later = []
+            for job, after in borrowers:
+                needed = (
+                    decide_and_admit(snapshot, job, result, waiting, level=level) if after <= level else after
+                )
+                if needed is not None:
+                    later.append((job, needed))
+            borrowers, level = later, level + 1
         result.admitted = write_admissions(snapshot)  # a job cancelled meanwhile is not admitted
         explain_waits(waiting)
     return result
 
 
 def decide_and_admit(
-    snapshot: Snapshot, job: PendingJob, result: PassResult, waiting: dict[int, str], *, may_borrow: bool
-) -> bool:
-    """Decide one job and act on it; False when it must wait for the borrowing round. The tasks of
-    an array ask for the same, so once one must wait in a round, the rest wait for its reason."""
+    snapshot: Snapshot,
+    job: PendingJob,
+    result: PassResult,
+    waiting: dict[int, str],
+    *,
+    may_borrow: bool = True,
+    level: int | None = None,
+) -> int | None:
+    """Decide one job and act on it; when it must wait for a later borrowing round, the first
+    round that may admit it. The tasks of an array ask for the same, so once one must wait in a
+    round, the rest wait for its reason."""
     started = time.perf_counter()
-    same = (job.array_id, may_borrow) if job.array_id is not None else None
+    same = (job.array_id, may_borrow, level) if job.array_id is not None else None
     if same in snapshot._array_waits:
         decision = Decision(None, snapshot._array_waits[same])
     else:
-        decision = snapshot.decide(job, may_borrow=may_borrow)
+        decision = snapshot.decide(job, may_borrow=may_borrow, level=level)
     if decision.needs_borrowing:
-        return False
+        return decision.borrow_level
     if decision.pool is None and same is not None:
         snapshot._array_waits[same] = decision.reason
     if decision.pool is None:
@@ -698,7 +774,7 @@ def decide_and_admit(
         result.admitted += 1
         result.preempted += len(decision.preempt)
     result.decision_seconds.append(time.perf_counter() - started)
-    return True
+    return None
 
 
 def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:

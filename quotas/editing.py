@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from factory.hierarchy import hierarchy_lock
+
 from .models import Budget, Quota, QuotaChange
+from .nesting import check_quota
 
 
 def _text(value) -> str:
@@ -18,9 +21,12 @@ def save_audited(instance: Quota | Budget, changes: dict, user) -> list[QuotaCha
     before = {} if created else {name: getattr(instance, name) for name in instance.AUDITED}
     for name, value in changes.items():
         setattr(instance, name, value)
-    instance.full_clean()
     changed = [name for name in instance.AUDITED if created or before[name] != getattr(instance, name)]
     with transaction.atomic():
+        # Checked under the tree's lock: two projects' quotas raised at once must not together
+        # outgrow their department's.
+        hierarchy_lock()
+        instance.full_clean()
         instance.save()
         entries = QuotaChange.objects.bulk_create(
             QuotaChange(
@@ -43,6 +49,8 @@ def delete_audited(quota: Quota, user) -> QuotaChange:
     """Remove a quota (the tenant may no longer use that GPU type), logged, then run admission
     and bring the clusters' own limits in line."""
     with transaction.atomic():
+        hierarchy_lock()
+        check_quota(quota, deleting=True)
         entry = QuotaChange.objects.create(
             tenant_id=quota.tenant_id,
             gpu_type_id=quota.gpu_type_id,

@@ -160,10 +160,13 @@ def budget_effect(snapshot: Snapshot, tenant: Tenant, gpu_hours: Decimal, cost: 
                 "note": f"the job is priced in {currency}, the budget is in {budget.currency}: "
                 "amounts in different currencies are never added up",
             }
-        left = MoneyBudgets({tenant.pk: budget}, snapshot.month).left[tenant.pk]
+        left = MoneyBudgets({tenant.pk: budget}, snapshot.month, snapshot.tree).left[tenant.pk]
         return _effect(budget, budget.currency, left.quantize(CENT), (left - cost).quantize(CENT))
     if budget.gpu_hours_per_month is not None:
-        used = Reservation.objects.filter(tenant=tenant).gpu_hours_by_tenant(snapshot.month).get(tenant.pk, 0)
+        below = snapshot.tree.subtree(tenant.pk)  # the budget caps every tenant below it too
+        used = sum(
+            Reservation.objects.filter(tenant_id__in=below).gpu_hours_by_tenant(snapshot.month).values()
+        )
         left = budget.gpu_hours_per_month - used
         return _effect(budget, "GPU-hours", left, left - gpu_hours)
     return None

@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_vary_headers
 
+from factory.hierarchy import TenantTree
 from factory.models import Tenant
 from factory.months import days_in, month_of
 from jobs.forms import JobForm
@@ -38,9 +39,17 @@ def _apply(form, instance, user) -> bool:
     return True
 
 
+def in_tree_order(quotas) -> list[Quota]:
+    """Quotas by tenant as the tenant tree goes (a department's before its projects'), then GPU type."""
+    tenants = Tenant.objects.values_list("pk", "slug", "parent_id")
+    tree = TenantTree({pk: parent for pk, _, parent in tenants})
+    place = {pk: i for i, (pk, _) in enumerate(tree.walk({pk: slug for pk, slug, _ in tenants}))}
+    return sorted(quotas, key=lambda q: (place.get(q.tenant_id, 0), q.gpu_type.slug))
+
+
 @staff_member_required
 def quota_list(request: HttpRequest) -> HttpResponse:
-    quotas = list(Quota.objects.select_related("tenant", "gpu_type"))
+    quotas = in_tree_order(Quota.objects.select_related("tenant__parent", "gpu_type"))
     usage = usage_for(quotas)
     add_form = QuotaForm(request.POST or None, prefix="new")
     if request.method == "POST" and _apply(add_form, Quota(), request.user):
@@ -56,7 +65,7 @@ def quota_list(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def quota_row(request: HttpRequest, pk: int) -> HttpResponse:
     """One row of the quotas table: shown, as an inline form (?edit), or saved (POST)."""
-    quota = get_object_or_404(Quota.objects.select_related("tenant", "gpu_type"), pk=pk)
+    quota = get_object_or_404(Quota.objects.select_related("tenant__parent", "gpu_type"), pk=pk)
     form = QuotaLimitsForm(request.POST or None, instance=quota, prefix=f"q{quota.pk}")
     status = 200
     if request.method == "POST":

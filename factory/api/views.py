@@ -3,6 +3,7 @@ from __future__ import annotations
 from axes.helpers import get_cool_off, get_lockout_message
 from django.contrib.auth import authenticate, user_logged_in
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, status
@@ -11,8 +12,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from factory import members
-from factory.choices import Role
+from factory import hierarchy, members
 from factory.models import ApiToken, Cluster, GpuType, Membership, Pool, Tenant
 from factory.signals import blockers
 
@@ -72,13 +72,43 @@ class TokenView(APIView):
 
 
 class TenantViewSet(ScopedModelViewSet):
+    """Organisations, departments and projects (`parent`: the tenant above). Platform admins
+    create, move and delete them; members read theirs, admins also the tenants below theirs. A
+    tenant with tenants below it, jobs or ledger lines is not deleted (409)."""
+
     queryset = Tenant.objects.all()
     serializer_class = TenantSerializer
     permission_classes = [IsStaffOrReadOnly]
     lookup_field = "slug"
     lookup_value_regex = SLUG_PATTERN
     cursor_ordering = "slug"
-    http_method_names = ["get", "post", "patch", "head", "options"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        with transaction.atomic():
+            hierarchy.hierarchy_lock()
+            serializer.save()
+
+    def perform_update(self, serializer):
+        # Checked again under the lock: a move made meanwhile could close a loop with this one.
+        with transaction.atomic():
+            hierarchy.hierarchy_lock()
+            if "parent" in serializer.validated_data:
+                try:
+                    hierarchy.check_parent(serializer.instance, serializer.validated_data["parent"])
+                except DjangoValidationError as exc:
+                    raise ValidationError(exc.message_dict) from None
+            serializer.save()
+
+    @extend_schema(responses={204: None, 409: ErrorDetail})
+    def destroy(self, request, *args, **kwargs):
+        return super().destroy(request, *args, **kwargs)
+
+    def perform_destroy(self, instance):
+        try:
+            hierarchy.delete(instance)
+        except DjangoValidationError as exc:
+            raise Conflict(" ".join(exc.messages)) from None
 
 
 class IsTenantAdmin(permissions.BasePermission):
@@ -87,8 +117,7 @@ class IsTenantAdmin(permissions.BasePermission):
     def has_permission(self, request, view) -> bool:
         if request.method in permissions.SAFE_METHODS:
             return True
-        user = request.user
-        return user.is_staff or view.tenant.memberships.filter(user=user, role=Role.ADMIN).exists()
+        return members.may_manage(request.user, view.tenant)
 
 
 class MembershipViewSet(ScopedModelViewSet):

@@ -18,9 +18,13 @@ class QuotaSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         queryset=GpuType.objects.all(),
         error_messages={"does_not_exist": "Unknown GPU type {value}."},
     )
-    in_use = serializers.SerializerMethodField()
-    borrowed = serializers.SerializerMethodField()
-    pending_demand = serializers.SerializerMethodField()
+    in_use = serializers.SerializerMethodField(
+        help_text="GPUs held by the jobs of the tenant and of the tenants below it."
+    )
+    borrowed = serializers.SerializerMethodField(help_text="GPUs of those in use above the nominal quota.")
+    pending_demand = serializers.SerializerMethodField(
+        help_text="GPUs asked for by the pending jobs of the tenant and of the tenants below it."
+    )
 
     class Meta:
         model = Quota
