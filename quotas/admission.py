@@ -39,7 +39,6 @@ Rules (see Quota and Budget):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import heapq
 import logging
 import time
@@ -152,14 +151,13 @@ class PendingJob:
     array_id: int | None = None
     requested_cluster_id: int | None = None
     requested_region: str = ""
+    # Asked of every budget above the job's tenant, in every round: worked out once.
+    gpu_hours: Decimal = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         if not self.gpus_per_node:  # a one-node job described by its GPU count alone
             self.gpus_per_node = self.gpu_count // max(self.nodes, 1)
-
-    @functools.cached_property  # asked of every budget above the job's tenant, in every round
-    def gpu_hours(self) -> Decimal:
-        return round_gpu_hours(Decimal(self.gpu_count) * Decimal(self.time_limit_minutes) / 60)
+        self.gpu_hours = round_gpu_hours(Decimal(self.gpu_count) * Decimal(self.time_limit_minutes) / 60)
 
 
 @dataclasses.dataclass
