@@ -657,7 +657,7 @@ def admission_lock() -> None:
 
 
 def pending_jobs() -> list[PendingJob]:
-    fields = [f.name for f in dataclasses.fields(PendingJob)]
+    fields = [f.name for f in dataclasses.fields(PendingJob) if f.init]
     rows = Job.objects.filter(state=JobState.PENDING).values_list(*fields)
     return [PendingJob(*row) for row in rows]
 
