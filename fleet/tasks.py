@@ -5,21 +5,26 @@ from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from factory.models import Cluster
 
+from .choices import TelemetrySource
 from .models import ClusterTelemetry, GpuMinute
-from .scrape import scrape_cluster
+from .sources import run_cycle
 
 log = logging.getLogger(__name__)
 
 
 def due_clusters(now=None) -> list[Cluster]:
-    """Enabled clusters with nodes whose interval has passed since their last cycle."""
+    """Enabled clusters with nodes (or read from Prometheus, which finds them) whose interval has
+    passed since their last cycle."""
     now = now or timezone.now()
     due = []
-    clusters = Cluster.objects.filter(enabled=True, nodes__isnull=False).distinct()
+    clusters = Cluster.objects.filter(
+        Q(nodes__isnull=False) | Q(telemetry__source=TelemetrySource.PROMETHEUS), enabled=True
+    ).distinct()
     telemetry = {t.cluster_id: t for t in ClusterTelemetry.objects.all()}
     for cluster in clusters:
         t = telemetry.get(cluster.pk)
@@ -37,7 +42,7 @@ def scrape_due() -> dict[str, float]:
     done = {}
     for cluster in due_clusters():
         try:
-            done[cluster.slug] = round(scrape_cluster(cluster).seconds, 3)
+            done[cluster.slug] = round(run_cycle(cluster).seconds, 3)
         except Exception:
             log.exception("telemetry cycle of %s failed", cluster)
     return done

@@ -15,7 +15,7 @@ from django.utils.cache import patch_vary_headers
 from factory.models import Cluster
 
 from .choices import NOT_HEALTHY, Health
-from .models import Gpu, GpuMinute, Node
+from .models import ClusterTelemetry, Gpu, GpuMinute, Node
 
 NODES_PER_PAGE = 25
 HOTTEST = 5
@@ -31,29 +31,43 @@ def _staff_cluster(request: HttpRequest, slug: str) -> Cluster:
 
 def fleet_summary(cluster: Cluster) -> dict:
     now = timezone.now()
+    telemetry = ClusterTelemetry.objects.filter(cluster=cluster).first()
     gpus = Gpu.objects.filter(cluster=cluster)
     by_health = dict(gpus.values_list("health").annotate(n=Count("pk")))
     watts = gpus.filter(sampled_at__gte=now - FRESH).aggregate(w=Sum("power_w"))["w"] or 0.0
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    today_mj = (
-        GpuMinute.objects.filter(gpu__cluster=cluster, minute__gte=midnight).aggregate(e=Sum("energy_mj"))[
-            "e"
-        ]
-        or 0
-    )
-    hottest = list(
-        gpus.filter(temperature_c__isnull=False).select_related("node").order_by("-temperature_c")[:HOTTEST]
-    )
+    return {
+        **_health_counts(by_health, gpus),
+        "kw_now": watts / 1000,
+        "kwh_today": energy_today_kwh(cluster, telemetry, now),
+        "hottest": list(
+            gpus.filter(temperature_c__isnull=False)
+            .select_related("node")
+            .order_by("-temperature_c")[:HOTTEST]
+        ),
+        "telemetry": telemetry,
+    }
+
+
+def _health_counts(by_health: dict, gpus) -> dict:
     return {
         "healthy": by_health.get(Health.HEALTHY, 0),
         "warning": by_health.get(Health.WARNING, 0),
         "failed": by_health.get(Health.FAILED, 0),
         "drained": gpus.filter(Q(drained_by_portal=True) | Q(node__drained_by_portal=True)).count(),
-        "kw_now": watts / 1000,
-        "kwh_today": today_mj / 3.6e9,
-        "hottest": hottest,
         "total": sum(by_health.values()),
     }
+
+
+def energy_today_kwh(cluster: Cluster, telemetry: ClusterTelemetry | None, now) -> float | None:
+    """kWh the cluster's GPUs used since midnight UTC: the embedded scraper's minute rollups, or
+    Prometheus's counters (None when it cannot say)."""
+    if telemetry is not None and telemetry.from_prometheus:
+        from .sources.prometheus import energy_today_kwh as asked
+
+        return asked(cluster, telemetry, now)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    minutes = GpuMinute.objects.filter(gpu__cluster=cluster, minute__gte=midnight)
+    return (minutes.aggregate(e=Sum("energy_mj"))["e"] or 0) / 3.6e9
 
 
 @login_required
@@ -118,7 +132,28 @@ def node_detail(request: HttpRequest, slug: str, name: str) -> HttpResponse:
     cluster = _staff_cluster(request, slug)
     node = get_object_or_404(Node.objects.select_related("gpu_type"), cluster=cluster, name=name)
     gpus = list(node.gpus.select_related("job").order_by("index"))
-    since = timezone.now() - timedelta(hours=1)
+    now = timezone.now()
+    since = now - timedelta(hours=1)
+    telemetry = ClusterTelemetry.objects.filter(cluster=cluster).first()
+    if telemetry is not None and telemetry.from_prometheus:
+        from .sources.prometheus import node_series
+
+        series = node_series(telemetry, node, since, now)
+    else:
+        series = _rollup_series(node, gpus, since)
+    charts = []
+    if series is not None:
+        charts = [
+            ("Temperature", "°C", _chart(series["temperature"], since=since)),
+            ("Power", "W", _chart(series["power"], since=since)),
+            ("Utilisation", "%", _chart(series["utilisation"], since=since)),
+        ]
+    context = {"cluster": cluster, "node": node, "gpus": gpus, "charts": charts, "telemetry": telemetry}
+    return render(request, "fleet/node.html", context)
+
+
+def _rollup_series(node: Node, gpus: list[Gpu], since) -> dict[str, dict[str, list]]:
+    """The embedded scraper's minute rollups of a node's GPUs, as averages per minute."""
     minutes = GpuMinute.objects.filter(gpu__node=node, minute__gte=since, samples__gt=0).order_by("minute")
     series: dict[str, dict[str, list]] = {"temperature": {}, "power": {}, "utilisation": {}}
     index = {g.pk: f"GPU {g.index}" for g in gpus}
@@ -127,10 +162,4 @@ def node_detail(request: HttpRequest, slug: str, name: str) -> HttpResponse:
         series["temperature"].setdefault(label, []).append((t, m["temperature_sum"] / n))
         series["power"].setdefault(label, []).append((t, m["power_sum"] / n))
         series["utilisation"].setdefault(label, []).append((t, m["utilisation_sum"] / n))
-    charts = [
-        ("Temperature", "°C", _chart(series["temperature"], since=since)),
-        ("Power", "W", _chart(series["power"], since=since)),
-        ("Utilisation", "%", _chart(series["utilisation"], since=since)),
-    ]
-    context = {"cluster": cluster, "node": node, "gpus": gpus, "charts": charts}
-    return render(request, "fleet/node.html", context)
+    return series
