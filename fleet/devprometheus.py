@@ -59,7 +59,14 @@ def free_port() -> int:
 class LocalPrometheus:
     """`prometheus` on 127.0.0.1:<port>, its data in a temporary directory removed on stop."""
 
-    def __init__(self, config: str, *, port: int | None = None, binary: str = "prometheus") -> None:
+    def __init__(
+        self,
+        config: str,
+        *,
+        port: int | None = None,
+        binary: str = "prometheus",
+        web_config: Path | None = None,
+    ) -> None:
         path = shutil.which(binary)
         if path is None:
             raise RuntimeError("no prometheus binary: run scripts/test-services (apt-get install prometheus)")
@@ -76,6 +83,7 @@ class LocalPrometheus:
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--storage.tsdb.retention.time=1d",
                 "--log.level=warn",
+                *([f"--web.config.file={web_config}"] if web_config else []),
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -101,6 +109,21 @@ class LocalPrometheus:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"prometheus gave nothing for {expr} within {timeout:g} s")
+            time.sleep(0.1)
+
+    def wait_ready(self, *, timeout: float = 30.0, **request) -> None:
+        """Until its API answers (at once, unlike its first scrape)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {(self.dir / 'prometheus.log').read_text()[-2000:]}")
+            try:
+                if requests.get(f"{self.url}/-/ready", timeout=2, **request).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prometheus not ready within {timeout:g} s")
             time.sleep(0.1)
 
     def stop(self) -> None:

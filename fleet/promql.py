@@ -62,9 +62,8 @@ class PromQL:
             self.session.headers["Authorization"] = f"Bearer {bearer_token}"
         if basic_auth:
             self.session.auth = basic_auth
-        self.session.verify = verify
-        if cert:
-            self.session.cert = cert
+        # Given with each request: a session's own are overridden by REQUESTS_CA_BUNDLE.
+        self.verify, self.cert = verify, cert or None
 
     def close(self) -> None:
         self.session.close()
@@ -115,6 +114,8 @@ class PromQL:
                 timeout=(self.timeout, self.timeout),
                 allow_redirects=False,  # a redirect would carry the credentials elsewhere
                 stream=True,
+                verify=self.verify,
+                cert=self.cert,
             ) as response:
                 raw = _read(response, deadline, self.timeout)
                 status = response.status_code
