@@ -228,8 +228,10 @@ def _from_prometheus(found: Measurement, telemetry, keys, rows, jobs, windows) -
         energy = energy_mj(telemetry, attempts)
     except PrometheusUnavailable as exc:
         log.warning("energy of %d job attempt(s) on %s: %s", len(attempts), telemetry.cluster, exc)
-        why = f"GPU telemetry unavailable: Prometheus at {telemetry.prometheus.get('url', '?')}: {exc}"
-        found.unavailable.update(dict.fromkeys(keys, why[:250]))
+        where = f"Prometheus at {telemetry.prometheus.get('url', '?')}: {exc}"
+        # Until the next cycle gets an answer, pages and metering do not wait for it again.
+        telemetry.mark_unavailable(where, now)
+        found.unavailable.update(dict.fromkeys(keys, f"GPU telemetry unavailable: {where}"[:250]))
         return
     for attempt in attempts:
         if attempt.key in energy:

@@ -331,18 +331,21 @@ def render_node(node: SimNode) -> str:
     instances: list[int | None] = [1, 2] if "mig" in node.faults else [None]
     lines = []
     window = time.monotonic() - int(XID_WINDOW_MS) / 1000
+    # Each GPU's labels and values once, not once per counter: a bench serves a thousand nodes.
+    labelled = {(gpu.index, i): _labels(node, gpu, i) for gpu in node.gpus for i in instances}
+    values = {gpu.index: _values(node, gpu) for gpu in node.gpus}
     for name, kind, text in COUNTERS:
         lines.append(f"# HELP {name} {text}")
         lines.append(f"# TYPE {name} {kind}")
         for gpu in node.gpus:
             for instance in instances:
-                labels = _labels(node, gpu, instance)
+                labels = labelled[gpu.index, instance]
                 if name == "DCGM_EXP_XID_ERRORS_COUNT":
                     if gpu.xid and gpu.xid_at > window:
                         extra = f',window_size_in_ms="{XID_WINDOW_MS}",xid="{gpu.xid}"'
                         lines.append(f"{name}{labels[:-1]}{extra}}} 1")
                     continue
-                value = _values(node, gpu)[name]
+                value = values[gpu.index][name]
                 lines.append(f"{name}{labels} {_number(value)}")
     text = "\n".join(lines) + "\n"
     if "malformed" in node.faults:

@@ -2,8 +2,9 @@
 scraping each node: the portal keeps no samples of its own, it asks.
 
 A cycle is four instant queries, however many GPUs and jobs the cluster has:
-- who: `group by (UUID, gpu, modelName, node, instance, hpc_job, pod, namespace)` of two series
-  every dcgm-exporter serves: one row per GPU, and per job on it (`hpc_job` copies series);
+- who: `group by (UUID, gpu, modelName, node, instance, hpc_job, pod, namespace)` of the
+  temperature every dcgm-exporter serves: one row per GPU, and per job on it (`hpc_job` copies
+  series);
 - values: `max by (__name__, UUID)` of temperature, power, utilisation, memory and the energy
   counter (the max folds the copies MIG instances print of device-level series);
 - conditions: only the GPUs with an XID, a failed row remap or an uncorrectable ECC error;
@@ -218,10 +219,7 @@ def _flag(expr: str, name: str) -> str:
 def read(client: PromQL, settings: PrometheusSettings, silent_seconds: float) -> Reading:
     """The cluster's GPUs now, in four queries."""
     reading = Reading()
-    who = client.query(
-        f"group by ({', '.join(settings.identity_labels())}) "
-        f"({settings.select(__name__=any_of([TEMPERATURE, ENERGY]))})"
-    )
+    who = client.query(f"group by ({', '.join(settings.identity_labels())}) ({settings.select(TEMPERATURE)})")
     values = client.query(
         f"max by (__name__, UUID, uuid) ({settings.select(__name__=any_of([*GAUGES, ENERGY]))})"
     )
@@ -265,7 +263,7 @@ def _take_identities(reading: Reading, settings: PrometheusSettings, samples) ->
     for sample in samples:
         labels = sample.labels
         uuid = _uuid(labels)
-        name = settings.node_of(labels)
+        name = settings.node_of(labels)[: Node._meta.get_field("name").max_length]
         if not uuid or not name:
             reading.without_uuid += 1
             continue
@@ -374,7 +372,7 @@ def _nodes(cluster: Cluster, by_node: dict[str, dict], instances: dict[str, str]
             [
                 Node(
                     cluster=cluster,
-                    name=name[:128],
+                    name=name,
                     gpu_type=gpu_type_of(next(iter(by_node[name].values())).model_name, types),
                     exporter_url="",
                     instance=instances.get(name, "")[:300],
