@@ -219,28 +219,29 @@ def _flag(expr: str, name: str) -> str:
 def read(client: PromQL, settings: PrometheusSettings, silent_seconds: float) -> Reading:
     """The cluster's GPUs now, in four queries."""
     reading = Reading()
-    who = client.query(f"group by ({', '.join(settings.identity_labels())}) ({settings.select(TEMPERATURE)})")
-    values = client.query(
-        f"max by (__name__, UUID, uuid) ({settings.select(__name__=any_of([*GAUGES, ENERGY]))})"
-    )
-    conditions = client.query(
-        either(
-            [
-                _flag(f"max by (UUID, uuid) ({settings.select(XID_LAST)}) > 0", "xid_last"),
-                _flag(f"max by (UUID, uuid, xid) ({settings.select(XID_COUNT)}) > 0", "xid_window"),
-                _flag(f"max by (UUID, uuid) ({settings.select(ROW_REMAP_FAILURE)}) >= 1", "row_remap"),
-                _flag(f"max by (UUID, uuid) ({settings.select(__name__=any_of(ECC_DBE))}) > 0", "ecc_dbe"),
-            ]
-        )
-    )
     up = settings.select("up")
-    targets = client.query(
-        either(
-            [
-                _flag(f"{up} == 0", "down"),
-                _flag(f"max_over_time({up}[{duration(silent_seconds)}]) == 0", "down_throughout"),
-            ]
-        )
+    who, values, conditions, targets = client.query_all(
+        [
+            f"group by ({', '.join(settings.identity_labels())}) ({settings.select(TEMPERATURE)})",
+            f"max by (__name__, UUID, uuid) ({settings.select(__name__=any_of([*GAUGES, ENERGY]))})",
+            either(
+                [
+                    _flag(f"max by (UUID, uuid) ({settings.select(XID_LAST)}) > 0", "xid_last"),
+                    _flag(f"max by (UUID, uuid, xid) ({settings.select(XID_COUNT)}) > 0", "xid_window"),
+                    _flag(f"max by (UUID, uuid) ({settings.select(ROW_REMAP_FAILURE)}) >= 1", "row_remap"),
+                    _flag(
+                        f"max by (UUID, uuid) ({settings.select(__name__=any_of(ECC_DBE))}) > 0", "ecc_dbe"
+                    ),
+                ]
+            ),
+            either(
+                [
+                    _flag(f"{up} == 0", "down"),
+                    _flag(f"max_over_time({up}[{duration(silent_seconds)}]) == 0", "down_throughout"),
+                ]
+            ),
+        ],
+        at=time.time(),  # the four see the same instant
     )
     _take_identities(reading, settings, who)
     _take_values(reading, values)
@@ -532,14 +533,17 @@ def _by_hpc_job(client: PromQL, settings: PrometheusSettings, attempts: list[Att
     """Slurm jobs by dcgm-exporter's `hpc_job` label: a job's series exist only while the job-mapping
     files name it, so one range covering a chunk's windows counts each job's own run alone."""
     found = {}
+    chunks, exprs = [], []
     for chunk in _chunks(attempts, LABELLED_JOBS_PER_QUERY):
         by_id = defaultdict(list)
         for attempt in chunk:
             by_id[attempt.external_id].append(attempt.key)
         span, at = _span(chunk)
         counter = settings.select(ENERGY, hpc_job=any_of(by_id))
-        expr = f"sum by (hpc_job) (max by (UUID, uuid, hpc_job) (increase({counter}[{span}] @ {at})))"
-        for sample in client.query(expr):
+        chunks.append(by_id)
+        exprs.append(f"sum by (hpc_job) (max by (UUID, uuid, hpc_job) (increase({counter}[{span}] @ {at})))")
+    for by_id, samples in zip(chunks, client.query_all(exprs), strict=True):
+        for sample in samples:
             if finite(sample.value):
                 for key in by_id.get(sample.labels.get("hpc_job", ""), ()):
                     found[key] = sample.value
@@ -550,6 +554,7 @@ def _by_pod(client: PromQL, settings: PrometheusSettings, attempts: list[Attempt
     """Kubernetes jobs by their pods' `namespace` and `pod` labels (a Job's pods are named
     <job>-<suffix>), counted as for `hpc_job`."""
     found = {}
+    chunks, exprs = [], []
     for chunk in _chunks(attempts, LABELLED_JOBS_PER_QUERY):
         by_id = defaultdict(list)
         for attempt in chunk:
@@ -559,8 +564,12 @@ def _by_pod(client: PromQL, settings: PrometheusSettings, attempts: list[Attempt
         span, at = _span(chunk)
         counter = settings.select(ENERGY, namespace=any_of(namespaces), pod=f"(?:{any_of(names)})-[^-]+")
         job_of_pod = f"label_replace(increase({counter}[{span}] @ {at}), {string(K8S_JOB)}, {string('$1')}, {string('pod')}, {string('(.+)-[^-]+')})"  # noqa: E501
-        expr = f"sum by (namespace, {K8S_JOB}) (max by (UUID, uuid, namespace, {K8S_JOB}) ({job_of_pod}))"
-        for sample in client.query(expr):
+        chunks.append(by_id)
+        exprs.append(
+            f"sum by (namespace, {K8S_JOB}) (max by (UUID, uuid, namespace, {K8S_JOB}) ({job_of_pod}))"
+        )
+    for by_id, samples in zip(chunks, client.query_all(exprs), strict=True):
+        for sample in samples:
             external_id = f"{sample.labels.get('namespace', '')}/{sample.labels.get(K8S_JOB, '')}"
             if finite(sample.value):
                 for key in by_id.get(external_id, ()):
@@ -571,6 +580,7 @@ def _by_pod(client: PromQL, settings: PrometheusSettings, attempts: list[Attempt
 def _by_gpus(client: PromQL, settings: PrometheusSettings, attempts: list[AttemptWindow]) -> dict:
     """Jobs by the GPUs the portal saw them on: one term per job, over its own window."""
     found = {}
+    exprs = []
     for chunk in _chunks(attempts, JOB_TERMS_PER_QUERY):
         terms = []
         for attempt in chunk:
@@ -581,7 +591,9 @@ def _by_gpus(client: PromQL, settings: PrometheusSettings, attempts: list[Attemp
             terms.append(
                 f"label_replace({used}, {string(ATTEMPT)}, {string(name)}, {string('')}, {string('')})"
             )
-        for sample in client.query(either(terms)):
+        exprs.append(either(terms))
+    for samples in client.query_all(exprs):
+        for sample in samples:
             job, _, attempt = sample.labels.get(ATTEMPT, "").partition(".")
             if finite(sample.value) and job.isdigit() and attempt.isdigit():
                 found[int(job), int(attempt)] = sample.value

@@ -550,3 +550,21 @@ def test_node_charts_and_the_days_energy_are_asked_of_prometheus(
     )
     assert 0 < today <= float(asked[0]["value"][1]) / 3.6e9 * 1.01
     assert f'id="fleet-kwh">{today:.3f} kWh' in client.get("/clusters/local/fleet/").content.decode()
+
+
+def test_a_running_jobs_page_shows_energy_from_prometheus_and_idle_gpus_from_its_cycles(
+    live_sim, prometheus, cluster, make_job, job_scratch, client, owner, settings
+):
+    # Every GPU counts as idle here (under 101 %), and a hundredth of a minute is long enough.
+    settings.FACTORY_GPU_HEALTH_RULES = '{"idle_utilisation_pct": 101, "idle_minutes": 0.01}'
+    use_prometheus(cluster, prometheus, "local")
+    gate = job_scratch / "gate"
+    job = run_job(make_job, cluster, command=f"while [ ! -e {gate} ]; do sleep 0.05; done")
+    cycles(cluster, prometheus, 3)
+    assert JobGpuEnergy.objects.get(job=job).samples == 3
+    client.force_login(owner)
+    page = client.get(job.get_absolute_url()).content.decode()
+    assert re.search(r"[0-9.]+ kWh measured by its 1 GPU' own counters", page)
+    assert "Its GPUs have been idle (under 101 % utilisation)" in page
+    gate.touch()
+    finish(job, cluster)
