@@ -18,7 +18,10 @@ Measures:
 - energy_10k_jobs_s: measured energy of 10,000 finished jobs of 8 GPUs (80,000 energy rows),
   as metering reads it for a batch.
 
-Usage: .venv/bin/python bench/telemetry.py [--nodes 1000] [--cycles 3] [--profile FILE]
+With --source prometheus, the same fleet read from a Prometheus instead: bench/telemetry_prometheus.py.
+
+Usage: .venv/bin/python bench/telemetry.py [--nodes 1000] [--gpus 8] [--cycles 3] [--profile FILE]
+                                           [--source prometheus]
 Needs a local PostgreSQL (trust auth) and redis-server; creates and drops its own database, runs
 its own Redis. --profile writes cProfile stats of one more single-task cycle. Last line: JSON.
 """
@@ -309,6 +312,12 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--energy-jobs", type=int, default=10_000)
     parser.add_argument("--profile", metavar="FILE", help="write cProfile stats of one more cycle here")
+    parser.add_argument(
+        "--source",
+        choices=["embedded", "prometheus"],
+        default="embedded",
+        help="see bench/telemetry_prometheus.py",
+    )
     args = parser.parse_args()
     benchdb.recreate(DB_NAME)
     simulator = redis = None
@@ -317,6 +326,11 @@ def main() -> None:
         redis = services.redis_server(REDIS_PORT, log_dir / "redis.log").start()
         redis.wait_for_port(REDIS_PORT)
         setup_django()
+        if args.source == "prometheus":
+            from telemetry_prometheus import run
+
+            print(json.dumps({**run(args), "cpus": os.cpu_count()}))
+            return
         simulator, base_url = start_simulator(args.nodes, args.gpus, args.gpus_per_job)
         cluster = seed(base_url, args.nodes, args.gpus, args.gpus_per_job)
         figures = measure_cycles(cluster, args.cycles, args.profile)

@@ -35,9 +35,9 @@ def tenant_spend(request, tenant) -> str:
     month = month_of()
     budget = Budget.objects.filter(tenant=tenant).first()
     pricing = Pricing()
-    running = [
-        live_cost(job, pricing=pricing) for job in Job.objects.filter(tenant=tenant, state=JobState.RUNNING)
-    ]
+    jobs = list(Job.objects.filter(tenant=tenant, state=JobState.RUNNING))
+    pricing.load_measured((job.pk, job.attempt) for job in jobs)  # one batch, not a look-up per job
+    running = [live_cost(job, pricing=pricing) for job in jobs]
     accruing: dict[str, Decimal] = {}  # one amount per currency, never added across them
     for cost in running:
         for code, amount in cost.amounts.items():

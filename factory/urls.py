@@ -33,6 +33,7 @@ urlpatterns = [
     path("api/v1/", include("quotas.api.urls")),
     path("api/v1/", include("billing.api.urls")),
     path("api/v1/", include("platform_config.api.urls")),
+    path("api/v1/", include("fleet.api.urls")),
     path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]

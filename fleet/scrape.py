@@ -55,6 +55,9 @@ class NodeResult:
     error: str = ""
     fetch_seconds: float = 0.0
     parse_seconds: float = 0.0
+    # Since when the exporter has been silent, where the source knows better than the node's
+    # last good answer (a Prometheus that saw the target down all along the silence limit).
+    silent_since: datetime | None = None
 
 
 @dataclasses.dataclass
@@ -69,6 +72,8 @@ class CycleReport:
     store_seconds: float = 0.0
     health_seconds: float = 0.0
     changed: list[int] = dataclasses.field(default_factory=list)  # GPU ids whose health moved
+    queries: int = 0  # asked of a Prometheus source
+    unavailable: str = ""  # why the source gave nothing this cycle
 
     @property
     def seconds(self) -> float:
@@ -229,8 +234,16 @@ def scrape_cluster(
     return report
 
 
-def ingest(cluster: Cluster, results: list[NodeResult], now: datetime, report: CycleReport) -> None:
-    """Store what `results` say of their nodes' GPUs (their nodes only)."""
+def ingest(
+    cluster: Cluster,
+    results: list[NodeResult],
+    now: datetime,
+    report: CycleReport,
+    *,
+    keep_rollups: bool = True,
+) -> None:
+    """Store what a cycle read, whatever its source, and judge it. Without `keep_rollups` no minute
+    rollups are kept (a source that keeps the samples itself is asked for them instead)."""
     rules = site_rules()
     report.nodes = len(results)
     node_ids = [result.node.pk for result in results]
@@ -287,7 +300,7 @@ def ingest(cluster: Cluster, results: list[NodeResult], now: datetime, report: C
             job = job_map.job_for(node, sample)
             _apply_sample(gpu, sample, now, job, rules, report)
             gpu_rows.append(gpu)
-            if sample.temperature_c is not None or sample.power_w is not None:
+            if keep_rollups and (sample.temperature_c is not None or sample.power_w is not None):
                 rollups.append(
                     (
                         gpu.pk,
@@ -560,7 +573,7 @@ def _save_nodes(ok: list[NodeResult], failed: list[NodeResult], now: datetime, r
     for result in failed:
         node = result.node
         node.scrape_error, node.scrape_errors = result.error[:300], node.scrape_errors + 1
-        silent_since = node.scraped_at or node.created_at
+        silent_since = result.silent_since or node.scraped_at or node.created_at
         if now - silent_since >= silent_after:
             seconds = int((now - silent_since).total_seconds())
             next_health(

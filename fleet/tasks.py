@@ -6,23 +6,29 @@ from datetime import timedelta
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from factory.models import Cluster
 
 from . import metrics
+from .choices import TelemetrySource
 from .models import ClusterTelemetry, GpuMinute, Node
 from .scrape import scrape_cluster
+from .sources import run_cycle
 
 log = logging.getLogger(__name__)
 
 
 def due_clusters(now=None) -> list[Cluster]:
-    """Enabled clusters with nodes whose interval has passed since their last cycle started, and
-    whose last cycle is over (or stalled: a shard not done within the task time limit)."""
+    """Enabled clusters with nodes (or read from Prometheus, which finds them) whose interval has
+    passed since their last cycle started, and whose last cycle is over (or stalled: a shard not
+    done within the task time limit)."""
     now = now or timezone.now()
     due = []
-    clusters = Cluster.objects.filter(enabled=True, nodes__isnull=False).distinct()
+    clusters = Cluster.objects.filter(
+        Q(nodes__isnull=False) | Q(telemetry__source=TelemetrySource.PROMETHEUS), enabled=True
+    ).distinct()
     telemetry = {t.cluster_id: t for t in ClusterTelemetry.objects.all()}
     stalled = settings.FACTORY_TASK_TIME_LIMIT + settings.FACTORY_TASK_KILL_GRACE
     for cluster in clusters:
@@ -37,6 +43,10 @@ def due_clusters(now=None) -> list[Cluster]:
         if age >= interval * 0.9 and (not t.shards_pending or age >= stalled):
             due.append(cluster)
     return due
+
+
+def from_prometheus(cluster: Cluster) -> bool:
+    return ClusterTelemetry.objects.filter(cluster=cluster, source=TelemetrySource.PROMETHEUS).exists()
 
 
 def shards(cluster: Cluster) -> list[list[int]]:
@@ -72,11 +82,12 @@ def finish_shard(cluster_id: int) -> None:
 @shared_task(acks_late=True)
 def scrape_due() -> dict[str, int]:
     """Start a telemetry cycle of each cluster that is due (beat runs this every few seconds):
-    one task per shard of its nodes, so that the workers share a big cluster's cycle."""
+    one task per shard of its nodes, so that the workers share a big cluster's cycle; a cluster
+    read from Prometheus in one task (its queries do not grow with its nodes)."""
     started = {}
     now = timezone.now()
     for cluster in due_clusters(now):
-        node_shards = shards(cluster)
+        node_shards = [None] if from_prometheus(cluster) else shards(cluster)
         if not start_cycle(cluster, len(node_shards), now):
             continue
         for node_ids in node_shards:
@@ -86,15 +97,19 @@ def scrape_due() -> dict[str, int]:
 
 
 @shared_task(acks_late=True)
-def scrape_shard(cluster_id: int, node_ids: list[int]) -> dict[str, float] | None:
-    """Scrape, store and judge one shard of a cluster's nodes (the cluster's backend is called
-    to drain and resume them: the task goes to its kind's queue)."""
+def scrape_shard(cluster_id: int, node_ids: list[int] | None = None) -> dict[str, float] | None:
+    """Scrape, store and judge one shard of a cluster's nodes, or (`node_ids` None) the whole
+    cluster from its telemetry source (the cluster's backend is called to drain and resume them:
+    the task goes to its kind's queue)."""
     cluster = Cluster.objects.filter(pk=cluster_id).first()
     if cluster is None:
         return None
-    nodes = list(Node.objects.filter(cluster=cluster, pk__in=node_ids).select_related("gpu_type"))
     try:
-        report = scrape_cluster(cluster, nodes=nodes)
+        if node_ids is None:
+            report = run_cycle(cluster)
+        else:
+            nodes = list(Node.objects.filter(cluster=cluster, pk__in=node_ids).select_related("gpu_type"))
+            report = scrape_cluster(cluster, nodes=nodes)
     finally:
         finish_shard(cluster_id)
     log.info(

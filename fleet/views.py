@@ -45,6 +45,7 @@ def fleet_summary(cluster: Cluster) -> dict:
 
 def _summary(cluster: Cluster) -> dict:
     now = timezone.now()
+    telemetry = ClusterTelemetry.objects.filter(cluster=cluster).first()
     gpus = Gpu.objects.filter(cluster=cluster)
     counts = gpus.aggregate(
         total=Count("pk"),
@@ -55,17 +56,26 @@ def _summary(cluster: Cluster) -> dict:
         watts=Sum("power_w", filter=Q(sampled_at__gte=now - FRESH)),
     )
     hottest = gpus.filter(temperature_c__isnull=False).order_by("-temperature_c")
-    telemetry = ClusterTelemetry.objects.filter(cluster=cluster).values("energy_day", "energy_day_mj").first()
-    today_mj = 0
-    if telemetry and telemetry["energy_day"] == now.astimezone(UTC).date():
-        today_mj = telemetry["energy_day_mj"]
     watts = counts.pop("watts") or 0.0
     return {
         **counts,
         "kw_now": watts / 1000,
-        "kwh_today": today_mj / 3.6e9,
+        "kwh_today": energy_today_kwh(cluster, telemetry, now),
         "hottest": list(hottest.values("node__name", "index", "temperature_c")[:HOTTEST]),
+        "telemetry": telemetry,
     }
+
+
+def energy_today_kwh(cluster: Cluster, telemetry: ClusterTelemetry | None, now) -> float | None:
+    """kWh the cluster's GPUs used since midnight UTC: the embedded scraper's count of the day, or
+    Prometheus's counters (None when it cannot say)."""
+    if telemetry is not None and telemetry.from_prometheus:
+        from .sources.prometheus import energy_today_kwh as asked
+
+        return asked(cluster, telemetry, now)
+    if telemetry is None or telemetry.energy_day != now.astimezone(UTC).date():
+        return 0.0
+    return telemetry.energy_day_mj / 3.6e9
 
 
 @login_required
@@ -161,7 +171,28 @@ def node_detail(request: HttpRequest, slug: str, name: str) -> HttpResponse:
     cluster = _staff_cluster(request, slug)
     node = get_object_or_404(Node.objects.select_related("gpu_type"), cluster=cluster, name=name)
     gpus = list(node.gpus.select_related("job").order_by("index"))
-    since = timezone.now() - timedelta(hours=1)
+    now = timezone.now()
+    since = now - timedelta(hours=1)
+    telemetry = ClusterTelemetry.objects.filter(cluster=cluster).first()
+    if telemetry is not None and telemetry.from_prometheus:
+        from .sources.prometheus import node_series
+
+        series = node_series(telemetry, node, since, now)
+    else:
+        series = _rollup_series(node, gpus, since)
+    charts = []
+    if series is not None:
+        charts = [
+            ("Temperature", "°C", _chart(series["temperature"], since=since)),
+            ("Power", "W", _chart(series["power"], since=since)),
+            ("Utilisation", "%", _chart(series["utilisation"], since=since)),
+        ]
+    context = {"cluster": cluster, "node": node, "gpus": gpus, "charts": charts, "telemetry": telemetry}
+    return render(request, "fleet/node.html", context)
+
+
+def _rollup_series(node: Node, gpus: list[Gpu], since) -> dict[str, dict[str, list]]:
+    """The embedded scraper's minute rollups of a node's GPUs, as averages per minute."""
     minutes = GpuMinute.objects.filter(gpu__node=node, minute__gte=since, samples__gt=0).order_by("minute")
     series: dict[str, dict[str, list]] = {"temperature": {}, "power": {}, "utilisation": {}}
     index = {g.pk: f"GPU {g.index}" for g in gpus}
@@ -170,10 +201,4 @@ def node_detail(request: HttpRequest, slug: str, name: str) -> HttpResponse:
         series["temperature"].setdefault(label, []).append((t, m["temperature_sum"] / n))
         series["power"].setdefault(label, []).append((t, m["power_sum"] / n))
         series["utilisation"].setdefault(label, []).append((t, m["utilisation_sum"] / n))
-    charts = [
-        ("Temperature", "°C", _chart(series["temperature"], since=since)),
-        ("Power", "W", _chart(series["power"], since=since)),
-        ("Utilisation", "%", _chart(series["utilisation"], since=since)),
-    ]
-    context = {"cluster": cluster, "node": node, "gpus": gpus, "charts": charts}
-    return render(request, "fleet/node.html", context)
+    return series
