@@ -7,7 +7,8 @@ which is where bulk_create and a CASE per row spend their time. Elsewhere (SQLit
 development) the ORM's bulk_create and a CASE per column do the same work.
 
 Values are given as the database takes them: numbers, strings, Decimals, dates and times, None,
-and ids for foreign keys.
+and ids for foreign keys. A column's strings repeated across many rows (the same reason for
+thousands of waiting jobs) travel once each, the rows carrying their positions.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def insert_many(model: type[models.Model], columns: dict[str, Sequence], same: d
     names, selected, params, arrays, types = [], [], [], [], []
     for index, (name, values) in enumerate(columns.items()):
         field = meta.get_field(name)
+        expression, expression_params, placeholder, array = _travelling(field, values, f"u.v{index}")
         names.append(quote(field.column))
-        selected.append(f"u.v{index}")
-        types.append(f"%s::{_array_type(field)}[]")
-        arrays.append(list(values))
+        selected.append(expression)
+        params += expression_params
+        types.append(placeholder)
+        arrays.append(array)
     for name, value in same.items():
         field = meta.get_field(name)
         names.append(quote(field.column))
@@ -85,9 +88,11 @@ def update_many(
         params.append(field.get_db_prep_save(value, connection))
     for index, (name, values) in enumerate(columns.items()):
         field = meta.get_field(name)
-        sets.append(f"{quote(field.column)} = u.v{index}")
-        types.append(f"%s::{_array_type(field)}[]")
-        arrays.append(list(values))
+        expression, expression_params, placeholder, array = _travelling(field, values, f"u.v{index}")
+        sets.append(f"{quote(field.column)} = {expression}")
+        params += expression_params
+        types.append(placeholder)
+        arrays.append(array)
     conditions, condition_params = [f"{table}.{quote(meta.pk.column)} = u.id"], []
     for name, value in where.items():
         field = meta.get_field(name)
@@ -101,6 +106,20 @@ def update_many(
             [*params, *arrays, *condition_params],
         )
         return cursor.rowcount
+
+
+def _travelling(field: models.Field, values: Sequence, alias: str) -> tuple[str, list, str, list]:
+    """How one column's values travel: (the expression that reads a row's value, its params, the
+    placeholder of the array unnest reads, that array). Strings that repeat (each twice or more
+    on average) go as their distinct values, once, and each row's position among them."""
+    kind = _array_type(field)
+    values = list(values)
+    if values and all(isinstance(value, str) for value in values):
+        distinct = list(dict.fromkeys(values))
+        if 2 * len(distinct) <= len(values):
+            position = {value: number for number, value in enumerate(distinct, start=1)}
+            return f"(%s::{kind}[])[{alias}]", [distinct], "%s::int[]", [position[value] for value in values]
+    return alias, [], f"%s::{kind}[]", values
 
 
 def _array_type(field: models.Field) -> str:

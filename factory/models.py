@@ -273,14 +273,15 @@ class Pool(models.Model):
     def record_shape(self, health) -> bool:
         """Take the node shape a backend reported (a PoolHealth), with its topology; saved only
         when it changed."""
-        topology = (
-            {
+        if health.topology_level is None:  # not read this time
+            topology = self.topology
+        elif health.topology_level and health.domains:
+            topology = {
                 "level": health.topology_level,
-                "domains": {k: list(v) for k, v in sorted(health.domains.items())},
+                "domains": {name: list(nodes) for name, nodes in sorted(health.domains.items())},
             }
-            if health.topology_level and health.domains
-            else {}
-        )
+        else:
+            topology = {}
         shape = {
             "node_count": health.nodes,
             "node_gpus": health.gpus_per_node,

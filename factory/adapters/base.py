@@ -355,8 +355,9 @@ class PoolHealth:
     cpus_per_node: int | None = None
     memory_mb_per_node: int | None = None
     # Where the site describes its topology: what a domain is ("switch", "block", a node label)
-    # and the pool's nodes by the domain they share ({domain: node names}).
-    topology_level: str = ""
+    # and the pool's nodes by the domain they share ({domain: node names}). None: the backend did
+    # not say this time, and the pool keeps the topology it had.
+    topology_level: str | None = ""
     domains: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 

@@ -50,3 +50,24 @@ def test_a_pools_nodes_are_grouped_by_their_switch():
         {"leaf2": ("gpu2", "gpu3")},
     )
     assert dict(gpu.domains) == {"leaf1": ("gpu1",)}
+
+
+def test_a_pool_keeps_its_topology_when_slurm_does_not_say(db, h100):
+    """`scontrol show topology` failed this time (gpu_capacity's topology None): the switches
+    stay as last read; a topology Slurm says is gone is gone."""
+    from factory.models import Cluster, Pool
+
+    cluster = Cluster.objects.create(slug="slurm-t", name="Slurm", kind="slurm")
+    pool = Pool.objects.create(cluster=cluster, gpu_type=h100, capacity=8, partition="gang")
+    sinfo = "".join(
+        f"{node}|gang|gpu:h100:4|gpu:h100:0(IDX:N/A)|16|16000|idle\n" for node in ("gpu2", "gpu3")
+    )
+    for topology, expected in [
+        (node_switches(TREE), {"level": "switch", "domains": {"leaf2": ["gpu2", "gpu3"]}}),
+        (None, {"level": "switch", "domains": {"leaf2": ["gpu2", "gpu3"]}}),
+        (node_switches(""), {}),
+    ]:
+        (health,) = gpu_capacity(sinfo, topology)
+        pool.record_shape(health)
+        pool.refresh_from_db()
+        assert (pool.node_count, pool.topology) == (2, expected)

@@ -527,13 +527,13 @@ class SlurmAdapter(Adapter):
         message = "controller up" + (f"; nodes down or drained: {', '.join(down)}" if down else "")
         return Health(ok=True, message=message, pools=tuple(pools))
 
-    def topology(self) -> tuple[str, dict[str, str]]:
-        """The site's topology (topology.conf), as node_switches reads it; none if Slurm has no
-        topology plugin or does not answer (the cluster is no less healthy for it)."""
+    def topology(self) -> tuple[str, dict[str, str]] | None:
+        """The site's topology (topology.conf), as node_switches reads it; None if Slurm did not
+        say (the cluster is no less healthy for it, and its pools keep the topology they had)."""
         try:
-            return node_switches(self.cli.run(["scontrol", "show", "topology"], check=False))
+            return node_switches(self.cli.run(["scontrol", "show", "topology"]))
         except BackendError:
-            return "", {}
+            return None
 
     def health_key(self, pool) -> str:
         partition = pool.partition or self.connection.default_partition or ""

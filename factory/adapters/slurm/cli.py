@@ -298,11 +298,12 @@ def gpu_tres(text: str) -> dict[str, int]:
 NODE_FIELDS = "NodeList:|,Partition:|,Gres:|,GresUsed:|,CPUs:|,Memory:|,StateLong"
 
 
-def gpu_capacity(nodes_text: str, topology: tuple[str, dict[str, str]] = ("", {})) -> list[PoolHealth]:
+def gpu_capacity(nodes_text: str, topology: tuple[str, dict[str, str]] | None = ("", {})) -> list[PoolHealth]:
     """GPUs per (partition, type), and the node shape of each, from `sinfo -N -O NODE_FIELDS`:
     how many nodes have such GPUs, and the largest one's GPUs, CPUs and memory (MB); with the
-    site's `topology` (node_switches), its nodes by the switch or block they are under."""
-    level, switch_of = topology
+    site's `topology` (node_switches; None: not read), its nodes by the switch or block they are
+    under."""
+    level, switch_of = topology if topology is not None else (None, {})
     totals: dict[str, dict[str, int]] = {}
     domains: dict[str, dict[str, list[str]]] = {}
     for line in nodes_text.splitlines():
@@ -331,7 +332,7 @@ def gpu_capacity(nodes_text: str, topology: tuple[str, dict[str, str]] = ("", {}
             gpus_per_node=entry["gpus"],
             cpus_per_node=entry["cpus"] or None,
             memory_mb_per_node=entry["mem"] or None,
-            topology_level=level if key in domains else "",
+            topology_level=None if level is None else level if key in domains else "",
             domains={name: tuple(nodes) for name, nodes in sorted(domains.get(key, {}).items())},
         )
         for key, entry in sorted(totals.items())
