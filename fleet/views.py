@@ -34,18 +34,21 @@ def _staff_cluster(request: HttpRequest, slug: str) -> Cluster:
 
 def fleet_summary(cluster: Cluster) -> dict:
     """GPUs by health, power now, energy today, the hottest GPUs: a few aggregate queries, kept
-    SUMMARY_SECONDS in the cache, since every admin's open page asks for it every few seconds."""
-    key = f"fleet:summary:{cluster.pk}"
+    SUMMARY_SECONDS in the cache, since every admin's open page asks for it every few seconds.
+    Whether its telemetry source answers is read afresh: a cached figure is never shown as current
+    once the source stopped answering, nor a recovered one as unavailable."""
+    telemetry = ClusterTelemetry.objects.filter(cluster=cluster).first()
+    available = telemetry is None or telemetry.unavailable_since is None
+    key = f"fleet:summary:{cluster.pk}:{int(available)}"
     summary = cache.get(key)
     if summary is None:
-        summary = _summary(cluster)
+        summary = _summary(cluster, telemetry)
         cache.set(key, summary, SUMMARY_SECONDS)
-    return summary
+    return {**summary, "telemetry": telemetry}
 
 
-def _summary(cluster: Cluster) -> dict:
+def _summary(cluster: Cluster, telemetry: ClusterTelemetry | None) -> dict:
     now = timezone.now()
-    telemetry = ClusterTelemetry.objects.filter(cluster=cluster).first()
     gpus = Gpu.objects.filter(cluster=cluster)
     counts = gpus.aggregate(
         total=Count("pk"),
