@@ -347,6 +347,13 @@ class Snapshot:
         quota = self.quotas.get((job.tenant_id, job.gpu_type_id))
         if quota is None:
             return Decision(None, f"tenant {tenant.slug} has no {gpu} quota")
+        cohort = self.cohorts[job.gpu_type_id]
+        used = self.use[job.tenant_id, job.gpu_type_id]
+        own = cohort.own_nominal[job.tenant_id]
+        borrowed = max(0, used + job.gpu_count - own)
+        assessed = cohort.assess(job.tenant_id, job.gpu_count) if borrowed else None
+        if borrowed and not may_borrow:  # decided in the borrowing rounds, from the level it needs
+            return Decision(None, "", needs_borrowing=True, borrow_level=assessed[1])
         if quota.max_gpus_per_job is not None and job.gpu_count > quota.max_gpus_per_job:
             return Decision(
                 None,
@@ -363,25 +370,12 @@ class Snapshot:
             if short:
                 return Decision(None, short)
 
-        cohort = self.cohorts[job.gpu_type_id]
-        used = self.use[job.tenant_id, job.gpu_type_id]
-        own = cohort.own_nominal[job.tenant_id]
-        borrowed = max(0, used + job.gpu_count - own)
         if borrowed:
-            if not may_borrow:
-                return Decision(
-                    None,
-                    "",
-                    needs_borrowing=True,
-                    borrow_level=cohort.borrow_level(job.tenant_id, job.gpu_count),
-                )
-            refused = cohort.refusal(job.tenant_id, job.gpu_count)
+            refused, needed = assessed
             if refused is not None:
                 return Decision(None, self._borrowing_refusal(job, gpu, used, own, *refused))
-            if level is not None:
-                needed = cohort.borrow_level(job.tenant_id, job.gpu_count)
-                if needed > level:  # closer lenders first
-                    return Decision(None, "", needs_borrowing=True, borrow_level=needed)
+            if level is not None and needed > level:  # closer lenders first
+                return Decision(None, "", needs_borrowing=True, borrow_level=needed)
         return self.place(job, borrowed)
 
     def budget_shortfall(self, job: PendingJob, holder: int, gpu: str) -> str:

@@ -112,30 +112,29 @@ class CohortTree:
                 delta = max(0, after - self.g[node]) - max(0, before - self.g[node])
         return changed
 
-    def refusal(self, tenant: int, gpus: int) -> tuple[int, str] | None:
-        """Why `gpus` more for the tenant would not fit: (node, "limit") for a borrowing limit
-        exceeded there, (ROOT, "idle") when what is lent does not cover it; None if it fits."""
-        for node, after in self._after(tenant, gpus):
-            if node == ROOT:
-                if after > self.sq[ROOT]:
-                    return ROOT, "idle"
-            elif (
-                self.borrowing_limit[node] is not None and after > self.sq[node] + self.borrowing_limit[node]
-            ):
-                return node, "limit"
-        return None
-
-    def borrow_level(self, tenant: int, gpus: int) -> int:
-        """How many steps above the tenant (0: its own node) the `gpus` more of its own jobs would
-        be lent from: the first node on its path whose borrowing from above they would not raise
-        (the root's index when every node's would rise). Within a pass, usage only grows, so the
-        level of a job only rises: a job need not be looked at again before it."""
+    def assess(self, tenant: int, gpus: int) -> tuple[tuple[int, str] | None, int]:
+        """For `gpus` more of the tenant's own jobs, in one walk up its path: why they would not
+        fit, if they would not ((node, "limit") for a borrowing limit exceeded there, (ROOT,
+        "idle") when what is lent does not cover them), and how many steps above the tenant (0:
+        its own node) they would be lent from: the first node whose borrowing from above they
+        would not raise (the root's index when every node's would rise). Within a pass, usage
+        only grows, so both only get worse: a job need not be looked at again before its level."""
         path = self.path(tenant)
-        after = dict(self._after(tenant, gpus))
-        for level, node in enumerate(path[:-1]):
-            if node not in after or max(0, after[node] - self.sq[node]) <= self.borrowing(node):
-                return level
-        return len(path) - 1
+        after = self._after(tenant, gpus)
+        refused, level = None, None
+        for index, (node, usage) in enumerate(after):
+            if node == ROOT:
+                if usage > self.sq[ROOT]:
+                    refused = refused or (ROOT, "idle")
+                continue
+            limit = self.borrowing_limit[node]
+            if refused is None and limit is not None and usage > self.sq[node] + limit:
+                refused = (node, "limit")
+            if level is None and max(0, usage - self.sq[node]) <= self.borrowing(node):
+                level = index
+        if level is None:
+            level = min(len(after), len(path) - 1)  # the first node the GPUs do not reach, or the root
+        return refused, level
 
     def use(self, tenant: int, gpus: int) -> None:
         """The tenant's own jobs hold `gpus` more (fewer, when negative)."""
