@@ -81,9 +81,23 @@ class CycleReport:
 
 
 def fetch_text(url: str, timeout: float) -> str:
-    """One exporter's answer; raises on anything but a 200 with text."""
+    """One exporter's answer; raises on anything but a 200 with text. A kept-alive connection the
+    exporter closed meanwhile (it answers nothing) is tried once more on a new connection, as Go's
+    HTTP client (Prometheus's) does for a GET; a timeout is not tried again."""
+    try:
+        return _fetch_once(url, timeout)
+    except urllib3.exceptions.ProtocolError:
+        return _fetch_once(url, timeout, retry=True)
+
+
+def _fetch_once(url: str, timeout: float, retry: bool = False) -> str:
+    headers = {"Connection": "close"} if retry else None
     response = _pool.request(
-        "GET", url, timeout=urllib3.Timeout(connect=timeout, read=timeout), preload_content=False
+        "GET",
+        url,
+        headers=headers,
+        timeout=urllib3.Timeout(connect=timeout, read=timeout),
+        preload_content=False,
     )
     try:
         if response.status != 200:
