@@ -110,7 +110,7 @@ def seed(url: str, nodes: int, gpus: int, epochs: range):
     cluster = Cluster.objects.create(slug="prom", name="Prom", kind="slurm", region="local")
     Pool.objects.create(cluster=cluster, gpu_type=h100, capacity=nodes * gpus, partition="gpu")
     telemetry = ClusterTelemetry(cluster=cluster, source=TelemetrySource.PROMETHEUS)
-    telemetry.set_prometheus({"url": url, "match": {"fleet": "bench"}, "timeout": 60.0})
+    telemetry.set_prometheus({"url": url, "match": {"fleet": "bench"}, "timeout": 120.0})
     telemetry.save()
     tenant, _ = Tenant.objects.get_or_create(slug="lab", defaults={"name": "Lab"})
     user = get_user_model().objects.create_user("prom-researcher", password="x")

@@ -2,11 +2,11 @@
 scraping each node: the portal keeps no samples of its own, it asks.
 
 A cycle is four instant queries, however many GPUs and jobs the cluster has:
-- who: `group by (UUID, gpu, modelName, node, instance, hpc_job, pod, namespace)` of the
+- who: `max by (UUID, gpu, modelName, node, instance, hpc_job, pod, namespace)` of the
   temperature every dcgm-exporter serves: one row per GPU, and per job on it (`hpc_job` copies
-  series);
-- values: `max by (__name__, UUID)` of temperature, power, utilisation, memory and the energy
-  counter (the max folds the copies MIG instances print of device-level series);
+  series), with its temperature;
+- values: `max by (__name__, UUID)` of power, utilisation, memory and the energy counter (the
+  max folds the copies MIG instances print of device-level series);
 - conditions: only the GPUs with an XID, a failed row remap or an uncorrectable ECC error;
 - exporters: the targets Prometheus cannot scrape now, and those it could not all along the
   silence limit (`max_over_time(up[…]) == 0`).
@@ -64,12 +64,13 @@ from ..scrape import CycleReport, NodeResult, ingest
 log = logging.getLogger(__name__)
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-TEMPERATURE = "DCGM_FI_DEV_GPU_TEMP"
+TEMPERATURE = "DCGM_FI_DEV_GPU_TEMP"  # with the labels that say which GPU and job: `who`
 POWER = "DCGM_FI_DEV_POWER_USAGE"
 UTILISATION = "DCGM_FI_DEV_GPU_UTIL"
 # The labels a GPU is known by, and those that name the job on it.
 GPU_LABELS = ("UUID", "uuid", "gpu", "modelName", "instance", "hostname", "Hostname")
 JOB_LABELS = ("hpc_job", "pod", "namespace", "pod_name", "pod_namespace")
+VALUES = [name for name in [*GAUGES, ENERGY] if name != TEMPERATURE]
 CONDITION = "factory_condition"
 ATTEMPT = "factory_attempt"
 K8S_JOB = "factory_k8s_job"
@@ -222,8 +223,8 @@ def read(client: PromQL, settings: PrometheusSettings, silent_seconds: float) ->
     up = settings.select("up")
     who, values, conditions, targets = client.query_all(
         [
-            f"group by ({', '.join(settings.identity_labels())}) ({settings.select(TEMPERATURE)})",
-            f"max by (__name__, UUID, uuid) ({settings.select(__name__=any_of([*GAUGES, ENERGY]))})",
+            f"max by ({', '.join(settings.identity_labels())}) ({settings.select(TEMPERATURE)})",
+            f"max by (__name__, UUID, uuid) ({settings.select(__name__=any_of(VALUES))})",
             either(
                 [
                     _flag(f"max by (UUID, uuid) ({settings.select(XID_LAST)}) > 0", "xid_last"),
@@ -289,6 +290,10 @@ def _take_identities(reading: Reading, settings: PrometheusSettings, samples) ->
                 reading.instances.setdefault(name, labels["instance"])
         if labels.get("hpc_job"):
             jobs[uuid].add(labels["hpc_job"])
+        if not finite(sample.value) or sample.value < 0:
+            reading.bad_values[name] += 1
+        else:
+            gpu.temperature_c = float(sample.value)
     for uuid, found in jobs.items():
         reading.gpus[uuid].hpc_jobs = frozenset(found)
 
