@@ -17,7 +17,7 @@ from django.conf import settings
 
 from .conftest import PROJECT_DIR, wait_until
 
-pytestmark = pytest.mark.worker
+pytestmark = [pytest.mark.worker, pytest.mark.django_db]
 
 SENT = re.compile(r"Scheduler: Sending due task (\S+)")
 # What the shipped settings promise: the lock runs out, and the standby's next try finds it free.
@@ -28,6 +28,9 @@ class Beat:
     def __init__(self, name: str, tmp_path: Path) -> None:
         self.log_path = tmp_path / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FACTORY_BEAT_", "CELERY_REDBEAT_"))}
+        db = settings.DATABASES["default"]
+        # A beat stops at start when its database does not answer: it gets the test database.
+        env["DATABASE_URL"] = f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "factory", "beat", "--loglevel=INFO"],
