@@ -73,10 +73,10 @@ def finance_news(user, tenant) -> dict:
     from factory.models import Membership
 
     from .models import Invoice
-    from .permissions import is_finance
+    from .permissions import reads_billing
 
     if not (
-        is_finance(user) or Membership.objects.filter(user=user, tenant=tenant, role=Role.ADMIN).exists()
+        reads_billing(user) or Membership.objects.filter(user=user, tenant=tenant, role=Role.ADMIN).exists()
     ):
         return {}
     changes = (

@@ -4,23 +4,39 @@ from django.db import models
 from django.utils import timezone
 
 
+def sees_all_of(user, model) -> bool:
+    """Whether `user` may see every row of `model`, of every tenant: its view permission (platform
+    admins and auditors hold it for the models of tenants, finance for the ledger's)."""
+    return user.has_perm(f"{model._meta.app_label}.view_{model._meta.model_name}")
+
+
 class TenantQuerySet(models.QuerySet):
     def visible_to(self, user) -> TenantQuerySet:
-        """Platform admins see every tenant; everybody else the tenants they belong to."""
+        """Those who may view every tenant see every tenant; everybody else the tenants they
+        belong to."""
         if not user.is_authenticated:
             return self.none()
-        if user.is_staff:
+        if sees_all_of(user, self.model):
+            return self
+        return self.filter(memberships__user=user)
+
+    def submittable_by(self, user) -> TenantQuerySet:
+        """The tenants `user` may run jobs in: their own, or any with the permission to add jobs
+        (platform admins). Seeing a tenant is not enough: an auditor sees them all."""
+        if not user.is_authenticated:
+            return self.none()
+        if user.has_perm("jobs.add_job"):
             return self
         return self.filter(memberships__user=user)
 
 
 class TenantOwnedQuerySet(models.QuerySet):
     """Rows that belong to a tenant (memberships, jobs, quotas, budgets, ledger lines): the one rule
-    of who may see them. Platform admins see all; everybody else the rows of the tenants they belong
-    to."""
+    of who may see them. Those with the model's view permission see all (factory.roles); everybody
+    else the rows of the tenants they belong to."""
 
     def sees_everything(self, user) -> bool:
-        return user.is_staff
+        return sees_all_of(user, self.model)
 
     def visible_to(self, user) -> TenantOwnedQuerySet:
         if not user.is_authenticated:
@@ -56,7 +72,7 @@ class SsoGroupRuleQuerySet(models.QuerySet):
             if key not in found or ROLE_POWER[role] > ROLE_POWER[found[key]]:
                 found[key] = role
 
-        for rule in self.select_related("tenant"):
+        for rule in self.filter(platform_role="").select_related("tenant"):
             for group in groups:
                 slug = rule.tenant_slug_for(group)
                 if slug == "":
@@ -66,3 +82,11 @@ class SsoGroupRuleQuerySet(models.QuerySet):
         for tenant_id, slug in Tenant.objects.filter(slug__in=by_slug).values_list("id", "slug"):
             keep(by_id, tenant_id, by_slug[slug])
         return by_id
+
+    def platform_roles(self, groups: list[str]) -> set[str]:
+        """The platform roles the rules give someone in `groups`."""
+        return {
+            rule.platform_role
+            for rule in self.exclude(platform_role="")
+            if any(rule.matches(group) for group in groups)
+        }

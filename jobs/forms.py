@@ -131,7 +131,7 @@ class JobForm(forms.ModelForm):
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.user = user
-        self.fields["tenant"].queryset = Tenant.objects.visible_to(user)
+        self.fields["tenant"].queryset = Tenant.objects.submittable_by(user)
         self.fields["gpu_count"].initial = 1
         self.fields["gpu_count"].required = False
         self.fields["nodes"].initial = 1
