@@ -10,8 +10,9 @@ class FactoryConfig(AppConfig):
 
     def ready(self) -> None:
         from django.contrib.auth import get_user_model
+        from django.contrib.auth.models import Group
         from django.core import checks
-        from django.db.models.signals import post_delete, post_migrate, post_save
+        from django.db.models.signals import m2m_changed, post_delete, post_migrate, post_save
 
         from .adapters.local_guard import check_local_clusters
         from .api import authentication
@@ -30,6 +31,16 @@ class FactoryConfig(AppConfig):
         post_delete.connect(
             authentication.forget_user, sender=user_model, dispatch_uid="factory.forget-user-d"
         )
+        for through in (
+            user_model.groups.through,
+            user_model.user_permissions.through,
+            Group.permissions.through,
+        ):
+            m2m_changed.connect(
+                authentication.forget_role_change,
+                sender=through,
+                dispatch_uid=f"factory.forget-roles-{through}",
+            )
 
 
 def register_audited_models() -> None:
