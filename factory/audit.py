@@ -263,7 +263,7 @@ def via_of(entry: LogEntry) -> str:
     if data.get("change_set"):
         parts.append(f"change set {data['change_set']}")
     if data.get("source") == "sso":
-        parts.append("single sign-on group rule")
+        parts.append("by a group rule")
     if data.get("migrated_from"):
         parts.append(str(data["migrated_from"]))
     return ", ".join(parts)

@@ -91,6 +91,10 @@ class Membership(models.Model):
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant} ({self.role})"
 
+    def get_additional_data(self) -> dict | None:
+        """What the audit trail notes beside a change: a membership the single sign-on rules made."""
+        return {"source": self.source} if self.source == MembershipSource.SSO else None
+
 
 class JoinRequest(models.Model):
     """A user asks to join a tenant; one of its admins (or a platform admin) approves or declines."""

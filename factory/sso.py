@@ -24,7 +24,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 from joserfc.errors import JoseError
 
-from . import roles
+from . import audit, roles
 from .choices import MembershipSource, PlatformRole
 from .models import Identity, Membership, SsoAccount, SsoGroupRule
 
@@ -214,11 +214,12 @@ def _user_for(claims: dict):
         if not user.is_active:
             log.warning("single sign-on refused: user %s is deactivated", user.username)
             raise SignInRefused("Your account here is deactivated. Ask a platform admin.")
-    _update_profile(user, claims)
-    update_posix_username(user, claims)
-    groups = groups_of(claims)
-    apply_group_rules(user, groups)
-    account.platform_roles = apply_platform_roles(user, groups, account.platform_roles)
+    with audit.acting(user, via="single sign-on"):  # what the claims change, in the audit trail
+        _update_profile(user, claims)
+        update_posix_username(user, claims)
+        groups = groups_of(claims)
+        apply_group_rules(user, groups)
+        account.platform_roles = apply_platform_roles(user, groups, account.platform_roles)
     account.groups = groups
     account.last_login_at = timezone.now()
     account.save(update_fields=["groups", "platform_roles", "last_login_at"])

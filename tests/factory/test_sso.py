@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from auditlog.models import LogEntry
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -296,6 +297,9 @@ def test_group_rules_give_and_take_away_platform_roles(oidc_provider, rules, cli
     # The trail says what the sign-in changed.
     removed = [e for e in trail(get_user_model()) if e.changes.get("groups", {}).get("operation") == "delete"]
     assert removed and set(removed[-1].changes["groups"]["objects"]) == {"finance", "auditor"}
+    assert (removed[-1].actor, removed[-1].additional_data) == (alice, {"via": "single sign-on"})
+    joined = trail(Membership, action=LogEntry.Action.CREATE).get()
+    assert joined.additional_data == {"source": "sso", "via": "single sign-on"}
 
 
 def test_a_platform_role_rule_names_no_tenant(lab_x):
