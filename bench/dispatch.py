@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/dispatch.py --backend kubernetes [--jobs 1000] [--cycles 5]
     .venv/bin/python bench/dispatch.py --backend slurm [--concurrency 4] [--py-spy stacks.txt]
+    .venv/bin/python bench/dispatch.py --backend slurm --array 1000
 
 Self-contained: it creates a fresh PostgreSQL database (`factory_bench_dispatch`), sets
 DATABASE_URL to it before Django starts, migrates it and seeds a tenant, a GPU type and one
@@ -33,6 +34,13 @@ gets its own Slurm account with GrpJobs=0, so its jobs queue but never take a GP
 covers all of them (the held ones as submitted jobs with their real ids), calls counted at
 SlurmCLI.execute. Every Slurm job it made is cancelled by id at the end, and the account deleted.
 It uses its own database (`factory_bench_dispatch_slurm`).
+
+slurm --array N: an array of N tasks, admitted, handed to the real Slurm by the dispatch task
+(`jobs.tasks.dispatch_jobs`, run in this process): `array_dispatch_s` from admitted to every task
+recorded as submitted, with the Slurm calls it made (one `sbatch --array`), the median of
+--array-rounds arrays; then one sync of all their tasks (`array_sync_s`, one squeue). Its jobs
+run as the POSIX account --posix-user (made by scripts/slurm-dev-cluster) in the same held-back
+account as above.
 
 The last line printed is one JSON object.
 """
@@ -497,14 +505,15 @@ def slurm(*argv: str, check: bool = True) -> str:
 
 
 @contextlib.contextmanager
-def slurm_bench_account() -> Iterator[list[str]]:
+def slurm_bench_account(user: str | None = None) -> Iterator[list[str]]:
     """The Slurm account of the bench's tenant, with GrpJobs=0: its jobs are accepted and queue
     (reason AssocGrpJobsLimit) but never start, so the bench occupies no GPU of the shared node.
-    Yields the list of Slurm job ids the bench made; on exit they (and anything still queued in
-    the account) are cancelled by id, then the account is deleted."""
+    `user` (default: this process's) may submit under it. Yields the list of Slurm job ids the
+    bench made; on exit they (and anything still queued in the account) are cancelled by id, then
+    the account is deleted."""
     import pwd
 
-    user = pwd.getpwuid(os.getuid()).pw_name
+    user = user or pwd.getpwuid(os.getuid()).pw_name
     slurm(
         "sacctmgr",
         "-i",
@@ -521,7 +530,8 @@ def slurm_bench_account() -> Iterator[list[str]]:
     try:
         yield made
     finally:
-        queued = slurm("squeue", "-h", "-A", TENANT, "-o", "%i", check=False).split()
+        # %F: an array's own id for each of its tasks (%i would print "117_[0-999]").
+        queued = slurm("squeue", "-h", "-A", TENANT, "-o", "%F", check=False).split()
         ids = sorted({*made, *queued}, key=int)
         for start in range(0, len(ids), 500):
             slurm("scancel", *ids[start : start + 500], check=False)
@@ -751,10 +761,10 @@ class SlurmCalls:
         self.original = SlurmCLI.execute
         counter = self
 
-        def execute(cli, argv, *, stdin=None):
+        def execute(cli, argv, **kwargs):
             started = time.perf_counter()
             try:
-                return counter.original(cli, argv, stdin=stdin)
+                return counter.original(cli, argv, **kwargs)
             finally:
                 counter.tools.append(" ".join(argv[:3]) if argv[0] == "scontrol" else argv[0])
                 counter.seconds += time.perf_counter() - started
@@ -846,6 +856,136 @@ def measure_slurm_syncs(cluster, tenant, user, gpu_type, raw_ids: list[str], cyc
     }
 
 
+# --- slurm --array: one array of N tasks -------------------------------------------------------------
+
+SLURM_ARRAY_DB_NAME = "factory_bench_dispatch_slurm_array"
+
+
+def bench_slurm_array(args: argparse.Namespace) -> dict:
+    """One array of `--array` tasks from admitted to accepted by the real Slurm, through the
+    dispatch task, then one sync of them all."""
+    if not shutil.which("sbatch"):
+        raise SystemExit("no Slurm here: run scripts/slurm-dev-cluster")
+    job_root = Path(tempfile.mkdtemp(prefix="factory-bench-array-"))
+    job_root.chmod(0o755)  # the POSIX account makes the array's directory below it
+    try:
+        with (
+            slurm_bench_account(args.posix_user) as made,
+            portal_database(SLURM_ARRAY_DB_NAME, FACTORY_SLURM_JOB_ROOT=str(job_root / "slurm-jobs")),
+        ):
+            from factory.models import Identity, Pool
+            from jobs.models import JobArray
+
+            tenant, user, h100, cluster = seed("slurm", {}, {})
+            Pool.objects.filter(cluster=cluster).update(partition="gpu")
+            Identity.objects.create(user=user, posix_username=args.posix_user)
+            try:
+                return measure_slurm_array(args.array, args.array_rounds, tenant, user, h100, cluster)
+            finally:
+                made.extend(JobArray.objects.exclude(external_id="").values_list("external_id", flat=True))
+    finally:
+        shutil.rmtree(job_root, ignore_errors=True)
+
+
+def admitted_array(size: int, tenant, user, gpu_type, cluster):
+    """An array of `size` one-GPU tasks, all admitted to the cluster (admission is not measured)."""
+    from django.utils import timezone
+
+    from jobs import arrays, submission
+    from jobs.choices import JobState
+    from jobs.models import Job, JobArray
+
+    spec = {
+        "name": "bench-array",
+        "command": "echo task $FACTORY_ARRAY_INDEX",
+        "gpu_type": gpu_type,
+        "gpu_count": 1,
+        "cpus": 1,
+        "memory_gb": 1,
+        "time_limit_minutes": 10,
+    }
+    tasks = arrays.parse(f"0-{size - 1}", None)
+    array, _ = submission.submit_array(tenant=tenant, owner=user, spec=spec, tasks=tasks)
+    now = timezone.now()
+    Job.objects.filter(array=array).update(
+        state=JobState.ADMITTED, cluster=cluster, admitted_at=now, dispatch_enqueued_at=now
+    )
+    JobArray.objects.filter(pk=array.pk).update(cluster=cluster)
+    return array, list(array.tasks.order_by("array_index").values_list("pk", flat=True))
+
+
+def measure_slurm_array(size: int, rounds: int, tenant, user, gpu_type, cluster) -> dict:
+    """`rounds` arrays, one after another, each timed from admitted to all its tasks submitted
+    (the median is `array_dispatch_s`); then one sync of all their tasks."""
+    from jobs import dispatch
+    from jobs.models import Job
+
+    cluster.adapter().cli.controller_config()  # read once per process, as a worker has it
+    measured = [dispatch_one_array(size, tenant, user, gpu_type, cluster) for _ in range(rounds)]
+    median = sorted(measured, key=lambda m: m["seconds"])[len(measured) // 2]
+    active = Job.objects.filter(cluster=cluster).at_backend().count()
+    with SlurmCalls() as calls:
+        started = time.perf_counter()
+        changed = dispatch.sync_cluster(cluster)
+        sync_seconds = time.perf_counter() - started
+    reasons = set(Job.objects.filter(cluster=cluster).values_list("reason", flat=True))
+    log(
+        f"  one sync of the {active} tasks: {sync_seconds:.3f} s, {changed} changed (their waiting reason: "
+        f"{sorted(reasons)}); calls {calls.tools}"
+    )
+    return {
+        "backend": "slurm",
+        "array_tasks": size,
+        "array_dispatch_s": round(median["seconds"], 3),
+        "array_dispatch_s_rounds": [round(m["seconds"], 3) for m in measured],
+        "array_dispatch_tasks_per_s": round(size / median["seconds"], 1),
+        "sbatch_calls": median["tools"].count("sbatch"),
+        "slurm_calls": median["tools"],
+        "slurm_cli_s": round(median["cli_seconds"], 3),
+        "squeue_tasks": median["squeue_tasks"],
+        "array_sync_tasks": active,
+        "array_sync_s": round(sync_seconds, 3),
+        "array_sync_changed": changed,
+        "array_sync_calls": calls.tools,
+    }
+
+
+def dispatch_one_array(size: int, tenant, user, gpu_type, cluster) -> dict:
+    """One admitted array through the dispatch task, checked: every task submitted as
+    <Slurm array id>_<index>, and Slurm listing them all."""
+    from django.db.models import Count
+
+    from jobs.choices import JobState
+    from jobs.models import Job
+    from jobs.tasks import dispatch_jobs
+
+    array, ids = admitted_array(size, tenant, user, gpu_type, cluster)
+    with SlurmCalls() as calls:
+        started = time.perf_counter()
+        dispatch_jobs(ids)
+        seconds = time.perf_counter() - started
+    array.refresh_from_db()
+    counts = dict(Job.objects.filter(pk__in=ids).values_list("state").annotate(n=Count("id")))
+    expected = {f"{array.external_id}_{i}" for i in range(size)}
+    recorded = set(Job.objects.filter(pk__in=ids).values_list("external_id", flat=True))
+    if counts != {JobState.SUBMITTED: size} or recorded != expected:
+        raise RuntimeError(
+            f"the array's tasks were not all submitted as {array.external_id}_<index>: {counts}"
+        )
+    listed = slurm("squeue", "-h", "-r", "-j", array.external_id, "-o", "%i").split()
+    log(
+        f"  dispatch: {seconds:.3f} s from admitted to {size} tasks submitted as Slurm array "
+        f"{array.external_id} ({len(listed)} tasks in squeue); Slurm calls {calls.tools} "
+        f"({calls.seconds:.3f} s in them)"
+    )
+    return {
+        "seconds": seconds,
+        "tools": list(calls.tools),
+        "cli_seconds": calls.seconds,
+        "squeue_tasks": len(listed),
+    }
+
+
 BACKENDS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "kubernetes": bench_kubernetes,
     "ray": bench_ray,
@@ -865,6 +1005,13 @@ def parse_args() -> argparse.Namespace:
         "--concurrency", type=int, default=SLURM_CONCURRENCY, help="slurm: the Celery worker's pool size"
     )
     parser.add_argument("--py-spy", metavar="FILE", help="slurm: record the worker with py-spy (raw stacks)")
+    parser.add_argument("--array", type=int, metavar="N", help="slurm: dispatch one array of N tasks instead")
+    parser.add_argument(
+        "--array-rounds", type=int, default=3, help="slurm --array: arrays timed (median kept)"
+    )
+    parser.add_argument(
+        "--posix-user", default="aif-alice", help="slurm --array: the POSIX account its jobs run as"
+    )
     parser.add_argument(
         "--worker-env",
         metavar="NAME=VALUE",
@@ -877,7 +1024,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    result = BACKENDS[args.backend](args)
+    if args.array and args.backend != "slurm":
+        raise SystemExit("--array is measured on --backend slurm")
+    result = bench_slurm_array(args) if args.array else BACKENDS[args.backend](args)
     log(json.dumps(result))
     return 0
 

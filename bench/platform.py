@@ -86,7 +86,8 @@ def platform_file(tenants: int) -> str:
     lines.append("tenants:")
     departments = 10
     for d in range(departments):
-        quotas = ", ".join(f"{g}: {{nominal: 400}}" for g in GPU_TYPES)
+        # A department's nominal bounds the sum of its teams' (99 teams of at most 7 GPUs each).
+        quotas = ", ".join(f"{g}: {{nominal: 700}}" for g in GPU_TYPES)
         lines.append(f"- {{slug: dept-{d}, name: Department {d}, cost_center: CC-{d}, quotas: {{{quotas}}}}}")
     for t in range(tenants - departments):
         quotas = ", ".join(

@@ -2,6 +2,7 @@
 and, in the same run, through the portal's former server for comparison.
 
     .venv/bin/python bench/submit.py [--workers N] [--duration S] [--warmup S] [--only standard|custom]
+    .venv/bin/python bench/submit.py --array [--array-size 1000] [--array-clients 4]
 
 Self-contained: it creates a fresh PostgreSQL database (`factory_bench`), migrates and seeds it
 (tenant, GPU types, a local cluster with pools, a member user and an API token), starts both web
@@ -14,13 +15,20 @@ counts as an error. The tiers:
 * standard: the production topology (bench/support/topology.py): nginx in front, gunicorn gthread
   workers for the API (deploy/gunicorn.conf.py), uvicorn for the event streams. Its figures are
   the unsuffixed ones (`jobs_per_s_8`, ...) and `jobs_per_s_8_standard`.
-* custom: `python -m factory.serve`, the uvicorn-based server the portal ran before (its parent
-  handing connections to the workers round-robin, Django's WSGI handler in a thread pool), taken
-  from the last commit that had it, with no proxy: `jobs_per_s_8_custom`.
+* custom: `factory.serve`, the uvicorn-based server the portal ran before (its parent
+  handing connections to the workers round-robin, Django's WSGI handler in a thread pool), with no
+  proxy: `jobs_per_s_8_custom`. Its modules come from the last commit that had them and serve
+  today's portal, so the two tiers run the same application and differ only in the server.
 
 Celery tasks enqueued on commit go to Redis DB 14, which is purged before and after; no worker
 runs, since this measures acceptance only. At the end it stops the servers, drops the database,
 and prints one JSON object as its last line.
+
+With --array it measures array submissions instead, on the standard tier: `--array-clients`
+clients post arrays of `--array-size` tasks each (`"array": "0-999"`), and, in the same run and
+with as many clients, single jobs; the last line then has `array_tasks_per_s` (tasks accepted per
+second), `single_jobs_per_s` and their ratio `array_vs_single_ratio`, each the median of
+`--rounds` rounds taken in turns.
 
 The load generator is a small HTTP/1.1 keep-alive client over asyncio streams (on uvloop when
 available) that sends pre-built request bytes. Its own CPU time per request is printed so it can
@@ -33,9 +41,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +55,10 @@ from support.portal import (
     HOST,
     ROOT,
     DbWatch,
+    Submitter,
     Window,
+    client_loop,
+    cpu_snapshot,
     free_port,
     install_uvloop,
     log,
@@ -181,30 +194,51 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--only", choices=TIERS, help="measure one web tier only")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per level and tier (median kept)")
+    add_array_args(parser)
     return parser.parse_args()
 
 
+# The former server's modules, taken from history, and what each import of the portal's own
+# package becomes in the overlay: the former server runs today's portal (its settings, apps,
+# middleware and views), so the two tiers differ only in the server in front.
+FORMER_SERVER_MODULES = {
+    "factory/serve.py": "serve.py",
+    "factory/wsgi_bridge.py": "wsgi_bridge.py",
+    "factory/asgi.py": "asgi.py",
+    "factory/middleware.py": "body_limit.py",  # its `body_limit`, which today's middleware dropped
+}
+FORMER_SERVER_PACKAGE = "former_server"
+FORMER_SERVER_IMPORTS = {
+    '"factory.serve"': f'"{FORMER_SERVER_PACKAGE}.serve"',
+    '"factory.asgi:application"': f'"{FORMER_SERVER_PACKAGE}.asgi:application"',
+    "from factory.wsgi_bridge import": f"from {FORMER_SERVER_PACKAGE}.wsgi_bridge import",
+    "from factory.middleware import body_limit": f"from {FORMER_SERVER_PACKAGE}.body_limit import body_limit",
+}
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True).stdout
+
+
 @contextlib.contextmanager
-def custom_server_tree() -> Iterator[Path]:
-    """A checkout with factory/serve.py: this one while it has it, else the tree of the commit
-    before the one that removed it (from this repository's history)."""
-    if (ROOT / "factory" / "serve.py").exists():
-        yield ROOT
-        return
-    removed = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-list", "-1", "HEAD", "--", "factory/serve.py"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+def former_server_overlay() -> Iterator[Path]:
+    """A directory holding the package `former_server`: factory/serve.py, its WSGI bridge and the
+    ASGI entry point that used it, as of the commit before the one that removed them, with their
+    imports of one another pointed at the package. Put first on PYTHONPATH, it serves today's
+    portal."""
+    removed = git("rev-list", "-1", "HEAD", "--", "factory/serve.py").strip()
     if not removed:
         raise RuntimeError("factory/serve.py is in no commit of this repository's history")
-    with tempfile.TemporaryDirectory(prefix="factory-custom-server-") as tmp:
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", f"{removed}^"], capture_output=True, check=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        log(f"The former server from commit {removed[:10]}^")
+    with tempfile.TemporaryDirectory(prefix="factory-former-server-") as tmp:
+        package = Path(tmp) / FORMER_SERVER_PACKAGE
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        for source, name in FORMER_SERVER_MODULES.items():
+            text = git("show", f"{removed}^:{source}")
+            for old, new in FORMER_SERVER_IMPORTS.items():
+                text = text.replace(old, new)
+            (package / name).write_text(text)
+        log(f"The former server from commit {removed[:10]}^, serving today's portal")
         yield Path(tmp)
 
 
@@ -221,10 +255,16 @@ def standard_tier(env: dict[str, str], workers: int, var_dir: Path) -> Iterator[
 
 @contextlib.contextmanager
 def custom_tier(env: dict[str, str], workers: int, var_dir: Path) -> Iterator[tuple[int, list[int]]]:
-    with custom_server_tree() as tree:
+    with former_server_overlay() as overlay:
         port = free_port()
-        log(f"Starting factory.serve, {workers} worker(s), on {HOST}:{port}")
-        server = start_server(env, port, workers, var_dir / "server.log", cwd=tree)
+        log(f"Starting {FORMER_SERVER_PACKAGE}.serve, {workers} worker(s), on {HOST}:{port}")
+        env = {
+            **env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(overlay), str(ROOT), env.get("PYTHONPATH")])),
+        }
+        server = start_server(
+            env, port, workers, var_dir / "server.log", module=f"{FORMER_SERVER_PACKAGE}.serve"
+        )
         try:
             wait_for_port(port, server)
             yield port, [server.pid]
@@ -274,12 +314,139 @@ def run(args: argparse.Namespace, var_dir: Path) -> dict[str, tuple[list[Window]
         purge_redis(REDIS_URL)
 
 
+# --- --array: tasks accepted per second through array submissions -----------------------------------
+
+
+def add_array_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--array", action="store_true", help="measure array submissions against single jobs")
+    parser.add_argument("--array-size", type=int, default=1000, help="tasks per array submission")
+    parser.add_argument("--array-clients", type=int, default=4, help="concurrent clients, for both kinds")
+
+
+class ArraySubmitter(Submitter):
+    """A client that posts arrays of `size` tasks, each request with its own Idempotency-Key."""
+
+    def __init__(self, port: int, token: str, run_id: str, tenant: str, size: int) -> None:
+        super().__init__(port, token, run_id, tenant)
+        spec = {**json.loads(self.body), "name": "bench-array", "array": f"0-{size - 1}"}
+        self.body = json.dumps(spec).encode()
+        self.head = (
+            f"POST /api/v1/jobs/ HTTP/1.1\r\nHost: {HOST}:{port}\r\nAuthorization: Token {token}\r\n"
+            f"Content-Type: application/json\r\nAccept: application/json\r\n"
+            f"Content-Length: {len(self.body)}\r\nIdempotency-Key: "
+        ).encode()
+
+
+async def measure_kind(
+    port: int, token: str, clients: int, args: argparse.Namespace, pids: list[int], watch: DbWatch, size: int
+) -> Window:
+    """`clients` clients post for `--warmup` + `--duration` seconds: arrays of `size` tasks, or
+    single jobs (size 0); the window is the last `--duration` seconds."""
+    run_id = f"a{size}-{os.getpid()}-{time.time_ns()}"
+    submitters = [
+        ArraySubmitter(port, token, run_id, TENANT, size) if size else Submitter(port, token, run_id, TENANT)
+        for _ in range(clients)
+    ]
+    await asyncio.gather(*(s.connect() for s in submitters))
+    window = Window(clients)
+    measure_from = time.perf_counter() + args.warmup
+    until = measure_from + args.duration
+    loops = [asyncio.create_task(client_loop(s, window, measure_from, until)) for s in submitters]
+    await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+    started, before = time.perf_counter(), cpu_snapshot(pids)
+    _, stuck = await asyncio.wait(loops, timeout=args.duration + 60)
+    for loop in stuck:
+        loop.cancel()
+        window.errors += 1
+    window.cpu_wall = time.perf_counter() - started
+    window.cpu = {key: value - before[key] for key, value in cpu_snapshot(pids).items()}
+    window.seconds = args.duration
+    await asyncio.gather(*(s.close() for s in submitters))
+    return window
+
+
+async def array_rounds(port: int, token: str, pids: list[int], args: argparse.Namespace) -> dict[str, Window]:
+    """Arrays and single jobs, in turns, `--rounds` times; the median round of each is kept."""
+    tried: dict[str, list[Window]] = {"array": [], "single": []}
+    watch = await DbWatch.open(DB_NAME)
+    try:
+        for round_ in range(args.rounds):
+            kinds = ["array", "single"] if round_ % 2 == 0 else ["single", "array"]
+            for kind in kinds:
+                size = args.array_size if kind == "array" else 0
+                window = await measure_kind(port, token, args.array_clients, args, pids, watch, size)
+                per_s = window.per_second * (size or 1)
+                log(
+                    f"[{kind}] {args.array_clients} clients: {per_s:9.1f} {'tasks' if size else 'jobs'}/s "
+                    f"({window.per_second:.1f} requests/s, p50 {window.percentile_ms(0.5):.1f} ms, "
+                    f"errors {window.errors} {window.statuses if window.errors else ''})"
+                )
+                tried[kind].append(window)
+    finally:
+        await watch.close()
+    return {
+        kind: sorted(rounds, key=lambda w: w.per_second)[len(rounds) // 2] for kind, rounds in tried.items()
+    }
+
+
+def run_arrays(args: argparse.Namespace, var_dir: Path) -> dict:
+    env = server_env(
+        DATABASE_URL,
+        REDIS_URL,
+        var_dir,
+        DB_CONN_MAX_AGE=str(args.conn_max_age),
+        DB_POOL_MAX_SIZE=str(args.pool_size),
+        FORWARDED_ALLOW_IPS=HOST,
+    )
+    log(f"Creating database {DB_NAME}, migrating and seeding ...")
+    benchdb.recreate(DB_NAME)
+    try:
+        token = migrate_and_seed(env, TENANT)["TOKEN"]
+        purge_redis(REDIS_URL)
+        with standard_tier(env, args.workers, var_dir) as (port, pids):
+            windows = asyncio.run(array_rounds(port, token, pids, args))
+        rows = count_rows()
+        arrays, single = windows["array"], windows["single"]
+        tasks_per_s = arrays.per_second * args.array_size
+        result = {
+            "array_tasks_per_s": round(tasks_per_s, 1),
+            "single_jobs_per_s": round(single.per_second, 1),
+            "array_vs_single_ratio": round(tasks_per_s / max(single.per_second, 1e-9), 1),
+            "array_size": args.array_size,
+            "clients": args.array_clients,
+            "server_workers": args.workers,
+            "array_p50_ms": round(arrays.percentile_ms(0.5), 1),
+            "single_p50_ms": round(single.percentile_ms(0.5), 1),
+            "cpu_ms_per_task": {
+                k: round(1000 * v / max(arrays.accepted * args.array_size, 1), 3)
+                for k, v in arrays.cpu.items()
+            },
+            "errors": arrays.errors + single.errors,
+            "jobs_in_db": rows["jobs"],
+            "celery_messages": purge_redis(REDIS_URL),
+        }
+        errors = 0
+        for server_log in var_dir.glob("*.log"):
+            count, first = server_log_summary(server_log)
+            if count:
+                log(f"{server_log.name} logged {count} errors; the first: {first}")
+            errors += count
+        result["server_log_errors"] = errors
+        return result
+    finally:
+        benchdb.drop(DB_NAME)
+        purge_redis(REDIS_URL)
+
+
 def main() -> int:
     args = parse_args()
     log(f"Client loop: {install_uvloop()}")
     with tempfile.TemporaryDirectory(prefix="factory-bench-") as tmp:
         var_dir = Path(tmp)
         (var_dir / "staticfiles").mkdir()
+        if args.array:
+            log(json.dumps(run_arrays(args, var_dir)))
+            return 0
         runs = run(args, var_dir)
     log(json.dumps(summary(runs, args)))
     return 0

@@ -1,5 +1,6 @@
 """Budget alerts: a tenant's admins are mailed when this month's spend passes 80% and 100% of its
-budget (money when set, else GPU-hours), once per threshold per month."""
+budget (money when set, else GPU-hours; a department's spend includes its projects'), once per
+threshold per month."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 
 from factory.choices import Role
+from factory.hierarchy import TenantTree
 from factory.models import Tenant
 from factory.months import month_of
 from jobs import notifications
@@ -28,11 +30,8 @@ def usage_share(budget: Budget, month) -> tuple[Decimal, str] | None:
         spent = money_spent({budget.tenant_id: budget.currency}, month).get(budget.tenant_id, ZERO)
         return spent / budget.amount_per_month, f"{spent} of {budget.amount_per_month} {budget.currency}"
     if budget.gpu_hours_per_month:
-        used = (
-            Reservation.objects.filter(tenant_id=budget.tenant_id)
-            .gpu_hours_by_tenant(month)
-            .get(budget.tenant_id, ZERO)
-        )
+        below = TenantTree.load().subtree(budget.tenant_id)  # the budget caps them all
+        used = sum(Reservation.objects.filter(tenant_id__in=below).gpu_hours_by_tenant(month).values(), ZERO)
         return used / budget.gpu_hours_per_month, f"{used:.1f} of {budget.gpu_hours_per_month} GPU-hours"
     return None
 

@@ -9,7 +9,7 @@ class BillingConfig(AppConfig):
     def ready(self) -> None:
         from factory import panels as page_panels
         from factory.models import Cluster, GpuType, Tenant
-        from factory.signals import deletion_blockers, demo_seeded
+        from factory.signals import deletion_blockers, demo_seeded, tenant_moving
         from jobs.signals import job_released
 
         from . import panels, receivers
@@ -20,6 +20,9 @@ class BillingConfig(AppConfig):
 
         job_released.connect(receivers.meter_released, dispatch_uid="billing.meter")
         demo_seeded.connect(receivers.seed_demo, dispatch_uid="billing.seed_demo")
+        tenant_moving.connect(
+            receivers.billing_account_moving, sender=Tenant, dispatch_uid="billing.tenant_moving"
+        )
         for model in (Tenant, GpuType, Cluster, RateCard):
             deletion_blockers.connect(
                 receivers.ledger_lines_in_the_way,

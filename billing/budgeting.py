@@ -13,19 +13,25 @@ from .models import ZERO, MonthlySummary, RateCard
 
 
 def money_spent(currencies: dict[int, str], month: date) -> dict[int, Decimal]:
-    """What the ledger billed each tenant in a month, in the one currency that counts for it (its
-    budget's): {tenant id: currency}. Lines billed in other currencies are other money and are
-    never added in; there is no exchange rate to add them with."""
+    """What the ledger billed each tenant and every tenant below it in a month (a department's
+    budget caps its projects together), in the one currency that counts for it (its budget's):
+    {tenant id: currency}. Lines billed in other currencies are other money and are never added
+    in; there is no exchange rate to add them with."""
+    from factory.hierarchy import TenantTree
+
+    tree = TenantTree.load()
+    below = {t for holder in currencies for t in tree.subtree(holder)}
     rows = (
-        MonthlySummary.objects.filter(tenant_id__in=list(currencies), month=month)
+        MonthlySummary.objects.filter(tenant_id__in=list(below), month=month)
         .values("tenant_id", "currency")
         .annotate(total=models.Sum("amount"))
     )
-    return {
-        row["tenant_id"]: row["total"] or ZERO
-        for row in rows
-        if row["currency"] == currencies[row["tenant_id"]]
-    }
+    spent: dict[int, Decimal] = {}
+    for row in rows:
+        for holder in tree.path(row["tenant_id"]):
+            if currencies.get(holder) == row["currency"]:
+                spent[holder] = spent.get(holder, ZERO) + (row["total"] or ZERO)
+    return spent
 
 
 def prices_per_gpu_hour(day: date | None = None) -> dict[int, tuple[Decimal, str]]:

@@ -24,11 +24,23 @@ from .models import ZERO, MonthClose, UsageKind, UsageRecord, to_cents
 log = logging.getLogger(__name__)
 
 
-def billed_for_period(tenant: Tenant, month: date, currency: str) -> Decimal:
-    """What a tenant has been billed for a month in one currency, credits for it included
+def tree(tenant_id: int) -> list[int]:
+    """A tenant and every tenant below it (its departments and their teams)."""
+    children: dict[int | None, list[int]] = {}
+    for pk, parent in Tenant.objects.values_list("pk", "parent_id"):
+        children.setdefault(parent, []).append(pk)
+    found, todo = [], [tenant_id]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
+def billed_for_period(tenants: list[int], month: date, currency: str) -> Decimal:
+    """What these tenants have been billed for a month in one currency, credits for it included
     (those billed in later months too)."""
     total = (
-        UsageRecord.objects.filter(tenant=tenant, currency=currency)
+        UsageRecord.objects.filter(tenant__in=tenants, currency=currency)
         .filter(
             models.Q(month=month)
             | models.Q(kind=UsageKind.CREDIT, period_start=month_begins(month)) & ~models.Q(month=month)
@@ -36,6 +48,16 @@ def billed_for_period(tenant: Tenant, month: date, currency: str) -> Decimal:
         .aggregate(total=models.Sum("amount"))["total"]
     )
     return to_cents(total or ZERO)
+
+
+def credit_limits(tenant: Tenant, account_id: int) -> list[tuple[str, list[int]]]:
+    """Whose bill a credit to `tenant` may not exceed: the tenant's with what is billed to it
+    (its departments' and teams'), and its billing account's, so that credits to an account and
+    to its departments together never exceed what the account was billed."""
+    limits = [(tenant.slug, tree(tenant.pk))]
+    if account_id != tenant.pk:
+        limits.append((Tenant.objects.get(pk=account_id).slug, tree(account_id)))
+    return limits
 
 
 def grant_credit(
@@ -76,7 +98,8 @@ def grant_credit(
             raise ValidationError({"gpu_type": f"No price for {gpu_type.slug} in {month:%B %Y}."})
         amount = to_cents(gpu_hours * card.price_per_gpu_hour)
     with transaction.atomic():
-        Tenant.objects.select_for_update().get(pk=tenant.pk)  # one credit decision at a time
+        # One credit decision at a time in a billing account.
+        Tenant.objects.select_for_update().get(pk=account_id)
         currency = currency or account_currency
         if currency != account_currency:
             raise ValidationError(
@@ -85,14 +108,15 @@ def grant_credit(
                     f"a credit in {currency} is refused."
                 }
             )
-        billed = billed_for_period(tenant, month, currency)
-        if amount > billed:
-            raise ValidationError(
-                {
-                    "amount": f"A credit of {amount} {currency} is more than the {billed} {currency} "
-                    f"billed to {tenant.slug} for {month:%B %Y} (credits already granted deducted)."
-                }
-            )
+        for name, tenants in credit_limits(tenant, account_id):
+            billed = billed_for_period(tenants, month, currency)
+            if amount > billed:
+                raise ValidationError(
+                    {
+                        "amount": f"A credit of {amount} {currency} is more than the {billed} {currency} "
+                        f"billed to {name} for {month:%B %Y} (credits already granted deducted)."
+                    }
+                )
         line = UsageRecord(
             kind=UsageKind.CREDIT,
             month=month,

@@ -4,7 +4,7 @@ import django_filters
 
 from factory.filtersets import MonthFilter
 
-from .models import UsageKind, UsageRecord
+from .models import Invoice, UsageKind, UsageRecord
 
 
 class UsageRecordFilterSet(django_filters.FilterSet):
@@ -14,3 +14,14 @@ class UsageRecordFilterSet(django_filters.FilterSet):
     class Meta:
         model = UsageRecord
         fields = ["month", "kind"]
+
+
+class InvoiceFilterSet(django_filters.FilterSet):
+    month = MonthFilter(help_text="The month invoiced, YYYY-MM: a closed month (409 otherwise).")
+    account = django_filters.CharFilter(
+        field_name="billing_account__slug", help_text="The billing account, by its tenant's slug."
+    )
+
+    class Meta:
+        model = Invoice
+        fields = ["month", "account"]

@@ -30,15 +30,13 @@ from .models import ZERO, Invoice, InvoiceLine, InvoiceSection, MonthClose, Usag
 log = logging.getLogger(__name__)
 
 
-def section_of_lines(month: date) -> models.Case:
-    """Which part of an invoice a ledger line belongs in (the rule of UsageRecord.is_correction,
-    in SQL): credits granted, charges of earlier months billed now, and this month's usage."""
-    return models.Case(
-        models.When(kind=UsageKind.CREDIT, then=models.Value(InvoiceSection.CREDIT)),
-        models.When(period_start__lt=month_begins(month), then=models.Value(InvoiceSection.CORRECTION)),
-        default=models.Value(InvoiceSection.USAGE),
-        output_field=models.CharField(),
-    )
+def section_of(kind: str, earlier: bool) -> InvoiceSection:
+    """Which part of an invoice a ledger line belongs in (the rule of UsageRecord.is_correction):
+    credits granted, charges of a period before the invoice's month billed in it, and the month's
+    usage."""
+    if kind == UsageKind.CREDIT:
+        return InvoiceSection.CREDIT
+    return InvoiceSection.CORRECTION if earlier else InvoiceSection.USAGE
 
 
 def billing_accounts() -> dict[int, Tenant]:
@@ -80,10 +78,13 @@ def close_month(month: date, user) -> MonthClose:
 
 
 def bounded_wait() -> None:
+    """For the close's transaction: a bounded wait for the billing lock, and memory enough to sum
+    the month's lines by account in one hash table."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT set_config('lock_timeout', %s, true)", [f"{settings.FACTORY_CLOSE_LOCK_TIMEOUT}s"]
+                "SELECT set_config('lock_timeout', %s, true), set_config('work_mem', '64MB', true)",
+                [f"{settings.FACTORY_CLOSE_LOCK_TIMEOUT}s"],
             )
 
 
@@ -103,10 +104,15 @@ def issue_invoices(month: date) -> list[Invoice]:
     gpu_types = dict(GpuType.objects.values_list("pk", "slug"))
     clusters = dict(Cluster.objects.values_list("pk", "slug"))
     drafts: dict[int, Draft] = defaultdict(Draft)
+    earlier = models.ExpressionWrapper(
+        models.Q(period_start__lt=month_begins(month)), output_field=models.BooleanField()
+    )
+    # Grouped by plain columns, whose few combinations PostgreSQL foresees: it sums the month in
+    # one pass into a hash table, where a grouping it cannot foresee made it sort every line.
     grouped = (
         UsageRecord.objects.filter(month=month)
-        .annotate(section=section_of_lines(month))
-        .values("tenant_id", "section", "gpu_type_id", "cluster_id", "currency")
+        .annotate(earlier=earlier)
+        .values("tenant_id", "kind", "earlier", "gpu_type_id", "cluster_id", "currency")
         .annotate(
             seconds=models.Sum("gpu_seconds"),
             amount=models.Sum("amount"),
@@ -119,7 +125,8 @@ def issue_invoices(month: date) -> list[Invoice]:
     merged: dict[tuple, dict] = {}
     for row in grouped:  # several tenants of one account share its invoice lines
         account = accounts[row["tenant_id"]]
-        key = (account.pk, row["section"], row["gpu_type_id"], row["cluster_id"], row["currency"])
+        section = section_of(row["kind"], row["earlier"])
+        key = (account.pk, section, row["gpu_type_id"], row["cluster_id"], row["currency"])
         into = merged.setdefault(key, {"seconds": 0, "amount": ZERO, "kwh": ZERO, "co2e": ZERO, "count": 0})
         for name in ("seconds", "amount", "kwh", "co2e", "count"):
             into[name] += row[name] or 0

@@ -87,19 +87,28 @@ class Pricing:
     accounts: dict[int, tuple[int, str]] | None = None  # tenant id: (billing account id, currency)
     measured: dict[tuple[int, int], energy.JobUse] = dataclasses.field(default_factory=dict)
     measured_asked: set[tuple[int, int]] = dataclasses.field(default_factory=set)
+    # Attempts whose telemetry could not be asked (its source was down): why.
+    telemetry_gaps: dict[tuple[int, int], str] = dataclasses.field(default_factory=dict)
 
-    def load_measured(self, pairs) -> None:
+    def load_measured(self, pairs, windows: dict[tuple[int, int], energy.Window] | None = None) -> None:
         """Measured energy of many job attempts at once (a batch of metering)."""
         pairs = [p for p in pairs if p not in self.measured_asked]
-        self.measured.update(energy.measured(pairs))
+        found = energy.measure(pairs, windows)
+        self.measured.update(found.uses)
+        self.telemetry_gaps.update(found.unavailable)
         self.measured_asked.update(pairs)
 
-    def measured_kwh(self, job_id: int, attempt: int) -> Decimal | None:
+    def measured_kwh(self, job_id: int, attempt: int, window: energy.Window | None = None) -> Decimal | None:
         """kWh the attempt's GPUs measured themselves, or None where telemetry did not see it."""
         if (job_id, attempt) not in self.measured_asked:
-            self.load_measured([(job_id, attempt)])
+            self.load_measured([(job_id, attempt)], {(job_id, attempt): window} if window else None)
         use = self.measured.get((job_id, attempt))
         return use.kwh if use else None
+
+    def energy_note(self, job_id: int, attempt: int) -> str:
+        """What a line with estimated energy says when telemetry was there but could not be asked."""
+        gap = self.telemetry_gaps.get((job_id, attempt))
+        return f"energy estimated: {gap}" if gap else ""
 
     def rate(self, gpu_type_id: int, cluster_id: int, day: date, tenant_id: int) -> RateCard | None:
         account_id, currency = self.account(tenant_id)
@@ -219,7 +228,8 @@ def into_open_months(lines: list[UsageRecord]) -> None:
         while line.month in closed:
             line.month = next_month(line.month)
         if line.month != natural and line.corrects_id is None and line.job_id is not None:
-            line.note = f"late usage of {natural:%Y-%m}, a closed month"
+            late = f"late usage of {natural:%Y-%m}, a closed month"
+            line.note = f"{late}; {line.note}"[:300] if line.note else late
             if line.kind == UsageKind.USAGE:
                 line.kind = UsageKind.ADJUSTMENT
 
@@ -333,12 +343,16 @@ def lines_for_attempt(
 ) -> list[UsageRecord]:
     if started_at is None or ended_at is None or ended_at <= started_at:
         return []
-    measured = pricing.measured_kwh(job.pk, attempt)
+    window = energy.Window(job.cluster_id, started_at, ended_at)
+    measured = pricing.measured_kwh(job.pk, attempt, window)
+    note = pricing.energy_note(job.pk, attempt) if measured is None else ""
     total = Decimal((ended_at - started_at).total_seconds())
     lines = []
     for start, end in month_parts(started_at, ended_at):
         share = None if measured is None else measured * Decimal((end - start).total_seconds()) / total
-        lines.append(line_for(job, attempt, start, end, kind, pricing, share))
+        line = line_for(job, attempt, start, end, kind, pricing, share)
+        line.note = note[:300]
+        lines.append(line)
     return lines
 
 
@@ -478,6 +492,7 @@ class JobCost:
     amounts: dict[str, Decimal]  # per currency, priced parts only: other currencies are other money
     energy_kwh: Decimal
     co2e_kg: Decimal
+    energy_measured: bool = False  # by the GPUs' own counters, not board power × time
 
 
 def live_cost(job: Job, now: datetime | None = None, pricing: Pricing | None = None) -> JobCost:
@@ -497,4 +512,5 @@ def live_cost(job: Job, now: datetime | None = None, pricing: Pricing | None = N
         amounts=amounts,
         energy_kwh=sum((line.energy_kwh for line in lines), ZERO),
         co2e_kg=sum((line.co2e_kg for line in lines), ZERO),
+        energy_measured=bool(lines) and all(line.energy_measured for line in lines),
     )

@@ -18,7 +18,7 @@ from django.utils import timezone
 from factory.models import Cluster, GpuType, Tenant
 from jobs.models import Job
 
-from .querysets import RateCardQuerySet, UsageRecordQuerySet
+from .querysets import InvoiceQuerySet, RateCardQuerySet, UsageRecordQuerySet
 
 CENT = Decimal("0.01")
 ZERO = Decimal(0)
@@ -497,6 +497,8 @@ class Invoice(models.Model):
     energy_kwh = models.DecimalField(max_digits=16, decimal_places=4, default=ZERO)
     co2e_kg = models.DecimalField(max_digits=16, decimal_places=4, default=ZERO)
     ledger_lines = models.BigIntegerField(default=0)
+
+    objects = InvoiceQuerySet.as_manager()
 
     class Meta:
         ordering = ["-month", "number"]

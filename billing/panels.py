@@ -35,9 +35,9 @@ def tenant_spend(request, tenant) -> str:
     month = month_of()
     budget = Budget.objects.filter(tenant=tenant).first()
     pricing = Pricing()
-    running = [
-        live_cost(job, pricing=pricing) for job in Job.objects.filter(tenant=tenant, state=JobState.RUNNING)
-    ]
+    jobs = list(Job.objects.filter(tenant=tenant, state=JobState.RUNNING))
+    pricing.load_measured((job.pk, job.attempt) for job in jobs)  # one batch, not a look-up per job
+    running = [live_cost(job, pricing=pricing) for job in jobs]
     accruing: dict[str, Decimal] = {}  # one amount per currency, never added across them
     for cost in running:
         for code, amount in cost.amounts.items():
@@ -69,15 +69,10 @@ def tenant_spend(request, tenant) -> str:
 def finance_news(user, tenant) -> dict:
     """For the tenant's admins (and finance): the credits and corrections finance made to the
     tenant's bill, and the account's latest invoices."""
-    from factory.choices import Role
-    from factory.models import Membership
-
     from .models import Invoice
-    from .permissions import reads_billing
+    from .permissions import sees_bill_of
 
-    if not (
-        reads_billing(user) or Membership.objects.filter(user=user, tenant=tenant, role=Role.ADMIN).exists()
-    ):
+    if not sees_bill_of(user, tenant):
         return {}
     changes = (
         UsageRecord.objects.filter(tenant=tenant, kind__in=[UsageKind.CREDIT, UsageKind.CORRECTION])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from rest_framework import permissions
 
+from factory.querysets import administered_ids, administers
+
 READ_BILLING = "billing.view_usagerecord"
 CORRECT_LEDGER = "billing.add_usagerecord"  # credits and corrections: new ledger lines
 CLOSE_MONTHS = "billing.add_monthclose"
@@ -27,6 +29,18 @@ def closes_months(user) -> bool:
 
 def sets_prices(user) -> bool:
     return user.is_authenticated and user.has_perms(SET_PRICES)
+
+
+def administered(user) -> list[int]:
+    """The tenants whose bill (invoices, credits, corrections) the user sees as their admin: those
+    they administer, and every tenant below them."""
+    return administered_ids(user)
+
+
+def sees_bill_of(user, tenant) -> bool:
+    """Those who read billing (finance) see every tenant's bill; the admins of a tenant, or of one
+    above it, its own."""
+    return reads_billing(user) or administers(user, tenant)
 
 
 class BillingAccess(permissions.BasePermission):

@@ -4,7 +4,7 @@ from datetime import date
 
 from django.db import models
 
-from factory.querysets import TenantOwnedQuerySet
+from factory.querysets import TenantOwnedQuerySet, sees_all_of
 
 
 class RateCardQuerySet(models.QuerySet):
@@ -27,3 +27,16 @@ class UsageRecordQuerySet(TenantOwnedQuerySet):
 
     def for_month(self, month) -> UsageRecordQuerySet:
         return self.filter(month=month)
+
+
+class InvoiceQuerySet(models.QuerySet):
+    def visible_to(self, user) -> InvoiceQuerySet:
+        """Whoever may view every invoice (finance, auditors, platform admins) sees every invoice;
+        a billing account's admins its own."""
+        from .permissions import administered
+
+        if not user.is_authenticated:
+            return self.none()
+        if sees_all_of(user, self.model):
+            return self
+        return self.filter(billing_account__in=administered(user))

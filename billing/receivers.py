@@ -59,3 +59,15 @@ def seed_demo(sender, tenant, **kwargs) -> None:
     Budget.objects.filter(tenant=tenant, amount_per_month__isnull=True).update(
         amount_per_month=Decimal("5000"), currency="EUR"
     )
+
+
+def billing_account_moving(sender, tenant, parent, **kwargs) -> list[str]:
+    """A billing account is the top of its tenant tree: it cannot be placed below another."""
+    from .models import BillingAccount
+
+    if parent is None or not BillingAccount.objects.filter(tenant=tenant).exists():
+        return []
+    return [
+        f"{tenant} is a billing account (the top of its tenant tree, billed on its own): remove "
+        "its billing account before placing it below another tenant."
+    ]

@@ -8,8 +8,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadReque
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from factory.choices import Role
-from factory.models import GpuType, Membership, Tenant
+from factory.models import GpuType, Tenant
 from factory.months import month_of, parse_month
 
 from . import focus, reports
@@ -18,7 +17,7 @@ from .forms import CorrectionForm, CreditForm, NewPriceForm, RateCardForm
 from .invoice_pdf import render as invoice_pdf_render
 from .invoicing import account_tenants, close_month, invoice_for
 from .models import Invoice, MonthClose, RateCard, UsageKind, UsageRecord
-from .permissions import closes_months, corrects_ledger, reads_billing, sets_prices
+from .permissions import closes_months, corrects_ledger, reads_billing, sees_bill_of, sets_prices
 
 EXPORT_FORMATS = ("csv", "xlsx", "focus")
 XLSX_CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -282,13 +281,6 @@ def invoices(request: HttpRequest) -> HttpResponse:
     return render(request, "billing/invoices.html", context)
 
 
-def may_see_invoice(user, account: Tenant) -> bool:
-    """Whoever reads billing, and the admins of the billing account."""
-    if reads_billing(user):
-        return True
-    return Membership.objects.filter(user=user, tenant=account, role=Role.ADMIN).exists()
-
-
 def issued_invoice(request: HttpRequest, account: str, month: str):
     """The invoice named in the URL, or the response that refuses it."""
     try:
@@ -296,7 +288,7 @@ def issued_invoice(request: HttpRequest, account: str, month: str):
     except ValueError as exc:
         return None, HttpResponseBadRequest(str(exc))
     tenant = Tenant.objects.filter(slug=account).first()
-    if tenant is None or not may_see_invoice(request.user, tenant):
+    if tenant is None or not sees_bill_of(request.user, tenant):
         raise Http404("No such invoice.")
     try:
         return invoice_for(tenant, first), None
@@ -317,19 +309,25 @@ def invoice(request: HttpRequest, account: str, month: str) -> HttpResponse:
 @login_required
 def invoice_pdf(request: HttpRequest, account: str, month: str) -> HttpResponse:
     found, refusal = issued_invoice(request, account, month)
-    if refusal:
-        return refusal
-    response = HttpResponse(invoice_pdf_render(found), content_type="application/pdf")
-    response["Content-Disposition"] = f'attachment; filename="{found.display_number}.pdf"'
-    return response
+    return refusal or pdf_response(found)
 
 
 @login_required
 def invoice_focus(request: HttpRequest, account: str, month: str) -> HttpResponse:
     found, refusal = issued_invoice(request, account, month)
-    if refusal:
-        return refusal
-    rows = focus.csv_stream(found.month, tenants=account_tenants(found))
+    return refusal or focus_response(found)
+
+
+def pdf_response(invoice: Invoice) -> HttpResponse:
+    """An invoice's PDF, as a download (the page and the API alike)."""
+    response = HttpResponse(invoice_pdf_render(invoice), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{invoice.display_number}.pdf"'
+    return response
+
+
+def focus_response(invoice: Invoice) -> StreamingHttpResponse:
+    """The FOCUS rows that make up an invoice, streamed as a CSV download."""
+    rows = focus.csv_stream(invoice.month, tenants=account_tenants(invoice))
     response = StreamingHttpResponse(rows, content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="{found.display_number}-focus.csv"'
+    response["Content-Disposition"] = f'attachment; filename="{invoice.display_number}-focus.csv"'
     return response

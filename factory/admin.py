@@ -56,8 +56,8 @@ class GpuTypeAdmin(admin.ModelAdmin):
 class PoolInline(admin.TabularInline):
     model = Pool
     extra = 0
-    # The node shape its backend reported with the cluster's health.
-    readonly_fields = ["node_count", "node_gpus", "node_cpus", "node_memory_mb"]
+    # The node shape and topology its backend reported with the cluster's health.
+    readonly_fields = ["node_count", "node_gpus", "node_cpus", "node_memory_mb", "topology"]
 
 
 @admin.register(Cluster)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import task_postrun
+from celery.signals import beat_init, task_postrun, worker_init
 
-from factory.preflight import settings_loaded_or_exit
+from factory.preflight import database_or_exit, settings_loaded_or_exit
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "factory.settings")
 
@@ -36,6 +36,14 @@ def _prepare(sender: Celery, **kwargs) -> None:
         # The filesystem transport dies on folders that do not exist yet.
         for key in ("data_folder_in", "control_folder", "processed_folder"):
             os.makedirs(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key], exist_ok=True)
+
+
+@worker_init.connect
+@beat_init.connect
+def _database_or_exit(**kwargs) -> None:
+    """A worker or beat starting: a database that does not answer stops it with one line, rather
+    than a process that takes tasks it cannot run or retries its connection for ever."""
+    database_or_exit()
 
 
 @task_postrun.connect

@@ -4,6 +4,7 @@ from django import forms
 from django.conf import settings
 
 from .choices import Role
+from .models import Tenant
 
 
 class ApiTokenForm(forms.Form):
@@ -36,3 +37,36 @@ class JoinRequestForm(forms.Form):
         label="Message to its admins",
         widget=forms.Textarea(attrs={"rows": 2}),
     )
+
+
+class TenantForm(forms.ModelForm):
+    """A new organisation, department or project: below the parent chosen, or at the top."""
+
+    parent = forms.ModelChoiceField(
+        Tenant.objects.all(),
+        to_field_name="slug",
+        required=False,
+        label="Below",
+        empty_label="(the top: a new organisation)",
+    )
+
+    class Meta:
+        model = Tenant
+        fields = ["slug", "name", "parent", "cost_center"]
+        labels = {"slug": "Short name", "cost_center": "Cost center"}
+
+
+class MoveTenantForm(forms.Form):
+    tenant = forms.ModelChoiceField(Tenant.objects.all(), to_field_name="slug", label="Tenant to move")
+    parent = forms.ModelChoiceField(
+        Tenant.objects.all(),
+        to_field_name="slug",
+        required=False,
+        label="New place below",
+        empty_label="(the top)",
+    )
+
+
+class NameAdminForm(forms.Form):
+    tenant = forms.ModelChoiceField(Tenant.objects.all(), to_field_name="slug", label="Admin of")
+    username = forms.CharField(max_length=150, label="Username of the admin")

@@ -1,7 +1,8 @@
 """Who belongs to a tenant, and who may change that: the rules the members page and the API share.
 
-- Tenant admins and platform admins add members, change roles and remove members; members see the
-  list. A tenant is never left without an admin by a tenant admin (a platform admin may).
+- Tenant admins (a department's admins for its projects too) and platform admins add members,
+  change roles and remove members; members see the list. A tenant is never left without an admin
+  by a tenant admin (a platform admin may).
 - Memberships made by single sign-on group rules are the identity provider's: changed there, not
   here (the next sign-in would undo the change).
 - Anyone may ask to join a tenant; its admins approve (the requester becomes a member) or decline.
@@ -16,13 +17,15 @@ from django.utils import timezone
 
 from .choices import JoinState, MembershipSource, Role
 from .models import JoinRequest, Membership, Tenant
+from .querysets import administers
 
 
 def may_manage(user, tenant: Tenant) -> bool:
-    """The tenant's admins, and whoever may change any membership (platform admins)."""
+    """Whoever may change any membership (platform admins), the tenant's admins, and the admins of
+    the tenants above it."""
     if not user.is_authenticated:
         return False
-    return administers_memberships(user) or tenant.memberships.filter(user=user, role=Role.ADMIN).exists()
+    return administers_memberships(user) or administers(user, tenant)
 
 
 def administers_memberships(user) -> bool:

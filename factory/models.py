@@ -61,13 +61,25 @@ class Tenant(models.Model):
 
     class Meta:
         ordering = ["slug"]
+        constraints = [
+            # Longer loops are refused by a trigger (PostgreSQL) and by clean(): factory.hierarchy.
+            models.CheckConstraint(
+                condition=models.Q(parent__isnull=True) | ~models.Q(parent=models.F("pk")),
+                name="tenant_not_its_own_parent",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.slug
 
     def clean(self) -> None:
+        from .hierarchy import check_parent
+
         if not isinstance(self.regions, list) or not all(isinstance(r, str) and r for r in self.regions):
             raise ValidationError({"regions": "Give a list of region names."})
+        if self.parent_id is not None and self.parent_id == self.pk:
+            raise ValidationError({"parent": "A tenant cannot be its own parent."})
+        check_parent(self, self.parent)
 
 
 class Membership(models.Model):
@@ -247,6 +259,11 @@ class Pool(models.Model):
     node_memory_mb = models.PositiveIntegerField(
         "memory per node (MB)", null=True, blank=True, editable=False
     )
+    # Where the site describes its topology, the pool's nodes by the domain they share, as the
+    # backend reported it with the cluster's health: {"level": "switch" or a node label,
+    # "domains": {domain: [node names]}} (empty: not described). Admission keeps a gang within
+    # one domain where one has room for it, and the backend is told to as well.
+    topology = models.JSONField(default=dict, blank=True, editable=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["cluster", "gpu_type"], name="one_pool_per_gpu_type")]
@@ -255,15 +272,26 @@ class Pool(models.Model):
     def __str__(self) -> str:
         return f"{self.cluster}/{self.gpu_type} ({self.capacity})"
 
-    SHAPE_FIELDS = ("node_count", "node_gpus", "node_cpus", "node_memory_mb")
+    SHAPE_FIELDS = ("node_count", "node_gpus", "node_cpus", "node_memory_mb", "topology")
 
     def record_shape(self, health) -> bool:
-        """Take the node shape a backend reported (a PoolHealth); saved only when it changed."""
+        """Take the node shape a backend reported (a PoolHealth), with its topology; saved only
+        when it changed."""
+        if health.topology_level is None:  # not read this time
+            topology = self.topology
+        elif health.topology_level and health.domains:
+            topology = {
+                "level": health.topology_level,
+                "domains": {name: list(nodes) for name, nodes in sorted(health.domains.items())},
+            }
+        else:
+            topology = {}
         shape = {
             "node_count": health.nodes,
             "node_gpus": health.gpus_per_node,
             "node_cpus": health.cpus_per_node,
             "node_memory_mb": health.memory_mb_per_node,
+            "topology": topology,
         }
         if all(getattr(self, name) == value for name, value in shape.items()):
             return False
@@ -279,7 +307,16 @@ class Pool(models.Model):
             node_gpus=self.node_gpus,
             node_cpus=self.node_cpus,
             node_memory_mb=self.node_memory_mb,
+            domains={
+                domain: tuple(nodes) for domain, nodes in (self.topology or {}).get("domains", {}).items()
+            },
+            level=(self.topology or {}).get("level", ""),
         )
+
+    @property
+    def topology_level(self) -> str:
+        """What the pool's topology domains are ("switch", a node label); "" if not described."""
+        return (self.topology or {}).get("level", "")
 
 
 class ChangeSet(models.Model):

@@ -5,7 +5,8 @@ cannot be reached) stops at once with one line saying why and exit status 2, not
 not a server that answers every request with an error. The web servers call `start_or_exit`
 before they serve (deploy/gunicorn.conf.py in the master, before any worker is forked;
 factory.asgi as it is loaded), `manage.py` calls `settings_or_exit`, and the Celery app's module
-(workers, beat) `settings_loaded_or_exit`.
+(workers, beat) `settings_loaded_or_exit` as it loads and `database_or_exit` as the process
+starts.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ CONNECT_TIMEOUT = 5
 
 
 def fail(message: str) -> None:
-    """Say why the process cannot start, on one line, and stop it."""
-    sys.stderr.write(f"factory: cannot start: {message}\n")
-    sys.stderr.flush()
+    """Say why the process cannot start, on one line, and stop it. The line goes to the process's
+    own standard error, even where Celery has sent `sys.stderr` to its logger."""
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"factory: cannot start: {message}\n")
+    stream.flush()
     raise SystemExit(EXIT_STATUS)
 
 

@@ -1,7 +1,32 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
+
+from .choices import Role
+
+# The tenants a user administers: those where they are an admin, and every tenant below those (an
+# admin of a department administers its projects). One recursive query, PostgreSQL and SQLite alike.
+_ADMINISTERED = """
+    WITH RECURSIVE administered(id) AS (
+        SELECT tenant_id FROM factory_membership WHERE user_id = %s AND role = %s
+        UNION
+        SELECT t.id FROM factory_tenant t JOIN administered a ON t.parent_id = a.id
+    )
+    SELECT id FROM administered"""
+_VISIBLE = _ADMINISTERED + " UNION SELECT tenant_id FROM factory_membership WHERE user_id = %s"
+
+
+def administered_ids(user) -> RawSQL:
+    """The ids of the tenants `user` administers as a tenant admin, for `tenant_id__in=` (not for
+    platform admins, who administer all)."""
+    return RawSQL(_ADMINISTERED, [user.pk, Role.ADMIN])
+
+
+def visible_ids(user) -> RawSQL:
+    """The ids of the tenants `user` sees: those they belong to, and those they administer."""
+    return RawSQL(_VISIBLE, [user.pk, Role.ADMIN, user.pk])
 
 
 def sees_all_of(user, model) -> bool:
@@ -10,15 +35,21 @@ def sees_all_of(user, model) -> bool:
     return user.has_perm(f"{model._meta.app_label}.view_{model._meta.model_name}")
 
 
+def changes_all_of(user, model) -> bool:
+    """Whether `user` administers every row of `model`, of every tenant: its change permission
+    (platform admins; an auditor, who sees all, administers none)."""
+    return user.has_perm(f"{model._meta.app_label}.change_{model._meta.model_name}")
+
+
 class TenantQuerySet(models.QuerySet):
     def visible_to(self, user) -> TenantQuerySet:
         """Those who may view every tenant see every tenant; everybody else the tenants they
-        belong to."""
+        belong to, and the tenants below those they administer."""
         if not user.is_authenticated:
             return self.none()
         if sees_all_of(user, self.model):
             return self
-        return self.filter(memberships__user=user)
+        return self.filter(pk__in=visible_ids(user))
 
     def submittable_by(self, user) -> TenantQuerySet:
         """The tenants `user` may run jobs in: their own, or any with the permission to add jobs
@@ -27,13 +58,29 @@ class TenantQuerySet(models.QuerySet):
             return self.none()
         if user.has_perm("jobs.add_job"):
             return self
-        return self.filter(memberships__user=user)
+        return self.filter(pk__in=visible_ids(user))
+
+    def administered_by(self, user) -> TenantQuerySet:
+        """Those who may change every tenant (platform admins) administer every tenant; a tenant's
+        admins administer it and every tenant below it."""
+        if not user.is_authenticated:
+            return self.none()
+        if changes_all_of(user, self.model):
+            return self
+        return self.filter(pk__in=administered_ids(user))
+
+
+def administers(user, tenant) -> bool:
+    """Whether `user` may administer `tenant` (its members, its projects' members)."""
+    from .models import Tenant
+
+    return Tenant.objects.administered_by(user).filter(pk=tenant.pk).exists()
 
 
 class TenantOwnedQuerySet(models.QuerySet):
     """Rows that belong to a tenant (memberships, jobs, quotas, budgets, ledger lines): the one rule
     of who may see them. Those with the model's view permission see all (factory.roles); everybody
-    else the rows of the tenants they belong to."""
+    else the rows of the tenants they belong to and of the tenants below those they administer."""
 
     def sees_everything(self, user) -> bool:
         return sees_all_of(user, self.model)
@@ -43,7 +90,14 @@ class TenantOwnedQuerySet(models.QuerySet):
             return self.none()
         if self.sees_everything(user):
             return self
-        return self.filter(tenant__memberships__user=user)
+        return self.filter(tenant_id__in=visible_ids(user))
+
+    def administered_by(self, user) -> TenantOwnedQuerySet:
+        if not user.is_authenticated:
+            return self.none()
+        if changes_all_of(user, self.model):
+            return self
+        return self.filter(tenant_id__in=administered_ids(user))
 
 
 class IdentityQuerySet(models.QuerySet):

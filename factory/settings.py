@@ -481,6 +481,10 @@ FACTORY_DISPATCH_MAX_FAILURES = env_int("FACTORY_DISPATCH_MAX_FAILURES", 5)
 # is still split over this many tasks, so that several worker processes take part.
 FACTORY_DISPATCH_BATCH = env_int("FACTORY_DISPATCH_BATCH", 16)
 FACTORY_DISPATCH_SPREAD = env_int("FACTORY_DISPATCH_SPREAD", 4)
+# The most tasks one submission of an array or a sweep may make.
+FACTORY_MAX_ARRAY_TASKS = env_int("FACTORY_MAX_ARRAY_TASKS", 10_000)
+if FACTORY_MAX_ARRAY_TASKS < 1:
+    raise ImproperlyConfigured("FACTORY_MAX_ARRAY_TASKS must be at least 1")
 # The local backend runs jobs on the portal's own host, next to its database and secrets: it runs
 # only with DEBUG on, or with this set on a host given over to it.
 FACTORY_ALLOW_LOCAL_BACKEND = env_bool("FACTORY_ALLOW_LOCAL_BACKEND", False)
@@ -527,6 +531,10 @@ FACTORY_CLOSE_LOCK_TIMEOUT = env_float("FACTORY_CLOSE_LOCK_TIMEOUT", 30.0)
 FACTORY_TELEMETRY_INTERVAL = env_float("FACTORY_TELEMETRY_INTERVAL", 10.0)
 FACTORY_TELEMETRY_TICK = env_float("FACTORY_TELEMETRY_TICK", 5.0)
 FACTORY_TELEMETRY_CONCURRENCY = env_int("FACTORY_TELEMETRY_CONCURRENCY", 32)
+# A cluster's cycle is one task per shard of this many nodes, run by whichever workers are free.
+FACTORY_TELEMETRY_SHARD_NODES = env_int("FACTORY_TELEMETRY_SHARD_NODES", 250)
+if FACTORY_TELEMETRY_SHARD_NODES < 1:
+    raise ImproperlyConfigured("FACTORY_TELEMETRY_SHARD_NODES must be at least 1")
 FACTORY_TELEMETRY_TIMEOUT = env_float("FACTORY_TELEMETRY_TIMEOUT", 3.0)
 FACTORY_TELEMETRY_RETENTION_DAYS = env_int("FACTORY_TELEMETRY_RETENTION_DAYS", 14)
 FACTORY_GPU_HEALTH_RULES = env("FACTORY_GPU_HEALTH_RULES", "") or ""

@@ -16,6 +16,11 @@ demo_seeded = Signal()
 # app and model, however many rows are asked about.
 deletion_blockers = Signal()
 
+# Asked before a tenant is placed below another (sender: the model; tenant, parent: the new parent
+# or None). Each app answers a list of messages saying what the move would break of its own (a
+# department's quota that its projects would outgrow), or nothing.
+tenant_moving = Signal()
+
 
 def blockers(model, ids) -> dict[int, list[str]]:
     """Why each of these rows may not be deleted (rows without a reason are left out)."""

@@ -24,6 +24,7 @@ urlpatterns = [
     path("account/tokens/<int:pk>/revoke/", views.token_revoke, name="token-revoke"),
     path("account/notifications/", job_views.notification_settings, name="notifications"),
     path("account/join/", views.join_tenant, name="join-tenant"),
+    path("tenants/", views.tenant_tree, name="tenants"),
     path("tenants/<slug:slug>/members/", views.tenant_members, name="tenant-members"),
     path("audit/", views.audit_trail, name="audit"),
     path("audit/export/", views.audit_export, name="audit-export"),
@@ -34,6 +35,7 @@ urlpatterns = [
     path("api/v1/", include("quotas.api.urls")),
     path("api/v1/", include("billing.api.urls")),
     path("api/v1/", include("platform_config.api.urls")),
+    path("api/v1/", include("fleet.api.urls")),
     path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]

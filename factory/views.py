@@ -11,6 +11,8 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.db import transaction
+from django.db.models import Count, Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -20,11 +22,11 @@ from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from . import audit, members, sso
+from . import audit, hierarchy, members, sso
 from .choices import JoinState, Role
 from .filtersets import AuditFilterSet
-from .forms import AddMemberForm, ApiTokenForm, JoinRequestForm
-from .models import ApiToken, Cluster, Tenant
+from .forms import AddMemberForm, ApiTokenForm, JoinRequestForm, MoveTenantForm, NameAdminForm, TenantForm
+from .models import ApiToken, Cluster, Membership, Tenant
 from .roles import VIEW_AUDIT_TRAIL
 
 log = logging.getLogger(__name__)
@@ -293,3 +295,85 @@ def audit_export(request: HttpRequest) -> HttpResponse:
     response = StreamingHttpResponse(rows, content_type="text/csv")
     response["Content-Disposition"] = 'attachment; filename="audit-trail.csv"'
     return response
+
+
+@login_required
+def tenant_tree(request: HttpRequest) -> HttpResponse:
+    """Organisations, their departments and projects, as a tree: everyone sees the tenants they
+    belong to or administer; platform admins create tenants, move them, name their admins and
+    delete the ones nothing needs any more."""
+    is_platform_admin = request.user.has_perm("factory.change_membership")
+    forms = {
+        "create": TenantForm(prefix="new"),
+        "move": MoveTenantForm(prefix="move"),
+        "admin": NameAdminForm(prefix="admin"),
+    }
+    if request.method == "POST":
+        if not is_platform_admin:
+            raise PermissionDenied("Only platform admins change the tenant tree.")
+        action = request.POST.get("action")
+        if action in forms:
+            forms[action] = type(forms[action])(request.POST, prefix=forms[action].prefix)
+        try:
+            done = _tree_action(request, action, forms)
+        except ValidationError as exc:
+            _form_errors(forms.get(action), exc, request)
+        else:
+            if done:
+                messages.success(request, done)
+                return redirect("tenants")
+    tenants = Tenant.objects.visible_to(request.user).prefetch_related(
+        Prefetch(
+            "memberships",
+            Membership.objects.filter(role=Role.ADMIN).select_related("user").order_by("user__username"),
+            to_attr="admin_memberships",
+        )
+    )
+    context = {
+        "rows": hierarchy.ordered(tenants.annotate(member_count=Count("memberships"))),
+        "is_platform_admin": is_platform_admin,
+        **{f"{name}_form": form for name, form in forms.items()},
+    }
+    return render(request, "factory/tenants.html", context, status=400 if request.method == "POST" else 200)
+
+
+def _tree_action(request: HttpRequest, action: str | None, forms: dict) -> str:
+    """Do what the posted form asks; the message to show, or "" when the form had errors."""
+    if action == "delete":
+        tenant = get_object_or_404(Tenant, slug=request.POST.get("tenant"))
+        hierarchy.delete(tenant)
+        return f"{tenant} deleted."
+    form = forms.get(action)
+    if form is None:
+        raise ValidationError("Unknown action.")
+    if not form.is_valid():
+        return ""
+    data = form.cleaned_data
+    if action == "create":
+        with transaction.atomic():
+            hierarchy.hierarchy_lock()
+            tenant = form.save()
+        where = f" below {tenant.parent}" if tenant.parent else ""
+        return f"{tenant} created{where}."
+    if action == "move":
+        hierarchy.move(data["tenant"], data["parent"])
+        return (
+            f"{data['tenant']} is now {'below ' + str(data['parent']) if data['parent'] else 'at the top'}."
+        )
+    tenant, username = data["tenant"], data["username"]
+    membership = tenant.memberships.filter(user__username=username).first()
+    if membership is None:
+        members.add_member(tenant, username, Role.ADMIN, request.user)
+    else:
+        members.change_role(membership, Role.ADMIN, request.user)
+    return f"{username} is an admin of {tenant}."
+
+
+def _form_errors(form, exc: ValidationError, request: HttpRequest) -> None:
+    """A refusal as the form's field errors where it names a field, as a message otherwise."""
+    if form is not None and hasattr(exc, "error_dict"):
+        for field, errors in exc.message_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+        return
+    for message in exc.messages:
+        messages.error(request, message)

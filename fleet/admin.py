@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
 
+from .choices import TelemetrySource
 from .models import ClusterTelemetry, Gpu, Node
 
 
@@ -29,6 +31,7 @@ class NodeAdmin(admin.ModelAdmin):
         "scraped_at",
         "scrape_error",
         "scrape_errors",
+        "instance",
     ]
 
 
@@ -44,6 +47,44 @@ class GpuAdmin(admin.ModelAdmin):
         return False  # GPUs are found by scraping their node's exporter
 
 
+class ClusterTelemetryForm(forms.ModelForm):
+    """The Prometheus settings as JSON; its credentials are write-only, as clusters' are."""
+
+    prometheus_settings = forms.JSONField(
+        label="Prometheus settings",
+        required=False,
+        help_text=(
+            'JSON, e.g. {"url": "https://prometheus.example.org", "match": {"job": "dcgm-exporter", '
+            '"cluster": "a"}, "bearer_token": "…"}; also node_label, username and password, verify_tls, '
+            "ca_file, client_cert_file, client_key_file, timeout. bearer_token and password are never "
+            "shown: leave them out to keep the stored ones, give null to remove them."
+        ),
+    )
+
+    class Meta:
+        model = ClusterTelemetry
+        fields = ["cluster", "enabled", "interval_seconds", "source"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["prometheus_settings"].initial = self.instance.prometheus or {}
+        stored = sorted(self.instance.prometheus_secrets()) if self.instance.pk else []
+        if stored:
+            self.fields["prometheus_settings"].help_text += f" Stored: {', '.join(stored)}."
+
+    def clean(self):
+        data = super().clean()
+        settings = data.get("prometheus_settings") or {}
+        if data.get("source") == TelemetrySource.PROMETHEUS or settings:
+            try:
+                self.instance.set_prometheus(settings)
+            except ValueError as exc:
+                self.add_error("prometheus_settings", str(exc))
+        return data
+
+
 @admin.register(ClusterTelemetry)
 class ClusterTelemetryAdmin(admin.ModelAdmin):
-    list_display = ["cluster", "enabled", "interval_seconds", "scraped_at", "cycle_seconds"]
+    form = ClusterTelemetryForm
+    list_display = ["cluster", "source", "enabled", "interval_seconds", "scraped_at", "unavailable_since"]
+    readonly_fields = ["scraped_at", "cycle_seconds", "unavailable_since", "unavailable_reason"]

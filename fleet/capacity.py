@@ -1,18 +1,26 @@
-"""GPUs out of service, for admission: a GPU the portal drained, or any GPU of a node it drained."""
+"""GPUs out of service, for admission: a GPU that failed or that the portal drained, and every GPU
+of a node the portal drained. Counted per node, so that a node missing one GPU is not taken for a
+whole node: a gang that needs all 8 GPUs of each node cannot use it."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 
 from django.db.models import Count, Q
 
+from .choices import Health
 from .models import Gpu
 
 
-def drained_gpus() -> Counter[tuple[int, int]]:
-    """{(cluster id, GPU type id): GPUs the portal took out of service}."""
+def out_of_service() -> dict[tuple[int, int], dict[str, int]]:
+    """{(cluster id, GPU type id): {node name: its GPUs out of service}} (one query). A failed GPU
+    counts before its drain is made: the backend may not have taken it yet, or refused to."""
     out = Gpu.objects.filter(
-        Q(drained_by_portal=True) | Q(node__drained_by_portal=True), gpu_type__isnull=False
+        Q(health=Health.FAILED) | Q(drained_by_portal=True) | Q(node__drained_by_portal=True),
+        gpu_type__isnull=False,
     )
-    rows = out.values("cluster_id", "gpu_type_id").annotate(n=Count("pk"))
-    return Counter({(row["cluster_id"], row["gpu_type_id"]): row["n"] for row in rows})
+    rows = out.values_list("cluster_id", "gpu_type_id", "node__name").annotate(n=Count("pk")).order_by()
+    found: dict[tuple[int, int], dict[str, int]] = defaultdict(dict)
+    for cluster_id, gpu_type_id, node, count in rows:
+        found[cluster_id, gpu_type_id][node] = count
+    return found

@@ -16,3 +16,8 @@ NOT_HEALTHY = (Health.WARNING, Health.FAILED)
 # What the portal writes as the reason of a drain it made, and looks for before resuming: like
 # LBNL NHC's "NHC:", it resumes nothing an operator drained.
 DRAIN_PREFIX = "factory:"
+
+
+class TelemetrySource(models.TextChoices):
+    EMBEDDED = "embedded", "Embedded scraper (each node's exporter)"
+    PROMETHEUS = "prometheus", "The site's Prometheus (PromQL)"

@@ -29,17 +29,21 @@ log = logging.getLogger(__name__)
 FAULT_WINDOW = timedelta(minutes=5)
 
 
-def act(cluster: Cluster, now: datetime | None = None) -> dict[str, int]:
+def act(cluster: Cluster, now: datetime | None = None, *, nodes: list[Node] | None = None) -> dict[str, int]:
     """Drain what failed and is not drained yet; resume what the portal drained and is healthy
-    again. Returns counts, for the caller's log."""
+    again; on the whole cluster, or on `nodes` only (a shard of its cycle). Returns counts, for
+    the caller's log."""
     now = now or timezone.now()
     done = {"drained": 0, "resumed": 0}
-    to_drain = Gpu.objects.filter(cluster=cluster, health=Health.FAILED, drained_by_portal=False)
-    to_resume = Gpu.objects.filter(cluster=cluster, drained_by_portal=True).exclude(health=Health.FAILED)
-    nodes_to_drain = Node.objects.filter(cluster=cluster, health=Health.FAILED, drained_by_portal=False)
-    nodes_to_resume = Node.objects.filter(cluster=cluster, drained_by_portal=True).exclude(
-        health=Health.FAILED
-    )
+    gpus = Gpu.objects.filter(cluster=cluster)
+    cluster_nodes = Node.objects.filter(cluster=cluster)
+    if nodes is not None:
+        gpus = gpus.filter(node__in=nodes)
+        cluster_nodes = cluster_nodes.filter(pk__in=[node.pk for node in nodes])
+    to_drain = gpus.filter(health=Health.FAILED, drained_by_portal=False)
+    to_resume = gpus.filter(drained_by_portal=True).exclude(health=Health.FAILED)
+    nodes_to_drain = cluster_nodes.filter(health=Health.FAILED, drained_by_portal=False)
+    nodes_to_resume = cluster_nodes.filter(drained_by_portal=True).exclude(health=Health.FAILED)
     if not (to_drain.exists() or to_resume.exists() or nodes_to_drain.exists() or nodes_to_resume.exists()):
         return done
     adapter = cluster.adapter()

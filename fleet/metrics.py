@@ -18,6 +18,11 @@ CYCLE_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 DRAINS = Counter("factory_fleet_drains", "Drains the portal made, by cluster.", ["cluster"])
+PROMETHEUS_QUERIES = Counter(
+    "factory_telemetry_prometheus_queries",
+    "PromQL queries telemetry cycles asked of a cluster's Prometheus.",
+    ["cluster"],
+)
 
 
 def _reason(error: str) -> str:
@@ -43,12 +48,14 @@ def scrape_error(cluster: str, error: str) -> None:
 
 def observe_cycle(report) -> None:
     CYCLE_SECONDS.labels(report.cluster).observe(report.seconds)
+    if report.queries:
+        PROMETHEUS_QUERIES.labels(report.cluster).inc(report.queries)
 
 
 def collect():
     from django.db.models import Count, Q, Sum
 
-    from .models import Gpu
+    from .models import ClusterTelemetry, Gpu
 
     gpus = GaugeMetricFamily(
         "factory_fleet_gpus", "GPUs by cluster and health.", labels=["cluster", "health"]
@@ -71,3 +78,13 @@ def collect():
     for cluster, watts in Gpu.objects.values_list("cluster__slug").annotate(w=Sum("power_w")).order_by():
         power.add_metric([cluster], watts or 0.0)
     yield power
+    unavailable = GaugeMetricFamily(
+        "factory_telemetry_unavailable",
+        "1 while a cluster's telemetry source does not answer (no health rule acts meanwhile).",
+        labels=["cluster", "source"],
+    )
+    for cluster, source, since in ClusterTelemetry.objects.values_list(
+        "cluster__slug", "source", "unavailable_since"
+    ).order_by("cluster__slug"):
+        unavailable.add_metric([cluster, source], 1.0 if since else 0.0)
+    yield unavailable

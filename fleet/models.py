@@ -9,28 +9,113 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+from factory import sealing
 from factory.models import Cluster, GpuType
 from jobs.models import Job
 
-from .choices import Health
+from .choices import Health, TelemetrySource
 
 
 class ClusterTelemetry(models.Model):
-    """How often a cluster's exporters are scraped, and when they last were."""
+    """Where a cluster's GPU telemetry comes from and how often it is read, and when it last was.
+
+    `embedded`: the portal scrapes each node's exporter itself. A big cluster's cycle runs as
+    several tasks, a shard of its nodes each (fleet.tasks): `shards_pending` counts those not done
+    yet, and the last one done says how long the whole cycle took. `prometheus`: it asks the
+    site's Prometheus (PromQL over HTTP) and keeps no samples of its own; the settings are checked
+    by fleet.sources.prometheus.PrometheusSettings, its secrets (bearer token, password) sealed at
+    rest and never shown back."""
 
     cluster = models.OneToOneField(Cluster, on_delete=models.CASCADE, related_name="telemetry")
     enabled = models.BooleanField(default=True)
     interval_seconds = models.FloatField(
         null=True, blank=True, help_text="Seconds between scrapes; empty: FACTORY_TELEMETRY_INTERVAL."
     )
-    scraped_at = models.DateTimeField(null=True, blank=True, editable=False)
+    source = models.CharField(
+        max_length=16, choices=TelemetrySource.choices, default=TelemetrySource.EMBEDDED
+    )
+    prometheus = models.JSONField(
+        default=dict, blank=True, help_text="The Prometheus source's settings, secrets left out."
+    )
+    prometheus_secrets_sealed = models.TextField(blank=True, editable=False)
+    scraped_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Its last cycle's start."
+    )
     cycle_seconds = models.FloatField(null=True, blank=True, editable=False)
+    shards_pending = models.PositiveIntegerField(default=0, editable=False)
+    # The cluster's GPU energy on one UTC day, summed cycle by cycle: the fleet page's "energy
+    # today" without summing a day of minute rollups (8,000 GPUs × 1,440 minutes).
+    energy_day = models.DateField(null=True, blank=True, editable=False)
+    energy_day_mj = models.BigIntegerField(default=0, editable=False)
+    unavailable_since = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="The source has not answered since then."
+    )
+    unavailable_reason = models.CharField(max_length=300, blank=True, editable=False)
 
     class Meta:
         verbose_name_plural = "cluster telemetry"
 
     def __str__(self) -> str:
         return f"telemetry of {self.cluster}"
+
+    @property
+    def from_prometheus(self) -> bool:
+        return self.source == TelemetrySource.PROMETHEUS
+
+    def prometheus_secrets(self) -> dict[str, str]:
+        return sealing.unseal(self.prometheus_secrets_sealed)
+
+    def set_prometheus(self, data: dict) -> None:
+        """Take new Prometheus settings (checked; raises ValueError naming the setting). Secrets
+        are write-only: one left out keeps its stored value, one given as null is removed."""
+        plain, secrets = self._prometheus_from(data)
+        self.prometheus = plain
+        self.prometheus_secrets_sealed = sealing.seal(secrets)
+
+    def check_prometheus(self, data: dict) -> None:
+        """Raise ValueError if `data` would not make working settings; changes nothing."""
+        self._prometheus_from(data)
+
+    def _prometheus_from(self, data: dict) -> tuple[dict, dict]:
+        from .sources.prometheus import PrometheusSettings
+
+        if not isinstance(data, dict):
+            raise ValueError("Prometheus settings must be an object.")
+        names = PrometheusSettings.secret_names()
+        secrets = self.prometheus_secrets()
+        for name in names & set(data):
+            if data[name] is None:
+                secrets.pop(name, None)
+            else:
+                secrets[name] = data[name]
+        plain = {key: value for key, value in data.items() if key not in names}
+        PrometheusSettings.parse({**plain, **secrets})
+        return plain, secrets
+
+    def prometheus_settings(self):
+        from .sources.prometheus import PrometheusSettings
+
+        return PrometheusSettings.parse({**(self.prometheus or {}), **self.prometheus_secrets()})
+
+    def mark_unavailable(self, reason: str, now) -> None:
+        """The source did not answer: kept from the first failure until it answers again."""
+        fields = {"unavailable_reason": reason[:300]}
+        if self.unavailable_since is None:
+            fields["unavailable_since"] = now
+        ClusterTelemetry.objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def mark_available(self) -> None:
+        if self.unavailable_since is None and not self.unavailable_reason:
+            return
+        ClusterTelemetry.objects.filter(pk=self.pk).update(unavailable_since=None, unavailable_reason="")
+        self.unavailable_since, self.unavailable_reason = None, ""
+
+    @classmethod
+    def of(cls, cluster: Cluster) -> ClusterTelemetry:
+        telemetry, _ = cls.objects.get_or_create(cluster=cluster)
+        return telemetry
 
 
 class Node(models.Model):
@@ -39,6 +124,11 @@ class Node(models.Model):
     gpu_type = models.ForeignKey(GpuType, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     exporter_url = models.URLField(
         max_length=300, help_text="The node's GPU exporter, e.g. http://node:9400/metrics"
+    )
+    instance = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="Its exporter's `instance` label in Prometheus (a cluster read from Prometheus).",
     )
     health = models.CharField(max_length=8, choices=Health.choices, default=Health.HEALTHY)
     health_reason = models.CharField(max_length=300, blank=True)

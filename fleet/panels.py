@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from django.template.loader import render_to_string
 
-from .energy import idle_for, job_use
+from .energy import idle_for, measure
 from .rules import site_rules
 
 
 def job_gpu_use(request, job) -> str:
-    use = job_use(job) if job.started_at else None
-    if use is None:
+    if not job.started_at:
+        return ""
+    key = (job.pk, job.attempt)
+    found = measure([key])
+    use, unavailable = found.uses.get(key), found.unavailable.get(key, "")
+    if use is None and not unavailable:
         return ""
     rules = site_rules()
     idle = idle_for(use, limit_minutes=rules.idle_minutes) if job.state == "running" else None
     context = {
         "use": use,
+        "unavailable": unavailable,
         "idle": idle,
         "idle_minutes": int(idle.total_seconds() // 60) if idle else 0,
         "idle_limit": rules.idle_utilisation_pct,

@@ -17,11 +17,12 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-import requests
+import urllib3
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from factory.adapters import BackendError
@@ -40,7 +41,11 @@ log = logging.getLogger(__name__)
 # No GPU draws more than this: a counter step that would need more is not energy.
 MAX_GPU_WATTS = 2500.0
 MAX_BODY_BYTES = 8 * 1024 * 1024
-_session = requests.Session()
+# urllib3 itself (requests' transport): requests' sessions cost twice its CPU per fetch, a second
+# of a 1,000-node cycle. One kept-alive connection per exporter being fetched at once; no retries
+# (a node that fails is counted and tried next cycle); no proxy from the environment (as
+# Prometheus: exporters are reached directly).
+_pool = urllib3.PoolManager(maxsize=settings.FACTORY_TELEMETRY_CONCURRENCY, retries=False)
 
 
 @dataclasses.dataclass
@@ -50,6 +55,9 @@ class NodeResult:
     error: str = ""
     fetch_seconds: float = 0.0
     parse_seconds: float = 0.0
+    # Since when the exporter has been silent, where the source knows better than the node's
+    # last good answer (a Prometheus that saw the target down all along the silence limit).
+    silent_since: datetime | None = None
 
 
 @dataclasses.dataclass
@@ -64,6 +72,8 @@ class CycleReport:
     store_seconds: float = 0.0
     health_seconds: float = 0.0
     changed: list[int] = dataclasses.field(default_factory=list)  # GPU ids whose health moved
+    queries: int = 0  # asked of a Prometheus source
+    unavailable: str = ""  # why the source gave nothing this cycle
 
     @property
     def seconds(self) -> float:
@@ -72,12 +82,15 @@ class CycleReport:
 
 def fetch_text(url: str, timeout: float) -> str:
     """One exporter's answer; raises on anything but a 200 with text."""
-    with _session.get(url, timeout=(timeout, timeout), stream=True) as response:
-        if response.status_code != 200:
-            raise OSError(f"HTTP {response.status_code}")
+    response = _pool.request(
+        "GET", url, timeout=urllib3.Timeout(connect=timeout, read=timeout), preload_content=False
+    )
+    try:
+        if response.status != 200:
+            raise OSError(f"HTTP {response.status}")
         deadline = time.monotonic() + timeout
         chunks, size = [], 0
-        for chunk in response.iter_content(65536):
+        for chunk in response.stream(65536):
             chunks.append(chunk)
             size += len(chunk)
             if size > MAX_BODY_BYTES:
@@ -85,6 +98,8 @@ def fetch_text(url: str, timeout: float) -> str:
             if time.monotonic() > deadline:  # an exporter that trickles is as good as one that hangs
                 raise OSError(f"no complete answer within {timeout:g} s")
         return b"".join(chunks).decode("utf-8", errors="replace")
+    finally:
+        response.release_conn()
 
 
 def scrape_node(node: Node, timeout: float, fetch: Callable[[str, float], str] = fetch_text) -> NodeResult:
@@ -92,7 +107,7 @@ def scrape_node(node: Node, timeout: float, fetch: Callable[[str, float], str] =
     started = time.perf_counter()
     try:
         text = fetch(node.exporter_url, timeout)
-    except (OSError, requests.RequestException) as exc:
+    except (OSError, urllib3.exceptions.HTTPError) as exc:
         result.error = _short(exc)
         result.fetch_seconds = time.perf_counter() - started
         return result
@@ -107,9 +122,9 @@ def scrape_node(node: Node, timeout: float, fetch: Callable[[str, float], str] =
 
 
 def _short(exc: Exception) -> str:
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
         return "no answer within the timeout"
-    if isinstance(exc, requests.ConnectionError):
+    if isinstance(exc, urllib3.exceptions.ProtocolError | urllib3.exceptions.NewConnectionError):
         return "connection failed or closed without an answer"
     return str(exc)[:300] or type(exc).__name__
 
@@ -189,9 +204,15 @@ class JobMap:
 # --- the cycle ----------------------------------------------------------------------------------
 
 
-def scrape_cluster(cluster: Cluster, *, now: datetime | None = None, fetch=fetch_text) -> CycleReport:
+def scrape_cluster(
+    cluster: Cluster, *, now: datetime | None = None, fetch=fetch_text, nodes: list[Node] | None = None
+) -> CycleReport:
+    """One cycle of the cluster's nodes, or of `nodes` only: a shard of a big cluster's cycle
+    (tasks.scrape_shard), which stores and judges its own nodes' GPUs and nothing else."""
     report = CycleReport(cluster.slug)
-    nodes = list(Node.objects.filter(cluster=cluster).select_related("gpu_type"))
+    whole = nodes is None
+    if whole:
+        nodes = list(Node.objects.filter(cluster=cluster).select_related("gpu_type"))
     started = time.perf_counter()
     results = fetch_all(nodes, fetch=fetch)
     report.fetch_seconds = time.perf_counter() - started
@@ -202,18 +223,30 @@ def scrape_cluster(cluster: Cluster, *, now: datetime | None = None, fetch=fetch
     started = time.perf_counter()
     from . import health
 
-    health.act(cluster, now)
+    health.act(cluster, now, nodes=None if whole else nodes)
     report.health_seconds = time.perf_counter() - started
-    ClusterTelemetry.objects.update_or_create(
-        cluster=cluster, defaults={"scraped_at": now, "cycle_seconds": report.seconds}
-    )
-    metrics.observe_cycle(report)
+    if whole:  # a shard's task reports its part (tasks.finish_shard)
+        ClusterTelemetry.objects.update_or_create(
+            cluster=cluster,
+            defaults={"scraped_at": now, "cycle_seconds": report.seconds, "shards_pending": 0},
+        )
+        metrics.observe_cycle(report)
     return report
 
 
-def ingest(cluster: Cluster, results: list[NodeResult], now: datetime, report: CycleReport) -> None:
+def ingest(
+    cluster: Cluster,
+    results: list[NodeResult],
+    now: datetime,
+    report: CycleReport,
+    *,
+    keep_rollups: bool = True,
+) -> None:
+    """Store what a cycle read, whatever its source, and judge it. Without `keep_rollups` no minute
+    rollups are kept (a source that keeps the samples itself is asked for them instead)."""
     rules = site_rules()
     report.nodes = len(results)
+    node_ids = [result.node.pk for result in results]
     ok_nodes, failed = [], []
     for result in results:
         if result.exposition is None:
@@ -228,21 +261,25 @@ def ingest(cluster: Cluster, results: list[NodeResult], now: datetime, report: C
                 log.warning("GPU exporter of %s: %s", result.node, problem)
                 metrics.scrape_error(cluster.slug, "bad series")
     report.failed_nodes = len(failed)
-    gpus = {g.uuid: g for g in Gpu.objects.filter(cluster=cluster)}
+    loaded = Gpu.objects.filter(cluster=cluster, node_id__in=node_ids).only(
+        "node", "uuid", "index", *GPU_SAMPLE_FIELDS
+    )
+    gpus = {g.uuid: g for g in loaded}
     _add_new_gpus(cluster, ok_nodes, gpus)
     job_map = JobMap(cluster)
-    energy = _energy_rows(cluster, gpus)
+    energy = _energy_rows(cluster, gpus, node_ids)
     gpu_rows: list[Gpu] = []
     rollups: list[tuple] = []
     energy_new: list[JobGpuEnergy] = []
     energy_changed: list[JobGpuEnergy] = []
     minute = now.replace(second=0, microsecond=0)
     seen: set[str] = set()
+    shard = set(node_ids)
     for result in ok_nodes:
         node = result.node
         for sample in result.exposition.gpus.values():
             gpu = gpus.get(sample.uuid)
-            if gpu is None or sample.uuid in seen:
+            if gpu is None or sample.uuid in seen or gpu.node_id not in shard:
                 continue  # the same UUID on two nodes: the first one's
             seen.add(sample.uuid)
             report.gpus += 1
@@ -263,7 +300,7 @@ def ingest(cluster: Cluster, results: list[NodeResult], now: datetime, report: C
             job = job_map.job_for(node, sample)
             _apply_sample(gpu, sample, now, job, rules, report)
             gpu_rows.append(gpu)
-            if sample.temperature_c is not None or sample.power_w is not None:
+            if keep_rollups and (sample.temperature_c is not None or sample.power_w is not None):
                 rollups.append(
                     (
                         gpu.pk,
@@ -280,11 +317,13 @@ def ingest(cluster: Cluster, results: list[NodeResult], now: datetime, report: C
     with transaction.atomic():
         _save_gpus(gpu_rows)
         _save_rollups(rollups)
+        add_energy_of_the_day(cluster, now, sum(rollup[-1] for rollup in rollups))
         JobGpuEnergy.objects.bulk_create(energy_new, ignore_conflicts=True)
         update_rows(JobGpuEnergy, energy_changed, ENERGY_FIELDS)
         _save_nodes(ok_nodes, failed, now, rules)
         # A GPU no sample was read for this cycle runs no job the portal can tell.
-        Gpu.objects.filter(cluster=cluster, job__isnull=False).exclude(sampled_at=now).update(job=None)
+        unread = Gpu.objects.filter(cluster=cluster, node_id__in=node_ids, job__isnull=False)
+        unread.exclude(sampled_at=now).update(job=None)
 
 
 def _add_new_gpus(cluster: Cluster, results: list[NodeResult], gpus: dict[str, Gpu]) -> None:
@@ -347,10 +386,14 @@ def next_health(thing, health: str, reason: str, now: datetime, rules: Rules) ->
     thing.health, thing.health_reason, thing.clean_since = health, reason[:300], None
 
 
-def _energy_rows(cluster: Cluster, gpus: dict[str, Gpu]) -> dict[tuple[int, int, str], JobGpuEnergy]:
+def _energy_rows(
+    cluster: Cluster, gpus: dict[str, Gpu], node_ids: list[int]
+) -> dict[tuple[int, int, str], JobGpuEnergy]:
+    """The energy rows of the jobs on these nodes' GPUs, or that may have started there."""
     job_ids = {g.job_id for g in gpus.values() if g.job_id}
     active = Job.objects.filter(cluster=cluster, state__in=AT_BACKEND_STATES).values_list("pk", flat=True)
-    rows = JobGpuEnergy.objects.filter(job_id__in=job_ids | set(active))
+    rows = JobGpuEnergy.objects.filter(job_id__in=job_ids | set(active), gpu__node_id__in=node_ids)
+    rows = rows.only("job", "attempt", "gpu_uuid", *ENERGY_FIELDS)
     return {(r.job_id, r.attempt, r.gpu_uuid): r for r in rows}
 
 
@@ -432,24 +475,60 @@ def _save_gpus(rows: list[Gpu]) -> None:
 
 
 def update_rows(model, rows: list, fields: list[str]) -> None:
-    """Write `fields` of many rows. On PostgreSQL, one UPDATE … FROM unnest(<one array per
-    column>): Django's bulk_update writes a CASE per column per row, and a VALUES list of
-    thousands of placeholders costs more to build than to run."""
+    """Write `fields` of many rows. On PostgreSQL, the rows are copied (COPY) into a temporary
+    table and written by one UPDATE … FROM it: Django's bulk_update writes a CASE per column per
+    row, and its per-value field preparation and psycopg's array parameters cost more per cycle
+    than the UPDATE itself. Values go as the model holds them (numbers, text, aware datetimes)."""
     if not rows:
         return
     if connection.vendor != "postgresql":
         model.objects.bulk_update(rows, fields, batch_size=200)
         return
     columns = [model._meta.get_field(name) for name in fields]
+    attnames = [c.attname for c in columns]
     table = model._meta.db_table
-    arrays = ", ".join(["%s::bigint[]", *(f"%s::{c.db_type(connection)}[]" for c in columns)])
-    names = ", ".join(["id", *(c.column for c in columns)])
     sets = ", ".join(f"{c.column} = v.{c.column}" for c in columns)
-    params = [[row.pk for row in rows]]
-    params += [[c.get_db_prep_save(getattr(row, c.attname), connection) for row in rows] for c in columns]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET {sets} FROM unnest({arrays}) AS v({names}) WHERE {table}.id = v.id", params
+    with transaction.atomic(), connection.cursor() as cursor:
+        temp = _copy_to_temp(
+            cursor,
+            table,
+            ["id", *(c.column for c in columns)],
+            ([row.pk, *(getattr(row, name) for name in attnames)] for row in rows),
+        )
+        cursor.execute(f"UPDATE {table} SET {sets} FROM {temp} AS v WHERE {table}.id = v.id")
+
+
+def _copy_to_temp(cursor, table: str, columns: list[str], rows) -> str:
+    """A temporary table of `table`'s `columns` (dropped at commit) holding `rows`, by COPY."""
+    temp = f"_cycle_{table}"
+    names = ", ".join(columns)
+    cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{temp}")
+    cursor.execute(f"CREATE TEMP TABLE {temp} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA")
+    with cursor.cursor.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    return temp
+
+
+ROLLUP_COLUMNS = [
+    "gpu_id",
+    "minute",
+    "temperature_sum",
+    "power_sum",
+    "utilisation_sum",
+    "memory_sum",
+    "energy_mj",
+]
+
+
+def add_energy_of_the_day(cluster: Cluster, now: datetime, mj: int) -> None:
+    """Add what the cluster's GPUs used since their last samples to its energy of the (UTC) day;
+    the first cycle of a day starts it afresh. One row update, atomic among concurrent shards."""
+    day = now.astimezone(UTC).date()
+    summed = Case(When(energy_day=day, then=F("energy_day_mj") + mj), default=Value(mj))
+    if not ClusterTelemetry.objects.filter(cluster=cluster).update(energy_day_mj=summed, energy_day=day):
+        ClusterTelemetry.objects.get_or_create(
+            cluster=cluster, defaults={"energy_day": day, "energy_day_mj": mj}
         )
 
 
@@ -465,22 +544,20 @@ def _save_rollups(rollups: list[tuple]) -> None:
         "memory_sum = fleet_gpuminute.memory_sum + excluded.memory_sum, "
         "energy_mj = fleet_gpuminute.energy_mj + excluded.energy_mj"
     )
-    columns = "gpu_id, minute, samples, temperature_sum, power_sum, utilisation_sum, memory_sum, energy_mj"
+    names = ", ".join(ROLLUP_COLUMNS)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            gpu, minute, temp, power, util, mem, energy = (list(c) for c in zip(*rollups, strict=True))
-            cursor.execute(
-                f"INSERT INTO fleet_gpuminute ({columns}) SELECT g, m, 1, t, p, u, mem, e FROM unnest("
-                "%s::bigint[], %s::timestamptz[], %s::float8[], %s::float8[], %s::float8[], %s::float8[], "
-                f"%s::bigint[]) AS v(g, m, t, p, u, mem, e) {upsert}",
-                [gpu, minute, temp, power, util, mem, energy],
-            )
+            with transaction.atomic():
+                temp = _copy_to_temp(cursor, "fleet_gpuminute", ROLLUP_COLUMNS, rollups)
+                cursor.execute(
+                    f"INSERT INTO fleet_gpuminute ({names}, samples) SELECT {names}, 1 FROM {temp} {upsert}"
+                )
             return
         for start in range(0, len(rollups), CHUNK):
             chunk = rollups[start : start + CHUNK]
-            placeholders = ", ".join(["(%s, %s, 1, %s, %s, %s, %s, %s)"] * len(chunk))
+            placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, 1)"] * len(chunk))
             cursor.execute(
-                f"INSERT INTO fleet_gpuminute ({columns}) VALUES {placeholders} {upsert}",
+                f"INSERT INTO fleet_gpuminute ({names}, samples) VALUES {placeholders} {upsert}",
                 [value for row in chunk for value in row],
             )
 
@@ -496,7 +573,7 @@ def _save_nodes(ok: list[NodeResult], failed: list[NodeResult], now: datetime, r
     for result in failed:
         node = result.node
         node.scrape_error, node.scrape_errors = result.error[:300], node.scrape_errors + 1
-        silent_since = node.scraped_at or node.created_at
+        silent_since = result.silent_since or node.scraped_at or node.created_at
         if now - silent_since >= silent_after:
             seconds = int((now - silent_since).total_seconds())
             next_health(

@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -84,6 +85,12 @@ GPU_FAULTS = {"hot", "row_remap_failure", "ecc_dbe", "counter_reset"}
 def gpu_uuid(node: str, index: int) -> str:
     digest = hashlib.sha1(f"{node}/{index}".encode()).hexdigest()
     return f"GPU-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def rotating_job(epoch: int, jobs_per_epoch: int, slot: int) -> str:
+    """The Slurm job id of job `slot` (in node and GPU order) in wall-clock epoch `epoch`: the jobs
+    of epoch e run from e × job_seconds to (e + 1) × job_seconds."""
+    return str(1 + epoch * jobs_per_epoch + slot)
 
 
 @dataclass
@@ -152,6 +159,9 @@ class Simulator:
         self.collect_seconds = collect_seconds
         self.collected: dict[str, tuple[float, str]] = {}
         self.clocks: dict[str, float] = {}
+        self.rotation: tuple[int, int, float] | None = None  # gpus per node, per job, job seconds
+        self.job_epochs: tuple[int, int] | None = None  # the first epoch with jobs, how many
+        self.epoch: int | None = None
 
     @classmethod
     def uniform(
@@ -162,17 +172,25 @@ class Simulator:
         prefix: str = "gpu-node",
         *,
         gpus_per_job: int = 0,
+        job_seconds: float = 0.0,
+        job_epochs: tuple[int, int] | None = None,
         **kw,
     ) -> Simulator:
         """`count` nodes of `gpus` GPUs; with `gpus_per_job`, every GPU runs a Slurm job (the
-        `hpc_job` label), jobs numbered from 1 in node order."""
+        `hpc_job` label), jobs numbered from 1 in node order. With `job_seconds` too, the jobs
+        end and the next ones start every `job_seconds` of wall-clock time (see rotating_job),
+        in the `job_epochs` (first, count) only, if given: the GPUs are idle before and after."""
         width = len(str(count))
         names = [f"{prefix}-{i:0{width}d}" for i in range(1, count + 1)]
         nodes = [SimNode(n, [SimGpu(i, gpu_uuid(n, i), gpu_type) for i in range(gpus)]) for n in names]
         if gpus_per_job:
             for number, node in enumerate(nodes):
                 node.hpc_jobs = {i: str(1 + (number * gpus + i) // gpus_per_job) for i in range(gpus)}
-        return cls(nodes, **kw)
+        simulator = cls(nodes, **kw)
+        if gpus_per_job and job_seconds:
+            simulator.rotation = (gpus, gpus_per_job, job_seconds)
+            simulator.job_epochs = job_epochs
+        return simulator
 
     def advance(self, name: str | None = None) -> None:
         """Run the simulated GPUs (one node, or all) up to now."""
@@ -214,7 +232,30 @@ class Simulator:
                     gpu.xid_at, gpu.dbe = 0.0, 0  # the last-value XID gauge stays, as on a real GPU
                     gpu.temperature = min(gpu.temperature, 40.0)
 
+    def rotate_jobs(self) -> None:
+        """Under `rotation`, every GPU's job of this wall-clock epoch (see rotating_job)."""
+        if self.rotation is None:
+            return
+        gpus, per_job, seconds = self.rotation
+        epoch = int(time.time() // seconds)
+        if epoch == self.epoch:
+            return
+        idle = self.job_epochs is not None and not (
+            self.job_epochs[0] <= epoch < self.job_epochs[0] + self.job_epochs[1]
+        )
+        with self.lock:
+            jobs = gpus * len(self.nodes) // per_job
+            for number, node in enumerate(self.nodes.values()):
+                node.hpc_jobs = {
+                    i: rotating_job(epoch, jobs, (number * gpus + i) // per_job)
+                    for i in range(gpus)
+                    if not idle
+                }
+            self.epoch = epoch
+            self.collected.clear()
+
     def render(self, node_name: str) -> str:
+        self.rotate_jobs()
         now = time.monotonic()
         at, text = self.collected.get(node_name, (0.0, ""))
         if not text or now - at >= self.collect_seconds or self.nodes[node_name].faults:
@@ -291,18 +332,21 @@ def render_node(node: SimNode) -> str:
     instances: list[int | None] = [1, 2] if "mig" in node.faults else [None]
     lines = []
     window = time.monotonic() - int(XID_WINDOW_MS) / 1000
+    # Each GPU's labels and values once, not once per counter: a bench serves a thousand nodes.
+    labelled = {(gpu.index, i): _labels(node, gpu, i) for gpu in node.gpus for i in instances}
+    values = {gpu.index: _values(node, gpu) for gpu in node.gpus}
     for name, kind, text in COUNTERS:
         lines.append(f"# HELP {name} {text}")
         lines.append(f"# TYPE {name} {kind}")
         for gpu in node.gpus:
             for instance in instances:
-                labels = _labels(node, gpu, instance)
+                labels = labelled[gpu.index, instance]
                 if name == "DCGM_EXP_XID_ERRORS_COUNT":
                     if gpu.xid and gpu.xid_at > window:
                         extra = f',window_size_in_ms="{XID_WINDOW_MS}",xid="{gpu.xid}"'
                         lines.append(f"{name}{labels[:-1]}{extra}}} 1")
                     continue
-                value = _values(node, gpu)[name]
+                value = values[gpu.index][name]
                 lines.append(f"{name}{labels} {_number(value)}")
     text = "\n".join(lines) + "\n"
     if "malformed" in node.faults:
@@ -321,6 +365,12 @@ def _number(value: float | int) -> str:
 class Handler(BaseHTTPRequestHandler):
     simulator: Simulator
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        # As Go's net/http (dcgm-exporter's server) does: without it, the body written after the
+        # headers waits for the client's delayed ACK, 40 ms a scrape.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format, *args) -> None:  # one line per scrape would drown the demo's log
         pass
@@ -400,11 +450,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nodes", type=int, default=0, help="this many uniform nodes instead")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--gpus-per-job", type=int, default=0, help="label every GPU with a Slurm job")
+    parser.add_argument("--job-seconds", type=float, default=0.0, help="with --gpus-per-job: jobs this long")
+    parser.add_argument("--job-epochs", help="FIRST:COUNT: jobs only in these epochs of --job-seconds")
     parser.add_argument("--collect-seconds", type=float, default=0.0, help="as DCGM_EXPORTER_INTERVAL")
     args = parser.parse_args(argv)
     if args.nodes:
         simulator = Simulator.uniform(
-            args.nodes, args.gpus, gpus_per_job=args.gpus_per_job, collect_seconds=args.collect_seconds
+            args.nodes,
+            args.gpus,
+            gpus_per_job=args.gpus_per_job,
+            job_seconds=args.job_seconds,
+            job_epochs=tuple(int(n) for n in args.job_epochs.split(":")) if args.job_epochs else None,
+            collect_seconds=args.collect_seconds,
         )
     else:
         simulator = Simulator([parse_node(n) for n in args.node], collect_seconds=args.collect_seconds)

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db.models import Count, Q, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 
 from factory.models import Cluster
 
 from .choices import NOT_HEALTHY, Health
-from .models import Gpu, GpuMinute, Node
+from .models import ClusterTelemetry, Gpu, GpuMinute, Node
 
 NODES_PER_PAGE = 25
 HOTTEST = 5
+SUMMARY_SECONDS = 5
 # GPUs whose last sample is older than this do not count towards power now.
 FRESH = timedelta(minutes=2)
 
@@ -30,30 +33,52 @@ def _staff_cluster(request: HttpRequest, slug: str) -> Cluster:
 
 
 def fleet_summary(cluster: Cluster) -> dict:
+    """GPUs by health, power now, energy today, the hottest GPUs: a few aggregate queries, kept
+    SUMMARY_SECONDS in the cache, since every admin's open page asks for it every few seconds.
+    Whether its telemetry source answers is read afresh: a cached figure is never shown as current
+    once the source stopped answering, nor a recovered one as unavailable."""
+    telemetry = ClusterTelemetry.objects.filter(cluster=cluster).first()
+    available = telemetry is None or telemetry.unavailable_since is None
+    key = f"fleet:summary:{cluster.pk}:{int(available)}"
+    summary = cache.get(key)
+    if summary is None:
+        summary = _summary(cluster, telemetry)
+        cache.set(key, summary, SUMMARY_SECONDS)
+    return {**summary, "telemetry": telemetry}
+
+
+def _summary(cluster: Cluster, telemetry: ClusterTelemetry | None) -> dict:
     now = timezone.now()
     gpus = Gpu.objects.filter(cluster=cluster)
-    by_health = dict(gpus.values_list("health").annotate(n=Count("pk")))
-    watts = gpus.filter(sampled_at__gte=now - FRESH).aggregate(w=Sum("power_w"))["w"] or 0.0
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    today_mj = (
-        GpuMinute.objects.filter(gpu__cluster=cluster, minute__gte=midnight).aggregate(e=Sum("energy_mj"))[
-            "e"
-        ]
-        or 0
+    counts = gpus.aggregate(
+        total=Count("pk"),
+        healthy=Count("pk", filter=Q(health=Health.HEALTHY)),
+        warning=Count("pk", filter=Q(health=Health.WARNING)),
+        failed=Count("pk", filter=Q(health=Health.FAILED)),
+        drained=Count("pk", filter=Q(drained_by_portal=True) | Q(node__drained_by_portal=True)),
+        watts=Sum("power_w", filter=Q(sampled_at__gte=now - FRESH)),
     )
-    hottest = list(
-        gpus.filter(temperature_c__isnull=False).select_related("node").order_by("-temperature_c")[:HOTTEST]
-    )
+    hottest = gpus.filter(temperature_c__isnull=False).order_by("-temperature_c")
+    watts = counts.pop("watts") or 0.0
     return {
-        "healthy": by_health.get(Health.HEALTHY, 0),
-        "warning": by_health.get(Health.WARNING, 0),
-        "failed": by_health.get(Health.FAILED, 0),
-        "drained": gpus.filter(Q(drained_by_portal=True) | Q(node__drained_by_portal=True)).count(),
+        **counts,
         "kw_now": watts / 1000,
-        "kwh_today": today_mj / 3.6e9,
-        "hottest": hottest,
-        "total": sum(by_health.values()),
+        "kwh_today": energy_today_kwh(cluster, telemetry, now),
+        "hottest": list(hottest.values("node__name", "index", "temperature_c")[:HOTTEST]),
+        "telemetry": telemetry,
     }
+
+
+def energy_today_kwh(cluster: Cluster, telemetry: ClusterTelemetry | None, now) -> float | None:
+    """kWh the cluster's GPUs used since midnight UTC: the embedded scraper's count of the day, or
+    Prometheus's counters (None when it cannot say)."""
+    if telemetry is not None and telemetry.from_prometheus:
+        from .sources.prometheus import energy_today_kwh as asked
+
+        return asked(cluster, telemetry, now)
+    if telemetry is None or telemetry.energy_day != now.astimezone(UTC).date():
+        return 0.0
+    return telemetry.energy_day_mj / 3.6e9
 
 
 @login_required
@@ -73,10 +98,7 @@ def cluster_fleet(request: HttpRequest, slug: str) -> HttpResponse:
         nodes = nodes.filter(name__icontains=query)
     page = Paginator(nodes, NODES_PER_PAGE).get_page(request.GET.get("page"))
     page_nodes = list(page.object_list)
-    gpus = Gpu.objects.filter(node__in=page_nodes).select_related("job").order_by("index")
-    by_node: dict[int, list[Gpu]] = {}
-    for gpu in gpus:
-        by_node.setdefault(gpu.node_id, []).append(gpu)
+    by_node = gpu_rows(page_nodes)
     for node in page_nodes:
         node.gpu_list = by_node.get(node.pk, [])
     context = {
@@ -92,6 +114,40 @@ def cluster_fleet(request: HttpRequest, slug: str) -> HttpResponse:
     response = render(request, template, context)
     patch_vary_headers(response, ["HX-Request"])
     return response
+
+
+HEALTH_LABELS = dict(Health.choices)
+GPU_ROW_FIELDS = (
+    "node_id", "index", "uuid", "model_name", "health", "health_reason", "drained_by_portal",
+    "temperature_c", "power_w", "utilisation_pct", "memory_used_mib", "job_id", "job__name",
+)  # fmt: skip
+
+
+def gpu_rows(nodes: list[Node]) -> dict[int, list[dict]]:
+    """{node id: its GPUs as the cluster page shows them}, in one query, figures formatted here:
+    the page shows 200 GPUs, and template filters on each cost more than the rest of the page."""
+    by_node: dict[int, list[dict]] = {}
+    urls: dict[int, str] = {}
+    rows = Gpu.objects.filter(node__in=nodes).order_by("node_id", "index").values(*GPU_ROW_FIELDS)
+    for row in rows:
+        job_id = row["job_id"]
+        if job_id and job_id not in urls:
+            urls[job_id] = reverse("jobs:detail", args=[job_id])
+        row.update(
+            health_label=HEALTH_LABELS.get(row["health"], row["health"]),
+            uuid_short=row["uuid"] if len(row["uuid"]) <= 16 else f"{row['uuid'][:15]}…",
+            temperature=_figure(row["temperature_c"], "°C"),
+            power=_figure(row["power_w"], "W"),
+            utilisation=_figure(row["utilisation_pct"], "%"),
+            memory=_figure(row["memory_used_mib"], "MiB"),
+            job_url=urls.get(job_id, ""),
+        )
+        by_node.setdefault(row["node_id"], []).append(row)
+    return by_node
+
+
+def _figure(value: float | None, unit: str) -> str:
+    return "—" if value is None else f"{value:.0f} {unit}"
 
 
 def _chart(
@@ -118,7 +174,28 @@ def node_detail(request: HttpRequest, slug: str, name: str) -> HttpResponse:
     cluster = _staff_cluster(request, slug)
     node = get_object_or_404(Node.objects.select_related("gpu_type"), cluster=cluster, name=name)
     gpus = list(node.gpus.select_related("job").order_by("index"))
-    since = timezone.now() - timedelta(hours=1)
+    now = timezone.now()
+    since = now - timedelta(hours=1)
+    telemetry = ClusterTelemetry.objects.filter(cluster=cluster).first()
+    if telemetry is not None and telemetry.from_prometheus:
+        from .sources.prometheus import node_series
+
+        series = node_series(telemetry, node, since, now)
+    else:
+        series = _rollup_series(node, gpus, since)
+    charts = []
+    if series is not None:
+        charts = [
+            ("Temperature", "°C", _chart(series["temperature"], since=since)),
+            ("Power", "W", _chart(series["power"], since=since)),
+            ("Utilisation", "%", _chart(series["utilisation"], since=since)),
+        ]
+    context = {"cluster": cluster, "node": node, "gpus": gpus, "charts": charts, "telemetry": telemetry}
+    return render(request, "fleet/node.html", context)
+
+
+def _rollup_series(node: Node, gpus: list[Gpu], since) -> dict[str, dict[str, list]]:
+    """The embedded scraper's minute rollups of a node's GPUs, as averages per minute."""
     minutes = GpuMinute.objects.filter(gpu__node=node, minute__gte=since, samples__gt=0).order_by("minute")
     series: dict[str, dict[str, list]] = {"temperature": {}, "power": {}, "utilisation": {}}
     index = {g.pk: f"GPU {g.index}" for g in gpus}
@@ -127,10 +204,4 @@ def node_detail(request: HttpRequest, slug: str, name: str) -> HttpResponse:
         series["temperature"].setdefault(label, []).append((t, m["temperature_sum"] / n))
         series["power"].setdefault(label, []).append((t, m["power_sum"] / n))
         series["utilisation"].setdefault(label, []).append((t, m["utilisation_sum"] / n))
-    charts = [
-        ("Temperature", "°C", _chart(series["temperature"], since=since)),
-        ("Power", "W", _chart(series["power"], since=since)),
-        ("Utilisation", "%", _chart(series["utilisation"], since=since)),
-    ]
-    context = {"cluster": cluster, "node": node, "gpus": gpus, "charts": charts}
-    return render(request, "fleet/node.html", context)
+    return series

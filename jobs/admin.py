@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from .models import Delivery, Job, JobEvent, JobTemplate, NotificationSettings
+from .models import Delivery, Job, JobArray, JobEvent, JobTemplate, NotificationSettings
 
 
 class JobEventInline(admin.TabularInline):
@@ -35,6 +35,24 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ["name", "uid", "external_id", "owner__username"]
     inlines = [JobEventInline]
     exclude = ["secrets_sealed", "idempotency_fingerprint"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(JobArray)
+class JobArrayAdmin(admin.ModelAdmin):
+    """Read-only, like its tasks (which are jobs)."""
+
+    list_display = ["id", "name", "tenant", "owner", "size", "max_running", "cluster", "external_id"]
+    list_filter = ["tenant", "cluster"]
+    search_fields = ["name", "uid", "external_id", "owner__username"]
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False

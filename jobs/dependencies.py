@@ -40,6 +40,19 @@ def record(job: Job, after_ok: list[int], after_any: list[int]) -> None:
     )
 
 
+def record_many(job_ids: list[int], after_ok: list[int], after_any: list[int]) -> None:
+    """The same dependencies for many jobs (an array's tasks), in one INSERT."""
+    JobDependency.objects.bulk_create(
+        [
+            JobDependency(job_id=job_id, on_id=pk, kind=kind)
+            for job_id in job_ids
+            for kind, ids in ((DependencyKind.AFTER_OK, after_ok), (DependencyKind.AFTER_ANY, after_any))
+            for pk in dict.fromkeys(ids)
+        ],
+        batch_size=5000,
+    )
+
+
 def resolve() -> dict[int, str]:
     """For the admission pass: cancel the pending jobs whose after_ok dependency ended otherwise,
     and answer {job id: why it waits} for those still waiting on theirs. One query, plus one

@@ -13,12 +13,12 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from factory.adapters import BackendUnavailable, JobRejected
+from factory.adapters import BackendState, BackendUnavailable, JobRejected
 from factory.models import Cluster
 
 from . import metrics
-from .choices import JobState
-from .models import Job
+from .choices import ACTIVE_STATES, TERMINAL_STATES, JobState
+from .models import Job, JobArray
 
 log = logging.getLogger(__name__)
 
@@ -89,39 +89,117 @@ def _by_cluster(jobs: list[Job]) -> list[list[Job]]:
 
 
 def _dispatch_to_cluster(jobs: list[Job]) -> None:
-    """Submit one cluster's jobs one after another, then record them as submitted together."""
+    """Submit one cluster's jobs one after another (an array's tasks together, where the backend
+    has arrays of its own), then record them as submitted together."""
     cluster = jobs[0].cluster
     adapter = cluster.adapter()
     submitted: list[tuple[Job, str]] = []
     try:
-        for index, job in enumerate(jobs):
+        units = _units(adapter, jobs)  # asks Slurm which arrays it can hold
+    except BackendUnavailable as exc:
+        for job in jobs:
+            job.explain_wait(f"cluster {cluster} is unreachable; retrying ({exc})")
+        _release(jobs)
+        raise
+    try:
+        for number, (tasks_of, unit) in enumerate(units):
             try:
-                if job.cancel_requested_at is not None:
-                    _settle_cancelled(adapter, job, submitted)
-                    continue
-                if job.secrets_sealed and not adapter.delivers_secrets:
-                    job.reject(f"{cluster} cannot deliver secrets to a job yet; submit it without them")
-                    continue
-                submitted.append((job, adapter.submit(job)))
-            except JobRejected as exc:
-                job.reject(f"{cluster} refused the job: {exc}")
+                if tasks_of is not None:
+                    _submit_array(adapter, tasks_of, unit, submitted)
+                else:
+                    _submit_one(adapter, unit[0], submitted)
             except BackendUnavailable as exc:
-                for waiting in jobs[index:]:
-                    waiting.explain_wait(f"cluster {cluster} is unreachable; retrying ({exc})")
-                _release(jobs[index:])
+                waiting = [job for _, rest in units[number:] for job in rest]
+                for job in waiting:
+                    job.explain_wait(f"cluster {cluster} is unreachable; retrying ({exc})")
+                _release(waiting)
                 raise
             except SoftTimeLimitExceeded:
                 # The task's time is up (a backend slow rather than down): the rest are left for
                 # the sweep, as for an unreachable one; the job in hand may have reached it.
-                for waiting in jobs[index:]:
-                    waiting.explain_wait(f"cluster {cluster} is slow to answer; retrying")
-                _release(jobs[index:])
+                waiting = [job for _, rest in units[number:] for job in rest]
+                for job in waiting:
+                    job.explain_wait(f"cluster {cluster} is slow to answer; retrying")
+                _release(waiting)
                 raise
-            except Exception as exc:
-                log.exception("dispatch of job %s to %s failed", job.pk, cluster)
-                _dispatch_failed(job, exc)
     finally:
         _record_submitted(adapter, submitted)
+
+
+def _units(adapter, jobs: list[Job]) -> list[tuple[JobArray | None, list[Job]]]:
+    """What to submit in one go: each job alone, but where the backend holds arrays of its own,
+    the first attempts of an array's tasks together, as (array, tasks)."""
+    units: list[tuple[JobArray | None, list[Job]]] = []
+    arrays: dict[int, list[Job]] = {}
+    for job in jobs:
+        if adapter.native_arrays and job.array_id is not None and job.attempt == 0:
+            if job.array_id not in arrays and adapter.runs_as_array(job.array):
+                arrays[job.array_id] = []
+                units.append((job.array, arrays[job.array_id]))
+            if job.array_id in arrays:
+                arrays[job.array_id].append(job)
+                continue
+        units.append((None, [job]))
+    return units
+
+
+def _submit_one(adapter, job: Job, submitted: list[tuple[Job, str]]) -> None:
+    cluster = adapter.cluster
+    try:
+        if job.cancel_requested_at is not None:
+            _settle_cancelled(adapter, job, submitted)
+            return
+        if job.secrets_sealed and not adapter.delivers_secrets:
+            job.reject(f"{cluster} cannot deliver secrets to a job yet; submit it without them")
+            return
+        submitted.append((job, adapter.submit(job)))
+    except JobRejected as exc:
+        job.reject(f"{cluster} refused the job: {exc}")
+    except (BackendUnavailable, SoftTimeLimitExceeded):
+        raise
+    except Exception as exc:
+        log.exception("dispatch of job %s to %s failed", job.pk, cluster)
+        _dispatch_failed(job, exc)
+
+
+def _submit_array(adapter, array: JobArray, tasks: list[Job], submitted: list[tuple[Job, str]]) -> None:
+    """Hand tasks of one array to a backend that holds arrays of its own: one backend array for
+    the whole array, made by the first dispatch (one submission) and found by the rest; the
+    backend's id of it is kept on the array."""
+    cluster = adapter.cluster
+    for job in tasks:
+        if job.cancel_requested_at is not None:
+            _settle_cancelled(adapter, job, submitted)
+    tasks = [job for job in tasks if job.cancel_requested_at is None]
+    if not tasks:
+        return
+    try:
+        external_id, ids = adapter.submit_array(array, tasks, lambda: array_members(array))
+    except JobRejected as exc:
+        for job in tasks:
+            job.reject(f"{cluster} refused the array: {exc}")
+        return
+    except (BackendUnavailable, SoftTimeLimitExceeded):
+        raise
+    except Exception as exc:
+        log.exception("dispatch of array %s to %s failed", array.pk, cluster)
+        for job in tasks:
+            _dispatch_failed(job, exc)
+        return
+    JobArray.objects.filter(pk=array.pk, external_id="").update(external_id=external_id, cluster=cluster)
+    array.external_id = array.external_id or external_id
+    submitted.extend((job, ids[job.pk]) for job in tasks)
+
+
+def array_members(array: JobArray) -> list[Job]:
+    """The array's tasks that may still run as their first attempts, in index order: what a
+    backend array is made of. Only what a backend needs of them is read."""
+    return list(
+        Job.objects.filter(array=array, attempt=0)
+        .exclude(state__in=TERMINAL_STATES)
+        .order_by("array_index")
+        .only("uid", "name", "env", "array", "array_index", "attempt", "state")
+    )
 
 
 def _settle_cancelled(adapter, job: Job, submitted: list[tuple[Job, str]]) -> None:
@@ -195,6 +273,39 @@ def cancel_at_backend(job: Job) -> None:
     sync_jobs(job.cluster, [job])
 
 
+def cancel_array_at_backend(array: JobArray) -> None:
+    """Stop the tasks of an array its backends run or hold, the cancel of each recorded: the
+    backend's own array with one call (on Slurm, `scancel <array job id>`, its held tasks too),
+    any other task by itself; then sync them."""
+    jobs = list(
+        Job.objects.filter(array=array, cancel_requested_at__isnull=False)
+        .at_backend()
+        .select_related("cluster", "gpu_type", "tenant", "array")
+    )
+    native = array.cluster.adapter() if array.external_id and array.cluster_id else None
+    if native is not None:
+        native.cancel_array(array)
+        JobArray.objects.filter(pk=array.pk, closed_at__isnull=True).update(closed_at=timezone.now())
+    by_cluster: dict[int, list[Job]] = {}
+    for job in jobs:
+        by_cluster.setdefault(job.cluster_id, []).append(job)
+    for cluster_jobs in by_cluster.values():
+        cluster = cluster_jobs[0].cluster
+        adapter = native if native is not None and cluster.pk == array.cluster_id else cluster.adapter()
+        for job in cluster_jobs:
+            if not (adapter is native and job.attempt == 0):  # native: stopped with its array
+                adapter.cancel(job)
+        sync_jobs(cluster, cluster_jobs)
+
+
+def close_array(array: JobArray) -> None:
+    """An array whose tasks all ended: clear what its backend array still holds for tasks that
+    ended before they were handed over (cancelled, or their dependency failed), once."""
+    if array.external_id and array.cluster_id:
+        array.cluster.adapter().cancel_array(array, waiting_only=True)
+    JobArray.objects.filter(pk=array.pk, closed_at__isnull=True).update(closed_at=timezone.now())
+
+
 def sync_cluster(cluster: Cluster) -> int:
     """Ask the backend about all of the cluster's jobs in one call and apply what changed."""
     jobs = list(Job.objects.filter(cluster=cluster).at_backend().select_related("gpu_type", "cluster"))
@@ -202,31 +313,42 @@ def sync_cluster(cluster: Cluster) -> int:
 
 
 def sync_jobs(cluster: Cluster, jobs: list[Job]) -> int:
+    """Apply the backend's reports. Jobs still queued there whose only news is why they wait
+    (the bulk of a large array's first sync) are recorded together; the rest one by one."""
     if not jobs:
         return 0
     reports = cluster.adapter().statuses(jobs)
     changed = 0
+    waits: dict[int, str] = {}
     for job in jobs:
         report = reports.get(job.external_id)
-        if report is not None and job.apply_report(report):
+        if report is None:
+            continue
+        if job.state == JobState.SUBMITTED and report.state == BackendState.QUEUED and not report.nodes:
+            if report.reason and report.reason != job.reason:
+                waits[job.pk] = report.reason
+        elif job.apply_report(report):
             changed += 1
-    return changed
+    return changed + len(Job.objects.explain_waits(waits))
 
 
 @dataclasses.dataclass(frozen=True)
 class StalledWork:
     """What the periodic sweep finds to mend: clusters with jobs at their backend (to sync),
-    admitted jobs whose dispatch never reported back, and cancel requests not yet honoured."""
+    admitted jobs whose dispatch never reported back, cancel requests not yet honoured, and
+    backend arrays whose tasks all ended (to close)."""
 
     cluster_ids: list[int]
     stalled: dict[int, int]  # {job id: cluster id}
     unhonoured: dict[int, int]
+    ended_arrays: dict[int, int] = dataclasses.field(default_factory=dict)  # {array id: cluster id}
 
     def counts(self) -> dict[str, int]:
         return {
             "clusters": len(self.cluster_ids),
             "redispatched": len(self.stalled),
             "recancelled": len(self.unhonoured),
+            "arrays_closed": len(self.ended_arrays),
         }
 
 
@@ -256,7 +378,18 @@ def stalled_work() -> StalledWork:
     unhonoured = _stamp(unhonoured, "cancel_enqueued_at", now)
     if stalled:
         log.warning("re-dispatching %d stalled job(s)", len(stalled))
-    return StalledWork(cluster_ids, stalled, unhonoured)
+    return StalledWork(cluster_ids, stalled, unhonoured, ended_arrays())
+
+
+def ended_arrays() -> dict[int, int]:
+    """{array id: cluster id} of backend arrays not closed yet whose tasks all ended."""
+    active = Job.objects.filter(array=models.OuterRef("pk"), state__in=ACTIVE_STATES)
+    return dict(
+        JobArray.objects.filter(closed_at__isnull=True, cluster__isnull=False)
+        .exclude(external_id="")
+        .exclude(models.Exists(active))
+        .values_list("pk", "cluster_id")
+    )
 
 
 def _stamp(jobs, field: str, now) -> dict[int, int]:

@@ -5,7 +5,7 @@ import django_filters
 from factory.models import Cluster, GpuType, Tenant
 
 from .choices import JobState
-from .models import Job
+from .models import Job, JobArray
 
 
 def _tenants(request):
@@ -32,10 +32,26 @@ class JobFilterSet(django_filters.FilterSet):
     )
     owner = django_filters.CharFilter(field_name="owner__username", label="Owner (username)")
     mine = django_filters.BooleanFilter(method="filter_mine", label="Only my jobs")
+    array = django_filters.NumberFilter(field_name="array_id", label="Tasks of the array")
 
     class Meta:
         model = Job
-        fields = ["tenant", "state", "gpu_type", "cluster", "owner"]
+        fields = ["tenant", "state", "gpu_type", "cluster", "owner", "array"]
+
+    def filter_mine(self, queryset, name, value):
+        return queryset.filter(owner=self.request.user) if value and self.request else queryset
+
+
+class JobArrayFilterSet(django_filters.FilterSet):
+    tenant = django_filters.ModelChoiceFilter(
+        field_name="tenant", to_field_name="slug", queryset=lambda request: _tenants(request)
+    )
+    owner = django_filters.CharFilter(field_name="owner__username", label="Owner (username)")
+    mine = django_filters.BooleanFilter(method="filter_mine", label="Only my arrays")
+
+    class Meta:
+        model = JobArray
+        fields = ["tenant", "owner"]
 
     def filter_mine(self, queryset, name, value):
         return queryset.filter(owner=self.request.user) if value and self.request else queryset

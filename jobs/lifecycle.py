@@ -13,14 +13,16 @@ from __future__ import annotations
 from django.db import transaction
 
 from . import tasks
-from .models import Job
+from .choices import JobState
+from .models import Job, JobArray
 
 
-def admit_many(placements: dict[int, tuple[int, str]]) -> list[int]:
-    """Admit pending jobs ({job id: (cluster id, message)}), then dispatch them on commit.
-    Returns the ids admitted: a job cancelled meanwhile is left alone."""
+def admit_many(placements: dict[int, tuple[int, str]], domains: dict[int, str] | None = None) -> list[int]:
+    """Admit pending jobs ({job id: (cluster id, message)}; gangs kept under one topology domain:
+    {job id: domain}), then dispatch them on commit. Returns the ids admitted: a job cancelled
+    meanwhile is left alone."""
     with transaction.atomic(savepoint=False):
-        admitted = Job.objects.admit_many(placements)
+        admitted = Job.objects.admit_many(placements, domains)
         if admitted:
             clusters = {pk: placements[pk][0] for pk in admitted}
             transaction.on_commit(lambda: tasks.enqueue_dispatch(clusters), robust=True)
@@ -41,6 +43,26 @@ def cancel(job: Job, user=None) -> bool:
         return False
     transaction.on_commit(lambda: tasks.cancel_job.delay(job.pk, cluster_id=job.cluster_id), robust=True)
     return True
+
+
+def cancel_array(array: JobArray, user=None) -> bool:
+    """Cancel every task of an array not ended yet: those the backend does not have end now
+    (pending ones in a few statements; admitted ones one by one, as they hold quota), the rest are
+    asked to stop, and one task (on commit) stops them at their backend, the backend's own array
+    with one call. Returns whether any task was not ended yet."""
+    who = f" by {user}" if user else ""
+    members = Job.objects.filter(array=array)
+    with transaction.atomic():
+        ended = members.cancel_waiting(f"cancelled with its array{who}")
+        for job in members.filter(state=JobState.ADMITTED, dispatch_claim=""):
+            if job.cancel_before_backend(user):
+                ended.append(job.pk)
+        asked = members.request_backend_cancel(who)
+        if asked or array.external_id:
+            transaction.on_commit(
+                lambda: tasks.cancel_array.delay(array.pk, cluster_id=array.cluster_id), robust=True
+            )
+    return bool(ended or asked)
 
 
 def preempt(job: Job, reason: str) -> bool:

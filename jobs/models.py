@@ -35,7 +35,7 @@ from .choices import (
     NotifyChannel,
     NotifyEvent,
 )
-from .querysets import JobQuerySet, JobTemplateQuerySet
+from .querysets import JobArrayQuerySet, JobQuerySet, JobTemplateQuerySet
 from .validators import (
     validate_command,
     validate_env,
@@ -47,6 +47,7 @@ from .validators import (
 # What a job back in pending forgets of its last attempt: where it ran and how it was dispatched.
 NEXT_ATTEMPT = {
     "cluster": None,
+    "topology_domain": "",
     "external_id": "",
     "admitted_at": None,
     "submitted_at": None,
@@ -56,6 +57,54 @@ NEXT_ATTEMPT = {
     "dispatch_lease_until": None,
     "dispatch_failures": 0,
 }
+
+
+class JobArray(models.Model):
+    """One submission of many tasks (Slurm's job arrays; a parameter sweep): each task is a Job of
+    its own, with its index, which quotas, budgets, fair share and bills count like any job. At
+    most `max_running` of them hold GPUs at once. Its tasks are placed on one cluster (the first
+    one admitted picks it), where a backend with arrays of its own (Slurm) holds them as one
+    backend job, `external_id`."""
+
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="job_arrays")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="job_arrays")
+    name = models.CharField(max_length=64, validators=[validate_name])
+    # The tasks' indexes in Slurm's grammar, as few ranges as name them ("0-999", "1,3,5-7").
+    indexes = models.TextField()
+    size = models.PositiveIntegerField()
+    max_running = models.PositiveIntegerField(
+        null=True, blank=True, help_text="How many of its tasks may hold GPUs at once (none: no limit)."
+    )
+    # A sweep's parameter sets, in index order (each task's are also in its env).
+    sweep = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    cluster = models.ForeignKey(
+        Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="job_arrays"
+    )
+    external_id = models.CharField(max_length=128, blank=True)
+    # When the backend's array was cleared of what it still held for tasks that ended without it.
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = JobArrayQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name}[{self.spec}]"
+
+    def get_absolute_url(self) -> str:
+        return reverse("jobs:array", args=[self.pk])
+
+    @property
+    def spec(self) -> str:
+        """The `array` field as it was written: "0-999%50"; of a sweep, only its limit ("%4")."""
+        limit = f"%{self.max_running}" if self.max_running else ""
+        return limit if self.sweep is not None else self.indexes + limit
+
+    def may_cancel(self, user) -> bool:
+        return JobArray.objects.cancellable_by(user).filter(pk=self.pk).exists()
 
 
 class Job(models.Model):
@@ -89,6 +138,9 @@ class Job(models.Model):
     )
     # The nodes the backend ran it on, as it reported them (e.g. "gpu2,gpu3").
     node_list = models.CharField(max_length=2000, blank=True)
+    # The topology domain (a switch, a block) admission placed all of a gang's nodes under, which
+    # its backend is asked to keep them within too; "" for none (one node, no topology, or spread).
+    topology_domain = models.CharField(max_length=253, blank=True, editable=False)
     time_limit_minutes = models.PositiveIntegerField(
         default=60,
         validators=[
@@ -104,6 +156,14 @@ class Job(models.Model):
     env = models.JSONField(default=dict, blank=True, validators=[validate_env])
     # Secrets (name → value) sealed at rest; never shown back, delivered to the job only.
     secrets_sealed = models.TextField(blank=True, editable=False)
+    # A task of an array: which, and its index there (FACTORY_ARRAY_INDEX).
+    array = models.ForeignKey(JobArray, null=True, blank=True, on_delete=models.PROTECT, related_name="tasks")
+    array_index = models.PositiveIntegerField(null=True, blank=True)
+    # Where its owner asked it to run (within the tenant's regions): one cluster, or one region.
+    requested_cluster = models.ForeignKey(
+        Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="requested_by"
+    )
+    requested_region = models.CharField(max_length=64, blank=True)
 
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
     reason = models.CharField(max_length=500, blank=True, help_text="Why the job waits, or why it ended.")
@@ -153,6 +213,16 @@ class Job(models.Model):
                 condition=~models.Q(idempotency_key=""),
                 name="one_job_per_idempotency_key",
             ),
+            models.UniqueConstraint(
+                fields=["array", "array_index"],
+                condition=models.Q(array__isnull=False),
+                name="one_task_per_array_index",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(array__isnull=True, array_index__isnull=True)
+                | models.Q(array__isnull=False, array_index__isnull=False),
+                name="job_array_task_has_index",
+            ),
             models.CheckConstraint(condition=models.Q(gpu_count__gte=1), name="job_gpu_count_positive"),
             models.CheckConstraint(
                 condition=models.Q(nodes__gte=1)
@@ -194,6 +264,10 @@ class Job(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("jobs:detail", args=[self.pk])
+
+    @property
+    def is_task(self) -> bool:
+        return self.array_id is not None
 
     def seal_secrets(self, values: dict[str, str]) -> None:
         self.secrets_sealed = sealing.seal(values)

@@ -7,12 +7,12 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from factory.adapters import BackendError, BackendUnavailable
+from factory.adapters import BackendError, BackendUnavailable, adapter_class
 from factory.models import Cluster
 from factory.tasks import BACKEND_TASK
 
 from . import dispatch
-from .models import Job
+from .models import Job, JobArray
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,17 @@ def _job(job_id: int) -> Job | None:
 
 
 def _jobs(job_ids: list[int]) -> list[Job]:
-    """The jobs still there, in the order of `job_ids`."""
-    found = Job.objects.select_related("cluster", "gpu_type", "tenant").in_bulk(job_ids)
+    """The jobs still there, in the order of `job_ids`, with their cluster, GPU type, tenant and
+    array. A batch's jobs share few of those: each is read once and shared (select_related would
+    make one of each per job)."""
+    found = Job.objects.in_bulk(job_ids)
+    for field in ("cluster", "gpu_type", "tenant", "array"):
+        related = Job._meta.get_field(field).related_model
+        ids = {getattr(job, f"{field}_id") for job in found.values()} - {None}
+        shared = related.objects.in_bulk(ids) if ids else {}
+        for job in found.values():
+            if getattr(job, f"{field}_id") in shared:
+                setattr(job, field, shared[getattr(job, f"{field}_id")])
     return [found[pk] for pk in job_ids if pk in found]
 
 
@@ -54,23 +63,48 @@ def enqueue_dispatch(jobs: dict[int, int]) -> None:
     """Dispatch tasks for these jobs ({job id: cluster id}, in order), per cluster, on its kind's
     queue. A batch costs one task and one load however many jobs it holds, so a large burst goes
     out in batches of FACTORY_DISPATCH_BATCH; a small one is still split over
-    FACTORY_DISPATCH_SPREAD tasks, so that several worker processes take part. Published over
-    one broker connection."""
+    FACTORY_DISPATCH_SPREAD tasks, so that several worker processes take part. The tasks of an
+    array bound for a backend with arrays of its own go in one batch, however many: they reach
+    it together. Published over one broker connection."""
     if not jobs:
         return
     by_cluster: dict[int, list[int]] = {}
     for job_id, cluster_id in jobs.items():
         by_cluster.setdefault(cluster_id, []).append(job_id)
+    together = native_array_tasks(jobs)
     with dispatch_jobs.app.producer_or_acquire() as producer:
         for cluster_id, job_ids in by_cluster.items():
-            for batch in dispatch_batches(job_ids):
+            for batch in dispatch_batches(job_ids, together):
                 dispatch_jobs.apply_async((batch,), {"cluster_id": cluster_id}, producer=producer)
 
 
-def dispatch_batches(job_ids: list[int]) -> list[list[int]]:
+def native_array_tasks(jobs: dict[int, int]) -> dict[int, int]:
+    """{job id: array id} of these jobs that are first attempts of array tasks bound for a cluster
+    whose backend holds arrays of its own."""
+    kinds = Cluster.objects.filter(pk__in=set(jobs.values())).values_list("pk", "kind")
+    native = {pk for pk, kind in kinds if adapter_class(kind).native_arrays}
+    if not native:
+        return {}
+    bound = [job_id for job_id, cluster_id in jobs.items() if cluster_id in native]
+    return dict(
+        Job.objects.filter(pk__in=bound, array__isnull=False, attempt=0).values_list("pk", "array_id")
+    )
+
+
+def dispatch_batches(job_ids: list[int], together: dict[int, int] | None = None) -> list[list[int]]:
+    """Batches of these jobs; those `together` maps to the same array in one batch of their own."""
+    together = together or {}
+    arrays: dict[int, list[int]] = {}
+    singles = []
+    for job_id in job_ids:
+        if job_id in together:
+            arrays.setdefault(together[job_id], []).append(job_id)
+        else:
+            singles.append(job_id)
     spread = max(1, settings.FACTORY_DISPATCH_SPREAD)
-    size = max(1, min(settings.FACTORY_DISPATCH_BATCH, -(-len(job_ids) // spread)))
-    return [list(job_ids[start : start + size]) for start in range(0, len(job_ids), size)]
+    size = max(1, min(settings.FACTORY_DISPATCH_BATCH, -(-len(singles) // spread)))
+    batches = [list(singles[start : start + size]) for start in range(0, len(singles), size)]
+    return [*arrays.values(), *batches]
 
 
 @shared_task(**RETRYING)
@@ -78,6 +112,21 @@ def cancel_job(job_id: int, cluster_id: int | None = None) -> None:
     job = _job(job_id)
     if job is not None:
         dispatch.cancel_at_backend(job)
+
+
+@shared_task(**RETRYING)
+def cancel_array(array_id: int, cluster_id: int | None = None) -> None:
+    """Stop what the backends run or hold of an array whose tasks were asked to end."""
+    array = JobArray.objects.select_related("cluster").filter(pk=array_id).first()
+    if array is not None:
+        dispatch.cancel_array_at_backend(array)
+
+
+@shared_task(**RETRYING)
+def close_array(array_id: int, cluster_id: int | None = None) -> None:
+    array = JobArray.objects.select_related("cluster").filter(pk=array_id, closed_at__isnull=True).first()
+    if array is not None:
+        dispatch.close_array(array)
 
 
 @shared_task(**BACKEND_TASK, expires=settings.FACTORY_SYNC_INTERVAL)
@@ -102,6 +151,8 @@ def sweep() -> dict[str, int]:
     enqueue_dispatch(work.stalled)
     for job_id, cluster_id in work.unhonoured.items():
         cancel_job.delay(job_id, cluster_id=cluster_id)
+    for array_id, cluster_id in work.ended_arrays.items():
+        close_array.delay(array_id, cluster_id=cluster_id)
     return work.counts()
 
 

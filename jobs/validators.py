@@ -21,7 +21,9 @@ from .choices import (
 _NAME = re.compile(NAME_PATTERN)
 _ENV_NAME = re.compile(ENV_NAME_PATTERN)
 # Set by the backend for the job; a user may not override them.
-RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "FACTORY_JOB_UID", "FACTORY_JOB_NAME"})
+RESERVED_ENV_NAMES = frozenset(
+    {"CUDA_VISIBLE_DEVICES", "FACTORY_JOB_UID", "FACTORY_JOB_NAME", "FACTORY_ARRAY_ID", "FACTORY_ARRAY_INDEX"}
+)
 
 
 def validate_name(value: str) -> None:

@@ -13,7 +13,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -25,35 +25,97 @@ from django.views.decorators.http import require_POST
 from factory.adapters import BackendError
 
 from . import lifecycle, live, notifications, submission
+from .choices import ACTIVE_STATES, JobState
 from .filtersets import JobFilterSet
 from .forms import JobForm, NotificationSettingsForm, TemplateForm
-from .models import Job, JobEvent, JobTemplate, Notification, NotificationSettings
+from .models import Job, JobArray, JobEvent, JobTemplate, Notification, NotificationSettings
 
 LIST_PAGE_SIZE = 20
+# Tasks shown under an array's row when it is opened in the job list; its page lists them all.
+OPENED_ARRAY_TASKS = 50
+ARRAY_PAGE_SIZE = 100
 # A live list stops polling with this status (htmx treats 286 as "stop polling").
 HTMX_STOP_POLLING = 286
 
 
 def visible_job(request: HttpRequest, pk: int, *, with_queue_position: bool = False) -> Job:
     """Another tenant's job is a 404, exactly like one that does not exist."""
-    jobs = Job.objects.visible_to(request.user).select_related("tenant", "owner", "gpu_type", "cluster")
+    jobs = Job.objects.visible_to(request.user).select_related(
+        "tenant", "owner", "gpu_type", "cluster", "array", "requested_cluster"
+    )
     if with_queue_position:
         jobs = jobs.with_queue_position()
     return get_object_or_404(jobs, pk=pk)
 
 
+def fold_arrays(jobs: QuerySet[Job]) -> QuerySet[Job]:
+    """One row per array among these jobs (its first task that matches stands for it), and every
+    other job, whatever the filters. A task is kept when no earlier task of its array matches:
+    a look-up by the array's index per task on the page, not a grouping of every job."""
+    earlier = jobs.filter(array_id=OuterRef("array_id"), pk__lt=OuterRef("pk"))
+    return jobs.filter(Q(array__isnull=True) | ~Exists(earlier))
+
+
+def array_counts(array_ids) -> dict[int, dict[str, int]]:
+    """{array id: {state: tasks}}, in one query."""
+    counts: dict[int, dict[str, int]] = {pk: {} for pk in array_ids}
+    rows = Job.objects.filter(array_id__in=list(counts)).order_by().values_list("array_id", "state")
+    for array_id, state, n in rows.annotate(n=Count("id")).values_list("array_id", "state", "n"):
+        counts[array_id][state] = n
+    return counts
+
+
+def state_summary(counts: dict[str, int]) -> list[tuple[str, str, int]]:
+    """(state, label, tasks) in the lifecycle's order, for the states some task is in."""
+    return [(state, label, counts[state]) for state, label in JobState.choices if counts.get(state)]
+
+
 @login_required
 def job_list(request: HttpRequest) -> HttpResponse:
+    """Jobs, newest first; an array is one row (its tasks counted by state), opened in place with
+    ?open=<array id>, or listed alone with ?array=<array id>."""
     params = request.GET.copy()
     if "mine" not in params and not request.user.has_perm("jobs.view_job"):
         params["mine"] = "true"
     filterset = JobFilterSet(
         params,
-        queryset=Job.objects.visible_to(request.user).select_related("tenant", "gpu_type", "owner"),
+        queryset=Job.objects.visible_to(request.user).select_related("tenant", "gpu_type", "owner", "array"),
         request=request,
     )
-    page = Paginator(filterset.qs, LIST_PAGE_SIZE).get_page(request.GET.get("page"))
-    context = {"filter": filterset, "page": page, "live": any(not job.is_terminal for job in page)}
+    one_array = bool(params.get("array")) and filterset.is_valid()
+    jobs = filterset.qs if one_array else fold_arrays(filterset.qs)
+    page = Paginator(jobs, LIST_PAGE_SIZE).get_page(request.GET.get("page"))
+    opened = _id_or_none(request.GET.get("open", ""))
+    counts = array_counts({job.array_id for job in page if job.array_id}) if not one_array else {}
+    rows = []
+    for job in page:
+        if job.array_id in counts:
+            tasks = None
+            if job.array_id == opened:
+                tasks = list(
+                    Job.objects.visible_to(request.user)
+                    .filter(array_id=opened)
+                    .order_by("array_index")[:OPENED_ARRAY_TASKS]
+                )
+            rows.append(
+                {
+                    "job": job,
+                    "array": job.array,
+                    "counts": state_summary(counts[job.array_id]),
+                    "tasks": tasks,
+                }
+            )
+        else:
+            rows.append({"job": job})
+    active = any(sum(n for state, n in c.items() if state in ACTIVE_STATES) for c in counts.values())
+    context = {
+        "filter": filterset,
+        "page": page,
+        "rows": rows,
+        "opened": opened,
+        "one_array": one_array,
+        "live": active or any(not job.is_terminal for job in page),
+    }
     if request.htmx and request.htmx.target == "job-rows":
         response = render(request, "jobs/job_list.html#rows", context)
         if not context["live"]:
@@ -64,18 +126,27 @@ def job_list(request: HttpRequest) -> HttpResponse:
     return response
 
 
+def _id_or_none(value: str) -> int | None:
+    return int(value) if value.isdigit() and len(value) < 19 else None
+
+
 @login_required
 def job_create(request: HttpRequest) -> HttpResponse:
     """The new-job form: empty, started from a template (?template=ID) or from an earlier job
-    (?rerun=ID, "Run again"); submitted, or saved as a template (the second button)."""
+    (?rerun=ID, "Run again"); submitted (a job, or an array of tasks), or saved as a template
+    (the second button)."""
     saving = request.method == "POST" and "save_template" in request.POST
     form = JobForm(request.POST or None, user=request.user, initial=form_initial(request))
     template_form = TemplateForm(request.POST if saving else None, prefix="template")
     if request.method == "POST" and form.is_valid():
         if not saving:
-            job, _ = submission.submit(
-                tenant=form.cleaned_data["tenant"], owner=request.user, spec=form.spec()
-            )
+            spec, tenant = form.spec(), form.cleaned_data["tenant"]
+            tasks = spec.pop("array")
+            if tasks is not None:
+                array, _ = submission.submit_array(tenant=tenant, owner=request.user, spec=spec, tasks=tasks)
+                messages.success(request, f"Array {array.name} submitted: {array.size} tasks.")
+                return redirect(array)
+            job, _ = submission.submit(tenant=tenant, owner=request.user, spec=spec)
             messages.success(request, f"Job {job.name} submitted.")
             return redirect(job)
         if template_form.is_valid():
@@ -136,6 +207,53 @@ def template_delete(request: HttpRequest, pk: int) -> HttpResponse:
     template.delete()
     messages.success(request, f"Template {template.name} deleted.")
     return redirect("jobs:create")
+
+
+@login_required
+def placement_field(request: HttpRequest) -> HttpResponse:
+    """The new-job form's cluster-or-region choice for the tenant chosen (?tenant=ID), as htmx
+    swaps it in when the tenant changes: only what that tenant's residency permits."""
+    form = JobForm(user=request.user, initial={"tenant": request.GET.get("tenant", "")})
+    response = HttpResponse(str(form["placement"]))
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+def visible_array(request: HttpRequest, pk: int) -> JobArray:
+    """Another tenant's array is a 404, like one that does not exist."""
+    arrays = JobArray.objects.visible_to(request.user).select_related("tenant", "owner", "cluster")
+    return get_object_or_404(arrays, pk=pk)
+
+
+@login_required
+def array_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """An array: what was asked, its tasks counted by state, and its tasks page by page."""
+    array = visible_array(request, pk)
+    counts = array_counts([array.pk])[array.pk]
+    tasks = Job.objects.filter(array=array).select_related("cluster").order_by("array_index")
+    page = Paginator(tasks, ARRAY_PAGE_SIZE).get_page(request.GET.get("page"))
+    active = sum(n for state, n in counts.items() if state in ACTIVE_STATES)
+    context = {
+        "array": array,
+        "counts": state_summary(counts),
+        "active": active,
+        "page": page,
+        "may_cancel": active and array.may_cancel(request.user),
+    }
+    return render(request, "jobs/array_detail.html", context)
+
+
+@login_required
+@require_POST
+def array_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    array = visible_array(request, pk)
+    if not array.may_cancel(request.user):
+        raise PermissionDenied("Only the array's owner or a tenant admin can cancel it.")
+    if lifecycle.cancel_array(array, request.user):
+        messages.info(request, f"Cancelling every task of {array.name}.")
+    if request.htmx:
+        return HttpResponse(status=204)
+    return redirect(array)
 
 
 @login_required
@@ -248,7 +366,9 @@ def stream_jobs() -> QuerySet[Job]:
     """What a look reads of its job, built once per process: building the queue position costs
     more than running the query, and a copy kept by each open stream (some 250 objects) would
     lengthen every full pass of the garbage collector, a pause for all streams of the process."""
-    return Job.objects.select_related("cluster", "gpu_type", "tenant", "owner").with_queue_position()
+    return Job.objects.select_related(
+        "cluster", "gpu_type", "tenant", "owner", "array", "requested_cluster"
+    ).with_queue_position()
 
 
 class JobStream:

@@ -15,6 +15,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from factory import audit
+from factory.hierarchy import hierarchy_lock
 from factory.models import ChangeSet, Identity, Tenant
 from quotas.editing import after_quota_changes
 
@@ -35,6 +36,9 @@ def apply(
     writes nothing and records no change set."""
     with transaction.atomic():
         _lock()
+        # And the tree's: a quota or a move made meanwhile by a form or the API must be seen by
+        # the checks of nested quotas and loops.
+        hierarchy_lock()
         plan = make_plan(declaration)
         if expect is not None and plan.digest != expect:
             raise Invalid(
@@ -175,6 +179,9 @@ class Writer:
             parent = desired[key]["parent"]
             rows.append(Tenant(pk=self.id("tenant", *key), parent_id=parent and self.id("tenant", parent)))
         if rows:
+            # From the top first: every state on the way holds only parents the file declares, so
+            # the database's loop check (factory.hierarchy) never sees a loop between two moves.
+            Tenant.objects.filter(pk__in=[row.pk for row in rows]).update(parent=None)
             Tenant.objects.bulk_update(rows, ["parent"], batch_size=500)
 
     def delete(self, kind: str) -> None:

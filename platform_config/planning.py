@@ -3,8 +3,9 @@ blocks a deletion. Planning changes nothing.
 
 The desired state is the file's objects, plus, without `prune: true`, whatever the portal has that
 the file does not mention (left as it is). It is checked as a whole before anything is compared:
-references that lead nowhere, a child tenant's quota above its parent's, rate cards overlapping in
-time, the models' own rules, secrets written inline. Every problem is listed with its path.
+references that lead nowhere, a loop of tenants, projects' quotas above their department's, rate
+cards overlapping in time, the models' own rules, secrets written inline. Every problem is listed
+with its path.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 
 from billing.models import GridIntensity, RateCard
 from factory.adapters import adapter_class
+from factory.hierarchy import TenantTree
 from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
 from factory.signals import blockers
+from quotas import nesting
 from quotas.models import Budget, Quota
 
 from . import state as st
@@ -318,7 +321,7 @@ def check(
             if key[-1] not in users:
                 problems.append(Problem(where(kind, key, attribute), f"No user {key[-1]!r} exists."))
     problems += _parent_cycles(tenants, where)
-    problems += _quotas_within_parents(desired, where)
+    problems += _quotas_within_parents(desired, current, origins, where)
     problems += _rate_card_overlaps(desired["rate_card"], where)
     problems += _billed_rate_cards(declared["rate_card"], current, where)
     problems += _posix_accounts(desired["identity"], where)
@@ -339,20 +342,38 @@ def _parent_cycles(tenants: dict, where) -> list[Problem]:
     return problems
 
 
-def _quotas_within_parents(desired: State, where) -> list[Problem]:
+def _quotas_within_parents(desired: State, current: State, origins: dict, where) -> list[Problem]:
+    """A department's nominal bounds the sum of its projects' (quotas.nesting), per GPU type: an
+    overrun the file makes appear or grow is refused at the projects' quotas the file declares (at
+    the department's when it declares none of them)."""
+
+    def tree(state: State) -> TenantTree:
+        return TenantTree({key[0]: fields["parent"] for key, fields in state["tenant"].items()})
+
+    def nominals(state: State) -> dict[str, dict[str, int]]:
+        by_type: dict[str, dict[str, int]] = defaultdict(dict)
+        for (tenant, gpu_type), fields in state["quota"].items():
+            by_type[gpu_type][tenant] = fields["nominal"]
+        return by_type
+
     problems = []
-    quotas = desired["quota"]
-    for (tenant, gpu_type), fields in quotas.items():
-        parent = (desired["tenant"].get((tenant,)) or {}).get("parent")
-        above = quotas.get((parent, gpu_type)) if parent else None
-        if above is not None and fields["nominal"] > above["nominal"]:
-            problems.append(
-                Problem(
-                    where("quota", (tenant, gpu_type), "nominal"),
-                    f"{fields['nominal']} {gpu_type} GPUs is above the parent tenant {parent}'s quota "
-                    f"({above['nominal']}).",
+    before_tree, after_tree = tree(current), tree(desired)
+    before, after = nominals(current), nominals(desired)
+    for gpu_type in sorted(after):
+        found = nesting.worsened(
+            nesting.overruns(before_tree, before.get(gpu_type, {})),
+            nesting.overruns(after_tree, after[gpu_type]),
+        )
+        for tenant, (nominal, total) in sorted(found.items()):
+            below = nesting.just_below(after_tree, after[gpu_type], tenant)
+            declared = [t for t in sorted(below) if ("quota", (t, gpu_type)) in origins]
+            for changed in declared or [tenant]:
+                problems.append(
+                    Problem(
+                        where("quota", (changed, gpu_type), "nominal"),
+                        nesting.message(tenant, nominal, total, gpu_type, changed),
+                    )
                 )
-            )
     return problems
 
 

@@ -7,19 +7,33 @@ released GPU is counted once, by whichever pass comes next.
 
 Rules (see Quota and Budget):
 - a tenant without a quota row for a GPU type cannot use it; per-job and per-user caps apply;
-- up to `nominal` GPUs are guaranteed; above it a tenant borrows, within its `borrowing_limit`, from
-  what the others lend (their idle nominal, up to their `lending_limit`, plus unassigned capacity);
-- a hard budget holds jobs whose GPUs × time limit exceed what is left this month;
-- pools are never filled past their capacity; among the clusters the tenant's residency allows
-  and that would run the job (its owner has a POSIX account where jobs run as their owners, its
-  image is on the cluster's allow-list), the least loaded pool with room wins;
+- up to `nominal` GPUs are guaranteed (a department's own jobs: its nominal less its projects');
+  above it a tenant borrows, within its `borrowing_limit`, from what the others lend (their idle
+  nominal, up to their `lending_limit`, plus unassigned capacity); quotas nest along the tenant
+  tree as Kueue's hierarchical cohorts (quotas.cohorts): idle GPUs go to borrowers within the
+  same department first, then within the organisation, then across organisations;
+- a hard budget holds jobs whose GPUs × time limit exceed what is left this month, of the
+  tenant's budget and of every budget above it (a department's budget caps its projects together);
+- pools are never filled past their capacity, less the GPUs out of service (failed or drained:
+  a node missing one is not a whole node); among the clusters the tenant's residency allows and
+  that would run the job (its owner has a POSIX account where jobs run as their owners, its image
+  is on the cluster's allow-list), the least loaded pool with room wins;
+- a gang (a job on several nodes) is admitted only when all its nodes fit at once; where the
+  site describes its topology, it goes where all its nodes fit under one switch or block if any
+  pool has room for that (and its backend is told to keep them there), else over several;
 - order across tenants: fair share (use ÷ nominal, lowest first), then submit time; within a
   tenant, priority (capped by the ceiling the platform sets for it) first; a job that does not fit
   is skipped, so smaller jobs behind it can go;
 - dependencies: a job that runs after others waits, outside the order, until they ended as it
   asked (jobs/dependencies.py);
+- placement asked for: a job asked to run on one cluster or in one region goes only there;
+- arrays: each task is a job like any other (quotas, budgets and fair share count each), but at
+  most the array's `max_running` hold GPUs at once, and all go to the cluster its first admitted
+  task went to while that cluster accepts jobs (where Slurm holds them as one job array). Tasks of
+  one array ask for the same: once one waits in a round, the rest wait for the same reason;
 - reclaim: a job within its tenant's nominal quota that finds no room preempts the newest jobs
-  running on borrowed GPUs (never to serve a borrower).
+  running on borrowed GPUs (never to serve a borrower), nearest in the tenant tree first, and only
+  jobs of subtrees that borrow from above where they meet the tenant's.
 """
 
 from __future__ import annotations
@@ -36,28 +50,31 @@ from importlib import import_module
 
 from django.conf import settings
 from django.db import connection, models, transaction
-from django.db.models import Case, Value, When
 from django.utils import timezone
 
+from factory import bulk
 from factory.adapters import ImageRule
 from factory.choices import GANG_KINDS, POSIX_USER_KINDS
+from factory.hierarchy import TenantTree
 from factory.models import Identity, Pool, Tenant
 from factory.months import month_of
-from factory.shapes import FreeNodes, NodeShape
-from fleet.capacity import drained_gpus
+from factory.shapes import NodeShape, PoolNodes
+from fleet.capacity import out_of_service
 from jobs import dependencies, lifecycle
 from jobs.choices import HOLDING_STATES, JobState
-from jobs.models import Job
+from jobs.models import Job, JobArray
 
 from . import metrics
+from .cohorts import CohortTree
 from .models import Budget, Quota, Reservation
 from .settlement import gpu_hours_between, round_gpu_hours, settle_released
 
 log = logging.getLogger(__name__)
 
 ADMISSION_LOCK_ID = 0x41494641  # any constant shared by every worker: "AIFA"
-# A job that may be preempted: (job id, GPUs, tenant id, owner id, nodes, GPUs per node).
-Victim = tuple[int, int, int, int, int, int]
+# A job that may be preempted: (job id, GPUs, tenant id, owner id, nodes, GPUs per node, the
+# topology domain admission placed it in).
+Victim = tuple[int, int, int, int, int, int, str]
 PREEMPTED_REASON = "preempted to return borrowed GPUs"
 
 
@@ -74,12 +91,17 @@ class PoolState:
     images: ImageRule | None = None  # which images the cluster runs; None: runs none at all
     shape: NodeShape | None = None
     gangs: bool = False  # its backend starts a job on several nodes at once
-    nodes: FreeNodes = dataclasses.field(init=False)
+    out: dict[str, int] = dataclasses.field(default_factory=dict)  # GPUs out of service, per node
+    nodes: PoolNodes = dataclasses.field(init=False)
+    # Whether a job of a shape (nodes, GPUs per node, CPUs, memory) could ever run here: many
+    # pending jobs share a shape, and the pool's nodes do not change during a pass.
+    _runs: dict[tuple, bool] = dataclasses.field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.shape is None:
             self.shape = NodeShape(self.capacity)
-        self.nodes = FreeNodes.empty(self.shape)
+        self.nodes = PoolNodes.empty(self.shape, self.out)
+        self.capacity = self.nodes.free  # its GPUs in service, within the capacity set
 
     @property
     def free(self) -> int:
@@ -88,8 +110,9 @@ class PoolState:
     def could_run(self, job: PendingJob, gpu: str) -> bool:
         """Whether a job of this shape could ever run here (when all of it is free). A one-node
         job's GPU count is left to `fits`, which says how many GPUs are free."""
-        return not set(
-            self.shape.refusals(
+        shape = (job.nodes, job.gpus_per_node, job.cpus, job.memory_gb)
+        if shape not in self._runs:
+            refused = self.shape.refusals(
                 nodes=job.nodes,
                 gpus_per_node=job.gpus_per_node,
                 cpus=job.cpus,
@@ -98,15 +121,18 @@ class PoolState:
                 gpu=gpu,
                 cluster=self.cluster,
             )
-        ) - {"gpu_count"}
+            self._runs[shape] = not set(refused) - {"gpu_count"}
+        return self._runs[shape]
 
     def fits(self, job: PendingJob) -> bool:
         """Whether all the job's nodes are free at once: no gang is admitted in part."""
         return self.free >= job.gpu_count and self.nodes.fits(job.nodes, job.gpus_per_node)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class PendingJob:
+    """A pending job as admission reads it (one row of a single query; thousands per pass)."""
+
     id: int
     tenant_id: int
     owner_id: int
@@ -122,14 +148,16 @@ class PendingJob:
     gpus_per_node: int = 0
     cpus: int | None = None
     memory_gb: int | None = None
+    array_id: int | None = None
+    requested_cluster_id: int | None = None
+    requested_region: str = ""
+    # Asked of every budget above the job's tenant, in every round: worked out once.
+    gpu_hours: Decimal = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         if not self.gpus_per_node:  # a one-node job described by its GPU count alone
-            object.__setattr__(self, "gpus_per_node", self.gpu_count // max(self.nodes, 1))
-
-    @property
-    def gpu_hours(self) -> Decimal:
-        return round_gpu_hours(Decimal(self.gpu_count) * Decimal(self.time_limit_minutes) / 60)
+            self.gpus_per_node = self.gpu_count // max(self.nodes, 1)
+        self.gpu_hours = round_gpu_hours(Decimal(self.gpu_count) * Decimal(self.time_limit_minutes) / 60)
 
 
 @dataclasses.dataclass
@@ -139,6 +167,8 @@ class Decision:
     borrowed: int = 0
     preempt: list[int] = dataclasses.field(default_factory=list)
     needs_borrowing: bool = False
+    domain: str | None = None  # the topology domain all of a gang's nodes go under
+    borrow_level: int = 0  # needing to borrow: the first borrowing round that may admit it
 
 
 @dataclasses.dataclass
@@ -156,12 +186,13 @@ class Snapshot:
     def __init__(self, now: datetime | None = None) -> None:
         self.now = now or timezone.now()
         self.month = month_of(self.now)
-        self.tenants = {t.pk: t for t in Tenant.objects.only("slug", "regions")}
+        self.tenants = {t.pk: t for t in Tenant.objects.only("slug", "regions", "parent_id")}
+        self.tree = TenantTree({pk: t.parent_id for pk, t in self.tenants.items()})
         self.gpu_types = dict(Pool.objects.values_list("gpu_type_id", "gpu_type__slug").distinct())
-        self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.select_related("gpu_type")}
+        self.quotas = {(q.tenant_id, q.gpu_type_id): q for q in Quota.objects.all()}
         self.pools: dict[int, list[PoolState]] = defaultdict(list)
         image_rules: dict[int, ImageRule | None] = {}
-        drained = drained_gpus()  # failed hardware the portal took out: not capacity
+        out = out_of_service()  # failed hardware, and what the portal took out: not capacity
         for pool in Pool.objects.filter(cluster__enabled=True).select_related("cluster").order_by("pk"):
             cluster = pool.cluster
             if cluster.pk not in image_rules:
@@ -173,11 +204,12 @@ class Snapshot:
                     cluster.slug,
                     cluster.region,
                     not cluster.draining,
-                    max(0, pool.capacity - drained[pool.cluster_id, pool.gpu_type_id]),
+                    pool.capacity,
                     kind=cluster.kind,
                     images=image_rules[cluster.pk],
                     shape=pool.shape(),
                     gangs=cluster.kind in GANG_KINDS,
+                    out=out.get((pool.cluster_id, pool.gpu_type_id), {}),
                 )
             )
         # Owners who have a POSIX account, the one their jobs run as where jobs run as their owners.
@@ -198,36 +230,64 @@ class Snapshot:
                 pool.used += gpus
         self._occupy_nodes(pool_index)
         budgets = {b.tenant_id: b for b in Budget.objects.all()}
-        spent = Reservation.objects.gpu_hours_by_tenant(self.month)
+        # What a budget's tenant and every tenant below it spent: a department's budget caps its
+        # projects together.
+        spent = self.tree.roll_up(Reservation.objects.gpu_hours_by_tenant(self.month))
         self.max_priority = {tenant: b.max_priority for tenant, b in budgets.items()}
         self._borrowed_jobs: dict[int, dict[int, list[Victim]]] = {}
         self.placements: dict[int, tuple[int, str]] = {}
+        self.domains: dict[int, str] = {}  # gangs placed under one topology domain
         self.admitted_jobs: dict[int, PendingJob] = {}
-        self.reservations: dict[int, Reservation] = {}
+        self.borrowing: dict[int, int] = {}  # GPUs each admitted job borrows
         self.budget_left = {
             tenant: b.gpu_hours_per_month - spent.get(tenant, Decimal(0))
             for tenant, b in budgets.items()
             if b.hard and b.gpu_hours_per_month is not None
         }
         self.money = MoneyBudgets(
-            {t: b for t, b in budgets.items() if b.hard and b.amount_per_month is not None}, self.month
+            {t: b for t, b in budgets.items() if b.hard and b.amount_per_month is not None},
+            self.month,
+            self.tree,
         )
-        self._tally_lending()
+        self._budget_chains: dict[int, tuple[int, ...]] = {}
+        self._build_cohorts()
+        # Arrays with tasks in this pass: their limit, their cluster, their tasks holding GPUs.
+        self.array_limits: dict[int, int | None] = {}
+        self.array_clusters: dict[int, int | None] = {}
+        self.array_holding: Counter[int] = Counter()
+        self.pinned: dict[int, int] = {}  # arrays this pass placed first: {array id: cluster id}
+        self._array_waits: dict[tuple[int, bool, int | None], str] = {}
+
+    def load_arrays(self, jobs: Iterable[PendingJob]) -> None:
+        """What the pass needs of the arrays these jobs are tasks of (two queries, none without)."""
+        ids = {job.array_id for job in jobs if job.array_id is not None}
+        if not ids:
+            return
+        for pk, limit, cluster_id in JobArray.objects.filter(pk__in=ids).values_list(
+            "pk", "max_running", "cluster_id"
+        ):
+            self.array_limits[pk], self.array_clusters[pk] = limit, cluster_id
+        holding = Job.objects.filter(array_id__in=ids, state__in=HOLDING_STATES).values_list("array_id")
+        self.array_holding.update(dict(holding.annotate(n=models.Count("id")).values_list("array_id", "n")))
 
     @staticmethod
     def _occupy_nodes(pool_index: dict[tuple[int, int], PoolState]) -> None:
-        """Count the nodes the jobs holding GPUs take, largest per node first (one query)."""
+        """Count the nodes the jobs holding GPUs take, largest per node first (one query): on
+        the nodes their backend says they run on, else where admission placed them."""
         shapes = (
             Job.objects.filter(state__in=HOLDING_STATES)
-            .values_list("cluster_id", "gpu_type_id", "nodes", "gpus_per_node")
+            .values_list(
+                "cluster_id", "gpu_type_id", "nodes", "gpus_per_node", "node_list", "topology_domain"
+            )
             .annotate(jobs=models.Count("id"))
             .order_by("-gpus_per_node", "-nodes")
         )
-        for cluster_id, gpu_type_id, nodes, gpus_per_node, jobs in shapes:
+        for cluster_id, gpu_type_id, nodes, gpus_per_node, node_list, domain, jobs in shapes:
             pool = pool_index.get((cluster_id, gpu_type_id))
             if pool is not None:
+                names = node_list.split(",") if node_list and pool.nodes.topology else []
                 for _ in range(jobs):
-                    pool.nodes.take(nodes, gpus_per_node)
+                    pool.nodes.occupy(nodes, gpus_per_node, names, domain)
 
     # --- the rules ------------------------------------------------------------------------------
 
@@ -235,49 +295,65 @@ class Snapshot:
         return min(job.priority, self.max_priority.get(job.tenant_id, 0))
 
     def share(self, tenant_id: int, gpu_type_id: int) -> float:
-        quota = self.quotas.get((tenant_id, gpu_type_id))
-        if quota is None or quota.nominal == 0:
+        own = self.cohorts[gpu_type_id].own_nominal.get(tenant_id, 0) if gpu_type_id in self.cohorts else 0
+        if (tenant_id, gpu_type_id) not in self.quotas or own == 0:
             return float("inf")
-        return self.use[tenant_id, gpu_type_id] / quota.nominal
+        return self.use[tenant_id, gpu_type_id] / own
 
-    def _lend_and_borrow(self, tenant_id: int, gpu_type_id: int) -> tuple[int, int]:
-        """This tenant's share of the GPU type's lendable idle GPUs, and of its borrowed ones."""
-        quota = self.quotas.get((tenant_id, gpu_type_id))
-        if quota is None:
-            return 0, 0
-        used = self.use[tenant_id, gpu_type_id]
-        idle = max(0, quota.nominal - used)
-        lend = idle if quota.lending_limit is None else min(idle, quota.lending_limit)
-        return lend, max(0, used - quota.nominal)
-
-    def _tally_lending(self) -> None:
-        """Per GPU type: GPUs others may borrow (idle nominal within lending limits, plus capacity
-        no quota claims) and GPUs borrowed now. Kept current by `_use` as jobs are admitted."""
-        self.lendable: Counter[int] = Counter()
-        self.borrowed: Counter[int] = Counter()
-        nominal_total: Counter[int] = Counter()
+    def _build_cohorts(self) -> None:
+        """Per GPU type, its quotas as nested cohorts over the tenant tree, holding the capacity of
+        its pools; kept current by `_use` as jobs are admitted and preempted."""
+        by_type: dict[int, dict[int, Quota]] = defaultdict(dict)
         for (tenant, gpu_type), quota in self.quotas.items():
-            nominal_total[gpu_type] += quota.nominal
-            lend, borrow = self._lend_and_borrow(tenant, gpu_type)
-            self.lendable[gpu_type] += lend
-            self.borrowed[gpu_type] += borrow
-        for gpu_type, pools in self.pools.items():
-            self.lendable[gpu_type] += max(0, sum(p.capacity for p in pools) - nominal_total[gpu_type])
+            by_type[gpu_type][tenant] = quota
+        use: dict[int, Counter[int]] = defaultdict(Counter)
+        for (tenant, gpu_type), gpus in self.use.items():
+            use[gpu_type][tenant] += gpus
+        self.cohorts: dict[int, CohortTree] = {
+            gpu_type: CohortTree(
+                self.tree,
+                by_type.get(gpu_type, {}),
+                sum(p.capacity for p in self.pools.get(gpu_type, ())),
+                use[gpu_type],
+            )
+            for gpu_type in set(by_type) | set(self.pools)
+        }
 
     def _use(self, tenant_id: int, gpu_type_id: int, owner_id: int, gpus: int) -> None:
-        lend, borrow = self._lend_and_borrow(tenant_id, gpu_type_id)
         self.use[tenant_id, gpu_type_id] += gpus
         self.user_use[tenant_id, gpu_type_id, owner_id] += gpus
-        new_lend, new_borrow = self._lend_and_borrow(tenant_id, gpu_type_id)
-        self.lendable[gpu_type_id] += new_lend - lend
-        self.borrowed[gpu_type_id] += new_borrow - borrow
+        cohort = self.cohorts.get(gpu_type_id)
+        if cohort is not None and tenant_id in cohort.parent:
+            cohort.use(tenant_id, gpus)
 
-    def decide(self, job: PendingJob, *, may_borrow: bool = True) -> Decision:
+    def budget_chain(self, tenant_id: int) -> tuple[int, ...]:
+        """The tenant and the tenants above it that have a hard budget, nearest first."""
+        chain = self._budget_chains.get(tenant_id)
+        if chain is None:
+            chain = self._budget_chains[tenant_id] = tuple(
+                t for t in self.tree.path(tenant_id) if t in self.budget_left or t in self.money.left
+            )
+        return chain
+
+    def decide(self, job: PendingJob, *, may_borrow: bool = True, level: int | None = None) -> Decision:
+        """Admit the job where, or why it waits. Without `may_borrow`, a job that would borrow is
+        left for later (needs_borrowing); with a `level`, so is one that would make the tenant
+        that many steps above the job's (0: its own) borrow more from above."""
         gpu = self.gpu_types.get(job.gpu_type_id, "this GPU type")
         tenant = self.tenants[job.tenant_id]
+        limit = self.array_limits.get(job.array_id) if job.array_id is not None else None
+        if limit is not None and self.array_holding[job.array_id] >= limit:
+            return Decision(None, f"array limit: {limit} of its tasks at once")
         quota = self.quotas.get((job.tenant_id, job.gpu_type_id))
         if quota is None:
             return Decision(None, f"tenant {tenant.slug} has no {gpu} quota")
+        cohort = self.cohorts[job.gpu_type_id]
+        used = self.use[job.tenant_id, job.gpu_type_id]
+        own = cohort.own_nominal[job.tenant_id]
+        borrowed = max(0, used + job.gpu_count - own)
+        assessed = cohort.assess(job.tenant_id, job.gpu_count) if borrowed else None
+        if borrowed and not may_borrow:  # decided in the borrowing rounds, from the level it needs
+            return Decision(None, "", needs_borrowing=True, borrow_level=assessed[1])
         if quota.max_gpus_per_job is not None and job.gpu_count > quota.max_gpus_per_job:
             return Decision(
                 None,
@@ -289,45 +365,76 @@ class Snapshot:
                 return Decision(
                     None, f"per-user limit {gpu}: {mine} of {quota.max_gpus_per_user} in use by the owner"
                 )
-        left = self.budget_left.get(job.tenant_id)
-        if left is not None and job.gpu_hours > left:
-            return Decision(None, f"budget: {_hours(left)} GPU-h left, job needs {_hours(job.gpu_hours)}")
-        short = self.money.shortfall(job, gpu)
-        if short:
-            return Decision(None, short)
+        for holder in self.budget_chain(job.tenant_id):
+            short = self.budget_shortfall(job, holder, gpu)
+            if short:
+                return Decision(None, short)
 
-        used = self.use[job.tenant_id, job.gpu_type_id]
-        after = used + job.gpu_count
-        borrowed = max(0, after - quota.nominal)
         if borrowed:
-            if not may_borrow:
-                return Decision(None, "", needs_borrowing=True)
-            usage = f"tenant quota {gpu}: {used} of {quota.nominal} in use"
-            if quota.borrowing_limit is not None and borrowed > quota.borrowing_limit:
-                return Decision(None, f"{usage}, borrowing limit reached")
-            if not self.may_borrow(job, quota, after):
-                return Decision(None, f"{usage}, no idle GPUs to borrow")
+            refused, needed = assessed
+            if refused is not None:
+                return Decision(None, self._borrowing_refusal(job, gpu, used, own, *refused))
+            if level is not None and needed > level:  # closer lenders first
+                return Decision(None, "", needs_borrowing=True, borrow_level=needed)
         return self.place(job, borrowed)
 
-    def may_borrow(self, job: PendingJob, quota: Quota, after: int) -> bool:
-        """Would the GPU type's borrowed GPUs still be covered by what others lend?"""
-        lend, borrow = self._lend_and_borrow(job.tenant_id, job.gpu_type_id)
-        idle_after = max(0, quota.nominal - after)
-        lend_after = idle_after if quota.lending_limit is None else min(idle_after, quota.lending_limit)
-        borrowed = self.borrowed[job.gpu_type_id] - borrow + max(0, after - quota.nominal)
-        return borrowed <= self.lendable[job.gpu_type_id] - lend + lend_after
+    def budget_shortfall(self, job: PendingJob, holder: int, gpu: str) -> str:
+        """Why the budget of `holder` (the job's tenant or a tenant above it) holds the job."""
+        of = "" if holder == job.tenant_id else f" of {self.tenants[holder].slug}"
+        left = self.budget_left.get(holder)
+        if left is not None and job.gpu_hours > left:
+            return f"budget{of}: {_hours(left)} GPU-h left, job needs {_hours(job.gpu_hours)}"
+        short = self.money.shortfall(job, gpu, holder)
+        return short.replace("budget:", f"budget{of}:", 1) if short else ""
+
+    def _borrowing_refusal(self, job: PendingJob, gpu: str, used: int, own: int, node: int, why: str) -> str:
+        cohort = self.cohorts[job.gpu_type_id]
+        usage = f"tenant quota {gpu}: {used} of {own} in use"
+        if cohort.nominal[job.tenant_id] != own:
+            usage += f" (its own share of {cohort.nominal[job.tenant_id]})"
+        if why == "idle":
+            return f"{usage}, no idle GPUs to borrow"
+        if node == job.tenant_id:
+            return f"{usage}, borrowing limit reached"
+        return f"{usage}; {self.tenants[node].slug} above it has reached its borrowing limit"
 
     def allowed_pools(self, job: PendingJob) -> list[PoolState]:
         return [p for p in self.resident_pools(job) if not self.refusal(p, job)]
 
     def resident_pools(self, job: PendingJob) -> list[PoolState]:
-        """Pools of the job's GPU type accepting jobs in the regions its tenant may use."""
+        """Pools of the job's GPU type accepting jobs in the regions its tenant may use, and where
+        its owner asked it to run; a task of an array, on its array's cluster while that one
+        accepts jobs."""
         regions = self.tenants[job.tenant_id].regions
-        return [
+        pools = [
             p
             for p in self.pools.get(job.gpu_type_id, ())
-            if p.accepts_jobs and (not regions or p.region in regions)
+            if p.accepts_jobs
+            and (not regions or p.region in regions)
+            and job.requested_cluster_id in (None, p.cluster_id)
+            and job.requested_region in ("", p.region)
         ]
+        if job.array_id is not None:
+            home = self.array_clusters.get(job.array_id) or self.pinned.get(job.array_id)
+            if home is not None and any(p.cluster_id == home for p in pools):
+                return [p for p in pools if p.cluster_id == home]
+        return pools
+
+    def where(self, job: PendingJob) -> str:
+        """Where the job may run, in words: " in region eu-west", " named slurm-a", ""."""
+        if job.requested_cluster_id is not None:
+            slug = next(
+                (
+                    p.cluster
+                    for ps in self.pools.values()
+                    for p in ps
+                    if p.cluster_id == job.requested_cluster_id
+                ),
+                f"#{job.requested_cluster_id}",
+            )
+            return f" {slug} (asked for)"
+        regions = [job.requested_region] if job.requested_region else self.tenants[job.tenant_id].regions
+        return f" in region {', '.join(regions)}" if regions else ""
 
     def refusal(self, pool: PoolState, job: PendingJob) -> str:
         """Why the pool's cluster would not run this job at all; "" if it would."""
@@ -342,27 +449,24 @@ class Snapshot:
 
     def place(self, job: PendingJob, borrowed: int) -> Decision:
         gpu = self.gpu_types.get(job.gpu_type_id, "GPU")
-        regions = self.tenants[job.tenant_id].regions
         pools = self.allowed_pools(job)
         if not pools:
             resident = self.resident_pools(job)
             if resident:
                 reasons = dict.fromkeys(self.refusal(p, job) for p in resident)
                 return Decision(None, f"no cluster with {gpu} GPUs would run it: {'; '.join(reasons)}")
-            where = f" in region {', '.join(regions)}" if regions else ""
-            return Decision(None, f"no cluster{where} accepting jobs has {gpu} GPUs")
+            return Decision(None, f"no cluster{self.where(job)} accepting jobs has {gpu} GPUs")
         pools = [p for p in pools if p.could_run(job, gpu)]
         if not pools:
             return Decision(None, f"no cluster accepting jobs has {_shape(job, gpu)} nodes")
         fitting = [p for p in pools if p.fits(job)]
         if fitting:
-            pool = min(fitting, key=lambda p: (p.used / p.capacity, p.pool_id))
-            return Decision(pool, f"{_shape(job, gpu)} on {pool.cluster} (least loaded)", borrowed=borrowed)
+            return self.choose(job, fitting, gpu, borrowed)
         if borrowed == 0:
             reclaim = self.reclaim(job, pools)
             if reclaim is not None:
                 return reclaim
-        where = f"allowed cluster in region {', '.join(regions)}" if regions else "cluster"
+        where = f"allowed cluster{self.where(job)}" if self.where(job) else "cluster"
         best = max(pools, key=lambda p: (p.nodes.nodes_with(job.gpus_per_node), p.free))
         usage = f"{best.used} of {best.capacity} in use on {best.cluster}"
         if job.nodes > 1 or best.free >= job.gpu_count:
@@ -374,20 +478,45 @@ class Snapshot:
             )
         return Decision(None, f"no {where} has {job.gpu_count} free {gpu}: {usage}")
 
+    @staticmethod
+    def choose(job: PendingJob, fitting: list[PoolState], gpu: str, borrowed: int) -> Decision:
+        """The least loaded of the pools with room; for a gang, of those with room for all its
+        nodes under one switch or block if there are any (as Kueue's topology-aware scheduling
+        prefers), saying so."""
+        domains = {p.pool_id: p.nodes.one_domain(job.nodes, job.gpus_per_node) for p in fitting}
+        within = [p for p in fitting if domains[p.pool_id] is not None]
+        pool = min(within or fitting, key=lambda p: (p.used / p.capacity, p.pool_id))
+        reason = f"{_shape(job, gpu)} on {pool.cluster} (least loaded)"
+        domain = domains[pool.pool_id]
+        if domain is not None:
+            reason += f", under one {pool.nodes.level}: {domain}"
+        elif job.nodes > 1 and pool.nodes.topology:
+            level = pool.nodes.level
+            reason += f", over several of its {level} domains: no one {level} has {job.nodes} free nodes"
+        return Decision(pool, reason, borrowed=borrowed, domain=domain)
+
     def reclaim(self, job: PendingJob, pools: list[PoolState]) -> Decision | None:
-        """Within its nominal quota, a job takes back GPUs that other tenants borrowed."""
-        if not self.borrowed[job.gpu_type_id]:
+        """Within its nominal quota, a job takes back GPUs that other tenants borrowed, walking
+        the tenant tree from its own department outwards (quotas.cohorts.reclaim_order)."""
+        cohort = self.cohorts[job.gpu_type_id]
+        if not cohort.borrowed:
             return None  # nobody borrows this GPU type: nothing to take back
         candidates = self.borrowed_jobs(job.gpu_type_id)
         for pool in sorted(pools, key=lambda p: -p.free):
             freed, victims, nodes = pool.free, [], pool.nodes.copy()
-            mine = [v for v in candidates.get(pool.cluster_id, []) if v[2] != job.tenant_id]
-            for victim in mine:
+            still_borrows: dict[tuple, int] = {}
+            for side, borrows, victim in cohort.reclaim_order(
+                job.tenant_id, candidates.get(pool.cluster_id, [])
+            ):
                 if freed >= job.gpu_count and nodes.fits(job.nodes, job.gpus_per_node):
                     break
+                left = still_borrows.setdefault(side, borrows)
+                if left <= 0:
+                    continue  # what this side borrowed is already taken back
+                still_borrows[side] = left - victim[1]
                 victims.append(victim)
                 freed += victim[1]
-                nodes.give_back(victim[4], victim[5])
+                nodes.give_back(victim[4], victim[5], victim[6] or None)
             if freed >= job.gpu_count and nodes.fits(job.nodes, job.gpus_per_node):
                 gpu = self.gpu_types.get(job.gpu_type_id, "GPU")
                 reason = (
@@ -407,41 +536,51 @@ class Snapshot:
             victims[:] = [v for v in victims if v[0] != job_id]
 
     def record(self, job: PendingJob, decision: Decision, preempted: Iterable[Victim]) -> None:
-        for job_id, gpus, tenant_id, owner_id, nodes, gpus_per_node in preempted:
+        for job_id, gpus, tenant_id, owner_id, nodes, gpus_per_node, domain in preempted:
             self._use(tenant_id, job.gpu_type_id, owner_id, -gpus)
             decision.pool.used -= gpus
-            decision.pool.nodes.give_back(nodes, gpus_per_node)
+            decision.pool.nodes.give_back(nodes, gpus_per_node, domain or None)
             self.forget_borrowed(job.gpu_type_id, job_id)
         self._use(job.tenant_id, job.gpu_type_id, job.owner_id, job.gpu_count)
         decision.pool.used += job.gpu_count
-        decision.pool.nodes.take(job.nodes, job.gpus_per_node)
-        if job.tenant_id in self.budget_left:
-            self.budget_left[job.tenant_id] -= job.gpu_hours
-        self.money.spend(job)
+        decision.pool.nodes.take(job.nodes, job.gpus_per_node, decision.domain)
+        if job.array_id is not None:
+            self.array_holding[job.array_id] += 1
+            if self.array_clusters.get(job.array_id) is None:
+                self.pinned.setdefault(job.array_id, decision.pool.cluster_id)
+        for holder in self.budget_chain(job.tenant_id):
+            if holder in self.budget_left:
+                self.budget_left[holder] -= job.gpu_hours
+            self.money.spend(job, holder)
 
 
 class MoneyBudgets:
     """Hard money budgets: what is left this month after what the ledger billed and what the jobs
-    now holding GPUs may still cost (their reserved GPU-hours at the GPU type's price). Prices and
-    spend come from the billing app, named in settings (FACTORY_BILLING_HOOKS): quotas does not
-    import the app above it. Money is counted only in the budget's currency: with no exchange
-    rate, a job priced in another currency has no cost to weigh against what is left, so it waits."""
+    now holding GPUs may still cost (their reserved GPU-hours at the GPU type's price), counting
+    the budget's tenant and every tenant below it. Prices and spend come from the billing app,
+    named in settings (FACTORY_BILLING_HOOKS): quotas does not import the app above it. Money is
+    counted only in the budget's currency: with no exchange rate, a job priced in another
+    currency has no cost to weigh against what is left, so it waits."""
 
-    def __init__(self, budgets: dict[int, Budget], month) -> None:
+    def __init__(self, budgets: dict[int, Budget], month, tree: TenantTree | None = None) -> None:
         self.left: dict[int, Decimal] = {}
         self.currency: dict[int, str] = {}
         self.hooks = import_module(settings.FACTORY_BILLING_HOOKS) if budgets else None
         if not budgets:
             return
+        tree = tree or TenantTree.load()
         self.currency = {tenant_id: budget.currency for tenant_id, budget in budgets.items()}
         spent = self.hooks.money_spent(self.currency, month)
         held: dict[int, Decimal] = defaultdict(Decimal)
-        open_rows = Reservation.objects.open().filter(tenant_id__in=list(budgets), month=month)
+        below = {t for holder in budgets for t in tree.subtree(holder)}
+        open_rows = Reservation.objects.open().filter(tenant_id__in=list(below), month=month)
         for tenant_id, gpu_type_id, gpu_hours in open_rows.values_list(
             "tenant_id", "gpu_type_id", "reserved_gpu_hours"
         ):
-            # Held in another currency: billed in it, so never counted in this budget's spend either.
-            held[tenant_id] += self.cost(tenant_id, gpu_type_id, gpu_hours) or 0
+            for holder in tree.path(tenant_id):
+                if holder in budgets:
+                    # Held in another currency: billed in it, so never counted in this budget's spend either.
+                    held[holder] += self.cost(holder, gpu_type_id, gpu_hours) or 0
         for tenant_id, budget in budgets.items():
             self.left[tenant_id] = (
                 budget.amount_per_month - spent.get(tenant_id, Decimal(0)) - held[tenant_id]
@@ -452,20 +591,22 @@ class MoneyBudgets:
             self._prices = self.hooks.prices_per_gpu_hour() if self.hooks else {}
         return self._prices.get(gpu_type_id)
 
-    def cost(self, tenant_id: int, gpu_type_id: int, gpu_hours: Decimal) -> Decimal | None:
-        """In the tenant's budget currency; None when priced in another one (unpriced: nothing)."""
+    def cost(self, holder: int, gpu_type_id: int, gpu_hours: Decimal) -> Decimal | None:
+        """In the currency of `holder`'s budget; None when priced in another one (unpriced: nothing)."""
         price = self.price(gpu_type_id)
         if price is None:
             return Decimal(0)
         amount, currency = price
-        return gpu_hours * amount if currency == self.currency[tenant_id] else None
+        return gpu_hours * amount if currency == self.currency[holder] else None
 
-    def shortfall(self, job: PendingJob, gpu: str) -> str:
-        left = self.left.get(job.tenant_id)
+    def shortfall(self, job: PendingJob, gpu: str, holder: int | None = None) -> str:
+        """Why the money budget of `holder` (default: the job's tenant) holds the job; "" if not."""
+        holder = job.tenant_id if holder is None else holder
+        left = self.left.get(holder)
         if left is None:
             return ""
-        currency = self.currency[job.tenant_id]
-        need = self.cost(job.tenant_id, job.gpu_type_id, job.gpu_hours)
+        currency = self.currency[holder]
+        need = self.cost(holder, job.gpu_type_id, job.gpu_hours)
         if need is None:
             priced_in = self.price(job.gpu_type_id)[1]
             return f"budget: {gpu} is priced in {priced_in}, not in the budget's {currency}"
@@ -473,9 +614,10 @@ class MoneyBudgets:
             return ""
         return f"budget: {max(left, Decimal(0)):.2f} {currency} left, job may cost {need:.2f} {currency}"
 
-    def spend(self, job: PendingJob) -> None:
-        if job.tenant_id in self.left:
-            self.left[job.tenant_id] -= self.cost(job.tenant_id, job.gpu_type_id, job.gpu_hours) or 0
+    def spend(self, job: PendingJob, holder: int | None = None) -> None:
+        holder = job.tenant_id if holder is None else holder
+        if holder in self.left:
+            self.left[holder] -= self.cost(holder, job.gpu_type_id, job.gpu_hours) or 0
 
 
 def borrowed_jobs(gpu_type_id: int) -> dict[int, list[Victim]]:
@@ -491,6 +633,7 @@ def borrowed_jobs(gpu_type_id: int) -> dict[int, list[Victim]]:
             "job__owner_id",
             "job__nodes",
             "job__gpus_per_node",
+            "job__topology_domain",
             "job__cluster_id",
         )
     )
@@ -508,7 +651,7 @@ def admission_lock() -> None:
 
 
 def pending_jobs() -> list[PendingJob]:
-    fields = [f.name for f in dataclasses.fields(PendingJob)]
+    fields = [f.name for f in dataclasses.fields(PendingJob) if f.init]
     rows = Job.objects.filter(state=JobState.PENDING).values_list(*fields)
     return [PendingJob(*row) for row in rows]
 
@@ -554,8 +697,9 @@ def waited_since(queue: list[PendingJob]) -> list[tuple]:
 
 def admit_pending() -> PassResult:
     """One full admission pass: first every job that fits within its tenant's nominal quota, in
-    admission order; then, in the same order, the jobs that must borrow. Borrowers never take GPUs
-    that a tenant within its guarantee would claim back moments later."""
+    admission order; then, in the same order, the jobs that must borrow, those that borrow closest
+    in the tenant tree first. Borrowers never take GPUs that a tenant within its guarantee would
+    claim back moments later."""
     result = PassResult()
     with transaction.atomic():
         admission_lock()
@@ -563,6 +707,7 @@ def admit_pending() -> PassResult:
         held_back = dependencies.resolve()  # jobs waiting for others to end, as they said
         snapshot = Snapshot()
         pending = pending_jobs()
+        snapshot.load_arrays(pending)
         waiting: dict[int, str] = {
             job.id: held_back[job.id]
             for job in pending
@@ -570,23 +715,49 @@ def admit_pending() -> PassResult:
         }
         borrowers = []
         for job in admission_order(snapshot, [job for job in pending if job.id not in held_back]):
-            if not decide_and_admit(snapshot, job, result, waiting, may_borrow=False):
-                borrowers.append(job)
-        for job in borrowers:
-            decide_and_admit(snapshot, job, result, waiting, may_borrow=True)
+            level = decide_and_admit(snapshot, job, result, waiting, may_borrow=False)
+            if level is not None:
+                borrowers.append((job, level))
+        # Borrowers in rounds along the tenant tree: first what the tenants' own subtrees lend,
+        # then their departments', and so on up; the last round is the whole platform's. A job is
+        # looked at again only in the round it said it may be admitted in.
+        level = 0
+        while borrowers:
+            later = []
+            for job, after in borrowers:
+                needed = (
+                    decide_and_admit(snapshot, job, result, waiting, level=level) if after <= level else after
+                )
+                if needed is not None:
+                    later.append((job, needed))
+            borrowers, level = later, level + 1
         result.admitted = write_admissions(snapshot)  # a job cancelled meanwhile is not admitted
         explain_waits(waiting)
     return result
 
 
 def decide_and_admit(
-    snapshot: Snapshot, job: PendingJob, result: PassResult, waiting: dict[int, str], *, may_borrow: bool
-) -> bool:
-    """Decide one job and act on it; False when it must wait for the borrowing round."""
+    snapshot: Snapshot,
+    job: PendingJob,
+    result: PassResult,
+    waiting: dict[int, str],
+    *,
+    may_borrow: bool = True,
+    level: int | None = None,
+) -> int | None:
+    """Decide one job and act on it; when it must wait for a later borrowing round, the first
+    round that may admit it. The tasks of an array ask for the same, so once one must wait in a
+    round, the rest wait for its reason."""
     started = time.perf_counter()
-    decision = snapshot.decide(job, may_borrow=may_borrow)
+    same = (job.array_id, may_borrow, level) if job.array_id is not None else None
+    if same in snapshot._array_waits:
+        decision = Decision(None, snapshot._array_waits[same])
+    else:
+        decision = snapshot.decide(job, may_borrow=may_borrow, level=level)
     if decision.needs_borrowing:
-        return False
+        return decision.borrow_level
+    if decision.pool is None and same is not None:
+        snapshot._array_waits[same] = decision.reason
     if decision.pool is None:
         if decision.reason != job.reason:
             waiting[job.id] = decision.reason
@@ -595,7 +766,7 @@ def decide_and_admit(
         result.admitted += 1
         result.preempted += len(decision.preempt)
     result.decision_seconds.append(time.perf_counter() - started)
-    return True
+    return None
 
 
 def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:
@@ -603,25 +774,33 @@ def admit(snapshot: Snapshot, job: PendingJob, decision: Decision) -> bool:
     written with the others' at the end of the pass (a fixed number of statements)."""
     preempted = preempt(decision.preempt) if decision.preempt else []
     snapshot.placements[job.id] = (decision.pool.cluster_id, f"Admitted: {decision.reason}")
+    if decision.domain is not None:
+        snapshot.domains[job.id] = decision.domain
     snapshot.admitted_jobs[job.id] = job
-    snapshot.reservations[job.id] = Reservation(
-        job_id=job.id,
-        attempt=job.attempt,
-        tenant_id=job.tenant_id,
-        gpu_type_id=job.gpu_type_id,
-        gpus=job.gpu_count,
-        borrowed=decision.borrowed,
-        month=snapshot.month,
-        reserved_gpu_hours=job.gpu_hours,
-    )
+    snapshot.borrowing[job.id] = decision.borrowed
     snapshot.record(job, decision, preempted)
     return True
 
 
 def write_admissions(snapshot: Snapshot) -> int:
-    admitted = lifecycle.admit_many(snapshot.placements)
-    Reservation.objects.bulk_create(snapshot.reservations[job_id] for job_id in admitted)
-    metrics.observe_admissions(snapshot.admitted_jobs[job_id] for job_id in admitted)
+    admitted = lifecycle.admit_many(snapshot.placements, snapshot.domains)
+    jobs = [snapshot.admitted_jobs[job_id] for job_id in admitted]
+    bulk.insert_many(
+        Reservation,
+        {
+            "job_id": admitted,
+            "attempt": [job.attempt for job in jobs],
+            "tenant_id": [job.tenant_id for job in jobs],
+            "gpu_type_id": [job.gpu_type_id for job in jobs],
+            "gpus": [job.gpu_count for job in jobs],
+            "borrowed": [snapshot.borrowing[job.id] for job in jobs],
+            "reserved_gpu_hours": [job.gpu_hours for job in jobs],
+        },
+        {"month": snapshot.month},
+    )
+    metrics.observe_admissions(jobs)
+    for array_id, cluster_id in snapshot.pinned.items():
+        JobArray.objects.filter(pk=array_id, cluster__isnull=True).update(cluster_id=cluster_id)
     return len(admitted)
 
 
@@ -645,6 +824,7 @@ def preempt(job_ids: list[int]) -> list[Victim]:
                 victim.owner_id,
                 victim.nodes,
                 victim.gpus_per_node,
+                victim.topology_domain,
             )
         )
     return done
@@ -657,18 +837,13 @@ def explain_waits(reasons: dict[int, str], batch: int = 5000) -> None:
     now = timezone.now()
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {Job._meta.db_table} AS j SET reason = u.reason, updated_at = %s "
-                    "FROM unnest(%s::bigint[], %s::text[]) AS u(id, reason) "
-                    "WHERE j.id = u.id AND j.state = %s",
-                    [now, [i for i, _ in chunk], [r for _, r in chunk], JobState.PENDING],
-                )
-        else:
-            Job.objects.filter(pk__in=[i for i, _ in chunk], state=JobState.PENDING).update(
-                reason=Case(*(When(pk=i, then=Value(r)) for i, r in chunk)), updated_at=now
-            )
+        bulk.update_many(
+            Job,
+            [job_id for job_id, _ in chunk],
+            {"reason": [reason for _, reason in chunk]},
+            {"updated_at": now},
+            where={"state": JobState.PENDING},
+        )
 
 
 def _shape(job: PendingJob, gpu: str) -> str:

@@ -9,7 +9,7 @@ class QuotasConfig(AppConfig):
     def ready(self) -> None:
         from factory import metrics as portal_metrics
         from factory.models import GpuType, Tenant
-        from factory.signals import deletion_blockers, demo_seeded
+        from factory.signals import deletion_blockers, demo_seeded, tenant_moving
         from jobs import signals
 
         from . import metrics, receivers
@@ -27,6 +27,7 @@ class QuotasConfig(AppConfig):
         signals.job_released.connect(receivers.settle, dispatch_uid="quotas.settle.released")
         signals.job_released.connect(receivers.readmit, dispatch_uid="quotas.readmit.released")
         demo_seeded.connect(receivers.seed_demo, dispatch_uid="quotas.seed_demo")
+        tenant_moving.connect(receivers.quotas_outgrown, sender=Tenant, dispatch_uid="quotas.tenant_moving")
         register_audited_models()
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 from django.db import transaction
 
 from factory import audit
+from factory.hierarchy import hierarchy_lock
 
 from .models import Budget, Quota
+from .nesting import check_quota
 
 
 def save_audited(instance: Quota | Budget, changes: dict, user) -> Quota | Budget:
@@ -16,8 +18,11 @@ def save_audited(instance: Quota | Budget, changes: dict, user) -> Quota | Budge
     change) and run admission."""
     for name, value in changes.items():
         setattr(instance, name, value)
-    instance.full_clean()
     with transaction.atomic(), audit.acting(user):
+        # Checked under the tree's lock: two projects' quotas raised at once must not together
+        # outgrow their department's.
+        hierarchy_lock()
+        instance.full_clean()
         instance.save()
         transaction.on_commit(_readmit, robust=True)
         if isinstance(instance, Quota):
@@ -30,6 +35,8 @@ def delete_audited(quota: Quota, user) -> None:
     then run admission and bring the clusters' own limits in line."""
     tenant_id = quota.tenant_id
     with transaction.atomic(), audit.acting(user):
+        hierarchy_lock()
+        check_quota(quota, deleting=True)
         quota.delete()
         transaction.on_commit(_readmit, robust=True)
         transaction.on_commit(lambda: _mirror(tenant_id), robust=True)

@@ -12,6 +12,8 @@ would place it now, and how long similar jobs waited lately. Nothing is written.
 - Expected wait: if admission would place it now, the next pass (FACTORY_SYNC_INTERVAL). Otherwise
   the median and 90th percentile of the waits (submitted → admitted) of this tenant's jobs of the
   same GPU type admitted in the last 7 days; "unknown" below 5 of them, rather than a guess.
+- An array or sweep: every task at its time limit, so cost, GPU-hours and the budget's change are
+  the task's times the tasks; admission and wait are its first task's.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ CENT = Decimal("0.01")
 
 @dataclasses.dataclass
 class Estimate:
+    tasks: int
     gpu_hours: Decimal
     price_per_gpu_hour: Decimal
     currency: str
@@ -64,6 +67,9 @@ def estimate(tenant: Tenant, owner, spec: dict) -> Estimate:
     no price is a ValidationError on `gpu_type`."""
     gpu_type: GpuType = spec["gpu_type"]
     gpus, minutes = int(spec["gpu_count"]), int(spec["time_limit_minutes"])
+    array = spec.get("array")
+    tasks = array.size if array is not None else 1
+    cluster = spec.get("requested_cluster")
     now = timezone.now()
     snapshot = Snapshot(now)
     pending = PendingJob(
@@ -82,6 +88,8 @@ def estimate(tenant: Tenant, owner, spec: dict) -> Estimate:
         gpus_per_node=int(spec.get("gpus_per_node") or 0),
         cpus=spec.get("cpus"),
         memory_gb=spec.get("memory_gb"),
+        requested_cluster_id=cluster.pk if cluster is not None else None,
+        requested_region=spec.get("requested_region") or "",
     )
     decision = snapshot.decide(pending)
     # Priced as the ledger would price it: on the cluster admission would pick, else by GPU type.
@@ -99,7 +107,8 @@ def estimate(tenant: Tenant, owner, spec: dict) -> Estimate:
     if priced is None:
         raise ValidationError({"gpu_type": f"{gpu_type} GPUs have no price yet, so there is no estimate."})
     cost, currency, price = priced
-    gpu_hours = round_gpu_hours(Decimal(gpus) * hours)
+    cost *= tasks
+    gpu_hours = round_gpu_hours(Decimal(gpus * tasks) * hours)
     ahead = Job.objects.filter(
         tenant=tenant,
         gpu_type=gpu_type,
@@ -113,8 +122,12 @@ def estimate(tenant: Tenant, owner, spec: dict) -> Estimate:
             admission += f"; {ahead} of the tenant's {gpu_type} jobs wait ahead of it"
     else:
         admission = f"would wait: {decision.reason}"
+    if array is not None:
+        at_once = f", at most {array.max_running} at once" if array.max_running else ""
+        admission = f"{tasks} tasks{at_once}; the first {admission}"
     median, p90, samples, basis = expected_wait(tenant, gpu_type, admits_now, now)
     return Estimate(
+        tasks=tasks,
         gpu_hours=gpu_hours,
         price_per_gpu_hour=price,
         currency=currency,
@@ -147,10 +160,13 @@ def budget_effect(snapshot: Snapshot, tenant: Tenant, gpu_hours: Decimal, cost: 
                 "note": f"the job is priced in {currency}, the budget is in {budget.currency}: "
                 "amounts in different currencies are never added up",
             }
-        left = MoneyBudgets({tenant.pk: budget}, snapshot.month).left[tenant.pk]
+        left = MoneyBudgets({tenant.pk: budget}, snapshot.month, snapshot.tree).left[tenant.pk]
         return _effect(budget, budget.currency, left.quantize(CENT), (left - cost).quantize(CENT))
     if budget.gpu_hours_per_month is not None:
-        used = Reservation.objects.filter(tenant=tenant).gpu_hours_by_tenant(snapshot.month).get(tenant.pk, 0)
+        below = snapshot.tree.subtree(tenant.pk)  # the budget caps every tenant below it too
+        used = sum(
+            Reservation.objects.filter(tenant_id__in=below).gpu_hours_by_tenant(snapshot.month).values()
+        )
         left = budget.gpu_hours_per_month - used
         return _effect(budget, "GPU-hours", left, left - gpu_hours)
     return None

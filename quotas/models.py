@@ -56,10 +56,13 @@ class Quota(models.Model):
         return f"{self.tenant}/{self.gpu_type}: {self.nominal}"
 
     def clean(self) -> None:
+        from .nesting import check_quota
+
         if self.lending_limit is not None and self.nominal is not None and self.lending_limit > self.nominal:
             raise ValidationError(
                 {"lending_limit": f"The lending limit cannot exceed the nominal quota ({self.nominal})."}
             )
+        check_quota(self)  # a department's nominal bounds its projects' together
 
     AUDITED = ("nominal", "borrowing_limit", "lending_limit", "max_gpus_per_job", "max_gpus_per_user")
 

@@ -51,6 +51,13 @@ def reservations_in_the_way(sender, ids, **kwargs) -> dict[int, list[str]]:
     return counted(running, column, ids, "running reservations")
 
 
+def quotas_outgrown(sender, tenant, parent, **kwargs) -> list[str]:
+    """A tenant moving below another brings its quotas along: the new ancestors' must hold them."""
+    from .nesting import move_problems
+
+    return move_problems(tenant, parent)
+
+
 def seed_demo(sender, tenant, **kwargs) -> None:
     """The demo tenant gets the local cluster's GPUs as its quota and a hard monthly budget."""
     from decimal import Decimal

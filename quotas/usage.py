@@ -10,6 +10,7 @@ from decimal import Decimal
 from django.db import models
 from django.db.models.functions import Coalesce, TruncDate
 
+from factory.hierarchy import TenantTree
 from factory.months import month_of
 from jobs.choices import HOLDING_STATES, JobState
 from jobs.models import Job
@@ -43,18 +44,25 @@ class QuotaUsage:
 
 
 def usage_for(quotas: list[Quota]) -> dict[int, QuotaUsage]:
-    """Usage of each quota (by quota id) from two aggregate queries, however many quotas."""
-    tenants = {q.tenant_id for q in quotas}
-    totals: dict[tuple[str, int, int], int] = defaultdict(int)
+    """Usage of each quota (by quota id) from three queries, however many quotas: the GPUs held
+    and asked for by the jobs of its tenant and of every tenant below it (a department's quota
+    covers its projects')."""
+    tree = TenantTree.load()
+    tenants = {t for q in quotas for t in tree.subtree(q.tenant_id)} if quotas else set()
     rows = (
         Job.objects.filter(tenant_id__in=tenants)
         .filter(models.Q(state__in=HOLDING_STATES) | models.Q(state=JobState.PENDING))
         .values("tenant_id", "gpu_type_id", "state")
         .annotate(gpus=models.Sum("gpu_count"))
     )
+    own: dict[tuple[str, int, int], int] = defaultdict(int)
     for row in rows:
         kind = "pending" if row["state"] == JobState.PENDING else "in_use"
-        totals[kind, row["tenant_id"], row["gpu_type_id"]] += row["gpus"]
+        own[kind, row["tenant_id"], row["gpu_type_id"]] += row["gpus"]
+    totals: dict[tuple[str, int, int], int] = defaultdict(int)
+    for (kind, tenant, gpu_type), gpus in own.items():
+        for above in tree.path(tenant):
+            totals[kind, above, gpu_type] += gpus
     return {
         q.pk: QuotaUsage(
             in_use=totals["in_use", q.tenant_id, q.gpu_type_id],
@@ -86,8 +94,9 @@ class BudgetBurn:
 def budget_burn(tenant, today: date | None = None) -> BudgetBurn:
     month = month_of(today)
     budget = Budget.objects.filter(tenant=tenant).first()
-    reservations = Reservation.objects.filter(tenant=tenant, month=month)
-    used = reservations.gpu_hours_by_tenant(month).get(tenant.pk, Decimal(0))
+    # The tenant's budget caps every tenant below it too: theirs count.
+    reservations = Reservation.objects.filter(tenant_id__in=TenantTree.load().subtree(tenant.pk), month=month)
+    used = sum(reservations.gpu_hours_by_tenant(month).values(), Decimal(0))
     per_day = dict(
         reservations.annotate(day=TruncDate("created_at"))
         .values("day")

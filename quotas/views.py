@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_vary_headers
 
 from factory import audit
+from factory.hierarchy import TenantTree
 from factory.models import Tenant
 from factory.months import days_in, month_of
 from jobs.forms import JobForm
@@ -59,9 +60,17 @@ def _require(request: HttpRequest, permission: str) -> None:
         raise PermissionDenied("Only platform admins change quotas.")
 
 
+def in_tree_order(quotas) -> list[Quota]:
+    """Quotas by tenant as the tenant tree goes (a department's before its projects'), then GPU type."""
+    tenants = Tenant.objects.values_list("pk", "slug", "parent_id")
+    tree = TenantTree({pk: parent for pk, _, parent in tenants})
+    place = {pk: i for i, (pk, _) in enumerate(tree.walk({pk: slug for pk, slug, _ in tenants}))}
+    return sorted(quotas, key=lambda q: (place.get(q.tenant_id, 0), q.gpu_type.slug))
+
+
 @permission_required("quotas.view_quota", raise_exception=True)  # platform admins and auditors
 def quota_list(request: HttpRequest) -> HttpResponse:
-    quotas = list(Quota.objects.select_related("tenant", "gpu_type"))
+    quotas = in_tree_order(Quota.objects.select_related("tenant__parent", "gpu_type"))
     usage = usage_for(quotas)
     may_change = request.user.has_perm("quotas.change_quota")
     add_form = (
@@ -86,7 +95,7 @@ def quota_list(request: HttpRequest) -> HttpResponse:
 @permission_required("quotas.view_quota", raise_exception=True)
 def quota_row(request: HttpRequest, pk: int) -> HttpResponse:
     """One row of the quotas table: shown, as an inline form (?edit), or saved (POST)."""
-    quota = get_object_or_404(Quota.objects.select_related("tenant", "gpu_type"), pk=pk)
+    quota = get_object_or_404(Quota.objects.select_related("tenant__parent", "gpu_type"), pk=pk)
     if request.method == "POST" or "edit" in request.GET:
         _require(request, "quotas.change_quota")
     form = QuotaLimitsForm(request.POST or None, instance=quota, prefix=f"q{quota.pk}")
@@ -173,7 +182,7 @@ def job_estimate(request: HttpRequest) -> HttpResponse:
     result, problem = None, ""
     if request.method == "POST" and form.is_valid():
         try:
-            result = estimate.estimate(form.cleaned_data["tenant"], request.user, form.cleaned_data)
+            result = estimate.estimate(form.cleaned_data["tenant"], request.user, form.spec())
         except ValidationError as exc:
             problem = " ".join(exc.messages)
     elif form.errors:

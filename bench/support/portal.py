@@ -113,13 +113,14 @@ def free_port() -> int:
 
 
 def start_server(
-    env: dict[str, str], port: int, workers: int, log_path: Path, cwd: Path = ROOT
+    env: dict[str, str], port: int, workers: int, log_path: Path, module: str = "factory.serve"
 ) -> subprocess.Popen:
-    """`python -m factory.serve`, the portal's own server, from the checkout at `cwd`."""
+    """The portal's former server (`python -m <module>`: uvicorn workers, given connections
+    round-robin by their parent), run from this checkout."""
     command = [
         sys.executable,
         "-m",
-        "factory.serve",  # uvicorn workers, given connections round-robin
+        module,
         f"--host={HOST}",
         f"--port={port}",
         f"--workers={workers}",
@@ -127,7 +128,7 @@ def start_server(
     ]
     with log_path.open("ab") as log_file:
         return subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 

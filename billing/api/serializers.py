@@ -3,12 +3,13 @@ from __future__ import annotations
 from datetime import date
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.urls import reverse
 from rest_framework import serializers
 
 from factory.api.serializers import SlugRelatedField, StrictFieldsMixin
 from factory.models import Cluster, GpuType, Tenant
 
-from ..models import RateCard, UsageRecord
+from ..models import Invoice, InvoiceLine, RateCard, UsageRecord
 
 
 class RateCardSerializer(StrictFieldsMixin, serializers.ModelSerializer):
@@ -106,6 +107,7 @@ class UsageRecordSerializer(serializers.ModelSerializer):
             "currency",
             "amount",
             "energy_kwh",
+            "energy_measured",
             "co2e_kg",
             "note",
             "corrects",
@@ -145,3 +147,72 @@ class CorrectionSerializer(StrictFieldsMixin, serializers.Serializer):
     )
     gpu_hours = serializers.DecimalField(max_digits=12, decimal_places=4, required=False, allow_null=True)
     reason = serializers.CharField(max_length=300)
+
+
+class InvoiceLineSerializer(serializers.ModelSerializer):
+    gpu_hours = serializers.DecimalField(max_digits=20, decimal_places=4, read_only=True)
+
+    class Meta:
+        model = InvoiceLine
+        fields = [
+            "section",
+            "gpu_type",
+            "cluster",
+            "currency",
+            "gpu_hours",
+            "amount",
+            "energy_kwh",
+            "co2e_kg",
+            "ledger_lines",
+        ]
+        read_only_fields = fields
+
+
+class InvoiceSerializer(serializers.ModelSerializer):
+    """An issued invoice, as it was issued: its lines and totals never change."""
+
+    billing_account = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    display_number = serializers.CharField(read_only=True, help_text="The number as printed: INV-000042.")
+    month = serializers.SerializerMethodField(help_text="The month invoiced, YYYY-MM.")
+    totals = serializers.DictField(
+        child=serializers.DecimalField(max_digits=16, decimal_places=2),
+        read_only=True,
+        help_text="Amount due per currency (ISO 4217 code: amount); never added across currencies.",
+    )
+    lines = InvoiceLineSerializer(many=True, read_only=True)
+    pdf = serializers.SerializerMethodField(help_text="Where to download the invoice as PDF.")
+    focus = serializers.SerializerMethodField(help_text="Where to download its FOCUS rows (CSV).")
+
+    class Meta:
+        model = Invoice
+        fields = [
+            "number",
+            "display_number",
+            "billing_account",
+            "account_name",
+            "month",
+            "issue_date",
+            "issued_at",
+            "totals",
+            "energy_kwh",
+            "co2e_kg",
+            "ledger_lines",
+            "lines",
+            "pdf",
+            "focus",
+        ]
+        read_only_fields = fields
+
+    def get_month(self, invoice: Invoice) -> str:
+        return f"{invoice.month:%Y-%m}"
+
+    def get_pdf(self, invoice: Invoice) -> str:
+        return self._url("api-invoice-pdf", invoice)
+
+    def get_focus(self, invoice: Invoice) -> str:
+        return self._url("api-invoice-focus", invoice)
+
+    def _url(self, name: str, invoice: Invoice) -> str:
+        path = reverse(name, kwargs={"number": invoice.number})
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request else path

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -18,13 +18,14 @@ from factory.months import MONTH_HELP, MONTH_SCHEMA, parse_month
 
 from .. import reports
 from ..credits import correct_line, grant_credit
-from ..filtersets import UsageRecordFilterSet
-from ..models import RateCard, UsageRecord
+from ..filtersets import InvoiceFilterSet, UsageRecordFilterSet
+from ..models import Invoice, MonthClose, RateCard, UsageRecord
 from ..permissions import SET_PRICES, BillingAccess
-from ..views import EXPORT_FORMATS, XLSX_CONTENT_TYPE, export_response
+from ..views import EXPORT_FORMATS, XLSX_CONTENT_TYPE, export_response, focus_response, pdf_response
 from .serializers import (
     CorrectionSerializer,
     CreditSerializer,
+    InvoiceSerializer,
     NewPriceSerializer,
     RateCardSerializer,
     UsageRecordSerializer,
@@ -174,3 +175,51 @@ class CreditView(APIView):
         except DjangoValidationError as exc:
             raise refused(exc) from None
         return Response(UsageRecordSerializer(line).data, status=status.HTTP_201_CREATED)
+
+
+INVOICE_NUMBER = OpenApiParameter(
+    "number", int, OpenApiParameter.PATH, description="The invoice's number (42 for INV-000042)."
+)
+
+
+@extend_schema_view(
+    retrieve=extend_schema(parameters=[INVOICE_NUMBER]),
+    pdf=extend_schema(parameters=[INVOICE_NUMBER]),
+    focus=extend_schema(parameters=[INVOICE_NUMBER]),
+)
+class InvoiceViewSet(ScopedReadOnlyViewSet):
+    """Invoices issued at month close, one per billing account and month: finance (and platform
+    admins) see every one, a billing account's admins their own; anyone else's is a 404."""
+
+    queryset = Invoice.objects.select_related("billing_account").prefetch_related("lines")
+    serializer_class = InvoiceSerializer
+    filterset_class = InvoiceFilterSet
+    lookup_field = "number"
+    lookup_value_regex = r"[0-9]+"
+    cursor_ordering = "-number"
+
+    @extend_schema(responses={200: InvoiceSerializer(many=True), 409: ErrorDetail})
+    def list(self, request, *args, **kwargs):
+        """Invoices, newest first. Asked for a month that is not closed, the answer is 409: its
+        invoices are issued at its close."""
+        filters = self.filterset_class(request.query_params, queryset=self.get_queryset())
+        month = filters.form.cleaned_data.get("month") if filters.is_valid() else None
+        if month and not MonthClose.objects.filter(month=month).exists():
+            raise Conflict(f"{month:%B %Y} is not closed: its invoices are issued at the close.")
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(responses={(200, "application/pdf"): OpenApiTypes.BINARY})
+    @action(detail=True, methods=["get"], url_path="pdf", url_name="pdf")
+    def pdf(self, request, number=None):
+        """The invoice as PDF."""
+        return pdf_response(self.get_object())
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    @action(detail=True, methods=["get"], url_path="focus", url_name="focus")
+    def focus(self, request, number=None):
+        """The FOCUS 1.2 rows that make up the invoice (CSV); their BilledCost adds up to its totals."""
+        return focus_response(self.get_object())
+
+    def perform_content_negotiation(self, request, force=False):
+        # The PDF and CSV are files these actions return themselves; errors stay JSON.
+        return super().perform_content_negotiation(request, force=True)

@@ -11,7 +11,7 @@ import codecs
 import dataclasses
 import enum
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -116,7 +116,8 @@ def dispatch_key(job) -> str:
 
 def job_env(job) -> dict[str, str]:
     """The environment a backend gives the job: its own variables in name order, then the
-    portal's, which the job's cannot override."""
+    portal's, which the job's cannot override. A task of an array also learns its index and
+    its array's number."""
     env = {}
     for name, value in sorted((job.env or {}).items()):
         if not ENV_NAME.fullmatch(name):
@@ -126,7 +127,82 @@ def job_env(job) -> dict[str, str]:
         env[name] = value
     env["FACTORY_JOB_UID"] = str(job.uid)
     env["FACTORY_JOB_NAME"] = str(job.name)
+    if getattr(job, "array_id", None) is not None:
+        env["FACTORY_ARRAY_ID"] = str(int(job.array_id))
+        env["FACTORY_ARRAY_INDEX"] = str(int(job.array_index))
     return env
+
+
+# --- array indexes ------------------------------------------------------------------------------
+# Slurm's grammar for the tasks of an array, which the portal's own `array:` field speaks too:
+# "0-999", "1,3,5-7", "0-15:4" (a range with a step), each optionally followed by "%N", how many
+# tasks may run at once ("0-999%50").
+_INDEX_ITEM = re.compile(r"^(\d{1,9})(?:-(\d{1,9})(?::(\d{1,9}))?)?$")
+
+
+class BadIndexes(ValueError):
+    """An array's indexes that do not follow the grammar, or are too many."""
+
+
+def count_indexes(text: str) -> int:
+    """How many indexes the list names (before expanding it, so that "0-999999999" costs nothing
+    to refuse). Raises BadIndexes for one that is not a list of indexes."""
+    total = 0
+    for item in text.split(","):
+        match = _INDEX_ITEM.fullmatch(item.strip())
+        if not match:
+            raise BadIndexes(
+                f"{item.strip()[:40]!r} is not an index, a range (0-9) or a range with a step (0-9:2)"
+            )
+        first, last, step = int(match[1]), int(match[2] or match[1]), int(match[3] or 1)
+        if last < first:
+            raise BadIndexes(f"the range {first}-{last} runs backwards")
+        if step < 1:
+            raise BadIndexes("a range's step is at least 1")
+        total += (last - first) // step + 1
+    return total
+
+
+def expand_indexes(text: str, limit: int | None = None) -> list[int]:
+    """The indexes a list names, in the order given ("1,3,5-7" → [1, 3, 5, 6, 7]). Raises
+    BadIndexes for a malformed list, or one of more than `limit` indexes."""
+    if limit is not None and count_indexes(text) > limit:
+        raise BadIndexes(f"more than {limit} indexes")
+    indexes: list[int] = []
+    for item in text.split(","):
+        match = _INDEX_ITEM.fullmatch(item.strip())
+        if not match:
+            raise BadIndexes(f"{item.strip()[:40]!r} is not an index or a range")
+        first, last, step = int(match[1]), int(match[2] or match[1]), int(match[3] or 1)
+        indexes.extend(range(first, last + 1, step))
+    return indexes
+
+
+def split_limit(text: str) -> tuple[str, int | None]:
+    """ "0-999%50" → ("0-999", 50); "0-9" → ("0-9", None); "%4" → ("", 4)."""
+    indexes, percent, limit = text.strip().partition("%")
+    if not percent:
+        return indexes.strip(), None
+    if not limit.strip().isdigit() or len(limit.strip()) > 9:
+        raise BadIndexes(f"%{limit.strip()[:20]} is not a number of tasks at once")
+    return indexes.strip(), int(limit)
+
+
+def index_ranges(indexes) -> str:
+    """The shortest list of the grammar naming these indexes: [0, 1, 2, 5, 7, 8] → "0-2,5,7-8"."""
+    ordered = sorted(set(indexes))
+    parts: list[str] = []
+    start = previous = None
+    for index in ordered:
+        if previous is not None and index == previous + 1:
+            previous = index
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = index
+    if start is not None:
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+    return ",".join(parts)
 
 
 def job_secrets(job) -> dict[str, str]:
@@ -278,6 +354,11 @@ class PoolHealth:
     gpus_per_node: int | None = None
     cpus_per_node: int | None = None
     memory_mb_per_node: int | None = None
+    # Where the site describes its topology: what a domain is ("switch", "block", a node label)
+    # and the pool's nodes by the domain they share ({domain: node names}). None: the backend did
+    # not say this time, and the pool keeps the topology it had.
+    topology_level: str | None = ""
+    domains: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +368,11 @@ class Health:
     pools: tuple[PoolHealth, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """As kept on the cluster and shown: each pool's domains as how many nodes each has."""
+        data = dataclasses.asdict(self)
+        for pool in data["pools"]:
+            pool["domains"] = {name: len(nodes) for name, nodes in sorted(pool["domains"].items())}
+        return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,6 +431,31 @@ class Adapter:
         raise NotImplementedError
 
     def cancel(self, job) -> None:
+        raise NotImplementedError
+
+    # Whether the backend has arrays of its own (Slurm's job arrays): the first attempts of an
+    # array's tasks then reach it as one backend job (submit_array), and are stopped together
+    # (cancel_array). Elsewhere each task is submitted, synced and cancelled as a job.
+    native_arrays: ClassVar[bool] = False
+
+    def runs_as_array(self, array) -> bool:
+        """Whether the backend can hold this array (duck-typed: uid, name, indexes, max_running,
+        external_id) as one of its own arrays."""
+        return False
+
+    def submit_array(self, array, tasks, members) -> tuple[str, dict[int, str]]:
+        """Hand `tasks` (first attempts of tasks of `array`) to the backend as part of one backend
+        array, exactly once in effect: a backend array already made for it (found by the array's
+        uid) is used, never made again. `members()` gives every task of the array that may still
+        run, in index order: the backend array is made of them all, those not in `tasks` held
+        there until they are handed over too. Returns the backend's id of the array and
+        {task pk: the task's external id}."""
+        raise NotImplementedError
+
+    def cancel_array(self, array, *, waiting_only: bool = False) -> None:
+        """Stop the backend array `array.external_id`: all its tasks, or (`waiting_only`) only
+        those still waiting there (held tasks whose portal jobs ended before they were handed
+        over)."""
         raise NotImplementedError
 
     def logs(self, job, offset: int = 0, rank: int = 0) -> LogChunk:

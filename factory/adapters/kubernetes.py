@@ -14,6 +14,12 @@
   never for more than one chunk after it.
 - Kueue (connection `kueue_queue`): Jobs are created suspended with the queue-name label. Kueue
   resumes them on admission and suspends them again on preemption; suspended reads as queued.
+- Topology (connection `topology_labels`: the node labels of the site's topology levels, broadest
+  first, as in its Kueue Topology): health groups each pool's nodes by the domain of the last level
+  (a block, a rack), which admission keeps a gang within where one has room. A gang's Job asks for
+  the same: with Kueue, through its topology-aware scheduling (the pod template's
+  `kueue.x-k8s.io/podset-preferred-topology`, or `-required-topology` with `topology_required`);
+  without, through a preferred node affinity for the domain admission chose.
 - Every pod meets the `restricted` Pod Security profile: non-root (a fixed UID, so images built
   to run as root still start), no privilege escalation, no capabilities, the runtime's default
   seccomp profile, and no service account token. Images come only from the cluster's allow-list
@@ -90,6 +96,14 @@ ANNOTATION_NAME = "aifactory.io/job-name"  # portal names may be longer than a l
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 GANG_PORT = 29500  # torchrun's default rendezvous port
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Kueue's topology-aware scheduling: on a pod template, the node label of the topology level whose
+# domain all the pod set's pods must share (required) or should (preferred, else the level above).
+KUEUE_REQUIRED_TOPOLOGY = "kueue.x-k8s.io/podset-required-topology"
+KUEUE_PREFERRED_TOPOLOGY = "kueue.x-k8s.io/podset-preferred-topology"
+# A label key: an optional DNS subdomain prefix and "/", then a name of up to 63 characters.
+LABEL_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_QUOTA = f"requests.{GPU_RESOURCE}"  # quotas on extended resources count requests only
 CONTAINER = "job"
@@ -171,6 +185,14 @@ class KubernetesConnection(Connection):
     run_as_group: int = 1000
     public_egress: bool = True  # jobs may reach public addresses (not private or link-local ones)
     egress_cidrs: list[str] = []  # further destinations jobs may reach, e.g. on-premises storage
+    # The node labels naming a node's place in the site's topology, broadest level first, down to
+    # the level whose domain a gang's nodes should share: as the levels of the site's Kueue
+    # Topology, e.g. ["cloud.google.com/gce-topology-block"] or [block label, rack label].
+    # Empty: no topology. A domain is named by its labels' values down to that level.
+    topology_labels: list[str] = []
+    # With Kueue: a gang starts only within one domain (podset-required-topology), instead of
+    # preferably within one (podset-preferred-topology).
+    topology_required: bool = False
 
     @pydantic.field_validator("namespace_prefix")
     @classmethod
@@ -235,10 +257,28 @@ class KubernetesConnection(Connection):
                 ) from None
         return cidrs
 
+    @pydantic.field_validator("topology_labels")
+    @classmethod
+    def _label_names(cls, labels: list[str]) -> list[str]:
+        for number, label in enumerate(labels, start=1):
+            if not LABEL_NAME.fullmatch(label):
+                raise ValueError(
+                    f"Entry {number} of connection setting 'topology_labels' is not a node label name "
+                    "such as 'cloud.google.com/gce-topology-block'."
+                )
+        if len(set(labels)) != len(labels):
+            raise ValueError("Connection setting 'topology_labels' names a label twice.")
+        return labels
+
     @pydantic.model_validator(mode="after")
     def _one_way_in(self) -> KubernetesConnection:
         if bool(self.kubeconfig) == self.in_cluster:
             raise ValueError("Give either 'kubeconfig' (the YAML text) or 'in_cluster': true.")
+        if self.topology_required and not (self.kueue_queue and self.topology_labels):
+            raise ValueError(
+                "'topology_required' needs 'kueue_queue' and 'topology_labels': only Kueue starts a "
+                "gang's pods all within one domain."
+            )
         if self.allow_any_image and self.allowed_images:
             raise ValueError("Give either 'allowed_images' or 'allow_any_image': true, not both.")
         if self.kubeconfig:
@@ -463,15 +503,19 @@ class KubernetesAdapter(Adapter):
             return Health(ok=False, message=str(exc))
         usable = [node for node in nodes if _node_usable(node)]
         in_use = _gpus_in_use(jobs)
-        pools = tuple(
-            PoolHealth(
-                gpu_type=pool.gpu_type.slug,
-                capacity=sum(_allocatable_gpus(n) for n in usable if _matches(n, pool.node_selector)),
-                in_use=in_use.get(pool.gpu_type.slug, 0),
-                **_node_shape([n for n in usable if _matches(n, pool.node_selector)]),
+        pools = []
+        for pool in self.cluster.pools.select_related("gpu_type"):
+            matching = [n for n in usable if _matches(n, pool.node_selector)]
+            pools.append(
+                PoolHealth(
+                    gpu_type=pool.gpu_type.slug,
+                    capacity=sum(_allocatable_gpus(n) for n in matching),
+                    in_use=in_use.get(pool.gpu_type.slug, 0),
+                    **_node_shape(matching),
+                    **self.node_domains([n for n in matching if _allocatable_gpus(n)]),
+                )
             )
-            for pool in self.cluster.pools.select_related("gpu_type")
-        )
+        pools = tuple(pools)
         message = f"API server reachable; {len(usable)} of {len(nodes)} node(s) ready"
         unusable = sorted(node.metadata.name for node in nodes if not _node_usable(node))
         if unusable:
@@ -479,6 +523,22 @@ class KubernetesAdapter(Adapter):
         if self.image_rule.allowed == ():
             message += "; runs no container images until 'allowed_images' or 'allow_any_image' is set"
         return Health(ok=True, message=message, pools=pools)
+
+    def node_domains(self, nodes: list[k8s.V1Node]) -> dict[str, Any]:
+        """The pool's nodes by topology domain (PoolHealth's topology_level and domains): a domain
+        is named by the values of `topology_labels` down to the last one, which is its level; a
+        node missing one of them is in no known domain."""
+        levels = self.connection.topology_labels
+        if not levels:
+            return {}
+        domains: dict[str, list[str]] = {}
+        for node in nodes:
+            labels = node.metadata.labels or {}
+            if all(labels.get(level) for level in levels):
+                domains.setdefault("/".join(labels[level] for level in levels), []).append(node.metadata.name)
+        if not domains:
+            return {}
+        return {"topology_level": levels[-1], "domains": {k: tuple(sorted(v)) for k, v in domains.items()}}
 
     # --- node health ----------------------------------------------------------------------------
 
@@ -619,6 +679,7 @@ class KubernetesAdapter(Adapter):
         }
         if nodes > 1:
             self.make_gang(spec, job, nodes)
+            self.keep_within_domain(spec, job)
         if self.connection.kueue_queue:
             labels[KUEUE_QUEUE_LABEL] = self.connection.kueue_queue
             spec["suspend"] = True  # Kueue resumes it once the queue admits it (all pods at once)
@@ -670,6 +731,38 @@ class KubernetesAdapter(Adapter):
             ]
         }
         spec["template"]["spec"]["subdomain"] = self.job_name(job)
+
+    def keep_within_domain(self, spec: dict[str, Any], job) -> None:
+        """Where the site describes its topology, ask for all of a gang's pods within one domain
+        of its last level: through Kueue's topology-aware scheduling (Kueue picks the domain when
+        it admits the Job), or, without Kueue, as a preference for the domain admission placed
+        the gang in."""
+        labels = self.connection.topology_labels
+        if not labels:
+            return
+        template = spec["template"]
+        if self.connection.kueue_queue:
+            key = KUEUE_REQUIRED_TOPOLOGY if self.connection.topology_required else KUEUE_PREFERRED_TOPOLOGY
+            template["metadata"].setdefault("annotations", {})[key] = labels[-1]
+            return
+        domain = getattr(job, "topology_domain", "")
+        if not domain:
+            return
+        # A domain is named by the values of each level's label, broadest first.
+        values = domain.split("/")
+        if len(values) != len(labels):
+            return  # named under other topology settings: no preference rather than a wrong one
+        terms = [
+            {"key": key, "operator": "In", "values": [value]}
+            for key, value in zip(labels, values, strict=True)
+        ]
+        template["spec"]["affinity"] = {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "preference": {"matchExpressions": terms}}
+                ]
+            }
+        }
 
     def gang_env(self, job, nodes: int) -> list[dict[str, Any]]:
         """What each rank needs to find the others: torchrun's variables, the completion index

@@ -9,6 +9,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied
 
 from factory.choices import Role
+from factory.hierarchy import parent_problems
 from factory.models import (
     Cluster,
     GpuType,
@@ -74,6 +75,13 @@ class TenantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         if not isinstance(value, list) or not all(isinstance(r, str) and r.strip() for r in value):
             raise serializers.ValidationError("Give a list of region names.")
         return sorted({r.strip() for r in value})
+
+    def validate_parent(self, parent):
+        if self.instance is not None:
+            problems = parent_problems(self.instance, parent)
+            if problems:
+                raise serializers.ValidationError(problems)
+        return parent
 
 
 class MembershipSerializer(StrictFieldsMixin, serializers.ModelSerializer):

@@ -4,6 +4,7 @@ from auditlog.models import LogEntry
 from axes.helpers import get_cool_off, get_lockout_message
 from django.contrib.auth import authenticate, user_logged_in
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, status
@@ -12,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from factory import audit, members
+from factory import audit, hierarchy, members
 from factory.filtersets import AuditFilterSet
 from factory.models import ApiToken, Cluster, GpuType, Membership, Pool, Tenant
 from factory.roles import VIEW_AUDIT_TRAIL
@@ -76,13 +77,43 @@ class TokenView(APIView):
 
 
 class TenantViewSet(ScopedModelViewSet):
+    """Organisations, departments and projects (`parent`: the tenant above). Platform admins
+    create, move and delete them; members read theirs, admins also the tenants below theirs. A
+    tenant with tenants below it, jobs or ledger lines is not deleted (409)."""
+
     queryset = Tenant.objects.all()
     serializer_class = TenantSerializer
     permission_classes = [ModelPermissionsOrReadOnly]
     lookup_field = "slug"
     lookup_value_regex = SLUG_PATTERN
     cursor_ordering = "slug"
-    http_method_names = ["get", "post", "patch", "head", "options"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        with transaction.atomic():
+            hierarchy.hierarchy_lock()
+            serializer.save()
+
+    def perform_update(self, serializer):
+        # Checked again under the lock: a move made meanwhile could close a loop with this one.
+        with transaction.atomic():
+            hierarchy.hierarchy_lock()
+            if "parent" in serializer.validated_data:
+                try:
+                    hierarchy.check_parent(serializer.instance, serializer.validated_data["parent"])
+                except DjangoValidationError as exc:
+                    raise ValidationError(exc.message_dict) from None
+            serializer.save()
+
+    @extend_schema(responses={204: None, 409: ErrorDetail})
+    def destroy(self, request, *args, **kwargs):
+        return super().destroy(request, *args, **kwargs)
+
+    def perform_destroy(self, instance):
+        try:
+            hierarchy.delete(instance)
+        except DjangoValidationError as exc:
+            raise Conflict(" ".join(exc.messages)) from None
 
 
 class IsTenantAdmin(permissions.BasePermission):

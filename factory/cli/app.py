@@ -3,7 +3,8 @@
     factory login https://factory.example.org      # asks for a username and password
     factory submit job.yaml                         # the API's job spec, in YAML
     factory submit -J train -G 2 --gpu-type h100 -t 2:00:00 --wrap "python train.py"
-    factory ls | status ID | logs -f ID | cancel ID | wait ID
+    factory submit --array 0-99%10 --wrap 'python train.py --shard $FACTORY_ARRAY_INDEX'
+    factory ls | status ID | logs -f ID | cancel ID | cancel --array ID | wait ID
 
 Every command takes --json. `wait` ends with the job's own exit code when it failed, 0 when it
 succeeded, 124 when it timed out, 130 when it was cancelled and 125 when it was rejected.
@@ -153,10 +154,19 @@ def submit(
     dependency: Annotated[
         str | None, typer.Option("--dependency", "-d", help="afterok:ID[:ID…],afterany:ID[:ID…]")
     ] = None,
+    array: Annotated[
+        str | None,
+        typer.Option(
+            "--array", "-a", help="A task per index, as sbatch's: 0-99, 1,3,5-7, with %N for N at once."
+        ),
+    ] = None,
+    cluster: Annotated[str | None, typer.Option("--cluster", help="Run only on this cluster.")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="Run only in this region.")] = None,
     wait_for_it: Annotated[bool, typer.Option("--wait", help="Then wait for the job to end.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Submit a job from a YAML spec, a script, or flags like sbatch's."""
+    """Submit a job (or an array of tasks: --array, or `array:`/`sweep:` in YAML) from a YAML
+    spec, a script, or flags like sbatch's."""
     spec_file = None
     spec: dict = {}
     if source is not None and source.suffix in (".yaml", ".yml"):
@@ -182,6 +192,9 @@ def submit(
         "memory_gb": parse_memory(memory) if memory else None,
         "image": image,
         "priority": priority,
+        "array": array,
+        "cluster": cluster,
+        "region": region,
     }
     spec.update({k: v for k, v in flags.items() if v is not None})
     if export:
@@ -204,6 +217,9 @@ def submit(
         if spec_file is not None:
             exc.details = [spec_file.locate(line) for line in exc.details]
         raise
+    if "job_ids" in job:  # an array
+        submitted_array(api, job, wait_for_it=wait_for_it, as_json=as_json)
+        return
     if wait_for_it:
         if not as_json:
             err.print(f"Submitted job {job['id']}", markup=False)
@@ -215,6 +231,42 @@ def submit(
         print_json(job)
     else:
         out.print(f"Submitted job {job['id']}", markup=False)
+
+
+def submitted_array(api: Client, array: dict, *, wait_for_it: bool, as_json: bool) -> None:
+    ids = array["job_ids"]
+    line = f"Submitted array {array['id']}: {array['size']} tasks (jobs {ids[0]}–{ids[-1]})"
+    if not wait_for_it:
+        if as_json:
+            print_json(array)
+        else:
+            out.print(line, markup=False)
+        return
+    if not as_json:
+        err.print(line, markup=False)
+    final = wait_for_array(api, array["id"], quiet=as_json)
+    if as_json:
+        print_json(final)
+    raise typer.Exit(0 if set(final["counts"]) <= {"succeeded"} else 1)
+
+
+def wait_for_array(api: Client, array_id: int, *, quiet: bool, timeout: float | None = None) -> dict:
+    """Poll the array until none of its tasks is left to run, showing its tasks by state."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown = None
+    while True:
+        array = api.array(array_id)
+        line = f"array {array_id}: " + ", ".join(
+            f"{n} {state}" for state, n in sorted(array["counts"].items())
+        )
+        if not quiet and line != shown:
+            err.print(line, markup=False)
+        shown = line
+        if array["active"] == 0:
+            return array
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CliError(f"array {array_id} still has {array['active']} tasks to run after {timeout:g} s")
+        time.sleep(POLL_SECONDS)
 
 
 def default_tenant(api: Client) -> str:
@@ -254,9 +306,10 @@ def list_jobs(
     for column in ("ID", "NAME", "TENANT", "OWNER", "STATE", "GPUS", "CLUSTER", "REASON"):
         table.add_column(column, overflow="fold" if column == "REASON" else "ellipsis")
     for job in jobs:
+        task = f"[{job['array_index']}]" if job.get("array") is not None else ""
         table.add_row(
             str(job["id"]),
-            job["name"],
+            job["name"] + task,
             job["tenant"],
             job["owner"],
             job["state"],
@@ -277,6 +330,7 @@ def status(job_id: Annotated[int, typer.Argument(metavar="ID")], as_json: JsonOp
         return
     fields = [
         ("job", f"{job['id']} {job['name']}"),
+        ("array", f"task {job['array_index']} of array {job['array']}" if job.get("array") else None),
         ("tenant", f"{job['tenant']} (owner {job['owner']})"),
         ("state", job["state"] + (f": {job['reason']}" if job["reason"] else "")),
         ("gpus", f"{job['gpu_count']}×{job['gpu_type']}, {job['cpus']} CPUs, {job['memory_gb']} GB"),
@@ -322,8 +376,22 @@ def logs(
 
 @app.command()
 @reports_errors
-def cancel(job_id: Annotated[int, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
-    """Cancel a job (yours, or any of your tenant's if you are its admin)."""
+def cancel(
+    job_id: Annotated[int, typer.Argument(metavar="ID")],
+    whole_array: Annotated[
+        bool, typer.Option("--array", help="ID is an array: cancel every task of it not ended yet.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a job or one task of an array (yours, or any of your tenant's if you are its admin);
+    with --array, a whole array."""
+    if whole_array:
+        array = client().cancel_array(job_id)
+        if as_json:
+            print_json(array)
+        else:
+            out.print(f"Cancelling array {job_id}: {array['active']} tasks still stopping", markup=False)
+        return
     job = client().cancel(job_id)
     if as_json:
         print_json(job)

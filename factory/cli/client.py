@@ -108,6 +108,16 @@ class Client:
             "POST", f"/api/v1/jobs/{job_id}/cancel/", not_found=f"no job {job_id} that you can see"
         )
 
+    def array(self, array_id: int) -> dict:
+        return self.request(
+            "GET", f"/api/v1/arrays/{array_id}/", not_found=f"no array {array_id} that you can see"
+        )
+
+    def cancel_array(self, array_id: int) -> dict:
+        return self.request(
+            "POST", f"/api/v1/arrays/{array_id}/cancel/", not_found=f"no array {array_id} that you can see"
+        )
+
     def logs(self, job_id: int, offset: int) -> dict:
         return self.request(
             "GET",

@@ -3,13 +3,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
 from rest_framework import serializers
 
 from factory.api.serializers import ReusedFieldsMixin, SlugRelatedField, StrictFieldsMixin
-from factory.models import GpuType
+from factory.models import Cluster, GpuType
 
-from ..choices import MAX_DEPENDENCIES, DependencyKind, JobState
-from ..models import Job, JobEvent
+from .. import arrays
+from ..choices import ACTIVE_STATES, MAX_DEPENDENCIES, DependencyKind, JobState
+from ..models import Job, JobArray, JobEvent
 from ..submission import check_gpu_request, check_image
 from ..validators import validate_command, validate_env, validate_image, validate_name, validate_secrets
 
@@ -61,6 +63,22 @@ class JobSerializer(ReusedFieldsMixin, serializers.Serializer):
 
     after_ok = serializers.SerializerMethodField()
     after_any = serializers.SerializerMethodField()
+    array = serializers.IntegerField(
+        source="array_id", read_only=True, allow_null=True, help_text="The array this job is a task of."
+    )
+    array_index = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="Its index there (FACTORY_ARRAY_INDEX)."
+    )
+    requested_cluster = serializers.CharField(
+        source="requested_cluster.slug",
+        read_only=True,
+        allow_null=True,
+        default=None,
+        help_text="The cluster it was asked to run on, if any.",
+    )
+    requested_region = serializers.CharField(
+        read_only=True, help_text="The region it was asked to run in, if any."
+    )
 
     def get_cancel_requested(self, job: Job) -> bool:
         return job.cancel_requested_at is not None
@@ -140,6 +158,42 @@ class JobCreateSerializer(StrictFieldsMixin, ReusedFieldsMixin, serializers.Seri
         validators=[validate_secrets],
         help_text="Name → value, delivered to the job as environment variables; never shown back.",
     )
+    cluster = SlugRelatedField(
+        source="requested_cluster",
+        slug_field="slug",
+        queryset=Cluster.objects.all(),
+        required=False,
+        allow_null=True,
+        default=None,
+        error_messages={"does_not_exist": "Unknown cluster {value}."},
+        help_text="Run only on this cluster (within the tenant's regions). Default: wherever admission "
+        "finds room.",
+    )
+    region = serializers.CharField(
+        source="requested_region",
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=64,
+        help_text="Run only on clusters of this region (one of the tenant's regions).",
+    )
+    array = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=100_000,
+        help_text="Make a task per index, in Slurm's grammar: 0-999, 1,3,5-7 or 0-15:4, with %N for at "
+        "most N at once (0-999%50). Each task is a job with FACTORY_ARRAY_INDEX set. With a sweep, "
+        "only the limit (%4). The answer is the array, not a job.",
+    )
+    sweep = serializers.ListField(
+        child=serializers.JSONField(),
+        required=False,
+        default=None,
+        allow_null=True,
+        help_text="Make a task per parameter set ({NAME: value, ...}), indexed from 0; each set is "
+        "added to its task's environment.",
+    )
 
     def to_internal_value(self, data):
         # A one-node job needs gpu_count, a gang gpus_per_node: named with the other missing
@@ -163,9 +217,59 @@ class JobCreateSerializer(StrictFieldsMixin, ReusedFieldsMixin, serializers.Seri
         try:
             fitting = check_gpu_request(attrs["gpu_type"], attrs)
             check_image(attrs["gpu_type"], fitting, attrs.get("image", ""))
+            attrs["array"] = arrays.parse(attrs.get("array"), attrs.pop("sweep", None), attrs.get("env"))
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from None
         return attrs
+
+
+class JobArraySerializer(ReusedFieldsMixin, serializers.Serializer):
+    """An array or sweep: what was asked, and how many of its tasks are in each state. Its tasks are
+    jobs (`jobs/?array=ID`)."""
+
+    id = serializers.IntegerField(read_only=True)
+    uid = serializers.UUIDField(read_only=True)
+    tenant = serializers.CharField(source="tenant.slug", read_only=True)
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    name = serializers.CharField(read_only=True)
+    array = serializers.CharField(source="spec", read_only=True, help_text="As submitted: 0-999%50.")
+    size = serializers.IntegerField(read_only=True, help_text="Its tasks.")
+    max_running = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="How many tasks may hold GPUs at once."
+    )
+    sweep = serializers.JSONField(read_only=True, help_text="A sweep's parameter sets, in index order.")
+    cluster = serializers.CharField(source="cluster.slug", read_only=True, allow_null=True, default=None)
+    external_id = serializers.CharField(read_only=True, help_text="The backend's id of the whole array.")
+    created_at = serializers.DateTimeField(read_only=True)
+    counts = serializers.SerializerMethodField(help_text="Its tasks in each state.")
+    active = serializers.SerializerMethodField(help_text="Tasks not ended yet.")
+    job_ids = serializers.SerializerMethodField(
+        help_text="Its tasks' job ids in index order (null in the list: fetch the array for them)."
+    )
+
+    def get_counts(self, array: JobArray) -> dict[str, int]:
+        return array_counts(array)
+
+    def get_active(self, array: JobArray) -> int:
+        counts = array_counts(array)
+        return sum(counts.get(state, 0) for state in ACTIVE_STATES)
+
+    def get_job_ids(self, array: JobArray) -> list[int] | None:
+        return getattr(array, "job_ids", None)
+
+
+def array_counts(array: JobArray) -> dict[str, int]:
+    """{state: tasks} from the with_counts() annotation, else counted now."""
+    if hasattr(array, f"n_{JobState.PENDING}"):
+        counts = {state: getattr(array, f"n_{state}") for state in JobState.values}
+    else:
+        counts = dict(
+            array.tasks.order_by()
+            .values_list("state")
+            .annotate(n=models.Count("id"))
+            .values_list("state", "n")
+        )
+    return {state: n for state, n in counts.items() if n}
 
 
 class JobEventSerializer(serializers.ModelSerializer):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
@@ -13,10 +13,16 @@ from factory.api.viewsets import ScopedViewSetMixin
 from factory.models import Tenant
 
 from .. import dependencies, lifecycle, submission
-from ..filtersets import JobFilterSet
-from ..models import Job
+from ..filtersets import JobArrayFilterSet, JobFilterSet
+from ..models import Job, JobArray
 from ..views import read_log
-from .serializers import JobCreateSerializer, JobEventSerializer, JobSerializer, LogChunkSerializer
+from .serializers import (
+    JobArraySerializer,
+    JobCreateSerializer,
+    JobEventSerializer,
+    JobSerializer,
+    LogChunkSerializer,
+)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_EVENTS = 1000
@@ -33,7 +39,7 @@ class JobViewSet(
     happens in the background; follow it with `events/` or by polling the job."""
 
     queryset = (
-        Job.objects.select_related("tenant", "owner", "gpu_type", "cluster")
+        Job.objects.select_related("tenant", "owner", "gpu_type", "cluster", "requested_cluster")
         .prefetch_related("dependencies")
         .with_queue_position()
     )
@@ -46,34 +52,51 @@ class JobViewSet(
 
     @extend_schema(
         request=JobCreateSerializer,
-        responses={202: JobSerializer, 404: ErrorDetail, 409: ErrorDetail},
+        responses={
+            202: PolymorphicProxySerializer(
+                component_name="JobOrArray",
+                serializers=[JobSerializer, JobArraySerializer],
+                resource_type_field_name=None,
+            ),
+            404: ErrorDetail,
+            409: ErrorDetail,
+        },
         parameters=[
             OpenApiParameter(
                 IDEMPOTENCY_HEADER,
                 location=OpenApiParameter.HEADER,
                 required=False,
-                description="A retried create with the same key returns the first job.",
+                description="A retried create with the same key returns the first job (or array).",
             )
         ],
     )
     def create(self, request, *args, **kwargs):
+        """Submit a job; with `array` or `sweep`, an array of tasks (the answer is the array)."""
         tenant, spec = validated_spec(request)
         key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
         if len(key) > 255:
             raise ValidationError({IDEMPOTENCY_HEADER: ["At most 255 characters."]})
+        tasks = spec.pop("array", None)
         try:
-            job, created = submission.submit(
-                tenant=tenant, owner=request.user, spec=spec, idempotency_key=key
-            )
+            if tasks is None:
+                made, created = submission.submit(
+                    tenant=tenant, owner=request.user, spec=spec, idempotency_key=key
+                )
+                data = JobSerializer(made).data
+            else:
+                made, created = submission.submit_array(
+                    tenant=tenant, owner=request.user, spec=spec, tasks=tasks, idempotency_key=key
+                )
+                data = array_data(made)
         except submission.IdempotencyConflict:
             return Response(
                 {"detail": f"{IDEMPOTENCY_HEADER} {key!r} was already used for a different request."},
                 status=status.HTTP_409_CONFLICT,
             )
-        headers = {"Location": job.get_absolute_url()}
+        headers = {"Location": made.get_absolute_url()}
         if not created:
             headers["Idempotent-Replayed"] = "true"
-        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED, headers=headers)
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers=headers)
 
     @extend_schema(request=None, responses={202: JobSerializer, 409: ErrorDetail})
     @action(detail=True, methods=["post"])
@@ -133,6 +156,40 @@ class JobViewSet(
             raise ValidationError({"after": ["Give an event id."]}) from None
         events = job.events.filter(pk__gt=after).order_by("pk")[:MAX_EVENTS]
         return Response(JobEventSerializer(events, many=True).data)
+
+
+def array_data(array: JobArray) -> dict:
+    """An array as the API shows it, with its tasks' ids (in index order)."""
+    if getattr(array, "job_ids", None) is None:
+        array.job_ids = list(array.tasks.order_by("array_index").values_list("pk", flat=True))
+    return JobArraySerializer(array).data
+
+
+class JobArrayViewSet(
+    ScopedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Arrays and sweeps of the tenants you belong to, with their tasks counted by state. Each task
+    is a job (`jobs/?array=ID`); cancel one as a job, or all of them here."""
+
+    queryset = JobArray.objects.select_related("tenant", "owner", "cluster").with_counts()
+    serializer_class = JobArraySerializer
+    filterset_class = JobArrayFilterSet
+
+    def retrieve(self, request, *args, **kwargs):
+        return Response(array_data(self.get_object()))
+
+    @extend_schema(request=None, responses={202: JobArraySerializer, 409: ErrorDetail})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel every task of the array not ended yet (on Slurm, one scancel of the whole array)."""
+        array = self.get_object()
+        if not array.may_cancel(request.user):
+            raise PermissionDenied("Only the array's owner or a tenant admin can cancel it.")
+        if not lifecycle.cancel_array(array, request.user):
+            return Response(
+                {"detail": "Every task of the array has already ended."}, status=status.HTTP_409_CONFLICT
+            )
+        return Response(array_data(self.get_queryset().get(pk=array.pk)), status=status.HTTP_202_ACCEPTED)
 
 
 def validated_spec(request) -> tuple[Tenant, dict]:

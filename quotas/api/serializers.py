@@ -18,9 +18,13 @@ class QuotaSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         queryset=GpuType.objects.all(),
         error_messages={"does_not_exist": "Unknown GPU type {value}."},
     )
-    in_use = serializers.SerializerMethodField()
-    borrowed = serializers.SerializerMethodField()
-    pending_demand = serializers.SerializerMethodField()
+    in_use = serializers.SerializerMethodField(
+        help_text="GPUs held by the jobs of the tenant and of the tenants below it."
+    )
+    borrowed = serializers.SerializerMethodField(help_text="GPUs of those in use above the nominal quota.")
+    pending_demand = serializers.SerializerMethodField(
+        help_text="GPUs asked for by the pending jobs of the tenant and of the tenants below it."
+    )
 
     class Meta:
         model = Quota
@@ -84,6 +88,7 @@ class BudgetEffectSerializer(serializers.Serializer):
 class EstimateSerializer(serializers.Serializer):
     """What a job would cost and how long it would wait; see quotas/estimate.py for how."""
 
+    tasks = serializers.IntegerField(help_text="Jobs the submission makes: 1, or an array's tasks.")
     gpu_hours = serializers.DecimalField(max_digits=14, decimal_places=4)
     price_per_gpu_hour = serializers.DecimalField(max_digits=14, decimal_places=4)
     currency = serializers.CharField()

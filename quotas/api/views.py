@@ -48,7 +48,10 @@ class QuotaViewSet(AuditedSaveMixin, ScopedModelViewSet):
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def perform_destroy(self, instance):
-        delete_audited(instance, self.request.user)
+        try:
+            delete_audited(instance, self.request.user)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
 
     def get_serializer(self, *args, **kwargs):
         instances = args[0] if args else None

@@ -150,3 +150,30 @@ def test_tenant_admins_see_credits_and_corrections_on_their_dashboard(
     assert "INV-000001" in page
     client.force_login(owner)  # a member, not an admin
     assert "Scheduler outage" not in client.get(f"/tenants/{tenant.slug}/").content.decode()
+
+
+def test_a_credit_to_a_billing_account_is_limited_by_what_its_whole_tree_was_billed(
+    prices, ran, finance_user, django_user_model
+):
+    """acme was billed nothing itself in October, its department acme-vision 10.00 EUR: acme's
+    bill for October is 10.00 EUR, and credits to acme and to its department together are
+    weighed against that."""
+    from factory.models import Membership, Tenant
+
+    acme = Tenant.objects.create(slug="acme", name="Acme")
+    vision = Tenant.objects.create(slug="acme-vision", name="Acme Vision", parent=acme)
+    bob = django_user_model.objects.create_user("bob", password="pw-bob")
+    Membership.objects.create(user=bob, tenant=vision)
+    job = ran(at(2026, 10, 2, 9), at(2026, 10, 2, 13), tenant=vision, owner=bob)  # 4 h100-h: 10.00
+    metering.meter_release(job.pk, 0, job.cluster_id, job.started_at, job.ended_at, False)
+    line = credits.grant_credit(acme, OCTOBER, "Outage", finance_user, amount=Decimal("6.00"))
+    assert (line.tenant, line.amount) == (acme, Decimal("-6.00"))
+    with pytest.raises(ValidationError, match=r"more than the 4\.00 EUR billed to acme "):
+        credits.grant_credit(acme, OCTOBER, "Again", finance_user, amount=Decimal("4.01"))
+    # The department was billed 10.00 itself, but its account has 4.00 left to credit.
+    with pytest.raises(ValidationError, match=r"more than the 4\.00 EUR billed to acme "):
+        credits.grant_credit(vision, OCTOBER, "Slow node", finance_user, amount=Decimal("5.00"))
+    credits.grant_credit(vision, OCTOBER, "Slow node", finance_user, amount=Decimal("4.00"))
+    demo = Tenant.objects.get(slug="demo-lab")
+    with pytest.raises(ValidationError, match=r"more than the 0\.00 EUR billed to demo-lab "):
+        credits.grant_credit(demo, OCTOBER, "x", finance_user, amount=Decimal("1"))

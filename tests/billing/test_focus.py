@@ -83,7 +83,7 @@ def autumn(prices, ran, running, make_job, a100, cluster, tenant, finance_user, 
 
 
 def export(month: date) -> str:
-    return "".join(focus.csv_stream(month))
+    return b"".join(focus.csv_stream(month)).decode()
 
 
 def rows(body: str) -> list[dict]:
@@ -196,11 +196,11 @@ def test_rows_carry_the_values_the_spec_prescribes(autumn, tenant, settings):
 
 def test_an_export_of_a_tenant_subset_only_has_their_rows(autumn):
     vision = autumn["vision"]
-    body = "".join(focus.csv_stream(date(2026, 11, 1), tenants=[vision.pk]))
+    body = b"".join(focus.csv_stream(date(2026, 11, 1), tenants=[vision.pk])).decode()
     assert {r["SubAccountId"] for r in rows(body)} == {"acme-vision"}
 
 
-def test_the_database_writes_exactly_the_rows_the_reference_definition_gives(autumn, ran, h100):
+def test_the_database_writes_exactly_the_rows_the_reference_definition_gives(autumn, ran, h100, tenant):
     """On PostgreSQL the export is a COPY: it must say what row() says, cell for cell."""
     from billing.models import RateCard
 
@@ -209,6 +209,16 @@ def test_the_database_writes_exactly_the_rows_the_reference_definition_gives(aut
     )
     shaped = ran(at(2026, 11, 9, 1), at(2026, 11, 9, 2, 17, 41), gpu_count=3, cpus=7, memory_gb=33)
     metering.meter_release(shaped.pk, 0, shaped.cluster_id, shaped.started_at, shaped.ended_at, False)
+    autumn["acme"].name = 'Acme "Research", Inc.'  # texts CSV must quote
+    autumn["acme"].save()
+    credits.grant_credit(
+        tenant,
+        date(2026, 11, 1),
+        'GPUs lost, "node 7"',
+        None,
+        gpu_hours=Decimal("0.5"),
+        gpu_type=h100,
+    )
     writer = csv.writer(focus._Echo(), lineterminator="\n")
     for month in (date(2026, 10, 1), date(2026, 11, 1)):
         look = focus.Lookups.load()
@@ -221,6 +231,7 @@ def test_the_database_writes_exactly_the_rows_the_reference_definition_gives(aut
             for chunk in focus.chunks(month)
             for line in chunk
         )
-        copied = "".join(focus.copy_stream(month, look))
+        copied = b"".join(focus.copy_stream(month, look)).decode()
         assert sorted(copied.splitlines()) == sorted(reference.splitlines())  # COPY does not sort
     assert "rate-card-" in copied and "Platform failure (not charged)" in copied
+    assert '"Acme ""Research"", Inc."' in copied and '"GPUs lost, ""node 7"""' in copied

@@ -11,6 +11,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import connection, connections, transaction
 from pypdf import PdfReader
+from rest_framework.test import APIClient
 
 from billing import credits, invoicing, metering
 from billing.models import Invoice, MonthClose, UsageRecord
@@ -153,7 +154,7 @@ def test_a_month_is_closed_once_and_invoiced_only_when_closed(september_and_octo
         invoicing.close_month(date.today().replace(day=1), finance_user)
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_closes_issue_one_set_of_invoices(september_and_october, finance_user):
     """Four finance users close October at the same moment, each on its own PostgreSQL connection."""
     assert connection.vendor == "postgresql"
@@ -183,7 +184,7 @@ def test_concurrent_closes_issue_one_set_of_invoices(september_and_october, fina
     assert billed == sum(line.amount for line in UsageRecord.objects.filter(month=OCTOBER))
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_a_close_waits_for_metering_in_flight_and_gives_up_cleanly(
     september_and_october, finance_user, ran, settings
 ):
@@ -219,3 +220,67 @@ def test_a_close_waits_for_metering_in_flight_and_gives_up_cleanly(
     assert line.month == OCTOBER and line.kind == "usage"
     demo = Invoice.objects.get(month=OCTOBER, account_slug="demo-lab")
     assert demo.ledger_lines == UsageRecord.objects.filter(month=OCTOBER, tenant__slug="demo-lab").count()
+
+
+def api(user=None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.force_authenticate(user)
+    return client
+
+
+def test_finance_lists_reads_and_downloads_invoices_through_the_api(september_and_october, finance_user):
+    invoicing.close_month(OCTOBER, finance_user)
+    listed = api(finance_user).get("/api/v1/invoices/", {"month": "2026-10"})
+    assert listed.status_code == 200, listed.content
+    assert [(i["display_number"], i["billing_account"]) for i in listed.json()["results"]] == [
+        ("INV-000003", "demo-lab"),
+        ("INV-000002", "acme"),
+    ]
+    demo = Invoice.objects.get(number=3)
+    body = api(finance_user).get("/api/v1/invoices/3/").json()
+    assert (body["number"], body["month"], body["account_name"]) == (3, "2026-10", "Demo Lab")
+    assert body["totals"] == demo.totals and body["ledger_lines"] == demo.ledger_lines
+    assert [(line["section"], line["gpu_type"], line["amount"]) for line in body["lines"]] == [
+        (line.section, line.gpu_type, str(line.amount)) for line in demo.lines.all()
+    ]
+    assert Decimal(body["energy_kwh"]) == demo.energy_kwh and Decimal(body["co2e_kg"]) == demo.co2e_kg
+    pdf = api(finance_user).get(body["pdf"])
+    assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf"
+    text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf.content)).pages)
+    assert "Invoice INV-000003" in text and re.search(rf"Total due\s+{demo.totals['EUR']}\s+EUR", text)
+    focus = api(finance_user).get(body["focus"])
+    rows = list(csv.DictReader(io.StringIO(b"".join(focus.streaming_content).decode())))
+    assert len(rows) == demo.ledger_lines
+    assert sum(Decimal(r["BilledCost"]) for r in rows) == Decimal(demo.totals["EUR"])
+    everyone = api(finance_user).get("/api/v1/invoices/").json()["results"]
+    assert [i["number"] for i in everyone] == [3, 2, 1]  # newest first, September's too
+
+
+def test_tenant_admins_see_their_accounts_invoices_and_another_tenants_is_404(
+    september_and_october, finance_user, tenant_admin, owner, outsider, platform_admin
+):
+    invoicing.close_month(OCTOBER, finance_user)
+    admin = api(tenant_admin)
+    assert [i["number"] for i in admin.get("/api/v1/invoices/").json()["results"]] == [3, 1]
+    assert admin.get("/api/v1/invoices/", {"account": "acme"}).json()["results"] == []
+    for path in ("/api/v1/invoices/2/", "/api/v1/invoices/2/pdf/", "/api/v1/invoices/2/focus/"):
+        assert admin.get(path).status_code == 404  # acme's
+    assert admin.get("/api/v1/invoices/3/pdf/").status_code == 200
+    for user in (owner, outsider):  # a member of demo-lab, not its admin; another tenant's admin
+        client = api(user)
+        assert client.get("/api/v1/invoices/").json()["results"] == []
+        assert client.get("/api/v1/invoices/3/").status_code == 404
+        assert client.get("/api/v1/invoices/3/pdf/").status_code == 404
+    assert api(platform_admin).get("/api/v1/invoices/2/").json()["billing_account"] == "acme"
+    assert api().get("/api/v1/invoices/").status_code == 401
+
+
+def test_invoices_of_a_month_not_closed_are_refused_with_a_message(september_and_october, finance_user):
+    response = api(finance_user).get("/api/v1/invoices/", {"month": "2026-10"})
+    assert response.status_code == 409
+    assert response.json()["detail"] == "October 2026 is not closed: its invoices are issued at the close."
+    bad = api(finance_user).get("/api/v1/invoices/", {"month": "2026-13"})
+    assert bad.status_code == 400 and "month" in bad.json()
+    september = api(finance_user).get("/api/v1/invoices/", {"month": "2026-09"}).json()["results"]
+    assert [i["number"] for i in september] == [1]

@@ -50,7 +50,8 @@ def test_job_page_shows_live_cost_while_running_and_the_bill_after(
     client.force_login(owner)
     page = client.get(f"/jobs/{job.pk}/").content.decode()
     assert 'id="job-cost">5.00 EUR so far' in page
-    assert 'id="job-energy">1.680 kWh, 0.672 kg CO2e' in page  # 2 × 700 W × 1 h × PUE 1.2; 400 g/kWh
+    # 2 × 700 W × 1 h × PUE 1.2; 400 g/kWh
+    assert 'id="job-energy">1.680 kWh estimated (board power × time), 0.672 kg CO2e' in page
     dashboard = client.get("/tenants/demo-lab/").content.decode()
     assert '<span id="spend-accruing">5.00 EUR</span> accruing on 1 running job' in dashboard
 

@@ -326,7 +326,7 @@ def test_staff_users_become_platform_admins_when_roles_arrive(django_user_model,
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
-    before, after = [("factory", "0010_gang_jobs")], [("factory", "0011_platform_roles")]
+    before, after = [("factory", "0012_tenant_tree_without_cycles")], [("factory", "0013_platform_roles")]
     staff = make_user(django_user_model, "old-staff", is_staff=True)
     plain = make_user(django_user_model, "old-member")
     try:

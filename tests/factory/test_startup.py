@@ -98,13 +98,24 @@ def test_debug_for_a_public_host_stops_the_server(server, tmp_path):
     assert_one_line(result, "DEBUG is on while ALLOWED_HOSTS names public hosts (factory.example.org)")
 
 
-@pytest.mark.parametrize("server", SERVERS)
-def test_an_unreachable_database_stops_the_server_and_its_password_stays_secret(server, tmp_path):
+def celery(command: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "factory", command]
+
+
+PROCESSES = {
+    **SERVERS,
+    "celery worker": lambda port: celery("worker"),
+    "celery beat": lambda port: celery("beat"),
+}
+
+
+@pytest.mark.parametrize("process", PROCESSES)
+def test_an_unreachable_database_stops_the_process_and_its_password_stays_secret(process, tmp_path):
     with socket.socket() as closed:  # a port bound and never listened on: connections are refused
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
         url = f"postgresql://factory:db-password-9f3@127.0.0.1:{port}/factory"
-        result = start(SERVERS[server](free_port()), production_env(tmp_path, DATABASE_URL=url))
+        result = start(PROCESSES[process](free_port()), production_env(tmp_path, DATABASE_URL=url))
     line = assert_one_line(result, f"cannot reach the postgresql database factory at 127.0.0.1:{port}")
     assert "db-password-9f3" not in result.stderr + result.stdout
     assert line
@@ -142,8 +153,7 @@ def test_a_good_configuration_starts_and_serves(tmp_path):
 
 @pytest.mark.parametrize("command", ["worker", "beat"])
 def test_a_celery_process_with_a_bad_setting_stops_with_one_line(command, tmp_path):
-    celery = [sys.executable, "-m", "celery", "-A", "factory", command]
-    result = start(celery, production_env(tmp_path, SECRET_KEY=None))
+    result = start(celery(command), production_env(tmp_path, SECRET_KEY=None))
     assert_one_line(result, "SECRET_KEY must be set when DEBUG is off")
     env = production_env(tmp_path, DEBUG="1", ALLOWED_HOSTS="factory.example.org")
-    assert_one_line(start(celery, env), "DEBUG is on while ALLOWED_HOSTS names public hosts")
+    assert_one_line(start(celery(command), env), "DEBUG is on while ALLOWED_HOSTS names public hosts")

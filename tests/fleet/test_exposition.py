@@ -68,3 +68,35 @@ def test_xid_from_windowed_count_and_hpc_job_label():
     sim.hpc_jobs = {1: "4242"}
     gpu = parse(render_node(sim)).gpus[gpu_uuid("gpu-node-1", 1)]
     assert gpu.xid_last == 79 and gpu.xids_in_window == {79} and gpu.hpc_jobs == {"4242"}
+
+
+def test_label_values_with_braces_quotes_and_escapes_and_timestamps_are_read():
+    labels = 'gpu="0",UUID="GPU-a",modelName="odd } name, \\"quoted\\"\\\\"'
+    text = (
+        "# HELP DCGM_FI_DEV_GPU_TEMP GPU temperature (in C).\n"
+        "# TYPE DCGM_FI_DEV_GPU_TEMP gauge\n"
+        f"DCGM_FI_DEV_GPU_TEMP{{{labels}}} 61 1700000000000\n"
+        f"DCGM_FI_DEV_POWER_USAGE{{{labels}}} +Inf\n"
+        f"DCGM_FI_DEV_GPU_UTIL{{{labels},}} 97\n"
+        "DCGM_FI_DEV_SM_CLOCK this line is not read: not a family used here\n"
+    )
+    exposition = parse(text)
+    gpu = exposition.gpus["GPU-a"]
+    assert gpu.model_name == 'odd } name, "quoted"\\'
+    assert (gpu.temperature_c, gpu.utilisation_pct, gpu.power_w) == (61.0, 97.0, None)
+    assert exposition.series == 4 and exposition.problems == ["1 NaN, infinite or negative values"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'DCGM_FI_DEV_GPU_TEMP{gpu="0",UUID="GPU-a"} sixty',
+        'DCGM_FI_DEV_GPU_TEMP{gpu="0",UUID="GPU-a"} 61 62 63',
+        'DCGM_FI_DEV_GPU_TEMP{gpu="0",UUID="GPU-a} 61',
+        'DCGM_FI_DEV_GPU_TEMP{gpu="0" UUID="GPU-a"} 61',
+        'DCGM_FI_DEV_GPU_TEMP{gpu="0",UUID="GPU-a"} 6_1',
+    ],
+)
+def test_a_malformed_line_of_a_family_read_refuses_the_whole_answer(line):
+    with pytest.raises(ExpositionError):
+        parse(render_node(node()) + line + "\n")

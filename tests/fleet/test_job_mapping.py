@@ -62,6 +62,14 @@ def test_scontrol_show_job_detail_gives_each_running_jobs_gpu_indexes():
     assert expand_hostlist("gpu[01-02,10],cpu1") == ("gpu01", "gpu02", "gpu10", "cpu1")
 
 
+def test_a_running_task_of_an_array_is_named_as_the_portal_knows_it():
+    text = (
+        "JobId=41 ArrayJobId=38 ArrayTaskId=3 ArrayTaskThrottle=2 JobName=a JobState=RUNNING   "
+        "Nodes=gpu1 CPU_IDs=0 Mem=1024 GRES=gpu:h100:1(IDX:4)\n"
+    )
+    assert job_gpu_indexes(text) == {("gpu1", 4): "38_3"}
+
+
 def test_a_drain_reason_with_spaces_is_read_whole():
     reason = "factory: XID 79 (GPU has fallen off the bus) on GPU 3"
     line = f"NodeName=gpu1 State=IDLE+DRAIN CPUs=16 Reason={reason} [aif@2026-11-29T12:00:00]"

@@ -9,8 +9,8 @@ from pathlib import Path
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-def run(script: str, directory: Path, job: str, gpus: str | None = None) -> None:
-    env = {"PATH": "/usr/bin:/bin", "DCGM_JOB_MAPPING_DIR": str(directory), "SLURM_JOB_ID": job}
+def run(script: str, directory: Path, job: str, gpus: str | None = None, **more: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DCGM_JOB_MAPPING_DIR": str(directory), "SLURM_JOB_ID": job, **more}
     if gpus is not None:
         env["SLURM_JOB_GPUS"] = gpus
     subprocess.run(["bash", str(SCRIPTS / script)], env=env, check=True)
@@ -36,3 +36,11 @@ def test_a_job_without_gpus_or_with_a_strange_id_maps_nothing(tmp_path):
     run("slurm-prolog-dcgm-job-mapping", tmp_path, "103")
     run("slurm-prolog-dcgm-job-mapping", tmp_path, "../etc", "0")
     assert not tmp_path.exists() or files(tmp_path) == {}
+
+
+def test_a_task_of_an_array_is_mapped_by_its_array_id_and_index(tmp_path):
+    task = {"SLURM_ARRAY_JOB_ID": "200", "SLURM_ARRAY_TASK_ID": "7"}
+    run("slurm-prolog-dcgm-job-mapping", tmp_path, "207", "1", **task)
+    assert files(tmp_path) == {"1": ["200_7"]}
+    run("slurm-epilog-dcgm-job-mapping", tmp_path, "207", **task)
+    assert files(tmp_path) == {}

@@ -112,3 +112,41 @@ def test_metrics_need_a_token_or_an_allowed_address(client, settings, make_job, 
     assert "factory_admission_wait_time_seconds_bucket" in text and "factory_fleet_power_watts" in text
     assert client.get("/metrics", REMOTE_ADDR="10.9.3.4").status_code == 200
     metrics._networks.cache_clear()
+
+
+def test_ledger_lines_say_whether_their_energy_was_measured_or_estimated(
+    client, make_job, cluster, owner, finance_user, h100
+):
+    """On the API's usage lines, the finance lines page and the job page."""
+    from billing import metering
+    from tests.jobs.test_api import client_for
+
+    now = timezone.now()
+    jobs = []
+    for name in ("measured-job", "estimated-job"):
+        job = make_job(name=name)
+        Job.objects.filter(pk=job.pk).update(
+            state=JobState.SUCCEEDED, cluster=cluster, started_at=now - timedelta(hours=1), ended_at=now
+        )
+        job.refresh_from_db()
+        jobs.append(job)
+    node = Node.objects.create(
+        cluster=cluster, name="local-h100", gpu_type=h100, exporter_url="http://x/metrics"
+    )
+    gpu = Gpu.objects.create(node=node, cluster=cluster, gpu_type=h100, index=0, uuid="GPU-x")
+    JobGpuEnergy.objects.create(
+        job=jobs[0], attempt=0, gpu=gpu, gpu_uuid="GPU-x", start_mj=0, end_mj=1_800_000_000,
+        measured_mj=1_800_000_000, samples=360, first_at=now, last_at=now, busy_at=now,
+    )  # fmt: skip
+    for job in jobs:
+        lines = metering.lines_for_attempt(job, 0, job.started_at, job.ended_at, "usage", metering.Pricing())
+        metering.record(lines)
+    rows = client_for(owner).get("/api/v1/usage/").json()["results"]
+    assert {r["job"]: r["energy_measured"] for r in rows} == {jobs[0].pk: True, jobs[1].pk: False}
+    client.force_login(finance_user)
+    month = now.strftime("%Y-%m")
+    page = client.get(f"/billing/chargeback/{month}/demo-lab/h100/").content.decode()
+    assert page.count("kWh measured") == 1 and page.count("kWh estimated") == 1
+    client.force_login(owner)
+    assert "kWh measured" in client.get(jobs[0].get_absolute_url()).content.decode()
+    assert "kWh estimated" in client.get(jobs[1].get_absolute_url()).content.decode()

@@ -272,3 +272,59 @@ def test_a_running_job_on_a_gpu_that_fails_goes_back_to_pending_once_its_time_no
     assert (job.state, job.attempt, job.fault_requeues) == (JobState.PENDING, 1, 1)
     assert "the hardware it ran on failed (XID 48 (double-bit ECC error) on GPU" in job.reason
     gate.touch()
+
+
+def test_a_cycle_runs_as_one_task_per_shard_of_nodes_and_is_claimed_once(
+    simulator, cluster, settings, monkeypatch
+):
+    from fleet import tasks
+    from fleet.models import ClusterTelemetry
+
+    settings.FACTORY_TELEMETRY_SHARD_NODES = 1
+    queued = []
+    monkeypatch.setattr(tasks.scrape_shard, "delay", lambda *args: queued.append(args))
+    assert tasks.scrape_due() == {"local": 2}
+    assert tasks.scrape_due() == {}  # started, not over: not due again
+    assert ClusterTelemetry.objects.get(cluster=cluster).shards_pending == 2
+    assert sorted(len(node_ids) for _, node_ids in queued) == [1, 1]
+    for args in queued:
+        tasks.scrape_shard(*args)
+    telemetry = ClusterTelemetry.objects.get(cluster=cluster)
+    assert telemetry.shards_pending == 0 and telemetry.cycle_seconds > 0
+    assert Gpu.objects.filter(sampled_at__isnull=False).count() == 8  # both nodes, 4 GPUs each
+    # Due again once the interval has passed; a cycle whose shard never reported is started afresh
+    # once it has stalled longer than a task may run.
+    later = telemetry.scraped_at + timedelta(seconds=settings.FACTORY_TELEMETRY_INTERVAL)
+    assert tasks.due_clusters(later) == [cluster]
+    ClusterTelemetry.objects.filter(pk=telemetry.pk).update(shards_pending=1)
+    assert tasks.due_clusters(later) == []
+    stalled = later + timedelta(seconds=settings.FACTORY_TASK_TIME_LIMIT + settings.FACTORY_TASK_KILL_GRACE)
+    assert tasks.due_clusters(stalled) == [cluster]
+
+
+def test_a_shard_stores_and_judges_its_own_nodes_only(simulator, cluster):
+    cycle(cluster)
+    h100 = Node.objects.get(name="local-h100")
+    inject(simulator, "local-a100", "xid79", 1)
+    inject(simulator, "local-h100", "xid79", 2)
+    before = {g.uuid: g.sampled_at for g in Gpu.objects.all()}
+    cycle(cluster, nodes=[h100], now=timezone.now() + timedelta(seconds=1))
+    for g in Gpu.objects.all():
+        assert (g.sampled_at != before[g.uuid]) == (g.node_id == h100.pk)
+    assert gpu("local-h100", 2).drained_by_portal and gpu("local-h100", 2).health == Health.FAILED
+    assert not gpu("local-a100", 1).drained_by_portal and gpu("local-a100", 1).health == Health.HEALTHY
+
+
+def test_the_energy_of_the_day_adds_up_cycle_by_cycle_and_starts_afresh_each_day(simulator, cluster):
+    from fleet.models import ClusterTelemetry
+    from fleet.scrape import add_energy_of_the_day
+
+    now = timezone.now()
+    cycle(cluster, now=now)
+    cycle(cluster, now=now + timedelta(seconds=5))
+    telemetry = ClusterTelemetry.objects.get(cluster=cluster)
+    rollups = GpuMinute.objects.filter(minute__gte=now.replace(second=0, microsecond=0))
+    assert telemetry.energy_day_mj == sum(rollups.values_list("energy_mj", flat=True)) > 0
+    add_energy_of_the_day(cluster, now + timedelta(days=1), 7)
+    telemetry.refresh_from_db()
+    assert (telemetry.energy_day, telemetry.energy_day_mj) == ((now + timedelta(days=1)).date(), 7)

@@ -18,6 +18,8 @@ import redis
 from django.conf import settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+# The portal's worker account on the Slurm of scripts/slurm-dev-cluster, and its group.
+PORTAL_USER, PORTAL_GROUP = "aif-portal", "aifactory-portal"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -28,6 +30,28 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
+
+
+@pytest.fixture
+def slurm_tools_as_the_portal(monkeypatch):
+    """The tests run as root, which a portal worker never is: the Slurm adapter's tools run as
+    aif-portal (in group aifactory-portal only), so that what the portal may do is what that
+    account's sudo rule and Slurm admin level allow."""
+    from types import SimpleNamespace
+
+    from factory.adapters.slurm import cli
+
+    run = subprocess.run
+
+    def run_as_portal(*args, **kwargs):
+        return run(*args, user=PORTAL_USER, group=PORTAL_GROUP, extra_groups=[], **kwargs)
+
+    shim = SimpleNamespace(
+        run=run_as_portal,
+        TimeoutExpired=subprocess.TimeoutExpired,
+        CompletedProcess=subprocess.CompletedProcess,
+    )
+    monkeypatch.setattr(cli, "subprocess", shim)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,12 @@ real-cluster capture), because the client validates responses against its typed 
 - a pod whose container takes its environment from a Secret that does not exist (`envFrom`
   without `optional: true`) is created, but its container waits with CreateContainerConfigError,
   as the kubelet leaves it.
+- Kueue's topology-aware scheduling (`kueue_admit` of a Job whose pod template asks for it with
+  `kueue.x-k8s.io/podset-required-topology` or `-preferred-topology`, naming a node label): its
+  pods go to nodes of one domain of that label with room for all of them (Kueue sets each pod's
+  node selector when it ungates it); a required topology that no domain has room for leaves the
+  Workload pending. Kueue's webhook refuses a template with both annotations, or a value that is
+  not a label name, as Kueue's own validation does.
 - admission when the controller creates a pod (`start`): the namespace's Pod Security level (its
   `pod-security.kubernetes.io/enforce` label; `warn` adds a Warning to a Job whose template would
   violate it) and its ResourceQuotas on requests.nvidia.com/gpu, refusing with the API server's
@@ -63,6 +69,10 @@ NAME_LABEL = "kubernetes.io/metadata.name"
 POD_SECURITY = "pod-security.kubernetes.io/"
 TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_REQUIRED_TOPOLOGY = "kueue.x-k8s.io/podset-required-topology"
+KUEUE_PREFERRED_TOPOLOGY = "kueue.x-k8s.io/podset-preferred-topology"
+KUEUE_UNCONSTRAINED_TOPOLOGY = "kueue.x-k8s.io/podset-unconstrained-topology"
 ORPHAN_WARNING = (
     '299 - "child pods are preserved by default when jobs are deleted; set '
     "propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress "
@@ -289,6 +299,27 @@ POD_SPEC = {
     "hostIPC": BOOL,
     "hostname": STR,
     "subdomain": STR,
+    "affinity": {
+        "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": List(
+                {
+                    "weight": INT,
+                    "preference": {
+                        "matchExpressions": List({"key": STR, "operator": STR, "values": List(STR)}),
+                        "matchFields": List({"key": STR, "operator": STR, "values": List(STR)}),
+                    },
+                }
+            ),
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": List(
+                    {
+                        "matchExpressions": List({"key": STR, "operator": STR, "values": List(STR)}),
+                        "matchFields": List({"key": STR, "operator": STR, "values": List(STR)}),
+                    }
+                )
+            },
+        }
+    },
 }
 JOB = {
     "apiVersion": STR,
@@ -387,6 +418,16 @@ GO_STRUCTS = {
     "spec.template.spec.containers.resources": "ResourceRequirements",
     "spec.template.spec.tolerations": "Toleration",
     "spec.template.spec.securityContext": "PodSecurityContext",
+    "spec.template.spec.affinity": "Affinity",
+    "spec.template.spec.affinity.nodeAffinity": "NodeAffinity",
+    "spec.template.spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution": (
+        "PreferredSchedulingTerm"
+    ),
+    "spec.template.spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution.preference": (
+        "NodeSelectorTerm"
+    ),
+    "spec.template.spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution.preference"
+    ".matchExpressions": "NodeSelectorRequirement",
     "spec.podFailurePolicy": "PodFailurePolicy",
     "spec.podFailurePolicy.rules": "PodFailurePolicyRule",
     "spec.podFailurePolicy.rules.onExitCodes": "PodFailurePolicyOnExitCodesRequirement",
@@ -953,6 +994,8 @@ class FakeKubernetes:
         self.pods: dict[tuple[str, str], dict] = {}
         self.logs: dict[tuple[str, str], bytes] = {}
         self.nodes: dict[str, dict] = {}
+        # Kueue's topology assignments: the node selector of the domain each Job's pods go to.
+        self.topology_assignments: dict[tuple[str, str], dict[str, str]] = {}
         self.objects: dict[str, dict[tuple[str, str], dict]] = {
             QUOTAS.resource: {},
             POLICIES.resource: {},
@@ -1249,16 +1292,47 @@ class FakeKubernetes:
                 self._add_condition(job, "Failed", *self._outcome_of(job, "FailureTarget"))
             self._write_status(job)
 
-    def kueue_admit(self, external_id: str) -> None:
-        """Kueue admits the Workload and unsuspends the Job; the controller resumes it."""
+    def kueue_admit(self, external_id: str) -> bool:
+        """Kueue admits the Workload and unsuspends the Job; the controller resumes it. With
+        topology-aware scheduling, the pods go within one domain (see the module's doc); a
+        required topology no domain has room for leaves it suspended: returns whether admitted."""
         with self.lock:
             job = self.jobs[_key(external_id)]
+            placement = self._topology_placement(job)
+            if placement is None:
+                return False
+            if placement:
+                self.topology_assignments[_key(external_id)] = placement
             job["spec"]["suspend"] = False
             job["metadata"]["generation"] += 1
             self._set_condition(job, "Suspended", "False", "JobResumed", "Job resumed")
             job["status"]["startTime"] = now()  # resuming resets startTime
             self._write_status(job)
         self.start(external_id)
+        return True
+
+    def _topology_placement(self, job: dict) -> dict[str, str] | None:
+        """The node selector of the domain Kueue puts a topology-aware Job's pods in ({} if it
+        asks for none; None if it requires one and no domain has room for all its pods): of the
+        domains with room, the one with the least."""
+        annotations = job["spec"]["template"]["metadata"].get("annotations") or {}
+        level = annotations.get(KUEUE_REQUIRED_TOPOLOGY) or annotations.get(KUEUE_PREFERRED_TOPOLOGY)
+        if not level:
+            return {}
+        pods = job["spec"].get("parallelism") or 1
+        limits = job["spec"]["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
+        gpus = int(limits.get(GPU, "0"))
+        selector = job["spec"]["template"]["spec"].get("nodeSelector") or {}
+        room: dict[str, int] = {}
+        for node in self.nodes.values():
+            labels = node["metadata"]["labels"]
+            fits = int(node["status"]["allocatable"].get(GPU, "0")) >= gpus
+            if level in labels and fits and all(labels.get(k) == v for k, v in selector.items()):
+                room[labels[level]] = room.get(labels[level], 0) + 1
+        fitting = sorted((count, domain) for domain, count in room.items() if count >= pods)
+        if fitting:
+            return {level: fitting[0][1]}
+        return None if KUEUE_REQUIRED_TOPOLOGY in annotations else {}
 
     def kueue_preempt(self, external_id: str) -> None:
         """Kueue evicts the Workload and suspends the Job again: its pods are deleted."""
@@ -1337,7 +1411,10 @@ class FakeKubernetes:
         if index is not None:
             spec["hostname"] = f"{meta['name']}-{index}"  # with the subdomain: its DNS name
         self._admit_pod(meta["namespace"], name, spec)
-        spec["nodeName"] = self._node_for(spec.get("nodeSelector") or {})
+        assigned = self.topology_assignments.get((meta["namespace"], meta["name"]), {})
+        if assigned:
+            spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **assigned}
+        spec["nodeName"] = self._node_for(spec.get("nodeSelector") or {}, index or 0, _preferred(spec))
         container = spec["containers"][0]
         started = now()
         missing = self._missing_secret(meta["namespace"], container)
@@ -1472,11 +1549,17 @@ class FakeKubernetes:
         view["status"] = {"hard": dict(hard), "used": {k: str(used if k == GPU_QUOTA else 0) for k in hard}}
         return view
 
-    def _node_for(self, selector: dict[str, str]) -> str:
-        for name, node in self.nodes.items():
-            if all(node["metadata"]["labels"].get(k) == v for k, v in selector.items()):
-                return name
-        return "node-1"
+    def _node_for(self, selector: dict[str, str], index: int = 0, preferred: list[dict] = ()) -> str:
+        """The node the scheduler binds a pod to: of those its selector matches (and, if any of
+        them do, those its preferred node affinity matches), one per index."""
+        matching = [
+            name
+            for name, node in self.nodes.items()
+            if all(node["metadata"]["labels"].get(k) == v for k, v in selector.items())
+        ]
+        liked = [name for name in matching if _meets(self.nodes[name]["metadata"]["labels"], preferred)]
+        matching = liked or matching
+        return matching[index % len(matching)] if matching else "node-1"
 
     def _job_pods(self, job: dict) -> list[dict]:
         uid = job["metadata"]["uid"]
@@ -1937,6 +2020,13 @@ class FakeKubernetes:
         errors = validate_job(body)
         if errors:
             raise invalid("Job", "batch", name, errors)
+        denied = kueue_webhook_errors(body)
+        if denied:
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'admission webhook "vjob.kb.io" denied the request: {"; ".join(denied)}',
+            )
         if (namespace, name) in self.jobs:
             raise already_exists("jobs", name, "batch")
         job = default_job(body, namespace, self._next_version())
@@ -2142,6 +2232,7 @@ def validate_job(job: dict) -> list[FieldError]:
                     "'-', '_' or '.', and must start and end with an alphanumeric character",
                 )
             )
+    errors += _node_affinity_errors(pod.get("affinity") or {})
     restart = pod.get("restartPolicy")
     if not restart:
         errors.append(required("spec.template.spec.restartPolicy", 'valid values: "OnFailure", "Never"'))
@@ -2158,6 +2249,101 @@ def validate_job(job: dict) -> list[FieldError]:
             errors.append(required(f"{path}.image"))
         errors += _gpu_errors(path, container.get("resources") or {})
     return errors
+
+
+NODE_SELECTOR_OPERATORS = ["DoesNotExist", "Exists", "Gt", "In", "Lt", "NotIn"]
+
+
+def _node_affinity_errors(affinity: dict) -> list[FieldError]:
+    """ValidateNodeAffinity on the preferred terms: a weight of 1-100, known operators, values
+    for In and NotIn (none for Exists and DoesNotExist), label names as keys."""
+    errors = []
+    path = "spec.template.spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution"
+    preferred = (affinity.get("nodeAffinity") or {}).get("preferredDuringSchedulingIgnoredDuringExecution")
+    for i, term in enumerate(preferred or []):
+        weight = term.get("weight", 0)
+        if not 1 <= weight <= 100:
+            errors.append(invalid_value(f"{path}[{i}].weight", weight, "must be in the range 1-100"))
+        for j, requirement in enumerate((term.get("preference") or {}).get("matchExpressions") or []):
+            where = f"{path}[{i}].preference.matchExpressions[{j}]"
+            key, operator, values = (
+                requirement.get("key", ""),
+                requirement.get("operator"),
+                requirement.get("values"),
+            )
+            if not LABEL_KEY.fullmatch(key):
+                errors.append(
+                    invalid_value(
+                        f"{where}.key",
+                        key,
+                        "name part must consist of alphanumeric characters, '-', '_' or '.', and must "
+                        "start and end with an alphanumeric character",
+                    )
+                )
+            if operator in ("In", "NotIn") and not values:
+                errors.append(
+                    required(f"{where}.values", "must be specified when `operator` is 'In' or 'NotIn'")
+                )
+            elif operator in ("Exists", "DoesNotExist") and values:
+                errors.append(
+                    forbidden_value(
+                        f"{where}.values",
+                        "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                    )
+                )
+            elif operator not in NODE_SELECTOR_OPERATORS:
+                errors.append(not_supported(f"{where}.operator", operator or "", NODE_SELECTOR_OPERATORS))
+    return errors
+
+
+def kueue_webhook_errors(job: dict) -> list[str]:
+    """Kueue's validating webhook on a Job in one of its queues (ValidateTASPodSetRequest): at
+    most one topology annotation on the pod template, and a label name as its value."""
+    labels = job["metadata"].get("labels") or {}
+    if KUEUE_QUEUE not in labels:
+        return []
+    annotations = ((job["spec"].get("template") or {}).get("metadata") or {}).get("annotations") or {}
+    path = "spec.template.metadata.annotations"
+    kinds = (KUEUE_REQUIRED_TOPOLOGY, KUEUE_PREFERRED_TOPOLOGY, KUEUE_UNCONSTRAINED_TOPOLOGY)
+    errors = []
+    if sum(kind in annotations for kind in kinds) > 1:
+        listed = ", ".join(f'"{kind}"' for kind in kinds)
+        errors.append(
+            f"{path}: Invalid value: must not contain more than one topology annotation: [{listed}]"
+        )
+    for kind in kinds[:2]:
+        value = annotations.get(kind)
+        if value is not None and not LABEL_KEY.fullmatch(value):
+            errors.append(
+                f'{path}[{kind}]: Invalid value: "{value}": name part must consist of alphanumeric '
+                "characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+            )
+    return errors
+
+
+def _preferred(pod_spec: dict) -> list[dict]:
+    """The match expressions of a pod's heaviest preferred node affinity term."""
+    affinity = (pod_spec.get("affinity") or {}).get("nodeAffinity") or {}
+    terms = affinity.get("preferredDuringSchedulingIgnoredDuringExecution") or []
+    if not terms:
+        return []
+    heaviest = max(terms, key=lambda term: term.get("weight", 0))
+    return (heaviest.get("preference") or {}).get("matchExpressions") or []
+
+
+def _meets(labels: dict[str, str], requirements: list[dict]) -> bool:
+    """Whether node labels meet node selector requirements (the operators the fake knows)."""
+    for requirement in requirements:
+        key, operator, values = requirement["key"], requirement["operator"], requirement.get("values") or []
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
 
 
 def _failure_policy_errors(spec: dict) -> list[FieldError]:

@@ -88,6 +88,40 @@ def test_job_list_badges_update_live(
     assert page.evaluate("window.__same_document") is True
 
 
+def test_an_array_from_the_form_is_one_row_that_opens_in_place_and_counts_live(
+    page: Page, web_server, celery_worker_process, owner, cluster, quotas, job_scratch
+):
+    gate = job_scratch / "gate"
+    log_in(page, web_server, "researcher", "pw-researcher")
+    page.get_by_role("link", name="New job").first.click()
+    page.get_by_label("Name").fill("shards")
+    page.get_by_label("Command").fill(
+        f'echo "shard $FACTORY_ARRAY_INDEX"; while [ ! -e {gate} ]; do sleep 0.2; done'
+    )
+    page.get_by_label("GPU type").select_option(label="h100")
+    page.get_by_label("Time limit (minutes)").fill("5")
+    page.get_by_label("Cluster or region").select_option(label="local (local)")
+    page.get_by_label("Array").fill("0-2%2")
+    page.get_by_role("button", name="Submit job").click()
+    expect(page.get_by_role("heading", name="shards")).to_be_visible()
+    expect(page.locator("#array-counts")).to_contain_text("3 pending")
+
+    page.get_by_role("link", name="Jobs", exact=True).first.click()
+    row = page.locator("tr.array-row")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("2 running", timeout=20_000)  # the limit: two at once
+    expect(row).to_contain_text("1 pending")
+    page.evaluate("window.__same_document = true")
+    row.get_by_role("link", name="show tasks").click()
+    tasks = page.locator("tr.array-task")
+    expect(tasks).to_have_count(3)
+    expect(tasks.first).to_contain_text("task 0")
+    gate.touch()
+    expect(row).to_contain_text("3 succeeded", timeout=30_000)
+    expect(page.locator("tr.array-task")).to_have_count(3)  # still open while the list refreshed
+    assert page.evaluate("window.__same_document") is True
+
+
 def test_platform_admin_sees_a_failed_gpu_turn_red_without_reload(
     page: Page, asgi_server, platform_admin, cluster
 ):

@@ -168,3 +168,57 @@ def test_bad_input_gets_a_clear_message_and_submits_nothing(
         hidden = cli(*command, str(theirs.pk))
         assert hidden.returncode == 1 and f"no job {theirs.pk} that you can see" in hidden.stderr, command
     assert Job.objects.get(pk=theirs.pk).state == JobState.PENDING
+
+
+def test_arrays_and_sweeps_from_the_command_line(
+    cli, home, asgi_server, celery_worker_process, owner, cluster, quotas
+):
+    from jobs.models import JobArray
+
+    logged_in(cli, asgi_server)
+    bad = cli(
+        "submit", "--array", "5-1", "-J", "x", "-G", "1", "--gpu-type", "h100", "-t", "5", "--wrap", "true"
+    )
+    assert bad.returncode == 2 and "array: The range 5-1 runs backwards" in bad.stderr
+    assert not Job.objects.exists()
+
+    command = 'echo "shard $FACTORY_ARRAY_INDEX"; [ "$FACTORY_ARRAY_INDEX" = 1 ] && exit 3; true'
+    flags = ("-J", "shards", "-G", "1", "--gpu-type", "h100", "-t", "5", "--wrap", command)
+    waited = cli("submit", "--array", "0-3%2", *flags, "--wait", timeout=120)
+    assert waited.returncode == 1, waited.stderr  # not every task succeeded
+    array = JobArray.objects.get(name="shards")
+    assert f"Submitted array {array.pk}: 4 tasks" in waited.stderr
+    assert f"array {array.pk}: 1 failed, 3 succeeded" in waited.stderr
+    assert (array.size, array.max_running) == (4, 2)
+    failed = array.tasks.get(state=JobState.FAILED)
+    assert (failed.array_index, failed.exit_code) == (1, 3)
+    assert cli("logs", str(failed.pk)).stdout == "shard 1\n"
+    assert "shards[1]" in cli("ls").stdout
+
+    spec = home / "sweep.yaml"
+    spec.write_text(
+        "name: sweep\n"
+        "command: 'echo lr=$LR batch=$BATCH; sleep 600'\n"
+        "gpu_type: h100\n"
+        "gpu_count: 1\n"
+        "time_limit_minutes: 5\n"
+        "array: '%1'\n"
+        "sweep:\n"
+        "  - {LR: 0.1, BATCH: 32}\n"
+        "  - {LR: 0.01, BATCH: 64}\n"
+    )
+    submitted = json.loads(cli("submit", str(spec), "--json").stdout)
+    assert submitted["size"] == 2 and submitted["array"] == "%1" and len(submitted["job_ids"]) == 2
+    first = submitted["job_ids"][0]
+    wait_until(lambda: cli("logs", str(first)).stdout == "lr=0.1 batch=32\n", 60, "the first set to run")
+    cancelled = cli("cancel", "--array", str(submitted["id"]))
+    assert cancelled.returncode == 0, cancelled.stderr
+    final = json.loads(cli("status", str(first), "--json").stdout)
+    wait_until(
+        lambda: json.loads(cli("status", str(first), "--json").stdout)["state"] == "cancelled",
+        60,
+        "the cancel",
+    )
+    assert final["array"] == submitted["id"] and final["array_index"] == 0
+    second = Job.objects.get(pk=submitted["job_ids"][1])
+    assert second.state == JobState.CANCELLED and second.started_at is None  # it never ran

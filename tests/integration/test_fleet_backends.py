@@ -1,6 +1,10 @@
 """Drain and resume of failed hardware in real backends: the dev cluster's Slurm (its node cpu1,
 which no other test uses, is given simulated GPUs: no real GPU exists here), and a Kubernetes
-cordon through the fake API server (no Kubernetes can run here; see k8s_fake.py)."""
+cordon through the fake API server (no Kubernetes can run here; see k8s_fake.py).
+
+On Slurm the adapter's tools run as the portal's worker account aif-portal, a Slurm Operator,
+which Slurm does not let update nodes: it drains and resumes through scripts/slurm-node-state,
+the one program its sudo rule lets it run as SlurmUser (root here)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from fleet.scrape import scrape_cluster
 from fleet.simulator import SimGpu, SimNode, Simulator, gpu_uuid, serve
 from quotas.admission import Snapshot
 
+from .conftest import PORTAL_USER
 from .k8s_fake import FakeKubernetes
 
 pytestmark = pytest.mark.django_db
@@ -61,9 +66,7 @@ def fast_rules_settings(settings):
 
 
 @pytest.fixture
-def slurm_node(db, h100):
-    """Node updates need a Slurm administrator: Slurm 22.05 refuses them to an Operator (the
-    portal's aif-portal account), so these run as the worker's own account, root here."""
+def slurm_node(db, h100, slurm_tools_as_the_portal):
     if not shutil.which("scontrol"):
         if os.environ.get("FACTORY_REQUIRE_SLURM"):
             raise RuntimeError("Slurm is required (scripts/slurm-dev-cluster) but scontrol is not installed")
@@ -80,6 +83,7 @@ def slurm_node(db, h100):
 
 @pytest.mark.slurm
 def test_xid_79_drains_the_slurm_node_with_the_portals_reason_and_resumes_it(slurm_node, exporter, h100):
+    """As the portal's own account: the drain and the resume are what its rights allow."""
     register_node(slurm_node, NODE, f"{exporter.base_url}/nodes/{NODE}/metrics", h100)
     scrape_cluster(slurm_node)
     requests.post(f"{exporter.base_url}/faults", json={"node": NODE, "fault": "xid79", "gpu": 3}, timeout=5)
@@ -97,6 +101,38 @@ def test_xid_79_drains_the_slurm_node_with_the_portals_reason_and_resumes_it(slu
     assert "drain" not in sinfo(NODE)[0]
     assert not Node.objects.get(name=NODE).drained_by_portal
     assert Gpu.objects.get(uuid=gpu_uuid(NODE, 3)).health == Health.HEALTHY
+
+
+def as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True)
+
+
+NODE_STATE = "/usr/local/libexec/aifactory/slurm-node-state"
+
+
+@pytest.mark.slurm
+def test_only_the_portals_account_may_drain_and_only_through_its_helper_with_its_own_reason(slurm_node):
+    """The least rights that drain: not a Slurm administrator, no scontrol as root; one helper,
+    run as root through sudo, that drains only with a "factory:" reason. A researcher has none."""
+    by_hand = ["scontrol", "update", f"NodeName={NODE}", "State=DRAIN", "Reason=factory: by hand"]
+    assert "Invalid user id" in as_user(PORTAL_USER, *by_hand).stderr  # no Slurm administrator
+    refused = [
+        (PORTAL_USER, ["sudo", "-n", "/usr/bin/scontrol", "update", f"NodeName={NODE}", "State=DRAIN"]),
+        (PORTAL_USER, ["sudo", "-n", NODE_STATE, "drain", NODE, "maintenance by the portal"]),
+        (PORTAL_USER, ["sudo", "-n", NODE_STATE, "drain", f"{NODE} State=DOWN", "factory: x"]),
+        ("aif-alice", ["sudo", "-n", NODE_STATE, "drain", NODE, "factory: a researcher"]),
+        ("aif-alice", by_hand),
+    ]
+    for user, argv in refused:
+        assert as_user(user, *argv).returncode != 0, (user, argv)
+        assert "drain" not in sinfo(NODE)[0], (user, argv)
+    drained = as_user(PORTAL_USER, "sudo", "-n", NODE_STATE, "drain", NODE, "factory: XID 79 on GPU 0")
+    assert drained.returncode == 0, drained.stderr
+    assert sinfo(NODE) == ("drained", "factory: XID 79 on GPU 0")
+    # An operator takes the drain over: the helper resumes it no more, whoever asks.
+    subprocess.run(["scontrol", "update", f"NodeName={NODE}", "Reason=fan replaced tomorrow"], check=True)
+    assert as_user(PORTAL_USER, "sudo", "-n", NODE_STATE, "resume", NODE).returncode == 3
+    assert sinfo(NODE) == ("drained", "fan replaced tomorrow")
 
 
 @pytest.mark.slurm

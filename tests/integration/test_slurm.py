@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import pytest
 
 from factory.adapters import BackendUnavailable, JobRejected
-from factory.adapters.slurm import SlurmAdapter, cli
+from factory.adapters.slurm import SlurmAdapter
 from factory.models import Cluster, Identity, Membership, Pool, Tenant
 from jobs import dispatch, lifecycle
 from jobs.choices import JobState
@@ -35,7 +35,7 @@ from jobs.tasks import dispatch_jobs
 from tests.conftest import OUTSIDER_POSIX_USER, OWNER_POSIX_USER
 from tests.support import admit
 
-from .conftest import wait_until
+from .conftest import PORTAL_GROUP, PORTAL_USER, wait_until
 
 if not shutil.which("sbatch"):
     if os.environ.get("FACTORY_REQUIRE_SLURM"):
@@ -45,7 +45,6 @@ if not shutil.which("sbatch"):
 pytestmark = [pytest.mark.slurm, pytest.mark.django_db]
 
 POLL = 0.3
-PORTAL_USER, PORTAL_GROUP = "aif-portal", "aifactory-portal"
 
 
 def scontrol_job(external_id: str) -> dict[str, str]:
@@ -60,19 +59,8 @@ def scontrol_job(external_id: str) -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def as_the_portal_account(monkeypatch):
+def as_the_portal_account(slurm_tools_as_the_portal):
     """The adapter's tools run as aif-portal (in group aifactory-portal only), not as root."""
-    run = subprocess.run
-
-    def run_as_portal(*args, **kwargs):
-        return run(*args, user=PORTAL_USER, group=PORTAL_GROUP, extra_groups=[], **kwargs)
-
-    shim = SimpleNamespace(
-        run=run_as_portal,
-        TimeoutExpired=subprocess.TimeoutExpired,
-        CompletedProcess=subprocess.CompletedProcess,
-    )
-    monkeypatch.setattr(cli, "subprocess", shim)
 
 
 @pytest.fixture

@@ -71,7 +71,8 @@ print(f"finished at {time.time():.3f}", flush=True)
 
 @pytest.fixture
 def gang_cluster(db, h100, settings, shared_dir):
-    """The dev cluster's gang partition, its node shape read from Slurm as a health check does."""
+    """The dev cluster's gang partition, its node shape and topology read from Slurm as a health
+    check does."""
     from factory.models import Cluster, Pool
 
     settings.FACTORY_SLURM_JOB_ROOT = shared_dir / "slurm-jobs"
@@ -92,13 +93,20 @@ def gang_cluster(db, h100, settings, shared_dir):
         )
     pool.refresh_from_db()
     assert (pool.node_count, pool.node_gpus, pool.node_cpus, pool.node_memory_mb) == (2, 4, 16, 16000)
+    # topology.conf: gpu2 and gpu3 under leaf switch leaf2 (leaf1 and the spine hold no gang node).
+    assert pool.topology == {"level": "switch", "domains": {"leaf2": ["gpu2", "gpu3"]}}
     return cluster
 
 
 @pytest.fixture
 def gang_job(gang_cluster, tenant, owner, h100, shared_dir):
+    """A gang submitted and admitted as in production (admission chooses the cluster and the
+    switch); the tests dispatch it themselves."""
     from jobs import submission
-    from tests.support import admit
+    from quotas.admission import admit_pending
+    from quotas.models import Quota
+
+    Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=8)
 
     script = shared_dir / "rendezvous.py"
     script.write_text(RENDEZVOUS)
@@ -117,7 +125,8 @@ def gang_job(gang_cluster, tenant, owner, h100, shared_dir):
             **overrides,
         }
         job, _ = submission.submit(tenant=tenant, owner=owner, spec=spec)
-        admit(job, gang_cluster)
+        assert admit_pending().admitted == 1
+        job.refresh_from_db()
         return job
 
     return make
@@ -127,10 +136,14 @@ def rank_log(job, rank: int) -> str:
     return job.cluster.adapter().logs(job, 0, rank).text
 
 
-def test_a_two_node_gang_meets_by_rendezvous_and_finishes_together(gang_job, owner):
+def test_a_two_node_gang_meets_by_rendezvous_and_finishes_together(gang_job, gang_cluster, owner):
     from jobs.tasks import dispatch_jobs
 
     job = gang_job()
+    assert (job.cluster, job.topology_domain) == (gang_cluster, "leaf2")
+    assert job.events.filter(
+        message="Admitted: 2 nodes × 2 h100 on slurm-gang (least loaded), under one switch: leaf2"
+    ).exists()
     dispatch_jobs([job.pk])
     job.refresh_from_db()
     args = test_slurm.scontrol_job(job.external_id)
@@ -157,6 +170,16 @@ def test_a_two_node_gang_meets_by_rendezvous_and_finishes_together(gang_job, own
         4,
         ["gpu2", "gpu3"],
     )
+
+
+def test_slurm_is_asked_for_one_switch_only_for_a_gang_admission_placed_under_one(gang_cluster, gang_job):
+    """A gang placed across switches (or a job on one node) would only wait for a switch Slurm
+    cannot give it in the time admission looked at."""
+    job = gang_job(name="gang-no-wait")
+    adapter = gang_cluster.adapter()
+    assert "--switches=1@5" in adapter.placement_args(job)
+    job.topology_domain = ""
+    assert not [arg for arg in adapter.placement_args(job) if arg.startswith("--switches")]
 
 
 def test_a_rank_that_exits_3_fails_the_gang_with_exit_code_3(gang_job):

@@ -149,7 +149,7 @@ def test_sweep_redispatches_stalled_admissions_and_syncs_busy_clusters(
         django_capture_on_commit_callbacks(execute=True),
     ):
         result = sweep()
-    assert result == {"clusters": 1, "redispatched": 1, "recancelled": 0}
+    assert result == {"clusters": 1, "redispatched": 1, "recancelled": 0, "arrays_closed": 0}
     redispatch.assert_called_once_with({stalled.pk: stalled.cluster_id})
     sync.assert_called_once_with(cluster.pk)
 
@@ -296,3 +296,32 @@ def test_a_small_burst_is_spread_over_several_tasks_and_a_large_one_batched(sett
     assert [len(b) for b in dispatch_batches(list(range(40)))] == [10, 10, 10, 10]
     assert [len(b) for b in dispatch_batches(list(range(500)))] == [16] * 31 + [4]
     assert dispatch_batches([]) == []
+
+
+def test_why_jobs_wait_at_their_backend_is_recorded_together(make_job, cluster):
+    from factory.adapters import BackendState, StatusReport
+
+    jobs = admitted(make_job, cluster, *(f"q{i}" for i in range(20)), "runs")
+    for job in jobs:
+        job.mark_submitted(f"x{job.pk}")
+    Job.objects.filter(pk=jobs[0].pk).update(reason="waiting for free GPUs on the cluster")
+    reports = {
+        f"x{job.pk}": StatusReport(f"x{job.pk}", BackendState.QUEUED, "waiting for free GPUs on the cluster")
+        for job in jobs[:-1]
+    }
+    reports[f"x{jobs[-1].pk}"] = StatusReport(
+        f"x{jobs[-1].pk}", BackendState.RUNNING, started_at=timezone.now()
+    )
+    fresh = list(Job.objects.filter(pk__in=[j.pk for j in jobs]).select_related("cluster", "gpu_type"))
+    with (
+        mock.patch.object(LocalAdapter, "statuses", return_value=reports),
+        CaptureQueriesContext(connection) as queries,
+    ):
+        assert dispatch.sync_jobs(cluster, fresh) == 20  # 19 reasons changed, one started
+    waits = JobEvent.objects.filter(kind="reason", message="Waiting: waiting for free GPUs on the cluster")
+    assert sorted(waits.values_list("job_id", flat=True)) == [j.pk for j in jobs[1:-1]]
+    assert set(Job.objects.filter(pk__in=[j.pk for j in jobs[:-1]]).values_list("reason", flat=True)) == {
+        "waiting for free GPUs on the cluster"
+    }
+    assert Job.objects.get(pk=jobs[-1].pk).state == JobState.RUNNING
+    assert len(queries.captured_queries) < 19  # the reasons in a few statements, not two per job

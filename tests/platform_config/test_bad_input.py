@@ -67,7 +67,8 @@ def test_every_problem_of_a_well_formed_file_is_listed_with_its_path(db):
     assert found["clusters[0].connection.token"].startswith("A secret is never written inline")
     assert found["clusters[0].pools[0].gpu_type"] == "No GPU type 'b200' is declared or exists."
     assert found["tenants[1].quotas.h100.nominal"] == (
-        "12 h100 GPUs is above the parent tenant org's quota (8)."
+        "org has 8 h100 GPUs; the tenants under it, team among them, would have 12 together: "
+        "a department's nominal quota bounds the sum of its projects'."
     )
     assert found["tenants[2].parent"] == "No tenant 'nowhere' is declared or exists."
     assert found["tenants[2].members[0].user"] == "No user 'ghost' exists."

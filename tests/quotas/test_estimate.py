@@ -76,6 +76,17 @@ def test_cost_budget_and_admission_of_a_job_that_fits_now(api, cluster, quotas, 
     assert not Job.objects.exists() and not Reservation.objects.exists()  # nothing made
 
 
+def test_an_array_costs_every_task_at_its_time_limit(api, cluster, quotas, price, tenant):
+    Budget.objects.create(tenant=tenant, amount_per_month=Decimal("100"), currency="EUR")
+    body = api.post("/api/v1/jobs/estimate/", spec(array="0-9%2"), format="json").json()
+    assert (body["tasks"], body["cost"], body["gpu_hours"]) == (10, "75.60", "30.0000")
+    assert body["budget"]["left_after"] == "24.40"
+    assert (
+        body["admission"] == "10 tasks, at most 2 at once; the first fits now: 2 h100 on local (least loaded)"
+    )
+    assert not Job.objects.exists()
+
+
 def test_a_job_over_the_quota_or_the_budget_is_said_to_wait(api, make_job, cluster, quotas, price, tenant):
     Budget.objects.create(tenant=tenant, amount_per_month=Decimal("5"), currency="EUR")
     body = api.post("/api/v1/jobs/estimate/", spec(), format="json").json()

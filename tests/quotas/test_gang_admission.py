@@ -132,3 +132,175 @@ def test_the_estimate_says_whether_a_gang_is_placed_now(make_job, tenant, owner,
     assert result.cost == Decimal("30.00")  # 12 GPU-h
     assert not result.admits_now
     assert "2 node(s) with 6 free h100 each" in result.admission
+
+
+# --- GPUs out of service: a node with a failed or drained GPU is not a whole node ----------------
+
+
+@pytest.fixture
+def three_nodes(gang_pool) -> Pool:
+    """The gang pool grown to three nodes of 8 h100 (n1, n2, n3), as the fleet app knows them."""
+    from fleet.models import Gpu, Node
+
+    Pool.objects.filter(pk=gang_pool.pk).update(capacity=24, node_count=3)
+    for name in ("n1", "n2", "n3"):
+        node = Node.objects.create(
+            cluster=gang_pool.cluster, name=name, gpu_type=gang_pool.gpu_type, exporter_url="http://x/"
+        )
+        Gpu.objects.bulk_create(
+            Gpu(
+                node=node, cluster=gang_pool.cluster, gpu_type=gang_pool.gpu_type, index=i, uuid=f"{name}-{i}"
+            )
+            for i in range(8)
+        )
+    return gang_pool
+
+
+def test_a_node_with_a_failed_gpu_is_not_a_whole_node_for_a_gang(make_job, three_nodes, tenant, h100):
+    """One GPU failed on each of two nodes (their drains not made yet, say the backend refused
+    them): 22 GPUs are in service, but only one node has all 8."""
+    from fleet.choices import Health
+    from fleet.models import Gpu
+
+    Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=24, borrowing_limit=0)
+    Gpu.objects.filter(uuid__in=["n1-3", "n2-5"]).update(health=Health.FAILED)
+    eights = gang(make_job, 2, 8, name="eights")
+    assert admit_pending().admitted == 0
+    assert state(eights) == (
+        JobState.PENDING,
+        "no cluster has 2 node(s) with 8 free h100 each: 1 on slurm-a (0 of 22 in use on slurm-a)",
+    )
+    sevens = gang(make_job, 3, 7, name="sevens")
+    assert admit_pending().admitted == 1 and state(sevens)[0] == JobState.ADMITTED
+
+
+def test_a_drained_node_leaves_no_room_for_a_job_on_the_others(make_job, three_nodes, tenant, h100):
+    """Node n1 drained by the portal: two jobs of 7 fill n2 and n3 but for one GPU each, so no
+    node has 2 free GPUs, although the pool's 16 GPUs in service have 2 free."""
+    from fleet.models import Node
+
+    Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=24, borrowing_limit=0)
+    Node.objects.filter(name="n1").update(drained_by_portal=True, drain_reason="factory: XID 79")
+    sevens = [make_job(name=f"seven{i}", gpu_count=7, memory_gb=8) for i in range(2)]
+    assert admit_pending().admitted == 2
+    two = make_job(name="two", gpu_count=2, memory_gb=8)
+    assert admit_pending().admitted == 0
+    assert state(two) == (
+        JobState.PENDING,
+        "no cluster has 1 node(s) with 2 free h100 each: 0 on slurm-a (14 of 16 in use on slurm-a)",
+    )
+    assert all(state(job)[0] == JobState.ADMITTED for job in sevens)
+
+
+# --- topology: a gang under one switch where one has room ---------------------------------------
+
+
+def two_switches(cluster_slug: str, h100) -> Pool:
+    """A Slurm pool of five nodes of 8 h100: a1, a2 under leaf switch leafA, b1-b3 under leafB,
+    as a health check records them from sinfo and `scontrol show topology`."""
+    slurm = Cluster.objects.create(slug=cluster_slug, name="Slurm", kind=ClusterKind.SLURM, region="local")
+    pool = Pool.objects.create(cluster=slurm, gpu_type=h100, capacity=40, partition="gpu")
+    pool.record_shape(
+        PoolHealth(
+            "gpu/h100",
+            40,
+            0,
+            nodes=5,
+            gpus_per_node=8,
+            cpus_per_node=16,
+            memory_mb_per_node=16000,
+            topology_level="switch",
+            domains={"leafA": ("a1", "a2"), "leafB": ("b1", "b2", "b3")},
+        )
+    )
+    return pool
+
+
+@pytest.fixture
+def switched_pool(cluster, h100) -> Pool:
+    Cluster.objects.filter(pk=cluster.pk).update(enabled=False)
+    return two_switches("slurm-t", h100)
+
+
+@pytest.fixture
+def big_quota(tenant, h100) -> Quota:
+    return Quota.objects.create(tenant=tenant, gpu_type=h100, nominal=80, borrowing_limit=0)
+
+
+def test_a_gang_goes_under_the_one_switch_that_fits_it_most_tightly(make_job, switched_pool, big_quota):
+    pair = gang(make_job, 2, 8, name="pair")
+    assert admit_pending().admitted == 1
+    pair.refresh_from_db()
+    # Both switches have room for 2 nodes; leafA has just that, so leafB stays whole for 3.
+    assert pair.topology_domain == "leafA"
+    assert pair.events.filter(
+        message="Admitted: 2 nodes × 8 h100 on slurm-t (least loaded), under one switch: leafA"
+    ).exists()
+    trio = gang(make_job, 3, 8, name="trio")
+    assert admit_pending().admitted == 1
+    trio.refresh_from_db()
+    assert trio.topology_domain == "leafB"
+
+
+def test_a_gang_no_switch_has_room_for_goes_over_several(make_job, switched_pool, big_quota):
+    four = gang(make_job, 4, 8, name="four")
+    assert admit_pending().admitted == 1
+    four.refresh_from_db()
+    assert four.topology_domain == ""  # Slurm is not asked to keep it under one switch
+    assert four.events.filter(
+        message="Admitted: 4 nodes × 8 h100 on slurm-t (least loaded), over several of its switch domains: "
+        "no one switch has 4 free nodes"
+    ).exists()
+
+
+def test_a_pool_with_room_under_one_switch_wins_over_a_less_loaded_one(
+    make_job, switched_pool, h100, big_quota
+):
+    """slurm-t is half busy (leafB's nodes), slurm-u idle but with its 4 nodes under 4 switches."""
+    spread = Cluster.objects.create(slug="slurm-u", name="Slurm U", kind=ClusterKind.SLURM, region="local")
+    pool = Pool.objects.create(cluster=spread, gpu_type=h100, capacity=32, partition="gpu")
+    pool.record_shape(
+        PoolHealth(
+            "gpu/h100",
+            32,
+            0,
+            nodes=4,
+            gpus_per_node=8,
+            topology_level="switch",
+            domains={f"leaf{i}": (f"u{i}",) for i in range(4)},
+        )
+    )
+    busy = gang(make_job, 3, 8, name="busy")
+    admit_pending()
+    busy.refresh_from_db()
+    assert (busy.cluster.slug, busy.topology_domain) == ("slurm-t", "leafB")
+    pair = gang(make_job, 2, 8, name="pair")
+    assert admit_pending().admitted == 1
+    pair.refresh_from_db()
+    assert (pair.cluster.slug, pair.topology_domain) == ("slurm-t", "leafA")
+
+
+def test_held_jobs_are_counted_on_the_switch_of_the_nodes_they_run_on(make_job, switched_pool, big_quota):
+    """A running gang on b1 and b2 (as Slurm reported its nodes) leaves leafB one free node, not
+    three: a gang of 3 has no switch to itself, although admission alone would have put the first
+    gang under leafA."""
+    running = gang(make_job, 2, 8, name="running")
+    assert admit_pending().admitted == 1
+    running.refresh_from_db()
+    assert running.mark_submitted("1") and running.mark_running(None)
+    running.record_nodes(["b1", "b2"])
+    trio = gang(make_job, 3, 8, name="trio")
+    assert admit_pending().admitted == 1
+    trio.refresh_from_db()
+    assert trio.topology_domain == ""
+
+
+def test_a_gang_sent_back_to_pending_forgets_its_domain(make_job, switched_pool, big_quota):
+    from jobs import lifecycle
+
+    pair = gang(make_job, 2, 8, name="pair")
+    admit_pending()
+    pair.refresh_from_db()
+    assert pair.topology_domain == "leafA" and lifecycle.preempt(pair, "preempted")
+    pair.refresh_from_db()
+    assert (pair.state, pair.cluster, pair.topology_domain) == (JobState.PENDING, None, "")

@@ -13,6 +13,12 @@ values and as the body of a batch script whose environment values are shell-quot
   are wrong in 22.05).
 - cancel: `scancel` as the Slurm job's user; logs: the job's output file, read from an offset
   while it grows, as a member of the portal's group.
+- arrays: the first attempts of an array's tasks are one Slurm job array, made by one
+  `sbatch --array=<indexes>%<limit>` (its uid in `--comment`, found again like a job's), whose
+  script sets each task's own variables by $SLURM_ARRAY_TASK_ID. Tasks the portal has not admitted
+  yet wait in it held (`--hold`); admitting them is `scontrol release <id>_[<indexes>]`, as the
+  portal's account (a Slurm Operator). A task is "<array job id>_<index>" to squeue, sacct and
+  scancel; `scancel <id>` stops the whole array.
 
 Files, under `<job root>/<cluster slug>/` (0711: owners pass through it to their directories):
 - `jobs/<dispatch key>/`: the job's working directory and its output.log, both the owner's, mode
@@ -22,15 +28,18 @@ Files, under `<job root>/<cluster slug>/` (0711: owners pass through it to their
   another's directory.
 - `dispatch/<dispatch key>`: the portal's own marker (0700), made before anything reaches Slurm and
   then holding the Slurm job id.
+- an array's directory and marker are named by the array's uid; its tasks write `task-<index>.log`.
 """
 
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import pwd
 import re
 import shlex
+import time
 import uuid
 from pathlib import Path
 
@@ -39,11 +48,13 @@ from django.conf import settings
 from factory.models import Identity
 
 from ..base import (
+    DISPATCH_KEY,
     DRAIN_REASON_PREFIX,
     POSIX_USERNAME,
     Adapter,
     BackendError,
     BackendState,
+    BackendUnavailable,
     DrainTarget,
     GpuLimit,
     Health,
@@ -51,6 +62,7 @@ from ..base import (
     LogChunk,
     StatusReport,
     dispatch_key,
+    index_ranges,
     job_env,
     job_secrets,
     read_log_file,
@@ -58,20 +70,28 @@ from ..base import (
 from .accounts import SlurmAccounts
 from .cli import (
     NODE_FIELDS,
+    NODE_NOT_OURS,
     SAFE_TOKEN,
     SlurmCLI,
+    classify_error,
     epoch,
     expand_hostlist,
     gpu_capacity,
     job_gpu_indexes,
+    job_keys,
     job_state,
     local_time,
     node_down,
     node_info,
+    node_switches,
+    number,
     sacct_exit_code,
+    slurm_reason,
     wait_status,
 )
 from .connection import SlurmConnection
+
+log = logging.getLogger(__name__)
 
 JOB_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 COMMENT_PREFIX = "aif:"
@@ -146,7 +166,11 @@ PENDING_REASONS = {
     "BadConstraints": "its constraints cannot be met",
     "Licenses": "waiting for licenses",
     "launch failed requeued held": "its launch failed; held after requeue",
+    "JobArrayTaskLimit": "waiting for the array's limit of tasks at once",
 }
+# A task of an array that the portal has not handed over yet waits held in the Slurm array
+# (JobHeldUser): never the reason a task the portal handed over gives.
+HELD_FOR_THE_PORTAL = "JobHeldUser"
 
 
 class SlurmAdapter(Adapter):
@@ -216,17 +240,154 @@ class SlurmAdapter(Adapter):
         marker = self.dispatch_marker(job)
         marker.touch(mode=0o600)
         self.make_job_dir(job_dir, user, secrets)
+        external_id = self.sbatch(args, script, user, job.tenant.slug)
+        marker.write_text(external_id)
+        return external_id
+
+    def sbatch(self, args: list[str], script: str, user: str, tenant: str) -> str:
+        """`sbatch` as the job's owner; the tenant's account is made once when Slurm does not
+        know it yet. Returns the Slurm job id."""
         try:
             out = self.cli.run(["sbatch", *args], stdin=script, as_user=user)
         except JobRejected as exc:
-            if "invalid account" not in str(exc).lower() or not self.accounts.ensure(job.tenant.slug, user):
+            if "invalid account" not in str(exc).lower() or not self.accounts.ensure(tenant, user):
                 raise
             out = self.cli.run(["sbatch", *args], stdin=script, as_user=user)
         external_id = out.strip().split(";", 1)[0]
         if not external_id.isdigit():
             raise BackendError(f"sbatch answered {out.strip()!r}, not a job id")
-        marker.write_text(external_id)
         return external_id
+
+    # --- arrays ---------------------------------------------------------------------------------
+
+    native_arrays = True
+
+    @staticmethod
+    def array_key(array) -> str:
+        key = str(array.uid)
+        if not DISPATCH_KEY.fullmatch(key):
+            raise BackendError(f"{key!r} is not an array's uid")
+        return key
+
+    def array_dir(self, array) -> Path:
+        return self.job_root / "jobs" / self.array_key(array)
+
+    def array_marker(self, array) -> Path:
+        return self.job_root / "dispatch" / self.array_key(array)
+
+    @staticmethod
+    def is_array_task(job) -> bool:
+        """A first attempt of a task of an array: it belongs in the Slurm array (if its array has
+        one; a task whose array Slurm could not hold was submitted as a job of its own)."""
+        return getattr(job, "array_id", None) is not None and getattr(job, "attempt", 0) == 0
+
+    def runs_as_array(self, array) -> bool:
+        """Slurm takes array indexes below its MaxArraySize (1001 unless the site sets more)."""
+        highest = int(re.findall(r"\d+", array.indexes)[-1])
+        return highest < self.cli.max_array_size()
+
+    def find_array(self, array) -> str | None:
+        """The Slurm job array already made for this array, if a dispatch got that far."""
+        return self._find_marked(self.array_marker(array), self.array_key(array), array.name)
+
+    def submit_array(self, array, tasks, members) -> tuple[str, dict[int, str]]:
+        """Release `tasks` in the array's Slurm array, made first (with one sbatch, its other
+        tasks held) if no dispatch made it yet."""
+        user = self.posix_user(tasks[0])
+        external_id = self.find_array(array)
+        made_whole = False
+        if external_id is None:
+            external_id, made_whole = self.make_array(array, tasks, members(), user)
+        if not made_whole:
+            indexes = index_ranges(int(task.array_index) for task in tasks)
+            self.cli.run(["scontrol", "release", f"{external_id}_[{indexes}]"])
+        return external_id, {task.pk: f"{external_id}_{int(task.array_index)}" for task in tasks}
+
+    def make_array(self, array, tasks, members, user: str) -> tuple[str, bool]:
+        """One `sbatch --array` of every task that may still run (`members`), those not in
+        `tasks` held. Returns its job id and whether none was held."""
+        members = members or list(tasks)
+        wanted = {task.pk for task in tasks}
+        held = any(member.pk not in wanted for member in members)
+        self.prepare_job_root()
+        marker = self.array_marker(array)
+        if self.claim_marker(marker):  # a dead dispatcher's: it may have got as far as sbatch
+            found = self._find_by_comment(self.array_key(array), array.name)
+            if found:
+                marker.write_text(found)
+                return found, False
+        array_dir = self.array_dir(array)
+        indexes = [int(member.array_index) for member in members]
+        args = self.sbatch_args(tasks[0], array_dir, output="task-%a.log", key=self.array_key(array))
+        args.append(
+            f"--array={index_ranges(indexes)}" + (f"%{int(array.max_running)}" if array.max_running else "")
+        )
+        if held:
+            args.append("--hold")
+        secrets = job_secrets(tasks[0])
+        script = self.array_script(tasks[0], members, array_dir if secrets else None)
+        try:
+            self.make_job_dir(array_dir, user, secrets)
+            external_id = self.sbatch(args, script, user, tasks[0].tenant.slug)
+        except BackendUnavailable:
+            raise  # it may have reached Slurm: the claim stays, for the comment to be looked up
+        except BackendError:
+            marker.unlink(missing_ok=True)  # refused: nothing reached Slurm
+            raise
+        marker.write_text(external_id)
+        return external_id, not held
+
+    def claim_marker(self, marker: Path) -> bool:
+        """Make the marker, or take it over from a dispatcher that died holding it (returns
+        whether it did). One younger than a dispatcher's longest submission is another's, at work
+        now: retry later."""
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            return False
+        except FileExistsError:
+            pass
+        age = time.time() - marker.stat().st_mtime
+        if age < 2 * self.connection.command_timeout + 5:
+            raise BackendUnavailable("another dispatcher is submitting this array")
+        os.utime(marker)
+        return True
+
+    @staticmethod
+    def array_script(first, members, secrets_dir: Path | None = None) -> str:
+        """The array's batch script: what every task shares exported once, each task's own
+        variables (its uid, index and sweep parameters) by $SLURM_ARRAY_TASK_ID."""
+        envs = [job_env(member) for member in members]
+        common = {
+            name: value for name, value in envs[0].items() if all(env.get(name) == value for env in envs[1:])
+        }
+        lines = ["#!/bin/bash", f"export PATH={JOB_PATH}"]
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in common.items()]
+        lines.append('case "$SLURM_ARRAY_TASK_ID" in')
+        for member, env in zip(members, envs, strict=True):
+            own = " ".join(
+                f"{name}={shlex.quote(value)}" for name, value in env.items() if name not in common
+            )
+            lines.append(f"{int(member.array_index)}) {f'export {own}' if own else ':'} ;;")
+        lines += [
+            '*) echo "factory: task $SLURM_ARRAY_TASK_ID is not one of this array\'s" >&2; exit 1 ;;',
+            "esac",
+        ]
+        lines += SlurmAdapter.secrets_lines(secrets_dir)
+        lines += ["", first.command, ""]
+        return "\n".join(lines)
+
+    def cancel_array(self, array, *, waiting_only: bool = False) -> None:
+        """`scancel <array job id>` as its owner: every task; or (`waiting_only`) the tasks that
+        still wait in it, held for the portal."""
+        external_id = array.external_id or self.find_array(array)
+        if not external_id:
+            return
+        users = self.cli.run(["squeue", "-h", "-j", external_id, "-o", "%u"], check=False).split()
+        if not users:
+            return
+        as_user = None if users[0] == _worker_user() else users[0]
+        state = ["--state=PENDING"] if waiting_only else []
+        self.cli.run(["scancel", *state, external_id], as_user=as_user)
 
     def make_job_dir(self, job_dir: Path, user: str, secrets: dict[str, str]) -> None:
         """The job's directory and log, made by its owner; and its secrets, written by its owner
@@ -240,23 +401,34 @@ class SlurmAdapter(Adapter):
         self.cli.run([*helper, "--secrets"], stdin=assignments, as_user=user)
 
     def find(self, job) -> str | None:
-        """The Slurm job already made for this portal job, if a previous dispatch got that far."""
-        marker = self.dispatch_marker(job)
+        """The Slurm job already made for this portal job, if a previous dispatch got that far: a
+        job of its own, or its task of the array's Slurm array."""
+        found = self._find_marked(self.dispatch_marker(job), dispatch_key(job), job.name)
+        if found is None and self.is_array_task(job):
+            array = self.find_array(job.array)
+            return f"{array}_{int(job.array_index)}" if array else None
+        return found
+
+    def _find_marked(self, marker: Path, key: str, name: str) -> str | None:
         if not marker.exists():
             return None  # the marker is made before sbatch runs: no earlier attempt got that far
         recorded = marker.read_text().strip()
         if recorded.isdigit():
             return recorded
-        comment = f"{COMMENT_PREFIX}{dispatch_key(job)}"
+        return self._find_by_comment(key, name)
+
+    def _find_by_comment(self, key: str, name: str) -> str | None:
+        """The Slurm job (or job array) submitted with `--comment=aif:<key>`: squeue, then sacct."""
+        comment = f"{COMMENT_PREFIX}{key}"
         for entry in self.squeue():
             if entry.get("comment") == comment:
-                return str(entry["job_id"])
+                return str(number(entry.get("array_job_id")) or entry["job_id"])
         if self.cli.accounting_enabled():
-            out = self.sacct("-S", "now-14days", "--name", job.name, "-o", "JobID,Comment", check=False)
+            out = self.sacct("-S", "now-14days", "--name", name, "-o", "JobID,Comment", check=False)
             for line in out.splitlines():
                 job_id, _, found = line.partition("|")
                 if found == comment:
-                    return job_id
+                    return job_id.partition("_")[0]
         return None
 
     def prepare_job_root(self) -> None:
@@ -300,7 +472,7 @@ class SlurmAdapter(Adapter):
         if not jobs:
             return {}
         wanted = {j.external_id for j in jobs}
-        live = {str(e["job_id"]): e for e in self.squeue() if str(e["job_id"]) in wanted}
+        live = {key: e for e in self.squeue() for key in job_keys(e) if key in wanted}
         reports: dict[str, StatusReport] = {}
         settled: list[str] = []
         for external_id in wanted:
@@ -308,7 +480,7 @@ class SlurmAdapter(Adapter):
             if entry is None or STATES.get(job_state(entry), BackendState.QUEUED).is_terminal:
                 settled.append(external_id)
             else:
-                reports[external_id] = self.report_from_squeue(entry)
+                reports[external_id] = self.report_from_squeue(entry, external_id)
         if settled:
             reports.update(self.sacct_reports(settled, live))
         return reports
@@ -323,9 +495,10 @@ class SlurmAdapter(Adapter):
         if not external_id:
             return
         try:
-            user = self.cli.run(["squeue", "-h", "-j", external_id, "-o", "%u"]).strip()
-            if not user:
+            users = self.cli.run(["squeue", "-h", "-j", external_id, "-o", "%u"]).split()
+            if not users:
                 return
+            user = users[0]
             as_user = None if user == _worker_user() else user
             self.cli.run(["scancel", external_id], as_user=as_user)
         except JobRejected as exc:
@@ -335,6 +508,9 @@ class SlurmAdapter(Adapter):
     def logs(self, job, offset: int = 0, rank: int = 0) -> LogChunk:
         """The job's output; of a gang, rank `rank`'s (its node's task), as srun wrote it."""
         finished = bool(getattr(job, "is_terminal", False))
+        if "_" in (job.external_id or ""):  # a task of the Slurm array
+            path = self.array_dir(job.array) / f"task-{int(job.array_index)}.log"
+            return read_log_file(path, offset, finished=finished)
         name = f"rank-{int(rank)}.log" if getattr(job, "nodes", 1) > 1 else "output.log"
         return read_log_file(self.job_dir(job) / name, offset, finished=finished)
 
@@ -346,10 +522,18 @@ class SlurmAdapter(Adapter):
             nodes = self.cli.run(["sinfo", "-h", "-N", "-O", NODE_FIELDS])
         except BackendError as exc:
             return Health(ok=False, message=str(exc))
-        pools = gpu_capacity(nodes)
+        pools = gpu_capacity(nodes, self.topology())
         down = sorted({line.split("|")[0] for line in nodes.splitlines() if node_down(line)})
         message = "controller up" + (f"; nodes down or drained: {', '.join(down)}" if down else "")
         return Health(ok=True, message=message, pools=tuple(pools))
+
+    def topology(self) -> tuple[str, dict[str, str]] | None:
+        """The site's topology (topology.conf), as node_switches reads it; None if Slurm did not
+        say (the cluster is no less healthy for it, and its pools keep the topology they had)."""
+        try:
+            return node_switches(self.cli.run(["scontrol", "show", "topology"]))
+        except BackendError:
+            return None
 
     def health_key(self, pool) -> str:
         partition = pool.partition or self.connection.default_partition or ""
@@ -369,7 +553,7 @@ class SlurmAdapter(Adapter):
             DRAIN_REASON_PREFIX
         ):
             return  # drained by an operator already: their reason stays
-        self.cli.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", f"Reason={reason}"])
+        self._update_node(node, "drain", slurm_reason(reason))
 
     def resume(self, target: DrainTarget) -> bool:
         """Resume the node only if the portal drained it (its reason starts with "factory:")."""
@@ -380,7 +564,25 @@ class SlurmAdapter(Adapter):
             return True
         if not reason.startswith(DRAIN_REASON_PREFIX):
             return False
-        self.cli.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"])
+        return self._update_node(node, "resume")
+
+    def _update_node(self, node: str, action: str, reason: str = "") -> bool:
+        """Drain or resume through the site's node-state helper, run as a Slurm administrator (the
+        worker is none; the sudo rule lets it run that one program so); without a helper, with
+        scontrol as the worker itself. False: an operator drained the node meanwhile (the helper
+        checks again, and leaves such a node alone)."""
+        helper = self.connection.node_state_helper
+        if not helper:
+            state = ["State=DRAIN", f"Reason={reason}"] if action == "drain" else ["State=RESUME"]
+            self.cli.run(["scontrol", "update", f"NodeName={node}", *state])
+            return True
+        argv = [helper, action, node, *([reason] if action == "drain" else [])]
+        result = self.cli.run_as_admin(argv, self.connection.node_state_user)
+        if result.returncode == NODE_NOT_OURS:
+            log.info("%s on %s: %s", action, node, result.stderr.strip())
+            return False
+        if result.returncode != 0:
+            raise classify_error("scontrol", result.stderr or result.stdout)
         return True
 
     def gpu_jobs(self) -> dict[tuple[str, int], str]:
@@ -395,13 +597,15 @@ class SlurmAdapter(Adapter):
 
     # --- building the submission ----------------------------------------------------------------
 
-    def sbatch_args(self, job, job_dir: Path) -> list[str]:
+    def sbatch_args(
+        self, job, job_dir: Path, *, output: str = "output.log", key: str | None = None
+    ) -> list[str]:
         if not JOB_NAME.fullmatch(job.name):
             raise JobRejected(f"{job.name!r} is not a valid job name")
         gpu_type = job.gpu_type.slug
         if not SAFE_TOKEN.fullmatch(gpu_type):
             raise JobRejected(f"{gpu_type!r} is not a valid GPU type name")
-        output = str(job_dir / "output.log")
+        output = str(job_dir / output)
         args = [
             "--parsable",
             f"--job-name={job.name}",
@@ -413,7 +617,7 @@ class SlurmAdapter(Adapter):
             f"--error={output}",
             "--open-mode=append",
             f"--chdir={job_dir}",
-            f"--comment={COMMENT_PREFIX}{dispatch_key(job)}",
+            f"--comment={COMMENT_PREFIX}{key or dispatch_key(job)}",
             # The job must not inherit the worker's environment (database URLs, secrets).
             "--export=NONE",
         ]
@@ -426,8 +630,9 @@ class SlurmAdapter(Adapter):
 
     def placement_args(self, job) -> list[str]:
         """One node: its GPUs as gres, one task. A gang: one allocation of `nodes` nodes with
-        `gpus_per_node` GPUs each (memory and CPUs are per node too), one task per node, under
-        one switch where the site asks for it."""
+        `gpus_per_node` GPUs each (memory and CPUs are per node too), one task per node; under
+        one leaf switch if admission placed it under one (--switches=1, waiting for one at most
+        `gang_switch_wait_minutes`, else the cluster's max_switch_wait)."""
         gpu_type = job.gpu_type.slug
         nodes = int(getattr(job, "nodes", 1) or 1)
         if nodes == 1:
@@ -437,10 +642,15 @@ class SlurmAdapter(Adapter):
             "--ntasks-per-node=1",
             f"--gpus-per-node={gpu_type}:{int(job.gpus_per_node)}",
         ]
-        wait = self.connection.gang_switch_wait_minutes
-        if wait is not None:
-            args.append(f"--switches=1@{int(wait)}")
+        if getattr(job, "topology_domain", "") and self.under_switches(job):
+            wait = self.connection.gang_switch_wait_minutes
+            args.append("--switches=1" if wait is None else f"--switches=1@{int(wait)}")
         return args
+
+    def under_switches(self, job) -> bool:
+        """Whether the job's pool's domains are switches (topology/tree), which --switches counts."""
+        pool = self.pool_for(job)
+        return pool is not None and pool.topology_level == "switch"
 
     @staticmethod
     def batch_script(job, secrets_dir: Path | None = None) -> str:
@@ -450,14 +660,19 @@ class SlurmAdapter(Adapter):
         job's owner may read: Slurm keeps the script, and the script holds no secret."""
         lines = ["#!/bin/bash", f"export PATH={JOB_PATH}"]
         lines += [f"export {name}={shlex.quote(value)}" for name, value in job_env(job).items()]
-        if secrets_dir is not None:
-            path = shlex.quote(str(secrets_dir / "secrets.env"))
-            lines += [
-                f"set -a; . {path} || {{ echo 'factory: the job cannot read its secrets' >&2; exit 1; }}",
-                "set +a",
-            ]
+        lines += SlurmAdapter.secrets_lines(secrets_dir)
         lines += ["", gang_launch(job.command) if getattr(job, "nodes", 1) > 1 else job.command, ""]
         return "\n".join(lines)
+
+    @staticmethod
+    def secrets_lines(secrets_dir: Path | None) -> list[str]:
+        if secrets_dir is None:
+            return []
+        path = shlex.quote(str(secrets_dir / "secrets.env"))
+        return [
+            f"set -a; . {path} || {{ echo 'factory: the job cannot read its secrets' >&2; exit 1; }}",
+            "set +a",
+        ]
 
     # --- reading state --------------------------------------------------------------------------
 
@@ -468,17 +683,17 @@ class SlurmAdapter(Adapter):
     def sacct(self, *args: str, check: bool = True) -> str:
         return self.cli.sacct(*args, check=check)
 
-    def report_from_squeue(self, entry: dict) -> StatusReport:
+    def report_from_squeue(self, entry: dict, external_id: str | None = None) -> StatusReport:
         state_name = job_state(entry)
         state = STATES.get(state_name, BackendState.QUEUED)
         reason = ""
         if state == BackendState.QUEUED:
-            raw = entry.get("state_reason") or "None"
+            raw = pending_reason(entry.get("state_reason") or "None")
             reason = PENDING_REASONS.get(raw, f"Slurm says: {raw}")
         elif state_name in END_REASONS:
             reason = END_REASONS[state_name]
         return StatusReport(
-            external_id=str(entry["job_id"]),
+            external_id=external_id or str(entry["job_id"]),
             state=state,
             reason=reason,
             started_at=epoch(entry.get("start_time")) if state != BackendState.QUEUED else None,
@@ -528,7 +743,7 @@ class SlurmAdapter(Adapter):
             if external_id in reports:
                 continue
             if external_id in live:
-                reports[external_id] = self.report_from_squeue(live[external_id])
+                reports[external_id] = self.report_from_squeue(live[external_id], external_id)
             else:
                 reports[external_id] = StatusReport(
                     external_id, BackendState.LOST, "Slurm no longer knows this job"
@@ -563,6 +778,14 @@ done
 [ "$worst" -ne 0 ] || worst=$launched
 exit "$worst"
 """
+
+
+def pending_reason(raw: str) -> str:
+    """The reason squeue gives, for a task the portal handed over: the record of an array's tasks
+    not started yet joins its tasks' reasons ("JobHeldUser,JobArrayTaskLimit"), and the held
+    ones' is not this task's."""
+    reasons = [reason for reason in raw.split(",") if reason]
+    return next((reason for reason in reasons if reason != HELD_FOR_THE_PORTAL), raw)
 
 
 def gang_launch(command: str) -> str:

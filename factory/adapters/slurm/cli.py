@@ -4,8 +4,10 @@ The portal's workers act as a Slurm submit host (munge-authenticated CLI). Every
 argument list, never a shell string, run with only the harmless part of the worker's environment;
 a failure is either the request's fault (JobRejected) or an outage to retry (BackendUnavailable).
 What acts for a job's owner (sbatch, scancel, the job directory helper) runs as that owner through
-`sudo -n -u <owner>`, which the site's sudo rule allows for exactly those programs; the rest
-(squeue, sacct, scontrol, sinfo, sacctmgr) runs as the worker itself.
+`sudo -n -u <owner>`, which the site's sudo rule allows for exactly those programs; draining and
+resuming nodes runs the node-state helper through `sudo -n -u <SlurmUser or root>`, which the rule
+allows for that one program; the rest (squeue, sacct, scontrol, sinfo, sacctmgr) runs as the
+worker itself.
 """
 
 from __future__ import annotations
@@ -20,13 +22,22 @@ import time
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from ..base import POSIX_USERNAME, BackendError, BackendUnavailable, JobRejected, PoolHealth
+from ..base import (
+    POSIX_USERNAME,
+    BackendError,
+    BackendUnavailable,
+    BadIndexes,
+    JobRejected,
+    PoolHealth,
+    expand_indexes,
+)
 
 log = logging.getLogger(__name__)
 
 # A name that can be an option value of the tools (partition, account, GPU type, cluster).
 SAFE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CONFIG_CACHE_SECONDS = 300
+DEFAULT_MAX_ARRAY_SIZE = 1001
 _CONFIG: dict[str, tuple[dict[str, str], float]] = {}
 # What the CLI tools themselves may see of the worker's environment (never its secrets).
 CLI_ENV_KEYS = ("PATH", "SLURM_CONF", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME")
@@ -76,17 +87,37 @@ class SlurmCLI:
             raise classify_error(argv[0], result.stderr or result.stdout)
         return result.stdout
 
+    def run_as_admin(self, argv: list[str], user: str) -> subprocess.CompletedProcess:
+        """Run the site's node-state helper as a Slurm administrator (`user`: SlurmUser or root)
+        through the sudo rule that allows exactly it. Answers how it ended when the helper ran;
+        raises when sudo would not run it."""
+        result = self.execute(argv, sudo_as=user)
+        refusal = sudo_refusal(result.stderr) if result.returncode != 0 else ""
+        if refusal:
+            raise BackendError(f"sudo may not run {argv[0]} as {user}: {refusal}")
+        return result
+
     def execute(
-        self, argv: list[str], *, stdin: str | None = None, as_user: str | None = None
+        self,
+        argv: list[str],
+        *,
+        stdin: str | None = None,
+        as_user: str | None = None,
+        sudo_as: str | None = None,
     ) -> subprocess.CompletedProcess:
-        """Run one tool, as the worker or (through sudo) as the POSIX user `as_user`, and answer
-        with how it ended, whatever that was: the one I/O seam."""
+        """Run one tool, as the worker or (through sudo) as the POSIX user `as_user` (a job's
+        owner) or `sudo_as` (an administrator, for the node-state helper), and answer with how it
+        ended, whatever that was: the one I/O seam."""
         command = [self.program(argv[0]), *argv[1:]]
         if as_user is not None:
             if not POSIX_USERNAME.fullmatch(as_user) or as_user == "root":
                 raise JobRejected(f"{as_user!r} is not a POSIX user jobs may run as")
+            sudo_as = as_user
+        if sudo_as is not None:
+            if not POSIX_USERNAME.fullmatch(sudo_as):
+                raise BackendError(f"{sudo_as!r} is not a POSIX user name")
             # -n: fail rather than wait for a password when the rule does not allow it.
-            command = ["sudo", "-n", "-u", as_user, "--", *command]
+            command = ["sudo", "-n", "-u", sudo_as, "--", *command]
         env = {k: os.environ[k] for k in CLI_ENV_KEYS if k in os.environ}
         try:
             return subprocess.run(
@@ -137,6 +168,11 @@ class SlurmCLI:
         """Whether slurmdbd keeps accounting (sacct works)."""
         return self.controller_config()["AccountingStorageType"] != "accounting_storage/none"
 
+    def max_array_size(self) -> int:
+        """Array indexes must be below this (MaxArraySize, 1001 unless the site sets it)."""
+        value = self.controller_config().get("MaxArraySize", "")
+        return int(value) if value.isdigit() else DEFAULT_MAX_ARRAY_SIZE
+
     def controller_config(self) -> dict[str, str]:
         """What the portal needs of the controller's config, read with `scontrol show config` and
         remembered per cluster for a while, since an adapter lives for one task or sync."""
@@ -146,7 +182,7 @@ class SlurmCLI:
         out = self.run(["scontrol", "show", "config"])  # unreachable controller: unknown, not "no"
         config = {
             key: match[1]
-            for key in ("AccountingStorageType", "ClusterName")
+            for key in ("AccountingStorageType", "ClusterName", "MaxArraySize")
             if (match := re.search(rf"^{key}\s*=\s*(\S+)", out, re.MULTILINE))
         }
         if "AccountingStorageType" not in config:
@@ -184,6 +220,30 @@ def job_state(entry: dict) -> str:
     if isinstance(state, list):  # newer Slurm gives a list of flags
         state = state[0] if state else ""
     return str(state).upper()
+
+
+def number(value) -> int | None:
+    """A number of squeue --json, plain or (newer Slurm) {"set": true, "number": ...}."""
+    if isinstance(value, dict):
+        value = value.get("number") if value.get("set", True) else None
+    return None if value is None else int(value)
+
+
+def job_keys(entry: dict) -> list[str]:
+    """The ids the portal knows an entry of squeue --json by: a job's id, an array task's
+    "<array job id>_<index>", or for the record of an array's tasks not started yet, each of
+    theirs ("array_task_string" says which: "2-999%50")."""
+    array_job = number(entry.get("array_job_id"))
+    if not array_job:
+        return [str(entry["job_id"])]
+    task = number(entry.get("array_task_id"))
+    if task is not None:
+        return [f"{array_job}_{task}"]
+    waiting = str(entry.get("array_task_string") or "").partition("%")[0]
+    try:
+        return [f"{array_job}_{index}" for index in expand_indexes(waiting)] if waiting else []
+    except BadIndexes:
+        return []
 
 
 def epoch(value) -> datetime | None:
@@ -238,19 +298,25 @@ def gpu_tres(text: str) -> dict[str, int]:
 NODE_FIELDS = "NodeList:|,Partition:|,Gres:|,GresUsed:|,CPUs:|,Memory:|,StateLong"
 
 
-def gpu_capacity(nodes_text: str) -> list[PoolHealth]:
+def gpu_capacity(nodes_text: str, topology: tuple[str, dict[str, str]] | None = ("", {})) -> list[PoolHealth]:
     """GPUs per (partition, type), and the node shape of each, from `sinfo -N -O NODE_FIELDS`:
-    how many nodes have such GPUs, and the largest one's GPUs, CPUs and memory (MB)."""
+    how many nodes have such GPUs, and the largest one's GPUs, CPUs and memory (MB); with the
+    site's `topology` (node_switches; None: not read), its nodes by the switch or block they are
+    under."""
+    level, switch_of = topology if topology is not None else (None, {})
     totals: dict[str, dict[str, int]] = {}
+    domains: dict[str, dict[str, list[str]]] = {}
     for line in nodes_text.splitlines():
         parts = [p.strip() for p in line.split("|")]
         if len(parts) < 4:
             continue
-        _node, partition, gres, used = parts[:4]
+        node, partition, gres, used = parts[:4]
         cpus, memory = (parts[4], parts[5]) if len(parts) >= 7 else ("", "")
         for gpu_type, count in _gres_counts(gres).items():
             key = f"{partition.rstrip('*')}/{gpu_type}"
             entry = totals.setdefault(key, dict.fromkeys(("cap", "used", "nodes", "gpus", "cpus", "mem"), 0))
+            if node in switch_of:
+                domains.setdefault(key, {}).setdefault(switch_of[node], []).append(node)
             entry["cap"] += count
             entry["used"] += _gres_counts(used).get(gpu_type, 0)
             entry["nodes"] += 1
@@ -266,9 +332,38 @@ def gpu_capacity(nodes_text: str) -> list[PoolHealth]:
             gpus_per_node=entry["gpus"],
             cpus_per_node=entry["cpus"] or None,
             memory_mb_per_node=entry["mem"] or None,
+            topology_level=None if level is None else level if key in domains else "",
+            domains={name: tuple(nodes) for name, nodes in sorted(domains.get(key, {}).items())},
         )
         for key, entry in sorted(totals.items())
     ]
+
+
+_TOPOLOGY_ENTRY = re.compile(r"^\s*(SwitchName|BlockName)=(\S+)")
+_TOPOLOGY_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+def node_switches(topology_text: str) -> tuple[str, dict[str, str]]:
+    """From `scontrol show topology`: what a domain is ("switch" with topology/tree, "block" with
+    topology/block) and, for each node, the lowest one it is under (its leaf switch, its block).
+    Lines are `SwitchName=leaf2 Level=0 LinkSpeed=1 Nodes=gpu[2-3]` (upper switches list their
+    leaves' nodes too, at a higher Level) or `BlockName=b1 BlockIndex=0 Nodes=n[01-04]`. No
+    topology plugin: ("", {})."""
+    entries = []
+    for line in topology_text.splitlines():
+        entry = _TOPOLOGY_ENTRY.match(line)
+        if not entry:
+            continue
+        fields = dict(_TOPOLOGY_FIELD.findall(line))
+        level = fields.get("Level", "0")
+        nodes = expand_hostlist(fields.get("Nodes", ""))
+        entries.append((int(level) if level.isdigit() else 0, entry[2], entry[1], nodes))
+    kind, switch_of = "", {}
+    for _level, name, what, nodes in sorted(entries, key=lambda e: e[0]):
+        kind = kind or ("switch" if what == "SwitchName" else "block")
+        for node in nodes:
+            switch_of.setdefault(node, name)
+    return kind, switch_of
 
 
 def _gres_counts(text: str) -> dict[str, int]:
@@ -311,6 +406,16 @@ def node_down(line: str) -> bool:
     return any(word in state for word in ("down", "drain", "fail", "not_responding"))
 
 
+# scripts/slurm-node-state's exit status for a node drained for a reason not the portal's.
+NODE_NOT_OURS = 3
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def slurm_reason(reason: str) -> str:
+    """A drain reason as Slurm keeps it: one line of at most 300 characters."""
+    return _CONTROL.sub(" ", reason).strip()[:300]
+
+
 def node_info(text: str) -> dict[str, str]:
     """State and Reason of `scontrol show node <node> --oneliner`. The reason is free text (it may
     hold spaces and '='), written last, before the "[user@time]" Slurm adds."""
@@ -325,22 +430,26 @@ def node_info(text: str) -> dict[str, str]:
 
 
 _JOB_ID = re.compile(r"(?:^|\s)JobId=(\d+)")
+_ARRAY_TASK = re.compile(r"(?:^|\s)ArrayJobId=(\d+) ArrayTaskId=(\d+)")
 _JOB_STATE = re.compile(r"(?:^|\s)JobState=(\S+)")
 _NODE_GRES = re.compile(r"(?:^|\s)Nodes=(\S+) CPU_IDs=\S+ Mem=\S+ GRES=(\S*)")
 
 
 def job_gpu_indexes(text: str) -> dict[tuple[str, int], str]:
     """{(node, GPU index): job id} of running jobs, from `scontrol show job -d --oneliner`, whose
-    detail lines say `Nodes=gpu1 CPU_IDs=0-3 Mem=0 GRES=gpu:h100:2(IDX:0-1)`."""
+    detail lines say `Nodes=gpu1 CPU_IDs=0-3 Mem=0 GRES=gpu:h100:2(IDX:0-1)`. A task of an array
+    is named as the portal knows it: "<array job id>_<index>"."""
     found: dict[tuple[str, int], str] = {}
     for line in text.splitlines():
         job, state = _JOB_ID.search(line), _JOB_STATE.search(line)
         if not job or not state or state[1] != "RUNNING":
             continue
+        task = _ARRAY_TASK.search(line)
+        name = f"{task[1]}_{task[2]}" if task else job[1]
         for nodes, gres in _NODE_GRES.findall(line):
             for index in _gres_indexes(gres):
                 for node in expand_hostlist(nodes):
-                    found[node, index] = job[1]
+                    found[node, index] = name
     return found
 
 

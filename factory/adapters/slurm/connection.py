@@ -11,6 +11,7 @@ from ..connection import Connection
 from .cli import SAFE_TOKEN
 
 JOB_DIR_HELPER = "/usr/local/libexec/aifactory/slurm-job-dir"
+NODE_STATE_HELPER = "/usr/local/libexec/aifactory/slurm-node-state"
 
 
 class SlurmConnection(Connection):
@@ -25,11 +26,18 @@ class SlurmConnection(Connection):
     # The group of job directories and logs: the portal's own (its web and worker processes are
     # members, researchers are not). Default: the worker's primary group.
     job_group: str | None = None
-    # Where the site describes its topology (topology.conf), a job on several nodes asks for all
-    # of them under one switch, waiting up to this many minutes before taking any (--switches).
+    # A gang admission placed under one leaf switch of the site's topology (topology.conf) asks
+    # Slurm for one switch too (--switches=1), waiting for one up to this many minutes before it
+    # takes nodes under several (None: the cluster's max_switch_wait, 300 s by default).
     gang_switch_wait_minutes: int | None = pydantic.Field(default=None, ge=0, le=1440)
     # scripts/slurm-job-dir as installed, root-owned; the sudo rule names the same path.
     job_dir_helper: str = JOB_DIR_HELPER
+    # Draining and resuming a node takes a Slurm administrator, which the worker is not: it runs
+    # scripts/slurm-node-state as installed, root-owned, through sudo as `node_state_user` (the
+    # site's SlurmUser, or root), as the sudo rule allows. Empty: the worker runs scontrol itself,
+    # and must then be a Slurm administrator.
+    node_state_helper: str = NODE_STATE_HELPER
+    node_state_user: str = "root"
 
     @pydantic.field_validator("default_partition", "account_prefix")
     @classmethod
@@ -57,9 +65,18 @@ class SlurmConnection(Connection):
             raise ValueError("Connection setting 'job_group' must be a POSIX group name.")
         return value
 
-    @pydantic.field_validator("job_dir_helper")
+    @pydantic.field_validator("job_dir_helper", "node_state_helper")
     @classmethod
-    def _absolute_path(cls, value: str) -> str:
+    def _absolute_path(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        if info.field_name == "node_state_helper" and value == "":
+            return value
         if not value.startswith("/") or any(c.isspace() or c == "\0" for c in value):
-            raise ValueError("Connection setting 'job_dir_helper' must be an absolute path.")
+            raise ValueError(f"Connection setting {info.field_name!r} must be an absolute path.")
+        return value
+
+    @pydantic.field_validator("node_state_user")
+    @classmethod
+    def _user_name(cls, value: str) -> str:
+        if not POSIX_USERNAME.fullmatch(value):
+            raise ValueError("Connection setting 'node_state_user' must be a POSIX user name.")
         return value

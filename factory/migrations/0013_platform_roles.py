@@ -20,7 +20,7 @@ def staff_become_platform_admins(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("factory", "0010_gang_jobs"),
+        ("factory", "0012_tenant_tree_without_cycles"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
