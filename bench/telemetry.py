@@ -140,7 +140,10 @@ def seed(base_url: str, nodes: int, gpus: int, gpus_per_job: int):
         )
         for i in range(1, nodes * gpus // gpus_per_job + 1)
     )
-    get_user_model().objects.create_user("platform", password="x", is_staff=True)
+    from factory import roles
+    from factory.choices import PlatformRole
+
+    roles.grant(get_user_model().objects.create_user("platform", password="x"), PlatformRole.PLATFORM_ADMIN)
     return cluster
 
 

@@ -7,6 +7,9 @@ from .models import BillingAccount, BudgetAlert, GridIntensity, Invoice, MonthCl
 
 @admin.register(RateCard)
 class RateCardAdmin(admin.ModelAdmin):
+    """Prices. One that has billed usage is shown read only but for its end, and is not deleted:
+    a new price is a new card from a date."""
+
     list_display = [
         "gpu_type",
         "cluster",
@@ -17,6 +20,24 @@ class RateCardAdmin(admin.ModelAdmin):
         "effective_until",
     ]
     list_filter = ["gpu_type", "cluster", "currency"]
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.last_billed_day() is not None:
+            fields += [*RateCard.BILLED_FIXED, "billed_through"]
+        return fields
+
+    @admin.display(description="Billed through")
+    def billed_through(self, card: RateCard) -> str:
+        last = card.last_billed_day()
+        if last is None:
+            return "not billed"
+        return f"{last:%Y-%m-%d}: this price is never changed or deleted, only ended after that day"
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.last_billed_day() is not None:
+            return False
+        return super().has_delete_permission(request, obj)
 
 
 @admin.register(BillingAccount)

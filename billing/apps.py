@@ -29,3 +29,17 @@ class BillingConfig(AppConfig):
                 sender=model,
                 dispatch_uid=f"billing.blocks.{model.__name__}",
             )
+        register_audited_models()
+
+
+def register_audited_models() -> None:
+    """Prices, month closes, billing accounts and grid intensities in the audit trail
+    (factory.audit). Credits and corrections are ledger lines naming who made them and why."""
+    from factory import audit
+
+    from .models import BillingAccount, GridIntensity, MonthClose, RateCard
+
+    audit.register(RateCard, exclude_fields=["created_at"])
+    audit.register(MonthClose)
+    audit.register(BillingAccount, exclude_fields=["created_at"])
+    audit.register(GridIntensity)

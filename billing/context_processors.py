@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from .permissions import is_finance
+from .permissions import reads_billing
 
 
 def billing(request) -> dict:
     user = getattr(request, "user", None)
-    return {"shows_billing": bool(user and is_finance(user))}
+    return {"shows_billing": bool(user and reads_billing(user))}

@@ -22,6 +22,26 @@ class RateCardForm(forms.ModelForm):
         }
 
 
+class NewPriceForm(forms.Form):
+    """A new price from a date for the card it replaces (which then ends that day)."""
+
+    replaces = forms.ModelChoiceField(queryset=RateCard.objects.all(), widget=forms.HiddenInput)
+    price_per_gpu_hour = forms.DecimalField(
+        label="Price per GPU-hour", max_digits=12, decimal_places=4, min_value=0
+    )
+    price_per_cpu_core_hour = forms.DecimalField(
+        label="Price per CPU-core-hour", max_digits=12, decimal_places=4, min_value=0
+    )
+    price_per_memory_gb_hour = forms.DecimalField(
+        label="Price per memory GB-hour", max_digits=12, decimal_places=4, min_value=0
+    )
+    effective_from = forms.DateField(label="From", widget=forms.DateInput(attrs={"type": "date"}))
+
+    @classmethod
+    def for_card(cls, card: RateCard) -> NewPriceForm:
+        return cls(initial={"replaces": card.pk, **{name: getattr(card, name) for name in RateCard.PRICES}})
+
+
 class MonthField(forms.CharField):
     """A month written YYYY-MM, as everywhere in the portal."""
 

@@ -6,18 +6,19 @@ every total is a sum of rounded lines, so reports add up exactly.
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 from factory.models import Cluster, GpuType, Tenant
 from jobs.models import Job
 
-from .querysets import InvoiceQuerySet, UsageRecordQuerySet
+from .querysets import InvoiceQuerySet, RateCardQuerySet, UsageRecordQuerySet
 
 CENT = Decimal("0.01")
 ZERO = Decimal(0)
@@ -75,7 +76,12 @@ def currency_of(account: Tenant) -> str:
 
 class RateCard(models.Model):
     """Price of a GPU-hour of one type, optionally on one cluster (which beats the GPU-type price),
-    plus optional CPU-core-hour and memory GB-hour prices, effective over [from, until)."""
+    plus optional CPU-core-hour and memory GB-hour prices, effective over [from, until).
+
+    Once a card has priced a ledger line it is billed: what it says is on those lines and the
+    invoices made of them, so it is never changed or deleted. A new price is a new card from a
+    date (`supersede`, which ends this one that day); a billed card may only be ended, after the
+    last day it priced."""
 
     gpu_type = models.ForeignKey(GpuType, on_delete=models.PROTECT, related_name="rate_cards")
     cluster = models.ForeignKey(
@@ -111,6 +117,8 @@ class RateCard(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = RateCardQuerySet.as_manager()
+
     # What finance sets, in the form and the API alike.
     EDITABLE = (
         "gpu_type",
@@ -123,6 +131,10 @@ class RateCard(models.Model):
         "effective_from",
         "effective_until",
     )
+    # What a new price from a date may change (the rest says which price it is).
+    PRICES = ("price_per_gpu_hour", "price_per_cpu_core_hour", "price_per_memory_gb_hour")
+    # What stays as billed: all but its end.
+    BILLED_FIXED = tuple(name for name in EDITABLE if name != "effective_until")
 
     class Meta:
         ordering = ["gpu_type__slug", "cluster__slug", "-effective_from"]
@@ -141,6 +153,19 @@ class RateCard(models.Model):
         where = f"@{self.cluster}" if self.cluster_id else ""
         price = f"{self.price_per_gpu_hour} {self.currency}/GPU-h"
         return f"{self.gpu_type}{where}: {price} from {self.effective_from}"
+
+    def save(self, *args, **kwargs) -> None:
+        self.check_billed()  # whatever path saves it (the form, the API and the admin clean first)
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        last = self.last_billed_day()
+        if last is not None:
+            raise ValidationError(
+                f"This price has priced usage up to {last}: it cannot be deleted. End it, or add a "
+                "new price from a date."
+            )
+        return super().delete(*args, **kwargs)
 
     def charge(self, *, gpus: int, cpus: int, memory_gb: int, hours: Decimal) -> Decimal:
         """What this card charges for these resources held for `hours`, to the cent: the one
@@ -170,10 +195,77 @@ class RateCard(models.Model):
                         f"a price for it in {self.currency} is refused."
                     }
                 )
+        self.check_billed()
         if self.gpu_type_id and self.effective_from and self.overlapping().exists():
             raise ValidationError(
                 {"effective_from": "Another price for this GPU type and cluster covers part of this period."}
             )
+
+    def last_billed_day(self) -> date | None:
+        """The last day this card priced a ledger line on; None if it never has."""
+        if self.pk is None:
+            return None
+        return RateCard.objects.filter(pk=self.pk).billed_through().get(self.pk)
+
+    def check_billed(self) -> None:
+        """ValidationError, per field, if this is a billed card changed in anything but its end,
+        or ended on or before the last day it priced."""
+        last = self.last_billed_day()
+        if last is None:
+            return
+        stored = RateCard.objects.get(pk=self.pk)
+        errors = {}
+        for name in self.BILLED_FIXED:
+            attname = self._meta.get_field(name).attname
+            if getattr(stored, attname) != getattr(self, attname):
+                errors[name] = (
+                    f"This price has billed usage up to {last}: it cannot be changed. Add a new "
+                    "price from a date instead (this one then ends that day)."
+                )
+        if self.effective_until is not None and self.effective_until <= last:
+            errors["effective_until"] = (
+                f"This price has billed usage up to {last}: it can end on {last + timedelta(days=1)} "
+                "at the earliest."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    @transaction.atomic
+    def supersede(self, effective_from: date, **prices) -> RateCard:
+        """A new price from `effective_from`: this card ends that day (refused on a day it has
+        already priced) and a new one, the same but for `prices`, starts then and ends when this
+        one did. Returns the new card."""
+        unknown = set(prices) - set(self.PRICES)
+        if unknown:
+            raise ValueError(f"Not a price: {', '.join(sorted(unknown))}")
+        old = RateCard.objects.select_for_update().get(pk=self.pk)
+        if effective_from <= old.effective_from:
+            raise ValidationError(
+                {"effective_from": f"A new price starts after the one it replaces ({old.effective_from})."}
+            )
+        if old.effective_until is not None and effective_from >= old.effective_until:
+            raise ValidationError(
+                {"effective_from": f"The price it replaces ends on {old.effective_until}: add a new one."}
+            )
+        last = old.last_billed_day()
+        if last is not None and effective_from <= last:
+            raise ValidationError(
+                {
+                    "effective_from": f"The price it replaces has billed usage up to {last}: a new price "
+                    f"can start on {last + timedelta(days=1)} at the earliest."
+                }
+            )
+        new = RateCard(**{name: getattr(old, name) for name in self.EDITABLE})
+        for name, value in prices.items():
+            setattr(new, name, value)
+        new.effective_from = effective_from
+        old.effective_until = effective_from
+        old.full_clean()
+        old.save(update_fields=["effective_until"])
+        new.full_clean()
+        new.save()
+        self.effective_until = effective_from
+        return new
 
     def overlapping(self):
         cards = RateCard.objects.filter(

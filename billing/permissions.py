@@ -1,21 +1,34 @@
+"""Who sees and changes billing, by permission (factory.roles): finance, auditors and platform
+admins read every tenant's bill; finance alone sets prices, grants credits and corrections and
+closes months."""
+
 from __future__ import annotations
 
 from rest_framework import permissions
 
-from factory.choices import FINANCE_GROUP
 from factory.querysets import administered_ids, administers
 
+READ_BILLING = "billing.view_usagerecord"
+CORRECT_LEDGER = "billing.add_usagerecord"  # credits and corrections: new ledger lines
+CLOSE_MONTHS = "billing.add_monthclose"
+SET_PRICES = ("billing.add_ratecard", "billing.change_ratecard")
 
-def is_finance(user) -> bool:
-    """Finance reads everything billing (and nothing else); platform admins may too."""
-    if not user.is_authenticated:
-        return False
-    if user.is_staff:
-        return True
-    cached = getattr(user, "_is_finance", None)
-    if cached is None:
-        cached = user._is_finance = user.groups.filter(name=FINANCE_GROUP).exists()
-    return cached
+
+def reads_billing(user) -> bool:
+    """Every tenant's bill: reports, exports, ledger lines, invoices."""
+    return user.is_authenticated and user.has_perm(READ_BILLING)
+
+
+def corrects_ledger(user) -> bool:
+    return user.is_authenticated and user.has_perm(CORRECT_LEDGER)
+
+
+def closes_months(user) -> bool:
+    return user.is_authenticated and user.has_perm(CLOSE_MONTHS)
+
+
+def sets_prices(user) -> bool:
+    return user.is_authenticated and user.has_perms(SET_PRICES)
 
 
 def administered(user) -> list[int]:
@@ -25,10 +38,19 @@ def administered(user) -> list[int]:
 
 
 def sees_bill_of(user, tenant) -> bool:
-    """Finance sees every tenant's bill; the admins of a tenant, or of one above it, its own."""
-    return is_finance(user) or administers(user, tenant)
+    """Those who read billing (finance) see every tenant's bill; the admins of a tenant, or of one
+    above it, its own."""
+    return reads_billing(user) or administers(user, tenant)
 
 
-class IsFinance(permissions.BasePermission):
+class BillingAccess(permissions.BasePermission):
+    """Reads: whoever reads billing. Writes: also the permission the view names in
+    `billing_write_permission` (by default granting credits and corrections, finance's)."""
+
     def has_permission(self, request, view) -> bool:
-        return is_finance(request.user)
+        user = request.user
+        if not reads_billing(user):
+            return False
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        return user.has_perm(getattr(view, "billing_write_permission", CORRECT_LEDGER))

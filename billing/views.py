@@ -13,29 +13,37 @@ from factory.months import month_of, parse_month
 
 from . import focus, reports
 from .credits import correct_line, grant_credit
-from .forms import CorrectionForm, CreditForm, RateCardForm
+from .forms import CorrectionForm, CreditForm, NewPriceForm, RateCardForm
 from .invoice_pdf import render as invoice_pdf_render
 from .invoicing import account_tenants, close_month, invoice_for
 from .models import Invoice, MonthClose, RateCard, UsageKind, UsageRecord
-from .permissions import is_finance, sees_bill_of
+from .permissions import closes_months, corrects_ledger, reads_billing, sees_bill_of, sets_prices
 
 EXPORT_FORMATS = ("csv", "xlsx", "focus")
 XLSX_CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-def finance_only(view):
-    @login_required
-    def wrapped(request, *args, **kwargs):
-        if not is_finance(request.user):
-            raise PermissionDenied("Billing is for finance and platform admins.")
-        return view(request, *args, **kwargs)
+def billing_page(view=None, *, writes=None):
+    """Pages of every tenant's bill: for whoever reads billing (finance, auditors, platform
+    admins). With `writes`, a POST also needs that check (finance's): refused with a 403."""
 
-    wrapped.__name__ = view.__name__
-    wrapped.__doc__ = view.__doc__
-    return wrapped
+    def decorate(view):
+        @login_required
+        def wrapped(request, *args, **kwargs):
+            if not reads_billing(request.user):
+                raise PermissionDenied("Billing is for finance, auditors and platform admins.")
+            if writes is not None and request.method == "POST" and not writes(request.user):
+                raise PermissionDenied("Only finance changes billing.")
+            return view(request, *args, **kwargs)
+
+        wrapped.__name__ = view.__name__
+        wrapped.__doc__ = view.__doc__
+        return wrapped
+
+    return decorate(view) if view is not None else decorate
 
 
-@finance_only
+@billing_page
 def chargeback(request: HttpRequest) -> HttpResponse:
     try:
         month = parse_month(request.GET.get("month"))
@@ -45,13 +53,13 @@ def chargeback(request: HttpRequest) -> HttpResponse:
     context = {
         "report": report,
         "month_value": f"{month:%Y-%m}",
-        "may_close": not report.closed and month < month_of(),
+        "may_close": not report.closed and month < month_of() and closes_months(request.user),
         "formats": EXPORT_FORMATS,
     }
     return render(request, "billing/chargeback.html", context)
 
 
-@finance_only
+@billing_page(writes=closes_months)
 @require_POST
 def chargeback_close(request: HttpRequest) -> HttpResponse:
     try:
@@ -68,7 +76,7 @@ def chargeback_close(request: HttpRequest) -> HttpResponse:
     return redirect(f"{request.path.rsplit('close/', 1)[0]}?month={month:%Y-%m}")
 
 
-@finance_only
+@billing_page
 def chargeback_lines(request: HttpRequest, month: str, tenant: str, gpu_type: str) -> HttpResponse:
     """Drill-down: the ledger lines (and so the jobs) behind one line of the report."""
     try:
@@ -96,7 +104,7 @@ def chargeback_lines(request: HttpRequest, month: str, tenant: str, gpu_type: st
     )
 
 
-@finance_only
+@billing_page
 def chargeback_export(request: HttpRequest) -> HttpResponse:
     try:
         month = parse_month(request.GET.get("month"))
@@ -123,17 +131,79 @@ def export_response(month, fmt: str) -> HttpResponse:
     return response
 
 
-@finance_only
+@billing_page(writes=sets_prices)
 def rate_cards(request: HttpRequest) -> HttpResponse:
-    form = RateCardForm(request.POST or None)
+    """Prices: a new one, or a new price from a date for a card (?replace=ID), which then ends."""
+    replacing = request.POST.get("replaces") if request.method == "POST" else request.GET.get("replace")
+    replaced = None
+    if replacing:
+        replaced = get_object_or_404(RateCard, pk=int(replacing)) if replacing.isdigit() else None
+        if replaced is None:
+            raise Http404("No such price.")
+        form = NewPriceForm(request.POST) if request.method == "POST" else NewPriceForm.for_card(replaced)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                new = data["replaces"].supersede(
+                    data["effective_from"], **{name: data[name] for name in RateCard.PRICES}
+                )
+            except ValidationError as exc:
+                apply_errors(form, exc)
+            else:
+                messages.success(
+                    request, f"New price from {new.effective_from}; the one before ends that day."
+                )
+                return redirect("billing:rate-cards")
+    else:
+        form = RateCardForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            form.save()
+            messages.success(request, "Price saved. Charges already in the ledger keep their price.")
+            return redirect("billing:rate-cards")
+    cards = list(RateCard.objects.select_related("gpu_type", "cluster", "billing_account"))
+    billed = RateCard.objects.filter(pk__in=[c.pk for c in cards]).billed_through()
+    rows = [(card, billed.get(card.pk)) for card in cards]
+    context = {
+        "form": form,
+        "replaced": replaced,
+        "rows": rows,
+        "may_set_prices": sets_prices(request.user),
+    }
+    return render(request, "billing/rate_cards.html", context, status=400 if form.errors else 200)
+
+
+@billing_page(writes=sets_prices)
+def rate_card(request: HttpRequest, pk: int) -> HttpResponse:
+    """One price, to change while it has billed nothing (a billed one may only be ended)."""
+    card = get_object_or_404(RateCard.objects.select_related("gpu_type", "cluster"), pk=pk)
+    form = RateCardForm(request.POST or None, instance=card)
     if request.method == "POST" and form.is_valid():
         form.save()
-        messages.success(request, "Price saved. Charges already in the ledger keep their price.")
+        messages.success(request, "Price saved.")
         return redirect("billing:rate-cards")
-    cards = RateCard.objects.select_related("gpu_type", "cluster", "billing_account")
-    return render(
-        request, "billing/rate_cards.html", {"form": form, "cards": cards}, status=400 if form.errors else 200
-    )
+    context = {
+        "form": form,
+        "card": card,
+        "last_billed": RateCard.objects.get(pk=card.pk).last_billed_day(),
+        "may_set_prices": sets_prices(request.user),
+    }
+    return render(request, "billing/rate_card.html", context, status=400 if form.errors else 200)
+
+
+@billing_page(writes=sets_prices)
+@require_POST
+def rate_card_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    card = get_object_or_404(RateCard, pk=pk)
+    if not request.user.has_perm("billing.delete_ratecard"):
+        raise PermissionDenied("Only finance deletes prices.")
+    try:
+        card.delete()
+    except ValidationError as exc:
+        for message in exc.messages:
+            messages.error(request, message)
+    else:
+        messages.success(request, f"Price {card} deleted.")
+    return redirect("billing:rate-cards")
 
 
 def apply_errors(form, exc: ValidationError) -> None:
@@ -142,7 +212,7 @@ def apply_errors(form, exc: ValidationError) -> None:
         form.add_error(field if field in form.fields else None, messages_)
 
 
-@finance_only
+@billing_page(writes=corrects_ledger)
 def credits(request: HttpRequest) -> HttpResponse:
     """Grant a credit; see the credits and corrections already made."""
     form = CreditForm(request.POST or None)
@@ -172,10 +242,11 @@ def credits(request: HttpRequest) -> HttpResponse:
         .order_by("-id")[:50]
     )
     status = 400 if form.errors else 200
-    return render(request, "billing/credits.html", {"form": form, "recent": recent}, status=status)
+    context = {"form": form, "recent": recent, "may_grant": corrects_ledger(request.user)}
+    return render(request, "billing/credits.html", context, status=status)
 
 
-@finance_only
+@billing_page(writes=corrects_ledger)
 def correct(request: HttpRequest, pk: int) -> HttpResponse:
     """Correct one ledger line of a closed month."""
     line = get_object_or_404(UsageRecord.objects.select_related("tenant", "gpu_type", "cluster"), pk=pk)
@@ -194,10 +265,11 @@ def correct(request: HttpRequest, pk: int) -> HttpResponse:
             )
             return redirect("billing:credits")
     status = 400 if form.errors else 200
-    return render(request, "billing/correct.html", {"form": form, "line": line}, status=status)
+    context = {"form": form, "line": line, "may_correct": corrects_ledger(request.user)}
+    return render(request, "billing/correct.html", context, status=status)
 
 
-@finance_only
+@billing_page
 def invoices(request: HttpRequest) -> HttpResponse:
     try:
         month = parse_month(request.GET.get("month"))

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
-from django.contrib import admin
+import json
 
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+
+from .audit import mask_connection
 from .models import (
     ApiToken,
     ChangeSet,
@@ -62,9 +67,26 @@ class ClusterAdmin(admin.ModelAdmin):
     readonly_fields = ["health", "health_checked_at"]
     inlines = [PoolInline]
 
+    def get_fields(self, request, obj=None):
+        fields = list(super().get_fields(request, obj))
+        if obj is not None and not self.has_change_permission(request, obj):
+            # Read only (an auditor's view): the settings with their secrets masked.
+            fields = ["connection_shown" if name == "connection" else name for name in fields]
+        return fields
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and not self.has_change_permission(request, obj):
+            fields.append("connection_shown")
+        return fields
+
+    @admin.display(description="Connection")
+    def connection_shown(self, cluster: Cluster) -> str:
+        return mask_connection(json.dumps(cluster.connection or {}))
+
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
-        if obj is not None:
+        if obj is not None and "connection" in form.base_fields:
             # Credentials may live here: editable, but not displayed after saving.
             form.base_fields[
                 "connection"
@@ -75,7 +97,7 @@ class ClusterAdmin(admin.ModelAdmin):
         return {"connection": {}}
 
     def render_change_form(self, request, context, *args, obj=None, **kwargs):
-        if obj is not None and "adminform" in context:
+        if obj is not None and "adminform" in context and "connection" in context["adminform"].form.fields:
             context["adminform"].form.initial["connection"] = {}
         return super().render_change_form(request, context, *args, obj=obj, **kwargs)
 
@@ -106,10 +128,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
 @admin.register(SsoGroupRule)
 class SsoGroupRuleAdmin(admin.ModelAdmin):
     """The rules single sign-on applies at every sign-in: group at the provider → role in a
-    tenant."""
+    tenant, or a platform role."""
 
-    list_display = ["group", "is_pattern", "tenant", "role", "created_at"]
-    list_filter = ["is_pattern", "role"]
+    list_display = ["group", "is_pattern", "tenant", "role", "platform_role", "created_at"]
+    list_filter = ["is_pattern", "role", "platform_role"]
     search_fields = ["group", "tenant__slug"]
     autocomplete_fields = ["tenant"]
 
@@ -122,7 +144,7 @@ class SsoAccountAdmin(admin.ModelAdmin):
     list_display = ["user", "subject", "issuer", "last_login_at"]
     search_fields = ["user__username", "subject"]
     autocomplete_fields = ["user"]
-    readonly_fields = ["groups", "created_at", "last_login_at"]
+    readonly_fields = ["groups", "platform_roles", "created_at", "last_login_at"]
 
 
 @admin.register(ChangeSet)
@@ -141,3 +163,42 @@ class ChangeSetAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+User = get_user_model()
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class PortalUserAdmin(UserAdmin):
+    """Users and their platform roles: platform admin, finance and auditor are the groups of those
+    names (factory.roles). Making a superuser or granting a single permission is a superuser's."""
+
+    list_display = ["username", "email", "first_name", "last_name", "roles", "is_active"]
+    list_filter = ["groups", "is_active", "is_superuser"]
+    fieldsets = [
+        (None, {"fields": ["username", "password"]}),
+        ("Personal info", {"fields": ["first_name", "last_name", "email"]}),
+        (
+            "Roles",
+            {
+                "fields": ["is_active", "groups", "is_superuser", "user_permissions"],
+                "description": "Platform roles are the groups platform-admin, finance and auditor; "
+                "roles in a tenant are its memberships.",
+            },
+        ),
+        ("Important dates", {"fields": ["last_login", "date_joined"]}),
+    ]
+
+    @admin.display(description="Platform roles")
+    def roles(self, user) -> str:
+        return ", ".join(sorted(g.name for g in user.groups.all())) or "—"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("groups")
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields += ["is_superuser", "user_permissions"]
+        return fields

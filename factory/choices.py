@@ -4,8 +4,20 @@ from django.db import models
 
 
 class Role(models.TextChoices):
+    """A user's role in one tenant (an organisation, a department or a project): its admins are
+    that level's admins (department admin, project admin)."""
+
     MEMBER = "member", "Member"
     ADMIN = "admin", "Tenant admin"
+
+
+class PlatformRole(models.TextChoices):
+    """Roles across the whole platform, each a Django group of this name holding the model
+    permissions of factory.roles.GRANTS."""
+
+    PLATFORM_ADMIN = "platform-admin", "Platform admin"
+    FINANCE = "finance", "Finance"
+    AUDITOR = "auditor", "Auditor"
 
 
 # Where several group rules give one user roles in one tenant, the most powerful wins.
@@ -31,8 +43,6 @@ class ClusterKind(models.TextChoices):
 POSIX_USER_KINDS = frozenset({ClusterKind.SLURM})
 # Kinds whose backend starts a job on several nodes at once (a gang); the others run one-node jobs.
 GANG_KINDS = frozenset({ClusterKind.SLURM, ClusterKind.KUBERNETES, ClusterKind.RAY})
-
-FINANCE_GROUP = "finance"
 
 
 class JoinState(models.TextChoices):

@@ -21,8 +21,15 @@ from .querysets import administers
 
 
 def may_manage(user, tenant: Tenant) -> bool:
-    """Platform admins, the tenant's admins, and the admins of the tenants above it."""
-    return administers(user, tenant)
+    """Whoever may change any membership (platform admins), the tenant's admins, and the admins of
+    the tenants above it."""
+    if not user.is_authenticated:
+        return False
+    return administers_memberships(user) or administers(user, tenant)
+
+
+def administers_memberships(user) -> bool:
+    return user.has_perm("factory.change_membership")
 
 
 def _require_manager(user, tenant: Tenant) -> None:
@@ -39,7 +46,7 @@ def check_change(membership: Membership, by, *, new_role: str | None = None, rem
             "groups at the identity provider (the next sign-in would undo a change made here)."
         )
     losing_admin = membership.role == Role.ADMIN and (removing or (new_role and new_role != Role.ADMIN))
-    if losing_admin and not by.is_staff:
+    if losing_admin and not administers_memberships(by):
         admins = membership.tenant.memberships.filter(role=Role.ADMIN).exclude(pk=membership.pk)
         if not admins.exists():
             raise ValidationError(f"{membership.tenant} would have no admin left; make another admin first.")
@@ -59,7 +66,8 @@ def add_member(tenant: Tenant, username: str, role: str, by) -> Membership:
 
 def change_role(membership: Membership, role: str, by) -> None:
     check_change(membership, by, new_role=role)
-    Membership.objects.filter(pk=membership.pk).update(role=role)
+    membership.role = role
+    membership.save(update_fields=["role"])  # through save(): the audit trail records it
 
 
 def remove_member(membership: Membership, by) -> None:

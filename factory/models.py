@@ -16,7 +16,7 @@ from django.db import models
 from django.utils import timezone
 
 from .adapters.base import POSIX_USERNAME_PATTERN
-from .choices import ClusterKind, JoinState, MembershipSource, Role
+from .choices import ClusterKind, JoinState, MembershipSource, PlatformRole, Role
 from .querysets import (
     ApiTokenQuerySet,
     IdentityQuerySet,
@@ -102,6 +102,10 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant} ({self.role})"
+
+    def get_additional_data(self) -> dict | None:
+        """What the audit trail notes beside a change: a membership the single sign-on rules made."""
+        return {"source": self.source} if self.source == MembershipSource.SSO else None
 
 
 class JoinRequest(models.Model):
@@ -401,6 +405,13 @@ class SsoAccount(models.Model):
         editable=False,
         help_text="The groups the provider gave at the last sign-in.",
     )
+    platform_roles = models.JSONField(
+        default=list,
+        blank=True,
+        editable=False,
+        help_text="The platform roles single sign-on group rules gave this user (and take away when "
+        "no rule gives them any more); roles given by hand are not listed.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_login_at = models.DateTimeField(null=True, blank=True, editable=False)
 
@@ -415,8 +426,9 @@ class SsoAccount(models.Model):
 
 class SsoGroupRule(models.Model):
     """A group at the identity provider that makes its members members (or admins) of a tenant,
-    applied at every single sign-on: leaving the group takes the membership away at the next one.
-    A pattern may name the tenant itself, e.g. `gpu-(?P<tenant>[a-z0-9-]+)-admins`."""
+    or gives them a platform role (platform admin, finance, auditor), applied at every single
+    sign-on: leaving the group takes the membership or role away at the next one. A pattern may
+    name the tenant itself, e.g. `gpu-(?P<tenant>[a-z0-9-]+)-admins`."""
 
     group = models.CharField(
         max_length=200,
@@ -433,6 +445,12 @@ class SsoGroupRule(models.Model):
         help_text="Leave empty for a pattern with a (?P<tenant>…) group: the tenant whose slug it captures.",
     )
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    platform_role = models.CharField(
+        max_length=16,
+        choices=PlatformRole.choices,
+        blank=True,
+        help_text="Instead of a tenant: the platform role the group's members hold (leave the tenant empty).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = SsoGroupRuleQuerySet.as_manager()
@@ -442,9 +460,14 @@ class SsoGroupRule(models.Model):
         verbose_name = "single sign-on group rule"
 
     def __str__(self) -> str:
+        if self.platform_role:
+            return f"{self.group} → {self.get_platform_role_display()}"
         return f"{self.group} → {self.get_role_display()} of {self.tenant or '(captured tenant)'}"
 
     def clean(self) -> None:
+        if self.platform_role:
+            self._clean_platform_rule()
+            return
         if not self.is_pattern:
             if self.tenant_id is None:
                 raise ValidationError({"tenant": "Name the tenant this group's members join."})
@@ -460,6 +483,30 @@ class SsoGroupRule(models.Model):
             )
         if self.tenant_id is not None and captures_tenant:
             raise ValidationError({"tenant": "The pattern captures the tenant: leave this empty."})
+
+    def _clean_platform_rule(self) -> None:
+        if self.tenant_id is not None:
+            raise ValidationError(
+                {"tenant": "A rule gives a platform role or a tenant role, not both: leave the tenant empty."}
+            )
+        if not self.is_pattern:
+            return
+        try:
+            pattern = re.compile(self.group)
+        except re.error as exc:
+            raise ValidationError({"group": f"Not a regular expression: {exc}."}) from None
+        if "tenant" in pattern.groupindex:
+            raise ValidationError(
+                {"group": "A platform role is no tenant's: the pattern captures no tenant."}
+            )
+
+    def matches(self, group: str) -> bool:
+        if not self.is_pattern:
+            return group == self.group
+        try:
+            return re.fullmatch(self.group, group) is not None
+        except re.error:
+            return False
 
     def tenant_slug_for(self, group: str) -> str | None:
         """The slug of the tenant `group` joins by this rule ("" for the rule's own tenant), or

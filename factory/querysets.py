@@ -19,8 +19,8 @@ _VISIBLE = _ADMINISTERED + " UNION SELECT tenant_id FROM factory_membership WHER
 
 
 def administered_ids(user) -> RawSQL:
-    """The ids of the tenants `user` administers, for `tenant_id__in=` (not for platform admins,
-    who administer all)."""
+    """The ids of the tenants `user` administers as a tenant admin, for `tenant_id__in=` (not for
+    platform admins, who administer all)."""
     return RawSQL(_ADMINISTERED, [user.pk, Role.ADMIN])
 
 
@@ -29,22 +29,43 @@ def visible_ids(user) -> RawSQL:
     return RawSQL(_VISIBLE, [user.pk, Role.ADMIN, user.pk])
 
 
+def sees_all_of(user, model) -> bool:
+    """Whether `user` may see every row of `model`, of every tenant: its view permission (platform
+    admins and auditors hold it for the models of tenants, finance for the ledger's)."""
+    return user.has_perm(f"{model._meta.app_label}.view_{model._meta.model_name}")
+
+
+def changes_all_of(user, model) -> bool:
+    """Whether `user` administers every row of `model`, of every tenant: its change permission
+    (platform admins; an auditor, who sees all, administers none)."""
+    return user.has_perm(f"{model._meta.app_label}.change_{model._meta.model_name}")
+
+
 class TenantQuerySet(models.QuerySet):
     def visible_to(self, user) -> TenantQuerySet:
-        """Platform admins see every tenant; everybody else the tenants they belong to, and the
-        tenants below those they administer."""
+        """Those who may view every tenant see every tenant; everybody else the tenants they
+        belong to, and the tenants below those they administer."""
         if not user.is_authenticated:
             return self.none()
-        if user.is_staff:
+        if sees_all_of(user, self.model):
+            return self
+        return self.filter(pk__in=visible_ids(user))
+
+    def submittable_by(self, user) -> TenantQuerySet:
+        """The tenants `user` may run jobs in: their own, or any with the permission to add jobs
+        (platform admins). Seeing a tenant is not enough: an auditor sees them all."""
+        if not user.is_authenticated:
+            return self.none()
+        if user.has_perm("jobs.add_job"):
             return self
         return self.filter(pk__in=visible_ids(user))
 
     def administered_by(self, user) -> TenantQuerySet:
-        """Platform admins administer every tenant; a tenant's admins administer it and every
-        tenant below it."""
+        """Those who may change every tenant (platform admins) administer every tenant; a tenant's
+        admins administer it and every tenant below it."""
         if not user.is_authenticated:
             return self.none()
-        if user.is_staff:
+        if changes_all_of(user, self.model):
             return self
         return self.filter(pk__in=administered_ids(user))
 
@@ -58,11 +79,11 @@ def administers(user, tenant) -> bool:
 
 class TenantOwnedQuerySet(models.QuerySet):
     """Rows that belong to a tenant (memberships, jobs, quotas, budgets, ledger lines): the one rule
-    of who may see them. Platform admins see all; everybody else the rows of the tenants they belong
-    to and of the tenants below those they administer."""
+    of who may see them. Those with the model's view permission see all (factory.roles); everybody
+    else the rows of the tenants they belong to and of the tenants below those they administer."""
 
     def sees_everything(self, user) -> bool:
-        return user.is_staff
+        return sees_all_of(user, self.model)
 
     def visible_to(self, user) -> TenantOwnedQuerySet:
         if not user.is_authenticated:
@@ -74,7 +95,7 @@ class TenantOwnedQuerySet(models.QuerySet):
     def administered_by(self, user) -> TenantOwnedQuerySet:
         if not user.is_authenticated:
             return self.none()
-        if user.is_staff:
+        if changes_all_of(user, self.model):
             return self
         return self.filter(tenant_id__in=administered_ids(user))
 
@@ -105,7 +126,7 @@ class SsoGroupRuleQuerySet(models.QuerySet):
             if key not in found or ROLE_POWER[role] > ROLE_POWER[found[key]]:
                 found[key] = role
 
-        for rule in self.select_related("tenant"):
+        for rule in self.filter(platform_role="").select_related("tenant"):
             for group in groups:
                 slug = rule.tenant_slug_for(group)
                 if slug == "":
@@ -115,3 +136,11 @@ class SsoGroupRuleQuerySet(models.QuerySet):
         for tenant_id, slug in Tenant.objects.filter(slug__in=by_slug).values_list("id", "slug"):
             keep(by_id, tenant_id, by_slug[slug])
         return by_id
+
+    def platform_roles(self, groups: list[str]) -> set[str]:
+        """The platform roles the rules give someone in `groups`."""
+        return {
+            rule.platform_role
+            for rule in self.exclude(platform_role="")
+            if any(rule.matches(group) for group in groups)
+        }

@@ -118,7 +118,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 SITE_NAME = env("SITE_NAME", "AI Factory")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "factory.apps.PortalAdminConfig",  # django.contrib.admin, for platform roles rather than is_staff
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -132,6 +132,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "axes",
+    # The audit trail (factory.audit): one table of every administrative change, before → after.
+    "auditlog",
     "factory",
     "jobs",
     "quotas",
@@ -151,6 +153,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Changes made while answering are the signed-in user's, in the audit trail.
+    "factory.audit.AuditContextMiddleware",
     # Before anything reads the body: only a signed-in client may send a large one.
     "factory.middleware.RequestBodyLimitMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -175,6 +179,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "factory.context_processors.site",
+                "factory.context_processors.roles",
                 "billing.context_processors.billing",
             ],
         },
@@ -282,6 +287,13 @@ if not 1 <= FACTORY_TOKEN_DAYS <= FACTORY_TOKEN_MAX_DAYS:
     raise ImproperlyConfigured("FACTORY_TOKEN_DAYS must be between 1 and FACTORY_TOKEN_MAX_DAYS")
 # Seconds an API token's user is remembered per web process (factory/api/authentication.py).
 FACTORY_TOKEN_CACHE_SECONDS = env_float("FACTORY_TOKEN_CACHE_SECONDS", 10.0)
+
+# --- Audit trail (django-auditlog; factory/audit.py) -----------------------------------------
+# Changes as JSON (null is null, 4 is 4), related objects by name ("demo-lab", not 17).
+AUDITLOG_STORE_JSON_CHANGES = True
+AUDITLOG_USE_FK_STRING_REPRESENTATION = True
+# Entries per page of /audit/.
+FACTORY_AUDIT_PAGE_SIZE = env_int("FACTORY_AUDIT_PAGE_SIZE", 50)
 
 # --- Single sign-on (OpenID Connect) ---------------------------------------------------------
 # With an issuer, the login page offers sign-in through the site's identity provider (authorization

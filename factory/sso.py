@@ -2,7 +2,7 @@
 authorization code flow with PKCE (S256) and a nonce, the ID token checked against the provider's
 keys (signature, issuer, audience, expiry, nonce). A sign-in finds its user by issuer and subject,
 or makes one from the claims; then the user's e-mail, name and POSIX account follow the claims,
-and the group rules (SsoGroupRule) give and take away tenant memberships."""
+and the group rules (SsoGroupRule) give and take away tenant memberships and platform roles."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from django.dispatch import receiver
 from django.utils import timezone
 from joserfc.errors import JoseError
 
-from .choices import MembershipSource
+from . import audit, roles
+from .choices import MembershipSource, PlatformRole
 from .models import Identity, Membership, SsoAccount, SsoGroupRule
 
 log = logging.getLogger(__name__)
@@ -213,13 +214,15 @@ def _user_for(claims: dict):
         if not user.is_active:
             log.warning("single sign-on refused: user %s is deactivated", user.username)
             raise SignInRefused("Your account here is deactivated. Ask a platform admin.")
-    _update_profile(user, claims)
-    update_posix_username(user, claims)
-    groups = groups_of(claims)
-    apply_group_rules(user, groups)
+    with audit.acting(user, via="single sign-on"):  # what the claims change, in the audit trail
+        _update_profile(user, claims)
+        update_posix_username(user, claims)
+        groups = groups_of(claims)
+        apply_group_rules(user, groups)
+        account.platform_roles = apply_platform_roles(user, groups, account.platform_roles)
     account.groups = groups
     account.last_login_at = timezone.now()
-    account.save(update_fields=["groups", "last_login_at"])
+    account.save(update_fields=["groups", "platform_roles", "last_login_at"])
     return user
 
 
@@ -331,3 +334,23 @@ def apply_group_rules(user, groups: list[str]) -> None:
         if membership.source == MembershipSource.SSO and tenant_id not in grants:
             membership.delete()
             log.info("single sign-on: %s leaves %s (no group grants it any more)", user, membership.tenant)
+
+
+def apply_platform_roles(user, groups: list[str], given_before: list[str]) -> list[str]:
+    """Platform roles as the rules give them for `groups`: granted where a rule gives one; those
+    the rules gave before (`given_before`) and give no more are taken away. A role given by hand
+    is left as it is. Returns the roles the rules are now answerable for."""
+    from django.contrib.auth.models import Group
+
+    wanted = SsoGroupRule.objects.platform_roles(groups)
+    held = set(user.groups.filter(name__in=PlatformRole.values).values_list("name", flat=True))
+    added = wanted - held
+    removed = (set(given_before) & held) - wanted
+    if added:
+        user.groups.add(*(roles.group_of(role) for role in sorted(added)))
+        log.info("single sign-on: %s is now %s", user, ", ".join(sorted(added)))
+    if removed:
+        user.groups.remove(*Group.objects.filter(name__in=removed))
+        log.info("single sign-on: %s is no longer %s (no group gives it)", user, ", ".join(sorted(removed)))
+    roles.forget_permissions(user)
+    return sorted((set(given_before) & wanted) | added)

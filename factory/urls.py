@@ -26,6 +26,8 @@ urlpatterns = [
     path("account/join/", views.join_tenant, name="join-tenant"),
     path("tenants/", views.tenant_tree, name="tenants"),
     path("tenants/<slug:slug>/members/", views.tenant_members, name="tenant-members"),
+    path("audit/", views.audit_trail, name="audit"),
+    path("audit/export/", views.audit_export, name="audit-export"),
     path("", include("quotas.urls")),
     path("billing/", include("billing.urls")),
     path("api/v1/", include("factory.api.urls")),

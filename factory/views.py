@@ -2,16 +2,18 @@ from __future__ import annotations
 
 import logging
 
+from auditlog.models import LogEntry
 from axes.helpers import get_cool_off, get_lockout_message
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Count, Prefetch
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
@@ -20,10 +22,12 @@ from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from . import hierarchy, members, sso
+from . import audit, hierarchy, members, sso
 from .choices import JoinState, Role
+from .filtersets import AuditFilterSet
 from .forms import AddMemberForm, ApiTokenForm, JoinRequestForm, MoveTenantForm, NameAdminForm, TenantForm
 from .models import ApiToken, Cluster, Membership, Tenant
+from .roles import VIEW_AUDIT_TRAIL
 
 log = logging.getLogger(__name__)
 
@@ -251,12 +255,54 @@ def join_tenant(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _audit_filter(request: HttpRequest) -> AuditFilterSet:
+    entries = LogEntry.objects.select_related("actor", "content_type").order_by("-timestamp", "-id")
+    return AuditFilterSet(request.GET or None, queryset=entries)
+
+
+@login_required
+@permission_required(VIEW_AUDIT_TRAIL, raise_exception=True)  # platform admins and auditors
+def audit_trail(request: HttpRequest) -> HttpResponse:
+    """Every administrative change, newest first, by kind of object, object, user and time."""
+    filterset = _audit_filter(request)
+    valid = filterset.is_valid() if filterset.is_bound else True
+    page = Paginator(filterset.qs if valid else LogEntry.objects.none(), settings.FACTORY_AUDIT_PAGE_SIZE)
+    page = page.get_page(request.GET.get("page"))
+    rows = [
+        {
+            "entry": entry,
+            "type": audit.type_label(entry.content_type),
+            "action": audit.ACTION_NAMES.get(entry.action, ""),
+            "changes": audit.changes_of(entry),
+            "via": audit.via_of(entry),
+        }
+        for entry in page
+    ]
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {"filter": filterset, "page": page, "rows": rows, "query": query.urlencode()}
+    return render(request, "factory/audit.html", context, status=200 if valid else 400)
+
+
+@login_required
+@permission_required(VIEW_AUDIT_TRAIL, raise_exception=True)
+def audit_export(request: HttpRequest) -> HttpResponse:
+    """The changes the trail's page shows for the same filters, all of them, as CSV."""
+    filterset = _audit_filter(request)
+    if filterset.is_bound and not filterset.is_valid():
+        return JsonResponse(filterset.errors, status=400)
+    rows = audit.csv_rows(filterset.qs.iterator(chunk_size=2000))
+    response = StreamingHttpResponse(rows, content_type="text/csv")
+    response["Content-Disposition"] = 'attachment; filename="audit-trail.csv"'
+    return response
+
+
 @login_required
 def tenant_tree(request: HttpRequest) -> HttpResponse:
     """Organisations, their departments and projects, as a tree: everyone sees the tenants they
     belong to or administer; platform admins create tenants, move them, name their admins and
     delete the ones nothing needs any more."""
-    is_platform_admin = request.user.is_staff
+    is_platform_admin = request.user.has_perm("factory.change_membership")
     forms = {
         "create": TenantForm(prefix="new"),
         "move": MoveTenantForm(prefix="move"),

@@ -17,3 +17,15 @@ class FleetConfig(AppConfig):
         portal_metrics.register(metrics.collect)
         page_panels.register("job-facts", panels.job_gpu_use)
         page_panels.register("cluster-card", panels.cluster_card)
+        register_audited_models()
+
+
+def register_audited_models() -> None:
+    """What admins set of the fleet, in the audit trail (factory.audit); not what scrapes and
+    health checks record."""
+    from factory import audit
+
+    from .models import ClusterTelemetry, Node
+
+    audit.register(Node, include_fields=["cluster", "name", "gpu_type", "exporter_url"])
+    audit.register(ClusterTelemetry, include_fields=["cluster", "enabled", "interval_seconds"])

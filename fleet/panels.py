@@ -29,7 +29,7 @@ def job_gpu_use(request, job) -> str:
 
 
 def cluster_card(request, cluster) -> str:
-    if not request.user.is_staff or not cluster.nodes.exists():
+    if not request.user.has_perm("fleet.view_node") or not cluster.nodes.exists():
         return ""
     from .views import fleet_summary
 

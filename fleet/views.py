@@ -27,7 +27,7 @@ FRESH = timedelta(minutes=2)
 
 
 def _staff_cluster(request: HttpRequest, slug: str) -> Cluster:
-    if not request.user.is_staff:
+    if not request.user.has_perm("fleet.view_node"):  # platform admins and auditors
         raise Http404  # the fleet is the platform's: others are not told it exists
     return get_object_or_404(Cluster, slug=slug)
 

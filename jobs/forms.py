@@ -190,7 +190,7 @@ class JobForm(forms.ModelForm):
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.user = user
-        self.fields["tenant"].queryset = Tenant.objects.visible_to(user)
+        self.fields["tenant"].queryset = Tenant.objects.submittable_by(user)
         self.fields["placement"].choices = placement_choices(self.chosen_tenant())
         # A new tenant may have other regions: its choices replace the field's (htmx).
         self.fields["tenant"].widget.attrs.update(

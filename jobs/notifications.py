@@ -171,7 +171,11 @@ def notify_platform_admins(source: str, subject: str, text: str, *, url: str = "
     from django.contrib.auth import get_user_model
 
     sent = []
-    for user in get_user_model().objects.filter(is_staff=True, is_active=True):
+    # Platform admins: whoever may change the fleet's nodes.
+    admins = get_user_model().objects.with_perm(
+        "fleet.change_node", backend="django.contrib.auth.backends.ModelBackend"
+    )
+    for user in admins:
         sent += notify(user, NotifyEvent.FLEET, source, f"[{settings.SITE_NAME}] {subject}", text, url=url)
     return sent
 

@@ -12,7 +12,8 @@ from .choices import AT_BACKEND_STATES, EventKind, JobState
 
 class JobQuerySet(TenantOwnedQuerySet):
     def cancellable_by(self, user) -> JobQuerySet:
-        if user.is_staff:
+        """Its owner, its tenant's admins, and whoever may change any job (platform admins)."""
+        if user.has_perm("jobs.change_job"):
             return self
         return self.filter(models.Q(owner=user) | models.Q(tenant_id__in=administered_ids(user)))
 
@@ -196,8 +197,9 @@ class JobQuerySet(TenantOwnedQuerySet):
 
 class JobArrayQuerySet(TenantOwnedQuerySet):
     def cancellable_by(self, user) -> JobArrayQuerySet:
-        """As for jobs: the owner, the admins of its tenant or of a tenant above, platform admins."""
-        if user.is_staff:
+        """As for jobs: the owner, the admins of its tenant or of a tenant above, and whoever may
+        change any job (platform admins)."""
+        if user.has_perm("jobs.change_job"):
             return self
         return self.filter(models.Q(owner=user) | models.Q(tenant_id__in=administered_ids(user)))
 

@@ -75,7 +75,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
     """Jobs, newest first; an array is one row (its tasks counted by state), opened in place with
     ?open=<array id>, or listed alone with ?array=<array id>."""
     params = request.GET.copy()
-    if "mine" not in params and not request.user.is_staff:
+    if "mine" not in params and not request.user.has_perm("jobs.view_job"):
         params["mine"] = "true"
     filterset = JobFilterSet(
         params,
@@ -443,7 +443,8 @@ async def job_stream(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     user = await request.auser()
     if not user.is_authenticated:
         return HttpResponse(status=401)
-    visible = await Job.objects.visible_to(user).filter(pk=pk).aexists()
+    # Whether the user may see every job is a permission look-up: a synchronous query.
+    visible = await sync_to_async(lambda: Job.objects.visible_to(user).filter(pk=pk).exists())()
     # The stream may stay open for hours: the session and permission lookups' connection goes back
     # now, and the stream looks at the database only briefly, when something happened.
     await sync_to_async(live.release_connections)()

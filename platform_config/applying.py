@@ -2,8 +2,9 @@
 two applies at once run one after the other and the second plans against the first's result.
 
 Everything is written in bulk (a query per kind and action, not per object) and recorded as one
-change set with its author; quota and budget changes also go to the quotas' audit log, pointing at
-the change set, and admission runs once the transaction has committed.
+change set with its author. Every object created, changed or deleted is in the audit trail
+(factory.audit) as the author's change, naming the change set; admission runs once the
+transaction has committed.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from collections import defaultdict
 from django.db import connection, transaction
 from django.utils import timezone
 
+from factory import audit
 from factory.hierarchy import hierarchy_lock
 from factory.models import ChangeSet, Identity, Tenant
 from quotas.editing import after_quota_changes
-from quotas.models import QuotaChange
 
 from . import state as st
 from .loading import Declaration, Invalid, Problem
-from .planning import MODELS, Change, Plan, make_plan
+from .planning import MODELS, Change, Plan, json_value, make_plan
 
 # pg_advisory_xact_lock's key: "platform" in ASCII, the one lock every apply takes.
 LOCK_KEY = 0x706C6174666F726D
@@ -66,7 +67,8 @@ def apply(
             summary=plan.summary(),
             changes=[c.as_json() for c in plan.changes],
         )
-        Writer(plan, change_set).write()
+        with audit.acting(author, via="platform file", change_set=change_set.pk):
+            Writer(plan, change_set).write()
     return plan, change_set
 
 
@@ -85,9 +87,6 @@ class Writer:
         self.by_action: dict[tuple[str, str], list[Change]] = defaultdict(list)
         for change in plan.changes:
             self.by_action[change.kind, change.action].append(change)
-        self.audit: list[QuotaChange] = []
-        # What goes with a deleted tenant or GPU type goes from the audit log too.
-        self.gone = {(c.kind, c.key[0]) for c in plan.changes if c.action == "delete"}
 
     def changed(self, kind: str, action: str) -> list[Change]:
         return self.by_action.get((kind, action), [])
@@ -101,8 +100,7 @@ class Writer:
         for kind in st.KINDS:
             self.create(kind)
             self.update(kind)
-        self.audit_quotas()
-        QuotaChange.objects.bulk_create(self.audit)
+        self.audit_trail()
         tenants = {self.id("tenant", c.key[0]) for c in self.plan.changes if c.kind == "quota"}
         if tenants or self.changed("budget", "change") or self.changed("budget", "create"):
             transaction.on_commit(lambda: after_quota_changes(sorted(t for t in tenants if t)), robust=True)
@@ -191,46 +189,25 @@ class Writer:
         if not changes:
             return
         ids = [self.ids[kind].pop(c.key) for c in changes]
-        if kind in ("quota", "budget"):
-            for change in changes:
-                self.audit_entry(
-                    change.key, kind, str(self.plan.current[kind][change.key][_first(kind)]), "deleted"
-                )
         if kind == "tenant":
             Tenant.objects.filter(pk__in=ids).update(parent=None)  # deleted children before parents
         MODELS[kind].objects.filter(pk__in=ids).delete()
 
-    # --- the quotas' audit log ----------------------------------------------------------------
+    # --- the audit trail ------------------------------------------------------------------------
 
-    def audit_quotas(self) -> None:
-        for kind in ("quota", "budget"):
-            for change in self.changed(kind, "create"):
-                for name, _, new in change.fields:
-                    if new is not None:  # an empty limit of a new quota is no news
-                        self.audit_entry(change.key, name, "", _text(new))
-            for change in self.changed(kind, "change"):
-                for name, old, new in change.fields:
-                    self.audit_entry(change.key, name, _text(old), _text(new))
-
-    def audit_entry(self, key: st.Key, field: str, old: str, new: str) -> None:
-        if ("tenant", key[0]) in self.gone or (len(key) > 1 and ("gpu_type", key[1]) in self.gone):
-            return
-        self.audit.append(
-            QuotaChange(
-                tenant_id=self.id("tenant", key[0]),
-                gpu_type_id=self.id("gpu_type", key[1]) if len(key) > 1 else None,
-                field=field,
-                old_value=old[:64],
-                new_value=new[:64],
-                changed_by=self.change_set.author,
-                change_set=self.change_set,
-            )
+    def audit_trail(self) -> None:
+        """Creations and changes, field by field as planned (secrets masked): bulk writes send no
+        signals. Deletions went through the models' signals, each object recorded as it was."""
+        audit.log_changes(
+            [
+                audit.BulkChange(
+                    model=MODELS[c.kind],
+                    pk=self.id(c.kind, *c.key),
+                    label=f"{c.kind.replace('_', ' ')} {st.key_text(c.key)}",
+                    action=c.action,
+                    fields=[(name, json_value(old), json_value(new)) for name, old, new in c.fields],
+                )
+                for c in self.plan.changes
+                if c.action != "delete"
+            ]
         )
-
-
-def _first(kind: str) -> str:
-    return {"quota": "nominal", "budget": "gpu_hours_per_month"}[kind]
-
-
-def _text(value) -> str:
-    return "" if value is None else str(value)

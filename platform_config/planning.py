@@ -16,6 +16,7 @@ import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ class Change:
             "action": self.action,
             "kind": self.kind,
             "key": st.key_text(self.key),
-            "fields": [{"field": n, "old": _json(old), "new": _json(new)} for n, old, new in self.fields],
+            "fields": [
+                {"field": n, "old": json_value(old), "new": json_value(new)} for n, old, new in self.fields
+            ],
             "blocked_by": self.blocked_by,
         }
 
@@ -118,7 +121,8 @@ class Plan:
         return "\n".join(lines)
 
 
-def _json(value):
+def json_value(value):
+    """A value as JSON holds it (decimals and dates as text)."""
     if value is None or isinstance(value, bool | int | str | list | dict):
         return value
     return str(value)
@@ -131,7 +135,7 @@ def _shown(value) -> str:
         return "true" if value else "false"
     if isinstance(value, str) and value != SECRET_SHOWN:
         return repr(value)
-    return str(_json(value))
+    return str(json_value(value))
 
 
 def make_plan(declaration: Declaration, read_secrets: bool = True) -> Plan:
@@ -319,6 +323,7 @@ def check(
     problems += _parent_cycles(tenants, where)
     problems += _quotas_within_parents(desired, current, origins, where)
     problems += _rate_card_overlaps(desired["rate_card"], where)
+    problems += _billed_rate_cards(declared["rate_card"], current, where)
     problems += _posix_accounts(desired["identity"], where)
     problems += _model_rules(declared, current, where)
     return problems
@@ -387,6 +392,42 @@ def _rate_card_overlaps(cards: dict, where) -> list[Problem]:
                         f"Overlaps the rate card from {before[2]} for the same GPU type and cluster.",
                     )
                 )
+    return problems
+
+
+def _billed_rate_cards(declared: dict, current: State, where) -> list[Problem]:
+    """A rate card that has billed usage keeps its prices (RateCard.check_billed): a file may
+    only end it, after the last day it billed. One query for all the cards the file changes."""
+    changed = {
+        current.ids["rate_card"][key]: key
+        for key, fields in declared.items()
+        if key in current["rate_card"] and current["rate_card"][key] != fields
+    }
+    if not changed:
+        return []
+    problems = []
+    for pk, last in RateCard.objects.filter(pk__in=changed).billed_through().items():
+        key = changed[pk]
+        before, after = current["rate_card"][key], declared[key]
+        for name in st.FIELDS["rate_card"]:
+            if name == "effective_until" or before[name] == after[name]:
+                continue
+            problems.append(
+                Problem(
+                    where("rate_card", key, name),
+                    f"This rate card has billed usage up to {last}: it cannot be changed. Declare a new "
+                    "rate card from a date instead, and end this one that day.",
+                )
+            )
+        until = after["effective_until"]
+        if until != before["effective_until"] and until is not None and str(until) <= str(last):
+            problems.append(
+                Problem(
+                    where("rate_card", key, "effective_until"),
+                    f"This rate card has billed usage up to {last}: it can end on "
+                    f"{last + timedelta(days=1)} at the earliest.",
+                )
+            )
     return problems
 
 

@@ -28,3 +28,14 @@ class QuotasConfig(AppConfig):
         signals.job_released.connect(receivers.readmit, dispatch_uid="quotas.readmit.released")
         demo_seeded.connect(receivers.seed_demo, dispatch_uid="quotas.seed_demo")
         tenant_moving.connect(receivers.quotas_outgrown, sender=Tenant, dispatch_uid="quotas.tenant_moving")
+        register_audited_models()
+
+
+def register_audited_models() -> None:
+    """Quotas and budgets in the audit trail (factory.audit)."""
+    from factory import audit
+
+    from .models import Budget, Quota
+
+    audit.register(Quota, exclude_fields=["updated_at"])
+    audit.register(Budget, exclude_fields=["updated_at"])

@@ -1,72 +1,49 @@
-"""Changing quotas and budgets: validated, audited field by field, and followed by admission."""
+"""Changing quotas and budgets: validated, recorded in the audit trail (factory.audit) as the
+acting user's change, and followed by admission."""
 
 from __future__ import annotations
 
 from django.db import transaction
 
+from factory import audit
 from factory.hierarchy import hierarchy_lock
 
-from .models import Budget, Quota, QuotaChange
+from .models import Budget, Quota
 from .nesting import check_quota
 
 
-def _text(value) -> str:
-    return "" if value is None else str(value)
-
-
-def save_audited(instance: Quota | Budget, changes: dict, user) -> list[QuotaChange]:
+def save_audited(instance: Quota | Budget, changes: dict, user) -> Quota | Budget:
     """Apply `changes` to a quota or budget (new or existing), validate it (ValidationError per
-    field on bad input, nothing saved), save it, log every changed field and run admission."""
-    created = instance.pk is None
-    before = {} if created else {name: getattr(instance, name) for name in instance.AUDITED}
+    field on bad input, nothing saved), save it (the trail records each changed field as `user`'s
+    change) and run admission."""
     for name, value in changes.items():
         setattr(instance, name, value)
-    changed = [name for name in instance.AUDITED if created or before[name] != getattr(instance, name)]
-    with transaction.atomic():
+    with transaction.atomic(), audit.acting(user):
         # Checked under the tree's lock: two projects' quotas raised at once must not together
         # outgrow their department's.
         hierarchy_lock()
         instance.full_clean()
         instance.save()
-        entries = QuotaChange.objects.bulk_create(
-            QuotaChange(
-                tenant_id=instance.tenant_id,
-                gpu_type_id=getattr(instance, "gpu_type_id", None),
-                field=name,
-                old_value=_text(before.get(name)),
-                new_value=_text(getattr(instance, name)),
-                changed_by=user,
-            )
-            for name in changed
-        )
         transaction.on_commit(_readmit, robust=True)
         if isinstance(instance, Quota):
             transaction.on_commit(lambda: _mirror(instance.tenant_id), robust=True)
-    return entries
+    return instance
 
 
-def delete_audited(quota: Quota, user) -> QuotaChange:
-    """Remove a quota (the tenant may no longer use that GPU type), logged, then run admission
-    and bring the clusters' own limits in line."""
-    with transaction.atomic():
+def delete_audited(quota: Quota, user) -> None:
+    """Remove a quota (the tenant may no longer use that GPU type), recorded as `user`'s change,
+    then run admission and bring the clusters' own limits in line."""
+    tenant_id = quota.tenant_id
+    with transaction.atomic(), audit.acting(user):
         hierarchy_lock()
         check_quota(quota, deleting=True)
-        entry = QuotaChange.objects.create(
-            tenant_id=quota.tenant_id,
-            gpu_type_id=quota.gpu_type_id,
-            field="quota",
-            old_value=_text(quota.nominal),
-            new_value="deleted",
-            changed_by=user,
-        )
         quota.delete()
         transaction.on_commit(_readmit, robust=True)
-        transaction.on_commit(lambda: _mirror(entry.tenant_id), robust=True)
-    return entry
+        transaction.on_commit(lambda: _mirror(tenant_id), robust=True)
 
 
 def after_quota_changes(tenant_ids: list[int]) -> None:
-    """Quotas or budgets changed outside save_audited (in bulk, already logged): run admission and
+    """Quotas or budgets changed outside save_audited (in bulk, already audited): run admission and
     bring the tenants' limits on the clusters in line. Call it once the change has committed."""
     _readmit()
     if tenant_ids:

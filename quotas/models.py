@@ -1,16 +1,15 @@
-"""GPU quotas per tenant and GPU type, monthly budgets, the reservations admission makes against
-them, and the audit log of every change an admin makes."""
+"""GPU quotas per tenant and GPU type, monthly budgets, and the reservations admission makes
+against them. Every change an admin makes to a quota or budget is in the audit trail
+(factory.audit)."""
 
 from __future__ import annotations
 
 import re
 from decimal import Decimal
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.utils import timezone
 
 from factory.models import GpuType, Tenant
 from jobs.models import Job
@@ -140,26 +139,3 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id}#{self.attempt}: {self.reserved_gpu_hours} GPU-h"
-
-
-class QuotaChange(models.Model):
-    """Audit log: who changed which quota or budget setting, when, from what to what."""
-
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="quota_changes")
-    gpu_type = models.ForeignKey(GpuType, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
-    field = models.CharField(max_length=64)
-    old_value = models.CharField(max_length=64, blank=True)
-    new_value = models.CharField(max_length=64, blank=True)
-    changed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    changed_at = models.DateTimeField(default=timezone.now)
-    change_set = models.ForeignKey(
-        "factory.ChangeSet", null=True, blank=True, on_delete=models.SET_NULL, related_name="quota_changes"
-    )
-
-    class Meta:
-        ordering = ["-changed_at", "-id"]
-
-    def __str__(self) -> str:
-        return f"{self.tenant}/{self.gpu_type or 'budget'} {self.field}: {self.old_value} → {self.new_value}"

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-from django.contrib.admin.views.decorators import staff_member_required
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from auditlog.models import LogEntry
+from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_vary_headers
 
+from factory import audit
 from factory.hierarchy import TenantTree
 from factory.models import Tenant
 from factory.months import days_in, month_of
@@ -15,7 +17,7 @@ from jobs.forms import JobForm
 from . import estimate
 from .editing import save_audited
 from .forms import BudgetForm, QuotaForm, QuotaLimitsForm
-from .models import Budget, Quota, QuotaChange
+from .models import Budget, Quota
 from .usage import budget_burn, usage_for
 
 AUDIT_ROWS = 50
@@ -39,6 +41,25 @@ def _apply(form, instance, user) -> bool:
     return True
 
 
+def recent_changes(count: int) -> list[dict]:
+    """The latest changes to quotas and budgets, from the audit trail (with the quota history
+    kept before it, which was moved into it)."""
+    types = ContentType.objects.get_for_models(Quota, Budget).values()
+    entries = (
+        LogEntry.objects.filter(content_type__in=types)
+        .select_related("actor", "content_type")
+        .order_by("-timestamp", "-id")[:count]
+    )
+    return [
+        {"entry": entry, "changes": audit.changes_of(entry), "via": audit.via_of(entry)} for entry in entries
+    ]
+
+
+def _require(request: HttpRequest, permission: str) -> None:
+    if not request.user.has_perm(permission):
+        raise PermissionDenied("Only platform admins change quotas.")
+
+
 def in_tree_order(quotas) -> list[Quota]:
     """Quotas by tenant as the tenant tree goes (a department's before its projects'), then GPU type."""
     tenants = Tenant.objects.values_list("pk", "slug", "parent_id")
@@ -47,25 +68,36 @@ def in_tree_order(quotas) -> list[Quota]:
     return sorted(quotas, key=lambda q: (place.get(q.tenant_id, 0), q.gpu_type.slug))
 
 
-@staff_member_required
+@permission_required("quotas.view_quota", raise_exception=True)  # platform admins and auditors
 def quota_list(request: HttpRequest) -> HttpResponse:
     quotas = in_tree_order(Quota.objects.select_related("tenant__parent", "gpu_type"))
     usage = usage_for(quotas)
-    add_form = QuotaForm(request.POST or None, prefix="new")
-    if request.method == "POST" and _apply(add_form, Quota(), request.user):
-        return redirect("quotas:list")
+    may_change = request.user.has_perm("quotas.change_quota")
+    add_form = (
+        QuotaForm(request.POST or None, prefix="new") if request.user.has_perm("quotas.add_quota") else None
+    )
+    if request.method == "POST":
+        _require(request, "quotas.add_quota")
+        if _apply(add_form, Quota(), request.user):
+            return redirect("quotas:list")
     context = {
+        "may_change": may_change,
         "rows": [(q, usage[q.pk]) for q in quotas],
         "add_form": add_form,
-        "changes": QuotaChange.objects.select_related("tenant", "gpu_type", "changed_by")[:AUDIT_ROWS],
+        "changes": recent_changes(AUDIT_ROWS),
+        "audit_query": "&".join(f"type=quotas.{model._meta.model_name}" for model in (Quota, Budget)),
     }
-    return render(request, "quotas/quota_list.html", context, status=400 if add_form.errors else 200)
+    return render(
+        request, "quotas/quota_list.html", context, status=400 if add_form and add_form.errors else 200
+    )
 
 
-@staff_member_required
+@permission_required("quotas.view_quota", raise_exception=True)
 def quota_row(request: HttpRequest, pk: int) -> HttpResponse:
     """One row of the quotas table: shown, as an inline form (?edit), or saved (POST)."""
     quota = get_object_or_404(Quota.objects.select_related("tenant__parent", "gpu_type"), pk=pk)
+    if request.method == "POST" or "edit" in request.GET:
+        _require(request, "quotas.change_quota")
     form = QuotaLimitsForm(request.POST or None, instance=quota, prefix=f"q{quota.pk}")
     status = 200
     if request.method == "POST":
@@ -76,7 +108,12 @@ def quota_row(request: HttpRequest, pk: int) -> HttpResponse:
             status = 400
     elif "edit" not in request.GET:
         form = None
-    context = {"quota": quota, "usage": usage_for([quota])[quota.pk], "form": form}
+    context = {
+        "quota": quota,
+        "usage": usage_for([quota])[quota.pk],
+        "form": form,
+        "may_change": request.user.has_perm("quotas.change_quota"),
+    }
     if not request.htmx:
         return redirect("quotas:list")
     response = render(request, "quotas/quota_list.html#row", context, status=status if not form else 200)
@@ -91,7 +128,7 @@ def tenant_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     usage = usage_for(quotas)
     budget = Budget.objects.filter(tenant=tenant).first()
     budget_form = None
-    if request.user.is_staff:
+    if request.user.has_perms(["quotas.add_budget", "quotas.change_budget"]):
         # Budgets and the tenant's priority ceiling are the platform's.
         budget_form = BudgetForm(request.POST or None, instance=budget, prefix="budget")
     posted = budget_form is not None and request.method == "POST"

@@ -7,9 +7,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Group
 
-from factory.choices import FINANCE_GROUP, ClusterKind, Role
+from factory import roles
+from factory.choices import ClusterKind, PlatformRole, Role
 from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
 from tests.oidc.server import OidcProvider, TokenProxy
 
@@ -116,13 +116,22 @@ def outsider(django_user_model, other_tenant):
 
 @pytest.fixture
 def platform_admin(django_user_model):
-    return make_user(django_user_model, "platform", is_staff=True)
+    user = make_user(django_user_model, "platform")
+    roles.grant(user, PlatformRole.PLATFORM_ADMIN)
+    return user
 
 
 @pytest.fixture
 def finance_user(django_user_model):
     user = make_user(django_user_model, "finance")
-    user.groups.add(Group.objects.get(name=FINANCE_GROUP))
+    roles.grant(user, PlatformRole.FINANCE)
+    return user
+
+
+@pytest.fixture
+def auditor(django_user_model):
+    user = make_user(django_user_model, "auditor")
+    roles.grant(user, PlatformRole.AUDITOR)
     return user
 
 

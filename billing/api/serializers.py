@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from datetime import date
+
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
 from rest_framework import serializers
 
@@ -24,20 +27,50 @@ class RateCardSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
     class Meta:
         model = RateCard
-        fields = ["id", *RateCard.EDITABLE, "created_at"]
+        fields = ["id", *RateCard.EDITABLE, "created_at", "billed_through"]
         read_only_fields = ["created_at"]
 
+    billed_through = serializers.SerializerMethodField(
+        help_text="The last day this price billed usage on; null if never. A billed price is never "
+        "changed or deleted, only ended after that day: a new price is a new card (`replace`)."
+    )
+
+    def get_billed_through(self, card) -> date | None:
+        known: dict[int, date] | None = self.context.get("billed_through")
+        return known.get(card.pk) if known is not None else card.last_billed_day()
+
     def validate(self, attrs):
+        """The model's own rules, a billed card's included (factory of truth: RateCard.clean)."""
         card = RateCard(**{**({} if self.instance is None else _fields(self.instance)), **attrs})
         if self.instance is not None:
             card.pk = self.instance.pk
-        from django.core.exceptions import ValidationError as DjangoValidationError
-
+            card._state.adding = False  # the stored card itself, not a second one with its id
         try:
             card.full_clean()
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from None
         return attrs
+
+
+class NewPriceSerializer(StrictFieldsMixin, serializers.Serializer):
+    """A new price from a date for a card, which ends that day."""
+
+    effective_from = serializers.DateField()
+    price_per_gpu_hour = serializers.DecimalField(max_digits=12, decimal_places=4, min_value=0)
+    price_per_cpu_core_hour = serializers.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        min_value=0,
+        required=False,
+        help_text="Default: the replaced card's.",
+    )
+    price_per_memory_gb_hour = serializers.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        min_value=0,
+        required=False,
+        help_text="Default: the replaced card's.",
+    )
 
 
 def _fields(card: RateCard) -> dict:

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from factory.api.exceptions import Conflict
+from factory.api.permissions import HasPermission, ModelPermissions
 from factory.api.schema import ErrorDetail
 from factory.api.viewsets import GLOBAL, ScopedModelViewSet, ScopedReadOnlyViewSet
 from factory.months import MONTH_HELP, MONTH_SCHEMA, parse_month
@@ -19,12 +20,13 @@ from .. import reports
 from ..credits import correct_line, grant_credit
 from ..filtersets import InvoiceFilterSet, UsageRecordFilterSet
 from ..models import Invoice, MonthClose, RateCard, UsageRecord
-from ..permissions import IsFinance
+from ..permissions import SET_PRICES, BillingAccess
 from ..views import EXPORT_FORMATS, XLSX_CONTENT_TYPE, export_response, focus_response, pdf_response
 from .serializers import (
     CorrectionSerializer,
     CreditSerializer,
     InvoiceSerializer,
+    NewPriceSerializer,
     RateCardSerializer,
     UsageRecordSerializer,
 )
@@ -45,7 +47,7 @@ def month_param(request):
 class ChargebackView(APIView):
     """The month's chargeback report: JSON, or a CSV / XLSX / FOCUS file."""
 
-    permission_classes = [IsFinance]
+    permission_classes = [BillingAccess]
 
     @extend_schema(
         parameters=[
@@ -73,14 +75,53 @@ class ChargebackView(APIView):
 
 
 class RateCardViewSet(ScopedModelViewSet):
-    """Prices. Finance and platform admins set them; a change never rewrites past charges."""
+    """Prices. Whoever reads billing reads them; finance sets them. A price that has billed usage
+    is never changed (400, per field) or deleted (409), only ended after its last billed day: a
+    new price is a new card from a date (`replace`)."""
 
     scoping = GLOBAL
-    queryset = RateCard.objects.select_related("gpu_type", "cluster")
+    queryset = RateCard.objects.select_related("gpu_type", "cluster", "billing_account")
     serializer_class = RateCardSerializer
-    permission_classes = [IsFinance]
+    permission_classes = [ModelPermissions]
     cursor_ordering = "id"
-    http_method_names = ["get", "post", "patch", "head", "options"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    required_permission = SET_PRICES  # `replace` adds a card and ends one
+
+    def get_serializer(self, *args, **kwargs):
+        cards = args[0] if args else None
+        if kwargs.get("many") and cards is not None:
+            cards = list(cards)
+            billed = RateCard.objects.filter(pk__in=[c.pk for c in cards]).billed_through()
+            kwargs.setdefault("context", self.get_serializer_context())["billed_through"] = billed
+            args = (cards, *args[1:])
+        return super().get_serializer(*args, **kwargs)
+
+    @extend_schema(responses={204: None, 409: ErrorDetail})
+    def destroy(self, request, *args, **kwargs):
+        return super().destroy(request, *args, **kwargs)
+
+    def perform_destroy(self, instance):
+        try:
+            instance.delete()
+        except DjangoValidationError as exc:
+            raise Conflict(" ".join(exc.messages)) from None
+
+    @extend_schema(request=NewPriceSerializer, responses={201: RateCardSerializer})
+    @action(detail=True, methods=["post"], permission_classes=[HasPermission])
+    def replace(self, request, pk=None):
+        """A new price from a date: this card ends that day (refused on a day it already billed)
+        and a new one, the same but for its prices, starts then."""
+        card = self.get_object()
+        body = NewPriceSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        try:
+            new = card.supersede(data.pop("effective_from"), **data)
+        except DjangoValidationError as exc:
+            raise refused(exc) from None
+        return Response(
+            RateCardSerializer(new, context={"request": request}).data, status=status.HTTP_201_CREATED
+        )
 
 
 class UsageViewSet(ScopedReadOnlyViewSet):
@@ -93,7 +134,7 @@ class UsageViewSet(ScopedReadOnlyViewSet):
     cursor_ordering = "id"
 
     @extend_schema(request=CorrectionSerializer, responses={201: UsageRecordSerializer})
-    @action(detail=True, methods=["post"], permission_classes=[IsFinance])
+    @action(detail=True, methods=["post"], permission_classes=[BillingAccess])
     def correct(self, request, pk=None):
         """Correct a line of a closed month: a new line of the difference, naming it."""
         line = self.get_object()
@@ -113,7 +154,7 @@ class CreditView(APIView):
     """Finance grants a tenant a credit for a month: a new ledger line, billed in the first open
     month. Refused when it exceeds what the month billed."""
 
-    permission_classes = [IsFinance]
+    permission_classes = [BillingAccess]
 
     @extend_schema(request=CreditSerializer, responses={201: UsageRecordSerializer})
     def post(self, request):

@@ -115,7 +115,7 @@ class MembershipSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             raise serializers.ValidationError({"username": [f"{user} is already a member of {tenant}."]})
         if "posix_username" in attrs:
             # A tenant admin who could name the account would choose whose files the jobs can touch.
-            if not self.context["request"].user.is_staff:
+            if not self.context["request"].user.has_perm("factory.change_identity"):
                 raise PermissionDenied("Only platform admins set POSIX usernames.")
             name = attrs["posix_username"]
             owner = user or self.instance.user
@@ -247,3 +247,30 @@ class IssuedTokenSerializer(serializers.Serializer):
     token = serializers.CharField(help_text="Shown this once: only its digest is kept.")
     name = serializers.CharField()
     expires_at = serializers.DateTimeField()
+
+
+class AuditEntrySerializer(serializers.Serializer):
+    """One change in the audit trail."""
+
+    id = serializers.IntegerField()
+    timestamp = serializers.DateTimeField()
+    user = serializers.CharField(source="actor.username", default=None, allow_null=True)
+    action = serializers.SerializerMethodField()
+    object_type = serializers.SerializerMethodField(help_text='"app.model", e.g. "factory.cluster".')
+    object_id = serializers.CharField(source="object_pk")
+    object = serializers.CharField(source="object_repr")
+    changes = serializers.JSONField(
+        help_text='Field: [before, after]; a set (a user\'s roles): {"type": "m2m", "operation", "objects"}.'
+    )
+    via = serializers.JSONField(
+        source="additional_data", allow_null=True, help_text="How it was made: a change set, single sign-on."
+    )
+    remote_addr = serializers.IPAddressField(allow_null=True)
+
+    def get_action(self, entry) -> str:
+        from factory.audit import ACTION_NAMES
+
+        return ACTION_NAMES.get(entry.action, "")
+
+    def get_object_type(self, entry) -> str:
+        return f"{entry.content_type.app_label}.{entry.content_type.model}"

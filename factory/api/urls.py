@@ -14,6 +14,7 @@ router.register(
 router.register("gpu-types", views.GpuTypeViewSet)
 router.register("clusters", views.ClusterViewSet)
 router.register(r"clusters/(?P<cluster_slug>[a-z0-9-]+)/pools", views.PoolViewSet, basename="pool")
+router.register("audit-log", views.AuditLogViewSet, basename="audit-log")
 
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="api-token"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from auditlog.models import LogEntry
 from axes.helpers import get_cool_off, get_lockout_message
 from django.contrib.auth import authenticate, user_logged_in
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -12,14 +13,17 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from factory import hierarchy, members
+from factory import audit, hierarchy, members
+from factory.filtersets import AuditFilterSet
 from factory.models import ApiToken, Cluster, GpuType, Membership, Pool, Tenant
+from factory.roles import VIEW_AUDIT_TRAIL
 from factory.signals import blockers
 
 from .exceptions import Conflict
-from .permissions import IsStaffOrReadOnly
+from .permissions import HasPermission, ModelPermissionsOrReadOnly
 from .schema import ErrorDetail
 from .serializers import (
+    AuditEntrySerializer,
     ClusterSerializer,
     GpuTypeSerializer,
     IssuedTokenSerializer,
@@ -28,7 +32,7 @@ from .serializers import (
     TenantSerializer,
     TokenCredentialsSerializer,
 )
-from .viewsets import GLOBAL, ScopedModelViewSet
+from .viewsets import GLOBAL, ScopedModelViewSet, ScopedReadOnlyViewSet
 
 # What a slug or a username may hold (the default, "[^/.]+", would let a NUL character reach the
 # database, which refuses it: a server error instead of a 404).
@@ -65,7 +69,8 @@ class TokenView(APIView):
                 )
             raise ValidationError({"non_field_errors": ["Unable to log in with provided credentials."]})
         user_logged_in.send(sender=type(user), request=request, user=user)  # resets the failure count
-        token, key = ApiToken.issue(user, name=data["name"], days=data.get("expires_in_days"))
+        with audit.acting(user):  # signed in by this very request: the trail names them
+            token, key = ApiToken.issue(user, name=data["name"], days=data.get("expires_in_days"))
         return Response(
             IssuedTokenSerializer({"token": key, "name": token.name, "expires_at": token.expires_at}).data
         )
@@ -78,7 +83,7 @@ class TenantViewSet(ScopedModelViewSet):
 
     queryset = Tenant.objects.all()
     serializer_class = TenantSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [ModelPermissionsOrReadOnly]
     lookup_field = "slug"
     lookup_value_regex = SLUG_PATTERN
     cursor_ordering = "slug"
@@ -170,7 +175,7 @@ class GpuTypeViewSet(ScopedModelViewSet):
     scoping = GLOBAL
     queryset = GpuType.objects.all()
     serializer_class = GpuTypeSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [ModelPermissionsOrReadOnly]
     lookup_field = "slug"
     lookup_value_regex = SLUG_PATTERN
     cursor_ordering = "slug"
@@ -180,7 +185,7 @@ class ClusterViewSet(ScopedModelViewSet):
     scoping = GLOBAL
     queryset = Cluster.objects.prefetch_related("pools__gpu_type")
     serializer_class = ClusterSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [ModelPermissionsOrReadOnly]
     lookup_field = "slug"
     lookup_value_regex = SLUG_PATTERN
     cursor_ordering = "slug"
@@ -193,7 +198,7 @@ class PoolViewSet(ScopedModelViewSet):
     scoping = GLOBAL
     queryset = Pool.objects.select_related("gpu_type")  # and narrowed to the URL's cluster
     serializer_class = PoolSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [ModelPermissionsOrReadOnly]
     lookup_field = "gpu_type__slug"
     lookup_url_kwarg = "gpu_type"
     lookup_value_regex = SLUG_PATTERN
@@ -229,3 +234,16 @@ class PoolViewSet(ScopedModelViewSet):
         if reasons:
             raise Conflict(f"Still in use by {', '.join(reasons)}; it cannot be deleted.")
         instance.delete()
+
+
+class AuditLogViewSet(ScopedReadOnlyViewSet):
+    """The audit trail: every administrative change, newest first, for platform admins and
+    auditors; filtered as on /audit/ (which also exports it as CSV)."""
+
+    scoping = GLOBAL  # no tenant's: the permission decides
+    queryset = LogEntry.objects.select_related("actor", "content_type")
+    serializer_class = AuditEntrySerializer
+    permission_classes = [HasPermission]
+    required_permission = VIEW_AUDIT_TRAIL
+    filterset_class = AuditFilterSet
+    cursor_ordering = "-timestamp"

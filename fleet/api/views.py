@@ -15,12 +15,17 @@ from .serializers import TelemetrySerializer
 
 
 class IsPlatformAdmin(permissions.BasePermission):
+    """Reads: whoever sees the fleet (platform admins and auditors); to anyone else it does not
+    exist. Writes: whoever may change a cluster's telemetry source (platform admins)."""
+
     def has_permission(self, request, view) -> bool:
         if not (request.user and request.user.is_authenticated):
             return False
-        if not request.user.is_staff:
+        if not request.user.has_perm("fleet.view_node"):
             raise Http404
-        return True
+        return request.method in permissions.SAFE_METHODS or request.user.has_perm(
+            "fleet.change_clustertelemetry"
+        )
 
 
 class TelemetryView(ScopedViewSetMixin, generics.RetrieveUpdateAPIView):

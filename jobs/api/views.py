@@ -198,7 +198,12 @@ def validated_spec(request) -> tuple[Tenant, dict]:
     serializer = JobCreateSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     spec = dict(serializer.validated_data)
-    tenant = get_object_or_404(Tenant.objects.visible_to(request.user), slug=spec.pop("tenant"))
+    slug = spec.pop("tenant")
+    tenant = Tenant.objects.submittable_by(request.user).filter(slug=slug).first()
+    if tenant is None:
+        # A tenant one sees but may not run jobs in (an auditor's) is refused; another is unknown.
+        get_object_or_404(Tenant.objects.visible_to(request.user), slug=slug)
+        raise PermissionDenied(f"Only members of {slug} run jobs in it.")
     try:
         submission.check_for_tenant(request.user, tenant, spec)
         dependencies.check(tenant, spec["after_ok"], spec["after_any"])

@@ -12,6 +12,9 @@ from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from factory.api.permissions import HasPermission
+from factory.roles import APPLY_PLATFORM_FILES
+
 from .. import loading, planning, schema
 
 
@@ -86,7 +89,8 @@ class PlanView(APIView):
     here (the web server's environment and files are its own): they count as unchanged where the
     portal holds one; `manage.py platform plan` reads them."""
 
-    permission_classes = [permissions.IsAdminUser]
+    permission_classes = [HasPermission]
+    required_permission = APPLY_PLATFORM_FILES  # platform admins
     parser_classes = [parsers.JSONParser, YAMLParser]
 
     @extend_schema(

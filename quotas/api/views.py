@@ -6,7 +6,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from factory.api.permissions import IsStaffOrReadOnly
+from factory.api.permissions import ModelPermissionsOrReadOnly
 from factory.api.views import SLUG_PATTERN
 from factory.api.viewsets import ScopedModelViewSet
 from jobs.api.serializers import JobCreateSerializer
@@ -42,7 +42,7 @@ class QuotaViewSet(AuditedSaveMixin, ScopedModelViewSet):
 
     queryset = Quota.objects.select_related("tenant", "gpu_type")
     serializer_class = QuotaSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [ModelPermissionsOrReadOnly]
     filterset_class = QuotaFilterSet
     cursor_ordering = "id"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
@@ -66,7 +66,7 @@ class BudgetViewSet(AuditedSaveMixin, ScopedModelViewSet):
 
     queryset = Budget.objects.select_related("tenant")
     serializer_class = BudgetSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [ModelPermissionsOrReadOnly]
     lookup_field = "tenant__slug"
     lookup_url_kwarg = "tenant"
     lookup_value_regex = SLUG_PATTERN

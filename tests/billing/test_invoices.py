@@ -154,7 +154,7 @@ def test_a_month_is_closed_once_and_invoiced_only_when_closed(september_and_octo
         invoicing.close_month(date.today().replace(day=1), finance_user)
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_closes_issue_one_set_of_invoices(september_and_october, finance_user):
     """Four finance users close October at the same moment, each on its own PostgreSQL connection."""
     assert connection.vendor == "postgresql"
@@ -184,7 +184,7 @@ def test_concurrent_closes_issue_one_set_of_invoices(september_and_october, fina
     assert billed == sum(line.amount for line in UsageRecord.objects.filter(month=OCTOBER))
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_a_close_waits_for_metering_in_flight_and_gives_up_cleanly(
     september_and_october, finance_user, ran, settings
 ):

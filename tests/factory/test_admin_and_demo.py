@@ -4,6 +4,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
+from factory import roles
 from factory.models import Cluster, Identity, Membership, Tenant
 
 pytestmark = pytest.mark.django_db
@@ -16,19 +17,35 @@ def test_demo_seed_refuses_to_run_in_production(settings):
     assert not get_user_model().objects.exists()
 
 
-def test_demo_seed_creates_the_demo_and_can_run_twice(settings, monkeypatch):
+def test_demo_seed_creates_one_login_per_role_and_can_run_twice(settings, monkeypatch, capsys):
     settings.DEBUG = True
     monkeypatch.setenv("DEMO_PASSWORD", "s3cret-demo")
     call_command("seed_demo")
     call_command("seed_demo")
     users = {u.username: u for u in get_user_model().objects.all()}
-    assert set(users) == {"researcher", "labadmin", "platform", "finance"}
+    assert set(users) == {"researcher", "labadmin", "deptadmin", "platform", "finance", "auditor"}
     assert all(u.check_password("s3cret-demo") for u in users.values())
-    roles = dict(Membership.objects.values_list("user__username", "role"))
-    assert roles == {"researcher": "member", "labadmin": "admin"}
-    assert users["platform"].is_staff and not users["researcher"].is_staff
-    assert users["finance"].groups.filter(name="finance").exists()
-    assert Tenant.objects.get().slug == "demo-lab"
+    memberships = set(Membership.objects.values_list("user__username", "tenant__slug", "role"))
+    assert memberships == {
+        ("researcher", "demo-lab", "member"),
+        ("labadmin", "demo-lab", "admin"),  # a project's admin
+        ("deptadmin", "demo-dept", "admin"),  # its department's admin
+    }
+    assert Tenant.objects.get(slug="demo-lab").parent.slug == "demo-dept"
+    held = {name: roles.platform_roles(user) for name, user in users.items()}
+    assert held == {
+        "researcher": [],
+        "labadmin": [],
+        "deptadmin": [],
+        "platform": ["platform-admin"],
+        "finance": ["finance"],
+        "auditor": ["auditor"],
+    }
+    assert not any(u.is_staff or u.is_superuser for u in users.values())
+    printed = capsys.readouterr().out
+    assert "Logins (password: s3cret-demo)" in printed
+    for name in users:
+        assert f"    {name} " in printed
     local = Cluster.objects.get(slug="local")
     assert sorted((p.gpu_type.slug, p.capacity) for p in local.pools.all()) == [("a100", 4), ("h100", 4)]
 

@@ -15,6 +15,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from factory import roles
+from factory.choices import PlatformRole
 from factory.models import ApiToken
 
 pytestmark = pytest.mark.django_db
@@ -108,6 +110,20 @@ def test_a_tokens_user_is_looked_up_once_then_remembered(owner):
     client = token_client(ApiToken.issue(owner)[1])
     assert token_lookups(client) == (200, 1)
     assert token_lookups(client) == (200, 0)
+
+
+def test_a_remembered_users_permissions_cost_no_query_and_follow_a_change_of_roles_at_once(
+    owner, tenant, other_tenant
+):
+    client = token_client(ApiToken.issue(owner)[1])
+    assert [t["slug"] for t in client.get(URL).json()["results"]] == ["demo-lab"]
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(URL).status_code == 200
+    assert not [q for q in queries.captured_queries if "auth_permission" in q["sql"]]
+    roles.grant(owner, PlatformRole.AUDITOR)  # in the admin, or at a single sign-on
+    assert [t["slug"] for t in client.get(URL).json()["results"]] == ["demo-lab", "other-lab"]
+    owner.groups.clear()
+    assert [t["slug"] for t in client.get(URL).json()["results"]] == ["demo-lab"]
 
 
 def test_a_revoked_token_is_refused_at_once(owner):

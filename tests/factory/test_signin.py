@@ -9,6 +9,8 @@ from django.conf import settings
 from django.test import Client
 from rest_framework.test import APIClient
 
+from factory import roles
+from factory.choices import PlatformRole
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
@@ -20,7 +22,9 @@ HOME = "192.0.2.50"
 
 @pytest.fixture
 def staff(django_user_model):
-    return make_user(django_user_model, "opsadmin", is_staff=True)
+    user = make_user(django_user_model, "opsadmin")
+    roles.grant(user, PlatformRole.PLATFORM_ADMIN)
+    return user
 
 
 def page_sign_in(path: str, username: str, password: str, address: str):
@@ -47,7 +51,7 @@ def sign_in(path: str, username: str, password: str, address: str):
 
 @pytest.mark.parametrize("path", ["/login/", "/admin/login/", "/api/v1/auth/token/"])
 def test_failed_sign_ins_lock_the_account_out_from_that_address_only(path, platform_admin, staff):
-    victim, neighbour = "platform", "opsadmin"  # staff, so that the admin's login lets them in
+    victim, neighbour = "platform", "opsadmin"  # platform admins, so that the admin's login lets them in
     limit = settings.AXES_FAILURE_LIMIT
     for _ in range(limit - 1):
         response = sign_in(path, victim, "guess", LAB)

@@ -10,15 +10,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from auditlog.models import LogEntry
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.test import Client
 
-from factory.choices import MembershipSource, Role
+from factory import roles
+from factory.choices import MembershipSource, PlatformRole, Role
 from factory.models import Identity, Membership, SsoAccount, SsoGroupRule, Tenant
 from tests.conftest import make_user
 from tests.oidc.server import ALICE, BOB, CLIENT_ID, free_port, sign_in_at_provider, signing_key
+from tests.support import trail
 
 pytestmark = pytest.mark.django_db
 
@@ -273,6 +276,40 @@ def test_memberships_made_by_hand_are_left_alone(oidc_provider, rules, client, l
         "lab-x": (Role.MEMBER, MembershipSource.MANUAL),
         "lab-y": (Role.ADMIN, MembershipSource.MANUAL),
     }
+
+
+def test_group_rules_give_and_take_away_platform_roles(oidc_provider, rules, client, other_tenant):
+    SsoGroupRule.objects.create(group="gpu-auditors", platform_role=PlatformRole.AUDITOR)
+    SsoGroupRule.objects.create(group="finance-.*", is_pattern=True, platform_role=PlatformRole.FINANCE)
+    oidc_provider.set_groups(ALICE, ["gpu-auditors", "finance-emea", "gpu-lab-x-users"])
+    sso_sign_in(client, ALICE)
+    alice = get_user_model().objects.get(username="alice")
+    assert roles.platform_roles(alice) == ["finance", "auditor"]
+    assert client.get("/api/v1/tenants/other-lab/").status_code == 200  # an auditor reads every tenant
+    assert client.get("/api/v1/reports/chargeback/").status_code == 200
+    # A role a platform admin gave by hand stays; those the groups gave go with the groups.
+    roles.grant(alice, PlatformRole.PLATFORM_ADMIN)
+    oidc_provider.set_groups(ALICE, ["gpu-lab-x-users"])
+    later = Client()
+    sso_sign_in(later, ALICE)
+    assert roles.platform_roles(get_user_model().objects.get(username="alice")) == ["platform-admin"]
+    assert memberships("alice") == {"lab-x": (Role.MEMBER, MembershipSource.SSO)}
+    # The trail says what the sign-in changed.
+    removed = [e for e in trail(get_user_model()) if e.changes.get("groups", {}).get("operation") == "delete"]
+    assert removed and set(removed[-1].changes["groups"]["objects"]) == {"finance", "auditor"}
+    assert (removed[-1].actor, removed[-1].additional_data) == (alice, {"via": "single sign-on"})
+    joined = trail(Membership, action=LogEntry.Action.CREATE).get()
+    assert joined.additional_data == {"source": "sso", "via": "single sign-on"}
+
+
+def test_a_platform_role_rule_names_no_tenant(lab_x):
+    with pytest.raises(ValidationError, match="not both"):
+        SsoGroupRule(group="gpu-auditors", tenant=lab_x, platform_role=PlatformRole.AUDITOR).full_clean()
+    with pytest.raises(ValidationError, match="captures no tenant"):
+        SsoGroupRule(
+            group="gpu-(?P<tenant>[a-z-]+)-auditors", is_pattern=True, platform_role=PlatformRole.AUDITOR
+        ).full_clean()
+    SsoGroupRule(group="gpu-auditors", platform_role=PlatformRole.AUDITOR).full_clean()
 
 
 def test_a_rule_is_checked_before_it_is_saved(lab_x):

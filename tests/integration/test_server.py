@@ -11,10 +11,10 @@ import urllib.request
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import Group
 
 from billing import focus
-from factory.choices import FINANCE_GROUP
+from factory import roles
+from factory.choices import PlatformRole
 from factory.models import ApiToken
 from jobs.models import Job
 
@@ -68,7 +68,7 @@ def test_submitting_through_the_server_creates_one_job_per_key(web_server, owner
 
 def test_a_streamed_export_comes_through_the_server(web_server, django_user_model):
     finance = django_user_model.objects.create_user("finance")
-    finance.groups.add(Group.objects.get_or_create(name=FINANCE_GROUP)[0])  # flushed with the test data
+    roles.grant(finance, PlatformRole.FINANCE)
     token = ApiToken.issue(finance)[1]
     status, headers, body = call(f"{web_server}/api/v1/reports/chargeback/?month=2026-11&format=focus", token)
     assert status == 200

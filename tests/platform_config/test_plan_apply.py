@@ -3,12 +3,14 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from auditlog.models import LogEntry
 from django.core.management.base import CommandError
 
 from billing.models import GridIntensity, RateCard
 from factory.models import ChangeSet, Cluster, Identity, Membership, Pool, Tenant
 from platform_config import applying, loading, planning
-from quotas.models import Budget, Quota, QuotaChange
+from quotas.models import Budget, Quota
+from tests.support import trail, trail_changes
 
 from .conftest import declare
 
@@ -111,11 +113,15 @@ def test_apply_creates_it_all_as_one_change_set_with_its_author(users, platform_
     assert Pool.objects.get(cluster__slug="eu-slurm", gpu_type__slug="a100").partition == "gpu-old"
     assert RateCard.objects.filter(gpu_type__slug="h100").count() == 3
     assert GridIntensity.objects.get(region="eu").grams_co2e_per_kwh == 250
-    # The quotas' own audit log has every quota and budget field, in the change set.
-    audit = QuotaChange.objects.filter(change_set=change_set)
-    assert audit.filter(tenant=vision, gpu_type__slug="h100", field="nominal", new_value="4").exists()
-    assert audit.filter(field="amount_per_month", new_value="2500.00").exists()
-    assert {entry.changed_by for entry in audit} == {users["researcher"]}
+    # Everything it made is in the audit trail, as the author's change in this change set.
+    entries = LogEntry.objects.filter(additional_data__change_set=change_set.pk)
+    assert entries.count() == 20
+    assert {(e.actor, e.additional_data["via"]) for e in entries} == {(users["researcher"], "platform file")}
+    quota = Quota.objects.get(tenant=vision, gpu_type__slug="h100")
+    assert trail(Quota, object_id=quota.pk).get().changes["nominal"] == [None, 4]
+    assert ("amount_per_month", None, "2500.00") in trail_changes(Budget)
+    assert ("connection.token", None, "(secret)") in trail_changes(Cluster)
+    assert "s3cret-token" not in str(list(entries.values_list("changes", flat=True)))
 
 
 def test_applying_the_same_file_again_changes_nothing(
@@ -154,7 +160,7 @@ def test_a_change_is_planned_and_applied_field_by_field(users, platform_file, ru
     assert Tenant.objects.get(slug="vision").parent is None
     latest = ChangeSet.objects.first()
     assert latest.summary == {"create": 0, "change": 3, "delete": 0}
-    assert QuotaChange.objects.filter(change_set=latest, field="borrowing_limit", old_value="4").exists()
+    assert ("borrowing_limit", 4, None) in trail_changes(Quota, additional_data__change_set=latest.pk)
     assert quota.updated_at >= latest.applied_at
 
 
@@ -218,7 +224,9 @@ def test_prune_deletes_what_the_file_leaves_out(users, platform_file, run_platfo
     run_platform("apply", platform_file("prune: true\n" + smaller))
     assert not Pool.objects.filter(gpu_type__slug="a100").exists()
     assert not Quota.objects.filter(gpu_type__slug="a100").exists()
-    assert QuotaChange.objects.filter(field="quota", new_value="deleted", gpu_type__slug="a100").exists()
+    deleted = trail(Quota, action=LogEntry.Action.DELETE).get()
+    assert deleted.object_repr.startswith("research/a100") and deleted.changes["nominal"] == [4, None]
+    assert deleted.additional_data == {"via": "platform file", "change_set": ChangeSet.objects.first().pk}
 
 
 def test_plan_json_lists_changes_with_keys(users):

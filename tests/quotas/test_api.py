@@ -3,10 +3,11 @@ from __future__ import annotations
 from unittest import mock
 
 import pytest
+from auditlog.models import LogEntry
 
-from quotas.models import Budget, Quota, QuotaChange
+from quotas.models import Budget, Quota
 from tests.jobs.test_api import client_for
-from tests.support import admit
+from tests.support import admit, trail, trail_changes
 
 pytestmark = pytest.mark.django_db
 
@@ -30,12 +31,10 @@ def test_platform_admin_creates_and_edits_a_quota_with_an_audit_trail(
     assert edited.json()["nominal"] == 6 and edited.json()["in_use"] == 0
     assert readmit.call_count == 2  # a quota change runs admission
     assert mirror.call_args_list == [mock.call([tenant.pk])] * 2  # and goes to the clusters' own limits
-    changes = {
-        (c.field, c.old_value, c.new_value)
-        for c in QuotaChange.objects.filter(field__in=["nominal", "lending_limit"])
-    }
-    assert ("nominal", "4", "6") in changes and ("lending_limit", "", "2") in changes
-    assert QuotaChange.objects.filter(changed_by=platform_admin).exists()
+    changes = trail_changes(Quota, action=LogEntry.Action.UPDATE)
+    assert changes == {("nominal", 4, 6), ("lending_limit", None, 2)}
+    assert {entry.actor for entry in trail(Quota)} == {platform_admin}
+    assert trail(Quota, action=LogEntry.Action.CREATE).get().changes["nominal"] == [None, 4]
 
 
 def test_deleting_a_quota_is_audited_and_reaches_the_clusters(
@@ -50,8 +49,8 @@ def test_deleting_a_quota_is_audited_and_reaches_the_clusters(
         response = client_for(platform_admin).delete(f"{URL}{quota.pk}/")
     assert response.status_code == 204
     assert not Quota.objects.filter(pk=quota.pk).exists()
-    change = QuotaChange.objects.get(field="quota")
-    assert (change.old_value, change.new_value, change.changed_by) == ("4", "deleted", platform_admin)
+    change = trail(Quota, action=LogEntry.Action.DELETE).get()
+    assert (change.changes["nominal"], change.actor) == ([4, None], platform_admin)
     readmit.assert_called_once_with()
     mirror.assert_called_once_with([tenant.pk])
 
@@ -71,7 +70,7 @@ def test_bad_quota_input_is_rejected_per_field(platform_admin, tenant, h100, pay
     response = client_for(platform_admin).post(URL, body, format="json")
     assert response.status_code == 400, response.content
     assert field in response.json()
-    assert not Quota.objects.exists() and not QuotaChange.objects.exists()
+    assert not Quota.objects.exists() and not trail(Quota).exists()
 
 
 def test_duplicate_quota_is_rejected(platform_admin, quotas):

@@ -1,0 +1,29 @@
+"""The Django admin, for holders of a platform role rather than for `is_staff` users: who enters
+and what each sees and changes there are Django permissions (factory.roles)."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
+
+from .roles import enters_admin
+
+
+class AdminLoginForm(AdminAuthenticationForm):
+    def confirm_login_allowed(self, user) -> None:
+        AuthenticationForm.confirm_login_allowed(self, user)  # active accounts only
+        if not enters_admin(user):
+            raise ValidationError(
+                "This account holds no platform role: the admin is for platform admins, finance "
+                "and auditors.",
+                code="invalid_login",
+            )
+
+
+class PortalAdminSite(admin.AdminSite):
+    login_form = AdminLoginForm
+
+    def has_permission(self, request) -> bool:
+        return enters_admin(request.user)
