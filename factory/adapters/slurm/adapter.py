@@ -755,10 +755,20 @@ class SlurmAdapter(Adapter):
 # variables torchrun and most launchers read, derived from Slurm's own: MASTER_ADDR (the first
 # node's address, as slurmctld knows it), MASTER_PORT (from the job id, so that two gangs sharing
 # a node differ), WORLD_SIZE (nodes), NODE_RANK (the task's node index) and FACTORY_NODE_LIST.
-# A rank that fails ends the others (--kill-on-bad-exit); the job's exit code is the worst code a
-# rank exited with by itself, not that of the ranks stopped because of it. srun writes each rank's
-# output to rank-<N>.log in the job's directory (the umask keeps it from other users).
-GANG_LAUNCH = """\
+# A rank that fails ends the others (--kill-on-bad-exit); the job's exit code is that of the rank
+# that failed first, not those of the ranks stopped because of it (143 for SIGTERM, or whatever a
+# launcher that catches it exits with). Each rank records its exit code and when it ended; the
+# nodes' clocks agree, as munge needs them to. srun writes each rank's output to rank-<N>.log in
+# the job's directory (the umask keeps it from other users).
+FIRST_FAILURE = """\
+first_failure() {
+  for file in "$1"/rank-*.exit; do
+    [ -f "$file" ] && read -r code at <"$file" && [ "$code" -ne 0 ] && echo "$at $code"
+  done | sort -n | head -n 1 | cut -d' ' -f2
+}
+"""
+GANG_LAUNCH = (
+    """\
 FACTORY_JOB_DIR=$PWD
 FACTORY_NODE_LIST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | paste -sd, -)
 MASTER_ADDR=$(scontrol -o show node "${FACTORY_NODE_LIST%%,*}" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
@@ -768,16 +778,16 @@ umask 0027
 srun --export=ALL --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \\
   --output="$FACTORY_JOB_DIR/rank-%t.log" /bin/bash -c \\
   'export NODE_RANK=$SLURM_NODEID; /bin/bash -c "$1"; code=$?
-   echo $code >"$2/rank-$NODE_RANK.exit"; exit $code' \\
+   echo "$code $(date +%s.%N)" >"$2/rank-$NODE_RANK.exit"; exit $code' \\
   rank {command} "$FACTORY_JOB_DIR"
 launched=$?
-worst=0
-for file in "$FACTORY_JOB_DIR"/rank-*.exit; do
-  [ -f "$file" ] && code=$(cat "$file") && [ "$code" -gt "$worst" ] && worst=$code
-done
-[ "$worst" -ne 0 ] || worst=$launched
-exit "$worst"
 """
+    + FIRST_FAILURE
+    + """\
+failed=$(first_failure "$FACTORY_JOB_DIR")
+exit "${failed:-$launched}"
+"""
+)
 
 
 def pending_reason(raw: str) -> str:
