@@ -37,9 +37,11 @@ NODE = "cpu1"  # the dev cluster's CPU node: ours to drain, and always resumed a
 
 
 def sinfo(node: str) -> tuple[str, str]:
+    """The node's state and reason. Without sinfo's flag for a slurmd slow to answer (`*`), which
+    a busy machine sets now and then and which says nothing of a drain."""
     out = subprocess.run(["sinfo", "-h", "-N", "-n", node, "-o", "%T|%E"], capture_output=True, text=True)
     state, _, reason = out.stdout.strip().partition("|")
-    return state, reason
+    return state.rstrip("*"), reason
 
 
 def force_resume(node: str) -> None:

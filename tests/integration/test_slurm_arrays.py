@@ -105,10 +105,13 @@ def slurm_states(external_id: str) -> dict[str, str]:
     return dict(line.split() for line in out.splitlines())
 
 
+# Every task runs over a second, the failing one too: Slurm times jobs to the second, and a job
+# that starts and ends within the same second used no time the ledger would bill.
 COMMAND = """\
 echo "task=$FACTORY_ARRAY_INDEX slurm=$SLURM_ARRAY_TASK_ID uid=$FACTORY_JOB_UID"
+sleep 1.5
 [ "$FACTORY_ARRAY_INDEX" = 2 ] && exit 3
-sleep 1
+exit 0
 """
 
 
