@@ -272,8 +272,9 @@ def custom_tier(env: dict[str, str], workers: int, var_dir: Path) -> Iterator[tu
             stop_server(server)
 
 
-def run(args: argparse.Namespace, var_dir: Path) -> dict[str, tuple[list[Window], dict]]:
-    env = server_env(
+def bench_env(args: argparse.Namespace, var_dir: Path) -> dict[str, str]:
+    """The servers' environment, the same for every mode of this bench."""
+    return server_env(
         DATABASE_URL,
         REDIS_URL,
         var_dir,
@@ -283,6 +284,10 @@ def run(args: argparse.Namespace, var_dir: Path) -> dict[str, tuple[list[Window]
         DB_POOL_MAX_SIZE=str(args.pool_size),
         FORWARDED_ALLOW_IPS=HOST,
     )
+
+
+def run(args: argparse.Namespace, var_dir: Path) -> dict[str, tuple[list[Window], dict]]:
+    env = bench_env(args, var_dir)
     log(f"Creating database {DB_NAME}, migrating and seeding ...")
     benchdb.recreate(DB_NAME)
     try:
@@ -390,14 +395,7 @@ async def array_rounds(port: int, token: str, pids: list[int], args: argparse.Na
 
 
 def run_arrays(args: argparse.Namespace, var_dir: Path) -> dict:
-    env = server_env(
-        DATABASE_URL,
-        REDIS_URL,
-        var_dir,
-        DB_CONN_MAX_AGE=str(args.conn_max_age),
-        DB_POOL_MAX_SIZE=str(args.pool_size),
-        FORWARDED_ALLOW_IPS=HOST,
-    )
+    env = bench_env(args, var_dir)
     log(f"Creating database {DB_NAME}, migrating and seeding ...")
     benchdb.recreate(DB_NAME)
     try:
