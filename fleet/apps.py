@@ -28,4 +28,18 @@ def register_audited_models() -> None:
     from .models import ClusterTelemetry, Node
 
     audit.register(Node, include_fields=["cluster", "name", "gpu_type", "exporter_url"])
-    audit.register(ClusterTelemetry, include_fields=["cluster", "enabled", "interval_seconds"])
+    audit.register(
+        ClusterTelemetry,
+        # The Prometheus settings as shown (credentials are never in `prometheus`); of the sealed
+        # credentials only that they changed.
+        include_fields=[
+            "cluster",
+            "enabled",
+            "interval_seconds",
+            "source",
+            "prometheus",
+            "prometheus_secrets_sealed",
+        ],
+        mask_fields=["prometheus_secrets_sealed"],
+        mask_callable="factory.audit.mask_all",
+    )

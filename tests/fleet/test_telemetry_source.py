@@ -273,3 +273,24 @@ def test_a_bearer_token_goes_to_prometheus_and_never_follows_a_redirect():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_source_changes_are_in_the_audit_trail_by_whoever_made_them_credentials_never(
+    cluster, platform_admin
+):
+    from tests.support import trail
+
+    api = client_for(platform_admin)
+    settings = {"url": "https://prom.example.org", "bearer_token": TOKEN}
+    body = {"source": "prometheus", "prometheus": settings}
+    assert api.patch("/api/v1/clusters/local/telemetry/", body, format="json").status_code == 200
+    rotated = {"url": "https://prom.example.org", "bearer_token": "rotated-" + TOKEN}
+    assert (
+        api.patch("/api/v1/clusters/local/telemetry/", {"prometheus": rotated}, format="json").status_code
+        == 200
+    )
+    first, rotation = (entry.changes for entry in trail(ClusterTelemetry, actor=platform_admin))
+    assert first["source"][1] == "prometheus"  # the first change creates the settings
+    assert "https://prom.example.org" in str(first["prometheus"][1])
+    assert rotation == {"prometheus_secrets_sealed": ["(secret)", "(secret)"]}  # only that it changed
+    assert TOKEN not in str([first, rotation])
