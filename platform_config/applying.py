@@ -14,9 +14,11 @@ from collections import defaultdict
 from django.db import connection, transaction
 from django.utils import timezone
 
-from factory import audit
+from factory import audit, sealing
 from factory.hierarchy import hierarchy_lock
 from factory.models import ChangeSet, Identity, Tenant
+from fleet.models import ClusterTelemetry
+from fleet.sources.prometheus import PrometheusSettings
 from quotas.editing import after_quota_changes
 
 from . import state as st
@@ -138,6 +140,14 @@ class Writer:
             )
         elif kind == "grid_intensity":
             values["region"] = key[0]
+        elif kind == "telemetry":
+            secrets = PrometheusSettings.secret_names()
+            settings = values.pop("prometheus")
+            values.update(
+                cluster_id=self.id("cluster", key[0]),
+                prometheus={k: v for k, v in settings.items() if k not in secrets},
+                prometheus_secrets_sealed=sealing.seal({k: v for k, v in settings.items() if k in secrets}),
+            )
         instance = MODELS[kind](**values)
         instance.pk = self.id(kind, *key)
         return instance
@@ -145,6 +155,9 @@ class Writer:
     def create(self, kind: str) -> None:
         changes = self.changed(kind, "create")
         if not changes:
+            return
+        if kind == "telemetry":
+            self.set_telemetry(changes)
             return
         rows = [self.row(kind, c.key, self.plan.desired[kind][c.key]) for c in changes]
         if kind == "identity":
@@ -160,6 +173,9 @@ class Writer:
         changes = self.changed(kind, "change")
         if not changes:
             return
+        if kind == "telemetry":
+            self.set_telemetry(changes)
+            return
         names = sorted({name.split(".")[0] for c in changes for name, _, _ in c.fields} - {"parent"})
         if names:
             rows = [self.row(kind, c.key, self.plan.desired[kind][c.key]) for c in changes]
@@ -171,6 +187,31 @@ class Writer:
             MODELS[kind].objects.bulk_update(rows, names, batch_size=500)
         if kind == "tenant":
             self.set_parents([c.key for c in changes if any(n == "parent" for n, _, _ in c.fields)])
+
+    def set_telemetry(self, changes: list[Change]) -> None:
+        """Clusters' telemetry sources, made or changed in one statement: a cluster's row may
+        exist or not (the scraper makes it on first use, meanwhile too). Whether the source
+        answers is judged afresh by the next cycle, as after a change by the API."""
+        rows = [self.row("telemetry", c.key, self.plan.desired["telemetry"][c.key]) for c in changes]
+        for row in rows:
+            row.pk = None  # matched by its cluster
+            row.unavailable_since, row.unavailable_reason = None, ""
+        written = ClusterTelemetry.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["cluster"],
+            update_fields=[
+                "source",
+                "enabled",
+                "interval_seconds",
+                "prometheus",
+                "prometheus_secrets_sealed",
+                "unavailable_since",
+                "unavailable_reason",
+            ],
+        )
+        for change, instance in zip(changes, written, strict=True):
+            self.ids["telemetry"][change.key] = instance.pk
 
     def set_parents(self, keys: list[st.Key]) -> None:
         desired = self.plan.desired["tenant"]

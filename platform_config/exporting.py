@@ -11,6 +11,8 @@ from decimal import Decimal
 import pydantic
 import yaml
 
+from fleet.sources.prometheus import PrometheusSettings
+
 from . import state as st
 from .planning import secret_settings
 from .schema import (
@@ -23,6 +25,7 @@ from .schema import (
     PoolSpec,
     QuotaSpec,
     RateCardSpec,
+    TelemetrySpec,
     TenantSpec,
 )
 
@@ -59,6 +62,9 @@ def document(state: st.State) -> dict:
         entry = _without_defaults(ClusterSpec, {"slug": slug, **fields, "connection": connection})
         if pools[slug]:
             entry["pools"] = pools[slug]
+        telemetry = _telemetry(state["telemetry"].get((slug,)))
+        if telemetry:
+            entry["telemetry"] = telemetry
         clusters.append(entry)
 
     tenants = []
@@ -98,6 +104,16 @@ def document(state: st.State) -> dict:
         ],
     }
     return {name: value for name, value in sections.items() if value != []}
+
+
+def _telemetry(fields: dict | None) -> dict:
+    """A cluster's telemetry source, left out where it is the default."""
+    if fields is None or fields == st.telemetry_defaults():
+        return {}
+    prometheus = dict(fields["prometheus"] or {})
+    for name in PrometheusSettings.secret_names() & set(prometheus):
+        prometheus[name] = {"keep": True}
+    return _without_defaults(TelemetrySpec, {**fields, "prometheus": prometheus})
 
 
 class _Dumper(yaml.SafeDumper):

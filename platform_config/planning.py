@@ -29,6 +29,8 @@ from factory.adapters import adapter_class
 from factory.hierarchy import TenantTree
 from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
 from factory.signals import blockers
+from fleet.models import ClusterTelemetry
+from fleet.sources.prometheus import PrometheusSettings
 from quotas import nesting
 from quotas.models import Budget, Quota
 
@@ -192,10 +194,17 @@ def declared_state(declaration: Declaration, current: State, read_secrets: bool 
     for path, spec in items["gpu_types"]:
         put("gpu_type", (spec.slug,), spec.model_dump(exclude={"slug"}), path)
     for path, spec in items["clusters"]:
-        fields = spec.model_dump(exclude={"slug", "pools"})
-        where = f"{path}.connection"
-        fields["connection"] = _resolve_connection(spec, current, where, problems, read_secrets)
+        fields = spec.model_dump(exclude={"slug", "pools", "telemetry"})
+        stored = (current["cluster"].get((spec.slug,)) or {}).get("connection") or {}
+        fields["connection"] = _resolve_secrets(
+            spec.connection, secret_settings(spec.kind), stored, f"{path}.connection", problems, read_secrets
+        )
         put("cluster", (spec.slug,), fields, path)
+        telemetry = _declared_telemetry(
+            spec, declaration.prune, current, f"{path}.telemetry", problems, read_secrets
+        )
+        if telemetry is not None:
+            put("telemetry", (spec.slug,), telemetry, f"{path}.telemetry")
         for index, pool in enumerate(spec.pools):
             put(
                 "pool",
@@ -230,10 +239,30 @@ def secret_settings(kind: str) -> set[str]:
     return {name for name, info in fields.items() if info.repr is False}
 
 
-def _resolve_connection(spec, current: State, path: str, problems: list[Problem], read: bool) -> dict:
-    connection = dict(spec.connection)
-    stored = (current["cluster"].get((spec.slug,)) or {}).get("connection") or {}
-    for name in sorted(secret_settings(spec.kind) & set(connection)):
+def _declared_telemetry(spec, prune: bool, current: State, path: str, problems: list, read: bool):
+    """The cluster's telemetry source as declared; left out, the defaults under `prune: true` and
+    nothing (the portal's stays) without."""
+    if spec.telemetry is None:
+        return st.telemetry_defaults() if prune else None
+    fields = spec.telemetry.model_dump()
+    stored = (current["telemetry"].get((spec.slug,)) or {}).get("prometheus") or {}
+    fields["prometheus"] = _resolve_secrets(
+        spec.telemetry.prometheus,
+        PrometheusSettings.secret_names(),
+        stored,
+        f"{path}.prometheus",
+        problems,
+        read,
+    )
+    return fields
+
+
+def _resolve_secrets(
+    settings: dict, secrets: set[str], stored: dict, path: str, problems: list[Problem], read: bool
+) -> dict:
+    """Settings with their secrets read from where the file references them (see make_plan)."""
+    connection = dict(settings)
+    for name in sorted(secrets & set(connection)):
         value = connection[name]
         where = f"{path}.{name}"
         if not isinstance(value, dict) or not set(value) <= set(SecretRef.model_fields):
@@ -326,6 +355,22 @@ def check(
     problems += _billed_rate_cards(declared["rate_card"], current, where)
     problems += _posix_accounts(desired["identity"], where)
     problems += _model_rules(declared, current, where)
+    problems += _telemetry_sources(declared, current, where)
+    return problems
+
+
+def _telemetry_sources(declared: State, current: State, where) -> list[Problem]:
+    """A Prometheus source's settings, checked as the API checks them, wherever the file declares
+    them or a source that reads them."""
+    problems = []
+    for key, fields in declared["telemetry"].items():
+        if current["telemetry"].get(key) == fields:
+            continue
+        if fields["prometheus"] or fields["source"] == "prometheus":
+            try:
+                PrometheusSettings.parse(fields["prometheus"])
+            except ValueError as exc:
+                problems.append(Problem(where("telemetry", key, "prometheus"), str(exc)))
     return problems
 
 
@@ -448,6 +493,7 @@ def _posix_accounts(identities: dict, where) -> list[Problem]:
 MODELS = {
     "gpu_type": GpuType,
     "cluster": Cluster,
+    "telemetry": ClusterTelemetry,
     "pool": Pool,
     "tenant": Tenant,
     "membership": Membership,
@@ -501,12 +547,16 @@ def diff(current: State, desired: State) -> list[Change]:
     for kind in st.KINDS:
         have, want = current[kind], desired[kind]
         for key in sorted(want.keys() - have.keys()):
+            if kind == "telemetry" and want[key] == st.telemetry_defaults():
+                continue  # a new cluster's: made with these on first use
             changes.append(Change("create", kind, key, _fields(kind, None, want[key])))
         for key in sorted(want.keys() & have.keys()):
             fields = _fields(kind, have[key], want[key])
             if fields:
                 changes.append(Change("change", kind, key, fields))
     for kind in reversed(st.KINDS):
+        if kind == "telemetry":
+            continue  # goes with its cluster
         for key in sorted(current[kind].keys() - desired[kind].keys()):
             changes.append(Change("delete", kind, key))
     return changes
@@ -518,21 +568,23 @@ def _fields(kind: str, old: dict | None, new: dict) -> list[tuple[str, Any, Any]
         before = None if old is None else old[name]
         after = new[name]
         if name == "connection":
-            fields += _connection_fields(new["kind"], before, after, created=old is None)
+            fields += _setting_fields(name, secret_settings(new["kind"]), before, after, created=old is None)
+        elif kind == "telemetry" and name == "prometheus":
+            fields += _setting_fields(name, PrometheusSettings.secret_names(), before, after, old is None)
         elif old is None or before != after:
             fields.append((name, before, after))
     return fields
 
 
-def _connection_fields(kind: str, old: dict | None, new: dict, created: bool) -> list:
-    secrets = secret_settings(kind)
+def _setting_fields(prefix: str, secrets: set[str], old: dict | None, new: dict, created: bool) -> list:
+    """Settings (a cluster's connection, a Prometheus source's) one by one, secrets masked."""
     old = old or {}
     fields = []
     for name in sorted(old.keys() | new.keys()):
         if not created and old.get(name) == new.get(name):
             continue
         mask = (lambda v: None if v is None else SECRET_SHOWN) if name in secrets else (lambda v: v)
-        fields.append((f"connection.{name}", mask(old.get(name)), mask(new.get(name))))
+        fields.append((f"{prefix}.{name}", mask(old.get(name)), mask(new.get(name))))
     return fields
 
 

@@ -1,5 +1,5 @@
-"""The platform file: GPU types, clusters and their pools, tenants with their members, quotas and
-budgets, user identities, rate cards and grid intensities, declared in YAML.
+"""The platform file: GPU types, clusters with their pools and telemetry sources, tenants with
+their members, quotas and budgets, user identities, rate cards and grid intensities, in YAML.
 
 Typed with pydantic, strict: an unknown key or a value of the wrong type is an error, never
 dropped or coerced ("8" is not 8). A field left out takes the portal's default, so the file says
@@ -7,7 +7,8 @@ everything about what it declares. Numbers of money and energy are decimals, wri
 strings ("2.50"); dates as YYYY-MM-DD. The JSON Schema editors validate the file with is
 `json_schema()`, published at /api/v1/platform/schema/ and by `manage.py platform schema`.
 
-Secrets in cluster connection settings are referenced, never written: `{env: NAME}` (an
+Secrets in cluster connection settings and in a telemetry source's Prometheus settings are
+referenced, never written: `{env: NAME}` (an
 environment variable of the process that plans or applies), `{file: PATH}` (a file's text, a
 trailing newline dropped) or `{keep: true}` (the value the portal already holds; what `export`
 writes, since the portal never shows a secret back).
@@ -24,6 +25,7 @@ import pydantic
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from factory.choices import ClusterKind, Role
+from fleet.choices import TelemetrySource
 
 SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 VERSION = 1
@@ -95,6 +97,22 @@ class PoolSpec(Spec):
     node_selector: dict[str, str] = Field(default_factory=dict, description="Kubernetes node selector.")
 
 
+class TelemetrySpec(Spec):
+    """Where the cluster's GPU telemetry comes from. Left out of a cluster, the portal's settings
+    stay as they are; with `prune: true`, they return to these defaults."""
+
+    source: Literal[tuple(TelemetrySource.values)] = TelemetrySource.EMBEDDED.value  # type: ignore[valid-type]
+    enabled: bool = True
+    interval_seconds: Annotated[float, Field(ge=1)] | None = Field(
+        default=None, description="Seconds between reads; empty: the portal's FACTORY_TELEMETRY_INTERVAL."
+    )
+    prometheus: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The Prometheus source's settings (url, match, node_label, TLS, timeout); its "
+        "credentials (bearer_token, password) as {env: NAME}, {file: PATH} or {keep: true}, never inline.",
+    )
+
+
 class ClusterSpec(Spec):
     slug: Slug
     name: str
@@ -109,6 +127,7 @@ class ClusterSpec(Spec):
         "(kubeconfig, token, headers) as {env: NAME}, {file: PATH} or {keep: true}, never inline.",
     )
     pools: list[PoolSpec] = Field(default_factory=list)
+    telemetry: TelemetrySpec | None = None
 
 
 class MemberSpec(Spec):
@@ -185,8 +204,10 @@ class PlatformFile(Spec):
 
 @cache
 def json_schema() -> dict:
-    """The file's JSON Schema (draft 2020-12), each cluster kind's connection settings included,
-    its secret settings as references."""
+    """The file's JSON Schema (draft 2020-12), each cluster kind's connection settings and the
+    Prometheus source's settings included, their secret settings as references."""
+    from fleet.sources.prometheus import PrometheusSettings
+
     schema = PlatformFile.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$defs"]["SecretRef"] = SecretRef.model_json_schema()
@@ -197,16 +218,24 @@ def json_schema() -> dict:
         }
         for kind in ClusterKind.values
     ]
+    telemetry = schema["$defs"]["TelemetrySpec"]["properties"]
+    telemetry["prometheus"] = {
+        **_settings_schema(PrometheusSettings, schema["$defs"]),
+        "description": telemetry["prometheus"]["description"],
+    }
     return schema
 
 
 def _connection_schema(kind: str, defs: dict) -> dict:
     from factory.adapters import adapter_class
 
-    connection = adapter_class(kind).connection_class
-    schema = connection.model_json_schema(ref_template="#/$defs/{model}")
+    return _settings_schema(adapter_class(kind).connection_class, defs)
+
+
+def _settings_schema(settings: type[pydantic.BaseModel], defs: dict) -> dict:
+    schema = settings.model_json_schema(ref_template="#/$defs/{model}")
     defs.update(schema.pop("$defs", {}))
-    for name, info in connection.model_fields.items():
+    for name, info in settings.model_fields.items():
         if info.repr is False:  # a secret: referenced, never written
             schema["properties"][name] = {"$ref": "#/$defs/SecretRef"}
     return schema

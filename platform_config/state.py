@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 
 from billing.models import GridIntensity, RateCard
 from factory.models import Cluster, GpuType, Identity, Membership, Pool, Tenant
+from fleet.models import ClusterTelemetry
 from quotas.models import Budget, Quota
 
 Key = tuple[str, ...]
@@ -21,6 +22,7 @@ Key = tuple[str, ...]
 FIELDS: dict[str, tuple[str, ...]] = {
     "gpu_type": ("name", "memory_gb", "board_power_watts"),
     "cluster": ("name", "kind", "region", "pue", "enabled", "draining", "connection"),
+    "telemetry": ("source", "enabled", "interval_seconds", "prometheus"),
     "pool": ("capacity", "partition", "node_selector"),
     "tenant": ("name", "parent", "cost_center", "regions"),
     "membership": ("role",),
@@ -37,7 +39,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "grid_intensity": ("grams_co2e_per_kwh",),
 }
 KINDS = tuple(FIELDS)
-# Key parts: gpu_type (slug), cluster (slug), pool (cluster, gpu type), tenant (slug),
+# Key parts: gpu_type (slug), cluster (slug), telemetry (cluster), pool (cluster, gpu type), tenant (slug),
 # membership (tenant, username), identity (username), quota (tenant, gpu type), budget (tenant),
 # rate_card (gpu type, cluster or "", effective from), grid_intensity (region).
 NO_CLUSTER = ""
@@ -67,10 +69,11 @@ def _values(queryset, key_fields: tuple[str, ...], kind: str, state: State, rena
 
 
 def current() -> State:
-    """What the portal holds now: ten queries."""
+    """What the portal holds now: eleven queries."""
     state = State()
     _values(GpuType.objects.all(), ("slug",), "gpu_type", state)
     _values(Cluster.objects.all(), ("slug",), "cluster", state)
+    _telemetry(state)
     _values(Pool.objects.all(), ("cluster__slug", "gpu_type__slug"), "pool", state)
     _values(Tenant.objects.all(), ("slug",), "tenant", state, {"parent": "parent__slug"})
     _values(Membership.objects.all(), ("tenant__slug", "user__username"), "membership", state)
@@ -82,6 +85,31 @@ def current() -> State:
     for fields in state["tenant"].values():
         fields["regions"] = list(fields["regions"] or [])
     return state
+
+
+def telemetry_defaults() -> dict[str, Any]:
+    from .schema import TelemetrySpec
+
+    return TelemetrySpec().model_dump()
+
+
+def _telemetry(state: State) -> None:
+    """Every cluster's telemetry source, its credentials among its Prometheus settings (so that a
+    rotated one is seen); the defaults for a cluster without a row of its own, which is made on
+    first use with those (ClusterTelemetry.of)."""
+    for key in state["cluster"]:
+        state.objects["telemetry"][key] = telemetry_defaults()
+    for telemetry in ClusterTelemetry.objects.select_related("cluster").only(
+        "cluster__slug", "prometheus_secrets_sealed", *FIELDS["telemetry"]
+    ):
+        key = (telemetry.cluster.slug,)
+        state.objects["telemetry"][key] = {
+            "source": telemetry.source,
+            "enabled": telemetry.enabled,
+            "interval_seconds": telemetry.interval_seconds,
+            "prometheus": {**(telemetry.prometheus or {}), **telemetry.prometheus_secrets()},
+        }
+        state.ids["telemetry"][key] = telemetry.pk
 
 
 def user_ids(usernames: set[str]) -> dict[str, int]:

@@ -276,5 +276,6 @@ def test_the_readme_example_plans_cleanly(django_user_model, platform_file, run_
     for name in ("alice", "bob"):
         make_user(django_user_model, name)
     monkeypatch.setenv("EU_RAY_TOKEN", "t")
+    monkeypatch.setenv("EU_PROM_TOKEN", "p")
     status, out, _ = run_platform("plan", platform_file(example))
-    assert status == 2 and "Plan: 16 to create, 0 to change, 0 to delete" in out
+    assert status == 2 and "Plan: 17 to create, 0 to change, 0 to delete" in out
