@@ -355,6 +355,7 @@ class Job(models.Model):
             if to in JOB_STATE_EVENTS:
                 changed_state = {
                     "job_id": self.pk,
+                    "array_id": self.array_id,
                     "owner_id": self.owner_id,
                     "state": to,
                     "event_id": event.pk,

@@ -1,6 +1,11 @@
 """Telling users what happened: a job's owner when it starts, succeeds, fails or times out, a
 tenant's admins when its budget passes a threshold; by e-mail and by webhook, as each chose.
 
+- A job array is told of as one job, as Slurm mails for an array: once when its first task starts,
+  once when its last task has ended, with its tasks counted by state (an array with a failed task
+  failed; else one with a task timed out timed out; else it succeeded). A thousand-task sweep is
+  two messages, not two thousand.
+
 - A trigger (a JobEvent, a budget alert) makes at most one Notification per user (unique source)
   and one Delivery per channel, in one transaction; the deliveries are sent by Celery tasks on the
   `notifications` queue once it commits.
@@ -32,18 +37,20 @@ import requests
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, models, transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from .choices import (
     DEFAULT_NOTIFY_EVENTS,
     JOB_STATE_EVENTS,
+    TERMINAL_STATES,
     DeliveryState,
     EventKind,
     JobState,
     NotifyChannel,
     NotifyEvent,
 )
-from .models import Delivery, Job, JobEvent, Notification, NotificationSettings
+from .models import Delivery, Job, JobArray, JobEvent, Notification, NotificationSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,26 @@ class DeliveryError(Exception):
 
 
 # --- who wants what -------------------------------------------------------------------------------
+
+
+# What an array's end may be told as; which one, its tasks' states decide (array_outcome).
+ARRAY_END_EVENTS = (NotifyEvent.JOB_FAILED, NotifyEvent.JOB_TIMED_OUT, NotifyEvent.JOB_SUCCEEDED)
+# An array's tasks counted in this order in its summary.
+SUMMARY_ORDER = (
+    JobState.SUCCEEDED,
+    JobState.FAILED,
+    JobState.TIMED_OUT,
+    JobState.CANCELLED,
+    JobState.REJECTED,
+)
+
+
+def event_kinds(state: str, in_array: bool) -> tuple[str, ...]:
+    """What a state change may be told as: its own event, or for an array's task that ended,
+    whichever the array's end turns out to be."""
+    if in_array and state != JobState.RUNNING:
+        return ARRAY_END_EVENTS
+    return (JOB_STATE_EVENTS[state],)
 
 
 def channels_for(user, event: str) -> dict[str, str]:
@@ -111,13 +138,18 @@ def _enqueue(delivery_ids: list[int], countdown: float = 0) -> None:
 # --- the triggers ---------------------------------------------------------------------------------
 
 
-def on_job_state_changed(sender, *, owner_id: int, state: str, event_id: int, **kwargs) -> None:
+def on_job_state_changed(
+    sender, *, owner_id: int, state: str, event_id: int, array_id: int | None = None, **kwargs
+) -> None:
     """Sent on commit of a state change: hand it to a task if its owner wants to hear of it. The
-    check costs one query here; a job whose owner wants nothing costs no task."""
+    check costs two queries here; a job whose owner wants nothing costs no task."""
     from django.contrib.auth import get_user_model
 
     user = get_user_model().objects.filter(pk=owner_id).first()
-    if user is not None and channels_for(user, JOB_STATE_EVENTS[state]):
+    if user is None:
+        return
+    prefs = NotificationSettings.objects.filter(user=user).first()
+    if any(targets(prefs, user.email, kind) for kind in event_kinds(state, array_id is not None)):
         from .tasks import notify_job_event
 
         notify_job_event.delay(event_id)
@@ -125,13 +157,15 @@ def on_job_state_changed(sender, *, owner_id: int, state: str, event_id: int, **
 
 def notify_job_event(event_id: int) -> list[int]:
     event = (
-        JobEvent.objects.select_related("job__owner", "job__tenant", "job__cluster")
+        JobEvent.objects.select_related("job__owner", "job__tenant", "job__cluster", "job__array")
         .filter(pk=event_id)
         .first()
     )
     if event is None or event.kind != EventKind.STATE or event.state not in JOB_STATE_EVENTS:
         return []
     job = event.job
+    if job.array is not None:
+        return notify_array_event(job.array, job, event)
     kind = JOB_STATE_EVENTS[event.state]
     subject, text = describe(job, event)
     return notify(
@@ -147,6 +181,49 @@ def describe(job: Job, event: JobEvent) -> tuple[str, str]:
         subject += f" with exit code {job.exit_code}"
     text = f"Job {job.name} (#{job.pk}) of {job.tenant.slug}{where}: {event.message}."
     return subject, text
+
+
+def notify_array_event(array: JobArray, job: Job, event: JobEvent) -> list[int]:
+    """The array's start (its first task's), or its end once no task of it is left to run."""
+    title = f"[{settings.SITE_NAME}] {array.name}[{array.indexes}] (array #{array.pk}, {array.size} tasks)"
+    where = f" on {job.cluster.slug}" if job.cluster_id else ""
+    if event.state == JobState.RUNNING:
+        stage, kind, subject = "started", NotifyEvent.JOB_STARTED, f"{title} started"
+        text = (
+            f"Job array {array.name} of {job.tenant.slug}: its first task (#{job.pk}, index "
+            f"{job.array_index}) is running{where}."
+        )
+    else:
+        counts = array_states(array)
+        if not counts.keys() <= TERMINAL_STATES:
+            return []  # tasks are left to run: told when the last ends
+        stage, kind = "ended", array_outcome(counts)
+        summary = ", ".join(
+            f"{counts[state]} {JobState(state).label.lower()}" for state in SUMMARY_ORDER if counts.get(state)
+        )
+        subject = f"{title} ended: {summary}"
+        text = f"Job array {array.name} of {job.tenant.slug}{where}: its {array.size} tasks ended: {summary}."
+    return notify(
+        array.owner,
+        kind,
+        f"job-array:{array.pk}:{stage}",
+        subject,
+        text,
+        job=job,
+        url=array.get_absolute_url(),
+    )
+
+
+def array_states(array: JobArray) -> dict[str, int]:
+    return dict(array.tasks.order_by().values_list("state").annotate(n=Count("id")))
+
+
+def array_outcome(counts: dict[str, int]) -> str:
+    if counts.get(JobState.FAILED):
+        return NotifyEvent.JOB_FAILED
+    if counts.get(JobState.TIMED_OUT):
+        return NotifyEvent.JOB_TIMED_OUT
+    return NotifyEvent.JOB_SUCCEEDED
 
 
 def notify_budget_threshold(alert, words: str) -> list[int]:
@@ -274,6 +351,16 @@ def webhook_payload(notification: Notification) -> dict:
             "exit_code": job.exit_code,
             "url": absolute(notification.url),
         }
+        if job.array_id is not None:
+            array = job.array
+            payload["array"] = {
+                "id": array.pk,
+                "name": array.name,
+                "tenant": job.tenant.slug,
+                "size": array.size,
+                "states": dict(sorted(array_states(array).items())),
+                "url": absolute(array.get_absolute_url()),
+            }
     return payload
 
 
@@ -330,11 +417,9 @@ def sweep(now=None) -> dict[str, int]:
 
     now = now or timezone.now()
     since = now - timedelta(seconds=settings.FACTORY_NOTIFY_LOOKBACK)
-    told = _event_ids(
-        Notification.objects.filter(
-            created_at__gte=since - timedelta(minutes=5), source__startswith="job-event:"
-        ).values_list("source", flat=True)
-    )
+    sources = Notification.objects.filter(created_at__gte=since - timedelta(minutes=5))
+    told = _event_ids(sources.filter(source__startswith="job-event:").values_list("source", flat=True))
+    told_arrays = set(sources.filter(source__startswith="job-array:").values_list("source", flat=True))
     missing = list(
         JobEvent.objects.filter(
             kind=EventKind.STATE,
@@ -343,14 +428,17 @@ def sweep(now=None) -> dict[str, int]:
             at__lte=now - timedelta(seconds=10),  # the trigger's own task has had its chance
         )
         .exclude(pk__in=told)
-        .values_list("pk", "state", "job__owner_id")
+        .order_by("pk")
+        .values_list("pk", "state", "job__owner_id", "job__array_id")
     )
-    owners = {owner for _, _, owner in missing}
+    candidates = _one_per_array_stage(missing, told_arrays)
+    owners = {owner for _, _, owner, _ in candidates}
     prefs = {p.user_id: p for p in NotificationSettings.objects.filter(user_id__in=owners)}
     emails = dict(get_user_model().objects.filter(pk__in=owners).values_list("pk", "email"))
     made = 0
-    for event_id, state, owner in missing:
-        if targets(prefs.get(owner), emails.get(owner, ""), JOB_STATE_EVENTS[state]):
+    for event_id, state, owner, array_id in candidates:
+        kinds = event_kinds(state, array_id is not None)
+        if any(targets(prefs.get(owner), emails.get(owner, ""), kind) for kind in kinds):
             made += len(notify_job_event(event_id))
     due = list(
         Delivery.objects.filter(state=DeliveryState.PENDING, next_attempt_at__lte=now - timedelta(seconds=5))
@@ -359,6 +447,21 @@ def sweep(now=None) -> dict[str, int]:
     )
     _enqueue(due)
     return {"made": made, "resent": len(due)}
+
+
+def _one_per_array_stage(events: list[tuple], told: set[str]) -> list[tuple]:
+    """Events of jobs alone, each; of an array's tasks, the latest of its start and of its end not
+    told yet (one pass per array, however many tasks it has)."""
+    alone, arrays = [], {}
+    for event in events:
+        _, state, _, array_id = event
+        if array_id is None:
+            alone.append(event)
+            continue
+        source = f"job-array:{array_id}:{'started' if state == JobState.RUNNING else 'ended'}"
+        if source not in told:
+            arrays[source] = event  # in event order: the latest stays
+    return alone + list(arrays.values())
 
 
 def _event_ids(sources) -> list[int]:

@@ -296,3 +296,105 @@ def test_the_signing_key_is_shown_once_and_sealed_and_deliveries_are_listed(clie
     assert (
         "shown failed" in page and "Webhook: Failed" in page and "after 6 attempts: it answered 503" in page
     )
+
+
+# --- arrays: told of the array as a whole, as Slurm mails for one ------------------------------------
+
+
+@pytest.fixture
+def sweep3(tenant, owner, h100, cluster):
+    from tests.jobs.test_arrays import make_array
+
+    array = make_array(tenant, owner, h100, "0-2", name="sweep")
+    tasks = list(array.tasks.order_by("array_index"))
+    for task in tasks:
+        admit(task, cluster)
+        task.mark_submitted(f"ext-{task.array_index}")
+    return array, tasks
+
+
+def test_an_array_tells_its_owner_when_it_starts_and_once_when_all_its_tasks_have_ended(
+    sweep3, subscribed, receiver, eager, django_capture_on_commit_callbacks
+):
+    array, (first, second, third) = sweep3
+    with django_capture_on_commit_callbacks(execute=True):
+        first.mark_running(None)
+        second.mark_running(None)
+        third.mark_running(None)
+        first.finish(JobState.SUCCEEDED, exit_code=0)
+        second.finish(JobState.FAILED, exit_code=2)
+    assert [m.subject for m in mail.outbox] == [
+        f"[AI Factory] sweep[0-2] (array #{array.pk}, 3 tasks) started"
+    ]
+    with django_capture_on_commit_callbacks(execute=True):
+        third.finish(JobState.SUCCEEDED, exit_code=0)
+    assert [m.subject for m in mail.outbox][1:] == [
+        f"[AI Factory] sweep[0-2] (array #{array.pk}, 3 tasks) ended: 2 succeeded, 1 failed"
+    ]
+    assert f"/jobs/arrays/{array.pk}/" in mail.outbox[1].body
+    payload = json.loads(receiver.requests[-1]["body"])
+    assert payload["event"] == "job_failed"  # one failed: the array failed, as in Slurm
+    assert payload["array"] == {
+        "id": array.pk,
+        "name": "sweep",
+        "tenant": "demo-lab",
+        "size": 3,
+        "states": {"failed": 1, "succeeded": 2},
+        "url": notifications.absolute(f"/jobs/arrays/{array.pk}/"),
+    }
+    assert Notification.objects.count() == 2 and len(receiver.requests) == 2
+
+
+def test_an_array_that_ended_well_is_told_to_who_wants_successes_only(
+    sweep3, owner, eager, django_capture_on_commit_callbacks
+):
+    owner.email = "alice@example.org"
+    owner.save()
+    NotificationSettings.objects.create(user=owner, events=[NotifyEvent.JOB_SUCCEEDED])
+    array, tasks = sweep3
+    with django_capture_on_commit_callbacks(execute=True):
+        for task in tasks:
+            task.mark_running(None)
+            task.finish(JobState.SUCCEEDED, exit_code=0)
+    assert [m.subject for m in mail.outbox] == [
+        f"[AI Factory] sweep[0-2] (array #{array.pk}, 3 tasks) ended: 3 succeeded"
+    ]
+
+
+def test_a_failure_earlier_in_an_array_is_told_though_its_last_task_succeeded(
+    sweep3, owner, eager, django_capture_on_commit_callbacks
+):
+    owner.email = "alice@example.org"  # the default choice: failures only
+    owner.save()
+    array, (first, second, third) = sweep3
+    with django_capture_on_commit_callbacks(execute=True):
+        for task in (first, second, third):
+            task.mark_running(None)
+        first.finish(JobState.TIMED_OUT)
+        second.finish(JobState.CANCELLED)
+        third.finish(JobState.SUCCEEDED, exit_code=0)
+    assert [m.subject for m in mail.outbox] == [
+        f"[AI Factory] sweep[0-2] (array #{array.pk}, 3 tasks) ended: 1 succeeded, 1 timed out, 1 cancelled"
+    ]
+    assert Notification.objects.get().event == NotifyEvent.JOB_TIMED_OUT
+
+
+def test_the_sweep_makes_a_lost_array_notification_once_with_one_pass_per_array(
+    sweep3, subscribed, receiver, eager, monkeypatch
+):
+    array, tasks = sweep3
+    for task in tasks:  # the triggers are lost: no on-commit callbacks run
+        task.mark_running(None)
+        task.finish(JobState.FAILED if task.array_index == 1 else JobState.SUCCEEDED, exit_code=0)
+    JobEvent.objects.update(at=timezone.now() - timedelta(minutes=1))
+    passes = []
+    real = notifications.notify_job_event
+    monkeypatch.setattr(notifications, "notify_job_event", lambda pk: passes.append(pk) or real(pk))
+    assert notifications.sweep()["made"] == 4  # started and ended, each by e-mail and webhook
+    assert len(passes) == 2  # one pass for each, not one for each of the six events
+    assert notifications.sweep() == {"made": 0, "resent": 0}
+    assert len(passes) == 2
+    assert sorted(n.source for n in Notification.objects.all()) == [
+        f"job-array:{array.pk}:ended",
+        f"job-array:{array.pk}:started",
+    ]
