@@ -7,9 +7,11 @@
   account (each of the 1,000 tenants), built from all its lines, numbered, stored.
 - focus_export_rows_per_s: ledger lines per second through the streaming FOCUS export (target
   50,000), whose peak RSS is csv_peak_rss_mb (target < 200 MB).
-- metering_10k_s: metering 10,000 job completions through the batch metering path (the safety
-  net, billing.metering.meter_finished, which also looks at every finished job already metered:
-  here the ledger's million, where runs before this ledger had jobs timed it with none).
+- metering_10k_s: metering 10,000 job completions whose release was lost, by the safety net's
+  frequent pass (billing.tasks.meter: the jobs changed within FACTORY_METERING_LOOKBACK, through
+  their partial index), beside the ledger's million older jobs; metering_10k_full_pass_s: as many
+  more by its full pass (billing.tasks.meter_all_finished), which reads every ended job, in the
+  same run.
 
 The ledger is that of finished jobs (a tenth as many as lines: each has several attempts), priced
 by GPU-, CPU- and memory-hour. Jobs and lines are generated inside PostgreSQL, one INSERT ...
@@ -132,6 +134,7 @@ def seed(tenants: int, lines: int, jobs: int) -> None:
                     "attempt": "a",
                     "started_at": start,
                     "ended_at": end,
+                    "updated_at": end,  # ended in October: history, not lately
                 },
                 f"FROM generate_series(0, {jobs - 1}) AS j, "
                 f"LATERAL (SELECT ({lines} - 1 - j) / {jobs} AS a) AS last, "  # its last attempt
@@ -266,7 +269,12 @@ print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru
     return float(out[0]), float(out[1]), int(out[2])
 
 
-def time_metering(jobs: int) -> float:
+def time_metering(jobs: int) -> tuple[float, float]:
+    """`jobs` completions whose release metering was lost, metered by the safety net's frequent
+    pass (jobs changed within FACTORY_METERING_LOOKBACK, as billing.tasks.meter runs it); then as
+    many more by its full pass over every ended job (billing.tasks.meter_all_finished), in the
+    same run: (frequent, full) seconds."""
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
@@ -279,31 +287,43 @@ def time_metering(jobs: int) -> float:
     tenants = list(Tenant.objects.all()[:100])
     gpu_types = list(GpuType.objects.all())
     cluster = Cluster.objects.first()
-    end = timezone.now().replace(microsecond=0)
-    Job.objects.bulk_create(
-        Job(
-            tenant=tenants[i % len(tenants)],
-            owner=owner,
-            name=f"j{i}",
-            command="true",
-            gpu_type=gpu_types[i % 4],
-            gpu_count=1 + i % 4,
-            gpus_per_node=1 + i % 4,
-            time_limit_minutes=600,
-            cluster=cluster,
-            state=JobState.SUCCEEDED,
-            started_at=end - timedelta(minutes=5 + i % 300),
-            ended_at=end,
-            exit_code=0,
+
+    def completions(prefix: str) -> None:
+        end = timezone.now().replace(microsecond=0)
+        Job.objects.bulk_create(
+            Job(
+                tenant=tenants[i % len(tenants)],
+                owner=owner,
+                name=f"{prefix}{i}",
+                command="true",
+                gpu_type=gpu_types[i % 4],
+                gpu_count=1 + i % 4,
+                gpus_per_node=1 + i % 4,
+                time_limit_minutes=600,
+                cluster=cluster,
+                state=JobState.SUCCEEDED,
+                started_at=end - timedelta(minutes=5 + i % 300),
+                ended_at=end,
+                exit_code=0,
+            )
+            for i in range(jobs)
         )
-        for i in range(jobs)
-    )
-    started = time.perf_counter()
-    metered = metering.meter_finished(limit=jobs)
-    elapsed = time.perf_counter() - started
-    again = metering.meter_finished(limit=jobs)
-    print(f"metered {metered} completions in {elapsed:.2f} s; a second run added {again}", flush=True)
-    return elapsed
+
+    timings = []
+    for prefix, since in (
+        ("recent", timezone.now() - timedelta(seconds=settings.FACTORY_METERING_LOOKBACK)),
+        ("full", None),
+    ):
+        completions(prefix)
+        started = time.perf_counter()
+        metered = metering.meter_finished(limit=jobs, since=since)
+        timings.append(time.perf_counter() - started)
+        again = metering.meter_finished(limit=jobs)
+        print(
+            f"{prefix} pass: {metered} completions metered in {timings[-1]:.2f} s, then {again} more",
+            flush=True,
+        )
+    return timings[0], timings[1]
 
 
 def main() -> None:
@@ -331,7 +351,7 @@ def main() -> None:
             f"load average {load[0]} -> {load[1]} on {os.cpu_count()} CPUs",
             flush=True,
         )
-        metering_s = time_metering(args.jobs)
+        metering_s, metering_full_s = time_metering(args.jobs)
     finally:
         from django.db import connections
 
@@ -346,6 +366,7 @@ def main() -> None:
                 "focus_export_rows_per_s": round(args.lines / export_s),
                 "csv_peak_rss_mb": round(peak_mb, 1),
                 "metering_10k_s": round(metering_s, 3),
+                "metering_10k_full_pass_s": round(metering_full_s, 3),
                 "lines": args.lines,
                 "tenants": args.tenants,
                 "report_from_lines_s": round(direct_s, 2),

@@ -458,27 +458,38 @@ def meter_running(now: datetime | None = None) -> int:
     return len(record(lines))
 
 
-def meter_finished(limit: int = 5000) -> int:
-    """The safety net behind the release signal: ended jobs whose final attempt is not all in the
-    ledger (a worker died between the job's end and its metering). Months accrued while the job
-    ran do not count: an attempt is in the ledger once its last part is, as its end says (charged,
-    or recorded as a platform failure), since a release records all that is missing at once."""
-    pricing = Pricing()
+ENDED = [JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]
+
+
+def unmetered_jobs(since=None) -> models.QuerySet:
+    """Ended jobs whose final attempt is not all in the ledger; with `since`, only those whose
+    state changed (or that were found to have failed on faulty hardware) since then, read through
+    the partial index on recently ended jobs rather than the whole history. Months accrued while
+    the job ran do not count: an attempt is in the ledger once its last part is, as its end says
+    (charged, or recorded as a platform failure), since a release records all that is missing at
+    once."""
     last_part = UsageRecord.objects.filter(
         job=models.OuterRef("pk"), attempt=models.OuterRef("attempt"), period_end=models.OuterRef("ended_at")
     )
     charged = models.Exists(last_part.filter(kind__in=[UsageKind.USAGE, UsageKind.ADJUSTMENT]))
     not_charged = models.Exists(last_part.filter(kind=UsageKind.PLATFORM_FAULT))
-    missing = (
-        Job.objects.filter(
-            state__in=[JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]
-        )
-        .filter(started_at__isnull=False, ended_at__gt=models.F("started_at"), cluster__isnull=False)
+    jobs = Job.objects.filter(state__in=ENDED)
+    if since is not None:
+        jobs = jobs.filter(updated_at__gte=since)
+    return (
+        jobs.filter(started_at__isnull=False, ended_at__gt=models.F("started_at"), cluster__isnull=False)
         .filter(models.Q(platform_fault=False) & ~charged | models.Q(platform_fault=True) & ~not_charged)
-        .select_related("tenant")[:limit]
+        .order_by()
     )
+
+
+def meter_finished(limit: int = 5000, since=None) -> int:
+    """The safety net behind the release signal: meter ended jobs whose final attempt is not all in
+    the ledger (a worker died between the job's end and its metering). The periodic pass looks at
+    jobs changed within FACTORY_METERING_LOOKBACK (`since`), a rarer one at every job (none)."""
+    pricing = Pricing()
+    missing = list(unmetered_jobs(since).select_related("tenant")[:limit])
     lines: list[UsageRecord] = []
-    missing = list(missing)
     pricing.load_measured((job.pk, job.attempt) for job in missing)
     for job in missing:
         lines += lines_for_release(

@@ -421,6 +421,7 @@ CELERY_TASK_ROUTES = [
     {
         "quotas.tasks.admit_pending": {"queue": "admission"},
         "billing.tasks.meter": {"queue": "metering"},
+        "billing.tasks.meter_all_finished": {"queue": "metering"},
         "jobs.tasks.notify_job_event": {"queue": "notifications"},
         "jobs.tasks.deliver_notification": {"queue": "notifications"},
         "jobs.tasks.sweep_notifications": {"queue": "notifications"},
@@ -522,6 +523,10 @@ if not re.fullmatch(r"[A-Z]{3}", FACTORY_BILLING_CURRENCY or ""):
     raise ImproperlyConfigured("FACTORY_BILLING_CURRENCY is a three-letter ISO 4217 code, e.g. EUR")
 # How long closing a month waits for metering in flight before it gives up, changing nothing.
 FACTORY_CLOSE_LOCK_TIMEOUT = env_float("FACTORY_CLOSE_LOCK_TIMEOUT", 30.0)
+# Metering's safety net (a release whose metering was lost): every FACTORY_METERING_INTERVAL it
+# looks at the jobs whose state changed within FACTORY_METERING_LOOKBACK seconds, and every
+# FACTORY_METERING_FULL_INTERVAL at all ended jobs, however old.
+FACTORY_METERING_LOOKBACK = env_float("FACTORY_METERING_LOOKBACK", 86400.0)
 
 
 # GPU telemetry (fleet/): each node's GPU exporter is scraped every FACTORY_TELEMETRY_INTERVAL
@@ -557,6 +562,9 @@ CELERY_BEAT_SCHEDULE = {
     "admission": _periodic("quotas.tasks.admit_pending", FACTORY_SYNC_INTERVAL),
     "cluster-health": _periodic("factory.tasks.check_cluster_health", FACTORY_HEALTH_INTERVAL),
     "metering": _periodic("billing.tasks.meter", env_float("FACTORY_METERING_INTERVAL", 60.0)),
+    "metering-full": _periodic(
+        "billing.tasks.meter_all_finished", env_float("FACTORY_METERING_FULL_INTERVAL", 21600.0)
+    ),
     "telemetry": _periodic("fleet.tasks.scrape_due", FACTORY_TELEMETRY_TICK),
     "telemetry-prune": _periodic("fleet.tasks.prune", 3600.0),
     "quota-limits": _periodic("quotas.tasks.mirror_limits", env_float("FACTORY_LIMITS_INTERVAL", 300.0)),

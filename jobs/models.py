@@ -251,6 +251,13 @@ class Job(models.Model):
             models.Index(fields=["state", "cluster"], name="job_state_cluster"),
             models.Index(fields=["tenant", "-created_at"], name="job_tenant_recent"),
             models.Index(fields=["owner", "-created_at"], name="job_owner_recent"),
+            # Metering's safety net: the jobs that ended lately (billing.metering.unmetered_jobs),
+            # without reading the whole history.
+            models.Index(
+                fields=["updated_at"],
+                name="job_ended_recently",
+                condition=models.Q(state__in=["succeeded", "failed", "cancelled", "timed_out"]),
+            ),
             # Queue positions: the pending jobs of a GPU type ahead of a job, without a scan.
             models.Index(
                 fields=["gpu_type", "-priority", "created_at"],

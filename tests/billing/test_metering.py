@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import threading
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from billing import invoicing, metering
 from billing.models import MonthClose, MonthlySummary, RateCard, UsageKind, UsageRecord, to_cents
@@ -265,3 +266,36 @@ def test_concurrent_metering_of_the_same_jobs_bills_each_once(prices, ran):
     expected = sum((line.amount for line in UsageRecord.objects.all()), Decimal(0))
     summary = MonthlySummary.objects.get()
     assert summary.amount == expected and summary.lines == 10 and summary.jobs == 10
+
+
+def test_the_minute_pass_looks_only_at_jobs_changed_lately_and_the_full_pass_at_all(
+    prices, ran, settings, django_assert_max_num_queries
+):
+    """The safety net's frequent pass reads the jobs whose state changed within
+    FACTORY_METERING_LOOKBACK (an index on them), not the whole history; the periodic full pass
+    meters whatever it missed, however old."""
+    from billing import tasks
+    from jobs.models import Job
+
+    settings.FACTORY_METERING_LOOKBACK = 3600
+    old, recent = ran(at(2026, 11, 3, 10), at(2026, 11, 3, 12)), ran(at(2026, 11, 3, 10), at(2026, 11, 3, 11))
+    Job.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(hours=2))
+    assert not UsageRecord.objects.exists()  # both releases lost
+    assert tasks.meter()["finished"] == 1
+    assert list(UsageRecord.objects.values_list("job", flat=True)) == [recent.pk]
+    assert tasks.meter()["finished"] == 0
+    assert tasks.meter_all_finished() == 1
+    assert UsageRecord.objects.get(job=old).amount == Decimal("5.00")
+    assert tasks.meter_all_finished() == 0
+
+
+def test_the_minute_pass_uses_the_index_of_recently_ended_jobs():
+    from billing import metering as m
+
+    since = timezone.now() - timedelta(hours=1)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        sql, params = m.unmetered_jobs(since).query.sql_with_params()
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "job_ended_recently" in plan, plan
