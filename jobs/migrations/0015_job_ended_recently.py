@@ -12,20 +12,14 @@ INDEX = models.Index(
 )
 
 
-def create(apps, schema_editor):
-    model = apps.get_model("jobs", "Job")
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.add_index(model, INDEX, concurrently=True)
-    else:
-        schema_editor.add_index(model, INDEX)
+def index(operation: str):
+    """Run the schema editor's add_index or remove_index of INDEX, concurrently on PostgreSQL."""
 
+    def run(apps, schema_editor):
+        concurrently = {"concurrently": True} if schema_editor.connection.vendor == "postgresql" else {}
+        getattr(schema_editor, operation)(apps.get_model("jobs", "Job"), INDEX, **concurrently)
 
-def drop(apps, schema_editor):
-    model = apps.get_model("jobs", "Job")
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.remove_index(model, INDEX, concurrently=True)
-    else:
-        schema_editor.remove_index(model, INDEX)
+    return run
 
 
 class Migration(migrations.Migration):
@@ -40,6 +34,8 @@ class Migration(migrations.Migration):
     operations = [
         migrations.SeparateDatabaseAndState(
             state_operations=[migrations.AddIndex(model_name="job", index=INDEX)],
-            database_operations=[migrations.RunPython(create, drop, elidable=False)],
+            database_operations=[
+                migrations.RunPython(index("add_index"), index("remove_index"), elidable=False)
+            ],
         ),
     ]
