@@ -13,7 +13,7 @@ from platform_config import applying, loading, planning
 from tests.jobs.test_api import client_for
 from tests.support import trail
 
-from .conftest import declare
+from .test_bad_input import problems
 
 pytestmark = pytest.mark.django_db
 
@@ -143,12 +143,6 @@ def test_a_pruned_cluster_takes_its_telemetry_with_it(platform_file, run_platfor
     assert status == 2 and "- cluster eu-slurm" in out and "telemetry" not in out
     run_platform("apply", platform_file("prune: true\ngpu_types:\n- {slug: h100, name: NVIDIA H100}\n"))
     assert not ClusterTelemetry.objects.exists()
-
-
-def problems(text: str) -> dict[str, str]:
-    with pytest.raises(loading.Invalid) as refused:
-        planning.make_plan(declare(text))
-    return {p.path: p.message for p in refused.value.problems}
 
 
 CLUSTER = "clusters:\n- slug: c\n  name: C\n  kind: slurm\n  telemetry:\n"
