@@ -542,6 +542,9 @@ if FACTORY_TELEMETRY_SHARD_NODES < 1:
     raise ImproperlyConfigured("FACTORY_TELEMETRY_SHARD_NODES must be at least 1")
 FACTORY_TELEMETRY_TIMEOUT = env_float("FACTORY_TELEMETRY_TIMEOUT", 3.0)
 FACTORY_TELEMETRY_RETENTION_DAYS = env_int("FACTORY_TELEMETRY_RETENTION_DAYS", 14)
+# GPUs' and exporters' health changes, drains and resumes (fleet.models.HealthEvent) are kept longer:
+# the history read before a card goes back to its vendor.
+FACTORY_HEALTH_HISTORY_DAYS = env_int("FACTORY_HEALTH_HISTORY_DAYS", 365)
 FACTORY_GPU_HEALTH_RULES = env("FACTORY_GPU_HEALTH_RULES", "") or ""
 # The portal's own metrics at /metrics: readable with `Authorization: Bearer <FACTORY_METRICS_TOKEN>`
 # or from an address in FACTORY_METRICS_ALLOWED_NETWORKS (CIDRs); nobody else.

@@ -21,7 +21,7 @@ from jobs.notifications import notify_platform_admins
 
 from . import metrics
 from .choices import Health
-from .models import Gpu, JobGpuEnergy, Node
+from .models import Gpu, HealthEvent, HealthEventKind, JobGpuEnergy, Node
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ def act(cluster: Cluster, now: datetime | None = None, *, nodes: list[Node] | No
     for node in nodes_to_drain.select_related("gpu_type"):
         done["drained"] += drain_node(adapter, node, now)
     for gpu in to_resume.select_related("node", "gpu_type"):
-        done["resumed"] += resume_gpu(adapter, gpu)
+        done["resumed"] += resume_gpu(adapter, gpu, now)
     for node in nodes_to_resume.select_related("gpu_type"):
-        done["resumed"] += resume_node(adapter, node)
+        done["resumed"] += resume_node(adapter, node, now)
     return done
 
 
@@ -73,6 +73,7 @@ def drain_gpu(adapter, gpu: Gpu, now: datetime) -> bool:
             log.warning("could not drain %s: %s", gpu, exc)
             return False
     Gpu.objects.filter(pk=gpu.pk).update(drained_by_portal=True, drain_reason=reason, drained_at=now)
+    recorded(gpu, HealthEventKind.DRAINED, now, reason)
     if adapter.drains_whole_node and not node.drained_by_portal:
         Node.objects.filter(pk=node.pk).update(drained_by_portal=True, drain_reason=reason, drained_at=now)
     metrics.DRAINS.labels(gpu.cluster.slug if hasattr(gpu, "cluster") else "").inc()
@@ -97,6 +98,7 @@ def drain_node(adapter, node: Node, now: datetime) -> bool:
         log.warning("could not drain %s: %s", node, exc)
         return False
     Node.objects.filter(pk=node.pk).update(drained_by_portal=True, drain_reason=reason, drained_at=now)
+    recorded(node, HealthEventKind.DRAINED, now, reason)
     metrics.DRAINS.labels(node.cluster.slug).inc()
     _tell_admins(
         f"node-drain:{node.pk}:{int(now.timestamp())}",
@@ -109,7 +111,7 @@ def drain_node(adapter, node: Node, now: datetime) -> bool:
     return True
 
 
-def resume_gpu(adapter, gpu: Gpu) -> bool:
+def resume_gpu(adapter, gpu: Gpu, now: datetime) -> bool:
     node = gpu.node
     if adapter.drains_whole_node:
         # The node comes back when nothing on it is failed any more.
@@ -122,14 +124,16 @@ def resume_gpu(adapter, gpu: Gpu) -> bool:
         ):
             return False
         Gpu.objects.filter(pk=gpu.pk).update(drained_by_portal=False, drain_reason="", drained_at=None)
+        recorded(gpu, HealthEventKind.RESUMED, now)
         if not failed and node.health != Health.FAILED:
             Node.objects.filter(pk=node.pk).update(drained_by_portal=False, drain_reason="", drained_at=None)
         return True
     if not _resume(adapter, node, (gpu.index,)):
         return False
     Gpu.objects.filter(pk=gpu.pk).update(drained_by_portal=False, drain_reason="", drained_at=None)
+    recorded(gpu, HealthEventKind.RESUMED, now)
     _tell_admins(
-        f"gpu-resume:{gpu.pk}:{int(timezone.now().timestamp())}",
+        f"gpu-resume:{gpu.pk}:{int(now.timestamp())}",
         f"{node.cluster.slug}: GPU {gpu.index} of {node.name} back in service",
         f"GPU {gpu.index} of {node.name} has been healthy long enough; the portal resumed it.",
         node,
@@ -137,7 +141,7 @@ def resume_gpu(adapter, gpu: Gpu) -> bool:
     return True
 
 
-def resume_node(adapter, node: Node) -> bool:
+def resume_node(adapter, node: Node, now: datetime) -> bool:
     if node.gpus.filter(health=Health.FAILED).exists():
         return False
     indexes = tuple(node.gpus.values_list("index", flat=True))
@@ -147,8 +151,9 @@ def resume_node(adapter, node: Node) -> bool:
     Gpu.objects.filter(node=node, drained_by_portal=True).exclude(health=Health.FAILED).update(
         drained_by_portal=False, drain_reason="", drained_at=None
     )
+    recorded(node, HealthEventKind.RESUMED, now)
     _tell_admins(
-        f"node-resume:{node.pk}:{int(timezone.now().timestamp())}",
+        f"node-resume:{node.pk}:{int(now.timestamp())}",
         f"{node.cluster.slug}: node {node.name} back in service",
         f"Node {node.name} has been healthy long enough; the portal resumed it.",
         node,
@@ -165,6 +170,11 @@ def _resume(adapter, node: Node, indexes: tuple[int, ...]) -> bool:
     if not resumed:
         log.info("%s was drained by someone else meanwhile: left as it is", node)
     return resumed
+
+
+def recorded(thing: Gpu | Node, kind: str, now: datetime, reason: str = "") -> None:
+    """Keep the drain or resume in the hardware's history (HealthEvent)."""
+    HealthEvent.of(thing.cluster_id, thing, kind, now, reason=reason).save()
 
 
 def _tell_admins(source: str, subject: str, text: str, node: Node) -> None:

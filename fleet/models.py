@@ -191,6 +191,63 @@ class Gpu(models.Model):
         return f"{self.node} GPU {self.index}"
 
 
+class HealthEventKind(models.TextChoices):
+    HEALTH = "health", "Health changed"
+    DRAINED = "drained", "Drained by the portal"
+    RESUMED = "resumed", "Resumed by the portal"
+
+
+class HealthEvent(models.Model):
+    """What happened to a GPU, or to a node's exporter (no GPU): its health moved, or the portal
+    drained or resumed it. The record an operator reads before sending a card back; kept
+    FACTORY_HEALTH_HISTORY_DAYS. Written by the cycle that saw the change (fleet.scrape, either
+    source) and by the drains and resumes (fleet.health)."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="health_events")
+    gpu = models.ForeignKey(
+        Gpu, null=True, blank=True, on_delete=models.CASCADE, related_name="health_events"
+    )
+    gpu_uuid = models.CharField("GPU UUID", max_length=64, blank=True)
+    kind = models.CharField(max_length=8, choices=HealthEventKind.choices)
+    health = models.CharField(max_length=8, choices=Health.choices, blank=True, help_text="The new health.")
+    reason = models.CharField(max_length=300, blank=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(fields=["node", "-at"], name="healthevent_node_recent"),
+            models.Index(fields=["at"], name="healthevent_at"),
+        ]
+
+    def __str__(self) -> str:
+        what = f"GPU {self.gpu_uuid}" if self.gpu_uuid else f"node {self.node_id}"
+        return f"{what}: {self.get_kind_display()} at {self.at:%Y-%m-%d %H:%M}"
+
+    @property
+    def words(self) -> str:
+        """What happened, as the node page says it."""
+        if self.kind == HealthEventKind.HEALTH:
+            return "Healthy again" if self.health == Health.HEALTHY else self.get_health_display()
+        return "Drained" if self.kind == HealthEventKind.DRAINED else "Resumed"
+
+    @classmethod
+    def of(cls, cluster_id: int, thing, kind: str, at, *, health: str = "", reason: str = "") -> HealthEvent:
+        """An event of a GPU or a node (unsaved)."""
+        gpu = thing if isinstance(thing, Gpu) else None
+        return cls(
+            cluster_id=cluster_id,
+            node_id=gpu.node_id if gpu else thing.pk,
+            gpu=gpu,
+            gpu_uuid=gpu.uuid if gpu else "",
+            kind=kind,
+            health=health,
+            reason=reason[:300],
+            at=at,
+        )
+
+
 class GpuMinute(models.Model):
     """One GPU's samples in one minute, summed (averages are sum / samples)."""
 

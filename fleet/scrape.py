@@ -33,7 +33,7 @@ from jobs.models import Job
 from . import metrics
 from .choices import Health
 from .exposition import Exposition, ExpositionError, GpuSample, parse
-from .models import ClusterTelemetry, Gpu, JobGpuEnergy, Node
+from .models import ClusterTelemetry, Gpu, HealthEvent, HealthEventKind, JobGpuEnergy, Node
 from .rules import Rules, judge, site_rules
 
 log = logging.getLogger(__name__)
@@ -286,6 +286,7 @@ def ingest(
     rollups: list[tuple] = []
     energy_new: list[JobGpuEnergy] = []
     energy_changed: list[JobGpuEnergy] = []
+    events: list[HealthEvent] = []
     minute = now.replace(second=0, microsecond=0)
     seen: set[str] = set()
     shard = set(node_ids)
@@ -312,7 +313,9 @@ def ingest(
                 elif reset:
                     log.info("%s: energy counter reset", gpu)
             job = job_map.job_for(node, sample)
-            _apply_sample(gpu, sample, now, job, rules, report)
+            if _apply_sample(gpu, sample, now, job, rules):
+                report.changed.append(gpu.pk)
+                events.append(health_changed(cluster, gpu, now))
             gpu_rows.append(gpu)
             if keep_rollups and (sample.temperature_c is not None or sample.power_w is not None):
                 rollups.append(
@@ -334,7 +337,8 @@ def ingest(
         add_energy_of_the_day(cluster, now, sum(rollup[-1] for rollup in rollups))
         JobGpuEnergy.objects.bulk_create(energy_new, ignore_conflicts=True)
         update_rows(JobGpuEnergy, energy_changed, ENERGY_FIELDS)
-        _save_nodes(ok_nodes, failed, now, rules)
+        events += _save_nodes(cluster, ok_nodes, failed, now, rules)
+        HealthEvent.objects.bulk_create(events)
         # A GPU no sample was read for this cycle runs no job the portal can tell.
         unread = Gpu.objects.filter(cluster=cluster, node_id__in=node_ids, job__isnull=False)
         unread.exclude(sampled_at=now).update(job=None)
@@ -362,12 +366,11 @@ def _add_new_gpus(cluster: Cluster, results: list[NodeResult], gpus: dict[str, G
             gpus[gpu.uuid] = gpu
 
 
-def _apply_sample(gpu: Gpu, sample: GpuSample, now: datetime, job, rules: Rules, report: CycleReport) -> None:
+def _apply_sample(gpu: Gpu, sample: GpuSample, now: datetime, job, rules: Rules) -> bool:
+    """Take a GPU's sample; whether its health moved."""
     verdict = judge(sample, hot_samples=gpu.hot_samples, last_xid=gpu.last_xid, rules=rules)
     before = gpu.health
     next_health(gpu, verdict.health, verdict.reason, now, rules)
-    if gpu.health != before:
-        report.changed.append(gpu.pk)
     gpu.hot_samples = min(verdict.hot_samples, 1000)
     gpu.last_xid = sample.xid_last
     gpu.sampled_at = now
@@ -378,6 +381,13 @@ def _apply_sample(gpu: Gpu, sample: GpuSample, now: datetime, job, rules: Rules,
     if sample.energy_mj is not None:
         gpu.energy_mj = sample.energy_mj
     gpu.job_id = job[0] if job else None
+    return gpu.health != before
+
+
+def health_changed(cluster: Cluster, thing: Gpu | Node, now: datetime) -> HealthEvent:
+    return HealthEvent.of(
+        cluster.pk, thing, HealthEventKind.HEALTH, now, health=thing.health, reason=thing.health_reason
+    )
 
 
 def next_health(thing, health: str, reason: str, now: datetime, rules: Rules) -> None:
@@ -576,9 +586,13 @@ def _save_rollups(rollups: list[tuple]) -> None:
             )
 
 
-def _save_nodes(ok: list[NodeResult], failed: list[NodeResult], now: datetime, rules: Rules) -> None:
+def _save_nodes(
+    cluster: Cluster, ok: list[NodeResult], failed: list[NodeResult], now: datetime, rules: Rules
+) -> list[HealthEvent]:
+    """Store the nodes' exporter health; the events of those whose health moved."""
     silent_after = timedelta(seconds=rules.exporter_silent_seconds)
     changed = []
+    before = {result.node.pk: result.node.health for result in [*ok, *failed]}
     for result in ok:
         node = result.node
         node.scraped_at, node.scrape_error, node.scrape_errors = now, "", 0
@@ -597,3 +611,4 @@ def _save_nodes(ok: list[NodeResult], failed: list[NodeResult], now: datetime, r
             next_health(node, Health.WARNING, f"GPU exporter: {result.error}", now, rules)
         changed.append(node)
     update_rows(Node, changed, NODE_FIELDS)
+    return [health_changed(cluster, node, now) for node in changed if node.health != before[node.pk]]

@@ -13,7 +13,7 @@ from factory.models import Cluster
 
 from . import metrics
 from .choices import TelemetrySource
-from .models import ClusterTelemetry, GpuMinute, Node
+from .models import ClusterTelemetry, GpuMinute, HealthEvent, Node
 from .scrape import scrape_cluster
 from .sources import run_cycle
 
@@ -126,7 +126,10 @@ def scrape_shard(cluster_id: int, node_ids: list[int] | None = None) -> dict[str
 
 @shared_task(acks_late=True)
 def prune() -> int:
-    """Minute rollups older than FACTORY_TELEMETRY_RETENTION_DAYS go."""
-    cutoff = timezone.now() - timedelta(days=settings.FACTORY_TELEMETRY_RETENTION_DAYS)
+    """Minute rollups older than FACTORY_TELEMETRY_RETENTION_DAYS go, and health events older than
+    FACTORY_HEALTH_HISTORY_DAYS. Returns the rollups deleted."""
+    now = timezone.now()
+    cutoff = now - timedelta(days=settings.FACTORY_TELEMETRY_RETENTION_DAYS)
     deleted, _ = GpuMinute.objects.filter(minute__lt=cutoff).delete()
+    HealthEvent.objects.filter(at__lt=now - timedelta(days=settings.FACTORY_HEALTH_HISTORY_DAYS)).delete()
     return deleted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, timedelta
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.core.paginator import Paginator
@@ -168,9 +169,13 @@ def _chart(
     return {"lines": lines, "top": top / 1.1, "width": width, "height": height}
 
 
+HISTORY_SHOWN = 100  # a node's latest health events on its page
+
+
 @login_required
 def node_detail(request: HttpRequest, slug: str, name: str) -> HttpResponse:
-    """One node: its GPUs now, and the last hour of temperature, power and utilisation."""
+    """One node: its GPUs now, the last hour of temperature, power and utilisation, and its
+    hardware's history (health changes, drains, resumes)."""
     cluster = _staff_cluster(request, slug)
     node = get_object_or_404(Node.objects.select_related("gpu_type"), cluster=cluster, name=name)
     gpus = list(node.gpus.select_related("job").order_by("index"))
@@ -190,7 +195,17 @@ def node_detail(request: HttpRequest, slug: str, name: str) -> HttpResponse:
             ("Power", "W", _chart(series["power"], since=since)),
             ("Utilisation", "%", _chart(series["utilisation"], since=since)),
         ]
-    context = {"cluster": cluster, "node": node, "gpus": gpus, "charts": charts, "telemetry": telemetry}
+    history = node.health_events.select_related("gpu")[:HISTORY_SHOWN]
+    context = {
+        "cluster": cluster,
+        "node": node,
+        "gpus": gpus,
+        "charts": charts,
+        "telemetry": telemetry,
+        "history": history,
+        "history_shown": HISTORY_SHOWN,
+        "retention_days": settings.FACTORY_HEALTH_HISTORY_DAYS,
+    }
     return render(request, "fleet/node.html", context)
 
 

@@ -328,3 +328,53 @@ def test_the_energy_of_the_day_adds_up_cycle_by_cycle_and_starts_afresh_each_day
     add_energy_of_the_day(cluster, now + timedelta(days=1), 7)
     telemetry.refresh_from_db()
     assert (telemetry.energy_day, telemetry.energy_day_mj) == ((now + timedelta(days=1)).date(), 7)
+
+
+def test_every_health_change_drain_and_resume_is_kept_as_the_hardwares_history(
+    simulator, cluster, client, platform_admin, settings
+):
+    """What an operator reads before sending a card back: when each GPU or exporter went bad and
+    why, when the portal drained and resumed it; on the node page, newest first; pruned after
+    FACTORY_HEALTH_HISTORY_DAYS."""
+    from fleet.models import HealthEvent
+
+    cycle(cluster)
+    assert not HealthEvent.objects.exists()  # all healthy from the start: nothing happened
+    inject(simulator, "local-h100", "xid79", 3)
+    cycle(cluster, now=timezone.now() + timedelta(seconds=1))
+    requests.delete(f"{simulator.base_url}/faults", timeout=5)
+    cycle(cluster, now=timezone.now() + timedelta(seconds=2))
+    cycle(cluster, now=timezone.now() + timedelta(seconds=3))
+    card = gpu("local-h100", 3)
+    history = list(
+        HealthEvent.objects.filter(gpu=card).order_by("at", "id").values_list("kind", "health", "reason")
+    )
+    assert history == [
+        ("health", "failed", "XID 79 (GPU has fallen off the bus) on GPU 3"),
+        ("drained", "", "factory: XID 79 (GPU has fallen off the bus) on GPU 3"),
+        ("health", "healthy", ""),
+        ("resumed", "", ""),
+    ]
+    assert set(HealthEvent.objects.values_list("gpu_uuid", flat=True)) == {card.uuid}
+
+    inject(simulator, "local-a100", "stop")
+    cycle(cluster, now=timezone.now() + timedelta(seconds=4))
+    exporter = HealthEvent.objects.get(node__name="local-a100")
+    assert (exporter.gpu, exporter.kind, exporter.health) == (None, "health", "warning")
+    assert exporter.reason.startswith("GPU exporter:")
+
+    client.force_login(platform_admin)
+    page = client.get("/clusters/local/nodes/local-h100/").content.decode()
+    section = page.split('id="health-history"')[1]
+    assert (
+        section.index("Resumed")
+        < section.index("Healthy again")
+        < section.index("Drained")
+        < section.index("Failed")
+    )
+    assert "XID 79 (GPU has fallen off the bus) on GPU 3" in section
+
+    settings.FACTORY_HEALTH_HISTORY_DAYS = 30
+    HealthEvent.objects.filter(kind="drained").update(at=timezone.now() - timedelta(days=31))
+    prune()
+    assert not HealthEvent.objects.filter(kind="drained").exists() and HealthEvent.objects.count() == 4
