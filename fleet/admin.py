@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin
 
 from .choices import TelemetrySource
-from .models import ClusterTelemetry, Gpu, Node
+from .models import ClusterTelemetry, Gpu, HealthEvent, Node
 
 
 @admin.register(Node)
@@ -45,6 +45,27 @@ class GpuAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False  # GPUs are found by scraping their node's exporter
+
+
+@admin.register(HealthEvent)
+class HealthEventAdmin(admin.ModelAdmin):
+    """The hardware's history, searched across the fleet (by node, GPU UUID, reason); written by
+    the portal alone, never edited."""
+
+    list_display = ["at", "node", "gpu_uuid", "kind", "health", "reason"]
+    list_filter = ["cluster", "kind", "health"]
+    search_fields = ["node__name", "gpu_uuid", "reason"]
+    list_select_related = ["node__cluster"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 class ClusterTelemetryForm(forms.ModelForm):

@@ -5,29 +5,75 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('factory', '0013_platform_roles'),
-        ('fleet', '0004_telemetry_source_prometheus'),
+        ("factory", "0013_platform_roles"),
+        ("fleet", "0004_telemetry_source_prometheus"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='HealthEvent',
+            name="HealthEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('gpu_uuid', models.CharField(blank=True, max_length=64, verbose_name='GPU UUID')),
-                ('kind', models.CharField(choices=[('health', 'Health changed'), ('drained', 'Drained by the portal'), ('resumed', 'Resumed by the portal')], max_length=8)),
-                ('health', models.CharField(blank=True, choices=[('healthy', 'Healthy'), ('warning', 'Warning'), ('failed', 'Failed')], help_text='The new health.', max_length=8)),
-                ('reason', models.CharField(blank=True, max_length=300)),
-                ('at', models.DateTimeField()),
-                ('cluster', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='factory.cluster')),
-                ('gpu', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='health_events', to='fleet.gpu')),
-                ('node', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='health_events', to='fleet.node')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("gpu_uuid", models.CharField(blank=True, max_length=64, verbose_name="GPU UUID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("health", "Health changed"),
+                            ("drained", "Drained by the portal"),
+                            ("resumed", "Resumed by the portal"),
+                        ],
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "health",
+                    models.CharField(
+                        blank=True,
+                        choices=[("healthy", "Healthy"), ("warning", "Warning"), ("failed", "Failed")],
+                        help_text="The new health.",
+                        max_length=8,
+                    ),
+                ),
+                ("reason", models.CharField(blank=True, max_length=300)),
+                ("at", models.DateTimeField()),
+                (
+                    "cluster",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="factory.cluster"
+                    ),
+                ),
+                (
+                    "gpu",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="health_events",
+                        to="fleet.gpu",
+                    ),
+                ),
+                (
+                    "node",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="health_events",
+                        to="fleet.node",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at', '-id'],
-                'indexes': [models.Index(fields=['node', '-at'], name='healthevent_node_recent'), models.Index(fields=['at'], name='healthevent_at')],
+                "ordering": ["-at", "-id"],
+                "indexes": [
+                    models.Index(fields=["node", "-at"], name="healthevent_node_recent"),
+                    models.Index(fields=["at"], name="healthevent_at"),
+                ],
             },
         ),
     ]

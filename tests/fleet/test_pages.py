@@ -150,3 +150,27 @@ def test_ledger_lines_say_whether_their_energy_was_measured_or_estimated(
     client.force_login(owner)
     assert "kWh measured" in client.get(jobs[0].get_absolute_url()).content.decode()
     assert "kWh estimated" in client.get(jobs[1].get_absolute_url()).content.decode()
+
+
+def test_the_fleets_health_history_is_searched_in_the_admin_and_never_edited(
+    client, simulator, cluster, platform_admin
+):
+    from fleet.models import HealthEvent, HealthEventKind
+
+    scrape_cluster(cluster)
+    node = Node.objects.get(name="local-h100")
+    event = HealthEvent.of(
+        cluster.pk,
+        node,
+        HealthEventKind.HEALTH,
+        timezone.now(),
+        health=Health.WARNING,
+        reason="GPU exporter: timed out",
+    )
+    event.save()
+    client.force_login(platform_admin)
+    listing = client.get("/admin/fleet/healthevent/?q=timed+out")
+    assert listing.status_code == 200 and "GPU exporter: timed out" in listing.content.decode()
+    assert client.get(f"/admin/fleet/healthevent/{event.pk}/delete/").status_code == 403
+    assert client.post(f"/admin/fleet/healthevent/{event.pk}/change/", {"reason": "x"}).status_code == 403
+    assert HealthEvent.objects.get().reason == "GPU exporter: timed out"
