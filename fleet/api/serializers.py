@@ -5,7 +5,7 @@ from rest_framework import serializers
 from factory.api.serializers import StrictFieldsMixin
 
 from ..choices import TelemetrySource
-from ..models import ClusterTelemetry
+from ..models import ClusterTelemetry, Gpu, HealthEvent
 
 
 class TelemetrySerializer(StrictFieldsMixin, serializers.ModelSerializer):
@@ -62,3 +62,47 @@ class TelemetrySerializer(StrictFieldsMixin, serializers.ModelSerializer):
             telemetry.set_prometheus(validated_data.pop("prometheus"))
         telemetry.mark_available()  # judged afresh by the next cycle of whatever source is set now
         return super().update(telemetry, validated_data)
+
+
+class GpuSerializer(serializers.ModelSerializer):
+    """One GPU of the fleet: where it is, its health and why, whether the portal drained it, its
+    latest sample and the job on it."""
+
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    gpu_type = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Gpu
+        fields = [
+            "node",
+            "index",
+            "uuid",
+            "model_name",
+            "gpu_type",
+            "health",
+            "health_reason",
+            "health_since",
+            "drained_by_portal",
+            "drain_reason",
+            "drained_at",
+            "sampled_at",
+            "temperature_c",
+            "power_w",
+            "utilisation_pct",
+            "memory_used_mib",
+            "job",
+        ]
+        read_only_fields = fields
+
+
+class HealthEventSerializer(serializers.ModelSerializer):
+    """One event of the hardware's history: a health change of a GPU (or of a node's exporter:
+    no GPU), or a drain or resume by the portal."""
+
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    gpu_index = serializers.IntegerField(source="gpu.index", read_only=True, allow_null=True, default=None)
+
+    class Meta:
+        model = HealthEvent
+        fields = ["id", "at", "node", "gpu_index", "gpu_uuid", "kind", "health", "reason"]
+        read_only_fields = fields

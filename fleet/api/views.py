@@ -3,6 +3,7 @@ does not exist, as on its pages)."""
 
 from __future__ import annotations
 
+import django_filters
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from rest_framework import generics, permissions
@@ -10,8 +11,9 @@ from rest_framework import generics, permissions
 from factory.api.viewsets import GLOBAL, ScopedViewSetMixin
 from factory.models import Cluster
 
-from ..models import ClusterTelemetry
-from .serializers import TelemetrySerializer
+from ..choices import Health
+from ..models import ClusterTelemetry, Gpu, HealthEvent, HealthEventKind
+from .serializers import GpuSerializer, HealthEventSerializer, TelemetrySerializer
 
 
 class IsPlatformAdmin(permissions.BasePermission):
@@ -41,3 +43,60 @@ class TelemetryView(ScopedViewSetMixin, generics.RetrieveUpdateAPIView):
         cluster = get_object_or_404(Cluster, slug=self.kwargs["slug"])
         found = ClusterTelemetry.objects.filter(cluster=cluster).first()
         return found or ClusterTelemetry(cluster=cluster)  # saved on the first change
+
+
+class GpuFilterSet(django_filters.FilterSet):
+    node = django_filters.CharFilter(field_name="node__name", label="Node name")
+    health = django_filters.ChoiceFilter(choices=Health.choices)
+    drained = django_filters.BooleanFilter(field_name="drained_by_portal", label="Drained by the portal")
+
+    class Meta:
+        model = Gpu
+        fields = ["node", "health", "drained"]
+
+
+class HealthEventFilterSet(django_filters.FilterSet):
+    node = django_filters.CharFilter(field_name="node__name", label="Node name")
+    gpu_uuid = django_filters.CharFilter(label="GPU UUID")
+    kind = django_filters.ChoiceFilter(choices=HealthEventKind.choices)
+    since = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte", label="At or after")
+
+    class Meta:
+        model = HealthEvent
+        fields = ["node", "gpu_uuid", "kind", "since"]
+
+
+class ClusterFleetView(ScopedViewSetMixin, generics.ListAPIView):
+    """A read-only list of one cluster's fleet, for whoever sees the fleet (the permission)."""
+
+    scoping = GLOBAL  # the platform's own hardware, for platform admins and auditors alone
+    permission_classes = [IsPlatformAdmin]
+
+    def cluster(self) -> Cluster:
+        return get_object_or_404(Cluster, slug=self.kwargs["slug"])
+
+
+class GpuListView(ClusterFleetView):
+    """The cluster's GPUs with their health, drain and latest sample; `?health=failed`,
+    `?drained=true`, `?node=<name>`."""
+
+    queryset = Gpu.objects.select_related("node", "gpu_type")
+    serializer_class = GpuSerializer
+    filterset_class = GpuFilterSet
+    cursor_ordering = "id"
+
+    def get_queryset(self):
+        return super().get_queryset().filter(cluster=self.cluster())
+
+
+class HealthEventListView(ClusterFleetView):
+    """The cluster's hardware history, newest first: health changes of GPUs and exporters, drains
+    and resumes by the portal; `?node=`, `?gpu_uuid=`, `?kind=`, `?since=<ISO time>`."""
+
+    queryset = HealthEvent.objects.select_related("node", "gpu")
+    serializer_class = HealthEventSerializer
+    filterset_class = HealthEventFilterSet
+    cursor_ordering = "-id"
+
+    def get_queryset(self):
+        return super().get_queryset().filter(cluster=self.cluster())

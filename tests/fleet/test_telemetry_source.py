@@ -294,3 +294,46 @@ def test_source_changes_are_in_the_audit_trail_by_whoever_made_them_credentials_
     assert "https://prom.example.org" in str(first["prometheus"][1])
     assert rotation == {"prometheus_secrets_sealed": ["(secret)", "(secret)"]}  # only that it changed
     assert TOKEN not in str([first, rotation])
+
+
+def test_the_fleet_by_api_gpus_with_their_health_and_the_hardwares_history(
+    simulator, cluster, owner, platform_admin, auditor
+):
+    """What automation asks of the fleet (an RMA tool, a site's dashboards): each cluster's GPUs
+    with their health, filtered; and the health history. Platform admins and auditors read it; to
+    anyone else it does not exist."""
+    from fleet.scrape import scrape_cluster
+    from fleet.simulator import gpu_uuid
+    from tests.fleet.test_telemetry import inject
+
+    scrape_cluster(cluster)
+    inject(simulator, "local-h100", "xid79", 3)
+    scrape_cluster(cluster)
+    assert client_for(owner).get("/api/v1/clusters/local/gpus/").status_code == 404
+    assert client_for(owner).get("/api/v1/clusters/local/health-events/").status_code == 404
+    api = client_for(auditor)
+    assert api.get("/api/v1/clusters/nope/gpus/").status_code == 404
+    everything = api.get("/api/v1/clusters/local/gpus/").json()["results"]
+    assert len(everything) == 8
+    failed = api.get("/api/v1/clusters/local/gpus/?health=failed").json()["results"]
+    assert [(g["node"], g["index"], g["uuid"], g["health"], g["drained_by_portal"]) for g in failed] == [
+        ("local-h100", 3, gpu_uuid("local-h100", 3), "failed", True)
+    ]
+    assert failed[0]["health_reason"] == "XID 79 (GPU has fallen off the bus) on GPU 3"
+    assert {"temperature_c", "power_w", "utilisation_pct", "memory_used_mib", "sampled_at", "job"} <= set(
+        failed[0]
+    )
+    assert (
+        api.get("/api/v1/clusters/local/gpus/?node=local-a100").json()["results"][0]["node"] == "local-a100"
+    )
+    events = api.get(f"/api/v1/clusters/local/health-events/?gpu_uuid={gpu_uuid('local-h100', 3)}").json()[
+        "results"
+    ]
+    assert [(e["kind"], e["health"], e["node"], e["gpu_index"]) for e in events] == [
+        ("drained", "", "local-h100", 3),
+        ("health", "failed", "local-h100", 3),
+    ]
+    assert api.get("/api/v1/clusters/local/health-events/?kind=resumed").json()["results"] == []
+    bad = api.get("/api/v1/clusters/local/gpus/?health=purple")
+    assert bad.status_code == 400 and "health" in bad.json()
+    assert client_for(platform_admin).post("/api/v1/clusters/local/gpus/", {}).status_code == 405
