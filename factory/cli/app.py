@@ -322,6 +322,70 @@ def list_jobs(
 
 @app.command()
 @reports_errors
+def gpus(
+    cluster: Annotated[str, typer.Argument(metavar="CLUSTER")],
+    health: Annotated[str | None, typer.Option(help="healthy, warning or failed")] = None,
+    drained: Annotated[bool, typer.Option("--drained", help="Only those the portal drained.")] = False,
+    node: Annotated[str | None, typer.Option(help="One node's.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100000)] = 1000,
+    as_json: JsonOption = False,
+) -> None:
+    """A cluster's GPUs with their health (platform admins and auditors)."""
+    params = {"health": health, "node": node, "drained": "true" if drained else None}
+    found = client().gpus(cluster, {k: v for k, v in params.items() if v}, limit)
+    if as_json:
+        print_json(found)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("NODE", "GPU", "UUID", "HEALTH", "DRAINED", "TEMP", "POWER", "UTIL", "JOB", "REASON"):
+        table.add_column(column, overflow="fold" if column == "REASON" else "ellipsis")
+    for gpu in found:
+        table.add_row(
+            gpu["node"],
+            str(gpu["index"]),
+            gpu["uuid"],
+            gpu["health"],
+            "yes" if gpu["drained_by_portal"] else "",
+            _measure(gpu["temperature_c"], "°C"),
+            _measure(gpu["power_w"], "W"),
+            _measure(gpu["utilisation_pct"], "%"),
+            str(gpu["job"] or ""),
+            gpu["health_reason"],
+        )
+    out.print(table)
+
+
+@app.command("gpu-history")
+@reports_errors
+def gpu_history(
+    cluster: Annotated[str, typer.Argument(metavar="CLUSTER")],
+    node: Annotated[str | None, typer.Option(help="One node's.")] = None,
+    gpu: Annotated[str | None, typer.Option(help="One GPU's, by UUID.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100000)] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """A cluster's hardware history, newest first: health changes, drains and resumes."""
+    params = {"node": node, "gpu_uuid": gpu}
+    found = client().health_events(cluster, {k: v for k, v in params.items() if v}, limit)
+    if as_json:
+        print_json(found)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("AT", "NODE", "GPU", "WHAT", "REASON"):
+        table.add_column(column, overflow="fold" if column == "REASON" else "ellipsis")
+    for event in found:
+        what = event["health"] if event["kind"] == "health" else event["kind"]
+        where = event["gpu_uuid"] or "exporter"
+        table.add_row(event["at"], event["node"], where, what, event["reason"])
+    out.print(table)
+
+
+def _measure(value: float | None, unit: str) -> str:
+    return "" if value is None else f"{value:.0f} {unit}"
+
+
+@app.command()
+@reports_errors
 def status(job_id: Annotated[int, typer.Argument(metavar="ID")], as_json: JsonOption = False) -> None:
     """One job: its state, where it runs, why it waits, how it ended."""
     job = client().job(job_id)

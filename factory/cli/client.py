@@ -92,13 +92,35 @@ class Client:
         return self.request("POST", "/api/v1/jobs/", json=spec, headers={"Idempotency-Key": key}, retries=2)
 
     def jobs(self, params: dict[str, Any], limit: int) -> list[dict]:
+        return self.paged("/api/v1/jobs/", params, limit)
+
+    def gpus(self, cluster: str, params: dict[str, Any], limit: int) -> list[dict]:
+        return self.paged(
+            f"/api/v1/clusters/{cluster}/gpus/",
+            params,
+            limit,
+            not_found=f"no cluster {cluster} whose fleet you can see",
+        )
+
+    def health_events(self, cluster: str, params: dict[str, Any], limit: int) -> list[dict]:
+        return self.paged(
+            f"/api/v1/clusters/{cluster}/health-events/",
+            params,
+            limit,
+            not_found=f"no cluster {cluster} whose fleet you can see",
+        )
+
+    def paged(
+        self, path: str, params: dict[str, Any], limit: int, not_found: str = "not found"
+    ) -> list[dict]:
+        """Up to `limit` results of a list, page after page."""
         found: list[dict] = []
-        page = self.request("GET", "/api/v1/jobs/", params=params)
+        page = self.request("GET", path, params=params, not_found=not_found)
         while True:
             found += page["results"]
             if len(found) >= limit or not page.get("next"):
                 return found[:limit]
-            page = self.request("GET", page["next"])
+            page = self.request("GET", page["next"], not_found=not_found)
 
     def job(self, job_id: int) -> dict:
         return self.request("GET", f"/api/v1/jobs/{job_id}/", not_found=f"no job {job_id} that you can see")

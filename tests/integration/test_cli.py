@@ -222,3 +222,39 @@ def test_arrays_and_sweeps_from_the_command_line(
     assert final["array"] == submitted["id"] and final["array_index"] == 0
     second = Job.objects.get(pk=submitted["job_ids"][1])
     assert second.state == JobState.CANCELLED and second.started_at is None  # it never ran
+
+
+def test_platform_admins_list_a_clusters_gpus_and_their_history_from_the_command_line(
+    cli, asgi_server, platform_admin, owner, cluster, h100
+):
+    from django.utils import timezone
+
+    from fleet.models import Gpu, HealthEvent, HealthEventKind, Node
+
+    node = Node.objects.create(
+        cluster=cluster, name="gpu-node-7", gpu_type=h100, exporter_url="http://127.0.0.1:9/"
+    )
+    for index in range(2):
+        Gpu.objects.create(node=node, cluster=cluster, gpu_type=h100, index=index, uuid=f"GPU-cli-{index}")
+    bad = Gpu.objects.filter(index=1).get()
+    Gpu.objects.filter(pk=bad.pk).update(
+        health="failed", health_reason="XID 79 (GPU has fallen off the bus) on GPU 1"
+    )
+    bad.refresh_from_db()
+    HealthEvent.of(
+        cluster.pk, bad, HealthEventKind.HEALTH, timezone.now(), health="failed", reason=bad.health_reason
+    ).save()
+
+    logged_in(cli, asgi_server, "platform", "pw-platform")
+    listed = cli("gpus", "local", "--health", "failed")
+    assert listed.returncode == 0, listed.stderr
+    assert "gpu-node-7" in listed.stdout and "GPU-cli-1" in listed.stdout and "XID 79" in listed.stdout
+    assert "GPU-cli-0" not in listed.stdout
+    as_json = json.loads(cli("gpus", "local", "--json").stdout)
+    assert sorted(g["uuid"] for g in as_json) == ["GPU-cli-0", "GPU-cli-1"]
+    history = cli("gpu-history", "local", "--gpu", "GPU-cli-1")
+    assert history.returncode == 0 and "failed" in history.stdout and "XID 79" in history.stdout
+
+    logged_in(cli, asgi_server)  # a researcher: the fleet does not exist for them
+    refused = cli("gpus", "local")
+    assert refused.returncode == 1 and "no cluster local whose fleet you can see" in refused.stderr
