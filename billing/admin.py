@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from factory.admin_site import ReadOnlyAdmin  # the ledger and its history are never edited by hand
+
 from .models import BillingAccount, BudgetAlert, GridIntensity, Invoice, MonthClose, RateCard, UsageRecord
 
 
@@ -48,19 +50,6 @@ class BillingAccountAdmin(admin.ModelAdmin):
 @admin.register(GridIntensity)
 class GridIntensityAdmin(admin.ModelAdmin):
     list_display = ["region", "grams_co2e_per_kwh"]
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """The ledger and its history are never edited by hand."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(UsageRecord)

@@ -23,7 +23,7 @@ from django.utils import timezone
 from factory.models import Cluster, GpuType
 from factory.months import month_begins, month_of, next_month
 from fleet import energy
-from jobs.choices import JobState
+from jobs.choices import ENDED_STATES, JobState
 from jobs.models import Job
 
 from .models import (
@@ -458,9 +458,6 @@ def meter_running(now: datetime | None = None) -> int:
     return len(record(lines))
 
 
-ENDED = [JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]
-
-
 def unmetered_jobs(since=None) -> models.QuerySet:
     """Ended jobs whose final attempt is not all in the ledger; with `since`, only those whose
     state changed (or that were found to have failed on faulty hardware) since then, read through
@@ -473,7 +470,7 @@ def unmetered_jobs(since=None) -> models.QuerySet:
     )
     charged = models.Exists(last_part.filter(kind__in=[UsageKind.USAGE, UsageKind.ADJUSTMENT]))
     not_charged = models.Exists(last_part.filter(kind=UsageKind.PLATFORM_FAULT))
-    jobs = Job.objects.filter(state__in=ENDED)
+    jobs = Job.objects.filter(state__in=ENDED_STATES)
     if since is not None:
         jobs = jobs.filter(updated_at__gte=since)
     return (

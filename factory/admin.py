@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
+from .admin_site import ReadOnlyAdmin
 from .audit import mask_connection
 from .models import (
     ApiToken,
@@ -148,21 +149,12 @@ class SsoAccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(ChangeSet)
-class ChangeSetAdmin(admin.ModelAdmin):
+class ChangeSetAdmin(ReadOnlyAdmin):
     """Applied platform files: an audit record, read only."""
 
     list_display = ["applied_at", "author", "summary", "source"]
     list_filter = ["author"]
     readonly_fields = ["author", "source", "digest", "summary", "changes", "applied_at"]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 User = get_user_model()

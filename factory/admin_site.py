@@ -22,6 +22,20 @@ class AdminLoginForm(AdminAuthenticationForm):
             )
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records the portal writes and nobody edits by hand (the ledger, jobs, applied platform
+    files, the hardware's history): listed and read in the admin, never added, changed or deleted."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class PortalAdminSite(admin.AdminSite):
     login_form = AdminLoginForm
 

@@ -33,15 +33,7 @@ def insert_many(model: type[models.Model], columns: dict[str, Sequence], same: d
         )
         return
     quote = connection.ops.quote_name
-    names, selected, params, arrays, types = [], [], [], [], []
-    for index, (name, values) in enumerate(columns.items()):
-        field = meta.get_field(name)
-        expression, expression_params, placeholder, array = _travelling(field, values, f"u.v{index}")
-        names.append(quote(field.column))
-        selected.append(expression)
-        params += expression_params
-        types.append(placeholder)
-        arrays.append(array)
+    names, selected, params, types, arrays = _unnested(meta, columns)
     for name, value in same.items():
         field = meta.get_field(name)
         names.append(quote(field.column))
@@ -81,18 +73,16 @@ def update_many(
         return model.objects.filter(pk__in=list(pks), **where).update(**same, **cases)
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
-    sets, params, arrays, types = [], [], [list(pks)], [f"%s::{_array_type(meta.pk)}[]"]
+    sets, params = [], []
     for name, value in same.items():
         field = meta.get_field(name)
         sets.append(f"{quote(field.column)} = %s")
         params.append(field.get_db_prep_save(value, connection))
-    for index, (name, values) in enumerate(columns.items()):
-        field = meta.get_field(name)
-        expression, expression_params, placeholder, array = _travelling(field, values, f"u.v{index}")
-        sets.append(f"{quote(field.column)} = {expression}")
-        params += expression_params
-        types.append(placeholder)
-        arrays.append(array)
+    names, expressions, expression_params, types, arrays = _unnested(meta, columns)
+    sets += [f"{name} = {expression}" for name, expression in zip(names, expressions, strict=True)]
+    params += expression_params
+    types.insert(0, f"%s::{_array_type(meta.pk)}[]")
+    arrays.insert(0, list(pks))
     conditions, condition_params = [f"{table}.{quote(meta.pk.column)} = u.id"], []
     for name, value in where.items():
         field = meta.get_field(name)
@@ -106,6 +96,23 @@ def update_many(
             [*params, *arrays, *condition_params],
         )
         return cursor.rowcount
+
+
+def _unnested(meta, columns: dict[str, Sequence]) -> tuple[list[str], list[str], list, list[str], list]:
+    """Columns whose values travel as arrays read by unnest, aliased u.v0, u.v1 …: their quoted
+    names, the expressions that read a row's value, those expressions' params, and unnest's
+    placeholders and arrays."""
+    quote = connection.ops.quote_name
+    names, expressions, params, types, arrays = [], [], [], [], []
+    for index, (name, values) in enumerate(columns.items()):
+        field = meta.get_field(name)
+        expression, expression_params, placeholder, array = _travelling(field, values, f"u.v{index}")
+        names.append(quote(field.column))
+        expressions.append(expression)
+        params += expression_params
+        types.append(placeholder)
+        arrays.append(array)
+    return names, expressions, params, types, arrays
 
 
 def _travelling(field: models.Field, values: Sequence, alias: str) -> tuple[str, list, str, list]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin
 
+from factory.admin_site import ReadOnlyAdmin
+
 from .choices import TelemetrySource
 from .models import ClusterTelemetry, Gpu, HealthEvent, Node
 
@@ -48,7 +50,7 @@ class GpuAdmin(admin.ModelAdmin):
 
 
 @admin.register(HealthEvent)
-class HealthEventAdmin(admin.ModelAdmin):
+class HealthEventAdmin(ReadOnlyAdmin):
     """The hardware's history, searched across the fleet (by node, GPU UUID, reason); written by
     the portal alone, never edited."""
 
@@ -57,15 +59,6 @@ class HealthEventAdmin(admin.ModelAdmin):
     search_fields = ["node__name", "gpu_uuid", "reason"]
     list_select_related = ["node__cluster"]
     date_hierarchy = "at"
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class ClusterTelemetryForm(forms.ModelForm):

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from factory.admin_site import ReadOnlyAdmin
+
 from .models import Delivery, Job, JobArray, JobEvent, JobTemplate, NotificationSettings
 
 
@@ -16,7 +18,7 @@ class JobEventInline(admin.TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(ReadOnlyAdmin):
     """Read-only: state changes go through the lifecycle methods, never by hand. Jobs are never
     deleted: their events are append-only, and reservations and the ledger refer to them."""
 
@@ -36,32 +38,14 @@ class JobAdmin(admin.ModelAdmin):
     inlines = [JobEventInline]
     exclude = ["secrets_sealed", "idempotency_fingerprint"]
 
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 @admin.register(JobArray)
-class JobArrayAdmin(admin.ModelAdmin):
+class JobArrayAdmin(ReadOnlyAdmin):
     """Read-only, like its tasks (which are jobs)."""
 
     list_display = ["id", "name", "tenant", "owner", "size", "max_running", "cluster", "external_id"]
     list_filter = ["tenant", "cluster"]
     search_fields = ["name", "uid", "external_id", "owner__username"]
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(NotificationSettings)

@@ -26,6 +26,9 @@ ACTIVE_STATES = frozenset({JobState.PENDING}) | HOLDING_STATES
 TERMINAL_STATES = frozenset(
     {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT, JobState.REJECTED}
 )
+# The ends a job that may have run reaches (not rejected): what metering looks at, in one order,
+# so that its query and the index of recently ended jobs name the same list.
+ENDED_STATES = [JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT]
 
 # The lifecycle's edges. Anything else (a stale report, a double click) is refused.
 TRANSITIONS: dict[str, frozenset[str]] = {

@@ -17,6 +17,7 @@ from factory.models import Cluster, GpuType, Tenant
 from . import signals
 from .choices import (
     AT_BACKEND_STATES,
+    ENDED_STATES,
     HOLDING_STATES,
     JOB_STATE_EVENTS,
     MAX_CPUS,
@@ -256,7 +257,7 @@ class Job(models.Model):
             models.Index(
                 fields=["updated_at"],
                 name="job_ended_recently",
-                condition=models.Q(state__in=["succeeded", "failed", "cancelled", "timed_out"]),
+                condition=models.Q(state__in=ENDED_STATES),
             ),
             # Queue positions: the pending jobs of a GPU type ahead of a job, without a scan.
             models.Index(

@@ -332,7 +332,7 @@ def gpus(
 ) -> None:
     """A cluster's GPUs with their health (platform admins and auditors)."""
     params = {"health": health, "node": node, "drained": "true" if drained else None}
-    found = client().gpus(cluster, {k: v for k, v in params.items() if v}, limit)
+    found = client().fleet(cluster, "gpus", {k: v for k, v in params.items() if v}, limit)
     if as_json:
         print_json(found)
         return
@@ -366,7 +366,7 @@ def gpu_history(
 ) -> None:
     """A cluster's hardware history, newest first: health changes, drains and resumes."""
     params = {"node": node, "gpu_uuid": gpu}
-    found = client().health_events(cluster, {k: v for k, v in params.items() if v}, limit)
+    found = client().fleet(cluster, "health-events", {k: v for k, v in params.items() if v}, limit)
     if as_json:
         print_json(found)
         return

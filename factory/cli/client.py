@@ -94,17 +94,10 @@ class Client:
     def jobs(self, params: dict[str, Any], limit: int) -> list[dict]:
         return self.paged("/api/v1/jobs/", params, limit)
 
-    def gpus(self, cluster: str, params: dict[str, Any], limit: int) -> list[dict]:
+    def fleet(self, cluster: str, listing: str, params: dict[str, Any], limit: int) -> list[dict]:
+        """One of a cluster's fleet lists: `gpus` or `health-events`."""
         return self.paged(
-            f"/api/v1/clusters/{cluster}/gpus/",
-            params,
-            limit,
-            not_found=f"no cluster {cluster} whose fleet you can see",
-        )
-
-    def health_events(self, cluster: str, params: dict[str, Any], limit: int) -> list[dict]:
-        return self.paged(
-            f"/api/v1/clusters/{cluster}/health-events/",
+            f"/api/v1/clusters/{cluster}/{listing}/",
             params,
             limit,
             not_found=f"no cluster {cluster} whose fleet you can see",

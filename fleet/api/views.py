@@ -72,8 +72,9 @@ class ClusterFleetView(ScopedViewSetMixin, generics.ListAPIView):
     scoping = GLOBAL  # the platform's own hardware, for platform admins and auditors alone
     permission_classes = [IsPlatformAdmin]
 
-    def cluster(self) -> Cluster:
-        return get_object_or_404(Cluster, slug=self.kwargs["slug"])
+    def get_queryset(self):
+        cluster = get_object_or_404(Cluster, slug=self.kwargs["slug"])
+        return super().get_queryset().filter(cluster=cluster)
 
 
 class GpuListView(ClusterFleetView):
@@ -85,9 +86,6 @@ class GpuListView(ClusterFleetView):
     filterset_class = GpuFilterSet
     cursor_ordering = "id"
 
-    def get_queryset(self):
-        return super().get_queryset().filter(cluster=self.cluster())
-
 
 class HealthEventListView(ClusterFleetView):
     """The cluster's hardware history, newest first: health changes of GPUs and exporters, drains
@@ -97,6 +95,3 @@ class HealthEventListView(ClusterFleetView):
     serializer_class = HealthEventSerializer
     filterset_class = HealthEventFilterSet
     cursor_ordering = "-id"
-
-    def get_queryset(self):
-        return super().get_queryset().filter(cluster=self.cluster())
