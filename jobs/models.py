@@ -107,6 +107,15 @@ class JobArray(models.Model):
     def may_cancel(self, user) -> bool:
         return JobArray.objects.cancellable_by(user).filter(pk=self.pk).exists()
 
+    def task_counts(self) -> dict[str, int]:
+        """{state: tasks} of the states some task is in: from the with_counts() annotation, else
+        counted now."""
+        if hasattr(self, f"n_{JobState.PENDING}"):
+            counts = {state: getattr(self, f"n_{state}") for state in JobState.values}
+        else:
+            counts = dict(self.tasks.order_by().values_list("state").annotate(n=models.Count("id")))
+        return {state: n for state, n in counts.items() if n}
+
 
 class Job(models.Model):
     uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)

@@ -37,7 +37,6 @@ import requests
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, models, transaction
-from django.db.models import Count
 from django.utils import timezone
 
 from .choices import (
@@ -194,7 +193,7 @@ def notify_array_event(array: JobArray, job: Job, event: JobEvent) -> list[int]:
             f"{job.array_index}) is running{where}."
         )
     else:
-        counts = array_states(array)
+        counts = array.task_counts()
         if not counts.keys() <= TERMINAL_STATES:
             return []  # tasks are left to run: told when the last ends
         stage, kind = "ended", array_outcome(counts)
@@ -212,10 +211,6 @@ def notify_array_event(array: JobArray, job: Job, event: JobEvent) -> list[int]:
         job=job,
         url=array.get_absolute_url(),
     )
-
-
-def array_states(array: JobArray) -> dict[str, int]:
-    return dict(array.tasks.order_by().values_list("state").annotate(n=Count("id")))
 
 
 def array_outcome(counts: dict[str, int]) -> str:
@@ -358,7 +353,7 @@ def webhook_payload(notification: Notification) -> dict:
                 "name": array.name,
                 "tenant": job.tenant.slug,
                 "size": array.size,
-                "states": dict(sorted(array_states(array).items())),
+                "states": dict(sorted(array.task_counts().items())),
                 "url": absolute(array.get_absolute_url()),
             }
     return payload

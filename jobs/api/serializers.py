@@ -3,7 +3,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import models
 from rest_framework import serializers
 
 from factory.api.serializers import ReusedFieldsMixin, SlugRelatedField, StrictFieldsMixin
@@ -248,28 +247,14 @@ class JobArraySerializer(ReusedFieldsMixin, serializers.Serializer):
     )
 
     def get_counts(self, array: JobArray) -> dict[str, int]:
-        return array_counts(array)
+        return array.task_counts()
 
     def get_active(self, array: JobArray) -> int:
-        counts = array_counts(array)
+        counts = array.task_counts()
         return sum(counts.get(state, 0) for state in ACTIVE_STATES)
 
     def get_job_ids(self, array: JobArray) -> list[int] | None:
         return getattr(array, "job_ids", None)
-
-
-def array_counts(array: JobArray) -> dict[str, int]:
-    """{state: tasks} from the with_counts() annotation, else counted now."""
-    if hasattr(array, f"n_{JobState.PENDING}"):
-        counts = {state: getattr(array, f"n_{state}") for state in JobState.values}
-    else:
-        counts = dict(
-            array.tasks.order_by()
-            .values_list("state")
-            .annotate(n=models.Count("id"))
-            .values_list("state", "n")
-        )
-    return {state: n for state, n in counts.items() if n}
 
 
 class JobEventSerializer(serializers.ModelSerializer):
